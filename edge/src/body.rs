@@ -1,0 +1,89 @@
+//! The body type of every response the edge sends.
+//!
+//! Hits send a stored `Bytes` as one frame without boxing or copying; everything else
+//! (passed-through and too-large responses) streams from the upstream, possibly after a
+//! prefix the edge already read while deciding whether to store.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::upstream::BoxError;
+
+/// A response body.
+#[derive(Debug)]
+pub enum EdgeBody {
+    /// A complete body in memory (possibly empty).
+    Full(Option<Bytes>),
+    /// Chunks already read, then the rest of an upstream body.
+    Stream {
+        prefix: VecDeque<Bytes>,
+        rest: Incoming,
+    },
+}
+
+impl EdgeBody {
+    pub fn empty() -> Self {
+        EdgeBody::Full(None)
+    }
+
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        EdgeBody::Full((!bytes.is_empty()).then_some(bytes))
+    }
+
+    pub fn stream(prefix: VecDeque<Bytes>, rest: Incoming) -> Self {
+        EdgeBody::Stream { prefix, rest }
+    }
+}
+
+impl Body for EdgeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            EdgeBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            EdgeBody::Stream { prefix, rest } => {
+                if let Some(chunk) = prefix.pop_front() {
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                Pin::new(rest)
+                    .poll_frame(cx)
+                    .map_err(|e| Box::new(e) as BoxError)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            EdgeBody::Full(bytes) => bytes.is_none(),
+            EdgeBody::Stream { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            EdgeBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            EdgeBody::Stream { prefix, rest } => {
+                let buffered: u64 = prefix.iter().map(|b| b.len() as u64).sum();
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(buffered + rest.lower());
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(buffered + upper);
+                }
+                hint
+            }
+        }
+    }
+}

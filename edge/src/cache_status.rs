@@ -1,0 +1,208 @@
+//! What the cache did with a request, in one place: the RFC 9211 `Cache-Status` header,
+//! the logs and the metric labels all come from these enums, so they cannot disagree.
+
+use std::fmt::Write as _;
+
+use http::HeaderValue;
+
+/// Outcome of a request, as a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Served from cache without contacting the upstream.
+    Hit,
+    /// Not in cache; fetched from the upstream.
+    Miss,
+    /// In cache but stale; fetched again or revalidated.
+    Stale,
+    /// Not eligible for caching (method, request headers); forwarded as is.
+    Pass,
+    /// Refused before any upstream contact (unknown host, bad request, loop).
+    Refused,
+    /// The upstream failed and nothing could be served from cache.
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Hit,
+        Outcome::Miss,
+        Outcome::Stale,
+        Outcome::Pass,
+        Outcome::Refused,
+        Outcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Stale => "stale",
+            Outcome::Pass => "pass",
+            Outcome::Refused => "refused",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Why a request went forward to the upstream (RFC 9211 `fwd` parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// No entry for the key.
+    UriMiss,
+    /// An entry existed but was stale.
+    Stale,
+    /// The request asked to bypass the cache (e.g. carried `Authorization`).
+    Request,
+    /// The method is never served from cache.
+    Method,
+}
+
+impl Forward {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forward::UriMiss => "uri-miss",
+            Forward::Stale => "stale",
+            Forward::Request => "request",
+            Forward::Method => "method",
+        }
+    }
+}
+
+/// Why a response was not stored; `detail` in `Cache-Status` and a log field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoCacheReason {
+    NoStore,
+    Private,
+    /// No explicit freshness and heuristics are off or do not apply.
+    NoFreshness,
+    SetCookie,
+    /// `Vary` responses are not stored yet.
+    Vary,
+    /// The status code is never stored (e.g. 206, 304, 1xx).
+    Status,
+    /// Larger than `cache.max_object_size`.
+    TooLarge,
+    /// The request carried `Authorization` and the response did not allow sharing.
+    Authorization,
+    /// `must-understand` with a status this cache does not understand.
+    MustUnderstand,
+    /// Not a GET.
+    Method,
+}
+
+impl NoCacheReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoCacheReason::NoStore => "no-store",
+            NoCacheReason::Private => "private",
+            NoCacheReason::NoFreshness => "no-freshness",
+            NoCacheReason::SetCookie => "set-cookie",
+            NoCacheReason::Vary => "vary",
+            NoCacheReason::Status => "status",
+            NoCacheReason::TooLarge => "too-large",
+            NoCacheReason::Authorization => "authorization",
+            NoCacheReason::MustUnderstand => "must-understand",
+            NoCacheReason::Method => "method",
+        }
+    }
+}
+
+/// One cache's member of a `Cache-Status` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheStatus {
+    pub hit: bool,
+    pub fwd: Option<Forward>,
+    pub fwd_status: Option<u16>,
+    /// Remaining freshness in seconds; negative when stale.
+    pub ttl: Option<i64>,
+    pub stored: bool,
+    pub collapsed: bool,
+    pub detail: Option<&'static str>,
+}
+
+impl CacheStatus {
+    pub fn hit(ttl: i64) -> Self {
+        Self {
+            hit: true,
+            ttl: Some(ttl),
+            ..Self::forwarded(Forward::UriMiss)
+        }
+    }
+
+    pub fn forwarded(fwd: Forward) -> Self {
+        Self {
+            hit: false,
+            fwd: Some(fwd),
+            fwd_status: None,
+            ttl: None,
+            stored: false,
+            collapsed: false,
+            detail: None,
+        }
+    }
+
+    /// Renders this member after the upstream's members (RFC 9211: the cache closest to
+    /// the user comes last).
+    pub fn render(&self, node: &str, upstream: Option<&str>) -> HeaderValue {
+        let mut s = String::with_capacity(64);
+        if let Some(up) = upstream {
+            s.push_str(up);
+            s.push_str(", ");
+        }
+        s.push_str(node);
+        if self.hit {
+            s.push_str("; hit");
+        } else if let Some(fwd) = self.fwd {
+            s.push_str("; fwd=");
+            s.push_str(fwd.as_str());
+        }
+        if let Some(status) = self.fwd_status {
+            let _ = write!(s, "; fwd-status={status}");
+        }
+        if let Some(ttl) = self.ttl {
+            let _ = write!(s, "; ttl={ttl}");
+        }
+        if self.stored {
+            s.push_str("; stored");
+        }
+        if self.collapsed {
+            s.push_str("; collapsed");
+        }
+        if let Some(detail) = self.detail {
+            s.push_str("; detail=");
+            s.push_str(detail);
+        }
+        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("edge"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_rfc9211_members() {
+        assert_eq!(
+            CacheStatus::hit(42).render("edge-1", None),
+            "edge-1; hit; ttl=42"
+        );
+        let mut miss = CacheStatus::forwarded(Forward::UriMiss);
+        miss.fwd_status = Some(200);
+        miss.stored = true;
+        assert_eq!(
+            miss.render("edge-1", Some("shield; fwd=uri-miss")),
+            "shield; fwd=uri-miss, edge-1; fwd=uri-miss; fwd-status=200; stored"
+        );
+        let mut pass = CacheStatus::forwarded(Forward::Method);
+        pass.detail = Some(NoCacheReason::Method.as_str());
+        assert_eq!(pass.render("e", None), "e; fwd=method; detail=method");
+    }
+
+    #[test]
+    fn labels_are_distinct() {
+        let mut labels: Vec<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), Outcome::ALL.len());
+    }
+}

@@ -1,0 +1,424 @@
+//! The edge node's configuration: what it listens on, how much it caches, and which sites
+//! it serves.
+//!
+//! Every field has a safe default except the sites themselves, so a config file names only
+//! what differs. [`EdgeConfig::validate`] runs before anything binds: a node never starts
+//! with a config it would later misread.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use http::uri::{Authority, Scheme};
+use serde::Deserialize;
+
+/// The whole configuration of one edge node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default, rename = "site")]
+    pub sites: Vec<SiteConfig>,
+}
+
+/// Identity and listeners of the node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// The node's name in `Via` and `Cache-Status`; an RFC 9110 token.
+    pub name: String,
+    /// Public listener for clients.
+    pub listen: SocketAddr,
+    /// Admin listener for `/healthz` and `/metrics`; never exposed to clients.
+    pub admin_listen: SocketAddr,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            name: "edge".to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
+        }
+    }
+}
+
+/// Size of the in-memory cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Total bytes of cached responses (bodies, headers and keys), e.g. `"512 MiB"`.
+    pub capacity: ByteSize,
+    /// Responses larger than this are streamed to the client and not stored.
+    pub max_object_size: ByteSize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity: ByteSize::mib(512),
+            max_object_size: ByteSize::mib(32),
+        }
+    }
+}
+
+/// How the node talks to its upstreams (origins or shields).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Time allowed to open a TCP connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed from sending the request to the end of the response headers.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Time allowed to receive a whole response body that is being stored.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Idle keep-alive connections kept per upstream.
+    pub max_idle_per_host: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            response_timeout: Duration::from_secs(15),
+            body_timeout: Duration::from_secs(60),
+            max_idle_per_host: 256,
+        }
+    }
+}
+
+/// Limits on what clients may send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request head (request line and headers); larger gets `431`.
+    pub max_header_bytes: ByteSize,
+    /// Most header fields in one request; more gets `431`.
+    pub max_headers: usize,
+    /// Time a client has to send a complete request head (slowloris defence).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: ByteSize::kib(32),
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One site: the hosts it answers for and where its content comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Short name for logs and metric labels.
+    pub name: String,
+    /// Host names (no port) this site answers for; matched case-insensitively.
+    pub hosts: Vec<String>,
+    /// Base URL of the upstream, `http://host:port`: an origin or a shield.
+    pub upstream: String,
+    /// `Host` header sent upstream; the client's host when unset.
+    #[serde(default)]
+    pub upstream_host: Option<String>,
+    /// Part of every cache key; raising it makes all of the site's old entries unreachable.
+    #[serde(default = "default_generation")]
+    pub generation: u64,
+    /// How the query string enters the cache key and the upstream request.
+    #[serde(default)]
+    pub query: QueryMode,
+    /// Query parameters removed before keying and forwarding (e.g. `utm_source`).
+    #[serde(default)]
+    pub drop_params: Vec<String>,
+    /// Heuristic freshness (RFC 9111 4.2.2) for responses without explicit freshness:
+    /// this fraction of the time since `Last-Modified`. Off when unset.
+    #[serde(default)]
+    pub heuristic_fraction: Option<f64>,
+    /// Upper bound of a heuristic freshness lifetime.
+    #[serde(default = "default_heuristic_max", with = "humantime_serde")]
+    pub heuristic_max: Duration,
+}
+
+fn default_generation() -> u64 {
+    1
+}
+
+fn default_heuristic_max() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// Treatment of the query string.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueryMode {
+    /// Keep the query as sent (after dropping `drop_params`).
+    #[default]
+    Keep,
+    /// Sort parameters by name so that their order does not split the cache.
+    Sort,
+    /// Drop the whole query string.
+    Ignore,
+}
+
+/// A configuration that cannot be used, and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("node name {0:?} must be a non-empty HTTP token (letters, digits, '-', '.', '_')")]
+    NodeName(String),
+    #[error("no [[site]] configured: an edge without sites would refuse every request")]
+    NoSites,
+    #[error("site {site:?}: {message}")]
+    Site { site: String, message: String },
+    #[error("host {host:?} is listed by both site {first:?} and site {second:?}")]
+    DuplicateHost {
+        host: String,
+        first: String,
+        second: String,
+    },
+    #[error(
+        "cache.max_object_size ({max}) must be at most cache.capacity ({capacity}) and below 4 GiB"
+    )]
+    ObjectSize { max: ByteSize, capacity: ByteSize },
+    #[error("limits.max_header_bytes must be at least 8 KiB (got {0})")]
+    HeaderBytes(ByteSize),
+}
+
+impl EdgeConfig {
+    /// Reads, parses and validates a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<inline>".to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks everything that would otherwise fail, or misbehave, at request time.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !is_token(&self.node.name) {
+            return Err(ConfigError::NodeName(self.node.name.clone()));
+        }
+        if self.sites.is_empty() {
+            return Err(ConfigError::NoSites);
+        }
+        let max = self.cache.max_object_size;
+        if max > self.cache.capacity || max.as_u64() >= u64::from(u32::MAX) {
+            return Err(ConfigError::ObjectSize {
+                max,
+                capacity: self.cache.capacity,
+            });
+        }
+        if self.limits.max_header_bytes < ByteSize::kib(8) {
+            return Err(ConfigError::HeaderBytes(self.limits.max_header_bytes));
+        }
+        let mut seen: std::collections::HashMap<String, &str> = Default::default();
+        for site in &self.sites {
+            site.validate()?;
+            for host in &site.hosts {
+                let host = normalize_host(host);
+                if let Some(first) = seen.insert(host.clone(), &site.name) {
+                    return Err(ConfigError::DuplicateHost {
+                        host,
+                        first: first.to_owned(),
+                        second: site.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SiteConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| ConfigError::Site {
+            site: self.name.clone(),
+            message,
+        };
+        if self.name.is_empty() {
+            return Err(fail("name must not be empty".into()));
+        }
+        if self.hosts.is_empty() {
+            return Err(fail("hosts must list at least one host name".into()));
+        }
+        for host in &self.hosts {
+            let ipv6_literal = host.starts_with('[')
+                && host.ends_with(']')
+                && host[1..host.len() - 1]
+                    .parse::<std::net::Ipv6Addr>()
+                    .is_ok();
+            if host.is_empty() || (!ipv6_literal && host.contains(['/', ':', ' ', '@', '[', ']'])) {
+                return Err(fail(format!(
+                    "host {host:?} must be a bare host name, without scheme, port or path"
+                )));
+            }
+        }
+        self.upstream_parts().map_err(fail)?;
+        if let Some(f) = self.heuristic_fraction
+            && !(f > 0.0 && f <= 1.0)
+        {
+            return Err(fail(format!(
+                "heuristic_fraction must be in (0, 1], got {f}; RFC 9111 suggests 0.1"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The upstream's scheme and authority, checked.
+    pub fn upstream_parts(&self) -> Result<(Scheme, Authority), String> {
+        let uri: http::Uri = self
+            .upstream
+            .parse()
+            .map_err(|e| format!("upstream {:?} is not a URL: {e}", self.upstream))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("upstream {:?} needs a scheme (http://)", self.upstream))?;
+        if scheme != Scheme::HTTP {
+            return Err(format!(
+                "upstream {:?}: only http:// upstreams are supported yet",
+                self.upstream
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("upstream {:?} needs a host", self.upstream))?;
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "upstream {:?} must be scheme://host[:port] with no path or query",
+                self.upstream
+            ));
+        }
+        Ok((scheme, authority))
+    }
+}
+
+/// Lower-cases a host name and strips a trailing dot, as site lookup does.
+pub fn normalize_host(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!#$&'*+^`|".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[site]]
+        name = "assets"
+        hosts = ["assets.example.com"]
+        upstream = "http://127.0.0.1:8081"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = EdgeConfig::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.cache.capacity, ByteSize::mib(512));
+        assert_eq!(c.sites[0].generation, 1);
+        assert_eq!(c.sites[0].query, QueryMode::Keep);
+    }
+
+    #[test]
+    fn sizes_and_durations_are_humane() {
+        let c = EdgeConfig::from_toml(&format!(
+            "[cache]\ncapacity = \"64 MiB\"\nmax_object_size = \"1 MiB\"\n\
+             [upstream]\nresponse_timeout = \"250ms\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.cache.capacity.as_u64(), 64 << 20);
+        assert_eq!(c.upstream.response_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn rejects_unknown_fields_with_the_field_name() {
+        let err = EdgeConfig::from_toml(&format!("[cache]\ncapacty = 1\n{MINIMAL}")).unwrap_err();
+        assert!(err.to_string().contains("capacty"), "{err}");
+    }
+
+    #[test]
+    fn rejects_no_sites() {
+        assert!(matches!(
+            EdgeConfig::from_toml("").unwrap_err(),
+            ConfigError::NoSites
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_upstreams() {
+        for bad in [
+            "ftp://x",
+            "127.0.0.1:80",
+            "http://x/path",
+            "https://x",
+            "not a url",
+        ] {
+            let text = MINIMAL.replace("http://127.0.0.1:8081", bad);
+            let err = EdgeConfig::from_toml(&text).unwrap_err();
+            assert!(matches!(err, ConfigError::Site { .. }), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn rejects_a_host_claimed_twice() {
+        let text = format!(
+            "{MINIMAL}\n[[site]]\nname = \"b\"\nhosts = [\"Assets.Example.com.\"]\nupstream = \"http://127.0.0.1:1\"\n"
+        );
+        assert!(matches!(
+            EdgeConfig::from_toml(&text).unwrap_err(),
+            ConfigError::DuplicateHost { .. }
+        ));
+    }
+
+    #[test]
+    fn rejects_hosts_with_ports_and_bad_node_names() {
+        let text = MINIMAL.replace("assets.example.com", "assets.example.com:80");
+        assert!(EdgeConfig::from_toml(&text).is_err());
+        let text = format!("[node]\nname = \"edge 1\"\n{MINIMAL}");
+        assert!(matches!(
+            EdgeConfig::from_toml(&text).unwrap_err(),
+            ConfigError::NodeName(_)
+        ));
+    }
+}

@@ -1,0 +1,323 @@
+//! The miss path: one upstream fetch for a key, run by the coalescer on behalf of every
+//! request waiting on that key.
+//!
+//! A fill fetches the object (conditionally, when a stale entry has validators), decides
+//! whether the response may be stored, reads and stores it, and publishes a [`Fill`].
+//! Only a stored response is shared between waiters; one that may not be stored is handed
+//! to the request that started the fill, and every other waiter asks the upstream itself,
+//! because a response the cache may not keep is not one it may give to someone else.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::body::EdgeBody;
+use crate::cache_control::CacheControl;
+use crate::cache_key::CacheKey;
+use crate::cache_status::{CacheStatus, Forward, NoCacheReason};
+use crate::freshness::{Exchange, evaluate};
+use crate::proxy::{CACHE_STATUS, Edge};
+use crate::site::Site;
+use crate::store::StoredResponse;
+use crate::upstream::{UpstreamError, append_list, empty_body, strip_hop_by_hop};
+
+/// What a fill produced, as every waiter sees it.
+#[derive(Debug, Clone)]
+pub enum Fill {
+    /// Stored (or refreshed); every waiter serves it.
+    Stored {
+        entry: Arc<StoredResponse>,
+        status: CacheStatus,
+    },
+    /// Not storable: the live response, for the request that started the fill only.
+    Handoff {
+        response: Arc<Mutex<Option<Response<EdgeBody>>>>,
+        status: CacheStatus,
+    },
+    /// The upstream failed; every waiter reports it.
+    Failed {
+        error: Arc<UpstreamError>,
+        status: CacheStatus,
+    },
+}
+
+/// Everything a fill needs, owned, so it can run in its own task.
+#[derive(Debug)]
+pub struct FillRequest {
+    pub edge: Arc<Edge>,
+    pub site: Arc<Site>,
+    pub key: CacheKey,
+    pub uri: Uri,
+    /// Headers to send upstream, already filtered for a shared fill.
+    pub headers: HeaderMap,
+    /// The starting request's `Cache-Control` (its `no-store` forbids storing).
+    pub request_cc: CacheControl,
+    /// The stale entry being replaced, if any; its validators make the fetch conditional.
+    pub stale: Option<Arc<StoredResponse>>,
+}
+
+impl FillRequest {
+    pub async fn run(self) -> Fill {
+        let fwd = if self.stale.is_some() {
+            Forward::Stale
+        } else {
+            Forward::UriMiss
+        };
+        let mut status = CacheStatus::forwarded(fwd);
+        let edge = &self.edge;
+
+        let mut request = Request::new(empty_body());
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        if let Some(stale) = &self.stale {
+            add_validators(request.headers_mut(), &stale.headers);
+        }
+        let request_time = SystemTime::now();
+        let started = Instant::now();
+        let response = match edge.upstream.send(request).await {
+            Ok(response) => response,
+            Err(error) => {
+                edge.metrics.upstream_error(error.kind());
+                return Fill::Failed {
+                    error: Arc::new(error),
+                    status,
+                };
+            }
+        };
+        edge.metrics.upstream_response(started.elapsed());
+        let exchange = Exchange {
+            request_time,
+            response_time: SystemTime::now(),
+            received: Instant::now(),
+        };
+        let (mut parts, body) = response.into_parts();
+        status.fwd_status = Some(parts.status.as_u16());
+
+        if parts.status == StatusCode::NOT_MODIFIED
+            && let Some(stale) = &self.stale
+        {
+            return self.revalidated(stale, &parts.headers, exchange, status);
+        }
+
+        let decision = evaluate(
+            parts.status,
+            &parts.headers,
+            &self.request_cc,
+            false,
+            &self.site.freshness,
+            exchange,
+        );
+        strip_hop_by_hop(&mut parts.headers);
+        append_list(&mut parts.headers, header::VIA, &edge.via);
+        let freshness = match decision {
+            Ok(freshness) => freshness,
+            Err(reason) => {
+                if self.stale.is_some() && !parts.status.is_server_error() {
+                    edge.store.remove(&self.key);
+                }
+                return self.handoff(
+                    parts,
+                    EdgeBody::stream(VecDeque::new(), body),
+                    reason,
+                    status,
+                );
+            }
+        };
+        let declared = content_length(&parts.headers);
+        if declared.is_some_and(|len| len > edge.max_object_size) {
+            return self.handoff(
+                parts,
+                EdgeBody::stream(VecDeque::new(), body),
+                NoCacheReason::TooLarge,
+                status,
+            );
+        }
+        let timeout = edge.upstream.body_timeout();
+        let read = match tokio::time::timeout(timeout, read_body(body, edge.max_object_size)).await
+        {
+            Err(_) => Err(UpstreamError::BodyTimeout(timeout)),
+            Ok(read) => read,
+        };
+        let body = match read {
+            Ok(ReadBody::Complete(body)) => body,
+            Ok(ReadBody::TooLarge { prefix, rest }) => {
+                return self.handoff(
+                    parts,
+                    EdgeBody::stream(prefix, rest),
+                    NoCacheReason::TooLarge,
+                    status,
+                );
+            }
+            Err(error) => {
+                edge.metrics.upstream_error(error.kind());
+                return Fill::Failed {
+                    error: Arc::new(error),
+                    status,
+                };
+            }
+        };
+
+        let upstream_cache_status = parts.headers.remove(&CACHE_STATUS);
+        parts.headers.remove(header::AGE);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let entry = Arc::new(StoredResponse {
+            status: parts.status,
+            headers: parts.headers,
+            upstream_cache_status,
+            body,
+            freshness,
+        });
+        edge.store.insert(self.key.clone(), entry.clone());
+        edge.metrics.stored();
+        status.stored = true;
+        Fill::Stored { entry, status }
+    }
+
+    /// A `304` refreshed a stale entry: merge its headers into the stored ones
+    /// (RFC 9111 4.3.4) and store the result with its new freshness.
+    fn revalidated(
+        &self,
+        stale: &StoredResponse,
+        update: &HeaderMap,
+        exchange: Exchange,
+        mut status: CacheStatus,
+    ) -> Fill {
+        let mut headers = stale.headers.clone();
+        let mut fresh = update.clone();
+        strip_hop_by_hop(&mut fresh);
+        for name in [header::CONTENT_LENGTH, header::VIA] {
+            fresh.remove(&name);
+        }
+        let upstream_cache_status = fresh
+            .remove(&CACHE_STATUS)
+            .or_else(|| stale.upstream_cache_status.clone());
+        let mut last = None;
+        for (name, value) in fresh {
+            // `HeaderMap`'s owned iterator yields a name only for the first of its values.
+            let name = match name {
+                Some(name) => {
+                    headers.remove(&name);
+                    last = Some(name.clone());
+                    name
+                }
+                None => match &last {
+                    Some(name) => name.clone(),
+                    None => continue,
+                },
+            };
+            headers.append(name, value);
+        }
+        // Freshness comes from the merged headers, with this exchange's timing and the
+        // 304's Age (if any) in place of the stored one.
+        let mut for_age = headers.clone();
+        for_age.remove(header::AGE);
+        if let Some(age) = update.get(header::AGE) {
+            for_age.insert(header::AGE, age.clone());
+        }
+        match evaluate(
+            stale.status,
+            &for_age,
+            &self.request_cc,
+            false,
+            &self.site.freshness,
+            exchange,
+        ) {
+            Ok(freshness) => {
+                let entry = Arc::new(StoredResponse {
+                    status: stale.status,
+                    headers,
+                    upstream_cache_status,
+                    body: stale.body.clone(),
+                    freshness,
+                });
+                self.edge.store.insert(self.key.clone(), entry.clone());
+                status.stored = true;
+                Fill::Stored { entry, status }
+            }
+            Err(reason) => {
+                self.edge.store.remove(&self.key);
+                let mut response = Response::new(EdgeBody::full(stale.body.clone()));
+                *response.status_mut() = stale.status;
+                *response.headers_mut() = headers;
+                let (parts, body) = response.into_parts();
+                self.handoff(parts, body, reason, status)
+            }
+        }
+    }
+
+    fn handoff(
+        &self,
+        parts: http::response::Parts,
+        body: EdgeBody,
+        reason: NoCacheReason,
+        mut status: CacheStatus,
+    ) -> Fill {
+        self.edge.metrics.not_stored(reason);
+        status.detail = Some(reason.as_str());
+        Fill::Handoff {
+            response: Arc::new(Mutex::new(Some(Response::from_parts(parts, body)))),
+            status,
+        }
+    }
+}
+
+/// Makes a refetch conditional on the stale entry's validators.
+fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
+    if let Some(etag) = stored.get(header::ETAG) {
+        request.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(modified) = stored.get(header::LAST_MODIFIED) {
+        request.insert(header::IF_MODIFIED_SINCE, modified.clone());
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+enum ReadBody {
+    /// The whole body, copied into one buffer of exactly its size.
+    Complete(Bytes),
+    /// Over the size limit: what was read so far, and the rest unread.
+    TooLarge {
+        prefix: VecDeque<Bytes>,
+        rest: Incoming,
+    },
+}
+
+async fn read_body(mut body: Incoming, limit: u64) -> Result<ReadBody, UpstreamError> {
+    let mut chunks = VecDeque::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers are not stored
+        };
+        total += data.len() as u64;
+        chunks.push_back(data);
+        if total > limit {
+            return Ok(ReadBody::TooLarge {
+                prefix: chunks,
+                rest: body,
+            });
+        }
+    }
+    let mut buf = BytesMut::with_capacity(usize::try_from(total).unwrap_or(0));
+    for chunk in chunks {
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(ReadBody::Complete(buf.freeze()))
+}

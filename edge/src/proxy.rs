@@ -1,0 +1,436 @@
+//! The request handler: from a client request to a response, through the cache.
+//!
+//! The life of a request:
+//! 1. The host resolves to a configured site, or the request is refused (`421`) before
+//!    anything is fetched. A request that already passed through this node (its `Via`
+//!    names us) is refused (`508`) instead of looping.
+//! 2. GET and HEAD without `Authorization` are looked up under their cache key; every
+//!    other request passes through to the site's upstream unchanged.
+//! 3. A fresh entry is served from memory. A stale or missing one is filled by one shared
+//!    fetch per key (see [`crate::coalesce`] and [`crate::fill`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::BodyExt;
+
+use crate::body::EdgeBody;
+use crate::cache_control::CacheControl;
+use crate::cache_key::{CacheKey, normalize_target};
+use crate::cache_status::{CacheStatus, Forward, Outcome};
+use crate::coalesce::{Coalescer, Role};
+use crate::config::{ConfigError, EdgeConfig};
+use crate::fill::{Fill, FillRequest};
+use crate::metrics::Metrics;
+use crate::site::{SiteMatch, SiteTable};
+use crate::store::{Storage, StoredResponse};
+use crate::upstream::{
+    BoxError, Purpose, UpstreamClient, UpstreamError, append_list, forward_request_headers,
+    strip_hop_by_hop, via_names,
+};
+
+/// The `Cache-Status` field (RFC 9211).
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// One edge node's request handling state, shared by every connection.
+pub struct Edge {
+    pub(crate) name: String,
+    /// `1.1 <name>`, this node's `Via` member.
+    pub(crate) via: HeaderValue,
+    pub(crate) sites: SiteTable,
+    pub(crate) store: Arc<dyn Storage>,
+    pub(crate) fills: Coalescer<CacheKey, Fill>,
+    pub(crate) upstream: UpstreamClient,
+    pub(crate) metrics: Metrics,
+    pub(crate) max_object_size: u64,
+    max_header_bytes: usize,
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge")
+            .field("name", &self.name)
+            .field("sites", &self.sites.sites().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Edge {
+    /// Builds the handler for a validated config, storing into `store`.
+    pub fn new(config: &EdgeConfig, store: Arc<dyn Storage>) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let via = HeaderValue::from_str(&format!("1.1 {}", config.node.name))
+            .map_err(|_| ConfigError::NodeName(config.node.name.clone()))?;
+        Ok(Self {
+            name: config.node.name.clone(),
+            via,
+            sites: SiteTable::new(&config.sites)?,
+            store,
+            fills: Coalescer::new(),
+            upstream: UpstreamClient::new(&config.upstream),
+            metrics: Metrics::new(config.cache.capacity.as_u64()),
+            max_object_size: config.cache.max_object_size.as_u64(),
+            max_header_bytes: usize::try_from(config.limits.max_header_bytes.as_u64())
+                .unwrap_or(usize::MAX),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn sites(&self) -> &SiteTable {
+        &self.sites
+    }
+
+    pub fn store(&self) -> &Arc<dyn Storage> {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether the node accepts traffic (readiness, as `/healthz` reports it).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Handles one client request from `client`.
+    pub async fn handle<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        client: SocketAddr,
+    ) -> Response<EdgeBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (response, outcome) = self.route(req, client).await;
+        self.metrics.request(outcome);
+        response
+    }
+
+    async fn route<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        client: SocketAddr,
+    ) -> (Response<EdgeBody>, Outcome)
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if head_size(&req) > self.max_header_bytes {
+            return refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &format!(
+                    "the request line and headers exceed this node's limit of {} bytes",
+                    self.max_header_bytes
+                ),
+            );
+        }
+        let host = match request_host(&req) {
+            Ok(host) => host,
+            Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+        };
+        let Some(site) = self.sites.resolve(host) else {
+            return refuse(
+                StatusCode::MISDIRECTED_REQUEST,
+                &format!("no site is configured for host {host:?} on this CDN"),
+            );
+        };
+        if via_names(req.headers(), &self.name) {
+            return refuse(
+                StatusCode::LOOP_DETECTED,
+                "this request already passed through this node: the site's upstream points back at the CDN",
+            );
+        }
+        if matches!(*req.method(), Method::CONNECT | Method::TRACE) {
+            return refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{} is not supported by this CDN", req.method()),
+            );
+        }
+        let raw_target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let target = match normalize_target(raw_target, &site.site.query) {
+            Ok(target) => target,
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        let head = match *req.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => {
+                let target = target.into_owned();
+                return self.pass(site, req, &target, Forward::Method, client).await;
+            }
+        };
+        if req.headers().contains_key(header::AUTHORIZATION) {
+            let target = target.into_owned();
+            return self
+                .pass(site, req, &target, Forward::Request, client)
+                .await;
+        }
+
+        let key = CacheKey::new(site.site.generation(), "http", site.host, &target);
+        let stale = match self.store.get(&key) {
+            Some(entry) => {
+                let now = Instant::now();
+                if entry.freshness.is_fresh(now) {
+                    let status = CacheStatus::hit(entry.freshness.ttl(now));
+                    return (self.serve_stored(&entry, head, &status, now), Outcome::Hit);
+                }
+                Some(entry)
+            }
+            None => None,
+        };
+        let outcome = if stale.is_some() {
+            Outcome::Stale
+        } else {
+            Outcome::Miss
+        };
+
+        let (fill, role) = self
+            .fills
+            .run(&key, || {
+                let request = FillRequest {
+                    edge: self.clone(),
+                    site: site.site.clone(),
+                    key: key.clone(),
+                    uri: upstream_uri(site, &target),
+                    headers: forward_request_headers(
+                        req.headers(),
+                        Purpose::Fill,
+                        site.site.upstream_host.as_ref().unwrap_or(site.host_value),
+                        &self.via,
+                        client.ip(),
+                    ),
+                    request_cc: CacheControl::from_headers(req.headers()),
+                    stale,
+                };
+                request.run()
+            })
+            .await;
+        if role == Role::Follower {
+            self.metrics.coalesced();
+        }
+        match fill {
+            Ok(Fill::Stored { entry, mut status }) => {
+                status.collapsed = role == Role::Follower;
+                (
+                    self.serve_stored(&entry, head, &status, Instant::now()),
+                    outcome,
+                )
+            }
+            Ok(Fill::Handoff { response, status }) => {
+                let taken = match role {
+                    Role::Leader => response
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take(),
+                    Role::Follower => None,
+                };
+                match taken {
+                    Some(mut response) => {
+                        let upstream = response.headers_mut().remove(&CACHE_STATUS);
+                        response.headers_mut().insert(
+                            CACHE_STATUS.clone(),
+                            status.render(&self.name, upstream_str(upstream.as_ref())),
+                        );
+                        if head {
+                            *response.body_mut() = EdgeBody::empty();
+                        }
+                        (response, outcome)
+                    }
+                    // Not shareable: this client asks the upstream itself.
+                    None => {
+                        let target = target.into_owned();
+                        let (response, _) = self
+                            .pass(site, req, &target, Forward::UriMiss, client)
+                            .await;
+                        (response, outcome)
+                    }
+                }
+            }
+            Ok(Fill::Failed { error, status }) => {
+                (self.upstream_failure(&error, &status), Outcome::Error)
+            }
+            Err(_lost) => {
+                let error = UpstreamError::Lost;
+                let status = CacheStatus::forwarded(Forward::UriMiss);
+                (self.upstream_failure(&error, &status), Outcome::Error)
+            }
+        }
+    }
+
+    /// Builds a response from a stored entry: one header map clone and a shared body.
+    fn serve_stored(
+        &self,
+        entry: &StoredResponse,
+        head: bool,
+        status: &CacheStatus,
+        now: Instant,
+    ) -> Response<EdgeBody> {
+        let body = if head {
+            EdgeBody::empty()
+        } else {
+            EdgeBody::full(entry.body.clone())
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = entry.status;
+        let headers = response.headers_mut();
+        *headers = entry.headers.clone();
+        headers.insert(header::AGE, HeaderValue::from(entry.freshness.age(now)));
+        headers.insert(
+            CACHE_STATUS.clone(),
+            status.render(
+                &self.name,
+                upstream_str(entry.upstream_cache_status.as_ref()),
+            ),
+        );
+        response
+    }
+
+    /// Forwards one client's request as it is and streams the answer back.
+    async fn pass<B>(
+        &self,
+        site: SiteMatch<'_>,
+        req: Request<B>,
+        target: &str,
+        fwd: Forward,
+        client: SocketAddr,
+    ) -> (Response<EdgeBody>, Outcome)
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = req.into_parts();
+        let mut upstream_req = Request::new(body.map_err(Into::into).boxed_unsync());
+        *upstream_req.method_mut() = parts.method;
+        *upstream_req.uri_mut() = upstream_uri(site, target);
+        *upstream_req.headers_mut() = forward_request_headers(
+            &parts.headers,
+            Purpose::Pass,
+            site.site.upstream_host.as_ref().unwrap_or(site.host_value),
+            &self.via,
+            client.ip(),
+        );
+        let mut status = CacheStatus::forwarded(fwd);
+        let started = Instant::now();
+        let response = match self.upstream.send(upstream_req).await {
+            Ok(response) => response,
+            Err(error) => {
+                self.metrics.upstream_error(error.kind());
+                return (self.upstream_failure(&error, &status), Outcome::Error);
+            }
+        };
+        self.metrics.upstream_response(started.elapsed());
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        append_list(&mut parts.headers, header::VIA, &self.via);
+        status.fwd_status = Some(parts.status.as_u16());
+        let upstream = parts.headers.remove(&CACHE_STATUS);
+        parts.headers.insert(
+            CACHE_STATUS.clone(),
+            status.render(&self.name, upstream_str(upstream.as_ref())),
+        );
+        let response = Response::from_parts(parts, EdgeBody::stream(Default::default(), body));
+        (response, Outcome::Pass)
+    }
+
+    fn upstream_failure(&self, error: &UpstreamError, status: &CacheStatus) -> Response<EdgeBody> {
+        tracing::warn!(node = %self.name, kind = error.kind(), %error, "upstream failure");
+        let code = error.status();
+        let mut status = status.clone();
+        status.detail = Some(error.kind());
+        let mut response = text_response(
+            code,
+            &format!(
+                "{} {}: {error}\n",
+                code.as_u16(),
+                code.canonical_reason().unwrap_or("")
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(CACHE_STATUS.clone(), status.render(&self.name, None));
+        response
+    }
+}
+
+/// Bytes of the request head as sent (request line and header lines).
+fn head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri
+            .authority()
+            .map_or(0, |a| a.as_str().len() + "https://".len());
+    let line = req.method().as_str().len() + target + " HTTP/1.1\r\n ".len();
+    req.headers().iter().fold(line, |n, (name, value)| {
+        n + name.as_str().len() + value.len() + 4
+    })
+}
+
+/// The host a request is for: the absolute-form authority if any, else the one `Host`.
+fn request_host<B>(req: &Request<B>) -> Result<&str, &'static str> {
+    if let Some(authority) = req.uri().authority() {
+        return Ok(authority.as_str());
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts
+        .next()
+        .ok_or("missing Host header: say which site you want")?;
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    host.to_str()
+        .ok()
+        .filter(|h| !h.is_empty())
+        .ok_or("Host header is empty or not ASCII")
+}
+
+fn upstream_uri(site: SiteMatch<'_>, target: &str) -> Uri {
+    Uri::builder()
+        .scheme(site.site.upstream_scheme.clone())
+        .authority(site.site.upstream_authority.clone())
+        .path_and_query(target)
+        .build()
+        .unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+fn upstream_str(value: Option<&HeaderValue>) -> Option<&str> {
+    value.and_then(|v| v.to_str().ok())
+}
+
+fn refuse(status: StatusCode, message: &str) -> (Response<EdgeBody>, Outcome) {
+    let text = format!(
+        "{} {}: {message}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    (text_response(status, &text), Outcome::Refused)
+}
+
+/// A short plain-text answer that no cache may keep.
+pub(crate) fn text_response(status: StatusCode, text: &str) -> Response<EdgeBody> {
+    let mut response = Response::new(EdgeBody::full(Bytes::copy_from_slice(text.as_bytes())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,180 @@
+//! Listeners: the public HTTP front door and the admin port, with graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin;
+use crate::config::{ConfigError, EdgeConfig, LimitsConfig};
+use crate::proxy::Edge;
+use crate::store::{MemoryStore, Storage};
+
+/// The node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} ({what}): {source}; is another process using it?")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// A running edge node.
+#[derive(Debug)]
+pub struct EdgeServer {
+    edge: Arc<Edge>,
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// How long in-flight requests may take to finish after shutdown is requested.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl EdgeServer {
+    /// Binds both listeners and starts serving, with an in-memory store sized from config.
+    pub async fn start(config: EdgeConfig) -> Result<Self, StartError> {
+        let store = Arc::new(MemoryStore::new(config.cache.capacity.as_u64()));
+        Self::start_with_store(config, store).await
+    }
+
+    /// As [`EdgeServer::start`], with a given store.
+    pub async fn start_with_store(
+        config: EdgeConfig,
+        store: Arc<dyn Storage>,
+    ) -> Result<Self, StartError> {
+        let edge = Arc::new(Edge::new(&config, store)?);
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, what, source })
+        };
+        let public = bind(config.node.listen, "public listener").await?;
+        let admin = bind(config.node.admin_listen, "admin listener").await?;
+        let public_addr = local_addr(&public, config.node.listen)?;
+        let admin_addr = local_addr(&admin, config.node.admin_listen)?;
+        let (shutdown, _) = watch::channel(false);
+
+        let tasks = vec![
+            tokio::spawn(serve_public(
+                public,
+                edge.clone(),
+                config.limits.clone(),
+                shutdown.subscribe(),
+            )),
+            tokio::spawn(serve_admin(admin, edge.clone(), shutdown.subscribe())),
+        ];
+        edge.set_ready(true);
+        tracing::info!(node = %edge.name(), %public_addr, %admin_addr, "edge listening");
+        Ok(Self {
+            edge,
+            public_addr,
+            admin_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn edge(&self) -> &Arc<Edge> {
+        &self.edge
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to a bound), and returns.
+    pub async fn shutdown(self) {
+        self.edge.set_ready(false);
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        addr,
+        what: "local address",
+        source,
+    })
+}
+
+async fn serve_public(
+    listener: TcpListener,
+    edge: Arc<Edge>,
+    limits: LimitsConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(usize::try_from(limits.max_header_bytes.as_u64()).unwrap_or(usize::MAX))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let edge = edge.clone();
+        let service = service_fn(move |req| {
+            let edge = edge.clone();
+            async move { Ok::<_, Infallible>(edge.handle(req, peer).await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain timeout; closing them");
+    }
+}
+
+async fn serve_admin(listener: TcpListener, edge: Arc<Edge>, mut shutdown: watch::Receiver<bool>) {
+    let app = admin::router(edge);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::warn!(%error, "admin listener failed");
+    }
+}

@@ -1,0 +1,226 @@
+//! Sites: which host names this node answers for, and where each one's content comes from.
+//!
+//! The table is the node's whole answer to "is this an open proxy?": a request whose host
+//! is not in it is refused before anything is fetched, and a site only ever fetches from
+//! its own configured upstream, whatever the request says.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::HeaderValue;
+use http::uri::{Authority, Scheme};
+
+use crate::cache_key::QueryPolicy;
+use crate::config::{ConfigError, SiteConfig, normalize_host};
+use crate::freshness::FreshnessPolicy;
+
+/// One configured site.
+#[derive(Debug)]
+pub struct Site {
+    pub name: String,
+    pub upstream_scheme: Scheme,
+    pub upstream_authority: Authority,
+    /// `Host` sent upstream instead of the client's host, when configured.
+    pub upstream_host: Option<HeaderValue>,
+    pub query: QueryPolicy,
+    pub freshness: FreshnessPolicy,
+    generation: AtomicU64,
+}
+
+impl Site {
+    fn from_config(config: &SiteConfig) -> Result<Self, ConfigError> {
+        let (upstream_scheme, upstream_authority) =
+            config
+                .upstream_parts()
+                .map_err(|message| ConfigError::Site {
+                    site: config.name.clone(),
+                    message,
+                })?;
+        let upstream_host = config
+            .upstream_host
+            .as_deref()
+            .map(HeaderValue::from_str)
+            .transpose()
+            .map_err(|_| ConfigError::Site {
+                site: config.name.clone(),
+                message: "upstream_host is not a valid Host value".into(),
+            })?;
+        Ok(Self {
+            name: config.name.clone(),
+            upstream_scheme,
+            upstream_authority,
+            upstream_host,
+            query: QueryPolicy {
+                mode: config.query,
+                drop: config.drop_params.clone(),
+            },
+            freshness: FreshnessPolicy {
+                heuristic_fraction: config.heuristic_fraction,
+                heuristic_max: config.heuristic_max,
+            },
+            generation: AtomicU64::new(config.generation),
+        })
+    }
+
+    /// The generation every key of this site starts with.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Raises the generation, making every entry of the site unreachable at once.
+    /// Returns the new generation.
+    pub fn bump_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
+
+/// A host resolved to its site.
+#[derive(Debug, Clone, Copy)]
+pub struct SiteMatch<'a> {
+    pub site: &'a Arc<Site>,
+    /// The configured (normalized) host name, as used in cache keys.
+    pub host: &'a str,
+    /// The same, ready to send as `Host` upstream.
+    pub host_value: &'a HeaderValue,
+}
+
+#[derive(Debug)]
+struct HostEntry {
+    site: Arc<Site>,
+    host: Box<str>,
+    host_value: HeaderValue,
+}
+
+/// Host name -> site.
+#[derive(Debug, Default)]
+pub struct SiteTable {
+    by_host: HashMap<Box<str>, HostEntry>,
+    sites: Vec<Arc<Site>>,
+}
+
+impl SiteTable {
+    pub fn new(configs: &[SiteConfig]) -> Result<Self, ConfigError> {
+        let mut table = SiteTable::default();
+        for config in configs {
+            let site = Arc::new(Site::from_config(config)?);
+            for host in &config.hosts {
+                let host = normalize_host(host);
+                let host_value = HeaderValue::from_str(&host).map_err(|_| ConfigError::Site {
+                    site: config.name.clone(),
+                    message: format!("host {host:?} is not a valid Host value"),
+                })?;
+                table.by_host.insert(
+                    host.clone().into_boxed_str(),
+                    HostEntry {
+                        site: site.clone(),
+                        host: host.into_boxed_str(),
+                        host_value,
+                    },
+                );
+            }
+            table.sites.push(site);
+        }
+        Ok(table)
+    }
+
+    /// Resolves a `Host` value (`name`, `name:port`, `[v6]:port`, any case, trailing dot).
+    pub fn resolve(&self, raw: &str) -> Option<SiteMatch<'_>> {
+        let name = strip_port(raw);
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let entry = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_host.get(name.to_ascii_lowercase().as_str())
+        } else {
+            self.by_host.get(name)
+        }?;
+        Some(SiteMatch {
+            site: &entry.site,
+            host: &entry.host,
+            host_value: &entry.host_value,
+        })
+    }
+
+    /// Every site, in config order.
+    pub fn sites(&self) -> &[Arc<Site>] {
+        &self.sites
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EdgeConfig;
+
+    fn table() -> SiteTable {
+        let config = EdgeConfig::from_toml(
+            r#"
+            [[site]]
+            name = "assets"
+            hosts = ["assets.example.com", "static.example.com"]
+            upstream = "http://127.0.0.1:8081"
+            [[site]]
+            name = "v6"
+            hosts = ["[::1]"]
+            upstream = "http://127.0.0.1:8082"
+            "#,
+        )
+        .unwrap();
+        SiteTable::new(&config.sites).unwrap()
+    }
+
+    #[test]
+    fn resolves_hosts_with_ports_case_and_trailing_dots() {
+        let t = table();
+        for raw in [
+            "assets.example.com",
+            "assets.example.com:8080",
+            "ASSETS.Example.COM",
+            "assets.example.com.",
+            "assets.example.com.:443",
+        ] {
+            let m = t
+                .resolve(raw)
+                .unwrap_or_else(|| panic!("{raw} not resolved"));
+            assert_eq!(m.site.name, "assets");
+            assert_eq!(m.host, "assets.example.com");
+        }
+        assert_eq!(t.resolve("[::1]:80").unwrap().site.name, "v6");
+    }
+
+    #[test]
+    fn unknown_hosts_resolve_to_nothing() {
+        let t = table();
+        for raw in [
+            "evil.example",
+            "example.com",
+            "",
+            ":80",
+            "assets.example.com.evil",
+        ] {
+            assert!(t.resolve(raw).is_none(), "{raw} resolved");
+        }
+    }
+
+    #[test]
+    fn generation_bumps_are_per_site() {
+        let t = table();
+        let site = t.resolve("assets.example.com").unwrap().site;
+        assert_eq!(site.generation(), 1);
+        assert_eq!(site.bump_generation(), 2);
+        assert_eq!(
+            t.resolve("static.example.com").unwrap().site.generation(),
+            2
+        );
+        assert_eq!(t.resolve("[::1]").unwrap().site.generation(), 1);
+    }
+}

@@ -1,0 +1,200 @@
+//! Where responses live: the [`Storage`] trait and its in-memory implementation.
+//!
+//! Stored bodies are `Bytes` copied to their exact size at fill time, so a hit clones a
+//! reference count and never copies, and the weigher counts what is really held (a body
+//! sliced from a larger read buffer would pin the whole buffer).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use moka::policy::EvictionPolicy;
+
+use crate::cache_key::CacheKey;
+use crate::freshness::Freshness;
+
+/// Fixed bytes charged per entry for the bookkeeping around it (the entry struct, the
+/// key's and header map's allocations, the cache's own node).
+const ENTRY_OVERHEAD: usize = 256;
+/// Bytes charged per header field beyond its name and value.
+const HEADER_OVERHEAD: usize = 32;
+
+/// A response as the cache keeps it.
+#[derive(Debug)]
+pub struct StoredResponse {
+    pub status: StatusCode,
+    /// End-to-end headers to send, `Via` already including this node; without `Age`
+    /// and `Cache-Status`, which are computed per response.
+    pub headers: HeaderMap,
+    /// The upstream's `Cache-Status` members, which this node's member follows.
+    pub upstream_cache_status: Option<HeaderValue>,
+    pub body: Bytes,
+    pub freshness: Freshness,
+}
+
+impl StoredResponse {
+    /// Bytes of memory this entry holds, for the byte-weighted capacity.
+    pub fn weight(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + HEADER_OVERHEAD)
+            .sum();
+        let upstream = self.upstream_cache_status.as_ref().map_or(0, |v| v.len());
+        ENTRY_OVERHEAD + headers + upstream + self.body.len()
+    }
+}
+
+/// What a store holds right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes charged against the capacity, keys included.
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+/// A cache store. Implementations must be cheap to call from every request and must
+/// never block on I/O: a hit is served from whatever `get` returns.
+pub trait Storage: Send + Sync + 'static {
+    /// The response stored under `key`, fresh or not; freshness is the caller's business.
+    fn get(&self, key: &CacheKey) -> Option<Arc<StoredResponse>>;
+
+    /// Stores `value` under `key`, replacing any previous entry. The store may evict other
+    /// entries, or refuse this one, to stay within its capacity.
+    fn insert(&self, key: CacheKey, value: Arc<StoredResponse>);
+
+    /// Removes the entry under `key`, if any.
+    fn remove(&self, key: &CacheKey);
+
+    /// Current usage, with pending evictions applied first so it never reads over capacity
+    /// once the store has settled.
+    fn usage(&self) -> Usage;
+}
+
+/// The in-memory store: `moka` with a byte weigher and LRU eviction.
+#[derive(Clone)]
+pub struct MemoryStore {
+    cache: moka::sync::Cache<CacheKey, Arc<StoredResponse>>,
+    capacity: u64,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("capacity", &self.capacity)
+            .field("entries", &self.cache.entry_count())
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// A store that holds at most `capacity` bytes.
+    pub fn new(capacity: u64) -> Self {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .eviction_policy(EvictionPolicy::lru())
+            .weigher(|key: &CacheKey, value: &Arc<StoredResponse>| {
+                u32::try_from(key.len() + value.weight()).unwrap_or(u32::MAX)
+            })
+            .build();
+        Self { cache, capacity }
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+}
+
+impl Storage for MemoryStore {
+    fn get(&self, key: &CacheKey) -> Option<Arc<StoredResponse>> {
+        self.cache.get(key)
+    }
+
+    fn insert(&self, key: CacheKey, value: Arc<StoredResponse>) {
+        self.cache.insert(key, value);
+    }
+
+    fn remove(&self, key: &CacheKey) {
+        self.cache.invalidate(key);
+    }
+
+    fn usage(&self) -> Usage {
+        self.cache.run_pending_tasks();
+        Usage {
+            bytes: self.cache.weighted_size(),
+            entries: self.cache.entry_count(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::freshness::Exchange;
+
+    fn response(body_len: usize) -> Arc<StoredResponse> {
+        Arc::new(StoredResponse {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            upstream_cache_status: None,
+            body: Bytes::from(vec![7u8; body_len]),
+            freshness: Freshness {
+                initial_age: 0,
+                lifetime: 60,
+                received: Exchange::now().received,
+                must_revalidate: false,
+            },
+        })
+    }
+
+    fn key(i: usize) -> CacheKey {
+        CacheKey::new(1, "http", "h", &format!("/{i}"))
+    }
+
+    #[test]
+    fn a_hit_shares_the_stored_body() {
+        let store = MemoryStore::new(1 << 20);
+        let r = response(1000);
+        store.insert(key(1), r.clone());
+        let got = store.get(&key(1)).unwrap();
+        assert_eq!(got.body.as_ptr(), r.body.as_ptr());
+        assert!(store.get(&key(2)).is_none());
+    }
+
+    #[test]
+    fn twice_the_capacity_stays_under_capacity() {
+        let capacity = 256 * 1024;
+        let store = MemoryStore::new(capacity);
+        for i in 0..64 {
+            store.insert(key(i), response(8 * 1024));
+        }
+        let usage = store.usage();
+        assert!(usage.bytes <= capacity, "{usage:?}");
+        assert!(usage.entries > 0 && usage.entries < 64, "{usage:?}");
+    }
+
+    #[test]
+    fn lru_keeps_what_is_read() {
+        let store = MemoryStore::new(64 * 1024);
+        store.insert(key(0), response(8 * 1024));
+        store.usage();
+        for i in 1..40 {
+            assert!(store.get(&key(0)).is_some(), "hot entry evicted at {i}");
+            store.insert(key(i), response(8 * 1024));
+            store.usage();
+        }
+    }
+
+    #[test]
+    fn weight_counts_body_and_headers() {
+        let mut r = StoredResponse {
+            headers: HeaderMap::new(),
+            ..Arc::try_unwrap(response(100)).unwrap()
+        };
+        let base = r.weight();
+        r.headers
+            .insert("x-test", HeaderValue::from_static("abcdef"));
+        assert_eq!(r.weight(), base + 6 + 6 + HEADER_OVERHEAD);
+        assert!(base >= 100 + ENTRY_OVERHEAD);
+    }
+}

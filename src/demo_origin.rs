@@ -1,0 +1,370 @@
+//! A demo origin: serves generated assets of chosen sizes with chosen cache headers, and
+//! counts the requests it receives per target, so `cdn up` has something to cache and
+//! tests can see exactly what reached the origin.
+//!
+//! Requests choose the response with query parameters (the whole target, parameters
+//! included, is what is counted):
+//! - size: the last path segment's `<N>[k|m].bin` (`/obj/16k.bin` is 16 KiB), or `size=N[k|m]`;
+//!   default 1 KiB, at most 64 MiB.
+//! - `cc=VALUE`: the `Cache-Control` sent (default `public, max-age=3600`; `cc=none` omits it).
+//! - `status=N`: the status code (default 200).
+//! - `delay_ms=N`: wait before answering (at most 30 s).
+//! - `etag=0`: send no `ETag`/`Last-Modified` (validators are on by default, and a matching
+//!   `If-None-Match` gets `304`).
+//! - `h.NAME=VALUE`: add any response header, e.g. `h.vary=accept`.
+//!
+//! `GET /__stats` returns the counts as JSON; `POST /__reset` clears them. Neither is counted.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const MAX_SIZE: usize = 64 << 20;
+const MAX_DELAY: Duration = Duration::from_secs(30);
+const DEFAULT_CACHE_CONTROL: &str = "public, max-age=3600";
+/// Last-Modified of every generated asset: a fixed date, so validators are stable.
+const LAST_MODIFIED: &str = "Mon, 02 Nov 2026 10:00:00 GMT";
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: u64,
+    by_target: BTreeMap<String, u64>,
+}
+
+/// A running demo origin.
+#[derive(Debug)]
+pub struct DemoOrigin {
+    addr: SocketAddr,
+    counts: Arc<Mutex<Counts>>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl DemoOrigin {
+    /// Binds `addr` (port 0 for any) and starts serving.
+    pub async fn start(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let counts = Arc::new(Mutex::new(Counts::default()));
+        let (shutdown, mut stop) = watch::channel(false);
+        let shared = counts.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    _ = stop.changed() => break,
+                };
+                let _ = stream.set_nodelay(true);
+                let counts = shared.clone();
+                let service = service_fn(move |req| {
+                    let counts = counts.clone();
+                    async move { Ok::<_, Infallible>(serve(req, &counts).await) }
+                });
+                tokio::spawn(async move {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            counts,
+            shutdown,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests received for one exact target (`/path?query`).
+    pub fn hits(&self, target: &str) -> u64 {
+        self.lock().by_target.get(target).copied().unwrap_or(0)
+    }
+
+    /// Requests received in all.
+    pub fn total_hits(&self) -> u64 {
+        self.lock().total
+    }
+
+    pub fn reset(&self) {
+        *self.lock() = Counts::default();
+    }
+
+    /// Stops accepting connections.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+async fn serve(req: Request<Incoming>, counts: &Mutex<Counts>) -> Response<Full<Bytes>> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    match req.uri().path() {
+        "/__stats" => {
+            let counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+            let body = serde_json::json!({ "total": counts.total, "targets": counts.by_target });
+            return json(StatusCode::OK, body.to_string());
+        }
+        "/__reset" => {
+            *counts.lock().unwrap_or_else(PoisonError::into_inner) = Counts::default();
+            return json(StatusCode::OK, "{}".to_owned());
+        }
+        _ => {}
+    }
+    {
+        let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.total += 1;
+        *counts.by_target.entry(target.clone()).or_default() += 1;
+    }
+    match Asset::from_request(&req) {
+        Ok(asset) => asset.respond(&req).await,
+        Err(message) => text(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+/// What one request asked the origin to send.
+struct Asset {
+    size: usize,
+    cache_control: Option<String>,
+    status: StatusCode,
+    delay: Duration,
+    validators: bool,
+    extra: Vec<(HeaderName, HeaderValue)>,
+    seed: u64,
+}
+
+impl Asset {
+    fn from_request<B>(req: &Request<B>) -> Result<Self, String> {
+        let path = req.uri().path();
+        let mut asset = Asset {
+            size: path
+                .rsplit('/')
+                .next()
+                .and_then(|name| name.strip_suffix(".bin"))
+                .and_then(parse_size)
+                .unwrap_or(1024),
+            cache_control: Some(DEFAULT_CACHE_CONTROL.to_owned()),
+            status: StatusCode::OK,
+            delay: Duration::ZERO,
+            validators: true,
+            extra: Vec::new(),
+            seed: fnv1a(path.as_bytes()),
+        };
+        for pair in req.uri().query().unwrap_or("").split('&') {
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let value = decode(value);
+            match name {
+                "size" => {
+                    asset.size = parse_size(&value).ok_or(format!("bad size {value:?}"))?;
+                }
+                "cc" if value == "none" => asset.cache_control = None,
+                "cc" => asset.cache_control = Some(value),
+                "status" => {
+                    asset.status = value
+                        .parse::<u16>()
+                        .ok()
+                        .and_then(|s| StatusCode::from_u16(s).ok())
+                        .ok_or(format!("bad status {value:?}"))?;
+                }
+                "delay_ms" => {
+                    let ms: u64 = value
+                        .parse()
+                        .map_err(|_| format!("bad delay_ms {value:?}"))?;
+                    asset.delay = Duration::from_millis(ms).min(MAX_DELAY);
+                }
+                "etag" => asset.validators = value != "0",
+                _ => {
+                    if let Some(header) = name.strip_prefix("h.") {
+                        let name = HeaderName::from_bytes(header.as_bytes())
+                            .map_err(|_| format!("bad header name {header:?}"))?;
+                        let value = HeaderValue::from_str(&value)
+                            .map_err(|_| format!("bad header value {value:?}"))?;
+                        asset.extra.push((name, value));
+                    }
+                }
+            }
+        }
+        if asset.size > MAX_SIZE {
+            return Err(format!(
+                "size {} is over the demo origin's 64 MiB",
+                asset.size
+            ));
+        }
+        Ok(asset)
+    }
+
+    async fn respond<B>(self, req: &Request<B>) -> Response<Full<Bytes>> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let etag = format!("\"{:x}-{}\"", self.seed, self.size);
+        let not_modified = self.validators
+            && req
+                .headers()
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+        let body = if not_modified || req.method() == http::Method::HEAD {
+            Bytes::new()
+        } else {
+            generate(self.seed, self.size)
+        };
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = if not_modified {
+            StatusCode::NOT_MODIFIED
+        } else {
+            self.status
+        };
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        if req.method() == http::Method::HEAD {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.size));
+        }
+        if let Some(cc) = self
+            .cache_control
+            .and_then(|cc| HeaderValue::from_str(&cc).ok())
+        {
+            headers.insert(header::CACHE_CONTROL, cc);
+        }
+        if self.validators {
+            if let Ok(etag) = HeaderValue::from_str(&etag) {
+                headers.insert(header::ETAG, etag);
+            }
+            headers.insert(
+                header::LAST_MODIFIED,
+                HeaderValue::from_static(LAST_MODIFIED),
+            );
+        }
+        for (name, value) in self.extra {
+            headers.append(name, value);
+        }
+        response
+    }
+}
+
+/// `1024`, `16k`, `4m` (binary multiples).
+fn parse_size(s: &str) -> Option<usize> {
+    let (digits, unit) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1024),
+        b'm' | b'M' => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    digits.parse::<usize>().ok()?.checked_mul(unit)
+}
+
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Deterministic content for a seed: the same path always has the same bytes.
+fn generate(seed: u64, size: usize) -> Bytes {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(size);
+    while out.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let take = (size - out.len()).min(8);
+        out.extend_from_slice(&state.to_le_bytes()[..take]);
+    }
+    Bytes::from(out)
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn text(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(message + "\n")));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("1k"), Some(1024));
+        assert_eq!(parse_size("4m"), Some(4 << 20));
+        assert_eq!(parse_size("300"), Some(300));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn content_is_deterministic_per_path() {
+        assert_eq!(generate(1, 100), generate(1, 100));
+        assert_ne!(generate(1, 100), generate(2, 100));
+        assert_eq!(generate(9, 13).len(), 13);
+    }
+
+    #[test]
+    fn requests_choose_their_response() {
+        let req = Request::get("/obj/16k.bin?cc=no-store&status=404&h.x-a=b&etag=0")
+            .body(())
+            .unwrap();
+        let asset = Asset::from_request(&req).unwrap();
+        assert_eq!(asset.size, 16384);
+        assert_eq!(asset.cache_control.as_deref(), Some("no-store"));
+        assert_eq!(asset.status, StatusCode::NOT_FOUND);
+        assert!(!asset.validators);
+        assert_eq!(asset.extra.len(), 1);
+        let too_big = Request::get("/a?size=65m").body(()).unwrap();
+        assert!(Asset::from_request(&too_big).is_err());
+    }
+}

@@ -1,0 +1,275 @@
+//! What the edge stores, for how long, and what it says about it.
+
+mod support;
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use support::{HOST, Harness, NODE};
+
+#[tokio::test]
+async fn miss_then_hit_with_cache_status_and_age() {
+    let h = Harness::start().await;
+    let miss = h.get("/obj/16k.bin").await;
+    assert_eq!(miss.status, StatusCode::OK);
+    assert_eq!(miss.body.len(), 16 * 1024);
+    assert_eq!(
+        miss.cache_status(),
+        format!("{NODE}; fwd=uri-miss; fwd-status=200; stored")
+    );
+    assert_eq!(miss.age(), 0);
+    assert_eq!(miss.header("via"), format!("1.1 {NODE}"));
+
+    let hit = h.get("/obj/16k.bin").await;
+    assert_eq!(hit.status, StatusCode::OK);
+    assert_eq!(hit.body, miss.body, "a hit serves the stored bytes");
+    assert!(
+        hit.cache_status()
+            .starts_with(&format!("{NODE}; hit; ttl=")),
+        "{}",
+        hit.cache_status()
+    );
+    assert!(hit.age() <= 1);
+    assert_eq!(hit.header("content-length"), "16384");
+    assert_eq!(h.origin.hits("/obj/16k.bin"), 1);
+    assert_eq!(
+        h.metric(r#"edge_requests_total{cache_status="hit"}"#).await,
+        1.0
+    );
+    assert_eq!(
+        h.metric(r#"edge_requests_total{cache_status="miss"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn age_includes_the_age_the_upstream_reported() {
+    let h = Harness::start().await;
+    let target = "/aged.bin?h.age=100&cc=max-age%3D3600";
+    h.get(target).await;
+    let hit = h.get(target).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert!((100..=101).contains(&hit.age()), "age {}", hit.age());
+    let ttl: i64 = hit
+        .cache_status()
+        .rsplit("ttl=")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3499..=3500).contains(&ttl), "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn no_store_and_private_responses_are_never_stored() {
+    let h = Harness::start().await;
+    for (cc, reason) in [
+        ("no-store", "no-store"),
+        ("private%2C%20max-age%3D60", "private"),
+    ] {
+        let target = format!("/secret.bin?cc={cc}");
+        for _ in 0..3 {
+            let reply = h.get(&target).await;
+            assert_eq!(reply.status, StatusCode::OK);
+            assert!(
+                reply.cache_status().ends_with(&format!("detail={reason}")),
+                "{}",
+                reply.cache_status()
+            );
+        }
+        assert_eq!(h.origin.hits(&target), 3, "{cc} was served from cache");
+    }
+    assert_eq!(h.metric("edge_cache_entries").await, 0.0);
+}
+
+#[tokio::test]
+async fn set_cookie_responses_are_not_shared() {
+    let h = Harness::start().await;
+    let target = "/me.bin?h.set-cookie=session%3Dabc";
+    h.get(target).await;
+    let second = h.get(target).await;
+    assert!(second.cache_status().ends_with("detail=set-cookie"));
+    assert_eq!(h.origin.hits(target), 2);
+}
+
+#[tokio::test]
+async fn max_age_expiry_revalidates_with_the_stored_validator() {
+    let h = Harness::start().await;
+    let target = "/short.bin?cc=max-age%3D1";
+    let first = h.get(target).await;
+    assert!(first.cache_status().contains("stored"));
+    assert!(h.get(target).await.cache_status().contains("hit"));
+    // Let the one-second lifetime run out: time passing is the behaviour under test.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let revalidated = h.get(target).await;
+    assert_eq!(
+        revalidated.cache_status(),
+        format!("{NODE}; fwd=stale; fwd-status=304; stored")
+    );
+    assert_eq!(revalidated.body, first.body);
+    assert_eq!(h.origin.hits(target), 2);
+    assert!(h.get(target).await.cache_status().contains("hit"));
+    assert_eq!(h.origin.hits(target), 2);
+}
+
+#[tokio::test]
+async fn an_expired_entry_without_validators_is_fetched_again() {
+    let h = Harness::start().await;
+    let target = "/short-novalidator.bin?cc=max-age%3D1&etag=0";
+    h.get(target).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let refetched = h.get(target).await;
+    assert_eq!(
+        refetched.cache_status(),
+        format!("{NODE}; fwd=stale; fwd-status=200; stored")
+    );
+    assert_eq!(h.origin.hits(target), 2);
+}
+
+#[tokio::test]
+async fn no_cache_is_stored_but_revalidated_every_time() {
+    let h = Harness::start().await;
+    let target = "/nc.bin?cc=no-cache";
+    h.get(target).await;
+    for _ in 0..2 {
+        let reply = h.get(target).await;
+        assert!(
+            reply.cache_status().contains("fwd=stale; fwd-status=304"),
+            "{}",
+            reply.cache_status()
+        );
+        assert_eq!(reply.body.len(), 1024);
+    }
+    assert_eq!(h.origin.hits(target), 3);
+}
+
+#[tokio::test]
+async fn byte_capacity_is_respected_when_twice_the_capacity_is_inserted() {
+    let capacity = 256 * 1024;
+    let h = Harness::start_with(
+        &format!("capacity = {capacity}\nmax_object_size = \"64 KiB\""),
+        "",
+    )
+    .await;
+    for i in 0..32 {
+        let reply = h.get(&format!("/fill/{i}/16k.bin")).await;
+        assert!(reply.cache_status().contains("stored"));
+    }
+    let bytes = h.metric("edge_cache_bytes").await;
+    let entries = h.metric("edge_cache_entries").await;
+    assert!(
+        bytes <= capacity as f64,
+        "{bytes} bytes cached over {capacity}"
+    );
+    assert!(bytes > capacity as f64 / 2.0, "cache nearly empty: {bytes}");
+    assert!((8.0..32.0).contains(&entries), "{entries} entries");
+    // The most recent object is still there.
+    assert!(
+        h.get("/fill/31/16k.bin")
+            .await
+            .cache_status()
+            .contains("hit")
+    );
+}
+
+#[tokio::test]
+async fn objects_over_the_size_limit_stream_through_unstored() {
+    let h = Harness::start_with("max_object_size = \"64 KiB\"", "").await;
+    for target in ["/big/256k.bin", "/big/256k.bin?h.x=chunked"] {
+        let reply = h.get(target).await;
+        assert_eq!(reply.body.len(), 256 * 1024);
+        assert!(reply.cache_status().ends_with("detail=too-large"));
+    }
+    assert_eq!(h.metric("edge_cache_entries").await, 0.0);
+}
+
+#[tokio::test]
+async fn query_strings_are_normalized_per_site() {
+    let h = Harness::start_with("", "query = \"sort\"\ndrop_params = [\"utm_source\"]").await;
+    let a = h.get("/q.bin?b=2&a=1&utm_source=mail").await;
+    assert!(a.cache_status().contains("stored"));
+    let b = h.get("/q.bin?a=1&b=2").await;
+    assert!(b.cache_status().contains("hit"), "{}", b.cache_status());
+    // The origin saw the normalized target, once.
+    assert_eq!(h.origin.hits("/q.bin?a=1&b=2"), 1);
+    assert_eq!(h.origin.total_hits(), 1);
+}
+
+#[tokio::test]
+async fn versioned_asset_urls_are_distinct_objects() {
+    let h = Harness::start().await;
+    let v1 = h.get("/app.3f2a9c.js").await;
+    let v2 = h.get("/app.77aa01.js").await;
+    assert_ne!(v1.body, v2.body);
+    assert!(h.get("/app.3f2a9c.js").await.cache_status().contains("hit"));
+    assert_eq!(h.origin.total_hits(), 2);
+}
+
+#[tokio::test]
+async fn head_fills_the_cache_and_get_then_hits() {
+    let h = Harness::start().await;
+    let head = h.send(Method::HEAD, "/h.bin", HOST, &[]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("content-length"), "1024");
+    let get = h.get("/h.bin").await;
+    assert!(get.cache_status().contains("hit"));
+    assert_eq!(get.body.len(), 1024);
+}
+
+#[tokio::test]
+async fn other_methods_pass_through_and_are_not_stored() {
+    let h = Harness::start().await;
+    for _ in 0..2 {
+        let reply = h.send(Method::POST, "/form", HOST, &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            reply.cache_status(),
+            format!("{NODE}; fwd=method; fwd-status=200")
+        );
+    }
+    assert_eq!(h.origin.hits("/form"), 2);
+    assert_eq!(
+        h.metric(r#"edge_requests_total{cache_status="pass"}"#)
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn requests_with_authorization_bypass_the_cache() {
+    let h = Harness::start().await;
+    h.get("/auth.bin").await;
+    let reply = h
+        .send(
+            Method::GET,
+            "/auth.bin",
+            HOST,
+            &[("authorization", "Bearer x")],
+        )
+        .await;
+    assert!(
+        reply.cache_status().contains("fwd=request"),
+        "{}",
+        reply.cache_status()
+    );
+    assert_eq!(h.origin.hits("/auth.bin"), 2);
+}
+
+#[tokio::test]
+async fn client_conditionals_and_ranges_do_not_leak_into_shared_fills() {
+    let h = Harness::start().await;
+    let reply = h
+        .send(
+            Method::GET,
+            "/cond.bin",
+            HOST,
+            &[("if-none-match", "*"), ("range", "bytes=0-9")],
+        )
+        .await;
+    // The fill fetched the whole object for everyone.
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body.len(), 1024);
+    assert!(h.get("/cond.bin").await.cache_status().contains("hit"));
+}

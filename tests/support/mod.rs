@@ -1,0 +1,250 @@
+//! Shared setup for the cross-component tests: a demo origin and an edge on port 0 of
+//! 127.0.0.1, an HTTP client, and a raw-socket helper for malformed input.
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cdn::demo_origin::DemoOrigin;
+use edge::{EdgeConfig, EdgeServer};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The host name of the test site.
+pub const HOST: &str = "assets.test";
+/// The edge's node name in tests.
+pub const NODE: &str = "edge-test";
+
+/// A response as a test sees it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ASCII header"))
+            .unwrap_or("")
+    }
+
+    /// This edge's member of `Cache-Status`.
+    pub fn cache_status(&self) -> &str {
+        let all = self.header("cache-status");
+        all.rsplit(", ").next().unwrap_or(all)
+    }
+
+    pub fn age(&self) -> u64 {
+        self.header("age").parse().expect("numeric Age")
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// An edge config for `upstream`, listening on port 0, with `extra` TOML appended to the
+/// `[cache]` table (e.g. `capacity = "1 MiB"`) and `site_extra` to the site.
+pub fn config(upstream: SocketAddr, cache_extra: &str, site_extra: &str) -> EdgeConfig {
+    config_with(upstream, cache_extra, site_extra, "")
+}
+
+/// As [`config`], with whole extra tables (e.g. `[upstream]`) appended before the site.
+pub fn config_with(
+    upstream: SocketAddr,
+    cache_extra: &str,
+    site_extra: &str,
+    tables: &str,
+) -> EdgeConfig {
+    let text = format!(
+        r#"
+        [node]
+        name = "{NODE}"
+        listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
+
+        [cache]
+        {cache_extra}
+
+        {tables}
+
+        [[site]]
+        name = "assets"
+        hosts = ["{HOST}"]
+        upstream = "http://{upstream}"
+        {site_extra}
+        "#
+    );
+    EdgeConfig::from_toml(&text).expect("test config is valid")
+}
+
+/// A demo origin and an edge in front of it.
+pub struct Harness {
+    pub origin: DemoOrigin,
+    pub edge: EdgeServer,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Harness {
+    /// Starts an origin and an edge with the default test config.
+    pub async fn start() -> Self {
+        Self::start_with("", "").await
+    }
+
+    pub async fn start_with(cache_extra: &str, site_extra: &str) -> Self {
+        Self::start_tables(cache_extra, site_extra, "").await
+    }
+
+    pub async fn start_tables(cache_extra: &str, site_extra: &str, tables: &str) -> Self {
+        let origin = DemoOrigin::start(loopback()).await.expect("origin starts");
+        let config = config_with(origin.addr(), cache_extra, site_extra, tables);
+        let edge = EdgeServer::start(config).await.expect("edge starts");
+        Self {
+            origin,
+            edge,
+            client: client(),
+        }
+    }
+
+    /// GET `target` on the test site.
+    pub async fn get(&self, target: &str) -> Reply {
+        self.send(Method::GET, target, HOST, &[]).await
+    }
+
+    /// Sends a request to the edge's public listener.
+    pub async fn send(
+        &self,
+        method: Method,
+        target: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        send(
+            &self.client,
+            self.edge.public_addr(),
+            method,
+            target,
+            host,
+            headers,
+        )
+        .await
+    }
+
+    /// GET a path on the admin listener.
+    pub async fn admin(&self, path: &str) -> Reply {
+        send(
+            &self.client,
+            self.edge.admin_addr(),
+            Method::GET,
+            path,
+            "admin",
+            &[],
+        )
+        .await
+    }
+
+    /// The value of one metric line (`name{labels}`) from `/metrics`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.admin("/metrics").await.text();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no metric {series} in\n{text}"))
+            .trim()
+            .parse()
+            .expect("numeric metric")
+    }
+}
+
+pub fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    method: Method,
+    target: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{target}"))
+        .header("host", host);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder
+        .body(Full::new(Bytes::new()))
+        .expect("valid request");
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+        .await
+        .expect("response within 30 s")
+        .expect("request succeeds");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("whole body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Writes `request` on a fresh connection and reads until the server closes or `limit`
+/// bytes arrive (bounded by a timeout). Returns what was read as text.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    // The server may answer and close before reading everything; that is fine.
+    let _ = stream.write_all(request).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if out.windows(4).any(|w| w == b"\r\n\r\n") && out.len() > 64 {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw HTTP/1.1 response.
+pub fn raw_status(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {response:?}"))
+}
+
+/// Polls `check` every 10 ms until it holds, for at most `limit`.
+pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    check()
+}
