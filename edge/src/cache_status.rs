@@ -1,8 +1,6 @@
 //! What the cache did with a request, in one place: the RFC 9211 `Cache-Status` header,
 //! the logs and the metric labels all come from these enums, so they cannot disagree.
 
-use std::fmt::Write as _;
-
 use http::HeaderValue;
 
 /// Outcome of a request, as a bounded metric label.
@@ -144,35 +142,44 @@ impl CacheStatus {
     /// Renders this member after the upstream's members (RFC 9211: the cache closest to
     /// the user comes last).
     pub fn render(&self, node: &str, upstream: Option<&str>) -> HeaderValue {
-        let mut s = String::with_capacity(64);
+        let mut out = Vec::with_capacity(64);
+        self.write_to(&mut out, node, upstream);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
+            .unwrap_or_else(|_| HeaderValue::from_static("edge"))
+    }
+
+    /// Appends the field value (as [`CacheStatus::render`] makes it) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>, node: &str, upstream: Option<&str>) {
         if let Some(up) = upstream {
-            s.push_str(up);
-            s.push_str(", ");
+            out.extend_from_slice(up.as_bytes());
+            out.extend_from_slice(b", ");
         }
-        s.push_str(node);
+        out.extend_from_slice(node.as_bytes());
         if self.hit {
-            s.push_str("; hit");
+            out.extend_from_slice(b"; hit");
         } else if let Some(fwd) = self.fwd {
-            s.push_str("; fwd=");
-            s.push_str(fwd.as_str());
+            out.extend_from_slice(b"; fwd=");
+            out.extend_from_slice(fwd.as_str().as_bytes());
         }
+        let mut digits = itoa::Buffer::new();
         if let Some(status) = self.fwd_status {
-            let _ = write!(s, "; fwd-status={status}");
+            out.extend_from_slice(b"; fwd-status=");
+            out.extend_from_slice(digits.format(status).as_bytes());
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(s, "; ttl={ttl}");
+            out.extend_from_slice(b"; ttl=");
+            out.extend_from_slice(digits.format(ttl).as_bytes());
         }
         if self.stored {
-            s.push_str("; stored");
+            out.extend_from_slice(b"; stored");
         }
         if self.collapsed {
-            s.push_str("; collapsed");
+            out.extend_from_slice(b"; collapsed");
         }
         if let Some(detail) = self.detail {
-            s.push_str("; detail=");
-            s.push_str(detail);
+            out.extend_from_slice(b"; detail=");
+            out.extend_from_slice(detail.as_bytes());
         }
-        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("edge"))
     }
 }
 

@@ -168,13 +168,20 @@ impl FillRequest {
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        let entry = Arc::new(StoredResponse {
-            status: parts.status,
-            headers: parts.headers,
+        // A cache must add the Date a dateless response lacked (RFC 9110 6.6.1).
+        if !parts.headers.contains_key(header::DATE)
+            && let Ok(date) =
+                HeaderValue::from_str(&httpdate::fmt_http_date(exchange.response_time))
+        {
+            parts.headers.insert(header::DATE, date);
+        }
+        let entry = Arc::new(StoredResponse::new(
+            parts.status,
+            parts.headers,
             upstream_cache_status,
             body,
             freshness,
-        });
+        ));
         edge.store.insert(self.key.clone(), entry.clone());
         edge.metrics.stored();
         status.stored = true;
@@ -231,13 +238,13 @@ impl FillRequest {
             exchange,
         ) {
             Ok(freshness) => {
-                let entry = Arc::new(StoredResponse {
-                    status: stale.status,
+                let entry = Arc::new(StoredResponse::new(
+                    stale.status,
                     headers,
                     upstream_cache_status,
-                    body: stale.body.clone(),
+                    stale.body.clone(),
                     freshness,
-                });
+                ));
                 self.edge.store.insert(self.key.clone(), entry.clone());
                 status.stored = true;
                 Fill::Stored { entry, status }

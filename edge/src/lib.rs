@@ -16,6 +16,7 @@ pub mod cache_key;
 pub mod cache_status;
 pub mod coalesce;
 pub mod config;
+pub mod connection;
 pub mod fill;
 pub mod freshness;
 pub mod metrics;

@@ -108,6 +108,18 @@ impl Edge {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// The fresh entry answering a GET or HEAD of `target` (origin-form) on `host`, if the
+    /// cache can answer without contacting anyone. `None` means "take the full path",
+    /// which also produces every refusal.
+    pub fn fresh_hit(&self, host: &str, target: &str) -> Option<(Arc<StoredResponse>, Instant)> {
+        let site = self.sites.resolve(host)?;
+        let target = normalize_target(target, &site.site.query).ok()?;
+        let key = CacheKey::new(site.site.generation(), "http", site.host, &target);
+        let entry = self.store.get(&key)?;
+        let now = Instant::now();
+        entry.freshness.is_fresh(now).then_some((entry, now))
+    }
+
     /// Handles one client request from `client`.
     pub async fn handle<B>(
         self: &Arc<Self>,

@@ -8,13 +8,14 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin;
 use crate::config::{ConfigError, EdgeConfig, LimitsConfig};
+use crate::connection::{self, ConnLimits, Ending};
 use crate::proxy::Edge;
 use crate::store::{MemoryStore, Storage};
 
@@ -122,7 +123,7 @@ async fn serve_public(
     listener: TcpListener,
     edge: Arc<Edge>,
     limits: LimitsConfig,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let mut builder = http1::Builder::new();
     builder
@@ -131,7 +132,13 @@ async fn serve_public(
         .max_buf_size(usize::try_from(limits.max_header_bytes.as_u64()).unwrap_or(usize::MAX))
         .max_headers(limits.max_headers)
         .keep_alive(true);
-    let graceful = GracefulShutdown::new();
+    let conn_limits = ConnLimits {
+        max_head: usize::try_from(limits.max_header_bytes.as_u64()).unwrap_or(usize::MAX),
+        max_headers: limits.max_headers,
+        header_timeout: limits.header_read_timeout,
+    };
+    let open = Arc::new(OpenConnections::default());
+    let mut stop = shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -143,27 +150,83 @@ async fn serve_public(
                     continue;
                 }
             },
-            _ = shutdown.changed() => break,
+            _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let guard = open.enter();
         let edge = edge.clone();
-        let service = service_fn(move |req| {
-            let edge = edge.clone();
-            async move { Ok::<_, Infallible>(edge.handle(req, peer).await) }
-        });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let builder = builder.clone();
+        let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "client connection ended with an error");
+            let _guard = guard;
+            let io = match connection::serve(stream, peer, &edge, conn_limits, &mut shutdown).await
+            {
+                Ending::Closed => return,
+                Ending::Handoff(io) => io,
+            };
+            let service = service_fn(move |req| {
+                let edge = edge.clone();
+                async move { Ok::<_, Infallible>(edge.handle(req, peer).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            if !*shutdown.borrow() {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(error) = result {
+                            tracing::debug!(%peer, %error, "client connection ended with an error");
+                        }
+                        return;
+                    }
+                    _ = shutdown.changed() => {}
+                }
             }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    if tokio::time::timeout(DRAIN_TIMEOUT, open.drained())
         .await
         .is_err()
     {
         tracing::warn!("connections still open after the drain timeout; closing them");
+    }
+}
+
+/// Counts open client connections so shutdown can wait for them to finish.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+struct OpenGuard(Arc<OpenConnections>);
+
+impl OpenConnections {
+    fn enter(self: &Arc<Self>) -> OpenGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        OpenGuard(self.clone())
+    }
+
+    async fn drained(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 

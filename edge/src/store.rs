@@ -30,9 +30,35 @@ pub struct StoredResponse {
     pub upstream_cache_status: Option<HeaderValue>,
     pub body: Bytes,
     pub freshness: Freshness,
+    /// The HTTP/1.1 status line and `headers`, serialized once so that a hit writes them
+    /// without formatting anything; the per-response fields and the blank line follow.
+    head: Bytes,
 }
 
 impl StoredResponse {
+    pub fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        upstream_cache_status: Option<HeaderValue>,
+        body: Bytes,
+        freshness: Freshness,
+    ) -> Self {
+        let head = serialize_head(status, &headers);
+        Self {
+            status,
+            headers,
+            upstream_cache_status,
+            body,
+            freshness,
+            head,
+        }
+    }
+
+    /// The serialized status line and stored headers, each line ending in CRLF.
+    pub fn head(&self) -> &Bytes {
+        &self.head
+    }
+
     /// Bytes of memory this entry holds, for the byte-weighted capacity.
     pub fn weight(&self) -> usize {
         let headers: usize = self
@@ -41,8 +67,25 @@ impl StoredResponse {
             .map(|(k, v)| k.as_str().len() + v.len() + HEADER_OVERHEAD)
             .sum();
         let upstream = self.upstream_cache_status.as_ref().map_or(0, |v| v.len());
-        ENTRY_OVERHEAD + headers + upstream + self.body.len()
+        ENTRY_OVERHEAD + headers + upstream + self.head.len() + self.body.len()
     }
+}
+
+/// `HTTP/1.1 <status>\r\n` followed by `name: value\r\n` for every header.
+pub fn serialize_head(status: StatusCode, headers: &HeaderMap) -> Bytes {
+    let mut head = Vec::with_capacity(64 + headers.len() * 48);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    Bytes::from(head)
 }
 
 /// What a store holds right now.
@@ -132,19 +175,23 @@ mod tests {
     use super::*;
     use crate::freshness::Exchange;
 
-    fn response(body_len: usize) -> Arc<StoredResponse> {
-        Arc::new(StoredResponse {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            upstream_cache_status: None,
-            body: Bytes::from(vec![7u8; body_len]),
-            freshness: Freshness {
+    fn stored(headers: HeaderMap, body_len: usize) -> StoredResponse {
+        StoredResponse::new(
+            StatusCode::OK,
+            headers,
+            None,
+            Bytes::from(vec![7u8; body_len]),
+            Freshness {
                 initial_age: 0,
                 lifetime: 60,
                 received: Exchange::now().received,
                 must_revalidate: false,
             },
-        })
+        )
+    }
+
+    fn response(body_len: usize) -> Arc<StoredResponse> {
+        Arc::new(stored(HeaderMap::new(), body_len))
     }
 
     fn key(i: usize) -> CacheKey {
@@ -186,15 +233,29 @@ mod tests {
     }
 
     #[test]
-    fn weight_counts_body_and_headers() {
-        let mut r = StoredResponse {
-            headers: HeaderMap::new(),
-            ..Arc::try_unwrap(response(100)).unwrap()
-        };
-        let base = r.weight();
-        r.headers
-            .insert("x-test", HeaderValue::from_static("abcdef"));
-        assert_eq!(r.weight(), base + 6 + 6 + HEADER_OVERHEAD);
-        assert!(base >= 100 + ENTRY_OVERHEAD);
+    fn weight_counts_body_headers_and_serialized_head() {
+        let base = stored(HeaderMap::new(), 100);
+        assert_eq!(base.weight(), ENTRY_OVERHEAD + base.head().len() + 100);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-test", HeaderValue::from_static("abcdef"));
+        let with = stored(headers, 100);
+        let line = "x-test: abcdef\r\n".len();
+        assert_eq!(
+            with.weight(),
+            base.weight() + 6 + 6 + HEADER_OVERHEAD + line
+        );
+    }
+
+    #[test]
+    fn the_head_is_serialized_once_in_http1_form() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/css"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        let r = stored(headers, 0);
+        assert_eq!(
+            &r.head()[..],
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/css\r\nx-a: 1\r\nx-a: 2\r\n"
+        );
     }
 }

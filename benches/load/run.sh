@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# benches/load/run.sh -- the edge beside Varnish, nginx and Apache Traffic Server, in front
+# of the same origin, in one run, with the scripts of ../shared/bench.
+#
+# Usage: benches/load/run.sh [hit] [miss] [coalesce]     (default: all three)
+#   hit       bench-hit.sh for edge and each peer: 1k (64 and 256 conns), 16k, 256k, 4m hits
+#   miss      miss-bench.sh random over 10,000 cold objects, cache restarted empty first
+#   coalesce  coalesce-test.sh: 200 concurrent cold requests through the edge to the slow origin
+# Results: TSV files and raw wrk output under $OUT (default bench-results/<time>/), and a
+# summary on stdout. Servers are pinned to CPU 0 and wrk to CPU 1, as the shared scripts do.
+#
+# Env: PEERS="varnish nginx ats"  SIZES="1k 16k 256k 4m"  SHARED=../shared/bench  OUT=...  SKIP_BUILD=1
+#      EDGE_PORT=19084 EDGE_ADMIN_PORT=19094 SLOW_EDGE_PORT=19085  DURATION=10
+# Needs (Debian): varnish nginx-light trafficserver wrk hey curl. Loopback only.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+SHARED=${SHARED:-$ROOT/../shared/bench}
+PEERS=${PEERS:-varnish nginx ats}
+EDGE_PORT=${EDGE_PORT:-19084}
+EDGE_ADMIN_PORT=${EDGE_ADMIN_PORT:-19094}
+SLOW_EDGE_PORT=${SLOW_EDGE_PORT:-19085}
+RUN=/tmp/perf/run/cdn-edge
+PIDFILE=/tmp/perf/run/peers.pids
+BIN=$ROOT/target/release/cdn
+
+die() { echo "run.sh: $*" >&2; exit 1; }
+
+write_config() { # name listen admin upstream -> config path
+  local f=$RUN/$1.toml
+  cat > "$f" <<TOML
+[node]
+name = "$1"
+listen = "127.0.0.1:$2"
+admin_listen = "127.0.0.1:$3"
+[cache]
+capacity = "2 GiB"
+max_object_size = "64 MiB"
+[[site]]
+name = "bench"
+hosts = ["127.0.0.1", "localhost"]
+upstream = "http://127.0.0.1:$4"
+TOML
+  echo "$f"
+}
+
+start_edge() { # name port admin upstream_port
+  local config pid i
+  config=$(write_config "$1" "$2" "$3" "$4")
+  RUST_LOG=warn timeout --signal=TERM 2h taskset -c 0 "$BIN" edge --config "$config" \
+    > "$RUN/$1.log" 2>&1 < /dev/null &
+  pid=$!
+  echo "$pid" > "$RUN/$1.wrapper"
+  for i in $(seq 1 100); do
+    if timeout 2 curl -sf -o /dev/null "http://127.0.0.1:$3/healthz"; then
+      timeout 2 pgrep -P "$pid" | head -n1 > "$RUN/$1.pid"
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "$1 did not become healthy (see $RUN/$1.log)"
+}
+
+stop_edge() { # name
+  local w
+  [[ -f $RUN/$1.wrapper ]] || return 0
+  w=$(cat "$RUN/$1.wrapper")
+  kill "$w" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$w" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$RUN/$1.wrapper" "$RUN/$1.pid"
+}
+
+case ${1:-} in
+  restart-edge) stop_edge edge; start_edge edge "$EDGE_PORT" "$EDGE_ADMIN_PORT" 19080; exit 0 ;;
+  restart-peer) "$SHARED/stop-peers.sh" "$PIDFILE" "$2" >/dev/null
+                COMPONENTS=$2 "$SHARED/setup-peers.sh" >/dev/null; exit 0 ;;
+  peer-pid) awk -v k="$2" '$1==k{p=$3} END{print p}' "$PIDFILE"; exit 0 ;;
+esac
+
+CASES=${*:-hit miss coalesce}
+OUT=${OUT:-$ROOT/bench-results/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT" "$RUN"
+for t in wrk curl taskset varnishd nginx traffic_server; do command -v "$t" >/dev/null || die "$t missing"; done
+[[ $CASES == *coalesce* ]] && { command -v hey >/dev/null || die "hey missing"; }
+
+[[ ${SKIP_BUILD:-0} == 1 ]] || (cd "$ROOT" && cargo build --release --quiet)
+[[ -f /tmp/perf/origin/ws/10000.bin ]] || "$SHARED/make-origin.sh" >/dev/null
+
+cleanup() {
+  stop_edge edge; stop_edge edge-slow
+  [[ -f $PIDFILE ]] && "$SHARED/stop-peers.sh" "$PIDFILE" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+rm -f "$PIDFILE"
+COMPONENTS="origin $PEERS slow" "$SHARED/setup-peers.sh" > "$OUT/setup.log"
+start_edge edge "$EDGE_PORT" "$EDGE_ADMIN_PORT" 19080
+{
+  echo "date: $(date -u +%FT%TZ)"
+  echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet || echo -dirty)"
+  echo "cpu: $(awk -F: '/model name/{print $2; exit}' /proc/cpuinfo) x $(nproc)"
+  echo "kernel: $(uname -r)"
+  echo "peers: varnish $(varnishd -V 2>&1 | head -1 | grep -o '[0-9][0-9.]*' | head -1), nginx $(nginx -v 2>&1 | grep -o '[0-9][0-9.]*'), ats $(traffic_server --version 2>&1 | grep -o 'Server [0-9][0-9.]*' | head -1)"
+} > "$OUT/machine.txt"
+
+port_of() { case $1 in edge) echo "$EDGE_PORT";; varnish) echo 19081;; nginx) echo 19082;; ats) echo 19083;; esac; }
+pid_of() { if [[ $1 == edge ]]; then cat "$RUN/edge.pid"; else "$0" peer-pid "$1"; fi; }
+
+if [[ $CASES == *hit* ]]; then
+  # Sizes outer, servers inner: each size is measured for every server back to back, so
+  # drift in the machine's speed (shared hosts) does not favour whoever runs first.
+  : > "$OUT/hit.tsv"
+  header=1
+  for size in ${SIZES:-1k 16k 256k 4m}; do
+    for s in edge $PEERS; do
+      HEADER=$header SIZES=$size SERVER_PIDS="$(pid_of "$s")" RAW_DIR="$OUT/raw" \
+        "$SHARED/bench-hit.sh" "http://127.0.0.1:$(port_of "$s")" "$s" | tee -a "$OUT/hit.tsv"
+      header=0
+    done
+  done
+fi
+
+if [[ $CASES == *miss* ]]; then
+  HEADER=1 RESTART_CMD="$0 restart-edge" PIDS_CMD="cat $RUN/edge.pid" RAW_DIR="$OUT/raw" \
+    "$SHARED/miss-bench.sh" "http://127.0.0.1:$EDGE_PORT" edge random | tee "$OUT/miss.tsv"
+  for p in $PEERS; do
+    RESTART_CMD="$0 restart-peer $p" PIDS_CMD="$0 peer-pid $p" RAW_DIR="$OUT/raw" \
+      "$SHARED/miss-bench.sh" "http://127.0.0.1:$(port_of "$p")" "$p" random | tee -a "$OUT/miss.tsv"
+  done
+fi
+
+if [[ $CASES == *coalesce* ]]; then
+  start_edge edge-slow "$SLOW_EDGE_PORT" $((SLOW_EDGE_PORT + 10)) 19090
+  "$SHARED/coalesce-test.sh" edge "http://127.0.0.1:$SLOW_EDGE_PORT" http://127.0.0.1:19090 \
+    | tee "$OUT/coalesce.tsv"
+fi
+
+echo
+echo "results in $OUT"
+for f in hit miss; do
+  [[ -f $OUT/$f.tsv ]] || continue
+  echo "== $f: label size/mode conns req/s p50_ms p99_ms"
+  grep -v '^#' "$OUT/$f.tsv" | awk -F'\t' '{printf "%-8s %-6s %5s %10s %8s %8s\n", $1, $2, $3, $4, $5, $6}'
+done

@@ -1,0 +1,530 @@
+//! A client connection: the HTTP/1.1 hot path written for the cache, with hyper behind it.
+//!
+//! Measurement showed that building an `http::Response` per hit (a header map clone, two
+//! inserts, hyper's encoder) cost several times the cache lookup itself. So this loop
+//! parses request heads with `httparse` (the parser hyper uses), and for the requests a
+//! cache answers (GET and HEAD without a body) it writes the response itself: a fresh hit
+//! is the stored, pre-serialized head, `Age` and `Cache-Status`, and the shared body, in
+//! one `writev`. Other GET/HEAD requests go through [`Edge::handle`] like everything else
+//! and their response is written by [`write_response`].
+//!
+//! Anything this loop does not fully understand is handed, with the bytes already read, to
+//! hyper for the rest of the connection's life: requests with bodies, HTTP/1.0, upgrades,
+//! `Expect`, and every malformed or oversized head, so hyper's own checks produce the
+//! `400`/`431` answers. The loop never guesses at framing.
+
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Empty};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::body::EdgeBody;
+use crate::cache_status::{CacheStatus, Outcome};
+use crate::proxy::Edge;
+
+/// Header slots parsed by the fast path; a request with more goes to hyper.
+const MAX_HEADERS: usize = 128;
+
+/// Settings of the connection loop, from `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Largest request head accepted here; larger heads go to hyper, which answers `431`.
+    pub max_head: usize,
+    /// Most header fields; more go to hyper, which answers `431`.
+    pub max_headers: usize,
+    /// Time a client has to send a complete request head, counted from the end of the
+    /// previous response (so it is also the keep-alive idle timeout).
+    pub header_timeout: Duration,
+}
+
+/// What the loop ended with.
+pub enum Ending {
+    /// The connection is finished (closed by either side, timed out, or shut down).
+    Closed,
+    /// hyper takes the connection from here, starting with these unparsed bytes.
+    Handoff(Rewind),
+}
+
+impl std::fmt::Debug for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ending::Closed => "Closed",
+            Ending::Handoff(_) => "Handoff",
+        })
+    }
+}
+
+/// What the fast path learned from a request head.
+struct Head {
+    get: bool,
+    head: bool,
+    /// The head can be answered here (see [`parse`]).
+    eligible: bool,
+    close: bool,
+    /// A field the full path must see before any cache answer: `Via` (loop check) or
+    /// `Authorization` (never served from the shared cache).
+    full_path: bool,
+    len: usize,
+    host_range: Option<(usize, usize)>,
+    path_range: (usize, usize),
+}
+
+enum Parsed {
+    Complete(Head),
+    Partial,
+    /// Malformed, too many headers, or otherwise hyper's business.
+    Other,
+}
+
+/// Serves one client connection until it ends or must be handed to hyper.
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    edge: &Arc<Edge>,
+    limits: ConnLimits,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Ending {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out: Vec<u8> = Vec::with_capacity(256);
+    // One timer per connection, re-armed only when it fires early: a request does not pay
+    // for a timer registration.
+    let mut waiting_since = Instant::now();
+    let timer = tokio::time::sleep(limits.header_timeout);
+    tokio::pin!(timer);
+
+    loop {
+        // Read until a complete head is buffered.
+        let head = loop {
+            if !buf.is_empty() {
+                match parse(&buf, limits.max_headers) {
+                    Parsed::Complete(head) => break head,
+                    Parsed::Partial if buf.len() < limits.max_head => {}
+                    _ => return Ending::Handoff(Rewind::new(buf.freeze(), stream)),
+                }
+            }
+            if *shutdown.borrow() && buf.is_empty() {
+                return Ending::Closed;
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+            tokio::select! {
+                biased;
+                read = stream.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => return Ending::Closed,
+                    Ok(_) => {}
+                },
+                () = &mut timer => {
+                    let deadline = waiting_since + limits.header_timeout;
+                    if Instant::now() >= deadline {
+                        if !buf.is_empty() {
+                            let _ = stream.write_all(TIMEOUT_RESPONSE).await;
+                        }
+                        return Ending::Closed;
+                    }
+                    timer.as_mut().reset(deadline.into());
+                },
+                changed = shutdown.changed(), if buf.is_empty() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        return Ending::Closed;
+                    }
+                },
+            }
+        };
+        if !head.eligible {
+            return Ending::Handoff(Rewind::new(buf.freeze(), stream));
+        }
+
+        let close = head.close || *shutdown.borrow();
+        let written = match fresh_hit(edge, &buf, &head) {
+            Some((entry, now)) => {
+                edge.metrics.request(Outcome::Hit);
+                out.clear();
+                let status = CacheStatus::hit(entry.freshness.ttl(now));
+                out.extend_from_slice(b"age: ");
+                out.extend_from_slice(
+                    itoa::Buffer::new()
+                        .format(entry.freshness.age(now))
+                        .as_bytes(),
+                );
+                out.extend_from_slice(b"\r\ncache-status: ");
+                status.write_to(
+                    &mut out,
+                    edge.name(),
+                    entry
+                        .upstream_cache_status
+                        .as_ref()
+                        .and_then(|v| v.to_str().ok()),
+                );
+                out.extend_from_slice(if close {
+                    b"\r\nconnection: close\r\n\r\n"
+                } else {
+                    b"\r\n\r\n"
+                });
+                let body: &[u8] = if head.head { &[] } else { &entry.body };
+                write_all_vectored(&mut stream, &[entry.head(), &out, body]).await
+            }
+            None => {
+                let Some(request) = build_request(&buf, &head) else {
+                    return Ending::Handoff(Rewind::new(buf.freeze(), stream));
+                };
+                let response = edge.handle(request, peer).await;
+                write_response(&mut stream, &mut out, response, head.head, close).await
+            }
+        };
+        buf.advance(head.len);
+        if written.is_err() || close {
+            let _ = stream.shutdown().await;
+            return Ending::Closed;
+        }
+        waiting_since = Instant::now();
+    }
+}
+
+fn fresh_hit(
+    edge: &Edge,
+    buf: &[u8],
+    head: &Head,
+) -> Option<(Arc<crate::store::StoredResponse>, Instant)> {
+    if head.full_path {
+        return None;
+    }
+    let (start, end) = head.host_range?;
+    let host = std::str::from_utf8(&buf[start..end]).ok()?;
+    let path = std::str::from_utf8(&buf[head.path_range.0..head.path_range.1]).ok()?;
+    edge.fresh_hit(host, path)
+}
+
+/// Parses a request head and decides whether this loop can answer it.
+fn parse(buf: &[u8], max_headers: usize) -> Parsed {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    if req.headers.len() > max_headers {
+        return Parsed::Other;
+    }
+    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Other;
+    };
+    let get = method == "GET";
+    let head = method == "HEAD";
+    let offset = |s: &[u8]| s.as_ptr() as usize - buf.as_ptr() as usize;
+    let mut parsed = Head {
+        get,
+        head,
+        eligible: (get || head) && path.starts_with('/'),
+        close: false,
+        full_path: false,
+        len,
+        host_range: None,
+        path_range: (
+            offset(path.as_bytes()),
+            offset(path.as_bytes()) + path.len(),
+        ),
+    };
+    let mut hosts = 0;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            let start = offset(h.value);
+            parsed.host_range = Some((start, start + h.value.len()));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    parsed.close = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                    parsed.eligible = false; // upgrade or hop-by-hop names: hyper's business
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"via") || name.eq_ignore_ascii_case(b"authorization") {
+            parsed.full_path = true;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            parsed.eligible &= h.value.trim_ascii() == b"0";
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            parsed.eligible = false;
+        }
+    }
+    if hosts != 1 {
+        parsed.eligible = false;
+    }
+    Parsed::Complete(parsed)
+}
+
+/// The head as an `http::Request` for [`Edge::handle`]; `None` if a header is invalid
+/// for `http` (hyper then answers it).
+fn build_request(buf: &[u8], head: &Head) -> Option<Request<Empty<Bytes>>> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    req.parse_with_uninit_headers(&buf[..head.len], &mut slots)
+        .ok()?;
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        headers.append(
+            HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+            HeaderValue::from_bytes(h.value).ok()?,
+        );
+    }
+    let mut request = Request::new(Empty::new());
+    *request.method_mut() = if head.get { Method::GET } else { Method::HEAD };
+    *request.uri_mut() = req.path?.parse().ok()?;
+    *request.headers_mut() = headers;
+    Some(request)
+}
+
+/// Writes an arbitrary response in HTTP/1.1 framing: `Content-Length` when the body's
+/// size is known, chunked otherwise, no body for HEAD, 1xx, 204 and 304.
+pub async fn write_response(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    response: Response<EdgeBody>,
+    head_request: bool,
+    close: bool,
+) -> io::Result<()> {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let exact = body.size_hint().exact();
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if matches!(
+            *name,
+            header::CONNECTION | header::TRANSFER_ENCODING | header::CONTENT_LENGTH
+        ) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let chunked = !bodiless && exact.is_none();
+    if bodiless {
+        // A HEAD answer says how long the body would be; 204/304 carry what they carried.
+        if let Some(length) = parts.headers.get(header::CONTENT_LENGTH)
+            && status != StatusCode::NO_CONTENT
+        {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(length.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    } else if let Some(length) = exact {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if bodiless {
+        return stream.write_all(out).await;
+    }
+    // The first frame goes out with the head in one write.
+    let mut first = true;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| io::Error::other(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers are not forwarded
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let head: &[u8] = if first { out } else { &[] };
+        first = false;
+        if chunked {
+            let size = format!("{:x}\r\n", data.len());
+            write_all_vectored(stream, &[head, size.as_bytes(), &data, b"\r\n"]).await?;
+        } else {
+            write_all_vectored(stream, &[head, &data]).await?;
+        }
+    }
+    let tail: &[u8] = if chunked { b"0\r\n\r\n" } else { &[] };
+    let head: &[u8] = if first { out } else { &[] };
+    write_all_vectored(stream, &[head, tail]).await
+}
+
+/// Writes every part (at most four), in as few `writev` calls as the socket allows.
+async fn write_all_vectored(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+    let mut storage = [IoSlice::new(&[]); 4];
+    let mut count = 0;
+    for part in parts.iter().filter(|p| !p.is_empty()) {
+        storage[count] = IoSlice::new(part);
+        count += 1;
+    }
+    let mut slices = &mut storage[..count];
+    while !slices.is_empty() {
+        let n = stream.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+const TIMEOUT_RESPONSE: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+/// A TCP stream that first yields bytes already read from it, so hyper can take over a
+/// connection mid-stream.
+#[derive(Debug)]
+pub struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    fn new(prefix: Bytes, inner: TcpStream) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(raw: &str) -> Head {
+        match parse(raw.as_bytes(), 100) {
+            Parsed::Complete(head) => head,
+            Parsed::Partial => panic!("partial: {raw:?}"),
+            Parsed::Other => panic!("other: {raw:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_gets_and_heads_are_eligible() {
+        let raw = "GET /a.js?v=1 HTTP/1.1\r\nHost: x.test\r\nAccept: */*\r\n\r\n";
+        let head = complete(raw);
+        assert!(head.eligible && head.get && !head.close && !head.full_path);
+        assert_eq!(&raw[head.path_range.0..head.path_range.1], "/a.js?v=1");
+        let (s, e) = head.host_range.unwrap();
+        assert_eq!(&raw[s..e], "x.test");
+        assert_eq!(head.len, raw.len());
+        let head = complete("HEAD / HTTP/1.1\r\nhost: x\r\nConnection: close\r\n\r\n");
+        assert!(head.eligible && head.head && head.close);
+        for field in ["Authorization: Bearer x", "Via: 1.1 other"] {
+            let head = complete(&format!("GET / HTTP/1.1\r\nHost: x\r\n{field}\r\n\r\n"));
+            assert!(head.eligible && head.full_path, "{field}");
+        }
+    }
+
+    #[test]
+    fn anything_with_a_body_or_an_upgrade_goes_to_hyper() {
+        for raw in [
+            "POST / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert!(!complete(raw).eligible, "{raw:?}");
+        }
+        assert!(matches!(
+            parse(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n", 100),
+            Parsed::Other
+        ));
+    }
+
+    #[test]
+    fn malformed_and_partial_heads() {
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\n", 100),
+            Parsed::Partial
+        ));
+        assert!(matches!(parse(b"GARBAGE\r\n\r\n", 100), Parsed::Other));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\n\r\n", 2),
+            Parsed::Other
+        ));
+        let many: String = (0..200).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+        assert!(matches!(parse(raw.as_bytes(), 1000), Parsed::Other));
+    }
+}
