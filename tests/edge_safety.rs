@@ -118,10 +118,17 @@ async fn oversized_heads_get_431_and_the_node_keeps_serving() {
             "{size}"
         );
     }
+    // The same for an object that is cached: the limit holds on the hit path too.
+    h.get("/cached.bin").await;
+    let request = format!(
+        "GET /cached.bin HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(33 * 1024)
+    );
+    assert_eq!(raw_status(&raw(addr, request.as_bytes()).await), 431);
     let many: String = (0..200).map(|i| format!("X-H{i}: 1\r\n")).collect();
     let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n{many}\r\n");
     assert_eq!(raw_status(&raw(addr, request.as_bytes()).await), 431);
-    assert_eq!(h.origin.total_hits(), 0);
+    assert_eq!(h.origin.total_hits(), 1, "only the one fill reached the origin");
     assert_eq!(h.get("/after.bin").await.status, StatusCode::OK);
 }
 

@@ -143,7 +143,9 @@ pub async fn serve(
                 },
             }
         };
-        if !head.eligible {
+        // A head over the limit can arrive complete in one read: hyper and the full path
+        // answer it (431), never the hit path.
+        if !head.eligible || head.len > limits.max_head {
             return Ending::Handoff(Rewind::new(buf.freeze(), stream));
         }
 
