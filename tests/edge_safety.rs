@@ -128,7 +128,11 @@ async fn oversized_heads_get_431_and_the_node_keeps_serving() {
     let many: String = (0..200).map(|i| format!("X-H{i}: 1\r\n")).collect();
     let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n{many}\r\n");
     assert_eq!(raw_status(&raw(addr, request.as_bytes()).await), 431);
-    assert_eq!(h.origin.total_hits(), 1, "only the one fill reached the origin");
+    assert_eq!(
+        h.origin.total_hits(),
+        1,
+        "only the one fill reached the origin"
+    );
     assert_eq!(h.get("/after.bin").await.status, StatusCode::OK);
 }
 
