@@ -47,6 +47,8 @@ fn stored(size: usize) -> Arc<StoredResponse> {
             lifetime: 1 << 30,
             received: Exchange::now().received,
             must_revalidate: false,
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
         },
     ))
 }

@@ -13,7 +13,9 @@
 //!   `If-None-Match` gets `304`).
 //! - `h.NAME=VALUE`: add any response header, e.g. `h.vary=accept`.
 //!
-//! `GET /__stats` returns the counts as JSON; `POST /__reset` clears them. Neither is counted.
+//! `GET /__stats` returns the counts as JSON; `POST /__reset` clears them.
+//! `POST /__fail?status=503` makes every asset request fail with that status (an outage
+//! to rehearse stale serving and failover); `POST /__recover` ends it. None is counted.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -43,6 +45,8 @@ const LAST_MODIFIED: &str = "Mon, 02 Nov 2026 10:00:00 GMT";
 struct Counts {
     total: u64,
     by_target: BTreeMap<String, u64>,
+    /// While set, every asset request is answered with this status.
+    failing: Option<StatusCode>,
 }
 
 /// A running demo origin.
@@ -106,8 +110,23 @@ impl DemoOrigin {
         self.lock().total
     }
 
+    /// Clears the counts (an outage in progress continues).
     pub fn reset(&self) {
-        *self.lock() = Counts::default();
+        let mut counts = self.lock();
+        let failing = counts.failing;
+        *counts = Counts {
+            failing,
+            ..Counts::default()
+        };
+    }
+
+    /// Answers every asset request with `status` until [`DemoOrigin::recover`].
+    pub fn fail_with(&self, status: StatusCode) {
+        self.lock().failing = Some(status);
+    }
+
+    pub fn recover(&self) {
+        self.lock().failing = None;
     }
 
     /// Stops accepting connections.
@@ -134,15 +153,45 @@ async fn serve(req: Request<Incoming>, counts: &Mutex<Counts>) -> Response<Full<
             return json(StatusCode::OK, body.to_string());
         }
         "/__reset" => {
-            *counts.lock().unwrap_or_else(PoisonError::into_inner) = Counts::default();
+            let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+            counts.total = 0;
+            counts.by_target.clear();
             return json(StatusCode::OK, "{}".to_owned());
+        }
+        "/__fail" => {
+            let status = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("status="))
+                .and_then(|s| s.parse::<u16>().ok())
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            counts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .failing = Some(status);
+            return json(
+                StatusCode::OK,
+                format!("{{\"failing\":{}}}", status.as_u16()),
+            );
+        }
+        "/__recover" => {
+            counts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .failing = None;
+            return json(StatusCode::OK, "{\"failing\":null}".to_owned());
         }
         _ => {}
     }
-    {
+    let failing = {
         let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
         counts.total += 1;
         *counts.by_target.entry(target.clone()).or_default() += 1;
+        counts.failing
+    };
+    if let Some(status) = failing {
+        return text(status, format!("demo origin outage: answering {status}"));
     }
     match Asset::from_request(&req) {
         Ok(asset) => asset.respond(&req).await,

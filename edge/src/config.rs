@@ -150,6 +150,26 @@ pub struct SiteConfig {
     /// Upper bound of a heuristic freshness lifetime.
     #[serde(default = "default_heuristic_max", with = "humantime_serde")]
     pub heuristic_max: Duration,
+    /// How long a 404 or 410 without freshness information is cached, so that a flood of
+    /// requests for a missing file does not reach the origin; `"0s"` turns it off.
+    #[serde(default = "default_negative_ttl", with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// `stale-while-revalidate` for responses that do not set it: serve a stale entry at
+    /// once and refresh it in the background.
+    #[serde(default, with = "humantime_serde")]
+    pub stale_while_revalidate: Duration,
+    /// `stale-if-error` for responses that do not set it: serve a stale entry when the
+    /// upstream fails or answers 5xx. Never for `must-revalidate` or `no-cache` responses.
+    #[serde(default = "default_stale_if_error", with = "humantime_serde")]
+    pub stale_if_error: Duration,
+}
+
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_stale_if_error() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_generation() -> u64 {

@@ -73,8 +73,9 @@ struct Head {
     /// The head can be answered here (see [`parse`]).
     eligible: bool,
     close: bool,
-    /// A field the full path must see before any cache answer: `Via` (loop check) or
-    /// `Authorization` (never served from the shared cache).
+    /// A field the full path must see before any cache answer: `Via` (loop check),
+    /// `Authorization` (not served from the shared cache), request `Cache-Control`,
+    /// conditionals and ranges.
     full_path: bool,
     len: usize,
     host_range: Option<(usize, usize)>,
@@ -256,7 +257,18 @@ fn parse(buf: &[u8], max_headers: usize) -> Parsed {
                     parsed.eligible = false; // upgrade or hop-by-hop names: hyper's business
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"via") || name.eq_ignore_ascii_case(b"authorization") {
+        } else if [
+            &b"via"[..],
+            b"authorization",
+            b"cache-control",
+            b"if-none-match",
+            b"if-modified-since",
+            b"range",
+            b"if-range",
+        ]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+        {
             parsed.full_path = true;
         } else if name.eq_ignore_ascii_case(b"content-length") {
             parsed.eligible &= h.value.trim_ascii() == b"0";

@@ -21,7 +21,7 @@ use crate::body::EdgeBody;
 use crate::cache_control::CacheControl;
 use crate::cache_key::CacheKey;
 use crate::cache_status::{CacheStatus, Forward, NoCacheReason};
-use crate::freshness::{Exchange, evaluate};
+use crate::freshness::{Exchange, evaluate, strip_targeted};
 use crate::proxy::{CACHE_STATUS, Edge};
 use crate::site::Site;
 use crate::store::StoredResponse;
@@ -30,7 +30,8 @@ use crate::upstream::{UpstreamError, append_list, empty_body, strip_hop_by_hop};
 /// What a fill produced, as every waiter sees it.
 #[derive(Debug, Clone)]
 pub enum Fill {
-    /// Stored (or refreshed); every waiter serves it.
+    /// Stored or refreshed, or a stale entry served because the upstream failed
+    /// (`stale-if-error`); every waiter serves it.
     Stored {
         entry: Arc<StoredResponse>,
         status: CacheStatus,
@@ -84,10 +85,10 @@ impl FillRequest {
             Ok(response) => response,
             Err(error) => {
                 edge.metrics.upstream_error(error.kind());
-                return Fill::Failed {
+                return self.stale_on_error(&status).unwrap_or(Fill::Failed {
                     error: Arc::new(error),
                     status,
-                };
+                });
             }
         };
         edge.metrics.upstream_response(started.elapsed());
@@ -103,6 +104,11 @@ impl FillRequest {
             && let Some(stale) = &self.stale
         {
             return self.revalidated(stale, &parts.headers, exchange, status);
+        }
+        if parts.status.is_server_error()
+            && let Some(fill) = self.stale_on_error(&status)
+        {
+            return fill;
         }
 
         let decision = evaluate(
@@ -156,10 +162,10 @@ impl FillRequest {
             }
             Err(error) => {
                 edge.metrics.upstream_error(error.kind());
-                return Fill::Failed {
+                return self.stale_on_error(&status).unwrap_or(Fill::Failed {
                     error: Arc::new(error),
                     status,
-                };
+                });
             }
         };
 
@@ -260,13 +266,28 @@ impl FillRequest {
         }
     }
 
+    /// The stale entry, if the upstream failed and the entry allows `stale-if-error`.
+    fn stale_on_error(&self, status: &CacheStatus) -> Option<Fill> {
+        let stale = self.stale.as_ref()?;
+        if !stale.freshness.may_serve_on_error(Instant::now()) {
+            return None;
+        }
+        let mut status = status.clone();
+        status.detail = Some("stale-if-error");
+        Some(Fill::Stored {
+            entry: stale.clone(),
+            status,
+        })
+    }
+
     fn handoff(
         &self,
-        parts: http::response::Parts,
+        mut parts: http::response::Parts,
         body: EdgeBody,
         reason: NoCacheReason,
         mut status: CacheStatus,
     ) -> Fill {
+        strip_targeted(&mut parts.headers);
         self.edge.metrics.not_stored(reason);
         status.detail = Some(reason.as_str());
         Fill::Handoff {

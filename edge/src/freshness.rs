@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{AGE, DATE, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
+use http::header::{AGE, DATE, ETAG, EXPIRES, HeaderName, LAST_MODIFIED, SET_COOKIE, VARY};
 use http::{HeaderMap, StatusCode};
 
-use crate::cache_control::{CacheControl, DELTA_SECONDS_MAX};
+use crate::cache_control::{CacheControl, DELTA_SECONDS_MAX, Seconds};
 use crate::cache_status::NoCacheReason;
 
 /// A site's freshness options.
@@ -18,6 +18,39 @@ pub struct FreshnessPolicy {
     pub heuristic_fraction: Option<f64>,
     /// Upper bound of a heuristic lifetime.
     pub heuristic_max: Duration,
+    /// Lifetime of a 404 or 410 that carries no freshness of its own; zero is off.
+    pub negative_ttl: Duration,
+    /// `stale-while-revalidate` for responses that do not say.
+    pub stale_while_revalidate: Duration,
+    /// `stale-if-error` for responses that do not say.
+    pub stale_if_error: Duration,
+}
+
+/// `CDN-Cache-Control` (RFC 9213), a field this cache obeys instead of `Cache-Control`.
+pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+/// `Surrogate-Control`, the older targeted field, obeyed when `CDN-Cache-Control` is absent.
+pub static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+
+/// Removes the fields meant for this cache alone, so clients never see them.
+pub fn strip_targeted(headers: &mut HeaderMap) {
+    headers.remove(&CDN_CACHE_CONTROL);
+    headers.remove(&SURROGATE_CONTROL);
+}
+
+/// Whether a field is meant for this cache alone.
+pub fn is_targeted(name: &HeaderName) -> bool {
+    name == CDN_CACHE_CONTROL || name == SURROGATE_CONTROL
+}
+
+/// The directives this cache obeys: a targeted field (RFC 9213) when the response has
+/// one, else `Cache-Control`. Returns whether a targeted field was used.
+pub fn effective_cache_control(headers: &HeaderMap) -> (CacheControl, bool) {
+    for name in [&CDN_CACHE_CONTROL, &SURROGATE_CONTROL] {
+        if headers.contains_key(name) {
+            return (CacheControl::from_named(headers, name), true);
+        }
+    }
+    (CacheControl::from_headers(headers), false)
 }
 
 /// Timing of one upstream exchange, for the age calculation.
@@ -55,6 +88,10 @@ pub struct Freshness {
     /// The response may not be served stale under any circumstances
     /// (`must-revalidate`, `proxy-revalidate`, `s-maxage`, or `no-cache`).
     pub must_revalidate: bool,
+    /// Seconds past its lifetime during which it may be served while it is refreshed.
+    pub stale_while_revalidate: u64,
+    /// Seconds past its lifetime during which it may be served when the upstream fails.
+    pub stale_if_error: u64,
 }
 
 impl Freshness {
@@ -73,6 +110,21 @@ impl Freshness {
 
     pub fn is_fresh(&self, now: Instant) -> bool {
         self.age(now) < self.lifetime
+    }
+
+    /// Seconds since the response became stale (zero while fresh).
+    pub fn staleness(&self, now: Instant) -> u64 {
+        self.age(now).saturating_sub(self.lifetime)
+    }
+
+    /// Whether a stale response may be served while a refresh runs in the background.
+    pub fn may_serve_while_revalidating(&self, now: Instant) -> bool {
+        !self.must_revalidate && self.staleness(now) < self.stale_while_revalidate
+    }
+
+    /// Whether a stale response may be served because the upstream failed.
+    pub fn may_serve_on_error(&self, now: Instant) -> bool {
+        !self.must_revalidate && self.staleness(now) < self.stale_if_error
     }
 }
 
@@ -97,7 +149,7 @@ pub fn evaluate(
     policy: &FreshnessPolicy,
     exchange: Exchange,
 ) -> Result<Freshness, NoCacheReason> {
-    let cc = CacheControl::from_headers(headers);
+    let (cc, targeted) = effective_cache_control(headers);
     let understood = heuristically_cacheable(status) || matches!(status.as_u16(), 302 | 307);
     if status.is_informational() || matches!(status.as_u16(), 206 | 304) {
         return Err(NoCacheReason::Status);
@@ -132,6 +184,10 @@ pub fn evaluate(
         .stale_if_invalid()
         .or_else(|| cc.max_age.stale_if_invalid())
         .or_else(|| {
+            // A targeted field replaces Cache-Control and Expires alike.
+            if targeted {
+                return None;
+            }
             headers.get(EXPIRES).map(|v| {
                 // An invalid Expires means "already expired" (RFC 9111 5.3).
                 let Some(expires) = v
@@ -155,8 +211,12 @@ pub fn evaluate(
         let since = date.duration_since(modified).ok()?;
         Some(since.mul_f64(fraction).min(policy.heuristic_max).as_secs())
     };
+    let negative = || {
+        (matches!(status.as_u16(), 404 | 410) && !policy.negative_ttl.is_zero())
+            .then(|| policy.negative_ttl.as_secs().max(1))
+    };
     let has_validator = headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED);
-    let lifetime = match explicit.or_else(heuristic) {
+    let lifetime = match explicit.or_else(heuristic).or_else(negative) {
         Some(_) if cc.no_cache => 0,
         Some(lifetime) => lifetime,
         None if cc.no_cache => 0,
@@ -175,7 +235,21 @@ pub fn evaluate(
             || cc.proxy_revalidate
             || cc.no_cache
             || cc.s_maxage != Default::default(),
+        stale_while_revalidate: stale_window(
+            cc.stale_while_revalidate,
+            policy.stale_while_revalidate,
+        ),
+        stale_if_error: stale_window(cc.stale_if_error, policy.stale_if_error),
     })
+}
+
+/// A response's own stale window, else the site's default; an invalid value allows none.
+fn stale_window(directive: Seconds, default: Duration) -> u64 {
+    match directive {
+        Seconds::Valid(v) => v,
+        Seconds::Invalid => 0,
+        Seconds::Absent => default.as_secs(),
+    }
 }
 
 /// RFC 9111 4.2.3 `corrected_initial_age`.
@@ -359,6 +433,7 @@ mod tests {
         let policy = FreshnessPolicy {
             heuristic_fraction: Some(0.1),
             heuristic_max: Duration::from_secs(3600),
+            ..FreshnessPolicy::default()
         };
         let ok = evaluate(
             StatusCode::OK,
@@ -379,6 +454,122 @@ mod tests {
             Exchange::now(),
         );
         assert_eq!(off, Err(NoCacheReason::NoFreshness));
+    }
+
+    fn eval_with(
+        status: u16,
+        pairs: &[(&'static str, &str)],
+        policy: &FreshnessPolicy,
+    ) -> Result<Freshness, NoCacheReason> {
+        evaluate(
+            StatusCode::from_u16(status).unwrap(),
+            &headers(pairs),
+            &CacheControl::default(),
+            false,
+            policy,
+            Exchange::now(),
+        )
+    }
+
+    #[test]
+    fn targeted_fields_take_precedence_over_cache_control_and_expires() {
+        let f = eval(
+            200,
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=600"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(f.lifetime, 600);
+        assert_eq!(
+            eval(
+                200,
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("cdn-cache-control", "no-store")
+                ]
+            ),
+            Err(NoCacheReason::NoStore)
+        );
+        let f = eval(
+            200,
+            &[
+                ("cache-control", "max-age=5"),
+                ("surrogate-control", "max-age=99"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(f.lifetime, 99);
+        let expires = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(500));
+        assert_eq!(
+            eval(
+                200,
+                &[("expires", &expires), ("cdn-cache-control", "public")]
+            ),
+            Err(NoCacheReason::NoFreshness)
+        );
+    }
+
+    #[test]
+    fn negative_caching_applies_to_404_and_410_without_freshness() {
+        let policy = FreshnessPolicy {
+            negative_ttl: Duration::from_secs(10),
+            ..FreshnessPolicy::default()
+        };
+        assert_eq!(eval_with(404, &[], &policy).unwrap().lifetime, 10);
+        assert_eq!(eval_with(410, &[], &policy).unwrap().lifetime, 10);
+        assert_eq!(
+            eval_with(404, &[("cache-control", "max-age=60")], &policy)
+                .unwrap()
+                .lifetime,
+            60
+        );
+        assert_eq!(
+            eval_with(500, &[], &policy),
+            Err(NoCacheReason::NoFreshness)
+        );
+        assert_eq!(
+            eval_with(404, &[("cache-control", "no-store")], &policy),
+            Err(NoCacheReason::NoStore)
+        );
+        assert_eq!(eval(404, &[]), Err(NoCacheReason::NoFreshness));
+    }
+
+    #[test]
+    fn stale_windows_from_directives_or_site_defaults() {
+        let policy = FreshnessPolicy {
+            stale_if_error: Duration::from_secs(300),
+            ..FreshnessPolicy::default()
+        };
+        let f = eval_with(
+            200,
+            &[(
+                "cache-control",
+                "max-age=10, stale-while-revalidate=30, stale-if-error=60",
+            )],
+            &policy,
+        )
+        .unwrap();
+        assert_eq!((f.stale_while_revalidate, f.stale_if_error), (30, 60));
+        let f = eval_with(200, &[("cache-control", "max-age=10")], &policy).unwrap();
+        assert_eq!((f.stale_while_revalidate, f.stale_if_error), (0, 300));
+        let later = f.received + Duration::from_secs(100);
+        assert_eq!(f.staleness(later), 90);
+        assert!(f.may_serve_on_error(later) && !f.may_serve_while_revalidating(later));
+        let strict = eval_with(
+            200,
+            &[(
+                "cache-control",
+                "max-age=10, must-revalidate, stale-if-error=600",
+            )],
+            &policy,
+        )
+        .unwrap();
+        assert!(
+            !strict.may_serve_on_error(later),
+            "must-revalidate forbids stale"
+        );
     }
 
     #[test]

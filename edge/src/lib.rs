@@ -15,6 +15,7 @@ pub mod cache_control;
 pub mod cache_key;
 pub mod cache_status;
 pub mod coalesce;
+pub mod conditional;
 pub mod config;
 pub mod connection;
 pub mod fill;

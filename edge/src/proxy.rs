@@ -25,8 +25,10 @@ use crate::cache_control::CacheControl;
 use crate::cache_key::{CacheKey, normalize_target};
 use crate::cache_status::{CacheStatus, Forward, Outcome};
 use crate::coalesce::{Coalescer, Role};
+use crate::conditional::not_modified;
 use crate::config::{ConfigError, EdgeConfig};
 use crate::fill::{Fill, FillRequest};
+use crate::freshness::strip_targeted;
 use crate::metrics::Metrics;
 use crate::site::{SiteMatch, SiteTable};
 use crate::store::{Storage, StoredResponse};
@@ -201,12 +203,43 @@ impl Edge {
                 let now = Instant::now();
                 if entry.freshness.is_fresh(now) {
                     let status = CacheStatus::hit(entry.freshness.ttl(now));
-                    return (self.serve_stored(&entry, head, &status, now), Outcome::Hit);
+                    let response =
+                        self.answer_from_cache(req.headers(), &entry, head, &status, now);
+                    return (response, Outcome::Hit);
+                }
+                if entry.freshness.may_serve_while_revalidating(now) {
+                    let refresh = self.fill_request(
+                        site,
+                        &key,
+                        &target,
+                        req.headers(),
+                        client,
+                        Some(entry.clone()),
+                    );
+                    let edge = self.clone();
+                    let refresh_key = key.clone();
+                    tokio::spawn(async move {
+                        edge.fills.run(&refresh_key, move || refresh.run()).await
+                    });
+                    let mut status = CacheStatus::hit(entry.freshness.ttl(now));
+                    status.detail = Some("stale-while-revalidate");
+                    let response =
+                        self.answer_from_cache(req.headers(), &entry, head, &status, now);
+                    return (response, Outcome::Stale);
                 }
                 Some(entry)
             }
             None => None,
         };
+        if req.headers().contains_key(header::CACHE_CONTROL)
+            && CacheControl::from_headers(req.headers()).only_if_cached
+        {
+            let response = text_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "504 Gateway Timeout: the request said only-if-cached and this edge holds no fresh copy\n",
+            );
+            return (response, Outcome::Refused);
+        }
         let outcome = if stale.is_some() {
             Outcome::Stale
         } else {
@@ -216,22 +249,8 @@ impl Edge {
         let (fill, role) = self
             .fills
             .run(&key, || {
-                let request = FillRequest {
-                    edge: self.clone(),
-                    site: site.site.clone(),
-                    key: key.clone(),
-                    uri: upstream_uri(site, &target),
-                    headers: forward_request_headers(
-                        req.headers(),
-                        Purpose::Fill,
-                        site.site.upstream_host.as_ref().unwrap_or(site.host_value),
-                        &self.via,
-                        client.ip(),
-                    ),
-                    request_cc: CacheControl::from_headers(req.headers()),
-                    stale,
-                };
-                request.run()
+                self.fill_request(site, &key, &target, req.headers(), client, stale)
+                    .run()
             })
             .await;
         if role == Role::Follower {
@@ -240,10 +259,9 @@ impl Edge {
         match fill {
             Ok(Fill::Stored { entry, mut status }) => {
                 status.collapsed = role == Role::Follower;
-                (
-                    self.serve_stored(&entry, head, &status, Instant::now()),
-                    outcome,
-                )
+                let response =
+                    self.answer_from_cache(req.headers(), &entry, head, &status, Instant::now());
+                (response, outcome)
             }
             Ok(Fill::Handoff { response, status }) => {
                 let taken = match role {
@@ -286,6 +304,89 @@ impl Edge {
         }
     }
 
+    /// The fill of `key` for a client request (its headers filtered for sharing).
+    fn fill_request(
+        self: &Arc<Self>,
+        site: SiteMatch<'_>,
+        key: &CacheKey,
+        target: &str,
+        request: &http::HeaderMap,
+        client: SocketAddr,
+        stale: Option<Arc<StoredResponse>>,
+    ) -> FillRequest {
+        FillRequest {
+            edge: self.clone(),
+            site: site.site.clone(),
+            key: key.clone(),
+            uri: upstream_uri(site, target),
+            headers: forward_request_headers(
+                request,
+                Purpose::Fill,
+                site.site.upstream_host.as_ref().unwrap_or(site.host_value),
+                &self.via,
+                client.ip(),
+            ),
+            request_cc: CacheControl::from_headers(request),
+            stale,
+        }
+    }
+
+    /// A stored entry as the answer to a request: `304` when the client's conditionals
+    /// show its copy is current, the entry itself otherwise.
+    fn answer_from_cache(
+        &self,
+        request: &http::HeaderMap,
+        entry: &StoredResponse,
+        head: bool,
+        status: &CacheStatus,
+        now: Instant,
+    ) -> Response<EdgeBody> {
+        let unchanged = entry.status == StatusCode::OK && not_modified(request, &entry.headers);
+        let mut response = self.serve_stored(entry, head || unchanged, status, now);
+        if unchanged {
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+        }
+        response
+    }
+
+    /// Removes the entry for `target` on `site` (RFC 9111 4.4).
+    fn invalidate(&self, site: SiteMatch<'_>, target: &str) {
+        if let Ok(target) = normalize_target(target, &site.site.query) {
+            self.store.remove(&CacheKey::new(
+                site.site.generation(),
+                "http",
+                site.host,
+                &target,
+            ));
+        }
+    }
+
+    /// After a successful unsafe request: the target and the same-host URIs in
+    /// `Location` and `Content-Location` are invalidated (RFC 9111 4.4).
+    fn invalidate_after_unsafe(
+        &self,
+        site: SiteMatch<'_>,
+        target: &str,
+        response: &http::HeaderMap,
+    ) {
+        self.invalidate(site, target);
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(uri) = response
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<Uri>().ok())
+            else {
+                continue;
+            };
+            let same_host = uri
+                .host()
+                .is_none_or(|host| crate::config::normalize_host(host) == site.host);
+            if let Some(pq) = uri.path_and_query().filter(|_| same_host) {
+                self.invalidate(site, pq.as_str());
+            }
+        }
+    }
+
     /// Builds a response from a stored entry: one header map clone and a shared body.
     fn serve_stored(
         &self,
@@ -303,6 +404,7 @@ impl Edge {
         *response.status_mut() = entry.status;
         let headers = response.headers_mut();
         *headers = entry.headers.clone();
+        strip_targeted(headers);
         headers.insert(header::AGE, HeaderValue::from(entry.freshness.age(now)));
         headers.insert(
             CACHE_STATUS.clone(),
@@ -328,6 +430,10 @@ impl Edge {
         B::Error: Into<BoxError>,
     {
         let (parts, body) = req.into_parts();
+        let unsafe_method = !matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        );
         let mut upstream_req = Request::new(body.map_err(Into::into).boxed_unsync());
         *upstream_req.method_mut() = parts.method;
         *upstream_req.uri_mut() = upstream_uri(site, target);
@@ -349,7 +455,11 @@ impl Edge {
         };
         self.metrics.upstream_response(started.elapsed());
         let (mut parts, body) = response.into_parts();
+        if unsafe_method && (parts.status.is_success() || parts.status.is_redirection()) {
+            self.invalidate_after_unsafe(site, target, &parts.headers);
+        }
         strip_hop_by_hop(&mut parts.headers);
+        strip_targeted(&mut parts.headers);
         append_list(&mut parts.headers, header::VIA, &self.via);
         status.fwd_status = Some(parts.status.as_u16());
         let upstream = parts.headers.remove(&CACHE_STATUS);

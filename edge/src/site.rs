@@ -58,6 +58,9 @@ impl Site {
             freshness: FreshnessPolicy {
                 heuristic_fraction: config.heuristic_fraction,
                 heuristic_max: config.heuristic_max,
+                negative_ttl: config.negative_ttl,
+                stale_while_revalidate: config.stale_while_revalidate,
+                stale_if_error: config.stale_if_error,
             },
             generation: AtomicU64::new(config.generation),
         })

@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use moka::policy::EvictionPolicy;
 
 use crate::cache_key::CacheKey;
-use crate::freshness::Freshness;
+use crate::freshness::{Freshness, is_targeted};
 
 /// Fixed bytes charged per entry for the bookkeeping around it (the entry struct, the
 /// key's and header map's allocations, the cache's own node).
@@ -71,7 +71,8 @@ impl StoredResponse {
     }
 }
 
-/// `HTTP/1.1 <status>\r\n` followed by `name: value\r\n` for every header.
+/// `HTTP/1.1 <status>\r\n` followed by `name: value\r\n` for every header a client may see
+/// (the targeted cache fields stay in `headers`, for revalidation, but are never sent).
 pub fn serialize_head(status: StatusCode, headers: &HeaderMap) -> Bytes {
     let mut head = Vec::with_capacity(64 + headers.len() * 48);
     head.extend_from_slice(b"HTTP/1.1 ");
@@ -79,7 +80,7 @@ pub fn serialize_head(status: StatusCode, headers: &HeaderMap) -> Bytes {
     head.push(b' ');
     head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
+    for (name, value) in headers.iter().filter(|(name, _)| !is_targeted(name)) {
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
@@ -186,6 +187,8 @@ mod tests {
                 lifetime: 60,
                 received: Exchange::now().received,
                 must_revalidate: false,
+                stale_while_revalidate: 0,
+                stale_if_error: 0,
             },
         )
     }
@@ -250,6 +253,7 @@ mod tests {
     fn the_head_is_serialized_once_in_http1_form() {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("text/css"));
+        headers.insert("cdn-cache-control", HeaderValue::from_static("max-age=60"));
         headers.append("x-a", HeaderValue::from_static("1"));
         headers.append("x-a", HeaderValue::from_static("2"));
         let r = stored(headers, 0);

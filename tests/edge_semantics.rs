@@ -1,0 +1,155 @@
+//! HTTP caching semantics beyond freshness: targeted cache fields, negative caching,
+//! conditional requests answered from cache, only-if-cached, and invalidation by unsafe
+//! methods.
+
+mod support;
+
+use http::{Method, StatusCode};
+use support::{HOST, Harness};
+
+#[tokio::test]
+async fn cdn_cache_control_takes_precedence_and_is_not_forwarded() {
+    let h = Harness::start().await;
+    // The browser is told not to store; the CDN is told to keep it for a minute.
+    let target = "/tcc.bin?cc=no-store&h.cdn-cache-control=max-age%3D60";
+    let miss = h.get(target).await;
+    assert!(
+        miss.cache_status().ends_with("stored"),
+        "{}",
+        miss.cache_status()
+    );
+    let hit = h.get(target).await;
+    assert!(
+        hit.cache_status().contains("; hit"),
+        "{}",
+        hit.cache_status()
+    );
+    for reply in [&miss, &hit] {
+        assert_eq!(reply.header("cache-control"), "no-store");
+        assert_eq!(reply.header("cdn-cache-control"), "");
+    }
+    assert_eq!(h.origin.hits(target), 1);
+    let surrogate = "/sc.bin?cc=private&h.surrogate-control=max-age%3D60";
+    h.get(surrogate).await;
+    let hit = h.get(surrogate).await;
+    assert!(hit.cache_status().contains("; hit"));
+    assert_eq!(hit.header("surrogate-control"), "");
+}
+
+#[tokio::test]
+async fn a_flood_of_requests_for_a_missing_file_reaches_the_origin_once() {
+    let h = Harness::start().await;
+    let target = "/missing.js?status=404&cc=none&etag=0";
+    for _ in 0..20 {
+        assert_eq!(h.get(target).await.status, StatusCode::NOT_FOUND);
+    }
+    assert_eq!(h.origin.hits(target), 1);
+}
+
+#[tokio::test]
+async fn negative_caching_can_be_turned_off() {
+    let h = Harness::start_with("", "negative_ttl = \"0s\"").await;
+    let target = "/missing.js?status=410&cc=none&etag=0";
+    for _ in 0..3 {
+        assert_eq!(h.get(target).await.status, StatusCode::GONE);
+    }
+    assert_eq!(h.origin.hits(target), 3);
+}
+
+#[tokio::test]
+async fn client_conditionals_get_304_from_the_cache() {
+    let h = Harness::start().await;
+    let first = h.get("/cond304.bin").await;
+    let etag = first.header("etag").to_owned();
+    let modified = first.header("last-modified").to_owned();
+    let reply = h
+        .send(
+            Method::GET,
+            "/cond304.bin",
+            HOST,
+            &[("if-none-match", &etag)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_MODIFIED);
+    assert!(reply.body.is_empty());
+    assert_eq!(reply.header("etag"), etag);
+    assert!(reply.cache_status().contains("; hit"));
+    let reply = h
+        .send(
+            Method::GET,
+            "/cond304.bin",
+            HOST,
+            &[("if-modified-since", &modified)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_MODIFIED);
+    let reply = h
+        .send(
+            Method::GET,
+            "/cond304.bin",
+            HOST,
+            &[("if-none-match", "\"other\"")],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body.len(), 1024);
+    assert_eq!(h.origin.total_hits(), 1);
+}
+
+#[tokio::test]
+async fn only_if_cached_never_contacts_the_origin() {
+    let h = Harness::start().await;
+    let cc = [("cache-control", "only-if-cached")];
+    let reply = h.send(Method::GET, "/oic.bin", HOST, &cc).await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(h.origin.total_hits(), 0);
+    h.get("/oic.bin").await;
+    let reply = h.send(Method::GET, "/oic.bin", HOST, &cc).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.cache_status().contains("; hit"));
+    assert_eq!(h.origin.total_hits(), 1);
+}
+
+#[tokio::test]
+async fn a_successful_unsafe_request_invalidates_its_target_and_location() {
+    let h = Harness::start().await;
+    h.get("/doc.bin").await;
+    h.get("/other.bin").await;
+    let reply = h
+        .send(Method::POST, "/doc.bin?h.location=%2Fother.bin", HOST, &[])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // The POST's own target differs from /doc.bin by its query, so only Location matches.
+    assert!(
+        h.get("/other.bin")
+            .await
+            .cache_status()
+            .contains("fwd=uri-miss")
+    );
+    assert!(h.get("/doc.bin").await.cache_status().contains("; hit"));
+    h.send(Method::PUT, "/doc.bin", HOST, &[]).await;
+    assert!(
+        h.get("/doc.bin")
+            .await
+            .cache_status()
+            .contains("fwd=uri-miss")
+    );
+    // A failed unsafe request invalidates nothing.
+    h.send(Method::DELETE, "/doc.bin?status=500", HOST, &[])
+        .await;
+    assert!(h.get("/doc.bin").await.cache_status().contains("; hit"));
+}
+
+#[tokio::test]
+async fn a_location_on_another_host_is_not_invalidated() {
+    let h = Harness::start().await;
+    h.get("/keep.bin").await;
+    h.send(
+        Method::POST,
+        "/form?h.location=http%3A%2F%2Fother.example%2Fkeep.bin",
+        HOST,
+        &[],
+    )
+    .await;
+    assert!(h.get("/keep.bin").await.cache_status().contains("; hit"));
+}
