@@ -11,7 +11,9 @@
 //! - `delay_ms=N`: wait before answering (at most 30 s).
 //! - `etag=0`: send no `ETag`/`Last-Modified` (validators are on by default, and a matching
 //!   `If-None-Match` gets `304`).
-//! - `h.NAME=VALUE`: add any response header, e.g. `h.vary=accept`.
+//! - `h.NAME=VALUE`: add any response header, e.g. `h.x-test=1`.
+//! - `vary=NAME`: a response that really varies: `Vary: NAME`, and the body starts with
+//!   `NAME=<the value received>\n`, so each variant has its own bytes and validator.
 //!
 //! `GET /__stats` returns the counts as JSON; `POST /__reset` clears them.
 //! `POST /__fail?status=503` makes every asset request fail with that status (an outage
@@ -208,6 +210,8 @@ struct Asset {
     validators: bool,
     extra: Vec<(HeaderName, HeaderValue)>,
     seed: u64,
+    /// The request field the response varies on, with the value received.
+    vary: Option<(HeaderName, String)>,
 }
 
 impl Asset {
@@ -226,6 +230,7 @@ impl Asset {
             validators: true,
             extra: Vec::new(),
             seed: fnv1a(path.as_bytes()),
+            vary: None,
         };
         for pair in req.uri().query().unwrap_or("").split('&') {
             let Some((name, value)) = pair.split_once('=') else {
@@ -252,6 +257,24 @@ impl Asset {
                     asset.delay = Duration::from_millis(ms).min(MAX_DELAY);
                 }
                 "etag" => asset.validators = value != "0",
+                "vary" => {
+                    let name = HeaderName::from_bytes(value.as_bytes())
+                        .map_err(|_| format!("bad vary header name {value:?}"))?;
+                    let received = req
+                        .headers()
+                        .get_all(&name)
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let received = if received.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        received
+                    };
+                    asset.seed ^= fnv1a(received.as_bytes());
+                    asset.vary = Some((name, received));
+                }
                 _ => {
                     if let Some(header) = name.strip_prefix("h.") {
                         let name = HeaderName::from_bytes(header.as_bytes())
@@ -285,6 +308,13 @@ impl Asset {
                 .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
         let body = if not_modified || req.method() == http::Method::HEAD {
             Bytes::new()
+        } else if let Some((name, received)) = &self.vary {
+            // The prefix, then filler up to the asked size (longer if the prefix is).
+            let mut body = format!("{name}={received}\n").into_bytes();
+            let prefix = body.len();
+            body.extend_from_slice(&generate(self.seed, self.size));
+            body.truncate(self.size.max(prefix));
+            Bytes::from(body)
         } else {
             generate(self.seed, self.size)
         };
@@ -316,6 +346,11 @@ impl Asset {
                 header::LAST_MODIFIED,
                 HeaderValue::from_static(LAST_MODIFIED),
             );
+        }
+        if let Some((name, _)) = &self.vary
+            && let Ok(value) = HeaderValue::from_str(name.as_str())
+        {
+            headers.append(header::VARY, value);
         }
         for (name, value) in self.extra {
             headers.append(name, value);

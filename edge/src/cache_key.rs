@@ -31,6 +31,17 @@ impl CacheKey {
         CacheKey(key.into_boxed_str())
     }
 
+    /// The key of one variant of this (primary) key; see [`crate::vary`].
+    pub fn variant(&self, epoch: u64, signature: &str) -> Self {
+        let mut key = String::with_capacity(self.0.len() + 24 + signature.len());
+        key.push_str(&self.0);
+        key.push_str("\n#");
+        key.push_str(itoa::Buffer::new().format(epoch));
+        key.push('\n');
+        key.push_str(signature);
+        CacheKey(key.into_boxed_str())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

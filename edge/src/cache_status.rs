@@ -47,6 +47,8 @@ impl Outcome {
 pub enum Forward {
     /// No entry for the key.
     UriMiss,
+    /// The URL is cached, but not the variant this request selects.
+    VaryMiss,
     /// An entry existed but was stale.
     Stale,
     /// The request asked to bypass the cache (e.g. carried `Authorization`).
@@ -59,6 +61,7 @@ impl Forward {
     pub fn as_str(self) -> &'static str {
         match self {
             Forward::UriMiss => "uri-miss",
+            Forward::VaryMiss => "vary-miss",
             Forward::Stale => "stale",
             Forward::Request => "request",
             Forward::Method => "method",
@@ -74,7 +77,7 @@ pub enum NoCacheReason {
     /// No explicit freshness and heuristics are off or do not apply.
     NoFreshness,
     SetCookie,
-    /// `Vary` responses are not stored yet.
+    /// `Vary: *`: no later request can be known to match.
     Vary,
     /// The status code is never stored (e.g. 206, 304, 1xx).
     Status,

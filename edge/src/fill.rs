@@ -26,6 +26,7 @@ use crate::proxy::{CACHE_STATUS, Edge};
 use crate::site::Site;
 use crate::store::StoredResponse;
 use crate::upstream::{UpstreamError, append_list, empty_body, strip_hop_by_hop};
+use crate::vary::{Selection, Vary, VaryIndex, signature, vary_of};
 
 /// What a fill produced, as every waiter sees it.
 #[derive(Debug, Clone)]
@@ -53,7 +54,14 @@ pub enum Fill {
 pub struct FillRequest {
     pub edge: Arc<Edge>,
     pub site: Arc<Site>,
+    /// The key looked up: the primary key, or a variant's key.
     pub key: CacheKey,
+    /// The URL's primary key, where a variant index lives.
+    pub primary: CacheKey,
+    /// The URL's variant index, if its responses were known to vary.
+    pub index: Option<VaryIndex>,
+    /// Why the request goes forward when there is no stale entry.
+    pub miss: Forward,
     pub uri: Uri,
     /// Headers to send upstream, already filtered for a shared fill.
     pub headers: HeaderMap,
@@ -68,7 +76,7 @@ impl FillRequest {
         let fwd = if self.stale.is_some() {
             Forward::Stale
         } else {
-            Forward::UriMiss
+            self.miss
         };
         let mut status = CacheStatus::forwarded(fwd);
         let edge = &self.edge;
@@ -181,14 +189,34 @@ impl FillRequest {
         {
             parts.headers.insert(header::DATE, date);
         }
-        let entry = Arc::new(StoredResponse::new(
+        let vary = vary_of(&parts.headers);
+        let mut entry = StoredResponse::new(
             parts.status,
             parts.headers,
             upstream_cache_status,
             body,
             freshness,
-        ));
-        edge.store.insert(self.key.clone(), entry.clone());
+        );
+        let key = match vary {
+            Vary::Fields(names) => {
+                let index = match &self.index {
+                    Some(index) if *index.names == names[..] => index.clone(),
+                    _ => VaryIndex::new(names),
+                };
+                let signature = signature(&index.names, &self.headers);
+                let key = self.primary.variant(index.epoch, &signature);
+                if self.index.as_ref() != Some(&index) {
+                    let marker = StoredResponse::vary_index(index.clone(), freshness);
+                    edge.store.insert(self.primary.clone(), Arc::new(marker));
+                }
+                entry.selected_by = Some(Selection { index, signature });
+                key
+            }
+            // `Vary: *` was refused by `evaluate`; no Vary replaces any index there was.
+            Vary::None | Vary::Any => self.primary.clone(),
+        };
+        let entry = Arc::new(entry);
+        edge.store.insert(key, entry.clone());
         edge.metrics.stored();
         status.stored = true;
         Fill::Stored { entry, status }
@@ -244,13 +272,15 @@ impl FillRequest {
             exchange,
         ) {
             Ok(freshness) => {
-                let entry = Arc::new(StoredResponse::new(
+                let mut entry = StoredResponse::new(
                     stale.status,
                     headers,
                     upstream_cache_status,
                     stale.body.clone(),
                     freshness,
-                ));
+                );
+                entry.selected_by = stale.selected_by.clone();
+                let entry = Arc::new(entry);
                 self.edge.store.insert(self.key.clone(), entry.clone());
                 status.stored = true;
                 Fill::Stored { entry, status }

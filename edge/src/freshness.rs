@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{AGE, DATE, ETAG, EXPIRES, HeaderName, LAST_MODIFIED, SET_COOKIE, VARY};
+use http::header::{AGE, DATE, ETAG, EXPIRES, HeaderName, LAST_MODIFIED, SET_COOKIE};
 use http::{HeaderMap, StatusCode};
 
 use crate::cache_control::{CacheControl, DELTA_SECONDS_MAX, Seconds};
@@ -174,7 +174,7 @@ pub fn evaluate(
     if headers.contains_key(SET_COOKIE) {
         return Err(NoCacheReason::SetCookie);
     }
-    if headers.contains_key(VARY) {
+    if crate::vary::vary_of(headers) == crate::vary::Vary::Any {
         return Err(NoCacheReason::Vary);
     }
 
@@ -352,9 +352,13 @@ mod tests {
             Err(NoCacheReason::Status)
         );
         assert_eq!(
-            eval(200, &[("cache-control", "max-age=60"), ("vary", "accept")]),
+            eval(
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "accept, *")]
+            ),
             Err(NoCacheReason::Vary)
         );
+        assert!(eval(200, &[("cache-control", "max-age=60"), ("vary", "accept")]).is_ok());
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod server;
 pub mod site;
 pub mod store;
 pub mod upstream;
+pub mod vary;
 
 mod admin;
 

@@ -36,6 +36,18 @@ use crate::upstream::{
     BoxError, Purpose, UpstreamClient, UpstreamError, append_list, forward_request_headers,
     strip_hop_by_hop, via_names,
 };
+use crate::vary::VaryIndex;
+
+/// Where a request's response is stored, or would be.
+#[derive(Debug)]
+struct Lookup {
+    /// The primary key, or the key of the variant the request selects.
+    key: CacheKey,
+    /// The URL's variant index, when its responses vary.
+    index: Option<VaryIndex>,
+    /// The `fwd` reason when nothing is stored under `key`.
+    miss: Forward,
+}
 
 /// The `Cache-Status` field (RFC 9211).
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -118,6 +130,9 @@ impl Edge {
         let target = normalize_target(target, &site.site.query).ok()?;
         let key = CacheKey::new(site.site.generation(), "http", site.host, &target);
         let entry = self.store.get(&key)?;
+        if entry.variants.is_some() {
+            return None; // the variant depends on request fields: the full path finds it
+        }
         let now = Instant::now();
         entry.freshness.is_fresh(now).then_some((entry, now))
     }
@@ -197,8 +212,23 @@ impl Edge {
                 .await;
         }
 
-        let key = CacheKey::new(site.site.generation(), "http", site.host, &target);
-        let stale = match self.store.get(&key) {
+        let primary = CacheKey::new(site.site.generation(), "http", site.host, &target);
+        let mut found = self.store.get(&primary);
+        let mut lookup = Lookup {
+            key: primary.clone(),
+            index: None,
+            miss: Forward::UriMiss,
+        };
+        if let Some(index) = found.as_ref().and_then(|entry| entry.variants.clone()) {
+            let (key, _) = index.variant_key(&primary, req.headers());
+            found = self.store.get(&key);
+            lookup = Lookup {
+                key,
+                index: Some(index),
+                miss: Forward::VaryMiss,
+            };
+        }
+        let mut stale = match found {
             Some(entry) => {
                 let now = Instant::now();
                 if entry.freshness.is_fresh(now) {
@@ -210,14 +240,15 @@ impl Edge {
                 if entry.freshness.may_serve_while_revalidating(now) {
                     let refresh = self.fill_request(
                         site,
-                        &key,
+                        &lookup,
+                        &primary,
                         &target,
                         req.headers(),
                         client,
                         Some(entry.clone()),
                     );
                     let edge = self.clone();
-                    let refresh_key = key.clone();
+                    let refresh_key = lookup.key.clone();
                     tokio::spawn(async move {
                         edge.fills.run(&refresh_key, move || refresh.run()).await
                     });
@@ -246,69 +277,103 @@ impl Edge {
             Outcome::Miss
         };
 
-        let (fill, role) = self
-            .fills
-            .run(&key, || {
-                self.fill_request(site, &key, &target, req.headers(), client, stale)
+        let mut retried = false;
+        loop {
+            let (fill, role) = self
+                .fills
+                .run(&lookup.key, || {
+                    self.fill_request(
+                        site,
+                        &lookup,
+                        &primary,
+                        &target,
+                        req.headers(),
+                        client,
+                        stale.take(),
+                    )
                     .run()
-            })
-            .await;
-        if role == Role::Follower {
-            self.metrics.coalesced();
-        }
-        match fill {
-            Ok(Fill::Stored { entry, mut status }) => {
-                status.collapsed = role == Role::Follower;
-                let response =
-                    self.answer_from_cache(req.headers(), &entry, head, &status, Instant::now());
-                (response, outcome)
+                })
+                .await;
+            if role == Role::Follower {
+                self.metrics.coalesced();
             }
-            Ok(Fill::Handoff { response, status }) => {
-                let taken = match role {
-                    Role::Leader => response
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .take(),
-                    Role::Follower => None,
-                };
-                match taken {
-                    Some(mut response) => {
-                        let upstream = response.headers_mut().remove(&CACHE_STATUS);
-                        response.headers_mut().insert(
-                            CACHE_STATUS.clone(),
-                            status.render(&self.name, upstream_str(upstream.as_ref())),
-                        );
-                        if head {
-                            *response.body_mut() = EdgeBody::empty();
-                        }
-                        (response, outcome)
+            return match fill {
+                Ok(Fill::Stored { entry, mut status }) => {
+                    // The first fill of a URL that turned out to vary may have stored another
+                    // variant than this request selects: fetch this request's own, once.
+                    if let Some(selection) = entry
+                        .selected_by
+                        .as_ref()
+                        .filter(|s| !retried && !s.matches(req.headers()))
+                    {
+                        let (key, _) = selection.index.variant_key(&primary, req.headers());
+                        lookup = Lookup {
+                            key,
+                            index: Some(selection.index.clone()),
+                            miss: Forward::VaryMiss,
+                        };
+                        retried = true;
+                        continue;
                     }
-                    // Not shareable: this client asks the upstream itself.
-                    None => {
-                        let target = target.into_owned();
-                        let (response, _) = self
-                            .pass(site, req, &target, Forward::UriMiss, client)
-                            .await;
-                        (response, outcome)
+                    status.collapsed = role == Role::Follower;
+                    let response = self.answer_from_cache(
+                        req.headers(),
+                        &entry,
+                        head,
+                        &status,
+                        Instant::now(),
+                    );
+                    (response, outcome)
+                }
+                Ok(Fill::Handoff { response, status }) => {
+                    let taken = match role {
+                        Role::Leader => response
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .take(),
+                        Role::Follower => None,
+                    };
+                    match taken {
+                        Some(mut response) => {
+                            let upstream = response.headers_mut().remove(&CACHE_STATUS);
+                            response.headers_mut().insert(
+                                CACHE_STATUS.clone(),
+                                status.render(&self.name, upstream_str(upstream.as_ref())),
+                            );
+                            if head {
+                                *response.body_mut() = EdgeBody::empty();
+                            }
+                            (response, outcome)
+                        }
+                        // Not shareable: this client asks the upstream itself.
+                        None => {
+                            let target = target.into_owned();
+                            let (response, _) = self
+                                .pass(site, req, &target, Forward::UriMiss, client)
+                                .await;
+                            (response, outcome)
+                        }
                     }
                 }
-            }
-            Ok(Fill::Failed { error, status }) => {
-                (self.upstream_failure(&error, &status), Outcome::Error)
-            }
-            Err(_lost) => {
-                let error = UpstreamError::Lost;
-                let status = CacheStatus::forwarded(Forward::UriMiss);
-                (self.upstream_failure(&error, &status), Outcome::Error)
-            }
+                Ok(Fill::Failed { error, status }) => {
+                    (self.upstream_failure(&error, &status), Outcome::Error)
+                }
+                Err(_lost) => {
+                    let error = UpstreamError::Lost;
+                    let status = CacheStatus::forwarded(Forward::UriMiss);
+                    (self.upstream_failure(&error, &status), Outcome::Error)
+                }
+            };
         }
     }
 
-    /// The fill of `key` for a client request (its headers filtered for sharing).
+    /// The fill of a lookup for a client request (its headers filtered for sharing).
+    #[allow(clippy::too_many_arguments)]
     fn fill_request(
         self: &Arc<Self>,
         site: SiteMatch<'_>,
-        key: &CacheKey,
+        lookup: &Lookup,
+        primary: &CacheKey,
         target: &str,
         request: &http::HeaderMap,
         client: SocketAddr,
@@ -317,7 +382,10 @@ impl Edge {
         FillRequest {
             edge: self.clone(),
             site: site.site.clone(),
-            key: key.clone(),
+            key: lookup.key.clone(),
+            primary: primary.clone(),
+            index: lookup.index.clone(),
+            miss: lookup.miss,
             uri: upstream_uri(site, target),
             headers: forward_request_headers(
                 request,

@@ -12,6 +12,7 @@ use moka::policy::EvictionPolicy;
 
 use crate::cache_key::CacheKey;
 use crate::freshness::{Freshness, is_targeted};
+use crate::vary::{Selection, VaryIndex};
 
 /// Fixed bytes charged per entry for the bookkeeping around it (the entry struct, the
 /// key's and header map's allocations, the cache's own node).
@@ -30,6 +31,11 @@ pub struct StoredResponse {
     pub upstream_cache_status: Option<HeaderValue>,
     pub body: Bytes,
     pub freshness: Freshness,
+    /// Set on the entry under a primary key whose responses vary: it holds no response,
+    /// only the index for finding the variant a request selects. Never served.
+    pub variants: Option<VaryIndex>,
+    /// Set on a variant: which index and signature it was stored under.
+    pub selected_by: Option<Selection>,
     /// The HTTP/1.1 status line and `headers`, serialized once so that a hit writes them
     /// without formatting anything; the per-response fields and the blank line follow.
     head: Bytes,
@@ -50,7 +56,23 @@ impl StoredResponse {
             upstream_cache_status,
             body,
             freshness,
+            variants: None,
+            selected_by: None,
             head,
+        }
+    }
+
+    /// The entry that stands under a primary key for a URL whose responses vary.
+    pub fn vary_index(index: VaryIndex, freshness: Freshness) -> Self {
+        Self {
+            variants: Some(index),
+            ..Self::new(
+                StatusCode::OK,
+                HeaderMap::new(),
+                None,
+                Bytes::new(),
+                freshness,
+            )
         }
     }
 

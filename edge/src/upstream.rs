@@ -154,6 +154,15 @@ const UNKEYED: [HeaderName; 6] = [
     HeaderName::from_static("forwarded"),
 ];
 
+/// Whether a shared fill forwards this request field at all (whatever its value).
+pub fn forwarded_on_fill(name: &HeaderName) -> bool {
+    !(HOP_BY_HOP.contains(name)
+        || UNKEYED.contains(name)
+        || CLIENT_SPECIFIC.contains(name)
+        || name == header::UPGRADE
+        || name == header::HOST)
+}
+
 /// Removes hop-by-hop fields, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -198,6 +207,7 @@ pub fn forward_request_headers(
         for name in &CLIENT_SPECIFIC {
             headers.remove(name);
         }
+        crate::vary::normalize_fill_accept_encoding(&mut headers);
     }
     headers.insert(header::HOST, host.clone());
     append_list(&mut headers, header::VIA, via);
