@@ -19,6 +19,8 @@ use crate::upstream::BoxError;
 pub enum EdgeBody {
     /// A complete body in memory (possibly empty).
     Full(Option<Bytes>),
+    /// A complete body in memory in several pieces (e.g. slices of a stored body).
+    Chunks(VecDeque<Bytes>),
     /// Chunks already read, then the rest of an upstream body.
     Stream {
         prefix: VecDeque<Bytes>,
@@ -51,6 +53,7 @@ impl Body for EdgeBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             EdgeBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            EdgeBody::Chunks(chunks) => Poll::Ready(chunks.pop_front().map(|b| Ok(Frame::data(b)))),
             EdgeBody::Stream { prefix, rest } => {
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -65,6 +68,7 @@ impl Body for EdgeBody {
     fn is_end_stream(&self) -> bool {
         match self {
             EdgeBody::Full(bytes) => bytes.is_none(),
+            EdgeBody::Chunks(chunks) => chunks.is_empty(),
             EdgeBody::Stream { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
         }
     }
@@ -73,6 +77,9 @@ impl Body for EdgeBody {
         match self {
             EdgeBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            EdgeBody::Chunks(chunks) => {
+                SizeHint::with_exact(chunks.iter().map(|b| b.len() as u64).sum())
             }
             EdgeBody::Stream { prefix, rest } => {
                 let buffered: u64 = prefix.iter().map(|b| b.len() as u64).sum();

@@ -22,6 +22,7 @@ pub mod fill;
 pub mod freshness;
 pub mod metrics;
 pub mod proxy;
+pub mod range;
 pub mod server;
 pub mod site;
 pub mod store;

@@ -30,6 +30,7 @@ use crate::config::{ConfigError, EdgeConfig};
 use crate::fill::{Fill, FillRequest};
 use crate::freshness::strip_targeted;
 use crate::metrics::Metrics;
+use crate::range::{self, RangeAnswer};
 use crate::site::{SiteMatch, SiteTable};
 use crate::store::{Storage, StoredResponse};
 use crate::upstream::{
@@ -413,6 +414,46 @@ impl Edge {
         let mut response = self.serve_stored(entry, head || unchanged, status, now);
         if unchanged {
             *response.status_mut() = StatusCode::NOT_MODIFIED;
+            return response;
+        }
+        if head || entry.status != StatusCode::OK || !request.contains_key(header::RANGE) {
+            return response;
+        }
+        let len = entry.body.len() as u64;
+        match range::evaluate(request, &entry.headers, len) {
+            RangeAnswer::Full => {}
+            RangeAnswer::Unsatisfiable => {
+                *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                *response.body_mut() = EdgeBody::empty();
+                let headers = response.headers_mut();
+                headers.remove(header::CONTENT_LENGTH);
+                headers.insert(header::CONTENT_RANGE, content_range(&format!("*/{len}")));
+            }
+            RangeAnswer::Partial(ranges) => {
+                *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                response.headers_mut().remove(header::CONTENT_LENGTH);
+                if let [(start, end)] = ranges[..] {
+                    *response.body_mut() =
+                        EdgeBody::full(entry.body.slice(start as usize..=end as usize));
+                    response.headers_mut().insert(
+                        header::CONTENT_RANGE,
+                        content_range(&format!("{start}-{end}/{len}")),
+                    );
+                } else {
+                    let boundary = multipart_boundary();
+                    let content_type = entry
+                        .headers
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok());
+                    let parts = range::multipart(&entry.body, &ranges, content_type, &boundary);
+                    *response.body_mut() = EdgeBody::Chunks(parts.into());
+                    if let Ok(value) =
+                        HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
+                    {
+                        response.headers_mut().insert(header::CONTENT_TYPE, value);
+                    }
+                }
+            }
         }
         response
     }
@@ -597,6 +638,20 @@ fn upstream_uri(site: SiteMatch<'_>, target: &str) -> Uri {
         .path_and_query(target)
         .build()
         .unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+fn content_range(spec: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("bytes {spec}")).unwrap_or(HeaderValue::from_static("bytes */0"))
+}
+
+/// A boundary that no stored body can be expected to contain.
+fn multipart_boundary() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("cdn-byteranges-{nanos:x}-{n:x}")
 }
 
 fn upstream_str(value: Option<&HeaderValue>) -> Option<&str> {
