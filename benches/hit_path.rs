@@ -49,6 +49,7 @@ fn stored(size: usize) -> Arc<StoredResponse> {
             must_revalidate: false,
             stale_while_revalidate: 0,
             stale_if_error: 0,
+            shared_with_authorization: false,
         },
     ))
 }

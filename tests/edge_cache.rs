@@ -238,23 +238,50 @@ async fn other_methods_pass_through_and_are_not_stored() {
 }
 
 #[tokio::test]
-async fn requests_with_authorization_bypass_the_cache() {
+async fn authorized_requests_are_served_from_cache_only_when_the_response_allows_it() {
     let h = Harness::start().await;
-    h.get("/auth.bin").await;
-    let reply = h
-        .send(
-            Method::GET,
-            "/auth.bin",
-            HOST,
-            &[("authorization", "Bearer x")],
-        )
-        .await;
+    let auth = [("authorization", "Bearer x")];
+    // `max-age` alone does not let a shared cache answer a request with credentials.
+    let private_ish = "/auth.bin?cc=max-age%3D60";
+    h.get(private_ish).await;
+    let reply = h.send(Method::GET, private_ish, HOST, &auth).await;
     assert!(
         reply.cache_status().contains("fwd=request"),
         "{}",
         reply.cache_status()
     );
-    assert_eq!(h.origin.hits("/auth.bin"), 2);
+    assert_eq!(h.origin.hits(private_ish), 2);
+    // `public` (as `s-maxage` or `must-revalidate` would) does.
+    let public = "/auth-public.bin?cc=public%2C%20max-age%3D60";
+    h.get(public).await;
+    let reply = h.send(Method::GET, public, HOST, &auth).await;
+    assert!(
+        reply.cache_status().contains("; hit"),
+        "{}",
+        reply.cache_status()
+    );
+    assert_eq!(h.origin.hits(public), 1);
+    // A miss with credentials is passed through and not stored.
+    let cold = "/auth-cold.bin";
+    h.send(Method::GET, cold, HOST, &auth).await;
+    assert!(h.get(cold).await.cache_status().contains("fwd=uri-miss"));
+}
+
+#[tokio::test]
+async fn a_site_may_strip_set_cookie_to_share_responses() {
+    let h = Harness::start_with("", "strip_set_cookie = true").await;
+    let target = "/sc.bin?h.set-cookie=session%3Dsecret";
+    let first = h.get(target).await;
+    let second = h.get(target).await;
+    assert!(
+        second.cache_status().contains("; hit"),
+        "{}",
+        second.cache_status()
+    );
+    for reply in [&first, &second] {
+        assert_eq!(reply.header("set-cookie"), "", "a cookie was handed out");
+    }
+    assert_eq!(h.origin.hits(target), 1);
 }
 
 #[tokio::test]

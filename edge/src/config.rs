@@ -162,6 +162,11 @@ pub struct SiteConfig {
     /// upstream fails or answers 5xx. Never for `must-revalidate` or `no-cache` responses.
     #[serde(default = "default_stale_if_error", with = "humantime_serde")]
     pub stale_if_error: Duration,
+    /// Remove `Set-Cookie` from upstream responses before deciding whether to store them,
+    /// so that responses which set cookies can be cached and shared (the cookie itself is
+    /// then never handed to anyone). Off by default: such responses are not stored.
+    #[serde(default)]
+    pub strip_set_cookie: bool,
 }
 
 fn default_negative_ttl() -> Duration {

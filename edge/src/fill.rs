@@ -107,6 +107,9 @@ impl FillRequest {
         };
         let (mut parts, body) = response.into_parts();
         status.fwd_status = Some(parts.status.as_u16());
+        if self.site.strip_set_cookie {
+            parts.headers.remove(header::SET_COOKIE);
+        }
 
         if parts.status == StatusCode::NOT_MODIFIED
             && let Some(stale) = &self.stale

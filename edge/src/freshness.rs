@@ -92,6 +92,9 @@ pub struct Freshness {
     pub stale_while_revalidate: u64,
     /// Seconds past its lifetime during which it may be served when the upstream fails.
     pub stale_if_error: u64,
+    /// The response said `public`, `s-maxage` or `must-revalidate`: it may answer requests
+    /// that carry `Authorization` (RFC 9111 3.5).
+    pub shared_with_authorization: bool,
 }
 
 impl Freshness {
@@ -240,6 +243,9 @@ pub fn evaluate(
             policy.stale_while_revalidate,
         ),
         stale_if_error: stale_window(cc.stale_if_error, policy.stale_if_error),
+        shared_with_authorization: cc.public
+            || cc.must_revalidate
+            || cc.s_maxage != Default::default(),
     })
 }
 
@@ -574,6 +580,27 @@ mod tests {
             !strict.may_serve_on_error(later),
             "must-revalidate forbids stale"
         );
+    }
+
+    #[test]
+    fn only_explicitly_shared_responses_may_answer_authorized_requests() {
+        assert!(
+            !eval(200, &[("cache-control", "max-age=60")])
+                .unwrap()
+                .shared_with_authorization
+        );
+        for cc in [
+            "public, max-age=60",
+            "s-maxage=60",
+            "max-age=60, must-revalidate",
+        ] {
+            assert!(
+                eval(200, &[("cache-control", cc)])
+                    .unwrap()
+                    .shared_with_authorization,
+                "{cc}"
+            );
+        }
     }
 
     #[test]

@@ -206,12 +206,6 @@ impl Edge {
                 return self.pass(site, req, &target, Forward::Method, client).await;
             }
         };
-        if req.headers().contains_key(header::AUTHORIZATION) {
-            let target = target.into_owned();
-            return self
-                .pass(site, req, &target, Forward::Request, client)
-                .await;
-        }
 
         let primary = CacheKey::new(site.site.generation(), "http", site.host, &target);
         let mut found = self.store.get(&primary);
@@ -228,6 +222,22 @@ impl Edge {
                 index: Some(index),
                 miss: Forward::VaryMiss,
             };
+        }
+        // A request with credentials is answered from the cache only by a fresh response
+        // that said it may be (RFC 9111 3.5); otherwise it goes to the origin as it is.
+        if req.headers().contains_key(header::AUTHORIZATION) {
+            let now = Instant::now();
+            if let Some(entry) =
+                found.filter(|e| e.freshness.is_fresh(now) && e.freshness.shared_with_authorization)
+            {
+                let status = CacheStatus::hit(entry.freshness.ttl(now));
+                let response = self.answer_from_cache(req.headers(), &entry, head, &status, now);
+                return (response, Outcome::Hit);
+            }
+            let target = target.into_owned();
+            return self
+                .pass(site, req, &target, Forward::Request, client)
+                .await;
         }
         let mut stale = match found {
             Some(entry) => {

@@ -25,6 +25,8 @@ pub struct Site {
     pub upstream_host: Option<HeaderValue>,
     pub query: QueryPolicy,
     pub freshness: FreshnessPolicy,
+    /// Drop `Set-Cookie` from fills so they can be stored and shared.
+    pub strip_set_cookie: bool,
     generation: AtomicU64,
 }
 
@@ -62,6 +64,7 @@ impl Site {
                 stale_while_revalidate: config.stale_while_revalidate,
                 stale_if_error: config.stale_if_error,
             },
+            strip_set_cookie: config.strip_set_cookie,
             generation: AtomicU64::new(config.generation),
         })
     }

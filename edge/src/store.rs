@@ -211,6 +211,7 @@ mod tests {
                 must_revalidate: false,
                 stale_while_revalidate: 0,
                 stale_if_error: 0,
+                shared_with_authorization: false,
             },
         )
     }
