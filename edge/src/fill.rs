@@ -85,7 +85,7 @@ impl FillRequest {
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
         if let Some(stale) = &self.stale {
-            add_validators(request.headers_mut(), &stale.headers);
+            add_validators(request.headers_mut(), &stale.headers());
         }
         let request_time = SystemTime::now();
         let started = Instant::now();
@@ -234,7 +234,7 @@ impl FillRequest {
         exchange: Exchange,
         mut status: CacheStatus,
     ) -> Fill {
-        let mut headers = stale.headers.clone();
+        let mut headers = stale.headers();
         let mut fresh = update.clone();
         strip_hop_by_hop(&mut fresh);
         for name in [header::CONTENT_LENGTH, header::VIA] {

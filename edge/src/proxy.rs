@@ -420,7 +420,11 @@ impl Edge {
         status: &CacheStatus,
         now: Instant,
     ) -> Response<EdgeBody> {
-        let unchanged = entry.status == StatusCode::OK && not_modified(request, &entry.headers);
+        let conditional = request.contains_key(header::IF_NONE_MATCH)
+            || request.contains_key(header::IF_MODIFIED_SINCE);
+        let unchanged = conditional
+            && entry.status == StatusCode::OK
+            && not_modified(request, &entry.headers());
         let mut response = self.serve_stored(entry, head || unchanged, status, now);
         if unchanged {
             *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -430,7 +434,7 @@ impl Edge {
             return response;
         }
         let len = entry.body.len() as u64;
-        match range::evaluate(request, &entry.headers, len) {
+        match range::evaluate(request, &entry.headers(), len) {
             RangeAnswer::Full => {}
             RangeAnswer::Unsatisfiable => {
                 *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
@@ -451,10 +455,7 @@ impl Edge {
                     );
                 } else {
                     let boundary = multipart_boundary();
-                    let content_type = entry
-                        .headers
-                        .get(header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok());
+                    let content_type = entry.header(&header::CONTENT_TYPE);
                     let parts = range::multipart(&entry.body, &ranges, content_type, &boundary);
                     *response.body_mut() = EdgeBody::Chunks(parts.into());
                     if let Ok(value) =
@@ -522,8 +523,7 @@ impl Edge {
         let mut response = Response::new(body);
         *response.status_mut() = entry.status;
         let headers = response.headers_mut();
-        *headers = entry.headers.clone();
-        strip_targeted(headers);
+        *headers = entry.client_headers();
         headers.insert(header::AGE, HeaderValue::from(entry.freshness.age(now)));
         headers.insert(
             CACHE_STATUS.clone(),

@@ -1,13 +1,15 @@
 //! Where responses live: the [`Storage`] trait and its in-memory implementation.
 //!
 //! Stored bodies are `Bytes` copied to their exact size at fill time, so a hit clones a
-//! reference count and never copies, and the weigher counts what is really held (a body
-//! sliced from a larger read buffer would pin the whole buffer).
+//! reference count and never copies, and the weigher counts what is really held. Header
+//! values are copied too: hyper parses them as slices of its connection read buffer, and
+//! one stored slice would pin that whole buffer (measured: 2.4x RSS per cached byte at
+//! 16 KiB objects before, see BENCHMARKS.md).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use moka::policy::EvictionPolicy;
 
 use crate::cache_key::CacheKey;
@@ -15,18 +17,22 @@ use crate::freshness::{Freshness, is_targeted};
 use crate::vary::{Selection, VaryIndex};
 
 /// Fixed bytes charged per entry for the bookkeeping around it (the entry struct, the
-/// key's and header map's allocations, the cache's own node).
-const ENTRY_OVERHEAD: usize = 256;
+/// key, moka's node and indexes, allocator overhead). Measured, not guessed: RSS growth
+/// per entry beyond head and body was ~630 B at 1 KiB objects and ~1.6 KB at 16 KiB
+/// (`benches/load/memory.sh`, BENCHMARKS.md), so that a configured capacity is close to
+/// the memory really used.
+const ENTRY_OVERHEAD: usize = 1024;
 /// Bytes charged per header field beyond its name and value.
 const HEADER_OVERHEAD: usize = 32;
 
 /// A response as the cache keeps it.
+///
+/// The headers are kept in one form only: serialized as the HTTP/1.1 head a hit sends,
+/// which is also the most compact. The full path parses a header map from it when it
+/// needs one ([`StoredResponse::headers`]); the hit path never does.
 #[derive(Debug)]
 pub struct StoredResponse {
     pub status: StatusCode,
-    /// End-to-end headers to send, `Via` already including this node; without `Age`
-    /// and `Cache-Status`, which are computed per response.
-    pub headers: HeaderMap,
     /// The upstream's `Cache-Status` members, which this node's member follows.
     pub upstream_cache_status: Option<HeaderValue>,
     pub body: Bytes,
@@ -36,12 +42,17 @@ pub struct StoredResponse {
     pub variants: Option<VaryIndex>,
     /// Set on a variant: which index and signature it was stored under.
     pub selected_by: Option<Selection>,
-    /// The HTTP/1.1 status line and `headers`, serialized once so that a hit writes them
-    /// without formatting anything; the per-response fields and the blank line follow.
+    /// The status line and every header a client may see, each line ending in CRLF;
+    /// without `Age` and `Cache-Status`, which are computed per response.
     head: Bytes,
+    /// Fields for this cache alone (`CDN-Cache-Control`, `Surrogate-Control`): kept for
+    /// revalidation, never sent.
+    cache_only: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl StoredResponse {
+    /// Stores a response; `headers` are the end-to-end headers to send (with `Via`
+    /// already including this node) plus any fields meant for this cache alone.
     pub fn new(
         status: StatusCode,
         headers: HeaderMap,
@@ -49,16 +60,20 @@ impl StoredResponse {
         body: Bytes,
         freshness: Freshness,
     ) -> Self {
-        let head = serialize_head(status, &headers);
+        let cache_only = headers
+            .iter()
+            .filter(|(name, _)| is_targeted(name))
+            .map(|(name, value)| (name.clone(), owned_value(value)))
+            .collect();
         Self {
             status,
-            headers,
-            upstream_cache_status,
+            upstream_cache_status: upstream_cache_status.map(|v| owned_value(&v)),
             body,
             freshness,
             variants: None,
             selected_by: None,
-            head,
+            head: serialize_head(status, &headers),
+            cache_only,
         }
     }
 
@@ -76,25 +91,69 @@ impl StoredResponse {
         }
     }
 
-    /// The serialized status line and stored headers, each line ending in CRLF.
+    /// The serialized status line and client-visible headers, each line ending in CRLF.
     pub fn head(&self) -> &Bytes {
         &self.head
     }
 
+    /// The headers a client may see, as a map (parsed from the head).
+    pub fn client_headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for line in self.head.split(|b| *b == b'\n').skip(1) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            // Both halves were valid when serialized, so neither fails here.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&line[..colon]),
+                HeaderValue::from_bytes(line[colon + 1..].trim_ascii_start()),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        headers
+    }
+
+    /// Every stored header, the fields for this cache alone included.
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = self.client_headers();
+        for (name, value) in &self.cache_only {
+            headers.append(name.clone(), value.clone());
+        }
+        headers
+    }
+
+    /// One client-visible header's value, found in the head without building a map.
+    pub fn header(&self, name: &HeaderName) -> Option<&str> {
+        let name = name.as_str().as_bytes();
+        self.head.split(|b| *b == b'\n').skip(1).find_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let value = line.strip_prefix(name)?.strip_prefix(b":")?;
+            std::str::from_utf8(value.trim_ascii_start()).ok()
+        })
+    }
+
     /// Bytes of memory this entry holds, for the byte-weighted capacity.
     pub fn weight(&self) -> usize {
-        let headers: usize = self
-            .headers
+        let cache_only: usize = self
+            .cache_only
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + HEADER_OVERHEAD)
             .sum();
         let upstream = self.upstream_cache_status.as_ref().map_or(0, |v| v.len());
-        ENTRY_OVERHEAD + headers + upstream + self.head.len() + self.body.len()
+        ENTRY_OVERHEAD + self.head.len() + cache_only + upstream + self.body.len()
     }
 }
 
+fn owned_value(value: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    copy
+}
+
 /// `HTTP/1.1 <status>\r\n` followed by `name: value\r\n` for every header a client may see
-/// (the targeted cache fields stay in `headers`, for revalidation, but are never sent).
+/// (the targeted cache fields are kept apart and never sent).
 pub fn serialize_head(status: StatusCode, headers: &HeaderMap) -> Bytes {
     let mut head = Vec::with_capacity(64 + headers.len() * 48);
     head.extend_from_slice(b"HTTP/1.1 ");
@@ -259,17 +318,29 @@ mod tests {
     }
 
     #[test]
-    fn weight_counts_body_headers_and_serialized_head() {
+    fn weight_counts_body_and_serialized_head() {
         let base = stored(HeaderMap::new(), 100);
         assert_eq!(base.weight(), ENTRY_OVERHEAD + base.head().len() + 100);
         let mut headers = HeaderMap::new();
         headers.insert("x-test", HeaderValue::from_static("abcdef"));
         let with = stored(headers, 100);
-        let line = "x-test: abcdef\r\n".len();
-        assert_eq!(
-            with.weight(),
-            base.weight() + 6 + 6 + HEADER_OVERHEAD + line
-        );
+        assert_eq!(with.weight(), base.weight() + "x-test: abcdef\r\n".len());
+    }
+
+    #[test]
+    fn headers_round_trip_through_the_head_and_cache_only_fields_stay_private() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/css"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        headers.insert("cdn-cache-control", HeaderValue::from_static("max-age=60"));
+        let r = stored(headers.clone(), 0);
+        assert_eq!(r.headers(), headers);
+        let client = r.client_headers();
+        assert!(!client.contains_key("cdn-cache-control"));
+        assert_eq!(client.get_all("x-a").iter().count(), 2);
+        assert_eq!(r.header(&http::header::CONTENT_TYPE), Some("text/css"));
+        assert_eq!(r.header(&http::header::ETAG), None);
     }
 
     #[test]
