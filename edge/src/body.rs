@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::growing_body::GrowingReader;
 use crate::upstream::BoxError;
 
 /// A response body.
@@ -21,6 +22,8 @@ pub enum EdgeBody {
     Full(Option<Bytes>),
     /// A complete body in memory in several pieces (e.g. slices of a stored body).
     Chunks(VecDeque<Bytes>),
+    /// A fill still arriving, shared with every other client reading it.
+    Growing(GrowingReader),
     /// Chunks already read, then the rest of an upstream body.
     Stream {
         prefix: VecDeque<Bytes>,
@@ -54,6 +57,7 @@ impl Body for EdgeBody {
         match self.get_mut() {
             EdgeBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             EdgeBody::Chunks(chunks) => Poll::Ready(chunks.pop_front().map(|b| Ok(Frame::data(b)))),
+            EdgeBody::Growing(reader) => Pin::new(reader).poll_frame(cx),
             EdgeBody::Stream { prefix, rest } => {
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -69,6 +73,7 @@ impl Body for EdgeBody {
         match self {
             EdgeBody::Full(bytes) => bytes.is_none(),
             EdgeBody::Chunks(chunks) => chunks.is_empty(),
+            EdgeBody::Growing(reader) => reader.is_end_stream(),
             EdgeBody::Stream { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
         }
     }
@@ -81,6 +86,7 @@ impl Body for EdgeBody {
             EdgeBody::Chunks(chunks) => {
                 SizeHint::with_exact(chunks.iter().map(|b| b.len() as u64).sum())
             }
+            EdgeBody::Growing(reader) => reader.size_hint(),
             EdgeBody::Stream { prefix, rest } => {
                 let buffered: u64 = prefix.iter().map(|b| b.len() as u64).sum();
                 let rest = rest.size_hint();

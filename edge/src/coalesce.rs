@@ -26,6 +26,19 @@ pub enum Role {
 #[error("the shared upstream fetch ended without a result (its task panicked or was aborted)")]
 pub struct FetchLost;
 
+/// Lets a fetch publish its result before it ends (a body still streaming, say); waiters
+/// that arrive later, while the fetch still runs, receive the published value.
+#[derive(Debug)]
+pub struct Publisher<V> {
+    tx: Arc<watch::Sender<Option<V>>>,
+}
+
+impl<V> Publisher<V> {
+    pub fn publish(&self, value: V) {
+        self.tx.send_replace(Some(value));
+    }
+}
+
 /// A table of in-flight fetches keyed by `K`, each producing a shared `V`.
 pub struct Coalescer<K, V> {
     inflight: Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>,
@@ -73,10 +86,11 @@ where
 
     /// Waits for the fetch of `key`, starting it with `fetch` if none is in flight.
     /// `fetch` is called only by the leader, and its future runs to completion in its own
-    /// task even if every waiter goes away.
+    /// task even if every waiter goes away. Waiters get the first value published, or the
+    /// future's output; the key stays in flight until the future ends.
     pub async fn run<F, Fut>(&self, key: &K, fetch: F) -> (Result<V, FetchLost>, Role)
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(Publisher<V>) -> Fut,
         Fut: Future<Output = V> + Send + 'static,
     {
         let (mut rx, role) = {
@@ -85,16 +99,17 @@ where
                 (rx.clone(), Role::Follower)
             } else {
                 let (tx, rx) = watch::channel(None);
+                let tx = Arc::new(tx);
                 table.insert(key.clone(), rx.clone());
                 let departure = Departure {
                     inflight: self.inflight.clone(),
                     key: Some(key.clone()),
                 };
-                let fut = fetch();
+                let fut = fetch(Publisher { tx: tx.clone() });
                 tokio::spawn(async move {
                     let value = fut.await;
                     drop(departure);
-                    let _ = tx.send(Some(value));
+                    tx.send_replace(Some(value));
                 });
                 (rx, Role::Leader)
             }
@@ -130,7 +145,7 @@ mod tests {
         for _ in 0..50 {
             let (c, calls, release) = (coalescer.clone(), calls.clone(), release.clone());
             tasks.push(tokio::spawn(async move {
-                c.run(&"k".to_owned(), || async move {
+                c.run(&"k".to_owned(), |_| async move {
                     calls.fetch_add(1, Ordering::SeqCst);
                     release.notified().await;
                     7
@@ -164,7 +179,7 @@ mod tests {
         let r = release.clone();
         let c = coalescer.clone();
         let leader = tokio::spawn(async move {
-            c.run(&1, || async move {
+            c.run(&1, |_| async move {
                 r.notified().await;
                 "done"
             })
@@ -176,7 +191,7 @@ mod tests {
         leader.abort();
         let c = coalescer.clone();
         let follower =
-            tokio::spawn(async move { c.run(&1, || async { unreachable!("joined") }).await });
+            tokio::spawn(async move { c.run(&1, |_| async { unreachable!("joined") }).await });
         tokio::task::yield_now().await;
         release.notify_one();
         let (v, role) = follower.await.unwrap();
@@ -184,14 +199,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_early_published_value_reaches_waiters_while_the_fetch_runs() {
+        let coalescer = Arc::new(Coalescer::<u8, &'static str>::new());
+        let release = Arc::new(Notify::new());
+        let r = release.clone();
+        let c = coalescer.clone();
+        let leader = tokio::spawn(async move {
+            c.run(&1, |publisher| async move {
+                publisher.publish("streaming");
+                r.notified().await;
+                "stored"
+            })
+            .await
+        });
+        assert_eq!(leader.await.unwrap(), (Ok("streaming"), Role::Leader));
+        // Still in flight: a new waiter joins the running fetch and sees the early value.
+        assert_eq!(coalescer.in_flight(), 1);
+        let (v, role) = coalescer
+            .run(&1, |_| async { unreachable!("joined") })
+            .await;
+        assert_eq!((v, role), (Ok("streaming"), Role::Follower));
+        release.notify_one();
+    }
+
+    #[tokio::test]
     async fn a_panicking_fetch_reports_lost_and_clears_the_key() {
         let coalescer = Coalescer::<u8, u8>::new();
         let (v, _) = coalescer
-            .run(&1, || async { panic!("fetch blew up") })
+            .run(&1, |_| async { panic!("fetch blew up") })
             .await;
         assert_eq!(v, Err(FetchLost));
         assert_eq!(coalescer.in_flight(), 0);
-        let (v, role) = coalescer.run(&1, || async { 3 }).await;
+        let (v, role) = coalescer.run(&1, |_| async { 3 }).await;
         assert_eq!((v, role), (Ok(3), Role::Leader));
     }
 }

@@ -14,6 +14,10 @@ use std::time::{Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
+
+/// Responses at least this large (by declared length) stream to their waiters while they
+/// fill; smaller ones are read whole first, which costs less than sharing a growing body.
+pub const STREAM_AT: u64 = 256 * 1024;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -21,7 +25,9 @@ use crate::body::EdgeBody;
 use crate::cache_control::CacheControl;
 use crate::cache_key::CacheKey;
 use crate::cache_status::{CacheStatus, Forward, NoCacheReason};
-use crate::freshness::{Exchange, evaluate, strip_targeted};
+use crate::coalesce::Publisher;
+use crate::freshness::{Exchange, Freshness, evaluate, strip_targeted};
+use crate::growing_body::GrowingBody;
 use crate::proxy::{CACHE_STATUS, Edge};
 use crate::site::Site;
 use crate::store::StoredResponse;
@@ -40,6 +46,13 @@ pub enum Fill {
     /// Not storable: the live response, for the request that started the fill only.
     Handoff {
         response: Arc<Mutex<Option<Response<EdgeBody>>>>,
+        status: CacheStatus,
+    },
+    /// A storable response still arriving (see [`FillRequest::stream`]): every waiter
+    /// streams `body`; `entry` has the head and freshness, not the body.
+    Streaming {
+        entry: Arc<StoredResponse>,
+        body: Arc<GrowingBody>,
         status: CacheStatus,
     },
     /// The upstream failed; every waiter reports it.
@@ -72,7 +85,8 @@ pub struct FillRequest {
 }
 
 impl FillRequest {
-    pub async fn run(self) -> Fill {
+    /// Runs the fill. `publisher` lets it hand waiters a streaming body before the end.
+    pub async fn run(self, publisher: Publisher<Fill>) -> Fill {
         let fwd = if self.stale.is_some() {
             Forward::Stale
         } else {
@@ -155,6 +169,23 @@ impl FillRequest {
                 status,
             );
         }
+        let upstream_cache_status = parts.headers.remove(&CACHE_STATUS);
+        parts.headers.remove(header::AGE);
+        // A cache must add the Date a dateless response lacked (RFC 9110 6.6.1).
+        if !parts.headers.contains_key(header::DATE)
+            && let Ok(date) =
+                HeaderValue::from_str(&httpdate::fmt_http_date(exchange.response_time))
+        {
+            parts.headers.insert(header::DATE, date);
+        }
+        if let Some(len) = declared.filter(|len| *len >= STREAM_AT)
+            && vary_of(&parts.headers) == Vary::None
+        {
+            let head = (parts.status, parts.headers, upstream_cache_status);
+            return self
+                .stream(head, body, len, freshness, status, publisher)
+                .await;
+        }
         let timeout = edge.upstream.body_timeout();
         let read = match tokio::time::timeout(timeout, read_body(body, edge.max_object_size)).await
         {
@@ -179,27 +210,97 @@ impl FillRequest {
                 });
             }
         };
-
-        let upstream_cache_status = parts.headers.remove(&CACHE_STATUS);
-        parts.headers.remove(header::AGE);
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        // A cache must add the Date a dateless response lacked (RFC 9110 6.6.1).
-        if !parts.headers.contains_key(header::DATE)
-            && let Ok(date) =
-                HeaderValue::from_str(&httpdate::fmt_http_date(exchange.response_time))
-        {
-            parts.headers.insert(header::DATE, date);
-        }
-        let vary = vary_of(&parts.headers);
-        let mut entry = StoredResponse::new(
-            parts.status,
-            parts.headers,
-            upstream_cache_status,
+        self.store(
+            (parts.status, parts.headers, upstream_cache_status),
             body,
             freshness,
+            status,
+        )
+    }
+
+    /// A large response with a declared length: published at once as a growing body that
+    /// every waiter (and every client that joins before the end) streams, then stored
+    /// when complete. A body that breaks off or exceeds its length fails every reader and
+    /// is not stored.
+    async fn stream(
+        &self,
+        head: (StatusCode, HeaderMap, Option<HeaderValue>),
+        mut body: Incoming,
+        len: u64,
+        freshness: Freshness,
+        status: CacheStatus,
+        publisher: Publisher<Fill>,
+    ) -> Fill {
+        let edge = &self.edge;
+        let growing = GrowingBody::new(len);
+        let shell = StoredResponse::new(
+            head.0,
+            head.1.clone(),
+            head.2.clone(),
+            Bytes::new(),
+            freshness,
         );
+        publisher.publish(Fill::Streaming {
+            entry: Arc::new(shell),
+            body: growing.clone(),
+            status: status.clone(),
+        });
+        let mut buf = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+        let timeout = edge.upstream.body_timeout();
+        let read = tokio::time::timeout(timeout, async {
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if (buf.len() + data.len()) as u64 > len {
+                    return Err(UpstreamError::Protocol(
+                        "the body is longer than its Content-Length".into(),
+                    ));
+                }
+                buf.extend_from_slice(&data);
+                growing.push(data);
+            }
+            if buf.len() as u64 == len {
+                Ok(())
+            } else {
+                Err(UpstreamError::Protocol(
+                    "the body ended before its Content-Length".into(),
+                ))
+            }
+        })
+        .await
+        .unwrap_or(Err(UpstreamError::BodyTimeout(timeout)));
+        match read {
+            Ok(()) => {
+                growing.finish(true);
+                self.store(head, buf.freeze(), freshness, status)
+            }
+            Err(error) => {
+                growing.finish(false);
+                edge.metrics.upstream_error(error.kind());
+                Fill::Failed {
+                    error: Arc::new(error),
+                    status,
+                }
+            }
+        }
+    }
+
+    /// Stores a complete response under its key (a variant's, when it varies).
+    fn store(
+        &self,
+        (code, headers, upstream_cache_status): (StatusCode, HeaderMap, Option<HeaderValue>),
+        body: Bytes,
+        freshness: Freshness,
+        mut status: CacheStatus,
+    ) -> Fill {
+        let edge = &self.edge;
+        let vary = vary_of(&headers);
+        let mut entry = StoredResponse::new(code, headers, upstream_cache_status, body, freshness);
         let key = match vary {
             Vary::Fields(names) => {
                 let index = match &self.index {

@@ -20,6 +20,7 @@ pub mod config;
 pub mod connection;
 pub mod fill;
 pub mod freshness;
+pub mod growing_body;
 pub mod metrics;
 pub mod proxy;
 pub mod range;

@@ -261,7 +261,9 @@ impl Edge {
                     let edge = self.clone();
                     let refresh_key = lookup.key.clone();
                     tokio::spawn(async move {
-                        edge.fills.run(&refresh_key, move || refresh.run()).await
+                        edge.fills
+                            .run(&refresh_key, move |publisher| refresh.run(publisher))
+                            .await
                     });
                     let mut status = CacheStatus::hit(entry.freshness.ttl(now));
                     status.detail = Some("stale-while-revalidate");
@@ -292,7 +294,7 @@ impl Edge {
         loop {
             let (fill, role) = self
                 .fills
-                .run(&lookup.key, || {
+                .run(&lookup.key, |publisher| {
                     self.fill_request(
                         site,
                         &lookup,
@@ -302,7 +304,7 @@ impl Edge {
                         client,
                         stale.take(),
                     )
-                    .run()
+                    .run(publisher)
                 })
                 .await;
             if role == Role::Follower {
@@ -334,6 +336,18 @@ impl Edge {
                         &status,
                         Instant::now(),
                     );
+                    (response, outcome)
+                }
+                Ok(Fill::Streaming {
+                    entry,
+                    body,
+                    mut status,
+                }) => {
+                    status.collapsed = role == Role::Follower;
+                    let mut response = self.serve_stored(&entry, head, &status, Instant::now());
+                    if !head {
+                        *response.body_mut() = EdgeBody::Growing(body.reader());
+                    }
                     (response, outcome)
                 }
                 Ok(Fill::Handoff { response, status }) => {
