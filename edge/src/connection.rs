@@ -393,7 +393,17 @@ pub async fn write_response(
     write_all_vectored(stream, &[head, tail]).await
 }
 
-/// Writes every part (at most four), in as few `writev` calls as the socket allows.
+/// Most bytes handed to one `writev` before other connections get a turn.
+///
+/// Without a cap, a connection whose socket keeps draining writes a whole multi-megabyte
+/// body while the others wait: measured at 4 MiB hits, 64 connections, against ATS in the
+/// same run, uncapped gave 516-526 req/s (p99 0.34-0.39 s), 128 KiB 561-619 (p99 0.9-1.2 s),
+/// 256 KiB 688-739, 512 KiB 737-767 (p99 128-136 ms), 1 MiB 670-717; ATS 676-684
+/// (p99 145-172 ms). Responses up to this size still go out in a single call.
+const WRITE_SLICE: usize = 512 * 1024;
+
+/// Writes every part (at most four) with as few `writev` calls as the socket and
+/// [`WRITE_SLICE`] allow, yielding to other connections between slices.
 async fn write_all_vectored(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
     let mut storage = [IoSlice::new(&[]); 4];
     let mut count = 0;
@@ -403,11 +413,26 @@ async fn write_all_vectored(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Resu
     }
     let mut slices = &mut storage[..count];
     while !slices.is_empty() {
-        let n = stream.write_vectored(slices).await?;
+        let mut slice = [IoSlice::new(&[]); 4];
+        let mut len = 0;
+        let mut used = 0;
+        for part in slices.iter() {
+            if len == WRITE_SLICE {
+                break;
+            }
+            let take = (WRITE_SLICE - len).min(part.len());
+            slice[used] = IoSlice::new(&part[..take]);
+            len += take;
+            used += 1;
+        }
+        let n = stream.write_vectored(&slice[..used]).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
         IoSlice::advance_slices(&mut slices, n);
+        if !slices.is_empty() {
+            tokio::task::yield_now().await;
+        }
     }
     Ok(())
 }
