@@ -2,8 +2,9 @@
 # benches/load/run.sh -- the edge beside Varnish, nginx and Apache Traffic Server, in front
 # of the same origin, in one run, with the scripts of ../shared/bench.
 #
-# Usage: benches/load/run.sh [hit] [miss] [coalesce]     (default: all three)
+# Usage: benches/load/run.sh [hit] [range] [miss] [coalesce]     (default: all four)
 #   hit       bench-hit.sh for edge and each peer: 1k (64 and 256 conns), 16k, 256k, 4m hits
+#   range     wrk with Range: a 1 MiB and a 16 KiB slice of the cached 4 MiB object
 #   miss      miss-bench.sh random over 10,000 cold objects, cache restarted empty first
 #   coalesce  coalesce-test.sh: 200 concurrent cold requests through the edge to the slow origin
 # Results: TSV files and raw wrk output under $OUT (default bench-results/<time>/), and a
@@ -77,9 +78,9 @@ case ${1:-} in
   peer-pid) awk -v k="$2" '$1==k{p=$3} END{print p}' "$PIDFILE"; exit 0 ;;
 esac
 
-CASES=${*:-hit miss coalesce}
+CASES=${*:-hit range miss coalesce}
 OUT=${OUT:-$ROOT/bench-results/$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$OUT" "$RUN"
+mkdir -p "$OUT/raw" "$RUN"
 for t in wrk curl taskset varnishd nginx traffic_server; do command -v "$t" >/dev/null || die "$t missing"; done
 [[ $CASES == *coalesce* ]] && { command -v hey >/dev/null || die "hey missing"; }
 
@@ -119,6 +120,27 @@ if [[ $CASES == *hit* ]]; then
   done
 fi
 
+if [[ $CASES == *range* ]]; then
+  # Ranged reads of the cached 4 MiB object: a 1 MiB slice and a 16 KiB slice (a video
+  # player's and a PDF viewer's kind of request), 64 connections, 10 s, servers back to back.
+  printf '#label\trange\tconns\trps\tp50_ms\tp99_ms\n' > "$OUT/range.tsv"
+  for r in 1048576-2097151 0-16383; do
+    for s in edge $PEERS; do
+      url="http://127.0.0.1:$(port_of "$s")/obj/4m.bin"
+      for _ in 1 2 3; do timeout 30 curl -s -o /dev/null "$url"; done
+      got=$(timeout 30 curl -s -o /dev/null -w '%{http_code} %{size_download}' -H "Range: bytes=$r" "$url")
+      [[ $got == "206 "* ]] || echo "run.sh: $s answered '$got' to a range request" >&2
+      timeout 60 taskset -c 1 wrk -t1 -c64 -d2s -H "Range: bytes=$r" "$url" > /dev/null 2>&1
+      timeout 60 taskset -c 1 wrk -t1 -c64 -d"${DURATION:-10}"s --latency -H "Range: bytes=$r" "$url" \
+        > "$OUT/raw/$s-range-$r.txt" 2>&1
+      awk -v l="$s" -v r="$r" '/Requests\/sec/{q=$2} $1=="50%"{p50=$2} $1=="99%"{p99=$2}
+        function ms(v){ if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+        END{printf "%s\t%s\t64\t%s\t%.3f\t%.3f\n", l, r, q, ms(p50), ms(p99)}' \
+        "$OUT/raw/$s-range-$r.txt" | tee -a "$OUT/range.tsv"
+    done
+  done
+fi
+
 if [[ $CASES == *miss* ]]; then
   HEADER=1 RESTART_CMD="$0 restart-edge" PIDS_CMD="cat $RUN/edge.pid" RAW_DIR="$OUT/raw" \
     "$SHARED/miss-bench.sh" "http://127.0.0.1:$EDGE_PORT" edge random | tee "$OUT/miss.tsv"
@@ -136,7 +158,7 @@ fi
 
 echo
 echo "results in $OUT"
-for f in hit miss; do
+for f in hit range miss; do
   [[ -f $OUT/$f.tsv ]] || continue
   echo "== $f: label size/mode conns req/s p50_ms p99_ms"
   grep -v '^#' "$OUT/$f.tsv" | awk -F'\t' '{printf "%-8s %-6s %5s %10s %8s %8s\n", $1, $2, $3, $4, $5, $6}'
