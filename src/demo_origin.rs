@@ -11,6 +11,7 @@
 //! - `delay_ms=N`: wait before answering (at most 30 s).
 //! - `etag=0`: send no `ETag`/`Last-Modified` (validators are on by default, and a matching
 //!   `If-None-Match` gets `304`).
+//! - A single `Range: bytes=a-b` (or `a-`) gets `206` with that slice.
 //! - `h.NAME=VALUE`: add any response header, e.g. `h.x-test=1`.
 //! - `vary=NAME`: a response that really varies: `Vary: NAME`, and the body starts with
 //!   `NAME=<the value received>\n`, so each variant has its own bytes and validator.
@@ -318,13 +319,28 @@ impl Asset {
         } else {
             generate(self.seed, self.size)
         };
+        let total = body.len();
+        let range = (self.status == StatusCode::OK && !not_modified)
+            .then(|| single_range(req.headers().get(header::RANGE)?.to_str().ok()?, total))
+            .flatten();
+        let body = match range {
+            Some((start, end)) => body.slice(start..=end),
+            None => body,
+        };
         let mut response = Response::new(Full::new(body));
         *response.status_mut() = if not_modified {
             StatusCode::NOT_MODIFIED
+        } else if range.is_some() {
+            StatusCode::PARTIAL_CONTENT
         } else {
             self.status
         };
         let headers = response.headers_mut();
+        if let Some((start, end)) = range
+            && let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{end}/{total}"))
+        {
+            headers.insert(header::CONTENT_RANGE, value);
+        }
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
@@ -357,6 +373,18 @@ impl Asset {
         }
         response
     }
+}
+
+/// `bytes=a-b` or `bytes=a-` within `len`, as an inclusive range.
+fn single_range(value: &str, len: usize) -> Option<(usize, usize)> {
+    let (first, last) = value.strip_prefix("bytes=")?.split_once('-')?;
+    let start: usize = first.parse().ok()?;
+    let end = if last.is_empty() {
+        len.checked_sub(1)?
+    } else {
+        last.parse::<usize>().ok()?.min(len.checked_sub(1)?)
+    };
+    (start <= end).then_some((start, end))
 }
 
 /// `1024`, `16k`, `4m` (binary multiples).

@@ -145,3 +145,18 @@ async fn ranges_the_cache_will_not_honour_get_the_whole_object() {
     assert_eq!(head.status, StatusCode::OK);
     assert_eq!(head.header("content-length"), LEN.to_string());
 }
+
+#[tokio::test]
+async fn a_range_of_an_object_too_large_to_store_is_cut_by_the_origin() {
+    let h = Harness::start_with("max_object_size = \"64 KiB\"", "").await;
+    let big = "/huge/256k.bin";
+    let reply = h
+        .send(Method::GET, big, HOST, &[("range", "bytes=1000-1099")])
+        .await;
+    assert_eq!(reply.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(reply.body.len(), 100);
+    assert_eq!(reply.header("content-range"), "bytes 1000-1099/262144");
+    let whole = h.get(big).await;
+    assert_eq!(whole.body.len(), 256 * 1024);
+    assert_eq!(&reply.body[..], &whole.body[1000..1100]);
+}

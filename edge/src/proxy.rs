@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use crate::body::EdgeBody;
 use crate::cache_control::CacheControl;
 use crate::cache_key::{CacheKey, normalize_target};
-use crate::cache_status::{CacheStatus, Forward, Outcome};
+use crate::cache_status::{CacheStatus, Forward, NoCacheReason, Outcome};
 use crate::coalesce::{Coalescer, Role};
 use crate::conditional::not_modified;
 use crate::config::{ConfigError, EdgeConfig};
@@ -351,12 +351,16 @@ impl Edge {
                     (response, outcome)
                 }
                 Ok(Fill::Handoff { response, status }) => {
+                    // A range of an object too large to store is the origin's to cut: the
+                    // whole object is not what this client asked for.
+                    let ranged_too_large = status.detail == Some(NoCacheReason::TooLarge.as_str())
+                        && req.headers().contains_key(header::RANGE);
                     let taken = match role {
-                        Role::Leader => response
+                        Role::Leader if !ranged_too_large => response
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .take(),
-                        Role::Follower => None,
+                        _ => None,
                     };
                     match taken {
                         Some(mut response) => {
