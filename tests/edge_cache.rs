@@ -80,7 +80,7 @@ async fn no_store_and_private_responses_are_never_stored() {
         }
         assert_eq!(h.origin.hits(&target), 3, "{cc} was served from cache");
     }
-    assert_eq!(h.metric("edge_cache_entries").await, 0.0);
+    assert_eq!(h.metric("edge_stored_total").await, 0.0);
 }
 
 #[tokio::test]
@@ -181,7 +181,7 @@ async fn objects_over_the_size_limit_stream_through_unstored() {
         assert_eq!(reply.body.len(), 256 * 1024);
         assert!(reply.cache_status().ends_with("detail=too-large"));
     }
-    assert_eq!(h.metric("edge_cache_entries").await, 0.0);
+    assert_eq!(h.metric("edge_stored_total").await, 0.0);
 }
 
 #[tokio::test]

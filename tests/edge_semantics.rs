@@ -153,3 +153,41 @@ async fn a_location_on_another_host_is_not_invalidated() {
     .await;
     assert!(h.get("/keep.bin").await.cache_status().contains("; hit"));
 }
+
+#[tokio::test]
+async fn a_url_that_cannot_be_stored_passes_straight_through_next_time() {
+    let h = Harness::start_with("max_object_size = \"64 KiB\"", "").await;
+    let big = "/movie/256k.bin";
+    let range = [("range", "bytes=0-99")];
+    // First time: the fill learns the object is too large, then the range goes upstream.
+    let first = h.send(Method::GET, big, HOST, &range).await;
+    assert_eq!(first.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(h.origin.hits(big), 2);
+    // Next time the hit-for-pass marker sends the request straight through: one fetch.
+    let second = h.send(Method::GET, big, HOST, &range).await;
+    assert_eq!(second.status, StatusCode::PARTIAL_CONTENT);
+    assert!(
+        second.cache_status().ends_with("detail=too-large"),
+        "{}",
+        second.cache_status()
+    );
+    assert_eq!(h.origin.hits(big), 3);
+}
+
+#[tokio::test]
+async fn an_outage_does_not_mark_urls_uncacheable() {
+    let h = Harness::start().await;
+    h.origin.fail_with(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        h.get("/o.bin").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    h.origin.recover();
+    let reply = h.get("/o.bin").await;
+    assert!(
+        reply.cache_status().ends_with("stored"),
+        "{}",
+        reply.cache_status()
+    );
+    assert!(h.get("/o.bin").await.cache_status().contains("; hit"));
+}

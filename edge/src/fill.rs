@@ -18,6 +18,10 @@ use http::{Request, Response, StatusCode, Uri};
 /// Responses at least this large (by declared length) stream to their waiters while they
 /// fill; smaller ones are read whole first, which costs less than sharing a growing body.
 pub const STREAM_AT: u64 = 256 * 1024;
+
+/// How long a URL whose response could not be stored passes straight through
+/// (hit-for-pass) before a fill tries again.
+pub const PASS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -423,6 +427,24 @@ impl FillRequest {
     ) -> Fill {
         strip_targeted(&mut parts.headers);
         self.edge.metrics.not_stored(reason);
+        // Remember that this URL cannot be shared, so the next requests do not queue behind
+        // a fill they cannot use. Never for 5xx: an outage must not turn caching off.
+        if !parts.status.is_server_error() {
+            let now = Instant::now();
+            let marker = StoredResponse::pass_marker(
+                reason,
+                Freshness {
+                    initial_age: 0,
+                    lifetime: PASS_TTL.as_secs(),
+                    received: now,
+                    must_revalidate: true,
+                    stale_while_revalidate: 0,
+                    stale_if_error: 0,
+                    shared_with_authorization: false,
+                },
+            );
+            self.edge.store.insert(self.key.clone(), Arc::new(marker));
+        }
         status.detail = Some(reason.as_str());
         Fill::Handoff {
             response: Arc::new(Mutex::new(Some(Response::from_parts(parts, body)))),

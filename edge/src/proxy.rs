@@ -131,8 +131,8 @@ impl Edge {
         let target = normalize_target(target, &site.site.query).ok()?;
         let key = CacheKey::new(site.site.generation(), "http", site.host, &target);
         let entry = self.store.get(&key)?;
-        if entry.variants.is_some() {
-            return None; // the variant depends on request fields: the full path finds it
+        if !entry.is_response() {
+            return None; // a variant index or a pass marker: the full path handles it
         }
         let now = Instant::now();
         entry.freshness.is_fresh(now).then_some((entry, now))
@@ -203,7 +203,9 @@ impl Edge {
             Method::HEAD => true,
             _ => {
                 let target = target.into_owned();
-                return self.pass(site, req, &target, Forward::Method, client).await;
+                return self
+                    .pass(site, req, &target, (Forward::Method, None), client)
+                    .await;
             }
         };
 
@@ -223,6 +225,17 @@ impl Edge {
                 miss: Forward::VaryMiss,
             };
         }
+        if let Some(marker) = found.as_ref().filter(|e| e.pass.is_some())
+            && marker.freshness.is_fresh(Instant::now())
+        {
+            let detail = marker.pass.map(NoCacheReason::as_str);
+            let target = target.into_owned();
+            return self
+                .pass(site, req, &target, (lookup.miss, detail), client)
+                .await;
+        }
+        // A stale pass marker is no entry at all: the next fill tries again.
+        let found = found.filter(|e| e.pass.is_none());
         // A request with credentials is answered from the cache only by a fresh response
         // that said it may be (RFC 9111 3.5); otherwise it goes to the origin as it is.
         if req.headers().contains_key(header::AUTHORIZATION) {
@@ -236,7 +249,7 @@ impl Edge {
             }
             let target = target.into_owned();
             return self
-                .pass(site, req, &target, Forward::Request, client)
+                .pass(site, req, &target, (Forward::Request, None), client)
                 .await;
         }
         let mut stale = match found {
@@ -378,7 +391,13 @@ impl Edge {
                         None => {
                             let target = target.into_owned();
                             let (response, _) = self
-                                .pass(site, req, &target, Forward::UriMiss, client)
+                                .pass(
+                                    site,
+                                    req,
+                                    &target,
+                                    (Forward::UriMiss, status.detail),
+                                    client,
+                                )
                                 .await;
                             (response, outcome)
                         }
@@ -559,7 +578,7 @@ impl Edge {
         site: SiteMatch<'_>,
         req: Request<B>,
         target: &str,
-        fwd: Forward,
+        (fwd, detail): (Forward, Option<&'static str>),
         client: SocketAddr,
     ) -> (Response<EdgeBody>, Outcome)
     where
@@ -582,6 +601,7 @@ impl Edge {
             client.ip(),
         );
         let mut status = CacheStatus::forwarded(fwd);
+        status.detail = detail;
         let started = Instant::now();
         let response = match self.upstream.send(upstream_req).await {
             Ok(response) => response,

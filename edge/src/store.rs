@@ -13,6 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use moka::policy::EvictionPolicy;
 
 use crate::cache_key::CacheKey;
+use crate::cache_status::NoCacheReason;
 use crate::freshness::{Freshness, is_targeted};
 use crate::vary::{Selection, VaryIndex};
 
@@ -42,6 +43,9 @@ pub struct StoredResponse {
     pub variants: Option<VaryIndex>,
     /// Set on a variant: which index and signature it was stored under.
     pub selected_by: Option<Selection>,
+    /// Set on a hit-for-pass marker: the URL's last response could not be stored, so
+    /// until this entry goes stale requests pass straight through. Never served.
+    pub pass: Option<NoCacheReason>,
     /// The status line and every header a client may see, each line ending in CRLF;
     /// without `Age` and `Cache-Status`, which are computed per response.
     head: Bytes,
@@ -72,6 +76,7 @@ impl StoredResponse {
             freshness,
             variants: None,
             selected_by: None,
+            pass: None,
             head: serialize_head(status, &headers),
             cache_only,
         }
@@ -89,6 +94,25 @@ impl StoredResponse {
                 freshness,
             )
         }
+    }
+
+    /// A hit-for-pass marker, fresh for `freshness.lifetime`.
+    pub fn pass_marker(reason: NoCacheReason, freshness: Freshness) -> Self {
+        Self {
+            pass: Some(reason),
+            ..Self::new(
+                StatusCode::OK,
+                HeaderMap::new(),
+                None,
+                Bytes::new(),
+                freshness,
+            )
+        }
+    }
+
+    /// Whether this entry holds a response (not a variant index or a pass marker).
+    pub fn is_response(&self) -> bool {
+        self.variants.is_none() && self.pass.is_none()
     }
 
     /// The serialized status line and client-visible headers, each line ending in CRLF.
