@@ -46,15 +46,7 @@ fn date(headers: &HeaderMap, name: &http::HeaderName) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_static(v));
-        }
-        h
-    }
+    use crate::test_headers::headers as map;
 
     #[test]
     fn if_none_match_uses_weak_comparison_and_lists() {

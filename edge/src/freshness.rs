@@ -301,15 +301,8 @@ fn header_date(headers: &HeaderMap, name: &http::HeaderName) -> Option<SystemTim
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
+    use crate::test_headers::headers;
 
     fn eval(status: u16, pairs: &[(&'static str, &str)]) -> Result<Freshness, NoCacheReason> {
         evaluate(

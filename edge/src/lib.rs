@@ -31,6 +31,8 @@ pub mod upstream;
 pub mod vary;
 
 mod admin;
+#[cfg(test)]
+mod test_headers;
 
 pub use config::EdgeConfig;
 pub use proxy::Edge;

@@ -174,13 +174,7 @@ pub fn normalize_fill_accept_encoding(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_static(v));
-        }
-        h
-    }
+    use crate::test_headers::headers as map;
 
     #[test]
     fn vary_lists_are_normalized_and_star_is_any() {
