@@ -8,10 +8,12 @@
 //! one `writev`. Other GET/HEAD requests go through [`Edge::handle`] like everything else
 //! and their response is written by [`write_response`].
 //!
-//! Anything this loop does not fully understand is handed, with the bytes already read, to
-//! hyper for the rest of the connection's life: requests with bodies, HTTP/1.0, upgrades,
-//! `Expect`, and every malformed or oversized head, so hyper's own checks produce the
-//! `400`/`431` answers. The loop never guesses at framing.
+//! Bad input is answered here, with a body that says what was wrong, and the connection is
+//! closed: a malformed head `400`, an oversized one or too many fields `431`, and a request
+//! with both `Content-Length` and `Transfer-Encoding` (or two different lengths) `400`,
+//! since no node may frame it differently from another. Everything else this loop does not
+//! handle itself is handed, with the bytes already read, to hyper for the rest of the
+//! connection's life: requests with bodies, HTTP/1.0, upgrades and `Expect`.
 
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
@@ -37,6 +39,31 @@ use crate::proxy::Edge;
 /// Header slots parsed by the fast path; a request with more goes to hyper.
 const MAX_HEADERS: usize = 128;
 
+/// Answers bad input with its status and a one-line reason, then closes the connection:
+/// after a head this loop could not read, nothing later on the connection can be trusted.
+async fn refuse(
+    stream: &mut TcpStream,
+    edge: &Edge,
+    (status, why): (StatusCode, std::borrow::Cow<'static, str>),
+) -> Ending {
+    edge.metrics.request(Outcome::Refused);
+    let body = format!(
+        "{} {}: {why}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let response = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    Ending::Closed
+}
+
 /// Settings of the connection loop, from `[limits]`.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -47,6 +74,19 @@ pub struct ConnLimits {
     /// Time a client has to send a complete request head, counted from the end of the
     /// previous response (so it is also the keep-alive idle timeout).
     pub header_timeout: Duration,
+}
+
+impl ConnLimits {
+    fn head_too_large(&self) -> (StatusCode, std::borrow::Cow<'static, str>) {
+        (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request line and headers exceed this node's limit of {} bytes",
+                self.max_head
+            )
+            .into(),
+        )
+    }
 }
 
 /// What the loop ended with.
@@ -85,7 +125,9 @@ struct Head {
 enum Parsed {
     Complete(Head),
     Partial,
-    /// Malformed, too many headers, or otherwise hyper's business.
+    /// Bad input, answered here with this status and reason; the connection then closes.
+    Refused(StatusCode, &'static str),
+    /// Well-formed but hyper's business (HTTP/1.0).
     Other,
 }
 
@@ -112,7 +154,13 @@ pub async fn serve(
                 match parse(&buf, limits.max_headers) {
                     Parsed::Complete(head) => break head,
                     Parsed::Partial if buf.len() < limits.max_head => {}
-                    _ => return Ending::Handoff(Rewind::new(buf.freeze(), stream)),
+                    Parsed::Partial => {
+                        return refuse(&mut stream, edge, limits.head_too_large()).await;
+                    }
+                    Parsed::Refused(status, why) => {
+                        return refuse(&mut stream, edge, (status, why.into())).await;
+                    }
+                    Parsed::Other => return Ending::Handoff(Rewind::new(buf.freeze(), stream)),
                 }
             }
             if *shutdown.borrow() && buf.is_empty() {
@@ -144,9 +192,11 @@ pub async fn serve(
                 },
             }
         };
-        // A head over the limit can arrive complete in one read: hyper and the full path
-        // answer it (431), never the hit path.
-        if !head.eligible || head.len > limits.max_head {
+        // A head over the limit can arrive complete in one read.
+        if head.len > limits.max_head {
+            return refuse(&mut stream, edge, limits.head_too_large()).await;
+        }
+        if !head.eligible {
             return Ending::Handoff(Rewind::new(buf.freeze(), stream));
         }
 
@@ -217,10 +267,10 @@ fn parse(buf: &[u8], max_headers: usize) -> Parsed {
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Other,
+        Err(error) => return malformed(error),
     };
     if req.headers.len() > max_headers {
-        return Parsed::Other;
+        return Parsed::Refused(TOO_MANY_HEADERS.0, TOO_MANY_HEADERS.1);
     }
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Other;
@@ -242,6 +292,8 @@ fn parse(buf: &[u8], max_headers: usize) -> Parsed {
         ),
     };
     let mut hosts = 0;
+    let mut content_length: Option<&[u8]> = None;
+    let mut chunked = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"host") {
@@ -271,18 +323,56 @@ fn parse(buf: &[u8], max_headers: usize) -> Parsed {
         {
             parsed.full_path = true;
         } else if name.eq_ignore_ascii_case(b"content-length") {
-            parsed.eligible &= h.value.trim_ascii() == b"0";
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"upgrade")
-        {
+            let value = h.value.trim_ascii();
+            if content_length.is_some_and(|first| first != value) {
+                return Parsed::Refused(
+                    StatusCode::BAD_REQUEST,
+                    "Content-Length is given twice with different values",
+                );
+            }
+            content_length = Some(value);
+            parsed.eligible &= value == b"0";
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            chunked = true;
+            parsed.eligible = false;
+        } else if name.eq_ignore_ascii_case(b"expect") || name.eq_ignore_ascii_case(b"upgrade") {
             parsed.eligible = false;
         }
+    }
+    if content_length.is_some() && chunked {
+        // RFC 9112 6.3 lets a server read this as chunked; refusing it leaves no way for
+        // this node and an upstream to frame the request differently (smuggling).
+        return Parsed::Refused(
+            StatusCode::BAD_REQUEST,
+            "both Content-Length and Transfer-Encoding: the request's framing is ambiguous",
+        );
     }
     if hosts != 1 {
         parsed.eligible = false;
     }
     Parsed::Complete(parsed)
+}
+
+const TOO_MANY_HEADERS: (StatusCode, &str) = (
+    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    "the request has more header fields than this node accepts",
+);
+
+/// The answer to a head `httparse` could not read, naming what was wrong.
+fn malformed(error: httparse::Error) -> Parsed {
+    use httparse::Error;
+    let why = match error {
+        Error::TooManyHeaders => return Parsed::Refused(TOO_MANY_HEADERS.0, TOO_MANY_HEADERS.1),
+        Error::Token => "the request line is malformed (method or target)",
+        Error::Version => "the HTTP version is malformed or not HTTP/1.x",
+        Error::HeaderName => {
+            "a header field name is malformed (missing colon or invalid characters)"
+        }
+        Error::HeaderValue => "a header field value contains characters that are not allowed",
+        Error::NewLine => "a line of the request head does not end in CRLF",
+        _ => "the request head is malformed",
+    };
+    Parsed::Refused(StatusCode::BAD_REQUEST, why)
 }
 
 /// The head as an `http::Request` for [`Edge::handle`]; `None` if a header is invalid
@@ -509,6 +599,7 @@ mod tests {
         match parse(raw.as_bytes(), 100) {
             Parsed::Complete(head) => head,
             Parsed::Partial => panic!("partial: {raw:?}"),
+            Parsed::Refused(status, why) => panic!("{status} {why}: {raw:?}"),
             Parsed::Other => panic!("other: {raw:?}"),
         }
     }
@@ -557,13 +648,33 @@ mod tests {
             parse(b"GET / HTTP/1.1\r\nHost: x\r\n", 100),
             Parsed::Partial
         ));
-        assert!(matches!(parse(b"GARBAGE\r\n\r\n", 100), Parsed::Other));
-        assert!(matches!(
-            parse(b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\n\r\n", 2),
-            Parsed::Other
-        ));
+        let refused = |raw: &[u8], max| match parse(raw, max) {
+            Parsed::Refused(status, _) => status.as_u16(),
+            _ => 0,
+        };
+        assert_eq!(refused(b"GARBAGE\r\n\r\n", 100), 400);
+        assert_eq!(refused(b"GET / HTTP/9.9\r\nHost: x\r\n\r\n", 100), 400);
+        assert_eq!(
+            refused(b"GET / HTTP/1.1\r\nHost: x\r\nnocolon\r\n\r\n", 100),
+            400
+        );
+        assert_eq!(
+            refused(b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\n\r\n", 2),
+            431
+        );
         let many: String = (0..200).map(|i| format!("X-{i}: 1\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
-        assert!(matches!(parse(raw.as_bytes(), 1000), Parsed::Other));
+        assert_eq!(refused(raw.as_bytes(), 1000), 431);
+        assert_eq!(
+            refused(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 100),
+            400
+        );
+        assert_eq!(
+            refused(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+                100
+            ),
+            400
+        );
     }
 }
