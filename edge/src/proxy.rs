@@ -457,21 +457,24 @@ impl Edge {
         status: &CacheStatus,
         now: Instant,
     ) -> Response<EdgeBody> {
+        let mut response = self.serve_stored(entry, head, status, now);
+        // The validators the checks below need are client-visible, so the response's own
+        // header map (parsed once from the stored head) serves them.
         let conditional = request.contains_key(header::IF_NONE_MATCH)
             || request.contains_key(header::IF_MODIFIED_SINCE);
-        let unchanged = conditional
+        if conditional
             && entry.status == StatusCode::OK
-            && not_modified(request, &entry.headers());
-        let mut response = self.serve_stored(entry, head || unchanged, status, now);
-        if unchanged {
+            && not_modified(request, response.headers())
+        {
             *response.status_mut() = StatusCode::NOT_MODIFIED;
+            *response.body_mut() = EdgeBody::empty();
             return response;
         }
         if head || entry.status != StatusCode::OK || !request.contains_key(header::RANGE) {
             return response;
         }
         let len = entry.body.len() as u64;
-        match range::evaluate(request, &entry.headers(), len) {
+        match range::evaluate(request, response.headers(), len) {
             RangeAnswer::Full => {}
             RangeAnswer::Unsatisfiable => {
                 *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;

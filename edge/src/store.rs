@@ -86,13 +86,7 @@ impl StoredResponse {
     pub fn vary_index(index: VaryIndex, freshness: Freshness) -> Self {
         Self {
             variants: Some(index),
-            ..Self::new(
-                StatusCode::OK,
-                HeaderMap::new(),
-                None,
-                Bytes::new(),
-                freshness,
-            )
+            ..Self::empty(freshness)
         }
     }
 
@@ -100,14 +94,19 @@ impl StoredResponse {
     pub fn pass_marker(reason: NoCacheReason, freshness: Freshness) -> Self {
         Self {
             pass: Some(reason),
-            ..Self::new(
-                StatusCode::OK,
-                HeaderMap::new(),
-                None,
-                Bytes::new(),
-                freshness,
-            )
+            ..Self::empty(freshness)
         }
+    }
+
+    /// An entry with no headers and no body, the base of the markers.
+    fn empty(freshness: Freshness) -> Self {
+        Self::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            None,
+            Bytes::new(),
+            freshness,
+        )
     }
 
     /// Whether this entry holds a response (not a variant index or a pass marker).
@@ -123,20 +122,24 @@ impl StoredResponse {
     /// The headers a client may see, as a map (parsed from the head).
     pub fn client_headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        for line in self.head.split(|b| *b == b'\n').skip(1) {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(colon) = line.iter().position(|b| *b == b':') else {
-                continue;
-            };
+        for (name, value) in self.header_lines() {
             // Both halves were valid when serialized, so neither fails here.
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(&line[..colon]),
-                HeaderValue::from_bytes(line[colon + 1..].trim_ascii_start()),
-            ) {
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            {
                 headers.append(name, value);
             }
         }
         headers
+    }
+
+    /// The `(name, value)` of every header line of the stored head.
+    fn header_lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.head.split(|b| *b == b'\n').skip(1).filter_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line.iter().position(|b| *b == b':')?;
+            Some((&line[..colon], line[colon + 1..].trim_ascii_start()))
+        })
     }
 
     /// Every stored header, the fields for this cache alone included.
@@ -151,11 +154,9 @@ impl StoredResponse {
     /// One client-visible header's value, found in the head without building a map.
     pub fn header(&self, name: &HeaderName) -> Option<&str> {
         let name = name.as_str().as_bytes();
-        self.head.split(|b| *b == b'\n').skip(1).find_map(|line| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let value = line.strip_prefix(name)?.strip_prefix(b":")?;
-            std::str::from_utf8(value.trim_ascii_start()).ok()
-        })
+        self.header_lines()
+            .find(|(line_name, _)| *line_name == name)
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
     }
 
     /// Bytes of memory this entry holds, for the byte-weighted capacity.
