@@ -11,14 +11,17 @@
 //! - `delay_ms=N`: wait before answering (at most 30 s).
 //! - `etag=0`: send no `ETag`/`Last-Modified` (validators are on by default, and a matching
 //!   `If-None-Match` gets `304`).
-//! - A single `Range: bytes=a-b` (or `a-`) gets `206` with that slice.
+//! - A single `Range: bytes=a-b` (or `a-`) gets `206` with that slice (unless an `If-Range`
+//!   names another version); `200`s say `Accept-Ranges: bytes`. `ranges=0` ignores `Range`
+//!   and says nothing about ranges.
 //! - `h.NAME=VALUE`: add any response header, e.g. `h.x-test=1`.
 //! - `vary=NAME`: a response that really varies: `Vary: NAME`, and the body starts with
 //!   `NAME=<the value received>\n`, so each variant has its own bytes and validator.
 //!
 //! `GET /__stats` returns the counts as JSON; `POST /__reset` clears them.
 //! `POST /__fail?status=503` makes every asset request fail with that status (an outage
-//! to rehearse stale serving and failover); `POST /__recover` ends it. None is counted.
+//! to rehearse stale serving and failover); `POST /__recover` ends it. `POST /__bump`
+//! publishes a new version of every asset (new bytes, new `ETag`). None is counted.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -48,8 +51,12 @@ const LAST_MODIFIED: &str = "Mon, 02 Nov 2026 10:00:00 GMT";
 struct Counts {
     total: u64,
     by_target: BTreeMap<String, u64>,
+    /// Asset requests that carried `Range`.
+    ranged: u64,
     /// While set, every asset request is answered with this status.
     failing: Option<StatusCode>,
+    /// Version of every asset's content, raised by `/__bump`.
+    version: u64,
 }
 
 /// A running demo origin.
@@ -113,12 +120,22 @@ impl DemoOrigin {
         self.lock().total
     }
 
+    /// Asset requests that carried `Range`.
+    pub fn ranged_hits(&self) -> u64 {
+        self.lock().ranged
+    }
+
+    /// Publishes a new version of every asset, as `POST /__bump` does.
+    pub fn bump(&self) {
+        self.lock().version += 1;
+    }
+
     /// Clears the counts (an outage in progress continues).
     pub fn reset(&self) {
         let mut counts = self.lock();
-        let failing = counts.failing;
         *counts = Counts {
-            failing,
+            failing: counts.failing,
+            version: counts.version,
             ..Counts::default()
         };
     }
@@ -152,12 +169,18 @@ async fn serve(req: Request<Incoming>, counts: &Mutex<Counts>) -> Response<Full<
     match req.uri().path() {
         "/__stats" => {
             let counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
-            let body = serde_json::json!({ "total": counts.total, "targets": counts.by_target });
+            let body = serde_json::json!({
+                "total": counts.total,
+                "ranged": counts.ranged,
+                "version": counts.version,
+                "targets": counts.by_target,
+            });
             return json(StatusCode::OK, body.to_string());
         }
         "/__reset" => {
             let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
             counts.total = 0;
+            counts.ranged = 0;
             counts.by_target.clear();
             return json(StatusCode::OK, "{}".to_owned());
         }
@@ -178,6 +201,14 @@ async fn serve(req: Request<Incoming>, counts: &Mutex<Counts>) -> Response<Full<
                 format!("{{\"failing\":{}}}", status.as_u16()),
             );
         }
+        "/__bump" => {
+            let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+            counts.version += 1;
+            return json(
+                StatusCode::OK,
+                format!("{{\"version\":{}}}", counts.version),
+            );
+        }
         "/__recover" => {
             counts
                 .lock()
@@ -187,17 +218,21 @@ async fn serve(req: Request<Incoming>, counts: &Mutex<Counts>) -> Response<Full<
         }
         _ => {}
     }
-    let failing = {
+    let (failing, version) = {
         let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
         counts.total += 1;
+        counts.ranged += u64::from(req.headers().contains_key(header::RANGE));
         *counts.by_target.entry(target.clone()).or_default() += 1;
-        counts.failing
+        (counts.failing, counts.version)
     };
     if let Some(status) = failing {
         return text(status, format!("demo origin outage: answering {status}"));
     }
     match Asset::from_request(&req) {
-        Ok(asset) => asset.respond(&req).await,
+        Ok(mut asset) => {
+            asset.seed ^= version.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            asset.respond(&req).await
+        }
         Err(message) => text(StatusCode::BAD_REQUEST, message),
     }
 }
@@ -209,6 +244,7 @@ struct Asset {
     status: StatusCode,
     delay: Duration,
     validators: bool,
+    ranges: bool,
     extra: Vec<(HeaderName, HeaderValue)>,
     seed: u64,
     /// The request field the response varies on, with the value received.
@@ -229,6 +265,7 @@ impl Asset {
             status: StatusCode::OK,
             delay: Duration::ZERO,
             validators: true,
+            ranges: true,
             extra: Vec::new(),
             seed: fnv1a(path.as_bytes()),
             vary: None,
@@ -258,6 +295,7 @@ impl Asset {
                     asset.delay = Duration::from_millis(ms).min(MAX_DELAY);
                 }
                 "etag" => asset.validators = value != "0",
+                "ranges" => asset.ranges = value != "0",
                 "vary" => {
                     let name = HeaderName::from_bytes(value.as_bytes())
                         .map_err(|_| format!("bad vary header name {value:?}"))?;
@@ -320,9 +358,14 @@ impl Asset {
             generate(self.seed, self.size)
         };
         let total = body.len();
-        let range = (self.status == StatusCode::OK && !not_modified)
-            .then(|| single_range(req.headers().get(header::RANGE)?.to_str().ok()?, total))
-            .flatten();
+        // `If-Range` naming another version means "send it all" (RFC 9110 13.1.5).
+        let if_range_holds = req.headers().get(header::IF_RANGE).is_none_or(|v| {
+            self.validators && (v.as_bytes() == etag.as_bytes() || v == LAST_MODIFIED)
+        });
+        let range =
+            (self.ranges && self.status == StatusCode::OK && !not_modified && if_range_holds)
+                .then(|| single_range(req.headers().get(header::RANGE)?.to_str().ok()?, total))
+                .flatten();
         let body = match range {
             Some((start, end)) => body.slice(start..=end),
             None => body,
@@ -345,6 +388,9 @@ impl Asset {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         );
+        if self.ranges && self.status == StatusCode::OK {
+            headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        }
         if req.method() == http::Method::HEAD {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.size));
         }

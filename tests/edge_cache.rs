@@ -174,8 +174,8 @@ async fn byte_capacity_is_respected_when_twice_the_capacity_is_inserted() {
 }
 
 #[tokio::test]
-async fn objects_over_the_size_limit_stream_through_unstored() {
-    let h = Harness::start_with("max_object_size = \"64 KiB\"", "").await;
+async fn objects_over_the_size_limit_stream_through_unstored_when_slicing_is_off() {
+    let h = Harness::start_with("max_object_size = \"64 KiB\"\nslice_size = \"0 B\"", "").await;
     for target in ["/big/256k.bin", "/big/256k.bin?h.x=chunked"] {
         let reply = h.get(target).await;
         assert_eq!(reply.body.len(), 256 * 1024);

@@ -156,7 +156,7 @@ async fn a_location_on_another_host_is_not_invalidated() {
 
 #[tokio::test]
 async fn a_url_that_cannot_be_stored_passes_straight_through_next_time() {
-    let h = Harness::start_with("max_object_size = \"64 KiB\"", "").await;
+    let h = Harness::start_with("max_object_size = \"64 KiB\"\nslice_size = \"0 B\"", "").await;
     let big = "/movie/256k.bin";
     let range = [("range", "bytes=0-99")];
     // First time: the fill learns the object is too large, then the range goes upstream.

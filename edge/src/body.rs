@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::growing_body::GrowingReader;
+use crate::slice::SliceBody;
 use crate::upstream::BoxError;
 
 /// A response body.
@@ -29,6 +30,8 @@ pub enum EdgeBody {
         prefix: VecDeque<Bytes>,
         rest: Incoming,
     },
+    /// A range of an object cached in slices, assembled as the slices come.
+    Sliced(SliceBody),
 }
 
 impl EdgeBody {
@@ -58,6 +61,7 @@ impl Body for EdgeBody {
             EdgeBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             EdgeBody::Chunks(chunks) => Poll::Ready(chunks.pop_front().map(|b| Ok(Frame::data(b)))),
             EdgeBody::Growing(reader) => Pin::new(reader).poll_frame(cx),
+            EdgeBody::Sliced(body) => Pin::new(body).poll_frame(cx),
             EdgeBody::Stream { prefix, rest } => {
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -74,6 +78,7 @@ impl Body for EdgeBody {
             EdgeBody::Full(bytes) => bytes.is_none(),
             EdgeBody::Chunks(chunks) => chunks.is_empty(),
             EdgeBody::Growing(reader) => reader.is_end_stream(),
+            EdgeBody::Sliced(body) => body.is_end_stream(),
             EdgeBody::Stream { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
         }
     }
@@ -87,6 +92,7 @@ impl Body for EdgeBody {
                 SizeHint::with_exact(chunks.iter().map(|b| b.len() as u64).sum())
             }
             EdgeBody::Growing(reader) => reader.size_hint(),
+            EdgeBody::Sliced(body) => body.size_hint(),
             EdgeBody::Stream { prefix, rest } => {
                 let buffered: u64 = prefix.iter().map(|b| b.len() as u64).sum();
                 let rest = rest.size_hint();

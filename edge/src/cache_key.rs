@@ -42,6 +42,15 @@ impl CacheKey {
         CacheKey(key.into_boxed_str())
     }
 
+    /// The key of slice `n` of this (primary) key's object; see [`crate::slice`].
+    pub fn slice(&self, n: u64) -> Self {
+        let mut key = String::with_capacity(self.0.len() + 22);
+        key.push_str(&self.0);
+        key.push_str("\n@");
+        key.push_str(itoa::Buffer::new().format(n));
+        CacheKey(key.into_boxed_str())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

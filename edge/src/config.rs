@@ -57,8 +57,13 @@ impl Default for NodeConfig {
 pub struct CacheConfig {
     /// Total bytes of cached responses (bodies, headers and keys), e.g. `"512 MiB"`.
     pub capacity: ByteSize,
-    /// Responses larger than this are streamed to the client and not stored.
+    /// Responses larger than this are not stored whole: they are cached in slices when
+    /// the upstream serves byte ranges, else streamed to the client and not stored.
     pub max_object_size: ByteSize,
+    /// Size of the slices an object above `max_object_size` is cached in (fetched with
+    /// `Range` as requests need them); `"0 B"` turns slicing off. A size above
+    /// `max_object_size` is lowered to it.
+    pub slice_size: ByteSize,
 }
 
 impl Default for CacheConfig {
@@ -66,6 +71,7 @@ impl Default for CacheConfig {
         Self {
             capacity: ByteSize::mib(512),
             max_object_size: ByteSize::mib(32),
+            slice_size: ByteSize::mib(1),
         }
     }
 }

@@ -34,6 +34,7 @@ use crate::freshness::{Exchange, Freshness, evaluate, strip_targeted};
 use crate::growing_body::GrowingBody;
 use crate::proxy::{CACHE_STATUS, Edge};
 use crate::site::Site;
+use crate::slice::SliceInfo;
 use crate::store::StoredResponse;
 use crate::upstream::{UpstreamError, append_list, empty_body, strip_hop_by_hop};
 use crate::vary::{Selection, Vary, VaryIndex, signature, vary_of};
@@ -165,13 +166,17 @@ impl FillRequest {
             }
         };
         let declared = content_length(&parts.headers);
-        if declared.is_some_and(|len| len > edge.max_object_size) {
-            return self.handoff(
-                parts,
-                EdgeBody::stream(VecDeque::new(), body),
-                NoCacheReason::TooLarge,
-                status,
-            );
+        let mut sliced = None;
+        if let Some(total) = declared.filter(|len| *len > edge.max_object_size) {
+            sliced = self.slicing(parts.status, &parts.headers, total);
+            if sliced.is_none() {
+                return self.handoff(
+                    parts,
+                    EdgeBody::stream(VecDeque::new(), body),
+                    NoCacheReason::TooLarge,
+                    status,
+                );
+            }
         }
         let upstream_cache_status = parts.headers.remove(&CACHE_STATUS);
         parts.headers.remove(header::AGE);
@@ -181,6 +186,25 @@ impl FillRequest {
                 HeaderValue::from_str(&httpdate::fmt_http_date(exchange.response_time))
         {
             parts.headers.insert(header::DATE, date);
+        }
+        if let Some(info) = sliced {
+            // The slices are fetched as requests need them; this whole body is not read.
+            drop(body);
+            let mut index = StoredResponse::new(
+                parts.status,
+                parts.headers,
+                upstream_cache_status,
+                Bytes::new(),
+                freshness,
+            );
+            index.sliced = Some(Arc::new(info));
+            let index = Arc::new(index);
+            edge.store.insert(self.primary.clone(), index.clone());
+            status.stored = true;
+            return Fill::Stored {
+                entry: index,
+                status,
+            };
         }
         if let Some(len) = declared.filter(|len| *len >= STREAM_AT)
             && vary_of(&parts.headers) == Vary::None
@@ -223,6 +247,17 @@ impl FillRequest {
             freshness,
             status,
         )
+    }
+
+    /// How a storable response of `total` bytes, too large to store whole, is sliced;
+    /// `None` when it is passed through instead.
+    fn slicing(&self, code: StatusCode, headers: &HeaderMap, total: u64) -> Option<SliceInfo> {
+        let edge = &self.edge;
+        if code != StatusCode::OK || total > edge.max_sliced_size || vary_of(headers) != Vary::None
+        {
+            return None;
+        }
+        SliceInfo::plan(headers, total, edge.slice_size)
     }
 
     /// A large response with a declared length: published at once as a growing body that
@@ -388,10 +423,20 @@ impl FillRequest {
                     freshness,
                 );
                 entry.selected_by = stale.selected_by.clone();
+                entry.sliced = stale.sliced.clone();
                 let entry = Arc::new(entry);
                 self.edge.store.insert(self.key.clone(), entry.clone());
                 status.stored = true;
                 Fill::Stored { entry, status }
+            }
+            Err(reason) if stale.sliced.is_some() => {
+                // The index holds no bytes to hand over: the client asks the upstream itself.
+                self.edge.store.remove(&self.key);
+                status.detail = Some(reason.as_str());
+                Fill::Handoff {
+                    response: Arc::new(Mutex::new(None)),
+                    status,
+                }
             }
             Err(reason) => {
                 self.edge.store.remove(&self.key);
@@ -430,19 +475,7 @@ impl FillRequest {
         // Remember that this URL cannot be shared, so the next requests do not queue behind
         // a fill they cannot use. Never for 5xx: an outage must not turn caching off.
         if !parts.status.is_server_error() {
-            let now = Instant::now();
-            let marker = StoredResponse::pass_marker(
-                reason,
-                Freshness {
-                    initial_age: 0,
-                    lifetime: PASS_TTL.as_secs(),
-                    received: now,
-                    must_revalidate: true,
-                    stale_while_revalidate: 0,
-                    stale_if_error: 0,
-                    shared_with_authorization: false,
-                },
-            );
+            let marker = StoredResponse::pass_marker(reason, pass_freshness());
             self.edge.store.insert(self.key.clone(), Arc::new(marker));
         }
         status.detail = Some(reason.as_str());
@@ -450,6 +483,19 @@ impl FillRequest {
             response: Arc::new(Mutex::new(Some(Response::from_parts(parts, body)))),
             status,
         }
+    }
+}
+
+/// The freshness of a hit-for-pass marker: fresh for [`PASS_TTL`] from now.
+pub(crate) fn pass_freshness() -> Freshness {
+    Freshness {
+        initial_age: 0,
+        lifetime: PASS_TTL.as_secs(),
+        received: Instant::now(),
+        must_revalidate: true,
+        stale_while_revalidate: 0,
+        stale_if_error: 0,
+        shared_with_authorization: false,
     }
 }
 
@@ -472,7 +518,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-enum ReadBody {
+pub(crate) enum ReadBody {
     /// The whole body, copied into one buffer of exactly its size.
     Complete(Bytes),
     /// Over the size limit: what was read so far, and the rest unread.
@@ -482,7 +528,7 @@ enum ReadBody {
     },
 }
 
-async fn read_body(mut body: Incoming, limit: u64) -> Result<ReadBody, UpstreamError> {
+pub(crate) async fn read_body(mut body: Incoming, limit: u64) -> Result<ReadBody, UpstreamError> {
     let mut chunks = VecDeque::new();
     let mut total: u64 = 0;
     while let Some(frame) = body.frame().await {

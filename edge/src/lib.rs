@@ -26,6 +26,7 @@ pub mod proxy;
 pub mod range;
 pub mod server;
 pub mod site;
+pub mod slice;
 pub mod store;
 pub mod upstream;
 pub mod vary;

@@ -32,6 +32,7 @@ use crate::freshness::strip_targeted;
 use crate::metrics::Metrics;
 use crate::range::{self, RangeAnswer};
 use crate::site::{SiteMatch, SiteTable};
+use crate::slice::SliceSource;
 use crate::store::{Storage, StoredResponse};
 use crate::upstream::{
     BoxError, Purpose, UpstreamClient, UpstreamError, append_list, forward_request_headers,
@@ -50,6 +51,28 @@ struct Lookup {
     miss: Forward,
 }
 
+/// What answering from an object cached in slices needs to fetch the slices it lacks.
+#[derive(Debug, Clone, Copy)]
+struct FetchContext<'a> {
+    site: SiteMatch<'a>,
+    primary: &'a CacheKey,
+    target: &'a str,
+    client: SocketAddr,
+}
+
+/// Which bytes of a stored object an answer carries, once conditionals and `Range` are
+/// read.
+#[derive(Debug)]
+enum Cut {
+    /// None: the head is the whole answer (`304`, `416`, HEAD).
+    Done,
+    Whole,
+    /// One inclusive range.
+    One(u64, u64),
+    /// Several ranges, as `multipart/byteranges` with this boundary.
+    Many(Vec<(u64, u64)>, String),
+}
+
 /// The `Cache-Status` field (RFC 9211).
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -64,6 +87,10 @@ pub struct Edge {
     pub(crate) upstream: UpstreamClient,
     pub(crate) metrics: Metrics,
     pub(crate) max_object_size: u64,
+    /// Slice size of objects above `max_object_size`; 0 when slicing is off.
+    pub(crate) slice_size: u64,
+    /// Largest object cached in slices: a quarter of the cache.
+    pub(crate) max_sliced_size: u64,
     max_header_bytes: usize,
     ready: AtomicBool,
 }
@@ -92,6 +119,12 @@ impl Edge {
             upstream: UpstreamClient::new(&config.upstream),
             metrics: Metrics::new(config.cache.capacity.as_u64()),
             max_object_size: config.cache.max_object_size.as_u64(),
+            slice_size: config
+                .cache
+                .slice_size
+                .min(config.cache.max_object_size)
+                .as_u64(),
+            max_sliced_size: config.cache.capacity.as_u64() / 4,
             max_header_bytes: usize::try_from(config.limits.max_header_bytes.as_u64())
                 .unwrap_or(usize::MAX),
             ready: AtomicBool::new(false),
@@ -210,6 +243,12 @@ impl Edge {
         };
 
         let primary = CacheKey::new(site.site.generation(), "http", site.host, &target);
+        let fetch = FetchContext {
+            site,
+            primary: &primary,
+            target: &target,
+            client,
+        };
         let mut found = self.store.get(&primary);
         let mut lookup = Lookup {
             key: primary.clone(),
@@ -244,7 +283,9 @@ impl Edge {
                 found.filter(|e| e.freshness.is_fresh(now) && e.freshness.shared_with_authorization)
             {
                 let status = CacheStatus::hit(entry.freshness.ttl(now));
-                let response = self.answer_from_cache(req.headers(), &entry, head, &status, now);
+                let response = self
+                    .answer(fetch, req.headers(), &entry, head, &status, now)
+                    .await;
                 return (response, Outcome::Hit);
             }
             let target = target.into_owned();
@@ -257,8 +298,9 @@ impl Edge {
                 let now = Instant::now();
                 if entry.freshness.is_fresh(now) {
                     let status = CacheStatus::hit(entry.freshness.ttl(now));
-                    let response =
-                        self.answer_from_cache(req.headers(), &entry, head, &status, now);
+                    let response = self
+                        .answer(fetch, req.headers(), &entry, head, &status, now)
+                        .await;
                     return (response, Outcome::Hit);
                 }
                 if entry.freshness.may_serve_while_revalidating(now) {
@@ -280,8 +322,9 @@ impl Edge {
                     });
                     let mut status = CacheStatus::hit(entry.freshness.ttl(now));
                     status.detail = Some("stale-while-revalidate");
-                    let response =
-                        self.answer_from_cache(req.headers(), &entry, head, &status, now);
+                    let response = self
+                        .answer(fetch, req.headers(), &entry, head, &status, now)
+                        .await;
                     return (response, Outcome::Stale);
                 }
                 Some(entry)
@@ -342,13 +385,9 @@ impl Edge {
                         continue;
                     }
                     status.collapsed = role == Role::Follower;
-                    let response = self.answer_from_cache(
-                        req.headers(),
-                        &entry,
-                        head,
-                        &status,
-                        Instant::now(),
-                    );
+                    let response = self
+                        .answer(fetch, req.headers(), &entry, head, &status, Instant::now())
+                        .await;
                     (response, outcome)
                 }
                 Ok(Fill::Streaming {
@@ -435,20 +474,70 @@ impl Edge {
             index: lookup.index.clone(),
             miss: lookup.miss,
             uri: upstream_uri(site, target),
-            headers: forward_request_headers(
-                request,
-                Purpose::Fill,
-                site.site.upstream_host.as_ref().unwrap_or(site.host_value),
-                &self.via,
-                client.ip(),
-            ),
+            headers: self.fill_headers(site, request, client),
             request_cc: CacheControl::from_headers(request),
             stale,
         }
     }
 
+    /// A client's request headers as a shared fill sends them upstream.
+    fn fill_headers(
+        &self,
+        site: SiteMatch<'_>,
+        request: &http::HeaderMap,
+        client: SocketAddr,
+    ) -> http::HeaderMap {
+        forward_request_headers(
+            request,
+            Purpose::Fill,
+            site.site.upstream_host.as_ref().unwrap_or(site.host_value),
+            &self.via,
+            client.ip(),
+        )
+    }
+
     /// A stored entry as the answer to a request: `304` when the client's conditionals
-    /// show its copy is current, the entry itself otherwise.
+    /// show its copy is current, the entry itself (or the ranges asked for) otherwise.
+    /// An object cached in slices gets its bytes from its slices.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer(
+        self: &Arc<Self>,
+        fetch: FetchContext<'_>,
+        request: &http::HeaderMap,
+        entry: &StoredResponse,
+        head: bool,
+        status: &CacheStatus,
+        now: Instant,
+    ) -> Response<EdgeBody> {
+        let Some(info) = entry.sliced.clone() else {
+            return self.answer_from_cache(request, entry, head, status, now);
+        };
+        let total = info.total;
+        let (mut response, cut) = self.answer_head(request, entry, total, head, status, now, false);
+        let (first, last) = match cut {
+            Cut::Done => return response,
+            Cut::One(first, last) => (first, last),
+            Cut::Whole | Cut::Many(..) => (0, total - 1),
+        };
+        let source = SliceSource {
+            edge: self.clone(),
+            primary: fetch.primary.clone(),
+            uri: upstream_uri(fetch.site, fetch.target),
+            headers: self.fill_headers(fetch.site, request, fetch.client),
+            info,
+            freshness: entry.freshness,
+        };
+        match source.body(first, last).await {
+            Ok(body) => {
+                response.headers_mut().remove(header::CONTENT_LENGTH);
+                *response.body_mut() = EdgeBody::Sliced(body);
+                response
+            }
+            Err(error) => self.upstream_failure(&error, status),
+        }
+    }
+
+    /// [`Edge::answer`] for an entry holding its whole body.
     fn answer_from_cache(
         &self,
         request: &http::HeaderMap,
@@ -457,7 +546,38 @@ impl Edge {
         status: &CacheStatus,
         now: Instant,
     ) -> Response<EdgeBody> {
-        let mut response = self.serve_stored(entry, head, status, now);
+        let len = entry.body.len() as u64;
+        let (mut response, cut) = self.answer_head(request, entry, len, head, status, now, true);
+        *response.body_mut() = match cut {
+            Cut::Done => return response,
+            Cut::Whole => EdgeBody::full(entry.body.clone()),
+            Cut::One(first, last) => {
+                EdgeBody::full(entry.body.slice(first as usize..=last as usize))
+            }
+            Cut::Many(ranges, boundary) => {
+                let content_type = entry.header(&header::CONTENT_TYPE);
+                let parts = range::multipart(&entry.body, &ranges, content_type, &boundary);
+                EdgeBody::Chunks(parts.into())
+            }
+        };
+        response
+    }
+
+    /// The head of the answer from a stored entry whose object is `len` bytes, with no
+    /// body yet, and which bytes the body is to hold. Several ranges get a multipart
+    /// answer when `multipart` allows, else the whole object.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_head(
+        &self,
+        request: &http::HeaderMap,
+        entry: &StoredResponse,
+        len: u64,
+        head: bool,
+        status: &CacheStatus,
+        now: Instant,
+        multipart: bool,
+    ) -> (Response<EdgeBody>, Cut) {
+        let mut response = self.serve_stored(entry, true, status, now);
         // The validators the checks below need are client-visible, so the response's own
         // header map (parsed once from the stored head) serves them.
         let conditional = request.contains_key(header::IF_NONE_MATCH)
@@ -467,46 +587,44 @@ impl Edge {
             && not_modified(request, response.headers())
         {
             *response.status_mut() = StatusCode::NOT_MODIFIED;
-            *response.body_mut() = EdgeBody::empty();
-            return response;
+            return (response, Cut::Done);
         }
-        if head || entry.status != StatusCode::OK || !request.contains_key(header::RANGE) {
-            return response;
+        if head {
+            return (response, Cut::Done);
         }
-        let len = entry.body.len() as u64;
-        match range::evaluate(request, response.headers(), len) {
-            RangeAnswer::Full => {}
+        if entry.status != StatusCode::OK || !request.contains_key(header::RANGE) {
+            return (response, Cut::Whole);
+        }
+        let ranges = match range::evaluate(request, response.headers(), len) {
+            RangeAnswer::Full => return (response, Cut::Whole),
             RangeAnswer::Unsatisfiable => {
                 *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-                *response.body_mut() = EdgeBody::empty();
                 let headers = response.headers_mut();
                 headers.remove(header::CONTENT_LENGTH);
                 headers.insert(header::CONTENT_RANGE, content_range(&format!("*/{len}")));
+                return (response, Cut::Done);
             }
-            RangeAnswer::Partial(ranges) => {
-                *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-                response.headers_mut().remove(header::CONTENT_LENGTH);
-                if let [(start, end)] = ranges[..] {
-                    *response.body_mut() =
-                        EdgeBody::full(entry.body.slice(start as usize..=end as usize));
-                    response.headers_mut().insert(
-                        header::CONTENT_RANGE,
-                        content_range(&format!("{start}-{end}/{len}")),
-                    );
-                } else {
-                    let boundary = multipart_boundary();
-                    let content_type = entry.header(&header::CONTENT_TYPE);
-                    let parts = range::multipart(&entry.body, &ranges, content_type, &boundary);
-                    *response.body_mut() = EdgeBody::Chunks(parts.into());
-                    if let Ok(value) =
-                        HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
-                    {
-                        response.headers_mut().insert(header::CONTENT_TYPE, value);
-                    }
-                }
-            }
+            RangeAnswer::Partial(ranges) => ranges,
+        };
+        if ranges.len() > 1 && !multipart {
+            return (response, Cut::Whole);
         }
-        response
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+        if let [(start, end)] = ranges[..] {
+            response.headers_mut().insert(
+                header::CONTENT_RANGE,
+                content_range(&format!("{start}-{end}/{len}")),
+            );
+            return (response, Cut::One(start, end));
+        }
+        let boundary = multipart_boundary();
+        if let Ok(value) =
+            HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
+        {
+            response.headers_mut().insert(header::CONTENT_TYPE, value);
+        }
+        (response, Cut::Many(ranges, boundary))
     }
 
     /// Removes the entry for `target` on `site` (RFC 9111 4.4).

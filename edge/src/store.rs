@@ -15,6 +15,7 @@ use moka::policy::EvictionPolicy;
 use crate::cache_key::CacheKey;
 use crate::cache_status::NoCacheReason;
 use crate::freshness::{Freshness, is_targeted};
+use crate::slice::SliceInfo;
 use crate::vary::{Selection, VaryIndex};
 
 /// Fixed bytes charged per entry for the bookkeeping around it (the entry struct, the
@@ -46,6 +47,9 @@ pub struct StoredResponse {
     /// Set on a hit-for-pass marker: the URL's last response could not be stored, so
     /// until this entry goes stale requests pass straight through. Never served.
     pub pass: Option<NoCacheReason>,
+    /// Set on the index of an object cached in slices (whose body is empty: see
+    /// [`crate::slice`]) and on each of its slices. Never served as it is.
+    pub sliced: Option<Arc<SliceInfo>>,
     /// The status line and every header a client may see, each line ending in CRLF;
     /// without `Age` and `Cache-Status`, which are computed per response.
     head: Bytes,
@@ -77,6 +81,7 @@ impl StoredResponse {
             variants: None,
             selected_by: None,
             pass: None,
+            sliced: None,
             head: serialize_head(status, &headers),
             cache_only,
         }
@@ -98,6 +103,16 @@ impl StoredResponse {
         }
     }
 
+    /// One slice of a sliced object: its bytes, nothing else.
+    pub fn slice(info: Arc<SliceInfo>, body: Bytes, freshness: Freshness) -> Self {
+        Self {
+            status: StatusCode::PARTIAL_CONTENT,
+            body,
+            sliced: Some(info),
+            ..Self::empty(freshness)
+        }
+    }
+
     /// An entry with no headers and no body, the base of the markers.
     fn empty(freshness: Freshness) -> Self {
         Self::new(
@@ -109,9 +124,10 @@ impl StoredResponse {
         )
     }
 
-    /// Whether this entry holds a response (not a variant index or a pass marker).
+    /// Whether this entry holds a whole response (not a variant index, a pass marker or
+    /// part of a sliced object).
     pub fn is_response(&self) -> bool {
-        self.variants.is_none() && self.pass.is_none()
+        self.variants.is_none() && self.pass.is_none() && self.sliced.is_none()
     }
 
     /// The serialized status line and client-visible headers, each line ending in CRLF.

@@ -139,6 +139,41 @@ impl Harness {
         .await
     }
 
+    /// As [`Harness::send`], but a failed exchange is an `Err`.
+    pub async fn try_send(
+        &self,
+        method: Method,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
+        try_send(
+            &self.client,
+            self.edge.public_addr(),
+            method,
+            target,
+            HOST,
+            headers,
+        )
+        .await
+    }
+
+    /// The origin's current bytes of `target`, fetched directly; the origin's counts are
+    /// then cleared, so call it before counting.
+    pub async fn origin_body(&self, target: &str) -> Bytes {
+        let reply = send(
+            &self.client,
+            self.origin.addr(),
+            Method::GET,
+            target,
+            HOST,
+            &[],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "origin serves {target}");
+        self.origin.reset();
+        reply.body
+    }
+
     /// GET a path on the admin listener.
     pub async fn admin(&self, path: &str) -> Reply {
         send(
@@ -180,6 +215,20 @@ pub async fn send(
     host: &str,
     headers: &[(&str, &str)],
 ) -> Reply {
+    try_send(client, addr, method, target, host, headers)
+        .await
+        .unwrap_or_else(|e| panic!("{target}: {e}"))
+}
+
+/// As [`send`], but a failed exchange (refused, broken off mid-body) is an `Err`.
+pub async fn try_send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    method: Method,
+    target: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
     let mut builder = Request::builder()
         .method(method)
         .uri(format!("http://{addr}{target}"))
@@ -192,15 +241,19 @@ pub async fn send(
         .expect("valid request");
     let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
         .await
-        .expect("response within 30 s")
-        .expect("request succeeds");
+        .map_err(|_| "no response within 30 s".to_owned())?
+        .map_err(|e| format!("request failed: {e}"))?;
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("whole body").to_bytes();
-    Reply {
+    let body = tokio::time::timeout(Duration::from_secs(30), body.collect())
+        .await
+        .map_err(|_| "no whole body within 30 s".to_owned())?
+        .map_err(|e| format!("body broke off: {e}"))?
+        .to_bytes();
+    Ok(Reply {
         status: parts.status,
         headers: parts.headers,
         body,
-    }
+    })
 }
 
 /// Writes `request` on a fresh connection and reads until the server closes or `limit`
