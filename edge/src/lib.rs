@@ -10,6 +10,7 @@
 //! [`EdgeServer`] runs a node from an [`EdgeConfig`]; [`Edge`] is the request handler
 //! itself, usable without sockets.
 
+pub mod balance;
 pub mod body;
 pub mod cache_control;
 pub mod cache_key;
@@ -21,9 +22,11 @@ pub mod connection;
 pub mod fill;
 pub mod freshness;
 pub mod growing_body;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod range;
+pub mod retry_budget;
 pub mod server;
 pub mod site;
 pub mod slice;
