@@ -57,6 +57,8 @@ struct Counts {
     failing: Option<StatusCode>,
     /// Version of every asset's content, raised by `/__bump`.
     version: u64,
+    /// Added to every asset request's own delay: a slow origin server.
+    delay: Duration,
 }
 
 /// A running demo origin.
@@ -120,6 +122,11 @@ impl DemoOrigin {
         self.lock().total
     }
 
+    /// Makes every asset request wait `delay` more (a slow server), until set back to zero.
+    pub fn set_delay(&self, delay: Duration) {
+        self.lock().delay = delay.min(MAX_DELAY);
+    }
+
     /// Asset requests that carried `Range`.
     pub fn ranged_hits(&self) -> u64 {
         self.lock().ranged
@@ -136,6 +143,7 @@ impl DemoOrigin {
         *counts = Counts {
             failing: counts.failing,
             version: counts.version,
+            delay: counts.delay,
             ..Counts::default()
         };
     }
@@ -218,12 +226,12 @@ async fn serve(req: Request<Incoming>, counts: &Mutex<Counts>) -> Response<Full<
         }
         _ => {}
     }
-    let (failing, version) = {
+    let (failing, version, delay) = {
         let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
         counts.total += 1;
         counts.ranged += u64::from(req.headers().contains_key(header::RANGE));
         *counts.by_target.entry(target.clone()).or_default() += 1;
-        (counts.failing, counts.version)
+        (counts.failing, counts.version, counts.delay)
     };
     if let Some(status) = failing {
         return text(status, format!("demo origin outage: answering {status}"));
@@ -231,6 +239,7 @@ async fn serve(req: Request<Incoming>, counts: &Mutex<Counts>) -> Response<Full<
     match Asset::from_request(&req) {
         Ok(mut asset) => {
             asset.seed ^= version.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            asset.delay = (asset.delay + delay).min(MAX_DELAY);
             asset.respond(&req).await
         }
         Err(message) => text(StatusCode::BAD_REQUEST, message),

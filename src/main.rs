@@ -8,6 +8,7 @@ use cdn::demo_origin::DemoOrigin;
 use cdn::up::{DEFAULT_CONFIG, DEFAULT_ORIGIN, Up};
 use clap::{Parser, Subcommand};
 use edge::{EdgeConfig, EdgeServer};
+use origin_shield::ShieldServer;
 
 #[derive(Debug, Parser)]
 #[command(name = "cdn", version, about = "A multi-region edge cache and CDN")]
@@ -30,6 +31,12 @@ enum Command {
     /// Run one edge cache node.
     Edge {
         /// TOML config file (see README.md for the format).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run one origin shield node (the mid tier: its sites fetch from origin pools).
+    Shield {
+        /// TOML config file, in the edge's format (see README.md).
         #[arg(long)]
         config: PathBuf,
     },
@@ -63,6 +70,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Edge { config } => {
             let config = EdgeConfig::from_file(&config)?;
             let server = EdgeServer::start(config).await?;
+            shutdown_signal().await;
+            server.shutdown().await;
+        }
+        Command::Shield { config } => {
+            let config = EdgeConfig::from_file(&config)?;
+            let server = ShieldServer::start(config).await?;
             shutdown_signal().await;
             server.shutdown().await;
         }

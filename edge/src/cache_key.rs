@@ -51,6 +51,12 @@ impl CacheKey {
         CacheKey(key.into_boxed_str())
     }
 
+    /// The key without its generation: what picks an upstream server under consistent
+    /// hashing, so an object keeps its shield when a site's generation is raised.
+    pub fn locator(&self) -> &str {
+        self.0.split_once(' ').map_or(&self.0, |(_, rest)| rest)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

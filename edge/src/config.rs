@@ -13,6 +13,10 @@ use bytesize::ByteSize;
 use http::uri::{Authority, Scheme};
 use serde::Deserialize;
 
+use crate::balance::Policy;
+use crate::health::HealthConfig;
+use crate::retry_budget::RetryBudgetConfig;
+
 /// The whole configuration of one edge node.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,8 +139,14 @@ pub struct SiteConfig {
     pub name: String,
     /// Host names (no port) this site answers for; matched case-insensitively.
     pub hosts: Vec<String>,
-    /// Base URL of the upstream, `http://host:port`: an origin or a shield.
-    pub upstream: String,
+    /// Base URL of the one upstream, `http://host:port`: an origin or a shield. A site
+    /// names either this or a `pool`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Several upstream servers (origins, or the shield tier) with load balancing, health
+    /// checks and retries.
+    #[serde(default)]
+    pub pool: Option<PoolConfig>,
     /// `Host` header sent upstream; the client's host when unset.
     #[serde(default)]
     pub upstream_host: Option<String>,
@@ -173,6 +183,49 @@ pub struct SiteConfig {
     /// then never handed to anyone). Off by default: such responses are not stored.
     #[serde(default)]
     pub strip_set_cookie: bool,
+}
+
+/// A site's upstream servers and how requests are spread over them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// `round_robin`, `weighted_round_robin`, `least_connections`, `consistent_hash` (by
+    /// cache key: what edges use to pick a shield) or `ewma_latency`.
+    #[serde(default)]
+    pub balance: Policy,
+    pub servers: Vec<ServerConfig>,
+    /// Active probes of every server; passive ejection runs whether or not they do.
+    #[serde(default = "default_true")]
+    pub probes: bool,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub retry: RetryBudgetConfig,
+}
+
+/// One upstream server of a pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `http://host:port`.
+    pub url: String,
+    /// Share of traffic under `weighted_round_robin` and `least_connections`; at least 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Most requests in flight to this server at once; 0 is no limit.
+    #[serde(default)]
+    pub max_connections: u32,
+    /// URL probed instead of `url` + `health.path` (e.g. a shield's admin `/healthz`).
+    #[serde(default)]
+    pub probe: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 fn default_negative_ttl() -> Duration {
@@ -320,7 +373,51 @@ impl SiteConfig {
                 )));
             }
         }
-        self.upstream_parts().map_err(fail)?;
+        match (&self.upstream, &self.pool) {
+            (Some(url), None) => {
+                base_url("upstream", url).map_err(fail)?;
+            }
+            (None, Some(pool)) => {
+                if pool.servers.is_empty() {
+                    return Err(fail("pool.servers must list at least one server".into()));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for server in &pool.servers {
+                    base_url("pool server", &server.url).map_err(fail)?;
+                    if server.weight == 0 {
+                        return Err(fail(format!(
+                            "pool server {:?}: weight must be at least 1",
+                            server.url
+                        )));
+                    }
+                    if let Some(probe) = &server.probe {
+                        probe_url(probe).map_err(fail)?;
+                    }
+                    if !seen.insert(server.url.as_str()) {
+                        return Err(fail(format!(
+                            "pool server {:?} is listed twice",
+                            server.url
+                        )));
+                    }
+                }
+                if !pool.health.path.starts_with('/') {
+                    return Err(fail(format!(
+                        "pool.health.path {:?} must start with '/'",
+                        pool.health.path
+                    )));
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err(fail(
+                    "set either upstream (one server) or [site.pool] (several), not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(fail(
+                    "no upstream: set upstream = \"http://host:port\" or a [site.pool]".into(),
+                ));
+            }
+        }
         if let Some(f) = self.heuristic_fraction
             && !(f > 0.0 && f <= 1.0)
         {
@@ -330,35 +427,45 @@ impl SiteConfig {
         }
         Ok(())
     }
+}
 
-    /// The upstream's scheme and authority, checked.
-    pub fn upstream_parts(&self) -> Result<(Scheme, Authority), String> {
-        let uri: http::Uri = self
-            .upstream
-            .parse()
-            .map_err(|e| format!("upstream {:?} is not a URL: {e}", self.upstream))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("upstream {:?} needs a scheme (http://)", self.upstream))?;
-        if scheme != Scheme::HTTP {
-            return Err(format!(
-                "upstream {:?}: only http:// upstreams are supported yet",
-                self.upstream
-            ));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("upstream {:?} needs a host", self.upstream))?;
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!(
-                "upstream {:?} must be scheme://host[:port] with no path or query",
-                self.upstream
-            ));
-        }
-        Ok((scheme, authority))
+/// The scheme and authority of an upstream base URL (`http://host:port`), checked.
+pub fn base_url(what: &str, url: &str) -> Result<(Scheme, Authority), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{what} {url:?} is not a URL: {e}"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| format!("{what} {url:?} needs a scheme (http://)"))?;
+    if scheme != Scheme::HTTP {
+        return Err(format!(
+            "{what} {url:?}: only http:// upstreams are supported yet"
+        ));
     }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{what} {url:?} needs a host"))?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{what} {url:?} must be scheme://host[:port] with no path or query"
+        ));
+    }
+    Ok((scheme, authority))
+}
+
+/// A probe URL: `http://host:port/path`.
+pub fn probe_url(url: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("probe {url:?} is not a URL: {e}"))?;
+    if uri.scheme() != Some(&Scheme::HTTP) || uri.authority().is_none() {
+        return Err(format!(
+            "probe {url:?} must be an http://host:port/path URL"
+        ));
+    }
+    Ok(uri)
 }
 
 /// Lower-cases a host name and strips a trailing dot, as site lookup does.
@@ -428,6 +535,68 @@ mod tests {
             let text = MINIMAL.replace("http://127.0.0.1:8081", bad);
             let err = EdgeConfig::from_toml(&text).unwrap_err();
             assert!(matches!(err, ConfigError::Site { .. }), "{bad}: {err}");
+        }
+    }
+
+    const POOL: &str = r#"
+        [[site]]
+        name = "assets"
+        hosts = ["assets.example.com"]
+
+        [site.pool]
+        balance = "weighted_round_robin"
+        servers = [
+            { url = "http://10.0.0.1:80", weight = 3, max_connections = 64 },
+            { url = "http://10.0.0.2:80", probe = "http://10.0.0.2:9080/healthz" },
+        ]
+
+        [site.pool.health]
+        interval = "500ms"
+        fall = 2
+
+        [site.pool.retry]
+        attempts = 3
+    "#;
+
+    #[test]
+    fn a_pool_reads_its_servers_policy_health_and_retries() {
+        let c = EdgeConfig::from_toml(POOL).unwrap();
+        let pool = c.sites[0].pool.as_ref().expect("pool");
+        assert_eq!(pool.balance, Policy::WeightedRoundRobin);
+        assert_eq!(pool.servers.len(), 2);
+        assert_eq!(
+            (pool.servers[0].weight, pool.servers[0].max_connections),
+            (3, 64)
+        );
+        assert_eq!(pool.servers[1].weight, 1);
+        assert!(pool.probes);
+        assert_eq!(pool.health.interval, Duration::from_millis(500));
+        assert_eq!(pool.health.fall, 2);
+        assert_eq!(pool.retry.attempts, 3);
+    }
+
+    #[test]
+    fn rejects_bad_pools_with_the_reason() {
+        for (bad, why) in [
+            (
+                POOL.replace("[site.pool]", "upstream = \"http://x\"\n[site.pool]"),
+                "not both",
+            ),
+            (
+                MINIMAL.replace("upstream = \"http://127.0.0.1:8081\"", ""),
+                "no upstream",
+            ),
+            (POOL.replace("weight = 3", "weight = 0"), "at least 1"),
+            (
+                POOL.replace("10.0.0.2:80\"", "10.0.0.1:80\""),
+                "listed twice",
+            ),
+            (POOL.replace("http://10.0.0.1:80", "10.0.0.1"), "10.0.0.1"),
+            (POOL.replace("weighted_round_robin", "random"), "random"),
+            (POOL.replace("fall = 2", "fal = 2"), "fal"),
+        ] {
+            let err = EdgeConfig::from_toml(&bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{why}: {err}");
         }
     }
 

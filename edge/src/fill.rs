@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Method, Response, StatusCode};
 
 /// Responses at least this large (by declared length) stream to their waiters while they
 /// fill; smaller ones are read whole first, which costs less than sharing a growing body.
@@ -36,7 +36,7 @@ use crate::proxy::{CACHE_STATUS, Edge};
 use crate::site::Site;
 use crate::slice::SliceInfo;
 use crate::store::StoredResponse;
-use crate::upstream::{UpstreamError, append_list, empty_body, strip_hop_by_hop};
+use crate::upstream::{UpstreamError, append_list, strip_hop_by_hop};
 use crate::vary::{Selection, Vary, VaryIndex, signature, vary_of};
 
 /// What a fill produced, as every waiter sees it.
@@ -80,7 +80,8 @@ pub struct FillRequest {
     pub index: Option<VaryIndex>,
     /// Why the request goes forward when there is no stale entry.
     pub miss: Forward,
-    pub uri: Uri,
+    /// The normalized target (origin-form) asked of the upstream.
+    pub target: String,
     /// Headers to send upstream, already filtered for a shared fill.
     pub headers: HeaderMap,
     /// The starting request's `Cache-Control` (its `no-store` forbids storing).
@@ -100,15 +101,23 @@ impl FillRequest {
         let mut status = CacheStatus::forwarded(fwd);
         let edge = &self.edge;
 
-        let mut request = Request::new(empty_body());
-        *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = self.headers.clone();
+        let mut headers = self.headers.clone();
         if let Some(stale) = &self.stale {
-            add_validators(request.headers_mut(), &stale.headers());
+            add_validators(&mut headers, &stale.headers());
         }
         let request_time = SystemTime::now();
         let started = Instant::now();
-        let response = match edge.upstream.send(request).await {
+        let sent = edge
+            .send_upstream(
+                &self.site,
+                &self.key,
+                &Method::GET,
+                &self.target,
+                &headers,
+                None,
+            )
+            .await;
+        let response = match sent {
             Ok(response) => response,
             Err(error) => {
                 edge.metrics.upstream_error(error.kind());

@@ -24,6 +24,7 @@ pub mod freshness;
 pub mod growing_body;
 pub mod health;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod range;
 pub mod retry_budget;

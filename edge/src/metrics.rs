@@ -32,6 +32,31 @@ struct ReasonLabel {
     reason: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabel {
+    site: String,
+    server: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerResultLabel {
+    site: String,
+    server: String,
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerStateLabel {
+    site: String,
+    server: String,
+    state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabel {
+    result: String,
+}
+
 /// Every metric of one node.
 #[derive(Debug)]
 pub struct Metrics {
@@ -45,6 +70,11 @@ pub struct Metrics {
     cache_bytes: Gauge,
     cache_entries: Gauge,
     hit_ratio: Gauge<f64, AtomicU64>,
+    server_requests: Family<ServerResultLabel, Counter>,
+    server_seconds: Family<ServerLabel, Histogram>,
+    server_state: Family<ServerStateLabel, Gauge>,
+    server_ejections: Family<ServerLabel, Counter>,
+    retries: Family<RetryLabel, Counter>,
 }
 
 impl Metrics {
@@ -114,7 +144,43 @@ impl Metrics {
             "Hits over cacheable lookups (hit + miss + stale) since start",
             hit_ratio.clone(),
         );
+        let server_requests = Family::<ServerResultLabel, Counter>::default();
+        registry.register(
+            "upstream_server_requests",
+            "Upstream exchanges per pool server, by result (status class or error kind)",
+            server_requests.clone(),
+        );
+        let server_seconds =
+            Family::<ServerLabel, Histogram>::new_with_constructor(server_histogram as fn() -> _);
+        registry.register(
+            "upstream_server_response_seconds",
+            "Time to the response head, per pool server",
+            server_seconds.clone(),
+        );
+        let server_state = Family::<ServerStateLabel, Gauge>::default();
+        registry.register(
+            "upstream_server_state",
+            "1 for each pool server's current health state (up, down, ejected)",
+            server_state.clone(),
+        );
+        let server_ejections = Family::<ServerLabel, Counter>::default();
+        registry.register(
+            "upstream_server_ejections",
+            "Passive ejections of a pool server after consecutive failures",
+            server_ejections.clone(),
+        );
+        let retries = Family::<RetryLabel, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Retries on another server, allowed or refused by the retry budget",
+            retries.clone(),
+        );
         Self {
+            server_requests,
+            server_seconds,
+            server_state,
+            server_ejections,
+            retries,
             registry,
             by_outcome,
             upstream_errors,
@@ -179,6 +245,83 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Per-server metrics of upstream pools. Labels are the configured site and server URLs,
+/// so their number is bounded by the config.
+impl Metrics {
+    pub fn server_response(
+        &self,
+        site: &str,
+        server: &str,
+        status: http::StatusCode,
+        took: Duration,
+    ) {
+        let result = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.server_requests
+            .get_or_create(&ServerResultLabel {
+                site: site.to_owned(),
+                server: server.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+        self.server_seconds
+            .get_or_create(&ServerLabel {
+                site: site.to_owned(),
+                server: server.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn server_error(&self, site: &str, server: &str, kind: &str) {
+        self.server_requests
+            .get_or_create(&ServerResultLabel {
+                site: site.to_owned(),
+                server: server.to_owned(),
+                result: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn server_ejected(&self, site: &str, server: &str) {
+        self.server_ejections
+            .get_or_create(&ServerLabel {
+                site: site.to_owned(),
+                server: server.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn server_state(&self, site: &str, server: &str, state: crate::health::State) {
+        for each in crate::health::State::ALL {
+            self.server_state
+                .get_or_create(&ServerStateLabel {
+                    site: site.to_owned(),
+                    server: server.to_owned(),
+                    state: each.as_str().to_owned(),
+                })
+                .set(i64::from(each == state));
+        }
+    }
+
+    pub fn retry(&self, allowed: bool) {
+        let result = if allowed { "allowed" } else { "refused" };
+        self.retries
+            .get_or_create(&RetryLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+}
+
+fn server_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 
 use crate::body::EdgeBody;
 use crate::cache_control::CacheControl;
@@ -31,12 +32,12 @@ use crate::fill::{Fill, FillRequest};
 use crate::freshness::strip_targeted;
 use crate::metrics::Metrics;
 use crate::range::{self, RangeAnswer};
-use crate::site::{SiteMatch, SiteTable};
+use crate::site::{Site, SiteMatch, SiteTable};
 use crate::slice::SliceSource;
 use crate::store::{Storage, StoredResponse};
 use crate::upstream::{
-    BoxError, Purpose, UpstreamClient, UpstreamError, append_list, forward_request_headers,
-    strip_hop_by_hop, via_names,
+    BoxError, Purpose, UpstreamBody, UpstreamClient, UpstreamError, append_list,
+    forward_request_headers, strip_hop_by_hop, via_names,
 };
 use crate::vary::VaryIndex;
 
@@ -473,7 +474,7 @@ impl Edge {
             primary: primary.clone(),
             index: lookup.index.clone(),
             miss: lookup.miss,
-            uri: upstream_uri(site, target),
+            target: target.to_owned(),
             headers: self.fill_headers(site, request, client),
             request_cc: CacheControl::from_headers(request),
             stale,
@@ -521,8 +522,9 @@ impl Edge {
         };
         let source = SliceSource {
             edge: self.clone(),
+            site: fetch.site.site.clone(),
             primary: fetch.primary.clone(),
-            uri: upstream_uri(fetch.site, fetch.target),
+            target: fetch.target.to_owned(),
             headers: self.fill_headers(fetch.site, request, fetch.client),
             info,
             freshness: entry.freshness,
@@ -711,20 +713,25 @@ impl Edge {
             parts.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         );
-        let mut upstream_req = Request::new(body.map_err(Into::into).boxed_unsync());
-        *upstream_req.method_mut() = parts.method;
-        *upstream_req.uri_mut() = upstream_uri(site, target);
-        *upstream_req.headers_mut() = forward_request_headers(
+        let headers = forward_request_headers(
             &parts.headers,
             Purpose::Pass,
             site.site.upstream_host.as_ref().unwrap_or(site.host_value),
             &self.via,
             client.ip(),
         );
+        // A request that declares no body is sent without one, which lets it be retried.
+        let bodiless = !parts.headers.contains_key(header::CONTENT_LENGTH)
+            && !parts.headers.contains_key(header::TRANSFER_ENCODING);
+        let body = (!bodiless).then(|| body.map_err(Into::into).boxed_unsync());
         let mut status = CacheStatus::forwarded(fwd);
         status.detail = detail;
         let started = Instant::now();
-        let response = match self.upstream.send(upstream_req).await {
+        let key = CacheKey::new(site.site.generation(), "http", site.host, target);
+        let sent = self
+            .send_upstream(site.site, &key, &parts.method, target, &headers, body)
+            .await;
+        let response = match sent {
             Ok(response) => response,
             Err(error) => {
                 self.metrics.upstream_error(error.kind());
@@ -747,6 +754,29 @@ impl Edge {
         );
         let response = Response::from_parts(parts, EdgeBody::stream(Default::default(), body));
         (response, Outcome::Pass)
+    }
+
+    /// Sends a request to the site's upstream pool; `key` picks the server under
+    /// consistent hashing. Only a request without a body (`None`) may be retried.
+    pub(crate) async fn send_upstream(
+        &self,
+        site: &Site,
+        key: &CacheKey,
+        method: &Method,
+        target: &str,
+        headers: &http::HeaderMap,
+        body: Option<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        site.pool
+            .send(
+                &self.upstream,
+                &self.metrics,
+                key.locator().as_bytes(),
+                (method, target, headers),
+                body,
+            )
+            .await
+            .map(|sent| sent.response)
     }
 
     fn upstream_failure(&self, error: &UpstreamError, status: &CacheStatus) -> Response<EdgeBody> {
@@ -798,15 +828,6 @@ fn request_host<B>(req: &Request<B>) -> Result<&str, &'static str> {
         .ok()
         .filter(|h| !h.is_empty())
         .ok_or("Host header is empty or not ASCII")
-}
-
-fn upstream_uri(site: SiteMatch<'_>, target: &str) -> Uri {
-    Uri::builder()
-        .scheme(site.site.upstream_scheme.clone())
-        .authority(site.site.upstream_authority.clone())
-        .path_and_query(target)
-        .build()
-        .unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 fn content_range(spec: &str) -> HeaderValue {

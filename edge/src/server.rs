@@ -69,7 +69,7 @@ impl EdgeServer {
         let admin_addr = local_addr(&admin, config.node.admin_listen)?;
         let (shutdown, _) = watch::channel(false);
 
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(serve_public(
                 public,
                 edge.clone(),
@@ -78,6 +78,21 @@ impl EdgeServer {
             )),
             tokio::spawn(serve_admin(admin, edge.clone(), shutdown.subscribe())),
         ];
+        for (site, site_config) in edge.sites().sites().iter().zip(&config.sites) {
+            let host = site_config
+                .upstream_host
+                .as_deref()
+                .or(site_config.hosts.first().map(String::as_str))
+                .and_then(|h| http::HeaderValue::from_str(h).ok())
+                .unwrap_or(http::HeaderValue::from_static("localhost"));
+            let (site, edge, mut stop) = (site.clone(), edge.clone(), shutdown.subscribe());
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    () = site.pool.probe_forever(&edge.upstream, &edge.metrics, host) => {}
+                    _ = stop.wait_for(|stop| *stop) => {}
+                }
+            }));
+        }
         edge.set_ready(true);
         tracing::info!(node = %edge.name(), %public_addr, %admin_addr, "edge listening");
         Ok(Self {

@@ -9,18 +9,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::HeaderValue;
-use http::uri::{Authority, Scheme};
 
 use crate::cache_key::QueryPolicy;
 use crate::config::{ConfigError, SiteConfig, normalize_host};
 use crate::freshness::FreshnessPolicy;
+use crate::pool::UpstreamPool;
 
 /// One configured site.
 #[derive(Debug)]
 pub struct Site {
     pub name: String,
-    pub upstream_scheme: Scheme,
-    pub upstream_authority: Authority,
+    /// Where the site's content comes from: one server, or a balanced pool.
+    pub pool: UpstreamPool,
     /// `Host` sent upstream instead of the client's host, when configured.
     pub upstream_host: Option<HeaderValue>,
     pub query: QueryPolicy,
@@ -32,13 +32,7 @@ pub struct Site {
 
 impl Site {
     fn from_config(config: &SiteConfig) -> Result<Self, ConfigError> {
-        let (upstream_scheme, upstream_authority) =
-            config
-                .upstream_parts()
-                .map_err(|message| ConfigError::Site {
-                    site: config.name.clone(),
-                    message,
-                })?;
+        let pool = UpstreamPool::from_site(config)?;
         let upstream_host = config
             .upstream_host
             .as_deref()
@@ -50,8 +44,7 @@ impl Site {
             })?;
         Ok(Self {
             name: config.name.clone(),
-            upstream_scheme,
-            upstream_authority,
+            pool,
             upstream_host,
             query: QueryPolicy {
                 mode: config.query,

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, StatusCode, Uri};
+use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
@@ -36,8 +36,9 @@ use crate::cache_status::{CacheStatus, Forward, NoCacheReason};
 use crate::fill::{Fill, ReadBody, pass_freshness, read_body};
 use crate::freshness::Freshness;
 use crate::proxy::Edge;
+use crate::site::Site;
 use crate::store::StoredResponse;
-use crate::upstream::{BoxError, UpstreamError, empty_body};
+use crate::upstream::{BoxError, UpstreamError};
 
 /// The shape of a sliced object, shared by its index and every slice of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,8 +103,10 @@ impl SliceInfo {
 pub struct SliceSource {
     pub edge: Arc<Edge>,
     /// The URL's key, where the index lives.
+    pub site: Arc<Site>,
     pub primary: CacheKey,
-    pub uri: Uri,
+    /// The normalized target (origin-form) asked of the upstream.
+    pub target: String,
     /// Headers for the upstream, already filtered for a shared fill.
     pub headers: HeaderMap,
     pub info: Arc<SliceInfo>,
@@ -198,16 +201,17 @@ impl SliceSource {
     /// Fetches slice `n` with a ranged request and checks it is that slice of this object.
     async fn fetch(&self, n: u64) -> Result<Bytes, UpstreamError> {
         let (start, end) = self.info.span(n);
-        let mut request = Request::new(empty_body());
-        *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = self.headers.clone();
-        let headers = request.headers_mut();
+        let mut headers = self.headers.clone();
         if let Ok(range) = HeaderValue::from_str(&format!("bytes={start}-{end}")) {
             headers.insert(header::RANGE, range);
         }
         headers.insert(header::IF_RANGE, self.info.validator.clone());
         let started = Instant::now();
-        let response = self.edge.upstream.send(request).await?;
+        let key = self.primary.slice(n);
+        let response = self
+            .edge
+            .send_upstream(&self.site, &key, &Method::GET, &self.target, &headers, None)
+            .await?;
         self.edge.metrics.upstream_response(started.elapsed());
         let (parts, body) = response.into_parts();
         if parts.status != StatusCode::PARTIAL_CONTENT {

@@ -34,6 +34,8 @@ pub enum UpstreamError {
     Protocol(String),
     #[error("the shared fetch for this object was lost; retry the request")]
     Lost,
+    #[error("all {0} upstream servers of this site are at their connection limit; retry shortly")]
+    NoServer(usize),
 }
 
 impl UpstreamError {
@@ -43,6 +45,7 @@ impl UpstreamError {
             UpstreamError::HeadTimeout(_) | UpstreamError::BodyTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            UpstreamError::NoServer(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -55,7 +58,16 @@ impl UpstreamError {
             UpstreamError::BodyTimeout(_) => "body-timeout",
             UpstreamError::Protocol(_) => "protocol",
             UpstreamError::Lost => "lost",
+            UpstreamError::NoServer(_) => "no-server",
         }
+    }
+
+    /// Whether another server may do better: the exchange failed before any response.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect(_) | UpstreamError::HeadTimeout(_) | UpstreamError::Protocol(_)
+        )
     }
 }
 

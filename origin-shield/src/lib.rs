@@ -1,8 +1,51 @@
 //! The origin shield: the mid tier between every edge and the origin.
 //!
-//! Not built yet (issue 4). It will reuse the `edge` cache engine (keys, freshness,
-//! coalescing, stale serving) with an origin pool as its upstream instead of a shield, so
-//! that however many edges miss on one object at once, the origin sees a single fetch.
-//! The pool balances across origin servers (round robin, weighted, least connections,
-//! consistent hash, EWMA latency) and keeps them honest with active health probes and
-//! passive ejection. Edges choose the shield for a key by rendezvous hashing.
+//! A shield is the `edge` cache engine (keys, freshness, coalescing, stale serving,
+//! slices) whose sites fetch from a pool of origin servers instead of from the shield
+//! tier. Edges pick the shield for an object by rendezvous hashing of its key over the
+//! healthy shields (`balance = "consistent_hash"` in their pool), so each object is cached
+//! once in the tier and every edge's miss on it collapses into the shield's one fill:
+//! however many edges miss at once, the origin sees a single fetch. The origin pool
+//! balances across origin servers (round robin, weighted round robin, least connections,
+//! consistent hash, EWMA latency), keeps them honest with active probes and passive
+//! ejection, retries idempotent fetches on another origin within a budget, and serves
+//! stale (`stale-if-error`) when every origin fails. See `edge::pool`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use edge::{Edge, EdgeConfig, EdgeServer, StartError};
+
+/// A running shield node.
+#[derive(Debug)]
+pub struct ShieldServer {
+    server: EdgeServer,
+}
+
+impl ShieldServer {
+    /// Binds the shield's listeners and starts serving and probing its origin pools.
+    pub async fn start(config: EdgeConfig) -> Result<Self, StartError> {
+        let server = EdgeServer::start(config).await?;
+        tracing::info!(node = %server.edge().name(), "serving as origin shield");
+        Ok(Self { server })
+    }
+
+    /// Where edges send their misses.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.server.public_addr()
+    }
+
+    /// `/healthz` (what edges probe) and `/metrics`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.server.admin_addr()
+    }
+
+    pub fn engine(&self) -> &Arc<Edge> {
+        self.server.edge()
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and returns.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+}

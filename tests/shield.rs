@@ -1,0 +1,267 @@
+//! The shield tier: edges hash each object to one shield, shields collapse every edge's
+//! miss into one origin fetch and balance, health-check and fail over across origins.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use support::topology::{OriginPool, Topology};
+
+fn pool(pool: &str) -> OriginPool {
+    OriginPool {
+        pool: format!("{pool}\nprobes = false"),
+        ..Default::default()
+    }
+}
+
+/// `n` distinct targets that every node stores.
+fn objects(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("/{prefix}/{i}.bin")).collect()
+}
+
+/// Each target fetched once from shield 0, in order.
+async fn fetch_each(t: &Topology, targets: &[String]) {
+    for target in targets {
+        let reply = t.shield_get(0, target).await.expect("answer");
+        assert_eq!(reply.status, StatusCode::OK, "{target}: {}", reply.text());
+    }
+}
+
+#[tokio::test]
+async fn twenty_edges_times_fifty_cold_requests_make_one_origin_fetch() {
+    let t = Arc::new(Topology::start(1, 2, 20, pool("")).await);
+    let target = "/hot/64k.bin?delay_ms=300";
+    let mut clients = Vec::new();
+    for edge in 0..20 {
+        for _ in 0..50 {
+            let t = t.clone();
+            clients.push(tokio::spawn(async move { t.get(edge, target).await }));
+        }
+    }
+    let mut bodies = std::collections::HashSet::new();
+    for client in clients {
+        let reply = client.await.expect("client task");
+        assert_eq!(reply.status, StatusCode::OK);
+        bodies.insert(reply.body);
+    }
+    assert_eq!(bodies.len(), 1, "every client got the same bytes");
+    assert_eq!(
+        t.origins[0].hits(target),
+        1,
+        "1000 requests, one origin fetch"
+    );
+}
+
+#[tokio::test]
+async fn round_robin_spreads_misses_evenly() {
+    let t = Topology::start(3, 1, 0, pool("balance = \"round_robin\"")).await;
+    let targets = objects("rr", 300);
+    fetch_each(&t, &targets).await;
+    assert_eq!(t.origin_hits(&targets), [100, 100, 100]);
+}
+
+#[tokio::test]
+async fn weighted_round_robin_follows_the_weights() {
+    let mut spec = pool("balance = \"weighted_round_robin\"");
+    spec.weights = vec![1, 2, 3];
+    let t = Topology::start(3, 1, 0, spec).await;
+    let targets = objects("wrr", 600);
+    fetch_each(&t, &targets).await;
+    assert_eq!(t.origin_hits(&targets), [100, 200, 300]);
+}
+
+#[tokio::test]
+async fn consistent_hash_sends_each_object_to_one_origin() {
+    let t = Topology::start(3, 1, 0, pool("balance = \"consistent_hash\"")).await;
+    // Never stored, so every request reaches an origin.
+    let targets: Vec<String> = (0..90)
+        .map(|i| format!("/ch/{i}.bin?cc=no-store"))
+        .collect();
+    for _ in 0..3 {
+        fetch_each(&t, &targets).await;
+    }
+    for target in &targets {
+        let per_origin: Vec<u64> = t.origins.iter().map(|o| o.hits(target)).collect();
+        assert!(
+            per_origin.contains(&3),
+            "{target} spread over origins: {per_origin:?}"
+        );
+    }
+    // 90 objects over 3 origins: each gets a share (binomial, 5 standard deviations).
+    for hits in t.origin_hits(&targets) {
+        assert!((45..=495).contains(&hits), "{hits} of 270 requests");
+    }
+}
+
+#[tokio::test]
+async fn least_connections_steers_away_from_a_slow_origin() {
+    let t = Arc::new(Topology::start(3, 1, 0, pool("balance = \"least_connections\"")).await);
+    t.origins[0].set_delay(Duration::from_millis(300));
+    let targets = objects("lc", 120);
+    // 10 clients, each fetching 12 objects one after the other: requests to the slow
+    // origin stay in flight, so it is the most loaded and new misses go elsewhere.
+    let workers: Vec<_> = targets
+        .chunks(12)
+        .map(|chunk| {
+            let (t, chunk) = (t.clone(), chunk.to_vec());
+            tokio::spawn(async move {
+                for target in chunk {
+                    let reply = t.shield_get(0, &target).await.expect("answer");
+                    assert_eq!(reply.status, StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    let hits = t.origin_hits(&targets);
+    assert_eq!(hits.iter().sum::<u64>(), 120);
+    assert!(
+        hits[0] <= 24,
+        "slow origin got {} of 120: {hits:?}",
+        hits[0]
+    );
+}
+
+#[tokio::test]
+async fn ewma_latency_prefers_the_fast_origins() {
+    let t = Topology::start(3, 1, 0, pool("balance = \"ewma_latency\"")).await;
+    t.origins[0].set_delay(Duration::from_millis(40));
+    let targets = objects("ewma", 90);
+    fetch_each(&t, &targets).await;
+    let hits = t.origin_hits(&targets);
+    // Each origin is tried while unmeasured; then the slow one is not picked again.
+    assert!(hits[0] <= 3, "slow origin got {} of 90: {hits:?}", hits[0]);
+    assert_eq!(hits.iter().sum::<u64>(), 90);
+}
+
+#[tokio::test]
+async fn a_failing_origin_is_ejected_and_clients_see_no_error() {
+    let spec = OriginPool {
+        pool: "balance = \"round_robin\"\nprobes = false".into(),
+        tables: "[site.pool.health]\nconsecutive_failures = 3\nbase_ejection = \"60s\"".into(),
+        ..Default::default()
+    };
+    let t = Topology::start(3, 1, 0, spec).await;
+    t.origins[1].fail_with(StatusCode::SERVICE_UNAVAILABLE);
+    let targets = objects("eject", 60);
+    fetch_each(&t, &targets).await; // every one 200: failed attempts retried elsewhere
+    let hits = t.origin_hits(&targets);
+    assert_eq!(
+        hits[1], 3,
+        "ejected after exactly 3 consecutive failures: {hits:?}"
+    );
+    assert_eq!(hits[0] + hits[2], 60);
+    let ejections = format!(
+        "edge_upstream_server_ejections_total{{site=\"assets\",server=\"http://{}\"}}",
+        t.origins[1].addr()
+    );
+    assert_eq!(t.shield_metric(0, &ejections).await, 1.0);
+}
+
+#[tokio::test]
+async fn active_probes_take_a_failing_origin_out_and_bring_it_back() {
+    let spec = OriginPool {
+        pool: "balance = \"round_robin\"".into(),
+        tables: "[site.pool.health]\ninterval = \"20ms\"\ntimeout = \"500ms\"\nfall = 2\nrise = 2"
+            .into(),
+        ..Default::default()
+    };
+    let t = Topology::start(2, 1, 0, spec).await;
+    let state = |s: &str| {
+        format!(
+            "edge_upstream_server_state{{site=\"assets\",server=\"http://{}\",state=\"{s}\"}}",
+            t.origins[1].addr()
+        )
+    };
+    t.origins[1].fail_with(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut down = false;
+    for _ in 0..200 {
+        if t.shield_metric(0, &state("down")).await == 1.0 {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(down, "probes never took the failing origin down");
+    t.origins[1].reset();
+    let targets = objects("probe", 20);
+    fetch_each(&t, &targets).await;
+    assert_eq!(
+        t.origin_hits(&targets),
+        [20, 0],
+        "no traffic to a down origin"
+    );
+    t.origins[1].recover();
+    let mut up = false;
+    for _ in 0..200 {
+        if t.shield_metric(0, &state("up")).await == 1.0 {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(up, "probes never brought the origin back");
+}
+
+#[tokio::test]
+async fn with_every_origin_down_the_shield_serves_stale() {
+    let t = Topology::start(2, 1, 0, pool("")).await;
+    let target = "/stale/1.bin?cc=max-age%3D0%2C%20stale-if-error%3D600";
+    let first = t.shield_get(0, target).await.expect("answer");
+    assert_eq!(first.status, StatusCode::OK);
+    for origin in &t.origins {
+        origin.fail_with(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let stale = t.shield_get(0, target).await.expect("answer");
+    assert_eq!(stale.status, StatusCode::OK);
+    assert!(stale.body == first.body);
+    assert!(
+        stale.cache_status().contains("detail=stale-if-error"),
+        "{}",
+        stale.cache_status()
+    );
+}
+
+#[tokio::test]
+async fn removing_a_shield_moves_only_its_share_of_keys() {
+    let mut t = Topology::start(1, 4, 1, pool("")).await;
+    let targets: Vec<String> = (0..400)
+        .map(|i| format!("/k/{i}.bin?cc=no-store"))
+        .collect();
+    let owner = |reply: &support::Reply| {
+        let status = reply.header("cache-status");
+        (0..4)
+            .find(|n| status.contains(&format!("shield-{n};")))
+            .unwrap_or_else(|| panic!("no shield in {status:?}"))
+    };
+    let mut before = Vec::new();
+    for target in &targets {
+        before.push(owner(&t.get(0, target).await));
+    }
+    t.stop_shield(2).await;
+    let mut moved = 0;
+    for (target, was) in targets.iter().zip(&before) {
+        let reply = t.get(0, target).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "no client error when a shield dies"
+        );
+        let now = owner(&reply);
+        if *was == 2 {
+            assert_ne!(now, 2);
+            moved += 1;
+        } else {
+            assert_eq!(now, *was, "{target} moved off a healthy shield");
+        }
+    }
+    let share = f64::from(moved) / 400.0;
+    assert!(
+        (0.18..=0.32).contains(&share),
+        "moved share {share}, expected 1/4"
+    );
+}
