@@ -2,10 +2,12 @@
 # benches/load/run.sh -- the edge beside Varnish, nginx and Apache Traffic Server, in front
 # of the same origin, in one run, with the scripts of ../shared/bench.
 #
-# Usage: benches/load/run.sh [hit] [range] [miss] [coalesce]     (default: all four)
+# Usage: benches/load/run.sh [hit] [range] [miss] [tiered] [coalesce]   (default: all)
 #   hit       bench-hit.sh for edge and each peer: 1k (64 and 256 conns), 16k, 256k, 4m hits
 #   range     wrk with Range: a 1 MiB and a 16 KiB slice of the cached 4 MiB object
 #   miss      miss-bench.sh random over 10,000 cold objects, cache restarted empty first
+#   tiered    the same miss run through edge -> shield -> origin (both restarted empty,
+#             both pinned to CPU 0 like each peer), beside each peer's miss run
 #   coalesce  coalesce-test.sh: 200 concurrent cold requests through the edge to the slow origin
 # Results: TSV files and raw wrk output under $OUT (default bench-results/<time>/), and a
 # summary on stdout. Servers are pinned to CPU 0 and wrk to CPU 1, as the shared scripts do.
@@ -21,6 +23,8 @@ PEERS=${PEERS:-varnish nginx ats}
 EDGE_PORT=${EDGE_PORT:-19084}
 EDGE_ADMIN_PORT=${EDGE_ADMIN_PORT:-19094}
 SLOW_EDGE_PORT=${SLOW_EDGE_PORT:-19085}
+SHIELD_PORT=${SHIELD_PORT:-19086}
+TIERED_PORT=${TIERED_PORT:-19087}
 RUN=/tmp/perf/run/cdn-edge
 PIDFILE=/tmp/perf/run/peers.pids
 BIN=$ROOT/target/release/cdn
@@ -45,10 +49,30 @@ TOML
   echo "$f"
 }
 
-start_edge() { # name port admin upstream_port
+write_tiered_config() { # name listen admin shield_port shield_admin -> config path
+  local f=$RUN/$1.toml
+  cat > "$f" <<TOML
+[node]
+name = "$1"
+listen = "127.0.0.1:$2"
+admin_listen = "127.0.0.1:$3"
+[cache]
+capacity = "2 GiB"
+max_object_size = "64 MiB"
+[[site]]
+name = "bench"
+hosts = ["127.0.0.1", "localhost"]
+[site.pool]
+balance = "consistent_hash"
+servers = [{ url = "http://127.0.0.1:$4", probe = "http://127.0.0.1:$5/healthz" }]
+TOML
+  echo "$f"
+}
+
+start_edge() { # name port admin upstream_port [subcommand] [config]
   local config pid i
-  config=$(write_config "$1" "$2" "$3" "$4")
-  RUST_LOG=warn timeout --signal=TERM 2h taskset -c 0 "$BIN" edge --config "$config" \
+  config=${6:-$(write_config "$1" "$2" "$3" "$4")}
+  RUST_LOG=warn timeout --signal=TERM 2h taskset -c 0 "$BIN" "${5:-edge}" --config "$config" \
     > "$RUN/$1.log" 2>&1 < /dev/null &
   pid=$!
   echo "$pid" > "$RUN/$1.wrapper"
@@ -73,12 +97,18 @@ stop_edge() { # name
 
 case ${1:-} in
   restart-edge) stop_edge edge; start_edge edge "$EDGE_PORT" "$EDGE_ADMIN_PORT" 19080; exit 0 ;;
+  restart-tiered)
+    stop_edge edge-tiered; stop_edge shield
+    start_edge shield "$SHIELD_PORT" $((SHIELD_PORT + 10)) 19080 shield
+    start_edge edge-tiered "$TIERED_PORT" $((TIERED_PORT + 10)) 0 edge \
+      "$(write_tiered_config edge-tiered "$TIERED_PORT" $((TIERED_PORT + 10)) "$SHIELD_PORT" $((SHIELD_PORT + 10)))"
+    exit 0 ;;
   restart-peer) "$SHARED/stop-peers.sh" "$PIDFILE" "$2" >/dev/null
                 COMPONENTS=$2 "$SHARED/setup-peers.sh" >/dev/null; exit 0 ;;
   peer-pid) awk -v k="$2" '$1==k{p=$3} END{print p}' "$PIDFILE"; exit 0 ;;
 esac
 
-CASES=${*:-hit range miss coalesce}
+CASES=${*:-hit range miss tiered coalesce}
 OUT=${OUT:-$ROOT/bench-results/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT/raw" "$RUN"
 for t in wrk curl taskset varnishd nginx traffic_server; do command -v "$t" >/dev/null || die "$t missing"; done
@@ -88,7 +118,7 @@ for t in wrk curl taskset varnishd nginx traffic_server; do command -v "$t" >/de
 [[ -f /tmp/perf/origin/ws/10000.bin ]] || "$SHARED/make-origin.sh" >/dev/null
 
 cleanup() {
-  stop_edge edge; stop_edge edge-slow
+  stop_edge edge; stop_edge edge-slow; stop_edge edge-tiered; stop_edge shield
   [[ -f $PIDFILE ]] && "$SHARED/stop-peers.sh" "$PIDFILE" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -150,6 +180,20 @@ if [[ $CASES == *miss* ]]; then
   done
 fi
 
+if [[ $CASES == *tiered* ]]; then
+  # Edge and shield share CPU 0, as each peer's single process has it alone; the peers'
+  # miss runs go back to back with it, so the ratio is from one run.
+  HEADER=1 RESTART_CMD="$0 restart-tiered" PIDS_CMD="cat $RUN/edge-tiered.pid $RUN/shield.pid" \
+    RAW_DIR="$OUT/raw" "$SHARED/miss-bench.sh" "http://127.0.0.1:$TIERED_PORT" edge+shield random \
+    | tee "$OUT/tiered.tsv"
+  if [[ $CASES != *miss* ]]; then
+    for p in $PEERS; do
+      RESTART_CMD="$0 restart-peer $p" PIDS_CMD="$0 peer-pid $p" RAW_DIR="$OUT/raw" \
+        "$SHARED/miss-bench.sh" "http://127.0.0.1:$(port_of "$p")" "$p" random | tee -a "$OUT/tiered.tsv"
+    done
+  fi
+fi
+
 if [[ $CASES == *coalesce* ]]; then
   start_edge edge-slow "$SLOW_EDGE_PORT" $((SLOW_EDGE_PORT + 10)) 19090
   "$SHARED/coalesce-test.sh" edge "http://127.0.0.1:$SLOW_EDGE_PORT" http://127.0.0.1:19090 \
@@ -158,7 +202,7 @@ fi
 
 echo
 echo "results in $OUT"
-for f in hit range miss; do
+for f in hit range miss tiered; do
   [[ -f $OUT/$f.tsv ]] || continue
   echo "== $f: label size/mode conns req/s p50_ms p99_ms"
   grep -v '^#' "$OUT/$f.tsv" | awk -F'\t' '{printf "%-8s %-6s %5s %10s %8s %8s\n", $1, $2, $3, $4, $5, $6}'
