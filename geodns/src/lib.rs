@@ -5,3 +5,7 @@
 //! locating the client by EDNS Client Subnet or its resolver's address in a MaxMind-format
 //! database, and fail over when a region's edges stop answering their health probes.
 //! It depends on no other member of the workspace.
+
+pub mod geo;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
