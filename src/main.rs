@@ -8,6 +8,7 @@ use cdn::demo_origin::DemoOrigin;
 use cdn::up::{DEFAULT_CONFIG, DEFAULT_ORIGIN, Up};
 use clap::{Parser, Subcommand};
 use edge::{EdgeConfig, EdgeServer};
+use geodns::{GeoDnsConfig, GeoDnsServer};
 use origin_shield::ShieldServer;
 
 #[derive(Debug, Parser)]
@@ -37,6 +38,12 @@ enum Command {
     /// Run one origin shield node (the mid tier: its sites fetch from origin pools).
     Shield {
         /// TOML config file, in the edge's format (see README.md).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the authoritative GeoDNS server (reloads its config on SIGHUP or file change).
+    Geodns {
+        /// TOML config file (see README.md for the format).
         #[arg(long)]
         config: PathBuf,
     },
@@ -76,6 +83,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Shield { config } => {
             let config = EdgeConfig::from_file(&config)?;
             let server = ShieldServer::start(config).await?;
+            shutdown_signal().await;
+            server.shutdown().await;
+        }
+        Command::Geodns { config: path } => {
+            let config = GeoDnsConfig::from_file(&path)?;
+            let server = GeoDnsServer::start(config, Some(path)).await?;
+            println!(
+                "geodns answering on {} (UDP and TCP), admin on http://{}",
+                server.dns_addr(),
+                server.admin_addr()
+            );
             shutdown_signal().await;
             server.shutdown().await;
         }

@@ -1,11 +1,26 @@
-//! GeoDNS: the authoritative DNS server of the CDN zone.
+//! Authoritative GeoDNS: answers each client with its nearest healthy region.
 //!
-//! Not built yet (issue 5). It will answer a customer name with a CNAME to the nearest
-//! healthy region (`<region>.edge.<zone>`) plus that region's healthy edge addresses,
-//! locating the client by EDNS Client Subnet or its resolver's address in a MaxMind-format
-//! database, and fail over when a region's edges stop answering their health probes.
-//! It depends on no other member of the workspace.
+//! For a customer name in the CDN zone the answer is `CNAME <region>.edge.<zone>` plus
+//! that region's healthy edge addresses; the region is the healthy one nearest to the
+//! client, located by EDNS Client Subnet (RFC 7871) or the resolver's address through CIDR
+//! overrides and a MaxMind-format City database. Edges are probed over HTTP; a region
+//! without a healthy edge is skipped and an overloaded one spills a share of its clients to
+//! the next. The config reloads on SIGHUP or file change without dropping queries.
+//!
+//! [`GeoDnsServer`] runs it from a [`GeoDnsConfig`]; `hickory-server` carries the DNS
+//! protocol over UDP and TCP.
 
+pub mod config;
 pub mod geo;
+pub mod handler;
+pub mod health;
+pub mod metrics;
+pub mod server;
+pub mod state;
+pub mod steering;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+pub mod zone;
+
+pub use config::GeoDnsConfig;
+pub use server::{GeoDnsServer, StartError};

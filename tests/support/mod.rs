@@ -2,6 +2,7 @@
 //! 127.0.0.1, an HTTP client, and a raw-socket helper for malformed input.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod dns;
 pub mod topology;
 
 use std::net::SocketAddr;

@@ -1,0 +1,334 @@
+//! The GeoDNS configuration: the zone it is authoritative for, the regions and their
+//! edges, how clients are located, and how edges are health-checked.
+//!
+//! [`GeoDnsConfig::validate`] runs before anything binds and on every reload: a config
+//! that would misanswer is refused with the field that is wrong, and a reload with such a
+//! config keeps the previous one serving.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration of one GeoDNS server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoDnsConfig {
+    #[serde(default)]
+    pub node: NodeConfig,
+    pub zone: ZoneConfig,
+    pub geo: GeoConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(rename = "region")]
+    pub regions: Vec<RegionConfig>,
+    /// Customer names in the zone (`publisher` for `publisher.<zone>`), each answered with a
+    /// CNAME to the client's region.
+    #[serde(default, rename = "customer")]
+    pub customers: Vec<CustomerConfig>,
+}
+
+/// Listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// UDP and TCP listener for queries.
+    pub listen: SocketAddr,
+    /// `/healthz` and `/metrics`.
+    pub admin_listen: SocketAddr,
+    /// Idle time after which a TCP connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub tcp_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5353)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9053)),
+            tcp_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The zone this server is authoritative for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// The zone apex, e.g. `cdn.example.net`.
+    pub name: String,
+    /// TTL of steered answers (CNAMEs and edge addresses): short, so failover is fast.
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    /// Most edge addresses in one answer.
+    #[serde(default = "default_max_answers")]
+    pub max_answers: usize,
+    /// The zone's name servers (NS at the apex), with their addresses as glue.
+    pub nameservers: Vec<NameServerConfig>,
+    /// Mailbox of the zone's administrator, as a domain name (`hostmaster.cdn.example.net`).
+    #[serde(default)]
+    pub hostmaster: Option<String>,
+    /// SOA serial; a reload with a changed config should raise it.
+    #[serde(default = "default_serial")]
+    pub serial: u32,
+    /// TTL of SOA/NS records and of negative answers (RFC 2308).
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: u32,
+}
+
+/// One name server of the zone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameServerConfig {
+    pub name: String,
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+}
+
+/// How clients are located.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoConfig {
+    /// A MaxMind-format City database (GeoLite2-City, DB-IP City Lite); optional.
+    #[serde(default)]
+    pub database: Option<PathBuf>,
+    /// Region for clients that cannot be located.
+    pub default_region: String,
+    /// Networks pinned to a region, checked before the database (longest prefix wins).
+    #[serde(default)]
+    pub overrides: Vec<OverrideConfig>,
+    /// Use EDNS Client Subnet (RFC 7871) when a resolver sends it.
+    #[serde(default = "default_true")]
+    pub ecs: bool,
+}
+
+/// A network pinned to a region.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideConfig {
+    pub cidr: ipnet::IpNet,
+    pub region: String,
+}
+
+/// Active probes of every edge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Good probes in a row that bring a down edge back.
+    pub rise: u32,
+    /// Failed probes in a row that take an edge out of answers.
+    pub fall: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 2,
+        }
+    }
+}
+
+/// A region: where it is, and its edges.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// A DNS label: the region answers as `<name>.edge.<zone>`.
+    pub name: String,
+    pub lat: f64,
+    pub lon: f64,
+    #[serde(rename = "edge")]
+    pub edges: Vec<EdgeConfig>,
+    /// Open client connections over all the region's healthy edges (as their `/healthz`
+    /// reports) above which `spill` of its clients go to the next nearest region; none
+    /// when unset.
+    #[serde(default)]
+    pub capacity: Option<u64>,
+    /// Share of the region's clients sent elsewhere while it is over capacity.
+    #[serde(default = "default_spill")]
+    pub spill: f64,
+}
+
+/// One edge node of a region.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// The address clients connect to (an A or AAAA record).
+    pub address: IpAddr,
+    /// URL probed for health: the edge's admin `/healthz`.
+    pub probe: String,
+    /// Relative share of answers; 0 drains the edge (never answered, still probed).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// A customer name in the zone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerConfig {
+    /// Label(s) under the zone, e.g. `publisher` for `publisher.cdn.example.net`.
+    pub name: String,
+}
+
+fn default_ttl() -> u32 {
+    20
+}
+fn default_max_answers() -> usize {
+    4
+}
+fn default_serial() -> u32 {
+    1
+}
+fn default_negative_ttl() -> u32 {
+    60
+}
+fn default_true() -> bool {
+    true
+}
+fn default_spill() -> f64 {
+    0.25
+}
+fn default_weight() -> u32 {
+    1
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config is not valid TOML for geodns: {0}")]
+    Parse(String),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl GeoDnsConfig {
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Checks everything that would otherwise fail, or misanswer, at query time.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        hickory_proto::rr::Name::from_ascii(&self.zone.name).map_err(|e| {
+            invalid(
+                "zone.name",
+                format!("{:?} is not a domain name: {e}", self.zone.name),
+            )
+        })?;
+        if self.zone.nameservers.is_empty() {
+            return Err(invalid("zone.nameservers", "list at least one name server"));
+        }
+        if self.zone.max_answers == 0 {
+            return Err(invalid("zone.max_answers", "must be at least 1"));
+        }
+        if self.regions.is_empty() {
+            return Err(invalid("region", "configure at least one [[region]]"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for region in &self.regions {
+            let field = format!("region {:?}", region.name);
+            if !is_label(&region.name) {
+                return Err(invalid(
+                    field,
+                    "name must be one DNS label (letters, digits, '-')",
+                ));
+            }
+            if !names.insert(region.name.to_ascii_lowercase()) {
+                return Err(invalid(field, "listed twice"));
+            }
+            if !(-90.0..=90.0).contains(&region.lat) || !(-180.0..=180.0).contains(&region.lon) {
+                return Err(invalid(
+                    field,
+                    "lat must be in [-90, 90] and lon in [-180, 180]",
+                ));
+            }
+            if region.edges.is_empty() {
+                return Err(invalid(field, "list at least one [[region.edge]]"));
+            }
+            if !(0.0..=1.0).contains(&region.spill) {
+                return Err(invalid(field, "spill must be a share in [0, 1]"));
+            }
+            for edge in &region.edges {
+                let uri: http::Uri = edge.probe.parse().map_err(|e| {
+                    invalid(
+                        format!("{field} edge {}", edge.address),
+                        format!("probe {:?} is not a URL: {e}", edge.probe),
+                    )
+                })?;
+                if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                    return Err(invalid(
+                        format!("{field} edge {}", edge.address),
+                        format!(
+                            "probe {:?} must be an http://host:port/path URL",
+                            edge.probe
+                        ),
+                    ));
+                }
+            }
+        }
+        let known = |name: &str| names.contains(&name.to_ascii_lowercase());
+        if !known(&self.geo.default_region) {
+            return Err(invalid(
+                "geo.default_region",
+                format!("{:?} is not a configured region", self.geo.default_region),
+            ));
+        }
+        for o in &self.geo.overrides {
+            if !known(&o.region) {
+                return Err(invalid(
+                    format!("geo.overrides {}", o.cidr),
+                    format!("{:?} is not a configured region", o.region),
+                ));
+            }
+        }
+        for customer in &self.customers {
+            let ok = !customer.name.is_empty()
+                && customer.name.split('.').all(is_label)
+                && !customer.name.eq_ignore_ascii_case("edge")
+                && !customer.name.to_ascii_lowercase().ends_with(".edge");
+            if !ok {
+                return Err(invalid(
+                    format!("customer {:?}", customer.name),
+                    "must be DNS labels under the zone, outside the edge. subdomain",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}

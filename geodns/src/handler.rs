@@ -1,0 +1,235 @@
+//! The DNS request handler `hickory-server` calls for every query, over UDP and TCP.
+//!
+//! It reads the question and EDNS (version, payload size, Client Subnet), asks the
+//! [`Zone`](crate::zone::Zone) for the answer with the client's region decided by
+//! [`Steering`](crate::steering), and sends it. `hickory-server` frames it: FORMERR for
+//! packets it cannot parse, and truncation (TC) to the payload size this handler allows
+//! over UDP.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+
+use crate::geo::{GeoLocator, Located};
+use crate::metrics::Metrics;
+use crate::state::State;
+
+/// Largest UDP payload this server sends (the DNS Flag Day 2020 value): larger answers
+/// are truncated and the client retries over TCP.
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+
+/// The handler: the current state (swapped whole on reload) and the metrics.
+#[derive(Debug, Clone)]
+pub struct Handler {
+    pub state: Arc<ArcSwap<State>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Where a query's client is, as far as the answer is concerned.
+struct Client {
+    ip: IpAddr,
+    /// The request's Client Subnet option, when it had a usable one.
+    subnet: Option<ClientSubnet>,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let state = self.state.load();
+        let tcp = request.protocol() == Protocol::Tcp;
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        let mut edns = request.edns.as_ref().map(|theirs| {
+            let mut ours = Edns::new();
+            ours.set_max_payload(theirs.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+            ours
+        });
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+
+        let fail = |code: ResponseCode| {
+            let mut metadata = metadata;
+            metadata.response_code = code;
+            metadata
+        };
+        let early = if request.metadata.message_type != MessageType::Query {
+            Some(ResponseCode::FormErr)
+        } else if request.metadata.op_code != OpCode::Query {
+            Some(ResponseCode::NotImp)
+        } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            Some(ResponseCode::BADVERS)
+        } else {
+            None
+        };
+        let info = request.request_info();
+        let (early, query) = match (early, info) {
+            (Some(code), _) => (Some(code), None),
+            (None, Err(_)) => (Some(ResponseCode::FormErr), None),
+            (None, Ok(info)) => (None, Some(info.query.clone())),
+        };
+        let client = match (early, client_of(request, state.ecs)) {
+            (None, Ok(client)) => Some(client),
+            (None, Err(())) => None,
+            (Some(_), _) => None,
+        };
+        let (Some(query), Some(client)) = (query, client) else {
+            let code = early.unwrap_or(ResponseCode::FormErr);
+            if let Some(edns) = &edns {
+                builder.edns(edns);
+            }
+            let qtype = request
+                .queries
+                .queries()
+                .first()
+                .map_or(hickory_proto::rr::RecordType::NULL, |q| q.query_type());
+            self.metrics.query(qtype, code, "-", tcp);
+            let response = builder.build_no_records(fail(code));
+            return send(&mut response_handle, response, request).await;
+        };
+
+        let mut scope = 0u8;
+        let answer = state.zone.answer(
+            query.name(),
+            query.query_type(),
+            query.query_class(),
+            &state.regions,
+            || {
+                let located = state.locator.locate(client.ip);
+                scope = match (&located, &client.subnet) {
+                    (
+                        Some(
+                            Located::Point { prefix_len, .. } | Located::Region { prefix_len, .. },
+                        ),
+                        _,
+                    ) => *prefix_len,
+                    (None, Some(subnet)) => subnet.source_prefix(),
+                    (None, None) => 0,
+                };
+                state
+                    .regions
+                    .choose(located.as_ref(), network_hash(client.ip))
+            },
+        );
+        metadata.response_code = answer.rcode;
+        metadata.authoritative = answer.rcode != ResponseCode::Refused;
+        if let (Some(edns), Some(subnet)) = (edns.as_mut(), &client.subnet) {
+            // Echo the option; the scope says which clients the answer is good for
+            // (RFC 7871 7.2.1): 0 when it does not depend on where the client is.
+            let scope = if answer.region.is_some() && subnet.source_prefix() > 0 {
+                scope
+            } else {
+                0
+            };
+            edns.options_mut()
+                .insert(EdnsOption::Subnet(ClientSubnet::new(
+                    subnet.addr(),
+                    subnet.source_prefix(),
+                    scope,
+                )));
+        }
+        if let Some(edns) = &edns {
+            builder.edns(edns);
+        }
+        let region = answer
+            .region
+            .map_or("-", |r| state.regions.regions[r].name.as_str());
+        self.metrics
+            .query(query.query_type(), answer.rcode, region, tcp);
+        let response = builder.build(
+            metadata,
+            answer.answers.iter(),
+            answer.authority.iter(),
+            std::iter::empty(),
+            answer.additionals.iter(),
+        );
+        send(&mut response_handle, response, request).await
+    }
+}
+
+async fn send<'a, R: ResponseHandler>(
+    handle: &mut R,
+    response: hickory_server::zone_handler::MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+    >,
+    request: &Request,
+) -> ResponseInfo {
+    match handle.send_response(response).await {
+        Ok(info) => info,
+        Err(error) => {
+            tracing::debug!(%error, src = %request.src(), "could not send a DNS response");
+            let mut header = hickory_proto::op::Header {
+                metadata: Metadata::response_from_request(&request.metadata),
+                counts: Default::default(),
+            };
+            header.metadata.response_code = ResponseCode::ServFail;
+            header.into()
+        }
+    }
+}
+
+/// The client to locate: the Client Subnet's network when the request has a usable one
+/// (and the server honours ECS), else the source address. `Err` for an invalid option
+/// (RFC 7871 7.1.1: FORMERR).
+fn client_of(request: &Request, ecs: bool) -> Result<Client, ()> {
+    let src = request.src().ip();
+    let subnet = request
+        .edns
+        .as_ref()
+        .and_then(|e| match e.option(EdnsCode::Subnet) {
+            Some(EdnsOption::Subnet(subnet)) => Some(*subnet),
+            _ => None,
+        });
+    let Some(subnet) = subnet else {
+        return Ok(Client {
+            ip: src,
+            subnet: None,
+        });
+    };
+    let max = if subnet.addr().is_ipv4() { 32 } else { 128 };
+    if subnet.source_prefix() > max || subnet.scope_prefix() != 0 {
+        return Err(());
+    }
+    if !ecs {
+        return Ok(Client {
+            ip: src,
+            subnet: None,
+        });
+    }
+    let ip = if subnet.source_prefix() == 0 {
+        src
+    } else {
+        subnet.addr()
+    };
+    Ok(Client {
+        ip,
+        subnet: Some(subnet),
+    })
+}
+
+/// A hash of the client's network (/24 or /56), stable across queries, for spillover.
+fn network_hash(ip: IpAddr) -> u64 {
+    let bytes: Vec<u8> = match ip {
+        IpAddr::V4(v4) => v4.octets()[..3].to_vec(),
+        IpAddr::V6(v6) => v6.octets()[..7].to_vec(),
+    };
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash ^ (hash >> 29)
+}

@@ -1,0 +1,288 @@
+//! The running server: UDP and TCP on one port through `hickory-server`, the admin
+//! listener, the probe loop, and reloads on SIGHUP or when the config file changes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::State as Extract;
+use axum::routing::get;
+use hickory_server::Server;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{ConfigError, GeoDnsConfig};
+use crate::handler::Handler;
+use crate::health::{probe, probe_client};
+use crate::metrics::Metrics;
+use crate::state::State;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot bind the {what} on {addr}: {source}; is another server using it?")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running GeoDNS server.
+pub struct GeoDnsServer {
+    dns_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    handler: Handler,
+    path: Option<PathBuf>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    dns: Server<Handler>,
+}
+
+impl std::fmt::Debug for GeoDnsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeoDnsServer")
+            .field("dns_addr", &self.dns_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GeoDnsServer {
+    /// Starts serving `config`; `path` is the file it came from, watched for reloads.
+    pub async fn start(config: GeoDnsConfig, path: Option<PathBuf>) -> Result<Self, StartError> {
+        let listen = config.node.listen;
+        let admin_listen = config.node.admin_listen;
+        let tcp_timeout = config.node.tcp_timeout;
+        let state = State::new(config, &Default::default())?;
+        let handler = Handler {
+            state: Arc::new(ArcSwap::from_pointee(state)),
+            metrics: Arc::new(Metrics::default()),
+        };
+        let (udp, tcp) = bind_pair(listen).await?;
+        let dns_addr = udp.local_addr().map_err(|source| StartError::Bind {
+            what: "DNS listener",
+            addr: listen,
+            source,
+        })?;
+        let admin = TcpListener::bind(admin_listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "admin listener",
+                addr: admin_listen,
+                source,
+            })?;
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+            what: "admin listener",
+            addr: admin_listen,
+            source,
+        })?;
+        let mut dns = Server::new(handler.clone());
+        dns.register_socket(udp);
+        dns.register_listener(tcp, tcp_timeout, 64 * 1024);
+
+        let (shutdown, _) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let app = Router::new()
+            .route(
+                "/healthz",
+                get(|| async { axum::Json(serde_json::json!({ "live": true, "ready": true })) }),
+            )
+            .route("/metrics", get(metrics))
+            .with_state(handler.metrics.clone());
+        let mut stop = shutdown.subscribe();
+        tasks.spawn(async move {
+            let _ = axum::serve(admin, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+        tasks.spawn(probe_forever(handler.clone(), shutdown.subscribe()));
+        if let Some(path) = path.clone() {
+            tasks.spawn(reload_forever(handler.clone(), path, shutdown.subscribe()));
+        }
+        tracing::info!(%dns_addr, %admin_addr, "geodns serving");
+        Ok(Self {
+            dns_addr,
+            admin_addr,
+            handler,
+            path,
+            shutdown,
+            tasks,
+            dns,
+        })
+    }
+
+    /// Where queries are answered, over UDP and TCP.
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.dns_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Re-reads the config file now (as SIGHUP does). On error the running config stays.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        match &self.path {
+            Some(path) => reload(&self.handler, path),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops answering and ends every task.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.dns.shutdown_gracefully().await;
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn metrics(Extract(metrics): Extract<Arc<Metrics>>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+}
+
+/// UDP and TCP bound to the same port (for port 0, one the kernel picks for both).
+async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), StartError> {
+    let bind_error = |what, source| StartError::Bind { what, addr, source };
+    let mut last = None;
+    for _ in 0..16 {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(|e| bind_error("UDP DNS listener", e))?;
+        let port = udp
+            .local_addr()
+            .map_err(|e| bind_error("UDP DNS listener", e))?
+            .port();
+        match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(e) => return Err(bind_error("TCP DNS listener", e)),
+        }
+    }
+    Err(bind_error(
+        "TCP DNS listener",
+        last.unwrap_or_else(|| std::io::Error::other("no free port pair")),
+    ))
+}
+
+/// Probes every edge of the current state each `health.interval`.
+async fn probe_forever(handler: Handler, mut stop: watch::Receiver<bool>) {
+    let client = probe_client();
+    {
+        let state = handler.state.load();
+        for region in &state.regions.regions {
+            for edge in &region.edges {
+                handler.metrics.edge_state(
+                    &region.name,
+                    &edge.address.to_string(),
+                    edge.health.is_up(),
+                );
+            }
+        }
+    }
+    loop {
+        let state = handler.state.load_full();
+        let interval = state.health.interval;
+        let mut probes = JoinSet::new();
+        for (r, region) in state.regions.regions.iter().enumerate() {
+            for (e, edge) in region.edges.iter().enumerate() {
+                let (client, url, timeout) =
+                    (client.clone(), edge.probe.clone(), state.health.timeout);
+                probes.spawn(async move { (r, e, probe(&client, &url, timeout).await) });
+            }
+        }
+        while let Some(Ok((r, e, result))) = probes.join_next().await {
+            let region = &state.regions.regions[r];
+            let edge = &region.edges[e];
+            if let Some(up) = edge
+                .health
+                .record(result, state.health.rise, state.health.fall)
+            {
+                if up {
+                    tracing::info!(region = %region.name, edge = %edge.address, "edge passes its probes again");
+                } else {
+                    tracing::warn!(region = %region.name, edge = %edge.address, "edge failed its probes: out of answers");
+                }
+                handler
+                    .metrics
+                    .edge_transition(&region.name, &edge.address.to_string(), up);
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Reloads on SIGHUP and when the file's modification time changes (checked each second).
+async fn reload_forever(handler: Handler, path: PathBuf, mut stop: watch::Receiver<bool>) {
+    let modified =
+        |path: &PathBuf| -> Option<SystemTime> { std::fs::metadata(path).ok()?.modified().ok() };
+    let mut seen = modified(&path);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let signal = async {
+            match hup.as_mut() {
+                Some(hup) => {
+                    hup.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signal = std::future::pending::<()>();
+        let forced = tokio::select! {
+            () = signal => true,
+            () = tokio::time::sleep(Duration::from_secs(1)) => false,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let now = modified(&path);
+        if forced || now != seen {
+            seen = now;
+            if let Err(error) = reload(&handler, &path) {
+                tracing::error!(%error, path = %path.display(), "config reload refused; the running config stays");
+            }
+        }
+    }
+}
+
+fn reload(handler: &Handler, path: &std::path::Path) -> Result<(), ConfigError> {
+    let result = GeoDnsConfig::from_file(path).and_then(|config| {
+        let current = handler.state.load();
+        if config.node.listen != current.config.node.listen
+            || config.node.admin_listen != current.config.node.admin_listen
+        {
+            tracing::warn!("listener changes take effect on restart, not on reload");
+        }
+        State::new(config, &current.regions.health_table())
+    });
+    match result {
+        Ok(state) => {
+            handler.state.store(Arc::new(state));
+            handler.metrics.reload(true);
+            tracing::info!(path = %path.display(), "config reloaded");
+            Ok(())
+        }
+        Err(error) => {
+            handler.metrics.reload(false);
+            Err(error)
+        }
+    }
+}

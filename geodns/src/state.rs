@@ -1,0 +1,63 @@
+//! Everything a query is answered from, built whole from one config and swapped whole on
+//! reload, so a query never sees half of an old config and half of a new one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::{ConfigError, GeoDnsConfig, HealthConfig};
+use crate::geo::{CidrOverrides, Locator, MmdbLocator};
+use crate::health::EdgeHealth;
+use crate::steering::Regions;
+use crate::zone::Zone;
+
+/// The answering state of one config.
+#[derive(Debug)]
+pub struct State {
+    pub zone: Zone,
+    pub regions: Regions,
+    pub locator: Locator,
+    pub ecs: bool,
+    pub health: HealthConfig,
+    pub config: GeoDnsConfig,
+}
+
+impl State {
+    /// Builds the state of a validated config. `health` carries the probe states of the
+    /// edges that are still configured (empty at start).
+    pub fn new(
+        config: GeoDnsConfig,
+        health: &HashMap<String, Arc<EdgeHealth>>,
+    ) -> Result<Self, ConfigError> {
+        let zone = Zone::new(&config).map_err(|e| ConfigError::Invalid {
+            field: "zone".into(),
+            message: e.to_string(),
+        })?;
+        let database = match &config.geo.database {
+            Some(path) => Some(MmdbLocator::open(path).map_err(|e| ConfigError::Invalid {
+                field: "geo.database".into(),
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
+        let overrides = CidrOverrides::new(
+            config
+                .geo
+                .overrides
+                .iter()
+                .map(|o| (o.cidr, o.region.to_ascii_lowercase())),
+        )
+        .map_err(|e| ConfigError::Invalid {
+            field: "geo.overrides".into(),
+            message: e.to_string(),
+        })?;
+        let regions = Regions::new(&config.regions, &config.geo.default_region, health);
+        Ok(Self {
+            zone,
+            regions,
+            locator: Locator::new(overrides, database),
+            ecs: config.geo.ecs,
+            health: config.health.clone(),
+            config,
+        })
+    }
+}

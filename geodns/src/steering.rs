@@ -1,0 +1,322 @@
+//! Which region a client is sent to, and which of its edges are in the answer.
+//!
+//! Invariants:
+//! - A client goes to the nearest region (great-circle distance from where it is located,
+//!   or from its pinned or the default region) that has a healthy edge of weight > 0.
+//! - A region over its capacity sends a fixed share (`spill`) of its clients to the next
+//!   nearest healthy region; which clients is decided by a hash of the client's network,
+//!   so a client does not flap between regions from one query to the next.
+//! - Answers hold only healthy edges of weight > 0, rotated by weight across queries.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::config::RegionConfig;
+use crate::geo::{Coordinates, Located, rank_regions};
+use crate::health::EdgeHealth;
+
+/// One edge of a region.
+#[derive(Debug)]
+pub struct Edge {
+    pub address: IpAddr,
+    pub probe: http::Uri,
+    pub weight: u32,
+    pub health: Arc<EdgeHealth>,
+    /// See [`edge_key`].
+    key: String,
+}
+
+/// One region.
+#[derive(Debug)]
+pub struct Region {
+    pub name: String,
+    pub at: Coordinates,
+    pub edges: Vec<Edge>,
+    capacity: Option<u64>,
+    spill: f64,
+    /// Edge indexes, each repeated `weight` times: the weighted rotation.
+    rotation: Vec<usize>,
+    cursor: AtomicUsize,
+    /// Every region's index, nearest to this one first (this one included).
+    by_distance: Vec<usize>,
+}
+
+impl Region {
+    /// Whether any edge of weight > 0 passes its probes.
+    pub fn is_healthy(&self) -> bool {
+        self.edges.iter().any(|e| e.weight > 0 && e.health.is_up())
+    }
+
+    /// Whether the healthy edges report more connections than the region's capacity.
+    pub fn over_capacity(&self) -> bool {
+        self.capacity.is_some_and(|capacity| {
+            let load: u64 = self
+                .edges
+                .iter()
+                .filter(|e| e.health.is_up())
+                .map(|e| e.health.load())
+                .sum();
+            load > capacity
+        })
+    }
+
+    /// Up to `max` healthy edge addresses of one family (`v6`), starting at the next
+    /// position of the weighted rotation.
+    pub fn addresses(&self, v6: bool, max: usize) -> Vec<IpAddr> {
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let mut out: Vec<IpAddr> = Vec::with_capacity(max.min(self.edges.len()));
+        let n = self.rotation.len();
+        for step in 0..n {
+            if out.len() == max {
+                break;
+            }
+            let edge = &self.edges[self.rotation[(start + step) % n]];
+            if edge.address.is_ipv6() == v6 && edge.health.is_up() && !out.contains(&edge.address) {
+                out.push(edge.address);
+            }
+        }
+        out
+    }
+}
+
+/// Every region, with the precomputed distances between them.
+#[derive(Debug)]
+pub struct Regions {
+    pub regions: Vec<Region>,
+    by_name: HashMap<String, usize>,
+    default: usize,
+}
+
+impl Regions {
+    /// Builds the regions of a validated config; `health` keeps the states of edges that
+    /// survive a reload (keyed by [`edge_key`]).
+    pub fn new(
+        configs: &[RegionConfig],
+        default_region: &str,
+        health: &HashMap<String, Arc<EdgeHealth>>,
+    ) -> Self {
+        let points: Vec<(&str, Coordinates)> = configs
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    Coordinates {
+                        lat: r.lat,
+                        lon: r.lon,
+                    },
+                )
+            })
+            .collect();
+        let regions: Vec<Region> = configs
+            .iter()
+            .map(|config| {
+                let at = Coordinates {
+                    lat: config.lat,
+                    lon: config.lon,
+                };
+                let edges: Vec<Edge> = config
+                    .edges
+                    .iter()
+                    .map(|e| Edge {
+                        key: edge_key(&config.name, e.address, &e.probe),
+                        address: e.address,
+                        probe: e
+                            .probe
+                            .parse()
+                            .unwrap_or_else(|_| http::Uri::from_static("/")),
+                        weight: e.weight,
+                        health: health
+                            .get(&edge_key(&config.name, e.address, &e.probe))
+                            .cloned()
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                let rotation = edges
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, e)| std::iter::repeat_n(i, e.weight as usize))
+                    .collect();
+                Region {
+                    name: config.name.to_ascii_lowercase(),
+                    at,
+                    edges,
+                    capacity: config.capacity,
+                    spill: config.spill,
+                    rotation,
+                    cursor: AtomicUsize::new(0),
+                    by_distance: rank_regions(at, &points),
+                }
+            })
+            .collect();
+        let by_name: HashMap<String, usize> = regions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.clone(), i))
+            .collect();
+        let default = by_name
+            .get(&default_region.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0);
+        Self {
+            regions,
+            by_name,
+            default,
+        }
+    }
+
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Every edge's health, keyed for carrying over a reload.
+    pub fn health_table(&self) -> HashMap<String, Arc<EdgeHealth>> {
+        self.regions
+            .iter()
+            .flat_map(|r| r.edges.iter().map(|e| (e.key.clone(), e.health.clone())))
+            .collect()
+    }
+
+    /// The region for a client located at `located` (`None`: unknown), whose network
+    /// hashes to `client_hash` (for spillover). `None` when no region is healthy.
+    pub fn choose(&self, located: Option<&Located>, client_hash: u64) -> Option<usize> {
+        let ranked: Vec<usize> = match located {
+            Some(Located::Point { at, .. }) => {
+                let points: Vec<(&str, Coordinates)> = self
+                    .regions
+                    .iter()
+                    .map(|r| (r.name.as_str(), r.at))
+                    .collect();
+                rank_regions(*at, &points)
+            }
+            Some(Located::Region { name, .. }) => {
+                let start = self
+                    .index(&name.to_ascii_lowercase())
+                    .unwrap_or(self.default);
+                self.regions[start].by_distance.clone()
+            }
+            None => self.regions[self.default].by_distance.clone(),
+        };
+        self.first_healthy(&ranked, client_hash)
+    }
+
+    /// The region answering for region `r`'s own name: itself while healthy, else its
+    /// nearest healthy neighbour.
+    pub fn serving(&self, r: usize) -> Option<usize> {
+        let ranked = &self.regions[r].by_distance;
+        ranked
+            .iter()
+            .copied()
+            .find(|&i| self.regions[i].is_healthy())
+    }
+
+    fn first_healthy(&self, ranked: &[usize], client_hash: u64) -> Option<usize> {
+        let share = (client_hash % 10_000) as f64 / 10_000.0;
+        let mut fallback = None;
+        for &i in ranked {
+            let region = &self.regions[i];
+            if !region.is_healthy() {
+                continue;
+            }
+            if region.over_capacity() && share < region.spill {
+                fallback.get_or_insert(i);
+                continue;
+            }
+            return Some(i);
+        }
+        fallback
+    }
+}
+
+/// The key under which an edge's health survives a reload.
+pub fn edge_key(region: &str, address: IpAddr, probe: &str) -> String {
+    format!("{}|{address}|{probe}", region.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regions() -> Regions {
+        let text = r#"
+            [zone]
+            name = "cdn.test"
+            nameservers = [{ name = "ns1.cdn.test", addresses = ["192.0.2.53"] }]
+            [geo]
+            default_region = "eu"
+            [[region]]
+            name = "eu"
+            lat = 50.11
+            lon = 8.68
+            capacity = 100
+            spill = 0.5
+            edge = [{ address = "192.0.2.1", probe = "http://127.0.0.1:1/healthz", weight = 2 },
+                    { address = "192.0.2.2", probe = "http://127.0.0.1:2/healthz" }]
+            [[region]]
+            name = "us"
+            lat = 39.04
+            lon = -77.49
+            edge = [{ address = "198.51.100.1", probe = "http://127.0.0.1:3/healthz" }]
+        "#;
+        let config = crate::config::GeoDnsConfig::from_toml(text).expect("valid");
+        Regions::new(&config.regions, "eu", &HashMap::new())
+    }
+
+    fn fail(edge: &Edge) {
+        edge.health.record(None, 1, 1);
+    }
+
+    #[test]
+    fn a_region_without_healthy_edges_sends_its_clients_to_the_next_nearest() {
+        let r = regions();
+        let paris = Located::Point {
+            at: Coordinates {
+                lat: 48.86,
+                lon: 2.35,
+            },
+            prefix_len: 24,
+        };
+        assert_eq!(r.choose(Some(&paris), 0), Some(0));
+        for edge in &r.regions[0].edges {
+            fail(edge);
+        }
+        assert_eq!(r.choose(Some(&paris), 0), Some(1));
+        assert_eq!(r.serving(0), Some(1));
+        fail(&r.regions[1].edges[0]);
+        assert_eq!(r.choose(Some(&paris), 0), None);
+    }
+
+    #[test]
+    fn answers_rotate_by_weight_and_skip_failed_edges() {
+        let r = regions();
+        let eu = &r.regions[0];
+        let firsts: Vec<IpAddr> = (0..3).map(|_| eu.addresses(false, 1)[0]).collect();
+        let one: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(
+            firsts.iter().filter(|a| **a == one).count(),
+            2,
+            "{firsts:?}"
+        );
+        fail(&eu.edges[0]);
+        for _ in 0..3 {
+            assert_eq!(
+                eu.addresses(false, 4),
+                vec!["192.0.2.2".parse::<IpAddr>().unwrap()]
+            );
+        }
+        assert!(eu.addresses(true, 4).is_empty(), "no IPv6 edges");
+    }
+
+    #[test]
+    fn an_overloaded_region_spills_its_share_of_clients() {
+        let r = regions();
+        r.regions[0].edges[0].health.record(Some(150), 1, 1);
+        let hashes = 0..1000u64;
+        let spilled = hashes
+            .map(|h| r.choose(None, h * 10))
+            .filter(|c| *c == Some(1))
+            .count();
+        assert_eq!(spilled, 500, "spill = 0.5 of the clients");
+    }
+}

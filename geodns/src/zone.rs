@@ -1,0 +1,298 @@
+//! The zone's answers: what this server says for every name and type, given where the
+//! client is sent.
+//!
+//! The zone holds the apex (SOA, NS and their glue), one name per customer (a CNAME to
+//! `<region>.edge.<zone>`, followed in the same answer by that region's edge addresses),
+//! one name per region (its healthy edges' A/AAAA), and the empty non-terminals above
+//! them. Every other name in the zone is NXDOMAIN with the SOA (RFC 2308); names outside
+//! it are REFUSED, since this server is authoritative only.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+
+use crate::config::GeoDnsConfig;
+use crate::steering::Regions;
+
+/// TTL of the apex NS records and of glue.
+const NS_TTL: u32 = 3600;
+
+/// What the server answers for one question.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub rcode: ResponseCode,
+    pub answers: Vec<Record>,
+    pub authority: Vec<Record>,
+    pub additionals: Vec<Record>,
+    /// Set when the answer depends on where the client is: the region it was sent to.
+    pub region: Option<usize>,
+}
+
+/// The zone, built from a validated config.
+#[derive(Debug)]
+pub struct Zone {
+    apex: LowerName,
+    soa: Record,
+    ns: Vec<Record>,
+    glue: HashMap<LowerName, Vec<IpAddr>>,
+    glue_names: Vec<(Name, Vec<IpAddr>)>,
+    customers: HashSet<LowerName>,
+    /// `<region>.edge.<zone>` -> region index.
+    region_names: HashMap<LowerName, usize>,
+    region_fqdns: Vec<Name>,
+    /// Names that exist only because names below them do (RFC 8020: not NXDOMAIN).
+    empty_non_terminals: HashSet<LowerName>,
+    ttl: u32,
+    max_answers: usize,
+}
+
+impl Zone {
+    pub fn new(config: &GeoDnsConfig) -> Result<Self, hickory_proto::ProtoError> {
+        let z = &config.zone;
+        let mut apex = Name::from_ascii(&z.name)?;
+        apex.set_fqdn(true);
+        let under = |label: &str| -> Result<Name, hickory_proto::ProtoError> {
+            let mut name = Name::from_ascii(label)?;
+            name.set_fqdn(false);
+            name.append_domain(&apex)
+        };
+        let fqdn = |text: &str| -> Result<Name, hickory_proto::ProtoError> {
+            let mut name = Name::from_ascii(text)?;
+            name.set_fqdn(true);
+            Ok(name)
+        };
+        let mname = fqdn(&z.nameservers[0].name)?;
+        let rname = match &z.hostmaster {
+            Some(h) => fqdn(h)?,
+            None => under("hostmaster")?,
+        };
+        let soa = Record::from_rdata(
+            apex.clone(),
+            z.negative_ttl,
+            RData::SOA(SOA::new(
+                mname,
+                rname,
+                z.serial,
+                3600,
+                600,
+                604_800,
+                z.negative_ttl,
+            )),
+        );
+        let mut ns = Vec::new();
+        let mut glue = HashMap::new();
+        let mut glue_names = Vec::new();
+        for server in &z.nameservers {
+            let name = fqdn(&server.name)?;
+            ns.push(Record::from_rdata(
+                apex.clone(),
+                NS_TTL,
+                RData::NS(NS(name.clone())),
+            ));
+            if apex.zone_of(&name) && !server.addresses.is_empty() {
+                glue.insert(LowerName::new(&name), server.addresses.clone());
+                glue_names.push((name, server.addresses.clone()));
+            }
+        }
+        let edge_label = under("edge")?;
+        let mut region_names = HashMap::new();
+        let mut region_fqdns = Vec::new();
+        for (i, region) in config.regions.iter().enumerate() {
+            let mut label = Name::from_ascii(region.name.to_ascii_lowercase())?;
+            label.set_fqdn(false);
+            let name = label.append_domain(&edge_label)?;
+            region_names.insert(LowerName::new(&name), i);
+            region_fqdns.push(name);
+        }
+        let mut customers = HashSet::new();
+        for customer in &config.customers {
+            customers.insert(LowerName::new(&under(&customer.name)?));
+        }
+        let apex_lower = LowerName::new(&apex);
+        let mut empty_non_terminals = HashSet::new();
+        let names = customers
+            .iter()
+            .cloned()
+            .chain(region_names.keys().cloned())
+            .chain(glue.keys().cloned())
+            .collect::<Vec<_>>();
+        for name in names {
+            let mut parent = name.base_name();
+            while parent != apex_lower && apex_lower.zone_of(&parent) {
+                empty_non_terminals.insert(parent.clone());
+                parent = parent.base_name();
+            }
+        }
+        Ok(Self {
+            apex: apex_lower,
+            soa,
+            ns,
+            glue,
+            glue_names,
+            customers,
+            region_names,
+            region_fqdns,
+            empty_non_terminals,
+            ttl: z.ttl,
+            max_answers: z.max_answers,
+        })
+    }
+
+    /// The answer to `qtype` `qclass` for `name`. `steer` is asked (only for customer
+    /// names) which region the client goes to; `None` when no region is healthy.
+    pub fn answer(
+        &self,
+        name: &LowerName,
+        qtype: RecordType,
+        qclass: DNSClass,
+        regions: &Regions,
+        steer: impl FnOnce() -> Option<usize>,
+    ) -> Answer {
+        if !self.apex.zone_of(name) || !matches!(qclass, DNSClass::IN | DNSClass::ANY) {
+            return Answer {
+                rcode: ResponseCode::Refused,
+                ..Answer::default()
+            };
+        }
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            return Answer {
+                rcode: ResponseCode::Refused,
+                ..Answer::default()
+            };
+        }
+        if *name == self.apex {
+            return match qtype {
+                RecordType::SOA => self.records(vec![self.soa.clone()]),
+                RecordType::NS => {
+                    let mut answer = self.records(self.ns.clone());
+                    answer.additionals = self.glue_records();
+                    answer
+                }
+                RecordType::ANY => {
+                    let mut all = vec![self.soa.clone()];
+                    all.extend(self.ns.iter().cloned());
+                    self.records(all)
+                }
+                _ => self.nodata(),
+            };
+        }
+        if let Some(&region) = self.region_names.get(name) {
+            let Some(serving) = regions.serving(region) else {
+                return self.nodata();
+            };
+            let owner = self.region_fqdns[region].clone();
+            let records = self.addresses(regions, serving, &owner, qtype);
+            if records.is_empty() {
+                return self.nodata();
+            }
+            let mut answer = self.records(records);
+            answer.region = Some(serving);
+            return answer;
+        }
+        if self.customers.contains(name) {
+            let Some(region) = steer() else {
+                // Every region is down: say so with SERVFAIL rather than send clients nowhere.
+                return Answer {
+                    rcode: ResponseCode::ServFail,
+                    ..Answer::default()
+                };
+            };
+            let target = self.region_fqdns[region].clone();
+            let owner: Name = name.into();
+            let mut records = vec![Record::from_rdata(
+                owner,
+                self.ttl,
+                RData::CNAME(CNAME(target.clone())),
+            )];
+            if matches!(qtype, RecordType::A | RecordType::AAAA) {
+                records.extend(self.addresses(regions, region, &target, qtype));
+            }
+            let mut answer = self.records(records);
+            answer.region = Some(region);
+            return answer;
+        }
+        if let Some(addresses) = self.glue.get(name) {
+            let owner: Name = name.into();
+            let records: Vec<Record> = addresses
+                .iter()
+                .filter_map(|ip| address_record(&owner, NS_TTL, *ip, qtype))
+                .collect();
+            return if records.is_empty() {
+                self.nodata()
+            } else {
+                self.records(records)
+            };
+        }
+        if self.empty_non_terminals.contains(name) {
+            return self.nodata();
+        }
+        Answer {
+            rcode: ResponseCode::NXDomain,
+            authority: vec![self.soa.clone()],
+            ..Answer::default()
+        }
+    }
+
+    /// Region `region`'s healthy edges as records of `owner` for `qtype` (A, AAAA, or both
+    /// for ANY).
+    fn addresses(
+        &self,
+        regions: &Regions,
+        region: usize,
+        owner: &Name,
+        qtype: RecordType,
+    ) -> Vec<Record> {
+        let r = &regions.regions[region];
+        let families: &[bool] = match qtype {
+            RecordType::A => &[false],
+            RecordType::AAAA => &[true],
+            RecordType::ANY => &[false, true],
+            _ => &[],
+        };
+        families
+            .iter()
+            .flat_map(|v6| r.addresses(*v6, self.max_answers))
+            .filter_map(|ip| address_record(owner, self.ttl, ip, RecordType::ANY))
+            .collect()
+    }
+
+    fn glue_records(&self) -> Vec<Record> {
+        self.glue_names
+            .iter()
+            .flat_map(|(name, ips)| {
+                ips.iter()
+                    .filter_map(|ip| address_record(name, NS_TTL, *ip, RecordType::ANY))
+            })
+            .collect()
+    }
+
+    fn records(&self, answers: Vec<Record>) -> Answer {
+        Answer {
+            rcode: ResponseCode::NoError,
+            answers,
+            ..Answer::default()
+        }
+    }
+
+    /// The name exists but has nothing of this type: NOERROR with the SOA (RFC 2308).
+    fn nodata(&self) -> Answer {
+        Answer {
+            rcode: ResponseCode::NoError,
+            authority: vec![self.soa.clone()],
+            ..Answer::default()
+        }
+    }
+}
+
+/// `ip` as an A or AAAA record when `qtype` asks for its family (ANY: either).
+fn address_record(owner: &Name, ttl: u32, ip: IpAddr, qtype: RecordType) -> Option<Record> {
+    let rdata = match (ip, qtype) {
+        (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => RData::A(A(v4)),
+        (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => RData::AAAA(AAAA(v6)),
+        _ => return None,
+    };
+    Some(Record::from_rdata(owner.clone(), ttl, rdata))
+}

@@ -1,0 +1,479 @@
+//! GeoDNS through real DNS packets over UDP and TCP: nearest-region steering by ECS or
+//! source address, failover when a region's edges die and back, RFC answers for every
+//! kind of name, and bad packets answered with the right error codes.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use cdn::demo_origin::DemoOrigin;
+use geodns::geo::Coordinates;
+use geodns::{GeoDnsConfig, GeoDnsServer};
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+use http::StatusCode;
+use support::dns::{addresses, cname, ecs, query, tcp, udp, udp_raw};
+use support::loopback;
+
+const CUSTOMER: &str = "publisher.cdn.test.";
+const EU: &str = "192.0.2.10";
+const US: &str = "198.51.100.10";
+const AP: &str = "203.0.113.10";
+
+/// Clients in the test database: Paris, New York, Sydney (IPv6).
+const PARIS: &str = "100.64.1.0";
+const NEW_YORK: &str = "100.64.2.0";
+const SYDNEY: &str = "2001:db8:5::";
+
+struct Dns {
+    server: GeoDnsServer,
+    /// One health endpoint per region (eu, us, ap, big), as the edges' admin ports.
+    edges: Vec<DemoOrigin>,
+    _dir: tempfile::TempDir,
+}
+
+impl Dns {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mmdb = dir.path().join("test-city.mmdb");
+        let net = |s: &str| s.parse::<ipnet::IpNet>().expect("net");
+        geodns::testing::write_mmdb(
+            &mmdb,
+            &[
+                (
+                    net("100.64.1.0/24"),
+                    Coordinates {
+                        lat: 48.86,
+                        lon: 2.35,
+                    },
+                ),
+                (
+                    net("100.64.2.0/24"),
+                    Coordinates {
+                        lat: 40.71,
+                        lon: -74.01,
+                    },
+                ),
+                (
+                    net("2001:db8:5::/48"),
+                    Coordinates {
+                        lat: -33.87,
+                        lon: 151.21,
+                    },
+                ),
+            ],
+        )
+        .expect("test mmdb");
+        let mut edges = Vec::new();
+        for _ in 0..4 {
+            edges.push(
+                DemoOrigin::start(loopback())
+                    .await
+                    .expect("edge health endpoint"),
+            );
+        }
+        let probe = |i: usize| format!("http://{}/healthz", edges[i].addr());
+        let big: Vec<String> = (1..=60)
+            .map(|i| format!("{{ address = \"10.9.0.{i}\", probe = \"{}\" }}", probe(3)))
+            .collect();
+        let text = format!(
+            r#"
+            [node]
+            listen = "127.0.0.1:0"
+            admin_listen = "127.0.0.1:0"
+
+            [zone]
+            name = "cdn.test"
+            ttl = 20
+            max_answers = 60
+            nameservers = [{{ name = "ns1.cdn.test", addresses = ["192.0.2.53"] }}]
+
+            [geo]
+            database = "{mmdb}"
+            default_region = "eu"
+            overrides = [{{ cidr = "127.0.0.0/8", region = "us" }}, {{ cidr = "10.99.0.0/16", region = "big" }}]
+
+            [health]
+            interval = "50ms"
+            timeout = "500ms"
+            rise = 2
+            fall = 2
+
+            [[region]]
+            name = "eu"
+            lat = 50.11
+            lon = 8.68
+            edge = [{{ address = "{EU}", probe = "{eu}" }}, {{ address = "2001:db8:e::10", probe = "{eu}" }}]
+
+            [[region]]
+            name = "us"
+            lat = 39.04
+            lon = -77.49
+            edge = [{{ address = "{US}", probe = "{us}" }}]
+
+            [[region]]
+            name = "ap"
+            lat = 35.68
+            lon = 139.69
+            edge = [{{ address = "{AP}", probe = "{ap}" }}]
+
+            [[region]]
+            name = "big"
+            lat = -60.0
+            lon = 30.0
+            edge = [{big}]
+
+            [[customer]]
+            name = "publisher"
+            "#,
+            mmdb = mmdb.display(),
+            eu = probe(0),
+            us = probe(1),
+            ap = probe(2),
+            big = big.join(", "),
+        );
+        let path = dir.path().join("geodns.toml");
+        std::fs::write(&path, &text).expect("write config");
+        let config = GeoDnsConfig::from_toml(&text).expect("valid test config");
+        let server = GeoDnsServer::start(config, Some(path))
+            .await
+            .expect("geodns starts");
+        Self {
+            server,
+            edges,
+            _dir: dir,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.dns_addr()
+    }
+
+    /// The customer name's answer for a client in `subnet` (a /24 or /48 via ECS).
+    async fn from(&self, subnet: &str) -> Message {
+        let ip: IpAddr = subnet.parse().expect("ip");
+        let prefix = if ip.is_ipv4() { 24 } else { 48 };
+        udp(
+            self.addr(),
+            &query(CUSTOMER, RecordType::A, Some(1232), Some((ip, prefix))),
+        )
+        .await
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+#[tokio::test]
+async fn clients_from_different_subnets_get_their_nearest_region() {
+    let dns = Dns::start().await;
+    for (client, region, edge) in [(PARIS, "eu", EU), (NEW_YORK, "us", US)] {
+        let reply = dns.from(client).await;
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert!(reply.metadata.authoritative);
+        assert_eq!(
+            cname(&reply).as_deref(),
+            Some(format!("{region}.edge.cdn.test").as_str())
+        );
+        assert_eq!(addresses(&reply), vec![ip(edge)], "{client}");
+        assert!(reply.answers.iter().all(|r| r.ttl == 20));
+        assert_eq!(
+            ecs(&reply),
+            Some((ip(client), 24, 24)),
+            "scope of the answer"
+        );
+    }
+    let sydney = udp(
+        dns.addr(),
+        &query(
+            CUSTOMER,
+            RecordType::AAAA,
+            Some(1232),
+            Some((ip(SYDNEY), 48)),
+        ),
+    )
+    .await;
+    assert_eq!(cname(&sydney).as_deref(), Some("ap.edge.cdn.test"));
+    assert_eq!(ecs(&sydney), Some((ip(SYDNEY), 48, 48)));
+    // The eu region's IPv6 edge answers AAAA for a Paris client.
+    let aaaa = udp(
+        dns.addr(),
+        &query(
+            CUSTOMER,
+            RecordType::AAAA,
+            Some(1232),
+            Some((ip(PARIS), 24)),
+        ),
+    )
+    .await;
+    assert_eq!(addresses(&aaaa), vec![ip("2001:db8:e::10")]);
+}
+
+#[tokio::test]
+async fn without_ecs_the_source_address_locates_and_unknown_clients_get_the_default() {
+    let dns = Dns::start().await;
+    // 127.0.0.1 is pinned to "us" by a CIDR override.
+    let plain = udp(dns.addr(), &query(CUSTOMER, RecordType::A, None, None)).await;
+    assert_eq!(cname(&plain).as_deref(), Some("us.edge.cdn.test"));
+    assert!(
+        plain.edns.is_none(),
+        "no OPT in answer to a query without one"
+    );
+    let unknown = dns.from("100.100.100.0").await;
+    assert_eq!(
+        cname(&unknown).as_deref(),
+        Some("eu.edge.cdn.test"),
+        "default region"
+    );
+}
+
+#[tokio::test]
+async fn killing_a_regions_edges_moves_its_clients_and_recovery_moves_them_back() {
+    let dns = Dns::start().await;
+    assert_eq!(
+        cname(&dns.from(PARIS).await).as_deref(),
+        Some("eu.edge.cdn.test")
+    );
+    dns.edges[0].fail_with(StatusCode::SERVICE_UNAVAILABLE);
+    let failed_at = Instant::now();
+    let mut moved = None;
+    for _ in 0..500 {
+        if cname(&dns.from(PARIS).await).as_deref() == Some("us.edge.cdn.test") {
+            moved = Some(failed_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let moved = moved.expect("Paris clients never left the dead region");
+    // fall (2) x interval (50 ms), plus a probe round in flight.
+    assert!(moved < Duration::from_secs(2), "failover took {moved:?}");
+    for _ in 0..50 {
+        let reply = dns.from(PARIS).await;
+        assert!(
+            !addresses(&reply).contains(&ip(EU)),
+            "a dead edge was answered"
+        );
+        assert_eq!(addresses(&reply), vec![ip(US)]);
+    }
+    // The dead region's own name answers with its nearest healthy neighbour's edges.
+    let own = udp(
+        dns.addr(),
+        &query("eu.edge.cdn.test.", RecordType::A, None, None),
+    )
+    .await;
+    assert_eq!(addresses(&own), vec![ip(US)]);
+
+    dns.edges[0].recover();
+    let mut back = false;
+    for _ in 0..500 {
+        if cname(&dns.from(PARIS).await).as_deref() == Some("eu.edge.cdn.test") {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(back, "Paris clients never moved back");
+}
+
+#[tokio::test]
+async fn every_kind_of_name_gets_its_rfc_answer() {
+    let dns = Dns::start().await;
+    let ask = |name: &'static str, qtype| {
+        let addr = dns.addr();
+        async move { udp(addr, &query(name, qtype, None, None)).await }
+    };
+    let soa = |m: &Message| {
+        m.authorities
+            .iter()
+            .any(|r| r.record_type() == RecordType::SOA)
+    };
+
+    let nx = ask("nothing.cdn.test.", RecordType::A).await;
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    assert!(nx.metadata.authoritative && soa(&nx) && nx.answers.is_empty());
+
+    let outside = ask("example.org.", RecordType::A).await;
+    assert_eq!(outside.metadata.response_code, ResponseCode::Refused);
+    assert!(!outside.metadata.authoritative);
+
+    let ent = ask("edge.cdn.test.", RecordType::A).await;
+    assert_eq!(
+        ent.metadata.response_code,
+        ResponseCode::NoError,
+        "empty non-terminal"
+    );
+    assert!(ent.answers.is_empty() && soa(&ent));
+
+    let nodata = ask("us.edge.cdn.test.", RecordType::MX).await;
+    assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+    assert!(nodata.answers.is_empty() && soa(&nodata));
+
+    let mx = ask(CUSTOMER, RecordType::MX).await;
+    assert_eq!(cname(&mx).as_deref(), Some("us.edge.cdn.test"));
+    assert_eq!(mx.answers.len(), 1, "a CNAME alone answers other types");
+
+    let apex_soa = ask("cdn.test.", RecordType::SOA).await;
+    assert!(matches!(&apex_soa.answers[0].data, RData::SOA(_)));
+    let ns = ask("cdn.test.", RecordType::NS).await;
+    assert!(matches!(&ns.answers[0].data, RData::NS(_)));
+    let mut glue_only = ns.clone();
+    glue_only.answers = ns.additionals.clone();
+    assert_eq!(addresses(&glue_only), vec![ip("192.0.2.53")], "glue");
+
+    let glue = ask("ns1.cdn.test.", RecordType::A).await;
+    assert_eq!(addresses(&glue), vec![ip("192.0.2.53")]);
+
+    let region = ask("ap.edge.cdn.test.", RecordType::A).await;
+    assert_eq!(addresses(&region), vec![ip(AP)]);
+    let case = ask("PuBlIsHeR.CDN.test.", RecordType::A).await;
+    assert_eq!(
+        cname(&case).as_deref(),
+        Some("us.edge.cdn.test"),
+        "names are case-insensitive"
+    );
+}
+
+#[tokio::test]
+async fn large_answers_truncate_over_udp_and_arrive_whole_over_tcp() {
+    let dns = Dns::start().await;
+    let big = Some((ip("10.99.1.0"), 24));
+    let plain = udp(dns.addr(), &query(CUSTOMER, RecordType::A, None, big)).await;
+    // ECS implies EDNS here; a query without EDNS at all gets at most 512 bytes.
+    let no_edns = {
+        let mut q = query("big.edge.cdn.test.", RecordType::A, None, None);
+        q.edns = None;
+        udp(dns.addr(), &q).await
+    };
+    assert!(
+        no_edns.metadata.truncation,
+        "60 A records do not fit 512 bytes"
+    );
+    let over_tcp = tcp(
+        dns.addr(),
+        &query("big.edge.cdn.test.", RecordType::A, None, None),
+    )
+    .await;
+    assert!(!over_tcp.metadata.truncation);
+    assert_eq!(addresses(&over_tcp).len(), 60);
+    assert_eq!(cname(&plain).as_deref(), Some("big.edge.cdn.test"));
+    let bytes = plain.to_vec().expect("encode").len();
+    assert!(
+        bytes <= 1232,
+        "UDP answer of {bytes} bytes exceeds the advertised payload"
+    );
+}
+
+#[tokio::test]
+async fn bad_packets_and_odd_queries_get_error_codes_and_never_crash() {
+    let dns = Dns::start().await;
+    let addr = dns.addr();
+    // Too short to be a header: dropped without an answer.
+    assert_eq!(udp_raw(addr, &[0x12, 0x34, 0x01]).await, None);
+    // A header that promises a question that is not there: FORMERR.
+    let garbage = [
+        0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff,
+    ];
+    let reply =
+        Message::from_vec(&udp_raw(addr, &garbage).await.expect("an answer")).expect("parses");
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+    // Two questions in one query: FORMERR.
+    let mut two = query(CUSTOMER, RecordType::A, None, None);
+    two.add_query(hickory_proto::op::Query::query(
+        hickory_proto::rr::Name::from_ascii("cdn.test.").expect("name"),
+        RecordType::SOA,
+    ));
+    assert_eq!(
+        udp(addr, &two).await.metadata.response_code,
+        ResponseCode::FormErr
+    );
+    // An opcode this server does not do: NOTIMP.
+    let mut notify = query("cdn.test.", RecordType::SOA, None, None);
+    notify.metadata.op_code = hickory_proto::op::OpCode::Notify;
+    assert_eq!(
+        udp(addr, &notify).await.metadata.response_code,
+        ResponseCode::NotImp
+    );
+    // EDNS version 1: BADVERS.
+    let mut v1 = query(CUSTOMER, RecordType::A, Some(1232), None);
+    if let Some(edns) = v1.edns.as_mut() {
+        edns.set_version(1);
+    }
+    // BADVERS shares code 16 with BADSIG (RFC 6891 9); the decoder names it BADSIG.
+    assert_eq!(u16::from(udp(addr, &v1).await.metadata.response_code), 16);
+    // An unknown type at the apex: NODATA; class CHAOS: REFUSED.
+    let unknown = udp(
+        addr,
+        &query("cdn.test.", RecordType::Unknown(65280), None, None),
+    )
+    .await;
+    assert_eq!(unknown.metadata.response_code, ResponseCode::NoError);
+    assert!(unknown.answers.is_empty());
+    let mut chaos = query("cdn.test.", RecordType::TXT, None, None);
+    chaos.queries[0].set_query_class(hickory_proto::rr::DNSClass::CH);
+    assert_eq!(
+        udp(addr, &chaos).await.metadata.response_code,
+        ResponseCode::Refused
+    );
+    // An oversized query (3 KB of junk after a valid question): not a crash.
+    let mut oversized = query(CUSTOMER, RecordType::A, None, None)
+        .to_vec()
+        .expect("encode");
+    oversized.extend(std::iter::repeat_n(0xab, 3000));
+    let _ = udp_raw(addr, &oversized).await;
+    // Still answering, over both transports.
+    let reply = dns.from(PARIS).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    let over_tcp = tcp(addr, &query(CUSTOMER, RecordType::A, None, None)).await;
+    assert_eq!(over_tcp.metadata.response_code, ResponseCode::NoError);
+}
+
+#[tokio::test]
+async fn a_reload_applies_a_new_config_and_refuses_a_broken_one() {
+    let dns = Dns::start().await;
+    let path = dns._dir.path().join("geodns.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(
+        &path,
+        text.replace("name = \"publisher\"", "name = \"shop\""),
+    )
+    .expect("write");
+    dns.server.reload().expect("reload applies");
+    let shop = udp(
+        dns.addr(),
+        &query("shop.cdn.test.", RecordType::A, None, None),
+    )
+    .await;
+    assert_eq!(cname(&shop).as_deref(), Some("us.edge.cdn.test"));
+    let gone = udp(dns.addr(), &query(CUSTOMER, RecordType::A, None, None)).await;
+    assert_eq!(gone.metadata.response_code, ResponseCode::NXDomain);
+
+    std::fs::write(&path, "this is not toml [").expect("write");
+    assert!(dns.server.reload().is_err());
+    let still = udp(
+        dns.addr(),
+        &query("shop.cdn.test.", RecordType::A, None, None),
+    )
+    .await;
+    assert_eq!(
+        cname(&still).as_deref(),
+        Some("us.edge.cdn.test"),
+        "the old config keeps serving"
+    );
+    let metrics = support::send(
+        &support::client(),
+        dns.server.admin_addr(),
+        http::Method::GET,
+        "/metrics",
+        "admin",
+        &[],
+    )
+    .await
+    .text();
+    assert!(
+        metrics.contains("geodns_config_reloads_total{result=\"refused\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("region=\"us\""), "{metrics}");
+}
