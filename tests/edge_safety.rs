@@ -201,8 +201,14 @@ async fn admin_listener_reports_health_and_metrics_apart_from_the_public_one() {
     assert_eq!(json["live"], true);
     assert_eq!(json["node"], NODE);
 
+    assert_eq!(json["connections"], 0);
+
     h.get("/m.bin").await;
     h.get("/m.bin").await;
+    // The client keeps its connection alive: the node reports it as load.
+    let loaded: serde_json::Value =
+        serde_json::from_slice(&h.admin("/healthz").await.body).unwrap();
+    assert_eq!(loaded["connections"], 1);
     let metrics = h.admin("/metrics").await;
     assert_eq!(metrics.status, StatusCode::OK);
     let text = metrics.text();

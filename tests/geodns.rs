@@ -35,6 +35,12 @@ struct Dns {
 
 impl Dns {
     async fn start() -> Self {
+        Self::start_with(None, "").await
+    }
+
+    /// As [`Dns::start`], with the eu region's probe URL replaced and `eu_extra` added to
+    /// its table.
+    async fn start_with(eu_probe: Option<String>, eu_extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mmdb = dir.path().join("test-city.mmdb");
         let net = |s: &str| s.parse::<ipnet::IpNet>().expect("net");
@@ -104,6 +110,7 @@ impl Dns {
             name = "eu"
             lat = 50.11
             lon = 8.68
+            {eu_extra}
             edge = [{{ address = "{EU}", probe = "{eu}" }}, {{ address = "2001:db8:e::10", probe = "{eu}" }}]
 
             [[region]]
@@ -128,7 +135,7 @@ impl Dns {
             name = "publisher"
             "#,
             mmdb = mmdb.display(),
-            eu = probe(0),
+            eu = eu_probe.unwrap_or_else(|| probe(0)),
             us = probe(1),
             ap = probe(2),
             big = big.join(", "),
@@ -476,4 +483,43 @@ async fn a_reload_applies_a_new_config_and_refuses_a_broken_one() {
         "{metrics}"
     );
     assert!(metrics.contains("region=\"us\""), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_region_over_capacity_spills_its_clients_to_the_next_nearest() {
+    // A real edge's admin /healthz reports its open connections as the region's load.
+    let origin = DemoOrigin::start(loopback()).await.expect("origin");
+    let edge = edge::EdgeServer::start(support::config(origin.addr(), "", ""))
+        .await
+        .expect("edge");
+    let probe = format!("http://{}/healthz", edge.admin_addr());
+    let dns = Dns::start_with(Some(probe), "capacity = 0\nspill = 1.0").await;
+    assert_eq!(
+        cname(&dns.from(PARIS).await).as_deref(),
+        Some("eu.edge.cdn.test")
+    );
+
+    // One client connection held open puts the region over its capacity of 0.
+    let held = tokio::net::TcpStream::connect(edge.public_addr())
+        .await
+        .expect("connect");
+    let mut spilled = false;
+    for _ in 0..300 {
+        if cname(&dns.from(PARIS).await).as_deref() == Some("us.edge.cdn.test") {
+            spilled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(spilled, "an overloaded region kept its clients");
+    drop(held);
+    let mut back = false;
+    for _ in 0..300 {
+        if cname(&dns.from(PARIS).await).as_deref() == Some("eu.edge.cdn.test") {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(back, "clients did not return when the load went");
 }

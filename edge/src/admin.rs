@@ -20,7 +20,8 @@ pub fn router(edge: Arc<Edge>) -> Router {
 }
 
 /// Liveness is answering at all; readiness is `ready: true` with `200`. A node that is
-/// draining answers `503` so health checkers stop sending it clients.
+/// draining answers `503` so health checkers stop sending it clients. `connections` is
+/// the node's load, which GeoDNS sums per region to spill clients of a full region.
 async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
     let ready = edge.is_ready();
     let status = if ready {
@@ -32,6 +33,7 @@ async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
         "node": edge.name(),
         "live": true,
         "ready": ready,
+        "connections": edge.connections(),
     });
     (status, axum::Json(body)).into_response()
 }

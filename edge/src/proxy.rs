@@ -94,6 +94,8 @@ pub struct Edge {
     pub(crate) max_sliced_size: u64,
     max_header_bytes: usize,
     ready: AtomicBool,
+    /// Open client connections of the public listener.
+    pub(crate) open: Arc<crate::server::OpenConnections>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -129,6 +131,7 @@ impl Edge {
             max_header_bytes: usize::try_from(config.limits.max_header_bytes.as_u64())
                 .unwrap_or(usize::MAX),
             ready: AtomicBool::new(false),
+            open: Arc::default(),
         })
     }
 
@@ -151,6 +154,11 @@ impl Edge {
     /// Whether the node accepts traffic (readiness, as `/healthz` reports it).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Client connections open now: the node's load as `/healthz` reports it.
+    pub fn connections(&self) -> usize {
+        self.open.count()
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -152,7 +152,7 @@ async fn serve_public(
         max_headers: limits.max_headers,
         header_timeout: limits.header_read_timeout,
     };
-    let open = Arc::new(OpenConnections::default());
+    let open = edge.open.clone();
     let mut stop = shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {
@@ -209,9 +209,10 @@ async fn serve_public(
     }
 }
 
-/// Counts open client connections so shutdown can wait for them to finish.
+/// Counts open client connections so shutdown can wait for them to finish, and so
+/// `/healthz` can report the node's load (GeoDNS spills clients of a loaded region).
 #[derive(Debug, Default)]
-struct OpenConnections {
+pub(crate) struct OpenConnections {
     count: AtomicUsize,
     idle: Notify,
 }
@@ -222,6 +223,10 @@ impl OpenConnections {
     fn enter(self: &Arc<Self>) -> OpenGuard {
         self.count.fetch_add(1, Ordering::AcqRel);
         OpenGuard(self.clone())
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
     }
 
     async fn drained(&self) {

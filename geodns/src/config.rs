@@ -332,3 +332,78 @@ fn is_label(s: &str) -> bool {
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [zone]
+        name = "cdn.example.net"
+        nameservers = [{ name = "ns1.cdn.example.net", addresses = ["192.0.2.53"] }]
+
+        [geo]
+        default_region = "eu"
+
+        [[region]]
+        name = "eu"
+        lat = 50.11
+        lon = 8.68
+        edge = [{ address = "192.0.2.10", probe = "http://192.0.2.10:9080/healthz" }]
+
+        [[customer]]
+        name = "publisher"
+    "#;
+
+    #[test]
+    fn a_minimal_config_gets_short_ttls_and_defaults() {
+        let c = GeoDnsConfig::from_toml(MINIMAL).expect("valid");
+        assert_eq!(c.zone.ttl, 20);
+        assert_eq!(c.zone.max_answers, 4);
+        assert!(c.geo.ecs);
+        assert_eq!(c.health.fall, 2);
+        assert_eq!(c.regions[0].edges[0].weight, 1);
+    }
+
+    #[test]
+    fn bad_configs_name_the_field_and_the_problem() {
+        for (bad, why) in [
+            (
+                MINIMAL.replace("default_region = \"eu\"", "default_region = \"mars\""),
+                "mars",
+            ),
+            (
+                MINIMAL.replace("name = \"eu\"", "name = \"eu west\""),
+                "one DNS label",
+            ),
+            (MINIMAL.replace("lat = 50.11", "lat = 150.0"), "lat must be"),
+            (
+                MINIMAL.replace("http://192.0.2.10:9080/healthz", "ftp://x/"),
+                "http://host",
+            ),
+            (
+                MINIMAL.replace("name = \"publisher\"", "name = \"a.edge\""),
+                "edge. subdomain",
+            ),
+            (
+                MINIMAL.replace("lon = 8.68", "lon = 8.68\nspill = 2.0"),
+                "spill",
+            ),
+            (
+                MINIMAL.replace(
+                    "[geo]",
+                    "[geo]\noverrides = [{ cidr = \"10.0.0.0/8\", region = \"us\" }]",
+                ),
+                "\"us\"",
+            ),
+            (MINIMAL.replace("[geo]", "[geo]\nbogus = 1"), "bogus"),
+            (
+                MINIMAL.replace("192.0.2.10\", probe", "not-an-ip\", probe"),
+                "address",
+            ),
+        ] {
+            let err = GeoDnsConfig::from_toml(&bad).expect_err(why).to_string();
+            assert!(err.contains(why), "{why}: {err}");
+        }
+    }
+}
