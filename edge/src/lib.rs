@@ -26,6 +26,7 @@ pub mod health;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod purge;
 pub mod range;
 pub mod retry_budget;
 pub mod server;

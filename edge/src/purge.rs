@@ -1,0 +1,134 @@
+//! Purge commands as nodes receive them: the wire types shared by the purge API (which
+//! sequences, logs and fans them out) and every edge and shield (which apply them in
+//! sequence order and report how far they got).
+//!
+//! Invariants:
+//! - Sequence numbers are consecutive from 1, across all publishers: a node applies purge
+//!   `n` only after `n - 1`, so "applied up to `n`" (its watermark) means every purge up to
+//!   `n` is in effect on that node.
+//! - A purge names one site; its targets are checked against the site's hosts by the API
+//!   before it is logged, and again by the node, which ignores targets outside the site.
+
+use serde::{Deserialize, Serialize};
+
+/// Request header on edge -> shield fills: the purge watermark of the asking node. A shield
+/// that has applied less answers from upstream rather than from its cache, so it cannot
+/// refill an edge with content the edge has already purged.
+pub const PURGE_SEQ_HEADER: &str = "cdn-purge-seq";
+
+/// Header carrying the shared secret nodes and the purge API authenticate each other with.
+pub const NODE_TOKEN_HEADER: &str = "cdn-node-token";
+
+/// What one purge removes, within one site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Purge {
+    /// The site's configured name.
+    pub site: String,
+    pub selector: Selector,
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// Which objects of the site a purge removes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "values", rename_all = "snake_case")]
+pub enum Selector {
+    /// Absolute URLs (`https://assets.example.com/app.js?v=2`), every `Vary` variant of each.
+    Urls(Vec<String>),
+    /// Surrogate keys / cache tags, as responses listed them in `Surrogate-Key` or
+    /// `Cache-Tag`.
+    Tags(Vec<String>),
+    /// URL prefixes (`https://assets.example.com/img/`): every object whose URL starts so.
+    Prefixes(Vec<String>),
+    /// Whole host names of the site.
+    Hosts(Vec<String>),
+    /// Everything the site has cached.
+    Everything,
+}
+
+impl Selector {
+    /// A bounded label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Selector::Urls(_) => "urls",
+            Selector::Tags(_) => "tags",
+            Selector::Prefixes(_) => "prefixes",
+            Selector::Hosts(_) => "hosts",
+            Selector::Everything => "everything",
+        }
+    }
+
+    /// How many targets it names (1 for everything).
+    pub fn len(&self) -> usize {
+        match self {
+            Selector::Urls(v) | Selector::Tags(v) | Selector::Prefixes(v) | Selector::Hosts(v) => {
+                v.len()
+            }
+            Selector::Everything => 1,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Hard purges delete; soft purges mark stale, so the next request revalidates and the
+/// object can still be served if the origin fails (`stale-if-error`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Hard,
+    Soft,
+}
+
+/// A purge with its place in the global order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequencedPurge {
+    pub seq: u64,
+    pub purge: Purge,
+}
+
+/// What the purge API pushes to a node: purges with consecutive sequence numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeBatch {
+    pub purges: Vec<SequencedPurge>,
+}
+
+/// A node's answer to a batch (and to `GET /v1/purge/applied`): the highest sequence
+/// number it has applied together with every one before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeAck {
+    pub applied: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wire_format_is_stable_json() {
+        let purge = SequencedPurge {
+            seq: 7,
+            purge: Purge {
+                site: "assets".into(),
+                selector: Selector::Urls(vec!["https://a.example/x.js".into()]),
+                mode: Mode::Soft,
+            },
+        };
+        let json = serde_json::to_string(&purge).unwrap();
+        assert_eq!(
+            json,
+            r#"{"seq":7,"purge":{"site":"assets","selector":{"kind":"urls","values":["https://a.example/x.js"]},"mode":"soft"}}"#
+        );
+        assert_eq!(serde_json::from_str::<SequencedPurge>(&json).unwrap(), purge);
+        let all: Purge =
+            serde_json::from_str(r#"{"site":"s","selector":{"kind":"everything"}}"#).unwrap();
+        assert_eq!(all.selector, Selector::Everything);
+        assert_eq!(all.mode, Mode::Hard);
+    }
+}
