@@ -5,3 +5,5 @@
 //! durable log before the API answers `202`, fanned out to every edge and shield, and
 //! tracked per node until each has applied them; overload is shed with `429` and
 //! `Retry-After`, never by dropping a purge.
+
+pub mod log;
