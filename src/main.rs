@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use edge::{EdgeConfig, EdgeServer};
 use geodns::{GeoDnsConfig, GeoDnsServer};
 use origin_shield::ShieldServer;
+use purge_api::{PurgeApiConfig, PurgeApiServer};
 
 #[derive(Debug, Parser)]
 #[command(name = "cdn", version, about = "A multi-region edge cache and CDN")]
@@ -43,6 +44,12 @@ enum Command {
     },
     /// Run the authoritative GeoDNS server (reloads its config on SIGHUP or file change).
     Geodns {
+        /// TOML config file (see README.md for the format).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the publishers' purge API (durable log, fan-out to every node).
+    PurgeApi {
         /// TOML config file (see README.md for the format).
         #[arg(long)]
         config: PathBuf,
@@ -94,6 +101,13 @@ async fn main() -> anyhow::Result<()> {
                 server.dns_addr(),
                 server.admin_addr()
             );
+            shutdown_signal().await;
+            server.shutdown().await;
+        }
+        Command::PurgeApi { config } => {
+            let config = PurgeApiConfig::from_file(&config)?;
+            let server = PurgeApiServer::start(config).await?;
+            println!("purge API on http://{}", server.addr());
             shutdown_signal().await;
             server.shutdown().await;
         }

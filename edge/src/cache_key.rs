@@ -51,6 +51,15 @@ impl CacheKey {
         CacheKey(key.into_boxed_str())
     }
 
+    /// The key of a locator (see [`CacheKey::locator`]) under `generation`.
+    pub fn from_locator(generation: u64, locator: &str) -> Self {
+        let mut key = String::with_capacity(21 + locator.len());
+        key.push_str(itoa::Buffer::new().format(generation));
+        key.push(' ');
+        key.push_str(locator);
+        CacheKey(key.into_boxed_str())
+    }
+
     /// The key without its generation: what picks an upstream server under consistent
     /// hashing, so an object keeps its shield when a site's generation is raised.
     pub fn locator(&self) -> &str {

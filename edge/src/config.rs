@@ -29,8 +29,23 @@ pub struct EdgeConfig {
     pub upstream: UpstreamConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub purge: PurgeConfig,
     #[serde(default, rename = "site")]
     pub sites: Vec<SiteConfig>,
+}
+
+/// How the node takes part in purges.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PurgeConfig {
+    /// Shared secret the purge API sends (header `cdn-node-token`) when it pushes purges
+    /// to the admin listener, and this node sends when it reads the log. Purges are not
+    /// accepted while unset.
+    pub node_token: Option<String>,
+    /// The purge API (`http://host:port`): read at start to catch up from the store's
+    /// watermark before the node reports ready.
+    pub api: Option<String>,
 }
 
 /// Identity and listeners of the node.

@@ -32,6 +32,7 @@ use crate::cache_status::{CacheStatus, Forward, NoCacheReason};
 use crate::coalesce::Publisher;
 use crate::freshness::{Exchange, Freshness, evaluate, strip_targeted};
 use crate::growing_body::GrowingBody;
+use crate::invalidation::Invalidation;
 use crate::proxy::{CACHE_STATUS, Edge};
 use crate::site::Site;
 use crate::slice::SliceInfo;
@@ -88,6 +89,9 @@ pub struct FillRequest {
     pub request_cc: CacheControl,
     /// The stale entry being replaced, if any; its validators make the fetch conditional.
     pub stale: Option<Arc<StoredResponse>>,
+    /// The node's purge watermark when the fill started: a purge applied after it that
+    /// matches the response keeps it from being stored.
+    pub purge_seq: u64,
 }
 
 impl FillRequest {
@@ -348,6 +352,7 @@ impl FillRequest {
     ) -> Fill {
         let edge = &self.edge;
         let vary = vary_of(&headers);
+        let tags = Invalidation::tags_of(&headers);
         let mut entry = StoredResponse::new(code, headers, upstream_cache_status, body, freshness);
         let key = match vary {
             Vary::Fields(names) => {
@@ -368,10 +373,28 @@ impl FillRequest {
             Vary::None | Vary::Any => self.primary.clone(),
         };
         let entry = Arc::new(entry);
+        if !self.may_store(&key, &tags) {
+            return Fill::Stored { entry, status };
+        }
+        edge.invalidation
+            .register(&self.site.name, &key, &tags, edge.store.as_ref());
         edge.store.insert(key, entry.clone());
         edge.metrics.stored();
         status.stored = true;
         Fill::Stored { entry, status }
+    }
+
+    /// Whether no purge applied since this fill started matches what it fetched.
+    fn may_store(&self, key: &CacheKey, tags: &[String]) -> bool {
+        let edge = &self.edge;
+        edge.invalidation.may_store(
+            self.purge_seq,
+            &self.site,
+            key,
+            tags,
+            &edge.sites,
+            edge.store.as_ref(),
+        )
     }
 
     /// A `304` refreshed a stale entry: merge its headers into the stored ones
@@ -434,6 +457,9 @@ impl FillRequest {
                 entry.selected_by = stale.selected_by.clone();
                 entry.sliced = stale.sliced.clone();
                 let entry = Arc::new(entry);
+                if !self.may_store(&self.key, &[]) {
+                    return Fill::Stored { entry, status };
+                }
                 self.edge.store.insert(self.key.clone(), entry.clone());
                 status.stored = true;
                 Fill::Stored { entry, status }

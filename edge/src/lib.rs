@@ -23,6 +23,7 @@ pub mod fill;
 pub mod freshness;
 pub mod growing_body;
 pub mod health;
+pub mod invalidation;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -75,6 +75,8 @@ pub struct Metrics {
     server_state: Family<ServerStateLabel, Gauge>,
     server_ejections: Family<ServerLabel, Counter>,
     retries: Family<RetryLabel, Counter>,
+    purges: Family<KindLabel, Counter>,
+    purge_watermark: Gauge,
 }
 
 impl Metrics {
@@ -175,7 +177,21 @@ impl Metrics {
             "Retries on another server, allowed or refused by the retry budget",
             retries.clone(),
         );
+        let purges = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "purges_applied",
+            "Purges applied on this node, by selector kind",
+            purges.clone(),
+        );
+        let purge_watermark = Gauge::default();
+        registry.register(
+            "purge_watermark",
+            "Highest purge sequence number applied together with every earlier one",
+            purge_watermark.clone(),
+        );
         Self {
+            purges,
+            purge_watermark,
             server_requests,
             server_seconds,
             server_state,
@@ -308,6 +324,19 @@ impl Metrics {
                 })
                 .set(i64::from(each == state));
         }
+    }
+
+    pub fn purge_applied(&self, kind: &str) {
+        self.purges
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn purge_watermark(&self, seq: u64) {
+        self.purge_watermark
+            .set(i64::try_from(seq).unwrap_or(i64::MAX));
     }
 
     pub fn retry(&self, allowed: bool) {

@@ -74,6 +74,9 @@ enum Cut {
     Many(Vec<(u64, u64)>, String),
 }
 
+/// The purge watermark of a node asking this one (see [`crate::purge::PURGE_SEQ_HEADER`]).
+static PURGE_SEQ: HeaderName = HeaderName::from_static(crate::purge::PURGE_SEQ_HEADER);
+
 /// The `Cache-Status` field (RFC 9211).
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -96,6 +99,9 @@ pub struct Edge {
     ready: AtomicBool,
     /// Open client connections of the public listener.
     pub(crate) open: Arc<crate::server::OpenConnections>,
+    pub(crate) invalidation: crate::invalidation::Invalidation,
+    /// The secret purge pushes must carry; purges are refused while unset.
+    pub(crate) node_token: Option<String>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -132,6 +138,8 @@ impl Edge {
                 .unwrap_or(usize::MAX),
             ready: AtomicBool::new(false),
             open: Arc::default(),
+            invalidation: Default::default(),
+            node_token: config.purge.node_token.clone(),
         })
     }
 
@@ -272,6 +280,11 @@ impl Edge {
                 index: Some(index),
                 miss: Forward::VaryMiss,
             };
+        }
+        if self.behind(req.headers()) {
+            // Do not answer a node that has applied purges this one has not from a copy
+            // those purges may have removed: fetch afresh (and store the fresh copy).
+            found = None;
         }
         if let Some(marker) = found.as_ref().filter(|e| e.pass.is_some())
             && marker.freshness.is_fresh(Instant::now())
@@ -486,6 +499,7 @@ impl Edge {
             headers: self.fill_headers(site, request, client),
             request_cc: CacheControl::from_headers(request),
             stale,
+            purge_seq: self.store.purge_watermark(),
         }
     }
 
@@ -496,13 +510,51 @@ impl Edge {
         request: &http::HeaderMap,
         client: SocketAddr,
     ) -> http::HeaderMap {
-        forward_request_headers(
+        let mut headers = forward_request_headers(
             request,
             Purpose::Fill,
             site.site.upstream_host.as_ref().unwrap_or(site.host_value),
             &self.via,
             client.ip(),
-        )
+        );
+        let applied = self.store.purge_watermark();
+        if applied > 0 {
+            headers.insert(PURGE_SEQ.clone(), HeaderValue::from(applied));
+        }
+        headers
+    }
+
+    /// Applies a batch of purges (see [`crate::invalidation`]); returns the watermark.
+    pub fn apply_purges(
+        &self,
+        batch: &crate::purge::PurgeBatch,
+    ) -> Result<u64, crate::invalidation::Gap> {
+        let applied = self
+            .invalidation
+            .apply_batch(batch, &self.sites, self.store.as_ref())?;
+        for purge in &batch.purges {
+            self.metrics.purge_applied(purge.purge.selector.kind());
+        }
+        self.metrics.purge_watermark(applied);
+        Ok(applied)
+    }
+
+    /// Forgets every site's content and sets the watermark to `seq` (see
+    /// [`crate::invalidation::Invalidation::reset`]).
+    pub fn reset_purges(&self, seq: u64) {
+        self.invalidation
+            .reset(&self.sites, self.store.as_ref(), seq);
+        self.metrics.purge_watermark(seq);
+    }
+
+    /// Whether a request from another node says it has applied purges this node has not:
+    /// then this node's cached copy may be one the asker purged.
+    fn behind(&self, request: &http::HeaderMap) -> bool {
+        request
+            .get(&PURGE_SEQ)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|theirs| theirs > self.store.purge_watermark())
     }
 
     /// A stored entry as the answer to a request: `304` when the client's conditionals

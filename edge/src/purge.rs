@@ -106,6 +106,23 @@ pub struct PurgeAck {
     pub applied: u64,
 }
 
+/// A page of the purge log, as `GET /v1/purge-log?after=N&limit=M` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeLogPage {
+    /// The newest sequence number in the log.
+    pub head: u64,
+    /// Purges after `N`, in order, at most `M`.
+    pub purges: Vec<SequencedPurge>,
+}
+
+/// The answer (`410 Gone`) when purges after `N` are no longer retained: the reader
+/// cannot know what it missed and must forget its content, then continue from `head`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogTruncated {
+    pub oldest: u64,
+    pub head: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,7 +142,10 @@ mod tests {
             json,
             r#"{"seq":7,"purge":{"site":"assets","selector":{"kind":"urls","values":["https://a.example/x.js"]},"mode":"soft"}}"#
         );
-        assert_eq!(serde_json::from_str::<SequencedPurge>(&json).unwrap(), purge);
+        assert_eq!(
+            serde_json::from_str::<SequencedPurge>(&json).unwrap(),
+            purge
+        );
         let all: Purge =
             serde_json::from_str(r#"{"site":"s","selector":{"kind":"everything"}}"#).unwrap();
         assert_eq!(all.selector, Selector::Everything);

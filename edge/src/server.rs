@@ -17,6 +17,7 @@ use crate::admin;
 use crate::config::{ConfigError, EdgeConfig, LimitsConfig};
 use crate::connection::{self, ConnLimits, Ending};
 use crate::proxy::Edge;
+use crate::purge::{LogTruncated, PurgeBatch, PurgeLogPage};
 use crate::store::{MemoryStore, Storage};
 
 /// The node could not start.
@@ -67,6 +68,9 @@ impl EdgeServer {
         let admin = bind(config.node.admin_listen, "admin listener").await?;
         let public_addr = local_addr(&public, config.node.listen)?;
         let admin_addr = local_addr(&admin, config.node.admin_listen)?;
+        if let Some(api) = &config.purge.api {
+            catch_up(&edge, api, config.purge.node_token.as_deref().unwrap_or("")).await;
+        }
         let (shutdown, _) = watch::channel(false);
 
         let mut tasks = vec![
@@ -206,6 +210,101 @@ async fn serve_public(
         .is_err()
     {
         tracing::warn!("connections still open after the drain timeout; closing them");
+    }
+}
+
+/// How long a starting node tries to read the purge log before it gives up on it.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads and applies every purge after the store's watermark before the node serves, so
+/// content purged while it was away is never served. A store with nothing in it has
+/// nothing to purge and just takes the log's head. When the log cannot be read (or no
+/// longer has what this node missed), the node forgets its content instead.
+async fn catch_up(edge: &Arc<Edge>, api: &str, token: &str) {
+    let fresh = edge.store().usage().entries == 0;
+    let result = tokio::time::timeout(CATCH_UP_TIMEOUT, async {
+        loop {
+            let after = edge.store().purge_watermark();
+            let limit = if fresh { 0 } else { 1000 };
+            match read_log(edge, api, token, after, limit).await? {
+                Ok(page) if fresh => {
+                    edge.store().set_purge_watermark(page.head.max(after));
+                    return Ok(page.head);
+                }
+                Ok(page) => {
+                    if page.purges.is_empty() {
+                        return Ok(page.head);
+                    }
+                    let batch = PurgeBatch {
+                        purges: page.purges,
+                    };
+                    edge.apply_purges(&batch).map_err(|gap| gap.to_string())?;
+                }
+                Err(truncated) => {
+                    tracing::warn!(
+                        after,
+                        oldest = truncated.oldest,
+                        "purges this node missed are no longer in the log: forgetting its content"
+                    );
+                    edge.reset_purges(truncated.head);
+                    return Ok(truncated.head);
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("no answer within {CATCH_UP_TIMEOUT:?}")));
+    match result {
+        Ok(head) => tracing::info!(node = %edge.name(), head, "purges caught up"),
+        Err(error) => {
+            tracing::error!(node = %edge.name(), %error, "cannot read the purge log: forgetting this node's content");
+            edge.reset_purges(edge.store().purge_watermark());
+        }
+    }
+}
+
+/// One page of the log: `Ok(Err(..))` when it was truncated past `after`.
+async fn read_log(
+    edge: &Edge,
+    api: &str,
+    token: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Result<PurgeLogPage, LogTruncated>, String> {
+    let uri: http::Uri = format!(
+        "{}/v1/purge-log?after={after}&limit={limit}",
+        api.trim_end_matches('/')
+    )
+    .parse()
+    .map_err(|e| format!("purge.api {api:?} is not a URL: {e}"))?;
+    let mut request = http::Request::new(crate::upstream::empty_body());
+    *request.uri_mut() = uri;
+    if let Ok(token) = http::HeaderValue::from_str(token) {
+        request
+            .headers_mut()
+            .insert(crate::purge::NODE_TOKEN_HEADER, token);
+    }
+    let response = edge
+        .upstream
+        .send(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    match status {
+        http::StatusCode::OK => serde_json::from_slice(&body)
+            .map(Ok)
+            .map_err(|e| format!("bad purge log page: {e}")),
+        http::StatusCode::GONE => serde_json::from_slice(&body)
+            .map(Err)
+            .map_err(|e| format!("bad truncation answer: {e}")),
+        other => Err(format!(
+            "the purge API answered {other}: {}",
+            String::from_utf8_lossy(&body)
+        )),
     }
 }
 

@@ -143,6 +143,20 @@ impl SiteTable {
     pub fn sites(&self) -> &[Arc<Site>] {
         &self.sites
     }
+
+    /// The site configured under `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Site>> {
+        self.sites.iter().find(|site| site.name == name)
+    }
+
+    /// The (normalized) host names of the site called `name`.
+    pub fn hosts_of(&self, name: &str) -> Vec<&str> {
+        self.by_host
+            .values()
+            .filter(|entry| entry.site.name == name)
+            .map(|entry| &*entry.host)
+            .collect()
+    }
 }
 
 fn strip_port(host: &str) -> &str {

@@ -113,6 +113,26 @@ impl StoredResponse {
         }
     }
 
+    /// This response marked stale (a soft purge): the next request revalidates it, and it
+    /// can still be served when the origin fails (`stale-if-error`).
+    pub fn marked_stale(&self) -> Self {
+        Self {
+            status: self.status,
+            upstream_cache_status: self.upstream_cache_status.clone(),
+            body: self.body.clone(),
+            freshness: Freshness {
+                lifetime: 0,
+                ..self.freshness
+            },
+            variants: self.variants.clone(),
+            selected_by: self.selected_by.clone(),
+            pass: self.pass,
+            sliced: self.sliced.clone(),
+            head: self.head.clone(),
+            cache_only: self.cache_only.clone(),
+        }
+    }
+
     /// An entry with no headers and no body, the base of the markers.
     fn empty(freshness: Freshness) -> Self {
         Self::new(
@@ -235,6 +255,17 @@ pub trait Storage: Send + Sync + 'static {
     /// Current usage, with pending evictions applied first so it never reads over capacity
     /// once the store has settled.
     fn usage(&self) -> Usage;
+
+    /// Every key starting with `prefix`: a full scan, for the purges that cannot use an
+    /// index (URL prefixes, hosts, soft purges of a whole site).
+    fn keys_with_prefix(&self, prefix: &str) -> Vec<CacheKey>;
+
+    /// The purge sequence number up to which the stored content reflects every purge (see
+    /// [`crate::purge`]); kept with the store so a node that restarts over the same store
+    /// knows where to catch up from.
+    fn purge_watermark(&self) -> u64;
+
+    fn set_purge_watermark(&self, seq: u64);
 }
 
 /// The in-memory store: `moka` with a byte weigher and LRU eviction.
@@ -242,6 +273,7 @@ pub trait Storage: Send + Sync + 'static {
 pub struct MemoryStore {
     cache: moka::sync::Cache<CacheKey, Arc<StoredResponse>>,
     capacity: u64,
+    watermark: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -263,7 +295,11 @@ impl MemoryStore {
                 u32::try_from(key.len() + value.weight()).unwrap_or(u32::MAX)
             })
             .build();
-        Self { cache, capacity }
+        Self {
+            cache,
+            capacity,
+            watermark: Arc::default(),
+        }
     }
 
     pub fn capacity(&self) -> u64 {
@@ -290,6 +326,23 @@ impl Storage for MemoryStore {
             bytes: self.cache.weighted_size(),
             entries: self.cache.entry_count(),
         }
+    }
+
+    fn keys_with_prefix(&self, prefix: &str) -> Vec<CacheKey> {
+        self.cache
+            .iter()
+            .filter(|(key, _)| key.as_str().starts_with(prefix))
+            .map(|(key, _)| (*key).clone())
+            .collect()
+    }
+
+    fn purge_watermark(&self) -> u64 {
+        self.watermark.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_purge_watermark(&self, seq: u64) {
+        self.watermark
+            .store(seq, std::sync::atomic::Ordering::Release);
     }
 }
 

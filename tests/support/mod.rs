@@ -259,6 +259,11 @@ pub async fn try_send(
     })
 }
 
+/// GET `path` from `addr` with extra headers (Host `admin`).
+pub async fn send_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    send(&client(), addr, Method::GET, path, "admin", headers).await
+}
+
 /// Writes `request` on a fresh connection and reads until the server closes or `limit`
 /// bytes arrive (bounded by a timeout). Returns what was read as text.
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {

@@ -1,0 +1,811 @@
+//! The running purge API: the publishers' endpoints, the group committer in front of the
+//! log, one fan-out task per node, and per-purge progress.
+//!
+//! A purge is answered `202` only once the log has it durably (the committer appends
+//! every waiting purge in one fsync'd batch). From then on it cannot be lost: each node's
+//! fan-out task pushes the log to the node from the node's own watermark until the node
+//! acknowledges it, whatever happens to either side in between.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use edge::purge::{
+    LogTruncated, NODE_TOKEN_HEADER, PurgeAck, PurgeBatch, PurgeLogPage, SequencedPurge,
+};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::admission::{Admission, QueueGate, Shed, cost};
+use crate::config::{ConfigError, PurgeApiConfig};
+use crate::log::{FileLog, LogError, NewEntry, PurgeLog, Retention};
+use crate::metrics::Metrics;
+use crate::request::PurgeRequest;
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Limits(#[from] crate::admission::ConfigError),
+    #[error("cannot open the purge log: {0}")]
+    Log(#[from] LogError),
+    #[error("cannot bind the purge API on {addr}: {source}; is another server using it?")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Most purges pushed to a node in one request.
+const PUSH_BATCH: usize = 500;
+
+/// A purge waiting for the committer.
+struct Pending {
+    entry: NewEntry,
+    done: oneshot::Sender<Result<u64, String>>,
+    _ticket: crate::admission::QueueTicket,
+}
+
+/// One node's progress.
+#[derive(Debug)]
+struct Node {
+    name: String,
+    admin: String,
+    /// Highest sequence number the node acknowledged as applied (with all before it).
+    acked: std::sync::atomic::AtomicU64,
+}
+
+/// Everything the handlers share.
+struct Api {
+    config: PurgeApiConfig,
+    log: Arc<dyn PurgeLog>,
+    admission: Admission,
+    queue: QueueGate,
+    commits: mpsc::Sender<Pending>,
+    nodes: Vec<Arc<Node>>,
+    /// Bumped whenever a node acknowledges more: wakes `?wait=` polls.
+    progress: watch::Sender<u64>,
+    /// Accept time of purges not yet applied everywhere, for the propagation histogram.
+    accepted: Mutex<HashMap<u64, Instant>>,
+    metrics: Metrics,
+}
+
+/// A running purge API.
+pub struct PurgeApiServer {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl std::fmt::Debug for PurgeApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PurgeApiServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PurgeApiServer {
+    /// Opens the log, binds the listener and starts the committer and the fan-out tasks.
+    pub async fn start(config: PurgeApiConfig) -> Result<Self, StartError> {
+        config.validate()?;
+        let log = FileLog::open(
+            &config.log.path,
+            Retention {
+                max_entries: config.log.retain_entries,
+                max_age: config.log.retain_for,
+            },
+        )?;
+        Self::start_with_log(config, Arc::new(log)).await
+    }
+
+    /// As [`PurgeApiServer::start`], with a given log.
+    pub async fn start_with_log(
+        config: PurgeApiConfig,
+        log: Arc<dyn PurgeLog>,
+    ) -> Result<Self, StartError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let per_publisher = config
+            .publishers
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.rate.clone()?)))
+            .collect();
+        let (commits, pending) = mpsc::channel(config.queue.capacity.max(1));
+        let nodes = config
+            .nodes
+            .iter()
+            .map(|n| {
+                Arc::new(Node {
+                    name: n.name.clone(),
+                    admin: n.admin.trim_end_matches('/').to_owned(),
+                    acked: Default::default(),
+                })
+            })
+            .collect();
+        let api = Arc::new(Api {
+            admission: Admission::new(config.rate.clone(), per_publisher)?,
+            queue: QueueGate::new(config.queue.clone())?,
+            commits,
+            nodes,
+            progress: watch::channel(0).0,
+            accepted: Mutex::default(),
+            metrics: Metrics::default(),
+            log,
+            config,
+        });
+        let (shutdown, _) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(commit_forever(api.clone(), pending, shutdown.subscribe()));
+        for node in &api.nodes {
+            tasks.spawn(push_forever(
+                api.clone(),
+                node.clone(),
+                shutdown.subscribe(),
+            ));
+        }
+        let app = router(api.clone());
+        let mut stop = shutdown.subscribe();
+        tasks.spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+        tracing::info!(%addr, nodes = api.nodes.len(), head = api.log.head(), "purge API serving");
+        Ok(Self {
+            addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving and every task; purges already logged stay in the log.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/v1/purge", post(purge))
+        .route("/v1/purges/{id}", get(status))
+        .route("/v1/purge-log", get(read_log))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({ "live": true, "ready": true })) }),
+        )
+        .route("/metrics", get(metrics))
+        .fallback(purge_method)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(api)
+}
+
+/// A JSON error with the status it goes with.
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn shed(shed: &Shed) -> Response {
+    let status = StatusCode::from_u16(shed.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let mut response = error(status, &shed.to_string());
+    if let Some(secs) = shed.retry_after_secs() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// The publisher a bearer token belongs to, or why the request is refused.
+fn publisher<'a>(
+    api: &'a Api,
+    headers: &HeaderMap,
+) -> Result<&'a crate::config::PublisherConfig, &'static str> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or("missing Authorization: Bearer <token>")?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or("Authorization must be Bearer <token>")?;
+    api.config
+        .publishers
+        .iter()
+        .find(|p| constant_time_eq(p.token.as_bytes(), token.as_bytes()))
+        .ok_or("unknown token")
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn purge(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Response {
+    let publisher = match publisher(&api, &headers) {
+        Ok(p) => p,
+        Err(why) => return error(StatusCode::UNAUTHORIZED, why),
+    };
+    if body.len() > api.config.limits.max_body_bytes {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "the body is {} bytes; at most {}: split the purge",
+                body.len(),
+                api.config.limits.max_body_bytes
+            ),
+        );
+    }
+    let request: PurgeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad purge request: {e}")),
+    };
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    submit(&api, publisher, request, key).await
+}
+
+/// `PURGE /<absolute URL>` (or `PURGE <absolute URL>`): one URL, hard.
+async fn purge_method(
+    State(api): State<Arc<Api>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if method.as_str() != "PURGE" {
+        return error(StatusCode::NOT_FOUND, "no such endpoint");
+    }
+    let publisher = match publisher(&api, &headers) {
+        Ok(p) => p,
+        Err(why) => return error(StatusCode::UNAUTHORIZED, why),
+    };
+    let url = if uri.scheme().is_some() {
+        uri.to_string()
+    } else {
+        uri.path_and_query()
+            .map_or("", |pq| pq.as_str())
+            .trim_start_matches('/')
+            .to_owned()
+    };
+    let host = url
+        .parse::<Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_ascii_lowercase));
+    let Some(site) = host.and_then(|host| {
+        api.config
+            .sites
+            .iter()
+            .find(|s| s.hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)))
+    }) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "PURGE needs an absolute URL of a configured site, e.g. PURGE /https://assets.example.com/app.js",
+        );
+    };
+    let request = PurgeRequest {
+        site: site.name.clone(),
+        urls: Some(vec![url]),
+        ..Default::default()
+    };
+    submit(&api, publisher, request, None).await
+}
+
+/// Validates, admits, logs and answers one purge.
+async fn submit(
+    api: &Arc<Api>,
+    publisher: &crate::config::PublisherConfig,
+    request: PurgeRequest,
+    idempotency_key: Option<String>,
+) -> Response {
+    let Some(site) = api.config.sites.iter().find(|s| s.name == request.site) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no site {:?} is configured", request.site),
+        );
+    };
+    if !publisher.sites.contains(&site.name) {
+        return error(
+            StatusCode::FORBIDDEN,
+            &format!("this token may not purge site {:?}", site.name),
+        );
+    }
+    let purge = match request.into_purge(site, api.config.limits.max_targets) {
+        Ok(p) => p,
+        Err(invalid) => return error(StatusCode::BAD_REQUEST, &invalid.to_string()),
+    };
+    if let Some(key) = &idempotency_key {
+        match api.log.find_idempotent(&publisher.name, key) {
+            Ok(Some(entry)) => return accepted(entry.seq, StatusCode::OK),
+            Ok(None) => {}
+            Err(e) => return unavailable(api, &e),
+        }
+    }
+    // The queue place first, then the tokens: a refusal by either takes nothing.
+    let ticket = match api.queue.try_enter() {
+        Ok(ticket) => ticket,
+        Err(refused) => {
+            api.metrics.shed(refused.as_str());
+            return shed(&refused);
+        }
+    };
+    if let Err(refused) = api
+        .admission
+        .admit(&publisher.name, cost(&purge), Instant::now())
+    {
+        api.metrics.shed(refused.as_str());
+        return shed(&refused);
+    }
+    let (done, committed) = oneshot::channel();
+    let entry = NewEntry {
+        publisher: publisher.name.clone(),
+        purge,
+        idempotency_key,
+        accepted_at_ms: unix_ms(),
+    };
+    // The ticket travels with the purge and is given back after the append, so the queue
+    // bound also counts purges whose requester stopped waiting.
+    if api
+        .commits
+        .send(Pending {
+            entry,
+            done,
+            _ticket: ticket,
+        })
+        .await
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the purge API is shutting down",
+        );
+    }
+    let result = tokio::time::timeout(api.queue.queue_timeout(), committed).await;
+    match result {
+        Ok(Ok(Ok(seq))) => {
+            api.metrics.accepted();
+            accepted(seq, StatusCode::ACCEPTED)
+        }
+        Ok(Ok(Err(message))) => {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "the purge log is unavailable ({message}); the purge was not accepted, retry"
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1));
+            response
+        }
+        Ok(Err(_)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the purge API is shutting down",
+        ),
+        Err(_) => {
+            // Still queued: it may yet be logged (and then applied). A retry with the same
+            // Idempotency-Key gets its id rather than a second purge.
+            let refused = api.queue.timed_out();
+            api.metrics.shed(refused.as_str());
+            shed(&refused)
+        }
+    }
+}
+
+fn accepted(seq: u64, status: StatusCode) -> Response {
+    let body = serde_json::json!({
+        "id": seq.to_string(),
+        "seq": seq,
+        "status": format!("/v1/purges/{seq}"),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+fn unavailable(api: &Api, e: &LogError) -> Response {
+    api.metrics.shed("log-unavailable");
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("the purge log is unavailable ({e}); retry"),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(1));
+    response
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusQuery {
+    /// Hold the answer until every node applied the purge, at most this long (`2s`, `500ms`).
+    #[serde(default, with = "humantime_serde::option")]
+    wait: Option<Duration>,
+}
+
+/// `GET /v1/purges/{id}`: which nodes applied the purge.
+async fn status(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let publisher = match publisher(&api, &headers) {
+        Ok(p) => p,
+        Err(why) => return error(StatusCode::UNAUTHORIZED, why),
+    };
+    let Ok(Query(query)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "wait must be a duration such as 2s or 500ms",
+        );
+    };
+    let Ok(seq) = id.parse::<u64>() else {
+        return error(StatusCode::NOT_FOUND, &format!("no purge {id:?}"));
+    };
+    let entry = match api.log.read_after(seq.saturating_sub(1), 1) {
+        Ok(entries) => entries.into_iter().find(|e| e.seq == seq),
+        Err(LogError::Truncated { .. }) => None,
+        Err(e) => return unavailable(&api, &e),
+    };
+    // Another publisher's purge is reported as unknown, not as forbidden: ids are guessable.
+    let Some(entry) = entry.filter(|e| e.publisher == publisher.name) else {
+        return error(StatusCode::NOT_FOUND, &format!("no purge {id:?} of yours"));
+    };
+    if let Some(wait) = query.wait {
+        let wait = wait.min(api.config.limits.max_wait);
+        let mut progress = api.progress.subscribe();
+        let _ = tokio::time::timeout(wait, async {
+            while api.nodes.iter().any(|n| acked(n) < seq) {
+                if progress.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+    let lagging: Vec<&str> = api
+        .nodes
+        .iter()
+        .filter(|n| acked(n) < seq)
+        .map(|n| n.name.as_str())
+        .collect();
+    let body = serde_json::json!({
+        "id": id,
+        "seq": seq,
+        "site": entry.purge.site,
+        "selector": entry.purge.selector.kind(),
+        "mode": entry.purge.mode,
+        "state": if lagging.is_empty() { "done" } else { "in_progress" },
+        "nodes": {
+            "expected": api.nodes.len(),
+            "applied": api.nodes.len() - lagging.len(),
+            "lagging": lagging,
+        },
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+fn acked(node: &Node) -> u64 {
+    node.acked.load(std::sync::atomic::Ordering::Acquire)
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    after: u64,
+    #[serde(default = "default_page")]
+    limit: usize,
+}
+
+fn default_page() -> usize {
+    1000
+}
+
+/// `GET /v1/purge-log?after=N&limit=M`, for nodes catching up.
+async fn read_log(
+    State(api): State<Arc<Api>>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let token = headers.get(NODE_TOKEN_HEADER).map(|v| v.as_bytes());
+    if !token.is_some_and(|t| constant_time_eq(t, api.config.node_token.as_bytes())) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong cdn-node-token");
+    }
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "use ?after=N&limit=M");
+    };
+    let head = api.log.head();
+    match api.log.read_after(query.after, query.limit.min(10_000)) {
+        Ok(entries) => {
+            let purges = entries
+                .into_iter()
+                .map(|e| SequencedPurge {
+                    seq: e.seq,
+                    purge: e.purge,
+                })
+                .collect();
+            (StatusCode::OK, axum::Json(PurgeLogPage { head, purges })).into_response()
+        }
+        Err(LogError::Truncated { oldest }) => {
+            (StatusCode::GONE, axum::Json(LogTruncated { oldest, head })).into_response()
+        }
+        Err(e) => unavailable(&api, &e),
+    }
+}
+
+async fn metrics(State(api): State<Arc<Api>>) -> Response {
+    let lag = api
+        .nodes
+        .iter()
+        .map(|n| api.log.head().saturating_sub(acked(n)))
+        .max()
+        .unwrap_or(0);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        api.metrics.render(api.log.head(), lag),
+    )
+        .into_response()
+}
+
+/// Appends everything waiting in one batch per round: one fsync for many publishers.
+async fn commit_forever(
+    api: Arc<Api>,
+    mut pending: mpsc::Receiver<Pending>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let first = tokio::select! {
+            first = pending.recv() => match first {
+                Some(first) => first,
+                None => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match pending.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let entries: Vec<NewEntry> = batch.iter().map(|p| p.entry.clone()).collect();
+        let log = api.log.clone();
+        let started = Instant::now();
+        let result = match tokio::task::spawn_blocking(move || log.append(entries)).await {
+            Ok(appended) => appended.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the append task failed: {e}")),
+        };
+        api.queue.record_commit(batch.len(), started.elapsed());
+        match result {
+            Ok(seqs) => {
+                let now = Instant::now();
+                {
+                    let mut accepted = api.accepted.lock().unwrap_or_else(PoisonError::into_inner);
+                    for seq in &seqs {
+                        accepted.insert(*seq, now);
+                    }
+                }
+                for (pending, seq) in batch.into_iter().zip(seqs) {
+                    let _ = pending.done.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "purge log append failed: purges refused with 503");
+                for pending in batch {
+                    let _ = pending.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Pushes the log to one node, from the node's watermark, until it has everything; then
+/// waits for the log to grow. Failures back off and retry: a purge in the log reaches
+/// every node in the end.
+async fn push_forever(api: Arc<Api>, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut heads = api.log.subscribe();
+    let mut backoff = Duration::from_millis(20);
+    let mut known = false;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let result = if known {
+            push_once(&api, &node, &client).await
+        } else {
+            ask_applied(&api, &node, &client).await.map(|applied| {
+                known = true;
+                set_acked(&api, &node, applied);
+                false
+            })
+        };
+        match result {
+            Ok(more) => {
+                backoff = Duration::from_millis(20);
+                if more {
+                    continue;
+                }
+                tokio::select! {
+                    _ = heads.changed() => {}
+                    // A node that restarted (watermark lower than acked) is found again.
+                    () = tokio::time::sleep(Duration::from_secs(5)) => known = false,
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+            Err(e) => {
+                tracing::debug!(node = %node.name, error = %e, "purge push failed; retrying");
+                known = false;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Sends the next batch; `Ok(true)` when more is waiting.
+async fn push_once(
+    api: &Api,
+    node: &Node,
+    client: &Client<HttpConnector, Full<Bytes>>,
+) -> Result<bool, String> {
+    let after = acked(node);
+    if after >= api.log.head() {
+        return Ok(false);
+    }
+    let entries = match api.log.read_after(after, PUSH_BATCH) {
+        Ok(entries) => entries,
+        Err(LogError::Truncated { oldest }) => {
+            // The node's position is gone: it forgets its content when it next catches up.
+            return Err(format!("node is at {after}, the log starts at {oldest}"));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let batch = PurgeBatch {
+        purges: entries
+            .into_iter()
+            .map(|e| SequencedPurge {
+                seq: e.seq,
+                purge: e.purge,
+            })
+            .collect(),
+    };
+    let body = serde_json::to_vec(&batch).map_err(|e| e.to_string())?;
+    let (status, ack) = call(
+        api,
+        node,
+        client,
+        Method::POST,
+        "/v1/purge",
+        Bytes::from(body),
+    )
+    .await?;
+    match status {
+        StatusCode::OK | StatusCode::CONFLICT => {
+            set_acked(api, node, ack.applied);
+            Ok(ack.applied < api.log.head())
+        }
+        other => Err(format!("node answered {other}")),
+    }
+}
+
+async fn ask_applied(
+    api: &Api,
+    node: &Node,
+    client: &Client<HttpConnector, Full<Bytes>>,
+) -> Result<u64, String> {
+    let (status, ack) = call(
+        api,
+        node,
+        client,
+        Method::GET,
+        "/v1/purge/applied",
+        Bytes::new(),
+    )
+    .await?;
+    if status == StatusCode::OK {
+        Ok(ack.applied)
+    } else {
+        Err(format!("node answered {status}"))
+    }
+}
+
+async fn call(
+    api: &Api,
+    node: &Node,
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<(StatusCode, PurgeAck), String> {
+    let uri: Uri = format!("{}{path}", node.admin)
+        .parse()
+        .map_err(|e| format!("bad node address: {e}"))?;
+    let mut request = http::Request::new(Full::new(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(token) = HeaderValue::from_str(&api.config.node_token) {
+        headers.insert(NODE_TOKEN_HEADER, token);
+    }
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .map_err(|_| "no answer within 10 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let ack: PurgeAck = serde_json::from_slice(&body)
+        .map_err(|_| format!("node answered {status}: {}", String::from_utf8_lossy(&body)))?;
+    Ok((status, ack))
+}
+
+/// Records a node's watermark, wakes status polls, and times purges now applied everywhere.
+fn set_acked(api: &Api, node: &Node, applied: u64) {
+    node.acked
+        .store(applied, std::sync::atomic::Ordering::Release);
+    api.progress.send_modify(|n| *n += 1);
+    let everywhere = api.nodes.iter().map(|n| acked(n)).min().unwrap_or(applied);
+    let mut accepted = api.accepted.lock().unwrap_or_else(PoisonError::into_inner);
+    if accepted.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    accepted.retain(|seq, at| {
+        if *seq <= everywhere {
+            api.metrics.propagated(now.duration_since(*at));
+            false
+        } else {
+            true
+        }
+    });
+}
