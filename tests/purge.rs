@@ -553,3 +553,79 @@ async fn idempotent(api: SocketAddr, body: &str, key: &str) -> u64 {
         .as_u64()
         .expect("seq")
 }
+
+#[tokio::test]
+async fn a_fill_in_flight_when_a_purge_lands_does_not_store_the_old_bytes() {
+    let p = Purging::start(1, "").await;
+    let target = "/race/slow.bin?delay_ms=400";
+    let edge = p.edges[0].public_addr();
+    let fill =
+        tokio::spawn(async move { send(&client(), edge, Method::GET, target, HOST, &[]).await });
+    // The origin has the request (and is sleeping on it): the fill is in flight.
+    assert!(support::eventually(Duration::from_secs(5), || p.origin.hits(target) == 1).await);
+    p.purge(&format!(
+        r#"{{"site":"assets","urls":["{}"]}}"#,
+        url(target)
+    ))
+    .await;
+    assert_eq!(fill.await.expect("client").status, StatusCode::OK);
+    let after = p.get(0, target).await;
+    assert!(
+        after.cache_status().contains("fwd=uri-miss"),
+        "bytes fetched before the purge were stored: {}",
+        after.cache_status()
+    );
+}
+
+#[tokio::test]
+async fn a_shield_behind_an_edge_on_purges_does_not_refill_it_with_purged_content() {
+    let origin = DemoOrigin::start(loopback()).await.expect("origin");
+    let shield = origin_shield::ShieldServer::start(edge_config(origin.addr(), None, None))
+        .await
+        .expect("shield");
+    let text = format!(
+        r#"
+        [node]
+        name = "edge-ahead"
+        listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
+        [purge]
+        node_token = "{NODE_TOKEN}"
+        [[site]]
+        name = "assets"
+        hosts = ["{HOST}"]
+        upstream = "http://{}"
+        "#,
+        shield.public_addr()
+    );
+    let edge = EdgeServer::start(edge::EdgeConfig::from_toml(&text).expect("config"))
+        .await
+        .expect("edge");
+    let target = "/ahead.bin";
+    let http = client();
+    let get = || send(&http, edge.public_addr(), Method::GET, target, HOST, &[]);
+    get().await;
+    assert!(get().await.cache_status().contains("hit"));
+    assert_eq!(origin.hits(target), 1, "cached in both tiers");
+    // Purge 1 reaches the edge; the shield has not got it yet.
+    let batch = format!(
+        r#"{{"purges":[{{"seq":1,"purge":{{"site":"assets","selector":{{"kind":"urls","values":["{}"]}}}}}}]}}"#,
+        url(target)
+    );
+    let request = http::Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{}/v1/purge", edge.admin_addr()))
+        .header(edge::purge::NODE_TOKEN_HEADER, NODE_TOKEN)
+        .body(http_body_util::Full::new(bytes::Bytes::from(batch)))
+        .expect("request");
+    let applied = client().request(request).await.expect("answer");
+    assert_eq!(applied.status(), StatusCode::OK);
+    // The edge refills through the shield, which must not answer from its stale copy.
+    let after = get().await;
+    assert!(
+        after.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        after.cache_status()
+    );
+    assert_eq!(origin.hits(target), 2, "the shield went to the origin");
+}

@@ -20,6 +20,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/purge", post(purge))
         .route("/v1/purge/applied", get(applied))
+        .route("/v1/purge/reset", post(reset))
         .with_state(edge)
 }
 
@@ -59,6 +60,23 @@ async fn applied(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Response 
         return refused;
     }
     let applied = edge.store().purge_watermark();
+    (StatusCode::OK, axum::Json(PurgeAck { applied })).into_response()
+}
+
+/// The purge API's answer to a node whose position fell out of the log's retention: the
+/// node forgets its content and continues from the given sequence number.
+async fn reset(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(refused) = refusal(&edge, &headers) {
+        return refused;
+    }
+    let Ok(PurgeAck { applied }) = serde_json::from_slice(&body) else {
+        return error(StatusCode::BAD_REQUEST, "expected {\"applied\": N}");
+    };
+    edge.reset_purges(applied);
     (StatusCode::OK, axum::Json(PurgeAck { applied })).into_response()
 }
 

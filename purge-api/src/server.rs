@@ -697,8 +697,27 @@ async fn push_once(
     let entries = match api.log.read_after(after, PUSH_BATCH) {
         Ok(entries) => entries,
         Err(LogError::Truncated { oldest }) => {
-            // The node's position is gone: it forgets its content when it next catches up.
-            return Err(format!("node is at {after}, the log starts at {oldest}"));
+            // The purges this node missed are gone: it must forget its content and go on
+            // from the oldest purge still kept.
+            tracing::warn!(node = %node.name, after, oldest, "node fell out of the log's retention: resetting it");
+            let body = serde_json::to_vec(&PurgeAck {
+                applied: oldest - 1,
+            })
+            .map_err(|e| e.to_string())?;
+            let (status, ack) = call(
+                api,
+                node,
+                client,
+                Method::POST,
+                "/v1/purge/reset",
+                Bytes::from(body),
+            )
+            .await?;
+            if status != StatusCode::OK {
+                return Err(format!("node answered {status} to a reset"));
+            }
+            set_acked(api, node, ack.applied);
+            return Ok(true);
         }
         Err(e) => return Err(e.to_string()),
     };
