@@ -104,7 +104,7 @@ async fn main() {
     }
     let submitted = started.elapsed();
     watcher.await.expect("watcher");
-    let at = applied_at.lock().unwrap();
+    let at = applied_at.lock().unwrap().clone();
     let mut latencies: Vec<Duration> = (1..=PURGES)
         .filter_map(|s| Some(at[s]?.saturating_duration_since(accepted_at[s]?)))
         .collect();
