@@ -523,3 +523,49 @@ async fn a_region_over_capacity_spills_its_clients_to_the_next_nearest() {
     }
     assert!(back, "clients did not return when the load went");
 }
+
+#[tokio::test]
+async fn the_udp_fast_path_answers_exactly_as_the_general_path_does() {
+    let dns = Dns::start().await;
+    let mut compared = 0;
+    for name in [CUSTOMER, "eu.edge.cdn.test.", "ap.edge.cdn.test."] {
+        for qtype in [RecordType::A, RecordType::AAAA] {
+            for (payload, ecs) in [
+                (None, None),
+                (Some(1232), None),
+                (Some(4096), Some((ip(PARIS), 24))),
+                (Some(1232), Some((ip(NEW_YORK), 24))),
+                (Some(1232), Some((ip(SYDNEY), 48))),
+                (Some(1232), Some((ip("100.64.1.77"), 0))),
+            ] {
+                let q = query(name, qtype, payload, ecs);
+                // UDP takes the fast path for these; TCP always takes hickory-server's.
+                let fast = udp(dns.addr(), &q).await;
+                let general = tcp(dns.addr(), &q).await;
+                let what = format!("{name} {qtype} {payload:?} {ecs:?}");
+                assert_eq!(
+                    fast.metadata.response_code, general.metadata.response_code,
+                    "{what}"
+                );
+                assert_eq!(
+                    fast.metadata.authoritative, general.metadata.authoritative,
+                    "{what}"
+                );
+                assert_eq!(
+                    fast.metadata.recursion_desired, general.metadata.recursion_desired,
+                    "{what}"
+                );
+                assert_eq!(fast.answers, general.answers, "{what}");
+                assert_eq!(fast.authorities, general.authorities, "{what}");
+                assert_eq!(ecs_of(&fast), ecs_of(&general), "{what}");
+                assert_eq!(fast.edns.is_some(), general.edns.is_some(), "{what}");
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 36);
+}
+
+fn ecs_of(m: &Message) -> Option<(IpAddr, u8, u8)> {
+    ecs(m)
+}

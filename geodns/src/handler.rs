@@ -221,7 +221,7 @@ fn client_of(request: &Request, ecs: bool) -> Result<Client, ()> {
 }
 
 /// A hash of the client's network (/24 or /56), stable across queries, for spillover.
-fn network_hash(ip: IpAddr) -> u64 {
+pub(crate) fn network_hash(ip: IpAddr) -> u64 {
     let bytes: Vec<u8> = match ip {
         IpAddr::V4(v4) => v4.octets()[..3].to_vec(),
         IpAddr::V6(v6) => v6.octets()[..7].to_vec(),

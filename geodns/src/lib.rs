@@ -11,6 +11,7 @@
 //! protocol over UDP and TCP.
 
 pub mod config;
+pub mod fast_path;
 pub mod geo;
 pub mod handler;
 pub mod health;
@@ -20,6 +21,7 @@ pub mod state;
 pub mod steering;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+pub mod udp;
 pub mod zone;
 
 pub use config::GeoDnsConfig;

@@ -86,6 +86,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn query(&self, qtype: RecordType, rcode: ResponseCode, region: &str, tcp: bool) {
+        self.queries(qtype, rcode, region, tcp, 1);
+    }
+
+    /// `n` queries of one kind at once (the UDP loop counts locally, then adds).
+    pub fn queries(&self, qtype: RecordType, rcode: ResponseCode, region: &str, tcp: bool, n: u64) {
         self.queries
             .get_or_create(&QueryLabels {
                 qtype: qtype_label(qtype),
@@ -93,7 +98,7 @@ impl Metrics {
                 region: region.to_owned(),
                 transport: if tcp { "tcp" } else { "udp" },
             })
-            .inc();
+            .inc_by(n);
     }
 
     pub fn edge_state(&self, region: &str, edge: &str, up: bool) {

@@ -1,5 +1,5 @@
-//! The running server: UDP and TCP on one port through `hickory-server`, the admin
-//! listener, the probe loop, and reloads on SIGHUP or when the config file changes.
+//! The running server: UDP ([`crate::udp`]) and TCP (`hickory-server`) on one port, the
+//! admin listener, the probe loop, and reloads on SIGHUP or when the config file changes.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,11 +84,19 @@ impl GeoDnsServer {
             source,
         })?;
         let mut dns = Server::new(handler.clone());
-        dns.register_socket(udp);
         dns.register_listener(tcp, tcp_timeout, 64 * 1024);
 
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let udp = Arc::new(udp);
+        let loops = std::thread::available_parallelism().map_or(1, usize::from);
+        for _ in 0..loops {
+            tasks.spawn(crate::udp::serve(
+                udp.clone(),
+                handler.clone(),
+                shutdown.subscribe(),
+            ));
+        }
         let app = Router::new()
             .route(
                 "/healthz",

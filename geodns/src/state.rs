@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{ConfigError, GeoDnsConfig, HealthConfig};
+use crate::fast_path::{FastName, wire_name};
 use crate::geo::{CidrOverrides, Locator, MmdbLocator};
 use crate::health::EdgeHealth;
 use crate::steering::Regions;
@@ -18,6 +19,12 @@ pub struct State {
     pub locator: Locator,
     pub ecs: bool,
     pub health: HealthConfig,
+    /// Customer and region names in lower-case wire form, for [`crate::fast_path`].
+    pub fast_names: HashMap<Vec<u8>, FastName>,
+    /// `<region>.edge.<zone>` in wire form, by region index.
+    pub region_wire_names: Vec<Vec<u8>>,
+    pub zone_ttl: u32,
+    pub zone_max_answers: usize,
     pub config: GeoDnsConfig,
 }
 
@@ -51,7 +58,30 @@ impl State {
             message: e.to_string(),
         })?;
         let regions = Regions::new(&config.regions, &config.geo.default_region, health);
+        let zone_name = &config.zone.name;
+        let region_wire_names: Vec<Vec<u8>> = config
+            .regions
+            .iter()
+            .map(|r| wire_name(&format!("{}.edge.{zone_name}", r.name)))
+            .collect();
+        let mut fast_names: HashMap<Vec<u8>, FastName> = config
+            .customers
+            .iter()
+            .map(|c| {
+                (
+                    wire_name(&format!("{}.{zone_name}", c.name)),
+                    FastName::Customer,
+                )
+            })
+            .collect();
+        for (i, name) in region_wire_names.iter().enumerate() {
+            fast_names.insert(name.clone(), FastName::Region(i));
+        }
         Ok(Self {
+            fast_names,
+            region_wire_names,
+            zone_ttl: config.zone.ttl,
+            zone_max_answers: config.zone.max_answers,
             zone,
             regions,
             locator: Locator::new(overrides, database),
