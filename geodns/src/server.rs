@@ -43,6 +43,15 @@ pub struct GeoDnsServer {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     dns: Server<Handler>,
+    /// Ends the blocking UDP loops (which a dropped task cannot stop).
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for GeoDnsServer {
+    fn drop(&mut self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl std::fmt::Debug for GeoDnsServer {
@@ -88,15 +97,33 @@ impl GeoDnsServer {
 
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        let udp = Arc::new(udp);
+        let udp = udp.into_std().map_err(|source| StartError::Bind {
+            what: "UDP DNS listener",
+            addr: listen,
+            source,
+        })?;
+        udp.set_nonblocking(false)
+            .map_err(|source| StartError::Bind {
+                what: "UDP DNS listener",
+                addr: listen,
+                source,
+            })?;
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let loops = std::thread::available_parallelism().map_or(1, usize::from);
         for _ in 0..loops {
-            tasks.spawn(crate::udp::serve(
-                udp.clone(),
+            let socket = udp.try_clone().map_err(|source| StartError::Bind {
+                what: "UDP DNS listener",
+                addr: listen,
+                source,
+            })?;
+            let (handler, runtime, stopping) = (
                 handler.clone(),
-                shutdown.subscribe(),
-            ));
+                tokio::runtime::Handle::current(),
+                stopping.clone(),
+            );
+            tasks.spawn_blocking(move || crate::udp::serve(socket, handler, runtime, stopping));
         }
+
         let app = Router::new()
             .route(
                 "/healthz",
@@ -125,6 +152,7 @@ impl GeoDnsServer {
             shutdown,
             tasks,
             dns,
+            stopping,
         })
     }
 
@@ -147,6 +175,8 @@ impl GeoDnsServer {
 
     /// Stops answering and ends every task.
     pub async fn shutdown(mut self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         let _ = self.shutdown.send(true);
         let _ = self.dns.shutdown_gracefully().await;
         while self.tasks.join_next().await.is_some() {}

@@ -1,4 +1,5 @@
-//! Serving DNS over UDP: one receive loop per core on a shared socket, the common query
+//! Serving DNS over UDP: one receive loop per core on a shared socket, queries taken and
+//! answered in batches, the common query
 //! answered by [`crate::fast_path`] into a reused buffer, everything else by the same
 //! handler as TCP ([`crate::handler`]) through `hickory-server`'s request decoding, with
 //! its response captured here and sent from this loop.
@@ -20,54 +21,12 @@ use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
-use tokio::net::UdpSocket;
-use tokio::sync::watch;
 
 use crate::fast_path;
 use crate::handler::Handler;
 
 /// Fast-path queries counted locally before they are added to the metrics.
 const FLUSH_EVERY: u64 = 4096;
-
-/// Receives and answers queries on `socket` until `stop`.
-pub async fn serve(socket: Arc<UdpSocket>, handler: Handler, mut stop: watch::Receiver<bool>) {
-    let mut buf = vec![0u8; 4096];
-    let mut out = Vec::with_capacity(1232);
-    let mut counts: HashMap<(u16, usize), u64> = HashMap::new();
-    let mut pending = 0u64;
-    let mut flushed = Instant::now();
-    loop {
-        let (len, src) = tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
-                Ok(received) => received,
-                Err(error) => {
-                    tracing::debug!(%error, "UDP receive failed");
-                    continue;
-                }
-            },
-            _ = stop.wait_for(|s| *s) => break,
-        };
-        let packet = &buf[..len];
-        let state = handler.state.load();
-        let answered = match fast_path::answer(&state, packet, src.ip(), &mut out) {
-            Some(answered) => {
-                *counts.entry((answered.qtype, answered.region)).or_default() += 1;
-                pending += 1;
-                true
-            }
-            None => general(&handler, packet, src, &mut out).await,
-        };
-        if answered && let Err(error) = socket.send_to(&out, src).await {
-            tracing::debug!(%error, %src, "UDP send failed");
-        }
-        if pending >= FLUSH_EVERY || (pending > 0 && flushed.elapsed() > Duration::from_secs(1)) {
-            flush(&handler, &mut counts);
-            pending = 0;
-            flushed = Instant::now();
-        }
-    }
-    flush(&handler, &mut counts);
-}
 
 fn flush(handler: &Handler, counts: &mut HashMap<(u16, usize), u64>) {
     let state = handler.state.load();
@@ -148,4 +107,126 @@ impl ResponseHandler for Capture {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = bytes;
         Ok(info)
     }
+}
+
+/// Queries received (and answers sent) per system call by [`serve_batched`].
+const BATCH: usize = 32;
+
+/// How often a blocked receive wakes to see whether the server is stopping.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+
+/// Receives and answers queries on `socket` until `stop`, on a blocking thread: a batch of
+/// queries per `recvmmsg` and their answers with one `sendmmsg`. Once the fast path
+/// answered in place, the kernel's cost per packet was what remained (BENCHMARKS.md), and
+/// batching divides the system calls. The general path runs on `runtime`.
+pub fn serve(
+    socket: std::net::UdpSocket,
+    handler: Handler,
+    runtime: tokio::runtime::Handle,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::io::{IoSlice, IoSliceMut};
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering;
+
+    use nix::errno::Errno;
+    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+
+    if let Err(error) = socket.set_read_timeout(Some(STOP_CHECK)) {
+        tracing::error!(%error, "cannot set the UDP receive timeout");
+        return;
+    }
+    let fd = socket.as_raw_fd();
+    let mut bufs = vec![[0u8; 4096]; BATCH];
+    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
+    let mut received_from: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(BATCH);
+    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut counts: HashMap<(u16, usize), u64> = HashMap::new();
+    let mut pending = 0u64;
+    let mut flushed = Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        received_from.clear();
+        {
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+                .iter_mut()
+                .map(|b| [IoSliceMut::new(&mut b[..])])
+                .collect();
+            match recvmmsg(
+                fd,
+                &mut recv_headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(results) => received_from.extend(results.map(|r| (r.bytes, r.address))),
+                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                Err(error) => tracing::debug!(%error, "UDP receive failed"),
+            }
+        }
+        if received_from.is_empty() {
+            if pending > 0 {
+                flush(&handler, &mut counts);
+                pending = 0;
+            }
+            continue;
+        }
+        let state = handler.state.load();
+        let mut replies = 0;
+        let mut reply_to: Vec<Option<SockaddrStorage>> = Vec::with_capacity(received_from.len());
+        for (i, (len, address)) in received_from.iter().enumerate() {
+            let Some(src) = address.as_ref().and_then(socket_addr) else {
+                continue;
+            };
+            if src.port() == 0 || src.ip().is_unspecified() {
+                continue; // nobody to answer
+            }
+            let packet = &bufs[i][..*len];
+            let mut out = std::mem::take(&mut outs[i]);
+            let answered = match fast_path::answer(&state, packet, src.ip(), &mut out) {
+                Some(answered) => {
+                    *counts.entry((answered.qtype, answered.region)).or_default() += 1;
+                    pending += 1;
+                    true
+                }
+                None => runtime.block_on(general(&handler, packet, src, &mut out)),
+            };
+            // Keep the answer at the front, in the order it is sent.
+            outs[i] = out;
+            if answered {
+                outs.swap(replies, i);
+                reply_to.push(*address);
+                replies += 1;
+            }
+        }
+        if replies > 0 {
+            let slices: Vec<[IoSlice<'_>; 1]> =
+                outs[..replies].iter().map(|o| [IoSlice::new(o)]).collect();
+            if let Err(error) = sendmmsg(
+                fd,
+                &mut send_headers,
+                &slices,
+                &reply_to,
+                [],
+                MsgFlags::empty(),
+            ) {
+                tracing::debug!(%error, "UDP send failed");
+            }
+        }
+        if pending >= FLUSH_EVERY || (pending > 0 && flushed.elapsed() > Duration::from_secs(1)) {
+            flush(&handler, &mut counts);
+            pending = 0;
+            flushed = Instant::now();
+        }
+    }
+    flush(&handler, &mut counts);
+}
+
+fn socket_addr(address: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = address.as_sockaddr_in() {
+        return Some(SocketAddr::from(std::net::SocketAddrV4::from(*v4)));
+    }
+    address
+        .as_sockaddr_in6()
+        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
 }
