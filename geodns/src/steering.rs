@@ -181,24 +181,53 @@ impl Regions {
     /// The region for a client located at `located` (`None`: unknown), whose network
     /// hashes to `client_hash` (for spillover). `None` when no region is healthy.
     pub fn choose(&self, located: Option<&Located>, client_hash: u64) -> Option<usize> {
-        let ranked: Vec<usize> = match located {
-            Some(Located::Point { at, .. }) => {
-                let points: Vec<(&str, Coordinates)> = self
-                    .regions
-                    .iter()
-                    .map(|r| (r.name.as_str(), r.at))
-                    .collect();
-                rank_regions(*at, &points)
-            }
+        match located {
+            Some(Located::Point { at, .. }) => self.nearest_to(*at, client_hash),
             Some(Located::Region { name, .. }) => {
                 let start = self
                     .index(&name.to_ascii_lowercase())
                     .unwrap_or(self.default);
-                self.regions[start].by_distance.clone()
+                self.first_healthy(&self.regions[start].by_distance, client_hash)
             }
-            None => self.regions[self.default].by_distance.clone(),
-        };
-        self.first_healthy(&ranked, client_hash)
+            None => self.first_healthy(&self.regions[self.default].by_distance, client_hash),
+        }
+    }
+
+    /// [`Regions::first_healthy`] over the regions ranked by distance from `at`, in the
+    /// order `rank_regions` gives (distance, then name), without building the ranking:
+    /// this runs for every query.
+    fn nearest_to(&self, at: Coordinates, client_hash: u64) -> Option<usize> {
+        let share = (client_hash % 10_000) as f64 / 10_000.0;
+        let mut skipped: u128 = 0;
+        let mut fallback = None;
+        for _ in 0..self.regions.len().min(128) {
+            let mut best: Option<(f64, usize)> = None;
+            for (i, region) in self.regions.iter().enumerate().take(128) {
+                if skipped & (1 << i) != 0 {
+                    continue;
+                }
+                let d = at.distance_km(region.at);
+                let closer = match best {
+                    None => true,
+                    Some((bd, bi)) => d < bd || (d == bd && region.name < self.regions[bi].name),
+                };
+                if closer {
+                    best = Some((d, i));
+                }
+            }
+            let (_, i) = best?;
+            skipped |= 1 << i;
+            let region = &self.regions[i];
+            if !region.is_healthy() {
+                continue;
+            }
+            if region.over_capacity() && share < region.spill {
+                fallback.get_or_insert(i);
+                continue;
+            }
+            return Some(i);
+        }
+        fallback
     }
 
     /// The region answering for region `r`'s own name: itself while healthy, else its
@@ -306,6 +335,27 @@ mod tests {
             );
         }
         assert!(eu.addresses(true, 4).is_empty(), "no IPv6 edges");
+    }
+
+    #[test]
+    fn choosing_without_a_ranking_agrees_with_rank_regions() {
+        let r = regions();
+        let points: Vec<(&str, Coordinates)> =
+            r.regions.iter().map(|g| (g.name.as_str(), g.at)).collect();
+        for lat in (-80..=80).step_by(20) {
+            for lon in (-170..=170).step_by(20) {
+                let at = Coordinates {
+                    lat: f64::from(lat),
+                    lon: f64::from(lon),
+                };
+                let located = Located::Point { at, prefix_len: 24 };
+                assert_eq!(
+                    r.choose(Some(&located), 0),
+                    Some(rank_regions(at, &points)[0]),
+                    "{at:?}"
+                );
+            }
+        }
     }
 
     #[test]
