@@ -182,28 +182,32 @@ impl Regions {
     /// hashes to `client_hash` (for spillover). `None` when no region is healthy.
     pub fn choose(&self, located: Option<&Located>, client_hash: u64) -> Option<usize> {
         match located {
-            Some(Located::Point { at, .. }) => self.nearest_to(*at, client_hash),
+            Some(Located::Point { at, .. }) => {
+                self.first_healthy(self.by_distance_from(*at), client_hash)
+            }
             Some(Located::Region { name, .. }) => {
                 let start = self
                     .index(&name.to_ascii_lowercase())
                     .unwrap_or(self.default);
-                self.first_healthy(&self.regions[start].by_distance, client_hash)
+                let ranked = self.regions[start].by_distance.iter().copied();
+                self.first_healthy(ranked, client_hash)
             }
-            None => self.first_healthy(&self.regions[self.default].by_distance, client_hash),
+            None => {
+                let ranked = self.regions[self.default].by_distance.iter().copied();
+                self.first_healthy(ranked, client_hash)
+            }
         }
     }
 
-    /// [`Regions::first_healthy`] over the regions ranked by distance from `at`, in the
-    /// order `rank_regions` gives (distance, then name), without building the ranking:
-    /// this runs for every query.
-    fn nearest_to(&self, at: Coordinates, client_hash: u64) -> Option<usize> {
-        let share = (client_hash % 10_000) as f64 / 10_000.0;
-        let mut skipped: u128 = 0;
-        let mut fallback = None;
-        for _ in 0..self.regions.len().min(128) {
+    /// The regions in the order `rank_regions` gives from `at` (distance, then name),
+    /// produced one at a time without building the ranking: this runs for every query and
+    /// the first healthy region is usually the first.
+    fn by_distance_from(&self, at: Coordinates) -> impl Iterator<Item = usize> + '_ {
+        let mut taken: u128 = 0;
+        std::iter::from_fn(move || {
             let mut best: Option<(f64, usize)> = None;
             for (i, region) in self.regions.iter().enumerate().take(128) {
-                if skipped & (1 << i) != 0 {
+                if taken & (1 << i) != 0 {
                     continue;
                 }
                 let d = at.distance_km(region.at);
@@ -216,18 +220,9 @@ impl Regions {
                 }
             }
             let (_, i) = best?;
-            skipped |= 1 << i;
-            let region = &self.regions[i];
-            if !region.is_healthy() {
-                continue;
-            }
-            if region.over_capacity() && share < region.spill {
-                fallback.get_or_insert(i);
-                continue;
-            }
-            return Some(i);
-        }
-        fallback
+            taken |= 1 << i;
+            Some(i)
+        })
     }
 
     /// The region answering for region `r`'s own name: itself while healthy, else its
@@ -240,10 +235,14 @@ impl Regions {
             .find(|&i| self.regions[i].is_healthy())
     }
 
-    fn first_healthy(&self, ranked: &[usize], client_hash: u64) -> Option<usize> {
+    fn first_healthy(
+        &self,
+        ranked: impl Iterator<Item = usize>,
+        client_hash: u64,
+    ) -> Option<usize> {
         let share = (client_hash % 10_000) as f64 / 10_000.0;
         let mut fallback = None;
-        for &i in ranked {
+        for i in ranked {
             let region = &self.regions[i];
             if !region.is_healthy() {
                 continue;
