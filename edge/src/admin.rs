@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::proxy::Edge;
-use crate::purge::{NODE_TOKEN_HEADER, PurgeAck, PurgeBatch};
+use crate::purge::{NODE_TOKEN_HEADER, PurgeAck, PurgeBatch, tokens_match};
 
 /// The admin routes of a node.
 pub fn router(edge: Arc<Edge>) -> Router {
@@ -90,7 +90,7 @@ fn refusal(edge: &Edge, headers: &HeaderMap) -> Option<Response> {
         ));
     };
     let given = headers.get(NODE_TOKEN_HEADER).map(|v| v.as_bytes());
-    if given.is_some_and(|given| constant_time_eq(given, expected.as_bytes())) {
+    if given.is_some_and(|given| tokens_match(given, expected.as_bytes())) {
         None
     } else {
         Some(error(
@@ -98,10 +98,6 @@ fn refusal(edge: &Edge, headers: &HeaderMap) -> Option<Response> {
             "missing or wrong cdn-node-token header",
         ))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

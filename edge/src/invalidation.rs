@@ -17,6 +17,7 @@
 //!   [`RECENT`] are kept; a fill older than that does not store at all).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use http::HeaderMap;
@@ -29,6 +30,9 @@ use crate::store::Storage;
 
 /// Purges remembered for the fill check.
 pub const RECENT: usize = 4096;
+
+/// Registrations of tagged responses between two checks for evicted keys in the index.
+const PRUNE_EVERY: usize = 1024;
 
 /// `Surrogate-Key` (space-separated, Fastly) and `Cache-Tag` (comma-separated, Cloudflare).
 const TAG_FIELDS: [(&str, char); 2] = [("surrogate-key", ' '), ("cache-tag", ',')];
@@ -49,6 +53,8 @@ pub struct Invalidation {
     recent: Mutex<VecDeque<SequencedPurge>>,
     /// `"{site}\n{tag}"` -> keys of responses that carried the tag.
     tags: Mutex<HashMap<String, HashSet<CacheKey>>>,
+    /// Tagged responses registered, for pruning the tag index now and then.
+    registered: AtomicUsize,
 }
 
 /// What a purge matches, resolved against the node's sites.
@@ -96,7 +102,13 @@ impl Invalidation {
                 .insert(key.clone());
         }
         // Evicted keys linger in the index; once it holds far more keys than the store has
-        // entries, drop the ones that are gone.
+        // entries, drop the ones that are gone. Counting both costs a walk of the index and
+        // a settling of the store, so it is done once every `PRUNE_EVERY` registrations,
+        // not on every fill.
+        let registered = self.registered.fetch_add(1, Ordering::Relaxed) + 1;
+        if !registered.is_multiple_of(PRUNE_EVERY) {
+            return;
+        }
         let held: usize = index.values().map(HashSet::len).sum();
         let entries = usize::try_from(store.usage().entries).unwrap_or(usize::MAX);
         if held > 1024 && held > entries.saturating_mul(4) {

@@ -19,6 +19,17 @@ pub const PURGE_SEQ_HEADER: &str = "cdn-purge-seq";
 /// Header carrying the shared secret nodes and the purge API authenticate each other with.
 pub const NODE_TOKEN_HEADER: &str = "cdn-node-token";
 
+/// Whether a secret presented (a node token, a publisher's bearer token) is the expected
+/// one, in time that does not depend on where they first differ.
+pub fn tokens_match(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 /// What one purge removes, within one site.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

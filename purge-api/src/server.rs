@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use edge::purge::{
     LogTruncated, NODE_TOKEN_HEADER, PurgeAck, PurgeBatch, PurgeLogPage, SequencedPurge,
+    tokens_match,
 };
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -243,12 +244,8 @@ fn publisher<'a>(
     api.config
         .publishers
         .iter()
-        .find(|p| constant_time_eq(p.token.as_bytes(), token.as_bytes()))
+        .find(|p| tokens_match(p.token.as_bytes(), token.as_bytes()))
         .ok_or("unknown token")
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn purge(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -542,7 +539,7 @@ async fn read_log(
     headers: HeaderMap,
 ) -> Response {
     let token = headers.get(NODE_TOKEN_HEADER).map(|v| v.as_bytes());
-    if !token.is_some_and(|t| constant_time_eq(t, api.config.node_token.as_bytes())) {
+    if !token.is_some_and(|t| tokens_match(t, api.config.node_token.as_bytes())) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong cdn-node-token");
     }
     let Ok(Query(query)) = query else {
