@@ -213,6 +213,9 @@ pub enum ConfigError {
     Invalid { field: String, message: String },
 }
 
+/// The most regions one zone steers between (the steering code ranks them in a 128-bit set).
+pub const MAX_REGIONS: usize = 128;
+
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
@@ -251,6 +254,16 @@ impl GeoDnsConfig {
         }
         if self.regions.is_empty() {
             return Err(invalid("region", "configure at least one [[region]]"));
+        }
+        if self.regions.len() > MAX_REGIONS {
+            return Err(invalid(
+                "region",
+                format!(
+                    "{} regions configured, at most {MAX_REGIONS} are supported; run one \
+                     GeoDNS zone per continent if you need more",
+                    self.regions.len()
+                ),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for region in &self.regions {

@@ -48,7 +48,14 @@ struct Subnet<'a> {
 }
 
 /// Answers `packet` from `src` into `out` when it is a query this path handles.
-pub fn answer(state: &State, packet: &[u8], src: IpAddr, out: &mut Vec<u8>) -> Option<Answered> {
+/// `addresses` is scratch space, reused across calls so that answering allocates nothing.
+pub fn answer(
+    state: &State,
+    packet: &[u8],
+    src: IpAddr,
+    out: &mut Vec<u8>,
+    addresses: &mut Vec<IpAddr>,
+) -> Option<Answered> {
     if packet.len() < 17 {
         return None;
     }
@@ -163,46 +170,43 @@ pub fn answer(state: &State, packet: &[u8], src: IpAddr, out: &mut Vec<u8>) -> O
         }
         FastName::Region(r) => state.regions.serving(r)?,
     };
-    let addresses = state.regions.regions[region].addresses(qtype == AAAA, state.zone_max_answers);
+    state.regions.regions[region].addresses_into(qtype == AAAA, state.zone_max_answers, addresses);
     if addresses.is_empty() && matches!(kind, FastName::Region(_)) {
         return None; // NODATA with the SOA: the general path's business
     }
 
-    let ttl = state.zone_ttl.to_be_bytes();
+    let [t0, t1, t2, t3] = state.zone_ttl.to_be_bytes();
+    let records = u16::try_from(usize::from(kind == FastName::Customer) + addresses.len()).ok()?;
+    let [r0, r1] = records.to_be_bytes();
     out.clear();
-    out.extend_from_slice(&packet[..2]);
-    out.push(0x84 | (flags & 0x01)); // QR, AA, RD as asked
-    out.push(0x00); // RA off, NOERROR
-    let records = usize::from(kind == FastName::Customer) + addresses.len();
-    out.extend_from_slice(&1u16.to_be_bytes());
-    out.extend_from_slice(&u16::try_from(records).ok()?.to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes());
-    out.extend_from_slice(&u16::from(payload.is_some()).to_be_bytes());
+    #[rustfmt::skip]
+    out.extend_from_slice(&[
+        packet[0], packet[1],
+        0x84 | (flags & 0x01), 0x00, // QR, AA, RD as asked; RA off, NOERROR
+        0, 1, r0, r1, 0, 0, 0, u8::from(payload.is_some()),
+    ]);
     out.extend_from_slice(&packet[12..question_end]);
     // Owner of the address records: the question name, or the CNAME's target.
     let mut owner: u16 = 0xc00c;
     if kind == FastName::Customer {
         let target = &state.region_wire_names[region];
-        out.extend_from_slice(&[0xc0, 0x0c]);
-        out.extend_from_slice(&CNAME.to_be_bytes());
-        out.extend_from_slice(&CLASS_IN.to_be_bytes());
-        out.extend_from_slice(&ttl);
-        out.extend_from_slice(&u16::try_from(target.len()).ok()?.to_be_bytes());
+        let [l0, l1] = u16::try_from(target.len()).ok()?.to_be_bytes();
+        #[rustfmt::skip]
+        out.extend_from_slice(&[0xc0, 0x0c, 0, CNAME as u8, 0, CLASS_IN as u8, t0, t1, t2, t3, l0, l1]);
         owner = 0xc000 | u16::try_from(out.len()).ok().filter(|o| *o < 0x3fff)?;
         out.extend_from_slice(target);
     }
-    for ip in &addresses {
-        out.extend_from_slice(&owner.to_be_bytes());
-        out.extend_from_slice(&qtype.to_be_bytes());
-        out.extend_from_slice(&CLASS_IN.to_be_bytes());
-        out.extend_from_slice(&ttl);
+    let [o0, o1] = owner.to_be_bytes();
+    for ip in addresses.iter() {
         match ip {
             IpAddr::V4(v4) => {
-                out.extend_from_slice(&4u16.to_be_bytes());
-                out.extend_from_slice(&v4.octets());
+                let [a, b, c, d] = v4.octets();
+                #[rustfmt::skip]
+                out.extend_from_slice(&[o0, o1, 0, A as u8, 0, CLASS_IN as u8, t0, t1, t2, t3, 0, 4, a, b, c, d]);
             }
             IpAddr::V6(v6) => {
-                out.extend_from_slice(&16u16.to_be_bytes());
+                #[rustfmt::skip]
+                out.extend_from_slice(&[o0, o1, 0, AAAA as u8, 0, CLASS_IN as u8, t0, t1, t2, t3, 0, 16]);
                 out.extend_from_slice(&v6.octets());
             }
         }
@@ -326,7 +330,14 @@ mod tests {
             RecordType::A,
             Some(("10.1.2.0".parse().unwrap(), 24)),
         );
-        let answered = answer(&s, &q, "127.0.0.1".parse().unwrap(), &mut out).expect("fast path");
+        let answered = answer(
+            &s,
+            &q,
+            "127.0.0.1".parse().unwrap(),
+            &mut out,
+            &mut Vec::new(),
+        )
+        .expect("fast path");
         assert_eq!(
             answered,
             Answered {
@@ -380,7 +391,11 @@ mod tests {
                 q
             },
         ] {
-            assert_eq!(answer(&s, &q, src, &mut out), None, "{q:?}");
+            assert_eq!(
+                answer(&s, &q, src, &mut out, &mut Vec::new()),
+                None,
+                "{q:?}"
+            );
         }
     }
 }

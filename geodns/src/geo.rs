@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 /// Mean Earth radius (IUGG), in kilometres, used by [`Coordinates::distance_km`].
@@ -234,6 +235,20 @@ impl CityRecord {
 #[derive(Debug)]
 pub struct MmdbLocator {
     reader: maxminddb::Reader<Vec<u8>>,
+    /// Tells this database's entries in [`DECODED`] from another's (after a reload).
+    generation: u64,
+}
+
+/// How many decoded records each thread keeps (see [`DECODED`]).
+const DECODED_PER_THREAD: usize = 1 << 16;
+
+thread_local! {
+    /// Coordinates already decoded, by (database generation, record offset). Many networks
+    /// share one record (a city), and decoding a City record (skipping its names in every
+    /// language) cost more than the tree walk and the rest of a DNS answer together
+    /// (BENCHMARKS.md). Per thread, so the lookup takes no lock; cleared when full.
+    static DECODED: std::cell::RefCell<FxHashMap<(u64, usize), Option<Coordinates>>> =
+        std::cell::RefCell::new(FxHashMap::default());
 }
 
 impl MmdbLocator {
@@ -257,7 +272,9 @@ impl MmdbLocator {
     fn load(bytes: Vec<u8>, db: impl Fn() -> String) -> Result<Self, GeoError> {
         let reader = maxminddb::Reader::from_source(bytes)
             .map_err(|cause| GeoError::NotMmdb { db: db(), cause })?;
-        let locator = Self { reader };
+        static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let locator = Self { reader, generation };
         match locator.has_location_data() {
             Ok(true) => Ok(locator),
             Ok(false) => Err(GeoError::NoLocationData {
@@ -299,7 +316,22 @@ impl GeoLocator for MmdbLocator {
     fn locate(&self, ip: IpAddr) -> Option<Located> {
         let ip = ip.to_canonical();
         let hit = self.reader.lookup(ip).ok()?;
-        let at = hit.decode::<CityRecord>().ok()??.coordinates()?;
+        let key = (self.generation, hit.offset()?);
+        let at = DECODED.with_borrow_mut(|decoded| {
+            if let Some(at) = decoded.get(&key) {
+                return *at;
+            }
+            if decoded.len() >= DECODED_PER_THREAD {
+                decoded.clear();
+            }
+            let at = hit
+                .decode::<CityRecord>()
+                .ok()
+                .flatten()
+                .and_then(|r| r.coordinates());
+            decoded.insert(key, at);
+            at
+        })?;
         let network = hit.network().ok()?;
         // An IPv6 database keeps IPv4 under `::/96`. The reader already reports IPv4
         // lookups in IPv4 terms, except when the match sits above the IPv4 subtree (a
@@ -735,6 +767,26 @@ mod tests {
         let db = fixture();
         assert_eq!(db.locate(ip("2001:db8:1::1")), point(TOKYO, 48));
         assert_eq!(db.locate(ip("2001:db8:1:ffff::")), point(TOKYO, 48));
+    }
+
+    #[test]
+    fn mmdb_decoded_records_are_not_shared_between_databases() {
+        // Same network, same record layout (so the same record offset), other place: a
+        // reloaded database must not answer from the first one's decoded records.
+        let first = fixture();
+        let moved = MmdbLocator::from_bytes(
+            mmdb_bytes(&[
+                (net("192.0.2.0/24"), TOKYO),
+                (net("198.51.100.0/24"), NEW_YORK),
+                (net("2001:db8:1::/48"), FRANKFURT),
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        for _ in 0..2 {
+            assert_eq!(first.locate(ip("192.0.2.1")), point(FRANKFURT, 24));
+            assert_eq!(moved.locate(ip("192.0.2.1")), point(TOKYO, 24));
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
+
 use crate::config::{ConfigError, GeoDnsConfig, HealthConfig};
 use crate::fast_path::{FastName, wire_name};
 use crate::geo::{CidrOverrides, Locator, MmdbLocator};
@@ -20,7 +22,7 @@ pub struct State {
     pub ecs: bool,
     pub health: HealthConfig,
     /// Customer and region names in lower-case wire form, for [`crate::fast_path`].
-    pub fast_names: HashMap<Vec<u8>, FastName>,
+    pub fast_names: FxHashMap<Vec<u8>, FastName>,
     /// `<region>.edge.<zone>` in wire form, by region index.
     pub region_wire_names: Vec<Vec<u8>>,
     pub zone_ttl: u32,
@@ -64,7 +66,7 @@ impl State {
             .iter()
             .map(|r| wire_name(&format!("{}.edge.{zone_name}", r.name)))
             .collect();
-        let mut fast_names: HashMap<Vec<u8>, FastName> = config
+        let mut fast_names: FxHashMap<Vec<u8>, FastName> = config
             .customers
             .iter()
             .map(|c| {

@@ -11,9 +11,11 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::config::RegionConfig;
+use rustc_hash::FxHashMap;
+
+use crate::config::{MAX_REGIONS, RegionConfig};
 use crate::geo::{Coordinates, Located, rank_regions};
 use crate::health::EdgeHealth;
 
@@ -65,8 +67,16 @@ impl Region {
     /// Up to `max` healthy edge addresses of one family (`v6`), starting at the next
     /// position of the weighted rotation.
     pub fn addresses(&self, v6: bool, max: usize) -> Vec<IpAddr> {
+        let mut out = Vec::with_capacity(max.min(self.edges.len()));
+        self.addresses_into(v6, max, &mut out);
+        out
+    }
+
+    /// [`Region::addresses`] into `out` (cleared first), so a caller answering many
+    /// queries reuses one buffer.
+    pub fn addresses_into(&self, v6: bool, max: usize, out: &mut Vec<IpAddr>) {
+        out.clear();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let mut out: Vec<IpAddr> = Vec::with_capacity(max.min(self.edges.len()));
         let n = self.rotation.len();
         for step in 0..n {
             if out.len() == max {
@@ -77,7 +87,6 @@ impl Region {
                 out.push(edge.address);
             }
         }
-        out
     }
 }
 
@@ -85,8 +94,27 @@ impl Region {
 #[derive(Debug)]
 pub struct Regions {
     pub regions: Vec<Region>,
-    by_name: HashMap<String, usize>,
+    by_name: FxHashMap<String, usize>,
     default: usize,
+    /// Tells these regions' entries in [`RANKINGS`] from those of an earlier config.
+    generation: u64,
+}
+
+/// How many rankings each thread keeps (see [`RANKINGS`]).
+const RANKINGS_PER_THREAD: usize = 1 << 16;
+
+/// Regions nearest first (indexes into [`Regions::regions`]) by (regions generation,
+/// latitude bits, longitude bits).
+type RankingCache = FxHashMap<(u64, u64, u64), Box<[u8]>>;
+
+thread_local! {
+    /// Regions nearest first, by (regions generation, latitude bits, longitude bits). A
+    /// database places its clients at a limited set of points (cities), and ranking one
+    /// point against every region (a great-circle distance each) cost as much as the rest
+    /// of a steered answer (BENCHMARKS.md). Per thread, so the lookup takes no lock;
+    /// cleared when full.
+    static RANKINGS: std::cell::RefCell<RankingCache> =
+        std::cell::RefCell::new(FxHashMap::default());
 }
 
 impl Regions {
@@ -150,7 +178,7 @@ impl Regions {
                 }
             })
             .collect();
-        let by_name: HashMap<String, usize> = regions
+        let by_name: FxHashMap<String, usize> = regions
             .iter()
             .enumerate()
             .map(|(i, r)| (r.name.clone(), i))
@@ -159,14 +187,20 @@ impl Regions {
             .get(&default_region.to_ascii_lowercase())
             .copied()
             .unwrap_or(0);
+        static GENERATIONS: AtomicU64 = AtomicU64::new(0);
         Self {
             regions,
             by_name,
             default,
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
+    /// The region named `name`, in any case.
     pub fn index(&self, name: &str) -> Option<usize> {
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.by_name.get(&name.to_ascii_lowercase()).copied();
+        }
         self.by_name.get(name).copied()
     }
 
@@ -182,13 +216,9 @@ impl Regions {
     /// hashes to `client_hash` (for spillover). `None` when no region is healthy.
     pub fn choose(&self, located: Option<&Located>, client_hash: u64) -> Option<usize> {
         match located {
-            Some(Located::Point { at, .. }) => {
-                self.first_healthy(self.by_distance_from(*at), client_hash)
-            }
+            Some(Located::Point { at, .. }) => self.choose_from_point(*at, client_hash),
             Some(Located::Region { name, .. }) => {
-                let start = self
-                    .index(&name.to_ascii_lowercase())
-                    .unwrap_or(self.default);
+                let start = self.index(name).unwrap_or(self.default);
                 let ranked = self.regions[start].by_distance.iter().copied();
                 self.first_healthy(ranked, client_hash)
             }
@@ -199,6 +229,28 @@ impl Regions {
         }
     }
 
+    /// [`Regions::choose`] for a client at `at`, ranking the regions from `at` once per
+    /// thread (see [`RANKINGS`]).
+    fn choose_from_point(&self, at: Coordinates, client_hash: u64) -> Option<usize> {
+        let key = (self.generation, at.lat.to_bits(), at.lon.to_bits());
+        RANKINGS.with_borrow_mut(|rankings| {
+            if let Some(ranked) = rankings.get(&key) {
+                return self.first_healthy(ranked.iter().map(|&i| usize::from(i)), client_hash);
+            }
+            if rankings.len() >= RANKINGS_PER_THREAD {
+                rankings.clear();
+            }
+            // At most `MAX_REGIONS` (128) regions: each index fits a byte.
+            let ranked: Box<[u8]> = self
+                .by_distance_from(at)
+                .filter_map(|i| u8::try_from(i).ok())
+                .collect();
+            let chosen = self.first_healthy(ranked.iter().map(|&i| usize::from(i)), client_hash);
+            rankings.insert(key, ranked);
+            chosen
+        })
+    }
+
     /// The regions in the order `rank_regions` gives from `at` (distance, then name),
     /// produced one at a time without building the ranking: this runs for every query and
     /// the first healthy region is usually the first.
@@ -206,7 +258,7 @@ impl Regions {
         let mut taken: u128 = 0;
         std::iter::from_fn(move || {
             let mut best: Option<(f64, usize)> = None;
-            for (i, region) in self.regions.iter().enumerate().take(128) {
+            for (i, region) in self.regions.iter().enumerate().take(MAX_REGIONS) {
                 if taken & (1 << i) != 0 {
                     continue;
                 }
@@ -313,6 +365,44 @@ mod tests {
         assert_eq!(r.serving(0), Some(1));
         fail(&r.regions[1].edges[0]);
         assert_eq!(r.choose(Some(&paris), 0), None);
+    }
+
+    #[test]
+    fn rankings_are_not_shared_between_configs() {
+        let paris = Located::Point {
+            at: Coordinates {
+                lat: 48.86,
+                lon: 2.35,
+            },
+            prefix_len: 24,
+        };
+        let before = regions();
+        assert_eq!(before.choose(Some(&paris), 0), Some(0), "eu is nearer");
+        // The reloaded config moves "eu" across the Pacific: the same point must be ranked
+        // afresh, not answered from the first config's ranking.
+        let text = r#"
+            [zone]
+            name = "cdn.test"
+            nameservers = [{ name = "ns1.cdn.test", addresses = ["192.0.2.53"] }]
+            [geo]
+            default_region = "eu"
+            [[region]]
+            name = "eu"
+            lat = 35.68
+            lon = 139.69
+            edge = [{ address = "192.0.2.1", probe = "http://127.0.0.1:1/healthz" }]
+            [[region]]
+            name = "us"
+            lat = 39.04
+            lon = -77.49
+            edge = [{ address = "198.51.100.1", probe = "http://127.0.0.1:3/healthz" }]
+        "#;
+        let config = crate::config::GeoDnsConfig::from_toml(text).expect("valid");
+        let after = Regions::new(&config.regions, "eu", &HashMap::new());
+        for _ in 0..2 {
+            assert_eq!(after.choose(Some(&paris), 0), Some(1), "us is nearer now");
+            assert_eq!(before.choose(Some(&paris), 0), Some(0));
+        }
     }
 
     #[test]

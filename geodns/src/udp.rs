@@ -8,7 +8,6 @@
 //! [`FLUSH_EVERY`] queries or second, so the hot path takes no lock and allocates nothing
 //! per query.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
+use nix::libc;
 
 use crate::fast_path;
 use crate::handler::Handler;
@@ -28,21 +28,22 @@ use crate::handler::Handler;
 /// Fast-path queries counted locally before they are added to the metrics.
 const FLUSH_EVERY: u64 = 4096;
 
-fn flush(handler: &Handler, counts: &mut HashMap<(u16, usize), u64>) {
+fn flush(handler: &Handler, counts: &mut [[u64; 2]]) {
     let state = handler.state.load();
-    for ((qtype, region), n) in counts.drain() {
-        let region = state
+    for (region, by_type) in counts.iter_mut().enumerate() {
+        let name = state
             .regions
             .regions
             .get(region)
             .map_or("-", |r| r.name.as_str());
-        handler.metrics.queries(
-            RecordType::from(qtype),
-            ResponseCode::NoError,
-            region,
-            false,
-            n,
-        );
+        for (qtype, n) in [RecordType::A, RecordType::AAAA].into_iter().zip(by_type) {
+            if *n > 0 {
+                handler
+                    .metrics
+                    .queries(qtype, ResponseCode::NoError, name, false, *n);
+                *n = 0;
+            }
+        }
     }
 }
 
@@ -109,8 +110,12 @@ impl ResponseHandler for Capture {
     }
 }
 
-/// Queries received (and answers sent) per system call by [`serve_batched`].
+/// Queries received (and answers sent) per system call by [`serve`].
 const BATCH: usize = 32;
+
+/// The largest query read whole; a longer datagram is cut here and then is not a valid
+/// message (FORMERR).
+const MAX_QUERY: usize = 4096;
 
 /// How often a blocked receive wakes to see whether the server is stopping.
 const STOP_CHECK: Duration = Duration::from_millis(200);
@@ -125,46 +130,34 @@ pub fn serve(
     runtime: tokio::runtime::Handle,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    use std::io::{IoSlice, IoSliceMut};
     use std::os::fd::AsRawFd;
     use std::sync::atomic::Ordering;
-
-    use nix::errno::Errno;
-    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
 
     if let Err(error) = socket.set_read_timeout(Some(STOP_CHECK)) {
         tracing::error!(%error, "cannot set the UDP receive timeout");
         return;
     }
     let fd = socket.as_raw_fd();
-    let mut bufs = vec![[0u8; 4096]; BATCH];
-    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
-    let mut received_from: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(BATCH);
-    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut counts: HashMap<(u16, usize), u64> = HashMap::new();
+    let mut batch = Batch::new();
+    let mut addresses = Vec::new();
+    // Fast-path answers by region index, [A, AAAA].
+    let mut counts: Vec<[u64; 2]> = Vec::new();
     let mut pending = 0u64;
     let mut flushed = Instant::now();
     while !stop.load(Ordering::Acquire) {
-        received_from.clear();
-        {
-            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
-                .iter_mut()
-                .map(|b| [IoSliceMut::new(&mut b[..])])
-                .collect();
-            match recvmmsg(
-                fd,
-                &mut recv_headers,
-                iovs.iter_mut(),
-                MsgFlags::MSG_WAITFORONE,
-                None,
-            ) {
-                Ok(results) => received_from.extend(results.map(|r| (r.bytes, r.address))),
-                Err(Errno::EAGAIN | Errno::EINTR) => {}
-                Err(error) => tracing::debug!(%error, "UDP receive failed"),
+        let received = match batch.receive(fd) {
+            Ok(n) => n,
+            Err(error) => {
+                if !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) {
+                    tracing::debug!(%error, "UDP receive failed");
+                }
+                0
             }
-        }
-        if received_from.is_empty() {
+        };
+        if received == 0 {
             if pending > 0 {
                 flush(&handler, &mut counts);
                 pending = 0;
@@ -172,47 +165,30 @@ pub fn serve(
             continue;
         }
         let state = handler.state.load();
-        let mut replies = 0;
-        let mut reply_to: Vec<Option<SockaddrStorage>> = Vec::with_capacity(received_from.len());
-        for (i, (len, address)) in received_from.iter().enumerate() {
-            let Some(src) = address.as_ref().and_then(socket_addr) else {
+        for i in 0..received {
+            let Some(src) = batch.peer(i) else {
                 continue;
             };
             if src.port() == 0 || src.ip().is_unspecified() {
                 continue; // nobody to answer
             }
-            let packet = &bufs[i][..*len];
-            let mut out = std::mem::take(&mut outs[i]);
-            let answered = match fast_path::answer(&state, packet, src.ip(), &mut out) {
+            let (packet, out) = batch.query_and_answer(i);
+            let answered = match fast_path::answer(&state, packet, src.ip(), out, &mut addresses) {
                 Some(answered) => {
-                    *counts.entry((answered.qtype, answered.region)).or_default() += 1;
+                    if counts.len() <= answered.region {
+                        counts.resize(answered.region + 1, [0; 2]);
+                    }
+                    counts[answered.region][usize::from(answered.qtype != 1)] += 1;
                     pending += 1;
                     true
                 }
-                None => runtime.block_on(general(&handler, packet, src, &mut out)),
+                None => runtime.block_on(general(&handler, packet, src, out)),
             };
-            // Keep the answer at the front, in the order it is sent.
-            outs[i] = out;
             if answered {
-                outs.swap(replies, i);
-                reply_to.push(*address);
-                replies += 1;
+                batch.reply(i);
             }
         }
-        if replies > 0 {
-            let slices: Vec<[IoSlice<'_>; 1]> =
-                outs[..replies].iter().map(|o| [IoSlice::new(o)]).collect();
-            if let Err(error) = sendmmsg(
-                fd,
-                &mut send_headers,
-                &slices,
-                &reply_to,
-                [],
-                MsgFlags::empty(),
-            ) {
-                tracing::debug!(%error, "UDP send failed");
-            }
-        }
+        batch.send(fd);
         if pending >= FLUSH_EVERY || (pending > 0 && flushed.elapsed() > Duration::from_secs(1)) {
             flush(&handler, &mut counts);
             pending = 0;
@@ -222,11 +198,155 @@ pub fn serve(
     flush(&handler, &mut counts);
 }
 
-fn socket_addr(address: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = address.as_sockaddr_in() {
-        return Some(SocketAddr::from(std::net::SocketAddrV4::from(*v4)));
-    }
-    address
-        .as_sockaddr_in6()
-        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+/// The buffers of one batch, allocated once per loop, and the `mmsghdr`s the kernel reads
+/// and fills, which point into them.
+///
+/// Invariant: the pointers in `recv` and `send` stay valid because every buffer they point
+/// into is a boxed slice (never moved or resized after [`Batch::new`]) or an answer whose
+/// pointer is taken in [`Batch::reply`] after the answer is final, and the whole batch
+/// lives on the one thread that makes the system calls. The peer address of query `i` is
+/// read by the kernel straight from where `recvmmsg` wrote it, so nothing is copied.
+struct Batch {
+    queries: Box<[[u8; MAX_QUERY]]>,
+    peers: Box<[libc::sockaddr_storage]>,
+    recv_iov: Box<[libc::iovec]>,
+    recv: Box<[libc::mmsghdr]>,
+    answers: Box<[Vec<u8>]>,
+    send_iov: Box<[libc::iovec]>,
+    send: Box<[libc::mmsghdr]>,
+    replies: usize,
 }
+
+impl Batch {
+    fn new() -> Self {
+        // SAFETY: all-zero is a valid value of these plain C structs.
+        let zeroed_peer = || unsafe { std::mem::zeroed::<libc::sockaddr_storage>() };
+        let zeroed_hdr = || unsafe { std::mem::zeroed::<libc::mmsghdr>() };
+        let empty_iov = || libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        let mut batch = Self {
+            queries: vec![[0u8; MAX_QUERY]; BATCH].into_boxed_slice(),
+            peers: (0..BATCH).map(|_| zeroed_peer()).collect(),
+            recv_iov: (0..BATCH).map(|_| empty_iov()).collect(),
+            recv: (0..BATCH).map(|_| zeroed_hdr()).collect(),
+            answers: (0..BATCH).map(|_| Vec::with_capacity(1232)).collect(),
+            send_iov: (0..BATCH).map(|_| empty_iov()).collect(),
+            send: (0..BATCH).map(|_| zeroed_hdr()).collect(),
+            replies: 0,
+        };
+        for i in 0..BATCH {
+            batch.recv_iov[i] = libc::iovec {
+                iov_base: batch.queries[i].as_mut_ptr().cast(),
+                iov_len: MAX_QUERY,
+            };
+            let header = &mut batch.recv[i].msg_hdr;
+            header.msg_name = (&raw mut batch.peers[i]).cast();
+            header.msg_iov = &raw mut batch.recv_iov[i];
+            header.msg_iovlen = 1;
+            let header = &mut batch.send[i].msg_hdr;
+            header.msg_iov = &raw mut batch.send_iov[i];
+            header.msg_iovlen = 1;
+        }
+        batch
+    }
+
+    /// Waits for queries (up to [`STOP_CHECK`]) and takes as many as are queued, up to
+    /// [`BATCH`]. Starts a new batch: no replies yet.
+    fn receive(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
+        self.replies = 0;
+        for header in self.recv.iter_mut() {
+            header.msg_hdr.msg_namelen = PEER_LEN;
+            header.msg_len = 0;
+        }
+        // SAFETY: `recv` holds BATCH headers whose pointers are valid (see the invariant).
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.recv.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+    }
+
+    /// Where query `i` came from; `None` for an address family that is not IP.
+    fn peer(&self, i: usize) -> Option<SocketAddr> {
+        let peer = &self.peers[i];
+        match i32::from(peer.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the kernel wrote a sockaddr_in here (family AF_INET), and
+                // sockaddr_storage is large and aligned enough for it.
+                let v4 = unsafe { &*(&raw const *peer).cast::<libc::sockaddr_in>() };
+                let ip = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
+                Some(SocketAddr::from((ip, u16::from_be(v4.sin_port))))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: as above, for sockaddr_in6.
+                let v6 = unsafe { &*(&raw const *peer).cast::<libc::sockaddr_in6>() };
+                let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
+                Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                    ip,
+                    u16::from_be(v6.sin6_port),
+                    v6.sin6_flowinfo,
+                    v6.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+
+    /// Query `i` as received and the buffer its answer is written into.
+    fn query_and_answer(&mut self, i: usize) -> (&[u8], &mut Vec<u8>) {
+        let len = (self.recv[i].msg_len as usize).min(MAX_QUERY);
+        (&self.queries[i][..len], &mut self.answers[i])
+    }
+
+    /// Queues the answer to query `i` (final by now) for [`Batch::send`], to its sender.
+    fn reply(&mut self, i: usize) {
+        let j = self.replies;
+        let answer = &self.answers[i];
+        self.send_iov[j] = libc::iovec {
+            iov_base: answer.as_ptr().cast_mut().cast(),
+            iov_len: answer.len(),
+        };
+        let header = &mut self.send[j].msg_hdr;
+        header.msg_name = (&raw mut self.peers[i]).cast();
+        header.msg_namelen = self.recv[i].msg_hdr.msg_namelen;
+        self.replies += 1;
+    }
+
+    /// Sends the queued answers. An answer the kernel refuses (e.g. an unreachable
+    /// destination) is dropped and the rest are still sent.
+    fn send(&mut self, fd: std::os::fd::RawFd) {
+        let mut sent = 0;
+        while sent < self.replies {
+            // SAFETY: headers sent..replies were filled by `reply` with valid pointers.
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.send[sent..].as_mut_ptr(),
+                    (self.replies - sent) as libc::c_uint,
+                    0,
+                )
+            };
+            match usize::try_from(n) {
+                Ok(n) if n > 0 => sent += n,
+                _ => {
+                    let error = std::io::Error::last_os_error();
+                    if error.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    tracing::debug!(%error, "UDP send failed");
+                    sent += 1;
+                }
+            }
+        }
+        self.replies = 0;
+    }
+}
+
+const PEER_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
