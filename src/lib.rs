@@ -1,8 +1,18 @@
 //! The `cdn` binary's library: everything the subcommands run that is not a component
 //! crate of its own.
 //!
+//! - [`topology`]: the one TOML file describing a whole CDN, and each component's part of it.
+//! - [`up`]: `cdn up`, every component of a topology in one process; [`endpoints`]: where
+//!   they listen, as `cdn up --endpoints` writes it.
+//! - [`drill`]: `cdn drill`, a regional failover drill against a running topology.
+//! - [`warm`]: `cdn warm`, filling one region's caches with another's hottest objects.
+//! - [`node_admin`]: the client of the nodes' admin API those commands use.
 //! - [`demo_origin`]: an origin serving generated assets, for `cdn up`, tests and benches.
-//! - [`up`]: `cdn up`, a local CDN from an embedded default config.
 
 pub mod demo_origin;
+pub mod drill;
+pub mod endpoints;
+pub mod node_admin;
+pub mod topology;
 pub mod up;
+pub mod warm;

@@ -1,16 +1,26 @@
 //! `cdn`: one binary, a subcommand per component.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use cdn::demo_origin::DemoOrigin;
-use cdn::up::{DEFAULT_CONFIG, DEFAULT_ORIGIN, Up};
+use cdn::drill::DrillOptions;
+use cdn::endpoints::Endpoints;
+use cdn::topology::Topology;
+use cdn::up::Up;
+use cdn::warm::{Source, WarmOptions};
 use clap::{Parser, Subcommand};
 use edge::{EdgeConfig, EdgeServer};
 use geodns::{GeoDnsConfig, GeoDnsServer};
 use origin_shield::ShieldServer;
 use purge_api::{PurgeApiConfig, PurgeApiServer};
+
+mod terminal;
+
+/// Where the demo origin listens when run alone.
+const DEFAULT_ORIGIN: &str = "127.0.0.1:8081";
 
 #[derive(Debug, Parser)]
 #[command(name = "cdn", version, about = "A multi-region edge cache and CDN")]
@@ -19,16 +29,94 @@ struct Cli {
     command: Command,
 }
 
+/// Which topology a command acts on.
+#[derive(Debug, Clone, clap::Args)]
+struct TopologyArgs {
+    /// Topology file (see config/topology.toml); the embedded default when absent.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Move every port of the topology so the file's port base becomes this one.
+    #[arg(long)]
+    port_base: Option<u16>,
+}
+
+impl TopologyArgs {
+    fn load(&self) -> anyhow::Result<Topology> {
+        let topology = match &self.config {
+            Some(path) => Topology::from_file(path)?,
+            None => Topology::default_local(),
+        };
+        Ok(match self.port_base {
+            Some(base) => topology.with_port_base(base)?,
+            None => topology,
+        })
+    }
+
+    /// The endpoints of a running topology: from the file `cdn up --endpoints` wrote, or
+    /// where the topology puts its listeners.
+    fn endpoints(&self, file: Option<&Path>) -> anyhow::Result<Endpoints> {
+        Ok(match file {
+            Some(path) => Endpoints::from_file(path)?,
+            None => Endpoints::planned(&self.load()?)?,
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a whole local CDN (demo origin + edge) from the embedded default config.
+    /// Run a whole multi-region CDN on this machine: demo origin, shield, edges in three
+    /// regions, GeoDNS and the purge API (the embedded default topology, or --config).
     Up {
-        /// Edge config to use instead of the embedded default.
+        #[command(flatten)]
+        topology: TopologyArgs,
+        /// Also write every listener's address (and the default publisher token) here, as JSON.
         #[arg(long)]
-        config: Option<PathBuf>,
-        /// Where the demo origin listens (the default config's sites point here).
-        #[arg(long, default_value = DEFAULT_ORIGIN)]
-        origin: SocketAddr,
+        endpoints: Option<PathBuf>,
+    },
+    /// Rehearse a regional failure on a running topology: drain the region's edges, time
+    /// GeoDNS's failover, check no answer holds a drained edge, then restore the region.
+    Drill {
+        /// The region to take out.
+        #[arg(long)]
+        region: String,
+        #[command(flatten)]
+        topology: TopologyArgs,
+        /// The endpoints file `cdn up --endpoints` wrote (instead of --config/--port-base).
+        #[arg(long)]
+        endpoints: Option<PathBuf>,
+        /// Time between two questions to GeoDNS.
+        #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+        poll: Duration,
+        /// Give up when failover or recovery takes longer than this.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Fill a region's caches with another region's hottest objects (or a URL list) before
+    /// moving traffic to it; bounded concurrency, paced to a rate.
+    Warm {
+        /// The region whose edges' hottest objects are copied.
+        #[arg(long, required_unless_present = "urls", conflicts_with = "urls")]
+        from: Option<String>,
+        /// A file of absolute URLs (`http://host/path`), one per line, instead of --from.
+        #[arg(long)]
+        urls: Option<PathBuf>,
+        /// The region whose edges are warmed.
+        #[arg(long)]
+        to: String,
+        /// How many of the source's hottest objects.
+        #[arg(long, default_value_t = 1000)]
+        top: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Requests started per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        #[command(flatten)]
+        topology: TopologyArgs,
+        /// The endpoints file `cdn up --endpoints` wrote (instead of --config/--port-base).
+        #[arg(long)]
+        endpoints: Option<PathBuf>,
     },
     /// Run one edge cache node.
     Edge {
@@ -70,16 +158,78 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Up { config, origin } => {
-            let config = match config {
-                Some(path) => EdgeConfig::from_file(&path)?,
-                None => EdgeConfig::from_toml(DEFAULT_CONFIG)
-                    .context("the embedded default config is invalid")?,
+        Command::Up {
+            topology,
+            endpoints,
+        } => {
+            let args = match (&endpoints, &topology.config, topology.port_base) {
+                (Some(path), _, _) => format!(" --endpoints {}", path.display()),
+                (None, config, base) => {
+                    let mut args = String::new();
+                    if let Some(config) = config {
+                        args.push_str(&format!(" --config {}", config.display()));
+                    }
+                    if let Some(base) = base {
+                        args.push_str(&format!(" --port-base {base}"));
+                    }
+                    args
+                }
             };
-            let up = Up::start(config, origin).await?;
-            println!("{}", up.banner());
+            let topology = topology.load()?;
+            let up = Up::start(&topology).await?;
+            if let Some(path) = &endpoints {
+                std::fs::write(path, up.endpoints().to_json())
+                    .with_context(|| format!("cannot write endpoints to {}", path.display()))?;
+            }
+            println!("{}", up.banner(&args));
             shutdown_signal().await;
             up.shutdown().await;
+        }
+        Command::Drill {
+            region,
+            topology,
+            endpoints,
+            poll,
+            timeout,
+        } => {
+            let endpoints = topology.endpoints(endpoints.as_deref())?;
+            let options = DrillOptions {
+                poll,
+                timeout,
+                ..DrillOptions::default()
+            };
+            terminal::drill(&endpoints, &region, &options).await?;
+        }
+        Command::Warm {
+            from,
+            urls,
+            to,
+            top,
+            concurrency,
+            rate,
+            topology,
+            endpoints,
+        } => {
+            let endpoints = topology.endpoints(endpoints.as_deref())?;
+            let source = match (from, urls) {
+                (Some(region), _) => Source::Region(region),
+                (None, Some(path)) => Source::Urls(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read URL list {}", path.display()))?
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_owned)
+                        .collect(),
+                ),
+                (None, None) => anyhow::bail!("name --from REGION or --urls FILE"),
+            };
+            let options = WarmOptions {
+                top,
+                concurrency,
+                rate,
+            };
+            terminal::warm(&endpoints, &source, &to, &options).await?;
         }
         Command::Edge { config } => {
             let config = EdgeConfig::from_file(&config)?;

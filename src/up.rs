@@ -1,60 +1,226 @@
-//! `cdn up`: a working CDN on this machine with no config file at all.
+//! `cdn up`: a whole CDN in one process, from a [`Topology`] (the embedded default needs
+//! no file at all).
 //!
-//! Today that is the demo origin and one edge node in front of it, from the embedded
-//! default in `config/up.toml`; the shield, GeoDNS and purge API join as they are built.
-
-use std::net::SocketAddr;
+//! Components start in the order their configs need each other's addresses: the demo
+//! origin, the shields (pooling the origins), the edges (pooling the shields), GeoDNS
+//! (probing the edges) and the purge API (pushing to every node). So a topology may ask
+//! for port 0 anywhere, and [`Up::endpoints`] reports where everything really listens.
+//! Edges start empty, so they have nothing to catch up on: the purge API pushes them every
+//! purge from their watermark once it runs.
 
 use anyhow::Context as _;
-use edge::{EdgeConfig, EdgeServer};
+use edge::EdgeServer;
+use geodns::GeoDnsServer;
+use origin_shield::ShieldServer;
+use purge_api::PurgeApiServer;
 
 use crate::demo_origin::DemoOrigin;
+use crate::endpoints::{DnsEndpoint, Endpoints};
+use crate::topology::Topology;
 
-/// The embedded default configuration.
-pub const DEFAULT_CONFIG: &str = include_str!("../config/up.toml");
-
-/// Where the demo origin of the default config listens.
-pub const DEFAULT_ORIGIN: &str = "127.0.0.1:8081";
-
-/// A running local CDN.
+/// A running CDN.
 #[derive(Debug)]
 pub struct Up {
-    pub origin: DemoOrigin,
-    pub edge: EdgeServer,
+    pub origin: Option<DemoOrigin>,
+    pub shields: Vec<ShieldServer>,
+    /// Every edge, in the topology's order (region by region).
+    pub edges: Vec<EdgeServer>,
+    pub geodns: GeoDnsServer,
+    pub purge_api: PurgeApiServer,
+    endpoints: Endpoints,
+    /// Holds the purge log when the topology names none; removed on drop.
+    _scratch: Option<tempfile::TempDir>,
 }
 
 impl Up {
-    /// Starts the demo origin on `origin_addr` and an edge from `config`.
-    pub async fn start(config: EdgeConfig, origin_addr: SocketAddr) -> anyhow::Result<Self> {
-        let origin = DemoOrigin::start(origin_addr)
+    /// Starts every component of `topology`, each listening where the topology says.
+    pub async fn start(topology: &Topology) -> anyhow::Result<Self> {
+        let mut at = topology.planned();
+        let origin = match at.origin {
+            Some(addr) => {
+                let origin = DemoOrigin::start(addr)
+                    .await
+                    .with_context(|| format!("cannot start the demo origin on {addr}"))?;
+                at.origin = Some(origin.addr());
+                Some(origin)
+            }
+            None => None,
+        };
+        let mut shields = Vec::new();
+        for n in 0..topology.shields.len() {
+            let config = topology.shield_config(n, &at)?;
+            let shield = ShieldServer::start(config)
+                .await
+                .with_context(|| format!("cannot start shield {}", topology.shields[n].name))?;
+            at.shields[n] = (shield.public_addr(), shield.admin_addr());
+            shields.push(shield);
+        }
+        let mut edges = Vec::new();
+        for (_, node) in topology.edges() {
+            let config = topology.edge_config(&node.name, &at)?;
+            let edge = EdgeServer::start(config)
+                .await
+                .with_context(|| format!("cannot start edge {}", node.name))?;
+            at.edges
+                .insert(node.name.clone(), (edge.public_addr(), edge.admin_addr()));
+            edges.push(edge);
+        }
+        let dns_config =
+            topology.geodns_config(topology.geodns.listen, topology.geodns.admin, &at)?;
+        let geodns = GeoDnsServer::start(dns_config, None)
             .await
-            .with_context(|| format!("cannot start the demo origin on {origin_addr}"))?;
-        let edge = EdgeServer::start(config).await?;
-        Ok(Self { origin, edge })
+            .context("cannot start GeoDNS")?;
+        let (log, scratch) = match &topology.purge_api.log {
+            Some(path) => (path.clone(), None),
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("cdn-up-")
+                    .tempdir()
+                    .context("cannot create a temporary directory for the purge log")?;
+                (dir.path().join("purge.redb"), Some(dir))
+            }
+        };
+        let api_config = topology.purge_api_config(topology.purge_api.listen, &log, &at)?;
+        let purge_api = PurgeApiServer::start(api_config)
+            .await
+            .context("cannot start the purge API")?;
+        let endpoints = Endpoints::new(
+            topology,
+            &at,
+            DnsEndpoint {
+                dns: geodns.dns_addr(),
+                admin: geodns.admin_addr(),
+            },
+            purge_api.addr(),
+        );
+        Ok(Self {
+            origin,
+            shields,
+            edges,
+            geodns,
+            purge_api,
+            endpoints,
+            _scratch: scratch,
+        })
     }
 
-    /// What listens where, and a few commands to try.
-    pub fn banner(&self) -> String {
-        let public = self.edge.public_addr();
-        let admin = self.edge.admin_addr();
-        let origin = self.origin.addr();
-        format!(
-            "cdn up: a local CDN is running\n\
-             \x20 demo origin   http://{origin}   (counts at /__stats)\n\
-             \x20 edge {name:<8} http://{public}   admin http://{admin}/healthz, /metrics\n\
-             \n\
-             Try:\n\
-             \x20 curl -si http://{public}/obj/16k.bin | grep -i -e cache-status -e age   # MISS, then HIT\n\
-             \x20 curl -si 'http://{public}/x.js?cc=no-store' | grep -i cache-status      # never stored\n\
-             \x20 curl -s http://{admin}/metrics | grep edge_requests\n\
-             \x20 curl -s http://{origin}/__stats\n\
-             Ctrl-C stops everything.",
-            name = self.edge.edge().name(),
-        )
+    /// Where everything listens.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
     }
 
+    /// The edge called `name`.
+    pub fn edge(&self, name: &str) -> Option<&EdgeServer> {
+        self.edges.iter().find(|e| e.edge().name() == name)
+    }
+
+    /// What listens where, and a few commands to try; `args` are what `cdn drill` and
+    /// `cdn warm` need to find this topology (e.g. `--port-base 9000`).
+    pub fn banner(&self, args: &str) -> String {
+        banner(&self.endpoints, args)
+    }
+
+    /// Stops everything, clients' side first: the purge API and GeoDNS, then the edges
+    /// (letting their requests finish), the shields and the origin.
     pub async fn shutdown(self) {
-        self.edge.shutdown().await;
-        self.origin.shutdown().await;
+        self.purge_api.shutdown().await;
+        self.geodns.shutdown().await;
+        for edge in self.edges {
+            edge.shutdown().await;
+        }
+        for shield in self.shields {
+            shield.shutdown().await;
+        }
+        if let Some(origin) = self.origin {
+            origin.shutdown().await;
+        }
     }
+}
+
+/// The listing `cdn up` prints.
+pub fn banner(e: &Endpoints, args: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "cdn up: a local multi-region CDN is running (zone {})\n",
+        e.zone
+    );
+    if let Some(origin) = e.origin {
+        let _ = writeln!(
+            out,
+            "  demo origin        http://{origin}   (counts at /__stats)"
+        );
+    }
+    for s in &e.shields {
+        let _ = writeln!(
+            out,
+            "  shield {:<11} http://{}   admin http://{}",
+            s.name, s.public, s.admin
+        );
+    }
+    for r in &e.regions {
+        let _ = writeln!(
+            out,
+            "  region {} ({}, {}), clients {}",
+            r.name,
+            r.lat,
+            r.lon,
+            r.clients.join(" ")
+        );
+        for edge in &r.edges {
+            let _ = writeln!(
+                out,
+                "    edge {:<13} http://{}   admin http://{}",
+                edge.name, edge.public, edge.admin
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  geodns             {} (UDP and TCP)   admin http://{}",
+        e.geodns.dns, e.geodns.admin
+    );
+    let _ = writeln!(out, "  purge API          {}", e.purge_api);
+    let Some(site) = e.sites.first() else {
+        return out;
+    };
+    let dns = e.geodns.dns;
+    let (name, port) = (&site.cname, e.regions[0].edges[0].public.port());
+    let first = e.regions[0].edges[0].public.ip();
+    let _ = writeln!(out, "\nTry:");
+    if let Some(other) = e.regions.get(1).and_then(|r| r.clients.first()) {
+        let _ = writeln!(
+            out,
+            "  dig @{} -p {} {name} +subnet={other}   # a client of {}: CNAME to its region, with its edges",
+            dns.ip(),
+            dns.port(),
+            e.regions[1].name
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  curl -s -o /dev/null -D - --resolve {name}:{port}:{first} http://{name}:{port}/obj/16k.bin | grep -i cache-status   # miss, then hit"
+    );
+    if let Some(publisher) = &e.publisher {
+        let _ = writeln!(
+            out,
+            "  curl -s {}/v1/purge -H 'authorization: Bearer {}' -d '{{\"site\":\"{}\",\"urls\":[\"http://{name}/obj/16k.bin\"]}}'",
+            e.purge_api, publisher.token, site.name
+        );
+    }
+    if let Some(region) = e.regions.first() {
+        let _ = writeln!(
+            out,
+            "  cdn drill --region {}{args}   # take {} out, watch GeoDNS fail over, bring it back",
+            region.name, region.name
+        );
+        if let Some(to) = e.regions.get(1) {
+            let _ = writeln!(
+                out,
+                "  cdn warm --from {} --to {}{args}   # copy {}'s hottest objects into {}'s caches",
+                region.name, to.name, region.name, to.name
+            );
+        }
+    }
+    out.push_str("Ctrl-C stops everything.");
+    out
 }

@@ -21,6 +21,9 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/v1/purge", post(purge))
         .route("/v1/purge/applied", get(applied))
         .route("/v1/purge/reset", post(reset))
+        .route("/v1/drain", post(drain))
+        .route("/v1/resume", post(resume))
+        .route("/v1/hot", get(hot))
         .with_state(edge)
 }
 
@@ -80,13 +83,87 @@ async fn reset(
     (StatusCode::OK, axum::Json(PurgeAck { applied })).into_response()
 }
 
+/// Takes the node out of rotation: `/healthz` answers `503`, so GeoDNS stops answering
+/// with it and upstream pools stop choosing it, while it keeps serving the clients that
+/// still come (a regional failover drill, or maintenance). Needs the node token.
+async fn drain(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Response {
+    set_ready(&edge, &headers, false)
+}
+
+/// Puts a drained node back in rotation.
+async fn resume(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Response {
+    set_ready(&edge, &headers, true)
+}
+
+fn set_ready(edge: &Edge, headers: &HeaderMap, ready: bool) -> Response {
+    if let Some(refused) = refusal(edge, headers) {
+        return refused;
+    }
+    edge.set_ready(ready);
+    tracing::info!(node = %edge.name(), ready, "readiness set over the admin API");
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({ "node": edge.name(), "ready": ready })),
+    )
+        .into_response()
+}
+
+/// Most objects `GET /v1/hot` lists.
+const MAX_HOT: usize = 10_000;
+
+#[derive(Debug, serde::Deserialize)]
+struct HotQuery {
+    #[serde(default = "default_hot_limit")]
+    limit: usize,
+}
+
+fn default_hot_limit() -> usize {
+    100
+}
+
+/// The node's most requested objects, as absolute URLs with their hit counts, for
+/// `cdn warm` to copy into another region's caches. Needs the node token: the list
+/// reveals what the publishers' users read.
+async fn hot(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<HotQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some(refused) = refusal(&edge, &headers) {
+        return refused;
+    }
+    let limit = match query {
+        Ok(query) if (1..=MAX_HOT).contains(&query.limit) => query.limit,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("limit must be a whole number from 1 to {MAX_HOT}"),
+            );
+        }
+    };
+    let scanning = edge.clone();
+    let Ok(hottest) = tokio::task::spawn_blocking(move || scanning.store().hottest(limit)).await
+    else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the scan failed; retry");
+    };
+    let objects: Vec<_> = hottest
+        .iter()
+        .map(|(key, hits)| serde_json::json!({ "url": key.locator(), "hits": hits }))
+        .collect();
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({ "node": edge.name(), "objects": objects })),
+    )
+        .into_response()
+}
+
 /// Purge endpoints need the node token: a purge API of another CDN, or anyone who can reach
 /// the admin port by mistake, cannot empty this node. `None` when the caller may proceed.
 fn refusal(edge: &Edge, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = &edge.node_token else {
         return Some(error(
             StatusCode::FORBIDDEN,
-            "this node takes no purges: set [purge] node_token in its config",
+            "this node takes no admin commands (purges, drain, hot objects): set [purge] node_token in its config",
         ));
     };
     let given = headers.get(NODE_TOKEN_HEADER).map(|v| v.as_bytes());
@@ -119,6 +196,9 @@ async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
         "live": true,
         "ready": ready,
         "connections": edge.connections(),
+        "upstream_in_flight": edge.admission.in_flight(),
+        "upstream_capacity": edge.admission.capacity(),
+        "shed": edge.admission.shed(),
     });
     (status, axum::Json(body)).into_response()
 }

@@ -14,7 +14,7 @@ use std::fmt;
 use crate::config::QueryMode;
 
 /// The key of one stored response.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CacheKey(Box<str>);
 
 impl CacheKey {

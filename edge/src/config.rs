@@ -31,6 +31,8 @@ pub struct EdgeConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub purge: PurgeConfig,
+    #[serde(default)]
+    pub overload: crate::overload::OverloadConfig,
     #[serde(default, rename = "site")]
     pub sites: Vec<SiteConfig>,
 }
@@ -300,6 +302,10 @@ pub enum ConfigError {
     ObjectSize { max: ByteSize, capacity: ByteSize },
     #[error("limits.max_header_bytes must be at least 8 KiB (got {0})")]
     HeaderBytes(ByteSize),
+    #[error(
+        "overload.max_upstream must be at least 1 (got 0): a node with no upstream slots could never fill its cache"
+    )]
+    NoUpstreamSlots,
 }
 
 impl EdgeConfig {
@@ -345,6 +351,9 @@ impl EdgeConfig {
         }
         if self.limits.max_header_bytes < ByteSize::kib(8) {
             return Err(ConfigError::HeaderBytes(self.limits.max_header_bytes));
+        }
+        if self.overload.max_upstream == 0 {
+            return Err(ConfigError::NoUpstreamSlots);
         }
         let mut seen: std::collections::HashMap<String, &str> = Default::default();
         for site in &self.sites {

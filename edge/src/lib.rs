@@ -25,6 +25,7 @@ pub mod growing_body;
 pub mod health;
 pub mod invalidation;
 pub mod metrics;
+pub mod overload;
 pub mod pool;
 pub mod proxy;
 pub mod purge;

@@ -31,6 +31,7 @@ use crate::config::{ConfigError, EdgeConfig};
 use crate::fill::{Fill, FillRequest};
 use crate::freshness::strip_targeted;
 use crate::metrics::Metrics;
+use crate::overload::Admission;
 use crate::range::{self, RangeAnswer};
 use crate::site::{Site, SiteMatch, SiteTable};
 use crate::slice::SliceSource;
@@ -102,6 +103,8 @@ pub struct Edge {
     pub(crate) invalidation: crate::invalidation::Invalidation,
     /// The secret purge pushes must carry; purges are refused while unset.
     pub(crate) node_token: Option<String>,
+    /// Slots for upstream work: misses beyond them are shed.
+    pub(crate) admission: Admission,
 }
 
 impl std::fmt::Debug for Edge {
@@ -140,6 +143,7 @@ impl Edge {
             open: Arc::default(),
             invalidation: Default::default(),
             node_token: config.purge.node_token.clone(),
+            admission: Admission::new(&config.overload),
         })
     }
 
@@ -185,7 +189,11 @@ impl Edge {
             return None; // a variant index or a pass marker: the full path handles it
         }
         let now = Instant::now();
-        entry.freshness.is_fresh(now).then_some((entry, now))
+        if !entry.freshness.is_fresh(now) {
+            return None;
+        }
+        entry.record_hit();
+        Some((entry, now))
     }
 
     /// Handles one client request from `client`.
@@ -304,6 +312,7 @@ impl Edge {
             if let Some(entry) =
                 found.filter(|e| e.freshness.is_fresh(now) && e.freshness.shared_with_authorization)
             {
+                entry.record_hit();
                 let status = CacheStatus::hit(entry.freshness.ttl(now));
                 let response = self
                     .answer(fetch, req.headers(), &entry, head, &status, now)
@@ -319,6 +328,7 @@ impl Edge {
             Some(entry) => {
                 let now = Instant::now();
                 if entry.freshness.is_fresh(now) {
+                    entry.record_hit();
                     let status = CacheStatus::hit(entry.freshness.ttl(now));
                     let response = self
                         .answer(fetch, req.headers(), &entry, head, &status, now)
@@ -342,6 +352,7 @@ impl Edge {
                             .run(&refresh_key, move |publisher| refresh.run(publisher))
                             .await
                     });
+                    entry.record_hit();
                     let mut status = CacheStatus::hit(entry.freshness.ttl(now));
                     status.detail = Some("stale-while-revalidate");
                     let response = self
@@ -827,6 +838,11 @@ impl Edge {
         headers: &http::HeaderMap,
         body: Option<UpstreamBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let _slot = self
+            .admission
+            .admit()
+            .await
+            .map_err(UpstreamError::Overloaded)?;
         site.pool
             .send(
                 &self.upstream,
@@ -855,6 +871,12 @@ impl Edge {
         response
             .headers_mut()
             .insert(CACHE_STATUS.clone(), status.render(&self.name, None));
+        if let UpstreamError::Overloaded(shed) = error {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(shed.retry_after.as_secs().max(1)),
+            );
+        }
         response
     }
 }

@@ -7,6 +7,7 @@
 //! 16 KiB objects before, see BENCHMARKS.md).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -56,6 +57,8 @@ pub struct StoredResponse {
     /// Fields for this cache alone (`CDN-Cache-Control`, `Surrogate-Control`): kept for
     /// revalidation, never sent.
     cache_only: Vec<(HeaderName, HeaderValue)>,
+    /// Requests answered from this entry: what `cdn warm` ranks a node's objects by.
+    hits: AtomicU64,
 }
 
 impl StoredResponse {
@@ -84,6 +87,7 @@ impl StoredResponse {
             sliced: None,
             head: serialize_head(status, &headers),
             cache_only,
+            hits: AtomicU64::new(0),
         }
     }
 
@@ -130,6 +134,7 @@ impl StoredResponse {
             sliced: self.sliced.clone(),
             head: self.head.clone(),
             cache_only: self.cache_only.clone(),
+            hits: AtomicU64::new(self.hits()),
         }
     }
 
@@ -142,6 +147,16 @@ impl StoredResponse {
             Bytes::new(),
             freshness,
         )
+    }
+
+    /// Counts one request answered from this entry.
+    pub fn record_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests answered from this entry since it was stored.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
     }
 
     /// Whether this entry holds a whole response (not a variant index, a pass marker or
@@ -260,6 +275,10 @@ pub trait Storage: Send + Sync + 'static {
     /// index (URL prefixes, hosts, soft purges of a whole site).
     fn keys_with_prefix(&self, prefix: &str) -> Vec<CacheKey>;
 
+    /// Up to `limit` whole responses under primary keys (no variants, slices or
+    /// markers), most hits first: a full scan, for cache warming (`GET /v1/hot`).
+    fn hottest(&self, limit: usize) -> Vec<(CacheKey, u64)>;
+
     /// The purge sequence number up to which the stored content reflects every purge (see
     /// [`crate::purge`]); kept with the store so a node that restarts over the same store
     /// knows where to catch up from.
@@ -334,6 +353,31 @@ impl Storage for MemoryStore {
             .filter(|(key, _)| key.as_str().starts_with(prefix))
             .map(|(key, _)| (*key).clone())
             .collect()
+    }
+
+    fn hottest(&self, limit: usize) -> Vec<(CacheKey, u64)> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        // A min-heap of the best `limit` so far: one pass, memory bounded by `limit`.
+        let mut best: BinaryHeap<Reverse<(u64, CacheKey)>> = BinaryHeap::new();
+        for (key, entry) in self.cache.iter() {
+            if !entry.is_response() || key.as_str().contains('\n') {
+                continue;
+            }
+            let candidate = Reverse((entry.hits(), (*key).clone()));
+            if best.len() < limit {
+                best.push(candidate);
+            } else if best.peek().is_some_and(|worst| candidate < *worst) {
+                best.pop();
+                best.push(candidate);
+            }
+        }
+        let mut hottest: Vec<(CacheKey, u64)> = best
+            .into_iter()
+            .map(|Reverse((hits, key))| (key, hits))
+            .collect();
+        hottest.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.as_str().cmp(b.0.as_str())));
+        hottest
     }
 
     fn purge_watermark(&self) -> u64 {

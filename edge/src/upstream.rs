@@ -36,6 +36,9 @@ pub enum UpstreamError {
     Lost,
     #[error("all {0} upstream servers of this site are at their connection limit; retry shortly")]
     NoServer(usize),
+    /// Shed before it was sent: see [`crate::overload`].
+    #[error("{0}")]
+    Overloaded(crate::overload::Shed),
 }
 
 impl UpstreamError {
@@ -45,7 +48,9 @@ impl UpstreamError {
             UpstreamError::HeadTimeout(_) | UpstreamError::BodyTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            UpstreamError::NoServer(_) => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamError::NoServer(_) | UpstreamError::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -59,6 +64,7 @@ impl UpstreamError {
             UpstreamError::Protocol(_) => "protocol",
             UpstreamError::Lost => "lost",
             UpstreamError::NoServer(_) => "no-server",
+            UpstreamError::Overloaded(_) => "overloaded",
         }
     }
 

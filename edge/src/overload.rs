@@ -1,0 +1,160 @@
+//! Overload shedding: a node's limit on upstream work in flight.
+//!
+//! A hit costs a node memory bandwidth; a miss costs it an upstream exchange, a slot in
+//! the upstream's connection pool and, at the origin, real work. Under a flood the node
+//! must keep answering hits at their usual latency, so only requests that go upstream
+//! (fills, revalidations, passes) take a slot here. A request that finds every slot taken
+//! waits up to `queue_timeout` for one; after that it is shed with `503` and
+//! `Retry-After` (or answered stale, where `stale-if-error` allows) rather than queued
+//! without bound. Requests coalesced onto a fill already running take no slot: they add no
+//! upstream work.
+//!
+//! A slot is held until the upstream's response head arrives: what the limit bounds is
+//! the work the node has asked of its upstreams and not yet been answered for.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// `[overload]` in a node's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverloadConfig {
+    /// Upstream requests in flight at once: the node's capacity for misses. Hits never
+    /// wait for it.
+    pub max_upstream: usize,
+    /// How long a miss may wait for a slot before it is shed.
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// `Retry-After` of a shed request.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for OverloadConfig {
+    fn default() -> Self {
+        Self {
+            max_upstream: 1024,
+            queue_timeout: Duration::from_secs(1),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The slots of one node.
+#[derive(Debug)]
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    capacity: usize,
+    queue_timeout: Duration,
+    retry_after: Duration,
+    shed: AtomicU64,
+}
+
+/// A slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+
+/// Why a request was not admitted: every slot stayed taken for the whole queue timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this node is at its limit of {capacity} upstream requests and none finished within {waited:?}; retry after {retry_after:?}"
+)]
+pub struct Shed {
+    pub capacity: usize,
+    pub waited: Duration,
+    pub retry_after: Duration,
+}
+
+impl Admission {
+    pub fn new(config: &OverloadConfig) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(config.max_upstream)),
+            capacity: config.max_upstream,
+            queue_timeout: config.queue_timeout,
+            retry_after: config.retry_after,
+            shed: AtomicU64::new(0),
+        }
+    }
+
+    /// A slot, at once when one is free, else within the queue timeout.
+    pub async fn admit(&self) -> Result<Slot, Shed> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(Slot(permit));
+        }
+        match tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Slot(permit)),
+            // The semaphore is never closed; treat it like a timeout all the same.
+            Ok(Err(_)) | Err(_) => {
+                self.shed.fetch_add(1, Ordering::Relaxed);
+                Err(Shed {
+                    capacity: self.capacity,
+                    waited: self.queue_timeout,
+                    retry_after: self.retry_after,
+                })
+            }
+        }
+    }
+
+    /// Upstream requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.capacity - self.slots.available_permits()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Requests shed since the node started.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(max_upstream: usize, queue_timeout_ms: u64) -> Admission {
+        Admission::new(&OverloadConfig {
+            max_upstream,
+            queue_timeout: Duration::from_millis(queue_timeout_ms),
+            retry_after: Duration::from_secs(2),
+        })
+    }
+
+    #[tokio::test]
+    async fn slots_are_given_up_to_capacity_then_shed_after_the_queue_timeout() {
+        let admission = admission(2, 20);
+        let a = admission.admit().await.expect("first slot");
+        let _b = admission.admit().await.expect("second slot");
+        assert_eq!(admission.in_flight(), 2);
+        let shed = admission.admit().await.expect_err("no third slot");
+        assert_eq!(shed.capacity, 2);
+        assert_eq!(shed.retry_after, Duration::from_secs(2));
+        assert_eq!(admission.shed(), 1);
+        drop(a);
+        assert_eq!(admission.in_flight(), 1);
+        admission
+            .admit()
+            .await
+            .expect("a freed slot is given again");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_gets_the_slot_freed_within_its_timeout() {
+        let admission = Arc::new(admission(1, 5_000));
+        let held = admission.admit().await.expect("slot");
+        let waiter = {
+            let admission = admission.clone();
+            tokio::spawn(async move { admission.admit().await.map(|_| ()) })
+        };
+        tokio::task::yield_now().await;
+        drop(held);
+        waiter.await.expect("joins").expect("admitted once freed");
+        assert_eq!(admission.shed(), 0);
+    }
+}

@@ -1,0 +1,216 @@
+//! A client of the nodes' admin API, for the commands that act on a running topology:
+//! `cdn drill` drains and resumes edges, `cdn warm` lists their hottest objects and
+//! fetches through their public listeners. Every exchange is bounded by a timeout.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+
+/// The header carrying the node token.
+const NODE_TOKEN: &str = "cdn-node-token";
+
+/// How long one exchange may take.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a node did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{node}: no answer from {addr}: {message} (is the topology running?)")]
+    Unreachable {
+        node: String,
+        addr: SocketAddr,
+        message: String,
+    },
+    #[error("{node}: {status} from {addr}{path}: {body}")]
+    Refused {
+        node: String,
+        addr: SocketAddr,
+        path: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("{node}: unexpected answer from {addr}{path}: {message}")]
+    Unexpected {
+        node: String,
+        addr: SocketAddr,
+        path: String,
+        message: String,
+    },
+}
+
+/// One object of a node's `GET /v1/hot`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HotObject {
+    /// Absolute URL (`http://host/path?query`).
+    pub url: String,
+    pub hits: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct HotList {
+    objects: Vec<HotObject>,
+}
+
+/// An answer: status, `Cache-Status`, body length.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub status: StatusCode,
+    pub cache_status: String,
+    pub bytes: usize,
+}
+
+/// A client for the admin and public listeners of the nodes.
+#[derive(Debug, Clone)]
+pub struct NodeAdmin {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    token: String,
+}
+
+impl NodeAdmin {
+    pub fn new(token: &str) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// Takes a node out of rotation (`/healthz` fails; it keeps serving).
+    pub async fn drain(&self, node: &str, admin: SocketAddr) -> Result<(), AdminError> {
+        self.post(node, admin, "/v1/drain").await
+    }
+
+    /// Puts a drained node back.
+    pub async fn resume(&self, node: &str, admin: SocketAddr) -> Result<(), AdminError> {
+        self.post(node, admin, "/v1/resume").await
+    }
+
+    /// The node's `limit` most requested objects.
+    pub async fn hot(
+        &self,
+        node: &str,
+        admin: SocketAddr,
+        limit: usize,
+    ) -> Result<Vec<HotObject>, AdminError> {
+        let path = format!("/v1/hot?limit={limit}");
+        let (status, _, body) = self
+            .exchange(node, admin, Method::GET, &path, None, true)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(refused(node, admin, &path, status, &body));
+        }
+        serde_json::from_slice::<HotList>(&body)
+            .map(|list| list.objects)
+            .map_err(|e| AdminError::Unexpected {
+                node: node.to_owned(),
+                addr: admin,
+                path,
+                message: e.to_string(),
+            })
+    }
+
+    /// GETs `target` on `host` from a node's public listener, reading the whole body.
+    pub async fn fetch(
+        &self,
+        node: &str,
+        public: SocketAddr,
+        host: &str,
+        target: &str,
+    ) -> Result<Fetched, AdminError> {
+        let (status, headers, body) = self
+            .exchange(node, public, Method::GET, target, Some(host), false)
+            .await?;
+        Ok(Fetched {
+            status,
+            cache_status: headers
+                .get("cache-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
+            bytes: body.len(),
+        })
+    }
+
+    async fn post(&self, node: &str, admin: SocketAddr, path: &str) -> Result<(), AdminError> {
+        let (status, _, body) = self
+            .exchange(node, admin, Method::POST, path, None, true)
+            .await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(refused(node, admin, path, status, &body))
+        }
+    }
+
+    async fn exchange(
+        &self,
+        node: &str,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        host: Option<&str>,
+        with_token: bool,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), AdminError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        if let Some(host) = host {
+            request = request.header(http::header::HOST, host);
+        }
+        if with_token {
+            request = request.header(NODE_TOKEN, &self.token);
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|e| AdminError::Unexpected {
+                node: node.to_owned(),
+                addr,
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        let unreachable = |message: String| AdminError::Unreachable {
+            node: node.to_owned(),
+            addr,
+            message,
+        };
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| unreachable(format!("the body broke off: {e}")))?
+                .to_bytes();
+            Ok((parts.status, parts.headers, body))
+        };
+        tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .map_err(|_| unreachable(format!("no answer within {TIMEOUT:?}")))?
+    }
+}
+
+fn refused(
+    node: &str,
+    addr: SocketAddr,
+    path: &str,
+    status: StatusCode,
+    body: &[u8],
+) -> AdminError {
+    AdminError::Refused {
+        node: node.to_owned(),
+        addr,
+        path: path.to_owned(),
+        status,
+        body: String::from_utf8_lossy(body).trim().to_owned(),
+    }
+}

@@ -1,0 +1,125 @@
+//! How `cdn drill` and `cdn warm` show their progress in a terminal.
+
+use std::time::Duration;
+
+use cdn::drill::{self, DrillOptions, Progress};
+use cdn::endpoints::Endpoints;
+use cdn::warm::{self, Source, WarmOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Runs a drill, with a live line while it waits and a summary at the end.
+pub async fn drill(
+    endpoints: &Endpoints,
+    region: &str,
+    options: &DrillOptions,
+) -> anyhow::Result<()> {
+    let spinner = ProgressBar::new_spinner();
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let stamp = move || format!("{:>7.2}s", started.elapsed().as_secs_f64());
+    let report = drill::run(endpoints, region, options, |event| match event {
+        Progress::Baseline(answer) => spinner.println(format!(
+            "{} clients of {region} are answered with {} ({})",
+            stamp(),
+            answer.region,
+            list(&answer.addresses)
+        )),
+        Progress::Drained { edges } => {
+            spinner.println(format!("{} drained {}", stamp(), edges.join(", ")));
+        }
+        Progress::Waiting { elapsed, answer } => spinner.set_message(format!(
+            "waiting {:.1}s: still answered {} ({})",
+            elapsed.as_secs_f64(),
+            answer.region,
+            list(&answer.addresses)
+        )),
+        Progress::FailedOver(leg) => spinner.println(format!(
+            "{} failed over to {} after {} ms ({} answers while waiting)",
+            stamp(),
+            leg.region,
+            leg.took.as_millis(),
+            leg.answers
+        )),
+        Progress::Settled { answers, dead } => spinner.println(format!(
+            "{} {answers} answers checked after failover: {dead} held a drained edge",
+            stamp()
+        )),
+        Progress::Resumed => spinner.println(format!("{} resumed the region's edges", stamp())),
+        Progress::Recovered(leg) => spinner.println(format!(
+            "{} clients are back on {} after {} ms",
+            stamp(),
+            leg.region,
+            leg.took.as_millis()
+        )),
+    })
+    .await;
+    spinner.finish_and_clear();
+    let report = report?;
+    println!(
+        "drill {}: failover {} ms (to {}), dead answers {} of {}, recovery {} ms",
+        report.region,
+        report.failover.took.as_millis(),
+        report.failover.region,
+        report.dead_answers,
+        report.settled_answers,
+        report.recovery.took.as_millis()
+    );
+    if report.dead_answers > 0 {
+        anyhow::bail!("GeoDNS answered with a drained edge after failing over");
+    }
+    Ok(())
+}
+
+/// Runs warming with a progress bar.
+pub async fn warm(
+    endpoints: &Endpoints,
+    source: &Source,
+    to: &str,
+    options: &WarmOptions,
+) -> anyhow::Result<()> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} warming {msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(to.to_owned());
+    let report = warm::run(endpoints, source, to, options, |p| {
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+        if p.failed > 0 {
+            bar.set_message(format!("{to} ({} failed)", p.failed));
+        }
+    })
+    .await;
+    bar.finish_and_clear();
+    let report = report?;
+    println!(
+        "warmed {to}: {} URLs x {} edges = {} requests in {:.1}s: {} filled, {} already cached, {} failed, {} bytes",
+        report.urls,
+        endpoints.region(to).map_or(0, |r| r.edges.len()),
+        report.requests,
+        report.elapsed.as_secs_f64(),
+        report.filled,
+        report.already_cached,
+        report.failed,
+        report.bytes
+    );
+    for failure in &report.failures {
+        println!("  failed: {failure}");
+    }
+    if report.failed > 0 {
+        anyhow::bail!("{} warming requests failed", report.failed);
+    }
+    Ok(())
+}
+
+fn list(addresses: &[std::net::IpAddr]) -> String {
+    addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,774 @@
+//! The topology file: a whole CDN in one TOML document, from which every component's own
+//! config is derived.
+//!
+//! One file describes the regions (with coordinates, client networks and edges), the
+//! shields, the sites and their origins, the publishers, the GeoDNS zone and the purge
+//! API. [`Topology`] validates it as a whole (names unique, edges on distinct addresses,
+//! sites and publishers referring to each other), then hands each component the config it
+//! would read from its own file: edges and shields an [`EdgeConfig`], GeoDNS a
+//! [`GeoDnsConfig`], the purge API a [`PurgeApiConfig`]. Those are built as TOML and
+//! parsed by the components' own parsers, so every rule a component enforces on its file
+//! holds for its part of the topology too.
+//!
+//! Addresses of other components come from a [`Placement`]: the addresses planned in the
+//! file, or those actually bound when the file asks for port 0.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use edge::EdgeConfig;
+use geodns::GeoDnsConfig;
+use purge_api::PurgeApiConfig;
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// The embedded default topology of `cdn up`.
+pub const DEFAULT_TOPOLOGY: &str = include_str!("../config/topology.toml");
+
+/// A site origin naming the demo origin `cdn up` starts, wherever it listens.
+pub const DEMO_ORIGIN: &str = "demo";
+
+/// A whole CDN.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    pub topology: Global,
+    #[serde(default)]
+    pub origin: OriginSection,
+    pub geodns: GeoDnsSection,
+    pub purge_api: PurgeApiSection,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(rename = "region")]
+    pub regions: Vec<Region>,
+    #[serde(default, rename = "shield")]
+    pub shields: Vec<Node>,
+    #[serde(rename = "site")]
+    pub sites: Vec<Site>,
+    #[serde(default, rename = "publisher")]
+    pub publishers: Vec<Publisher>,
+}
+
+/// `[topology]`: what every component shares.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Global {
+    /// The GeoDNS zone: sites answer as `<cname>.<zone>`, regions as `<region>.edge.<zone>`.
+    pub zone: String,
+    /// The base the file's ports are written for; `--port-base` moves every port by the
+    /// difference.
+    #[serde(default)]
+    pub port_base: u16,
+    /// Shared secret of the purge API and the nodes, also used by `cdn drill` and
+    /// `cdn warm` on the nodes' admin listeners.
+    pub node_token: String,
+}
+
+/// `[origin]`: the demo origin, if the topology runs one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginSection {
+    pub demo: Option<SocketAddr>,
+}
+
+/// `[geodns]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoDnsSection {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub default_region: String,
+    #[serde(default)]
+    pub ttl: Option<u32>,
+    /// A MaxMind-format City database, to locate clients outside the regions' networks.
+    #[serde(default)]
+    pub database: Option<PathBuf>,
+    /// GeoDNS's `[health]` table (interval, timeout, rise, fall).
+    #[serde(default)]
+    pub health: Table,
+}
+
+/// `[purge_api]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeApiSection {
+    pub listen: SocketAddr,
+    /// The purge log; `cdn up` uses a new one in a temporary directory when unset.
+    #[serde(default)]
+    pub log: Option<PathBuf>,
+}
+
+/// `[defaults.edge]` and `[defaults.shield]`: tables of the node config format applied to
+/// every edge or shield (`cache`, `upstream`, `limits`, `overload` ...).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default)]
+    pub edge: Table,
+    #[serde(default)]
+    pub shield: Table,
+}
+
+/// A region of edges.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    /// A DNS label.
+    pub name: String,
+    pub lat: f64,
+    pub lon: f64,
+    /// Client networks located here (GeoDNS overrides).
+    #[serde(default)]
+    pub clients: Vec<ipnet::IpNet>,
+    /// Open connections over the region's edges above which GeoDNS spills clients to the
+    /// next nearest region.
+    #[serde(default)]
+    pub capacity: Option<u64>,
+    pub edges: Vec<Node>,
+}
+
+/// An edge or a shield.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// A site: its names and its origins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    pub name: String,
+    /// The label GeoDNS answers for this site under the zone (default: the site's name).
+    #[serde(default)]
+    pub cname: Option<String>,
+    /// Host names besides `<cname>.<zone>`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Origin URLs (`http://host:port`), or `"demo"` for the demo origin.
+    pub origins: Vec<String>,
+    /// More keys of the node config's `[[site]]` (`query`, `drop_params`, ...).
+    #[serde(default)]
+    pub options: Table,
+}
+
+/// A publisher of the purge API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Publisher {
+    pub name: String,
+    pub token: String,
+    pub sites: Vec<String>,
+}
+
+/// Why a topology cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("cannot read topology file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("topology is not valid TOML for a CDN topology: {0}")]
+    Parse(String),
+    #[error("topology: {0}")]
+    Invalid(String),
+    #[error("topology: the config it gives {component} is refused: {message}")]
+    Component { component: String, message: String },
+}
+
+/// Where each listener of a topology is: planned from the file, or as bound.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub origin: Option<SocketAddr>,
+    /// `(public, admin)` of each shield, in file order.
+    pub shields: Vec<(SocketAddr, SocketAddr)>,
+    /// `(public, admin)` of each edge by name.
+    pub edges: BTreeMap<String, (SocketAddr, SocketAddr)>,
+}
+
+impl Topology {
+    pub fn from_toml(text: &str) -> Result<Self, TopologyError> {
+        let topology: Self =
+            toml::from_str(text).map_err(|e| TopologyError::Parse(e.to_string()))?;
+        topology.validate()?;
+        Ok(topology)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// The embedded default.
+    pub fn default_local() -> Self {
+        Self::from_toml(DEFAULT_TOPOLOGY).expect("the embedded default topology is valid")
+    }
+
+    /// Moves every non-zero port by `base - port_base`.
+    pub fn with_port_base(mut self, base: u16) -> Result<Self, TopologyError> {
+        let shift = i32::from(base) - i32::from(self.topology.port_base);
+        let moved = |addr: &mut SocketAddr| -> Result<(), TopologyError> {
+            if addr.port() == 0 {
+                return Ok(());
+            }
+            let port = i32::from(addr.port()) + shift;
+            let port = u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| {
+                TopologyError::Invalid(format!(
+                    "port base {base} moves {addr} out of the port range; choose a base nearer {}",
+                    self.topology.port_base
+                ))
+            })?;
+            addr.set_port(port);
+            Ok(())
+        };
+        if let Some(demo) = &mut self.origin.demo {
+            moved(demo)?;
+        }
+        moved(&mut self.geodns.listen)?;
+        moved(&mut self.geodns.admin)?;
+        moved(&mut self.purge_api.listen)?;
+        for node in self.regions.iter_mut().flat_map(|r| r.edges.iter_mut()) {
+            moved(&mut node.listen)?;
+            moved(&mut node.admin)?;
+        }
+        for node in &mut self.shields {
+            moved(&mut node.listen)?;
+            moved(&mut node.admin)?;
+        }
+        self.topology.port_base = base;
+        Ok(self)
+    }
+
+    /// Every listener where the file puts it.
+    pub fn planned(&self) -> Placement {
+        Placement {
+            origin: self.origin.demo,
+            shields: self.shields.iter().map(|s| (s.listen, s.admin)).collect(),
+            edges: self
+                .edges()
+                .map(|(_, e)| (e.name.clone(), (e.listen, e.admin)))
+                .collect(),
+        }
+    }
+
+    /// Whether some listener asks for any free port, so only a running topology knows
+    /// its addresses.
+    pub fn has_dynamic_ports(&self) -> bool {
+        let planned = self.planned();
+        let mut all = vec![self.geodns.listen, self.geodns.admin, self.purge_api.listen];
+        all.extend(planned.origin);
+        all.extend(planned.shields.iter().flat_map(|(p, a)| [*p, *a]));
+        all.extend(planned.edges.values().flat_map(|(p, a)| [*p, *a]));
+        all.iter().any(|a| a.port() == 0)
+    }
+
+    /// Every edge with its region.
+    pub fn edges(&self) -> impl Iterator<Item = (&Region, &Node)> {
+        self.regions
+            .iter()
+            .flat_map(|r| r.edges.iter().map(move |e| (r, e)))
+    }
+
+    pub fn region(&self, name: &str) -> Option<&Region> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    /// The name a site is answered under: `<cname>.<zone>`.
+    pub fn site_name(&self, site: &Site) -> String {
+        format!(
+            "{}.{}",
+            site.cname.as_deref().unwrap_or(&site.name),
+            self.topology.zone
+        )
+    }
+
+    /// Every host name a site is served under.
+    pub fn site_hosts(&self, site: &Site) -> Vec<String> {
+        let mut hosts = vec![self.site_name(site)];
+        hosts.extend(site.hosts.iter().cloned());
+        hosts
+    }
+
+    /// The config of edge `name`, its sites pooled over the shields (or over the origins
+    /// when there is no shield).
+    pub fn edge_config(&self, name: &str, at: &Placement) -> Result<EdgeConfig, TopologyError> {
+        let (public, admin) = *at
+            .edges
+            .get(name)
+            .ok_or_else(|| TopologyError::Invalid(format!("no edge {name:?} in the placement")))?;
+        let shields: Vec<Value> = at
+            .shields
+            .iter()
+            .map(|(public, admin)| {
+                server(
+                    &format!("http://{public}"),
+                    Some(format!("http://{admin}/healthz")),
+                )
+            })
+            .collect();
+        let mut sites = Vec::new();
+        for site in &self.sites {
+            let pool = if shields.is_empty() {
+                origin_pool(site, at)?
+            } else {
+                let mut pool = Table::new();
+                pool.insert("balance".into(), "consistent_hash".into());
+                pool.insert("servers".into(), Value::Array(shields.clone()));
+                pool
+            };
+            sites.push(self.node_site(site, pool));
+        }
+        let config = self.node_config(name, public, admin, &self.defaults.edge, sites);
+        parse_node(&format!("edge {name}"), config)
+    }
+
+    /// The config of shield number `n` (file order), its sites pooled over their origins.
+    pub fn shield_config(&self, n: usize, at: &Placement) -> Result<EdgeConfig, TopologyError> {
+        let shield = &self.shields[n];
+        let (public, admin) = at.shields[n];
+        let mut sites = Vec::new();
+        for site in &self.sites {
+            sites.push(self.node_site(site, origin_pool(site, at)?));
+        }
+        let config = self.node_config(&shield.name, public, admin, &self.defaults.shield, sites);
+        parse_node(&format!("shield {}", shield.name), config)
+    }
+
+    /// The GeoDNS config: the zone with one customer name per site, the regions with their
+    /// edges (answered by their public addresses, probed on their admin `/healthz`), and
+    /// each region's client networks as overrides.
+    pub fn geodns_config(
+        &self,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        at: &Placement,
+    ) -> Result<GeoDnsConfig, TopologyError> {
+        let zone = &self.topology.zone;
+        let mut text = format!(
+            "[node]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n\n\
+             [zone]\nname = \"{zone}\"\n{ttl}\
+             nameservers = [{{ name = \"ns1.{zone}\", addresses = [\"{ip}\"] }}]\n\n\
+             [geo]\ndefault_region = \"{default}\"\n{database}",
+            ttl = self
+                .geodns
+                .ttl
+                .map(|ttl| format!("ttl = {ttl}\n"))
+                .unwrap_or_default(),
+            ip = listen.ip(),
+            default = self.geodns.default_region,
+            database = self
+                .geodns
+                .database
+                .as_ref()
+                .map(|p| format!("database = {}\n", Value::from(p.display().to_string())))
+                .unwrap_or_default(),
+        );
+        for region in &self.regions {
+            for cidr in &region.clients {
+                text.push_str(&format!(
+                    "[[geo.overrides]]\ncidr = \"{cidr}\"\nregion = \"{}\"\n",
+                    region.name
+                ));
+            }
+        }
+        text.push_str(&format!(
+            "\n[health]\n{}\n",
+            toml::to_string(&self.geodns.health).unwrap_or_default()
+        ));
+        for region in &self.regions {
+            text.push_str(&format!(
+                "[[region]]\nname = \"{}\"\nlat = {:?}\nlon = {:?}\n{}",
+                region.name,
+                region.lat,
+                region.lon,
+                region
+                    .capacity
+                    .map(|c| format!("capacity = {c}\n"))
+                    .unwrap_or_default()
+            ));
+            for edge in &region.edges {
+                let (public, admin) = at.edges[&edge.name];
+                text.push_str(&format!(
+                    "[[region.edge]]\naddress = \"{}\"\nprobe = \"http://{admin}/healthz\"\n",
+                    public.ip()
+                ));
+            }
+        }
+        for site in &self.sites {
+            text.push_str(&format!(
+                "[[customer]]\nname = \"{}\"\n",
+                site.cname.as_deref().unwrap_or(&site.name)
+            ));
+        }
+        GeoDnsConfig::from_toml(&text).map_err(|e| TopologyError::Component {
+            component: "geodns".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The purge API's config: every edge and shield as a node to push purges to.
+    pub fn purge_api_config(
+        &self,
+        listen: SocketAddr,
+        log: &Path,
+        at: &Placement,
+    ) -> Result<PurgeApiConfig, TopologyError> {
+        let mut config = Table::new();
+        config.insert("listen".into(), listen.to_string().into());
+        config.insert("node_token".into(), self.topology.node_token.clone().into());
+        let mut log_table = Table::new();
+        log_table.insert("path".into(), log.display().to_string().into());
+        config.insert("log".into(), Value::Table(log_table));
+        let node = |name: &str, admin: SocketAddr| {
+            let mut t = Table::new();
+            t.insert("name".into(), name.into());
+            t.insert("admin".into(), format!("http://{admin}").into());
+            Value::Table(t)
+        };
+        let mut nodes: Vec<Value> = self
+            .edges()
+            .map(|(_, e)| node(&e.name, at.edges[&e.name].1))
+            .collect();
+        nodes.extend(
+            self.shields
+                .iter()
+                .zip(&at.shields)
+                .map(|(s, (_, admin))| node(&s.name, *admin)),
+        );
+        config.insert("node".into(), Value::Array(nodes));
+        let sites = self
+            .sites
+            .iter()
+            .map(|site| {
+                let mut t = Table::new();
+                t.insert("name".into(), site.name.clone().into());
+                t.insert("hosts".into(), strings(self.site_hosts(site)));
+                Value::Table(t)
+            })
+            .collect();
+        config.insert("site".into(), Value::Array(sites));
+        let publishers = self
+            .publishers
+            .iter()
+            .map(|p| {
+                let mut t = Table::new();
+                t.insert("name".into(), p.name.clone().into());
+                t.insert("token".into(), p.token.clone().into());
+                t.insert("sites".into(), strings(p.sites.clone()));
+                Value::Table(t)
+            })
+            .collect();
+        config.insert("publisher".into(), Value::Array(publishers));
+        let text = toml::to_string(&config).map_err(|e| TopologyError::Component {
+            component: "purge API".into(),
+            message: e.to_string(),
+        })?;
+        PurgeApiConfig::from_toml(&text).map_err(|e| TopologyError::Component {
+            component: "purge API".into(),
+            message: e.to_string(),
+        })
+    }
+
+    fn node_config(
+        &self,
+        name: &str,
+        public: SocketAddr,
+        admin: SocketAddr,
+        defaults: &Table,
+        sites: Vec<Value>,
+    ) -> Table {
+        let mut config = defaults.clone();
+        let mut node = Table::new();
+        node.insert("name".into(), name.into());
+        node.insert("listen".into(), public.to_string().into());
+        node.insert("admin_listen".into(), admin.to_string().into());
+        config.insert("node".into(), Value::Table(node));
+        let mut purge = Table::new();
+        purge.insert("node_token".into(), self.topology.node_token.clone().into());
+        config.insert("purge".into(), Value::Table(purge));
+        config.insert("site".into(), Value::Array(sites));
+        config
+    }
+
+    fn node_site(&self, site: &Site, pool: Table) -> Value {
+        let mut t = site.options.clone();
+        t.insert("name".into(), site.name.clone().into());
+        t.insert("hosts".into(), strings(self.site_hosts(site)));
+        t.insert("pool".into(), Value::Table(pool));
+        Value::Table(t)
+    }
+
+    fn validate(&self) -> Result<(), TopologyError> {
+        let invalid = |m: String| Err(TopologyError::Invalid(m));
+        if self.regions.is_empty() {
+            return invalid("at least one [[region]] is needed".into());
+        }
+        if self.sites.is_empty() {
+            return invalid("at least one [[site]] is needed".into());
+        }
+        let mut names = HashSet::new();
+        let mut addresses: BTreeMap<IpAddr, &str> = BTreeMap::new();
+        let mut port = None;
+        for region in &self.regions {
+            if region.edges.is_empty() {
+                return invalid(format!("region {:?} has no edges", region.name));
+            }
+            if !names.insert(region.name.as_str()) {
+                return invalid(format!("region name {:?} is used twice", region.name));
+            }
+        }
+        if self.region(&self.geodns.default_region).is_none() {
+            return invalid(format!(
+                "geodns.default_region {:?} is not a [[region]]",
+                self.geodns.default_region
+            ));
+        }
+        let mut node_names = HashSet::new();
+        for (region, edge) in self.edges() {
+            if !node_names.insert(edge.name.as_str()) {
+                return invalid(format!("node name {:?} is used twice", edge.name));
+            }
+            // GeoDNS answers with addresses only: two edges on one address would be one
+            // edge to every client, and clients connect to the one port they know.
+            if let Some(other) = addresses.insert(edge.listen.ip(), &edge.name) {
+                return invalid(format!(
+                    "edges {other:?} and {:?} (region {:?}) listen on the same address {}: give each edge a loopback or interface address of its own",
+                    edge.name,
+                    region.name,
+                    edge.listen.ip()
+                ));
+            }
+            if edge.listen.port() != 0 {
+                match port {
+                    None => port = Some((edge.listen.port(), &edge.name)),
+                    Some((p, first)) if p != edge.listen.port() => {
+                        return invalid(format!(
+                            "edges {first:?} and {:?} listen on different ports ({p} and {}): clients reach every edge on the one port of the site's URL",
+                            edge.name,
+                            edge.listen.port()
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        for shield in &self.shields {
+            if !node_names.insert(shield.name.as_str()) {
+                return invalid(format!("node name {:?} is used twice", shield.name));
+            }
+        }
+        let mut site_names = HashSet::new();
+        for site in &self.sites {
+            if !site_names.insert(site.name.as_str()) {
+                return invalid(format!("site name {:?} is used twice", site.name));
+            }
+            if site.origins.is_empty() {
+                return invalid(format!("site {:?} has no origins", site.name));
+            }
+            if site.origins.iter().any(|o| o == DEMO_ORIGIN) && self.origin.demo.is_none() {
+                return invalid(format!(
+                    "site {:?} uses the demo origin but [origin] demo sets no address for it",
+                    site.name
+                ));
+            }
+            for reserved in ["name", "hosts", "pool", "upstream"] {
+                if site.options.contains_key(reserved) {
+                    return invalid(format!(
+                        "site {:?}: options.{reserved} is set by the topology itself",
+                        site.name
+                    ));
+                }
+            }
+        }
+        for defaults in [&self.defaults.edge, &self.defaults.shield] {
+            for reserved in ["node", "site", "purge"] {
+                if defaults.contains_key(reserved) {
+                    return invalid(format!(
+                        "defaults.*.{reserved} is set by the topology itself"
+                    ));
+                }
+            }
+        }
+        for publisher in &self.publishers {
+            if let Some(unknown) = publisher
+                .sites
+                .iter()
+                .find(|s| !site_names.contains(s.as_str()))
+            {
+                return invalid(format!(
+                    "publisher {:?} names site {unknown:?}, which is not a [[site]]",
+                    publisher.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A site's pool of origins.
+fn origin_pool(site: &Site, at: &Placement) -> Result<Table, TopologyError> {
+    let mut servers = Vec::new();
+    for origin in &site.origins {
+        let url = if origin == DEMO_ORIGIN {
+            let addr = at.origin.ok_or_else(|| {
+                TopologyError::Invalid(format!(
+                    "site {:?} uses the demo origin, which is not running",
+                    site.name
+                ))
+            })?;
+            format!("http://{addr}")
+        } else {
+            origin.clone()
+        };
+        servers.push(server(&url, None));
+    }
+    let mut pool = Table::new();
+    pool.insert("servers".into(), Value::Array(servers));
+    Ok(pool)
+}
+
+fn server(url: &str, probe: Option<String>) -> Value {
+    let mut t = Table::new();
+    t.insert("url".into(), url.into());
+    if let Some(probe) = probe {
+        t.insert("probe".into(), probe.into());
+    }
+    Value::Table(t)
+}
+
+fn strings(values: Vec<String>) -> Value {
+    Value::Array(values.into_iter().map(Value::from).collect())
+}
+
+fn parse_node(component: &str, config: Table) -> Result<EdgeConfig, TopologyError> {
+    let refused = |message: String| TopologyError::Component {
+        component: component.to_owned(),
+        message,
+    };
+    let text = toml::to_string(&config).map_err(|e| refused(e.to_string()))?;
+    EdgeConfig::from_toml(&text).map_err(|e| refused(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("socket address")
+    }
+
+    #[test]
+    fn the_default_gives_every_component_a_valid_config() {
+        let topology = Topology::default_local();
+        let at = topology.planned();
+        assert_eq!(topology.regions.len(), 3);
+        assert_eq!(at.edges.len(), 6);
+        for (_, edge) in topology.edges() {
+            let config = topology.edge_config(&edge.name, &at).expect("edge config");
+            assert_eq!(config.node.listen, edge.listen);
+            assert_eq!(config.purge.node_token.as_deref(), Some("local-node-token"));
+            assert_eq!(config.overload.max_upstream, 256);
+            let pool = config.sites[0]
+                .pool
+                .as_ref()
+                .expect("pooled over the shield");
+            assert_eq!(pool.servers.len(), 1);
+            assert_eq!(pool.servers[0].url, "http://127.0.0.1:8082");
+        }
+        let shield = topology.shield_config(0, &at).expect("shield config");
+        assert_eq!(
+            shield.sites[0].pool.as_ref().expect("origin pool").servers[0].url,
+            "http://127.0.0.1:8081"
+        );
+        assert!(shield.sites[0].hosts.contains(&"demo.cdn.test".to_owned()));
+        let dns = topology
+            .geodns_config(topology.geodns.listen, topology.geodns.admin, &at)
+            .expect("geodns config");
+        assert_eq!(dns.regions.len(), 3);
+        assert_eq!(dns.geo.overrides.len(), 3);
+        assert_eq!(dns.regions[1].edges[0].address, addr("127.0.2.1:0").ip());
+        assert_eq!(dns.customers[0].name, "demo");
+        let api = topology
+            .purge_api_config(topology.purge_api.listen, Path::new("/tmp/x.redb"), &at)
+            .expect("purge API config");
+        assert_eq!(api.nodes.len(), 7);
+        assert_eq!(api.publishers[0].token, "demo-publisher-token");
+    }
+
+    #[test]
+    fn port_base_moves_every_port_together_and_keeps_port_zero() {
+        let topology = Topology::default_local()
+            .with_port_base(10_000)
+            .expect("in range");
+        let at = topology.planned();
+        assert_eq!(at.origin, Some(addr("127.0.0.1:10081")));
+        assert_eq!(
+            at.edges["us-east-2"],
+            (addr("127.0.2.2:10080"), addr("127.0.2.2:10090"))
+        );
+        assert_eq!(topology.geodns.listen, addr("127.0.0.1:10053"));
+        assert_eq!(topology.purge_api.listen, addr("127.0.0.1:10070"));
+        let err = Topology::default_local()
+            .with_port_base(65_500)
+            .unwrap_err();
+        assert!(err.to_string().contains("out of the port range"), "{err}");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            (
+                r#"edges = [{ name = "eu-west-1", listen = "127.0.1.1:8080", admin = "127.0.1.1:8090" }, { name = "eu-west-2", listen = "127.0.1.1:8080", admin = "127.0.1.2:8090" }]"#,
+                "listen on the same address",
+            ),
+            (
+                r#"edges = [{ name = "eu-west-1", listen = "127.0.1.1:8080", admin = "127.0.1.1:8090" }, { name = "eu-west-2", listen = "127.0.1.2:8081", admin = "127.0.1.2:8090" }]"#,
+                "different ports",
+            ),
+            (
+                r#"edges = [{ name = "us-east-1", listen = "127.0.1.1:8080", admin = "127.0.1.1:8090" }]"#,
+                "used twice",
+            ),
+        ];
+        for (edges, expected) in cases {
+            let text = DEFAULT_TOPOLOGY.replacen(
+                r#"edges = [
+    { name = "eu-west-1", listen = "127.0.1.1:8080", admin = "127.0.1.1:8090" },
+    { name = "eu-west-2", listen = "127.0.1.2:8080", admin = "127.0.1.2:8090" },
+]"#,
+                edges,
+                1,
+            );
+            assert_ne!(text, DEFAULT_TOPOLOGY);
+            let err = Topology::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected:?} not in {err}");
+        }
+        let text = DEFAULT_TOPOLOGY.replace(r#"sites = ["demo"]"#, r#"sites = ["nope"]"#);
+        let err = Topology::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("\"nope\", which is not a [[site]]"), "{err}");
+        let text = DEFAULT_TOPOLOGY.replace("[defaults.edge.cache]", "[defaults.edge.node]");
+        let err = Topology::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("defaults.*.node"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_component_setting_is_refused_with_the_component_named() {
+        let text = DEFAULT_TOPOLOGY.replace("max_upstream = 256", "max_upstream = 0");
+        let topology = Topology::from_toml(&text).expect("the topology itself is valid");
+        let err = topology
+            .edge_config("eu-west-1", &topology.planned())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("edge eu-west-1") && err.contains("max_upstream"),
+            "{err}"
+        );
+    }
+}

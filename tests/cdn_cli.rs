@@ -1,0 +1,147 @@
+//! The `cdn` binary as an operator runs it: `cdn up` in one process, `cdn drill` and
+//! `cdn warm` in others, found through the endpoints file; Ctrl-C stops it cleanly.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cdn::endpoints::Endpoints;
+use support::local_cdn::topology_text;
+
+const CDN: &str = env!("CARGO_BIN_EXE_cdn");
+
+/// A `cdn up` child process, killed if the test fails before stopping it.
+struct UpProcess(Child);
+
+impl Drop for UpProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits (bounded) for a child to exit, returning whether it succeeded.
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<bool> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status.success());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn up_drill_warm_and_ctrl_c_as_separate_processes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("topology.toml");
+    let endpoints_file = dir.path().join("endpoints.json");
+    std::fs::write(&config, topology_text(&[])).expect("write topology");
+
+    let mut up = UpProcess(
+        Command::new(CDN)
+            .args(["up", "--config"])
+            .arg(&config)
+            .arg("--endpoints")
+            .arg(&endpoints_file)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cdn up starts"),
+    );
+    // Readiness: the banner's last line, printed once everything listens.
+    let stdout = up.0.stdout.take().expect("stdout");
+    let mut banner = String::new();
+    for line in BufReader::new(stdout).lines().take(100) {
+        let line = line.expect("banner line");
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.starts_with("Ctrl-C stops everything") {
+            break;
+        }
+    }
+    assert!(banner.contains("Ctrl-C stops everything"), "{banner}");
+    assert!(
+        banner.contains("cdn drill --region eu-west --endpoints"),
+        "{banner}"
+    );
+    let endpoints = Endpoints::from_file(&endpoints_file).expect("endpoints written");
+    assert_eq!(endpoints.regions.len(), 3);
+    assert_eq!(endpoints.sites[0].cname, "demo.cdn.test");
+    for (_, edge) in endpoints.edges() {
+        assert!(banner.contains(&edge.public.to_string()), "{banner}");
+    }
+
+    let drill = Command::new(CDN)
+        .args([
+            "drill",
+            "--region",
+            "us-east",
+            "--timeout",
+            "20s",
+            "--endpoints",
+        ])
+        .arg(&endpoints_file)
+        .output()
+        .expect("cdn drill runs");
+    let said = String::from_utf8_lossy(&drill.stdout);
+    assert!(
+        drill.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&drill.stderr)
+    );
+    assert!(said.contains("drill us-east: failover"), "{said}");
+    assert!(said.contains("dead answers 0"), "{said}");
+
+    let urls = dir.path().join("urls.txt");
+    std::fs::write(
+        &urls,
+        "# hot list\nhttp://demo.cdn.test/obj/a.bin\n\nhttp://demo.cdn.test/obj/b.bin\n",
+    )
+    .expect("write URL list");
+    let warm = Command::new(CDN)
+        .args(["warm", "--to", "ap-southeast", "--urls"])
+        .arg(&urls)
+        .arg("--endpoints")
+        .arg(&endpoints_file)
+        .output()
+        .expect("cdn warm runs");
+    let said = String::from_utf8_lossy(&warm.stdout);
+    assert!(
+        warm.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&warm.stderr)
+    );
+    assert!(said.contains("2 URLs x 2 edges = 4 requests"), "{said}");
+    assert!(
+        said.contains("4 filled, 0 already cached, 0 failed"),
+        "{said}"
+    );
+
+    let bad = Command::new(CDN)
+        .args(["drill", "--region", "nowhere", "--endpoints"])
+        .arg(&endpoints_file)
+        .output()
+        .expect("cdn drill runs");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no region \"nowhere\""),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    let interrupted = Command::new("kill")
+        .args(["-INT", &up.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(interrupted.success());
+    assert_eq!(
+        wait_exit(&mut up.0, Duration::from_secs(20)),
+        Some(true),
+        "cdn up exits cleanly on Ctrl-C"
+    );
+}

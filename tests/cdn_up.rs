@@ -1,0 +1,241 @@
+//! The whole CDN as `cdn up` runs it: the default topology (three regions of two edges, a
+//! shield, the demo origin, GeoDNS, the purge API) on loopback, driven the way its users
+//! drive it: browsers resolve and fetch, publishers purge, operators drill and warm.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use cdn::drill::{self, DrillOptions};
+use cdn::warm::{self, Source, WarmOptions};
+use http::{Method, StatusCode};
+use support::local_cdn::LocalCdn;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_then_edge_then_shield_then_origin_serves_an_asset() {
+    let cdn = LocalCdn::start(&[]).await;
+    for region in ["eu-west", "us-east", "ap-southeast"] {
+        let (answered, addresses) = cdn.resolve(region).await;
+        assert_eq!(answered, region, "clients of {region} go to {region}");
+        let theirs: HashSet<_> = cdn
+            .endpoints()
+            .region(region)
+            .expect("region")
+            .edges
+            .iter()
+            .map(|e| e.public.ip())
+            .collect();
+        assert_eq!(addresses.iter().copied().collect::<HashSet<_>>(), theirs);
+    }
+
+    let target = "/obj/16k.bin";
+    let (_, addresses) = cdn.resolve("us-east").await;
+    let (name, at) = cdn.edge_at(addresses[0]);
+    let first = cdn.get(at, target).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.body.len(), 16 * 1024);
+    assert!(first.cache_status().contains("fwd=uri-miss"), "{first:?}");
+    let via = first.header("via");
+    assert!(via.contains("shield-1") && via.contains(&name), "{via}");
+    let again = cdn.get(at, target).await;
+    assert!(again.cache_status().contains("hit"), "{again:?}");
+    assert_eq!(again.body, first.body);
+
+    // Another region's edge misses, but the shield has it: the origin saw one request.
+    let (_, addresses) = cdn.resolve("ap-southeast").await;
+    let (_, far) = cdn.edge_at(addresses[0]);
+    let other = cdn.get(far, target).await;
+    assert_eq!(other.body, first.body);
+    assert!(
+        other.header("cache-status").contains("shield-1; hit"),
+        "{other:?}"
+    );
+    assert_eq!(cdn.origin_hits(target), 1);
+    cdn.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_reaches_every_node() {
+    let cdn = LocalCdn::start(&[]).await;
+    let target = "/obj/purged.bin";
+    let edges: Vec<_> = cdn.endpoints().edges().map(|(_, e)| e.public).collect();
+    for at in &edges {
+        cdn.get(*at, target).await;
+        assert!(cdn.get(*at, target).await.cache_status().contains("hit"));
+    }
+    let body = format!(
+        r#"{{"site":"demo","urls":["http://{}{target}"]}}"#,
+        cdn.site()
+    );
+    let accepted = cdn.purge_api(Method::POST, "/v1/purge", &body).await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.text());
+    let id: serde_json::Value = serde_json::from_slice(&accepted.body).expect("JSON");
+    let status = cdn
+        .purge_api(
+            Method::GET,
+            &format!("/v1/purges/{}?wait=10s", id["id"].as_str().expect("id")),
+            "",
+        )
+        .await;
+    let status: serde_json::Value = serde_json::from_slice(&status.body).expect("JSON");
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["nodes"]["applied"], 7, "six edges and the shield");
+    for at in &edges {
+        let after = cdn.get(*at, target).await;
+        assert!(
+            !after.cache_status().contains("hit"),
+            "purged at {at}: {after:?}"
+        );
+    }
+    // The shield was purged too: the edges' refetches reached the origin once more.
+    assert_eq!(cdn.origin_hits(target), 2);
+    cdn.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_moves_a_regions_clients_to_the_nearest_region_and_back() {
+    let cdn = LocalCdn::start(&[]).await;
+    let options = DrillOptions {
+        poll: Duration::from_millis(20),
+        timeout: Duration::from_secs(15),
+        settle: Duration::from_millis(600),
+    };
+    let mut events = 0;
+    let report = drill::run(cdn.endpoints(), "eu-west", &options, |_| events += 1)
+        .await
+        .expect("the drill completes");
+    assert_eq!(report.before.region, "eu-west");
+    // London's next nearest region is New York, not Singapore.
+    assert_eq!(report.failover.region, "us-east");
+    assert_eq!(report.dead_answers, 0, "{report:?}");
+    assert!(report.settled_answers > 5, "{report:?}");
+    assert_eq!(report.recovery.region, "eu-west");
+    assert!(events >= 5, "progress was reported");
+    // The edges are back in rotation and serve again.
+    let (region, _) = cdn.resolve("eu-west").await;
+    assert_eq!(region, "eu-west");
+
+    let unknown = drill::run(cdn.endpoints(), "mars", &options, |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.contains("no region \"mars\""), "{unknown}");
+    cdn.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warming_fills_the_target_region_with_the_sources_hottest_objects() {
+    let cdn = LocalCdn::start(&[]).await;
+    let hot: Vec<String> = (0..6).map(|i| format!("/obj/hot-{i}.bin")).collect();
+    for (i, target) in hot.iter().enumerate() {
+        for _ in 0..=i {
+            cdn.get(cdn.edge("eu-west-1"), target).await;
+        }
+    }
+    let options = WarmOptions {
+        top: 4,
+        concurrency: 3,
+        rate: 500,
+    };
+    let updates = std::sync::atomic::AtomicU64::new(0);
+    let report = warm::run(
+        cdn.endpoints(),
+        &Source::Region("eu-west".into()),
+        "us-east",
+        &options,
+        |_| {
+            updates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        },
+    )
+    .await
+    .expect("warming runs");
+    assert_eq!((report.urls, report.requests), (4, 8), "{report:?}");
+    assert_eq!((report.filled, report.failed), (8, 0), "{report:?}");
+    assert_eq!(updates.into_inner(), 8);
+    // The four hottest are now hits in both us-east edges; the coldest were not copied.
+    for edge in ["us-east-1", "us-east-2"] {
+        for target in &hot[2..] {
+            let reply = cdn.get(cdn.edge(edge), target).await;
+            assert!(
+                reply.cache_status().contains("hit"),
+                "{edge} {target}: {reply:?}"
+            );
+        }
+        let cold = cdn.get(cdn.edge(edge), &hot[0]).await;
+        assert!(!cold.cache_status().contains("hit"), "{edge}: {cold:?}");
+    }
+    // The shield collapsed both edges' fills: each object reached the origin once.
+    for target in &hot {
+        assert_eq!(cdn.origin_hits(target), 1, "{target}");
+    }
+
+    let unknown = warm::run(
+        cdn.endpoints(),
+        &Source::Urls(vec!["ftp://x/y".into()]),
+        "us-east",
+        &options,
+        |_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(unknown.contains("not an absolute http:// URL"), "{unknown}");
+    cdn.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_sheds_misses_with_retry_after_and_keeps_serving_hits() {
+    let cdn = LocalCdn::start(&[
+        ("max_upstream = 256", "max_upstream = 2"),
+        ("queue_timeout = \"1s\"", "queue_timeout = \"100ms\""),
+    ])
+    .await;
+    let edge = cdn.edge("eu-west-1");
+    cdn.get(edge, "/obj/hot.bin").await;
+    // Twice the slots in slow misses: two are admitted, the others wait 100 ms and are shed.
+    let misses: Vec<_> = (0..6)
+        .map(|i| {
+            let cdn = &cdn;
+            async move {
+                cdn.get(edge, &format!("/obj/slow-{i}.bin?delay_ms=1500"))
+                    .await
+            }
+        })
+        .collect();
+    let hits = async {
+        let mut statuses = Vec::new();
+        for _ in 0..20 {
+            let reply = cdn.get(edge, "/obj/hot.bin").await;
+            statuses.push((reply.status, reply.cache_status().contains("hit")));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        statuses
+    };
+    let (misses, hits) = tokio::join!(futures_util::future::join_all(misses), hits);
+    assert!(
+        hits.iter().all(|(s, hit)| *s == StatusCode::OK && *hit),
+        "hits keep flowing: {hits:?}"
+    );
+    let served: Vec<_> = misses
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .collect();
+    let shed: Vec<_> = misses
+        .iter()
+        .filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert_eq!((served.len(), shed.len()), (2, 4), "{misses:?}");
+    for reply in served {
+        assert_eq!(reply.body.len(), 1024, "an admitted miss is answered whole");
+    }
+    for reply in shed {
+        assert_eq!(reply.header("retry-after"), "1");
+        assert!(
+            reply.text().contains("limit of 2 upstream requests"),
+            "{}",
+            reply.text()
+        );
+    }
+    cdn.shutdown().await;
+}
