@@ -125,6 +125,9 @@ pub struct Region {
     /// next nearest region.
     #[serde(default)]
     pub capacity: Option<u64>,
+    /// Share of the region's clients sent elsewhere while it is over capacity.
+    #[serde(default)]
+    pub spill: Option<f64>,
     pub edges: Vec<Node>,
 }
 
@@ -384,13 +387,17 @@ impl Topology {
         ));
         for region in &self.regions {
             text.push_str(&format!(
-                "[[region]]\nname = \"{}\"\nlat = {:?}\nlon = {:?}\n{}",
+                "[[region]]\nname = \"{}\"\nlat = {:?}\nlon = {:?}\n{}{}",
                 region.name,
                 region.lat,
                 region.lon,
                 region
                     .capacity
                     .map(|c| format!("capacity = {c}\n"))
+                    .unwrap_or_default(),
+                region
+                    .spill
+                    .map(|s| format!("spill = {s:?}\n"))
                     .unwrap_or_default()
             ));
             for edge in &region.edges {

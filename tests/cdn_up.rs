@@ -239,3 +239,64 @@ async fn overload_sheds_misses_with_retry_after_and_keeps_serving_hits() {
     }
     cdn.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_over_capacity_spills_a_share_of_its_clients_to_the_next_region() {
+    let cdn = LocalCdn::start(&[(
+        "clients = [\"10.1.0.0/16\"]",
+        "clients = [\"10.1.0.0/16\"]\ncapacity = 4\nspill = 0.5",
+    )])
+    .await;
+    let dns = cdn.endpoints().geodns.dns;
+    let site = cdn.site().to_owned();
+    // 64 resolvers' client networks inside eu-west's /16.
+    let ask_all = || async {
+        let mut regions = Vec::new();
+        for x in 0..64u8 {
+            let ecs = (std::net::IpAddr::from([10, 1, x, 0]), 24);
+            let query =
+                support::dns::query(&site, hickory_proto::rr::RecordType::A, None, Some(ecs));
+            let reply = support::dns::udp(dns, &query).await;
+            regions.push(support::dns::cname(&reply).expect("CNAME"));
+        }
+        regions
+    };
+    let home = |regions: &[String]| regions.iter().filter(|r| r.starts_with("eu-west.")).count();
+    assert_eq!(home(&ask_all().await), 64, "under capacity, all stay home");
+
+    // Ten open connections to an eu-west edge: over the region's capacity of 4, as the
+    // edge reports on /healthz and GeoDNS's probes read.
+    let edge = cdn.edge("eu-west-1");
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(tokio::net::TcpStream::connect(edge).await.expect("connect"));
+    }
+    let mut spilled = None;
+    for _ in 0..100 {
+        let regions = ask_all().await;
+        let away = 64 - home(&regions);
+        if away > 0 {
+            assert!(
+                regions.iter().all(|r| r.starts_with("eu-west.") || r.starts_with("us-east.")),
+                "spilled clients go to the next nearest region: {regions:?}"
+            );
+            spilled = Some(away);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let spilled = spilled.expect("GeoDNS saw the load within 10 s");
+    assert!((16..=48).contains(&spilled), "about half spill: {spilled} of 64");
+
+    drop(held);
+    let mut back = false;
+    for _ in 0..100 {
+        if home(&ask_all().await) == 64 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "with the load gone, every client is answered with eu-west again");
+    cdn.shutdown().await;
+}
