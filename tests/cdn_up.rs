@@ -277,7 +277,9 @@ async fn a_region_over_capacity_spills_a_share_of_its_clients_to_the_next_region
         let away = 64 - home(&regions);
         if away > 0 {
             assert!(
-                regions.iter().all(|r| r.starts_with("eu-west.") || r.starts_with("us-east.")),
+                regions
+                    .iter()
+                    .all(|r| r.starts_with("eu-west.") || r.starts_with("us-east.")),
                 "spilled clients go to the next nearest region: {regions:?}"
             );
             spilled = Some(away);
@@ -286,7 +288,10 @@ async fn a_region_over_capacity_spills_a_share_of_its_clients_to_the_next_region
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let spilled = spilled.expect("GeoDNS saw the load within 10 s");
-    assert!((16..=48).contains(&spilled), "about half spill: {spilled} of 64");
+    assert!(
+        (16..=48).contains(&spilled),
+        "about half spill: {spilled} of 64"
+    );
 
     drop(held);
     let mut back = false;
@@ -297,6 +302,9 @@ async fn a_region_over_capacity_spills_a_share_of_its_clients_to_the_next_region
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(back, "with the load gone, every client is answered with eu-west again");
+    assert!(
+        back,
+        "with the load gone, every client is answered with eu-west again"
+    );
     cdn.shutdown().await;
 }

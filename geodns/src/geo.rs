@@ -239,6 +239,10 @@ pub struct MmdbLocator {
     generation: u64,
 }
 
+/// Lookups already made, by (database generation, canonical address): where the client
+/// is and the prefix length of the network the answer holds for.
+type LookupCache = FxHashMap<(u64, IpAddr), Option<(Coordinates, u8)>>;
+
 /// How many decoded records each thread keeps (see [`DECODED`]).
 const DECODED_PER_THREAD: usize = 1 << 16;
 
@@ -248,6 +252,13 @@ thread_local! {
     /// language) cost more than the tree walk and the rest of a DNS answer together
     /// (BENCHMARKS.md). Per thread, so the lookup takes no lock; cleared when full.
     static DECODED: std::cell::RefCell<FxHashMap<(u64, usize), Option<Coordinates>>> =
+        std::cell::RefCell::new(FxHashMap::default());
+
+    /// Whole lookups, by (database generation, address): resolvers send the same client
+    /// subnets again and again (one query per subnet and TTL), and the tree walk of an
+    /// IPv4 address in an IPv6 database was what still set ECS answers apart from
+    /// answers by source address (BENCHMARKS.md). Per thread; cleared when full.
+    static LOOKED_UP: std::cell::RefCell<LookupCache> =
         std::cell::RefCell::new(FxHashMap::default());
 }
 
@@ -315,6 +326,25 @@ impl GeoLocator for MmdbLocator {
     /// A record that cannot be decoded counts as unknown.
     fn locate(&self, ip: IpAddr) -> Option<Located> {
         let ip = ip.to_canonical();
+        let key = (self.generation, ip);
+        let found = LOOKED_UP.with_borrow_mut(|looked_up| {
+            if let Some(found) = looked_up.get(&key) {
+                return *found;
+            }
+            if looked_up.len() >= DECODED_PER_THREAD {
+                looked_up.clear();
+            }
+            let found = self.walk(ip);
+            looked_up.insert(key, found);
+            found
+        });
+        found.map(|(at, prefix_len)| Located::Point { at, prefix_len })
+    }
+}
+
+impl MmdbLocator {
+    /// The tree walk and decoding behind [`GeoLocator::locate`], for a canonical address.
+    fn walk(&self, ip: IpAddr) -> Option<(Coordinates, u8)> {
         let hit = self.reader.lookup(ip).ok()?;
         let key = (self.generation, hit.offset()?);
         let at = DECODED.with_borrow_mut(|decoded| {
@@ -342,7 +372,7 @@ impl GeoLocator for MmdbLocator {
         } else {
             network.prefix()
         };
-        Some(Located::Point { at, prefix_len })
+        Some((at, prefix_len))
     }
 }
 
@@ -770,9 +800,9 @@ mod tests {
     }
 
     #[test]
-    fn mmdb_decoded_records_are_not_shared_between_databases() {
+    fn mmdb_cached_lookups_and_records_are_not_shared_between_databases() {
         // Same network, same record layout (so the same record offset), other place: a
-        // reloaded database must not answer from the first one's decoded records.
+        // reloaded database must not answer from the first one's cached lookups or records.
         let first = fixture();
         let moved = MmdbLocator::from_bytes(
             mmdb_bytes(&[
