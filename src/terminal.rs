@@ -17,15 +17,23 @@ pub async fn drill(
     spinner.enable_steady_tick(Duration::from_millis(100));
     let started = std::time::Instant::now();
     let stamp = move || format!("{:>7.2}s", started.elapsed().as_secs_f64());
+    // Without a terminal the spinner is hidden and so would be its lines: print them.
+    let say = |line: String| {
+        if spinner.is_hidden() {
+            println!("{line}");
+        } else {
+            spinner.println(line);
+        }
+    };
     let report = drill::run(endpoints, region, options, |event| match event {
-        Progress::Baseline(answer) => spinner.println(format!(
+        Progress::Baseline(answer) => say(format!(
             "{} clients of {region} are answered with {} ({})",
             stamp(),
             answer.region,
             list(&answer.addresses)
         )),
         Progress::Drained { edges } => {
-            spinner.println(format!("{} drained {}", stamp(), edges.join(", ")));
+            say(format!("{} drained {}", stamp(), edges.join(", ")));
         }
         Progress::Waiting { elapsed, answer } => spinner.set_message(format!(
             "waiting {:.1}s: still answered {} ({})",
@@ -33,19 +41,19 @@ pub async fn drill(
             answer.region,
             list(&answer.addresses)
         )),
-        Progress::FailedOver(leg) => spinner.println(format!(
+        Progress::FailedOver(leg) => say(format!(
             "{} failed over to {} after {} ms ({} answers while waiting)",
             stamp(),
             leg.region,
             leg.took.as_millis(),
             leg.answers
         )),
-        Progress::Settled { answers, dead } => spinner.println(format!(
+        Progress::Settled { answers, dead } => say(format!(
             "{} {answers} answers checked after failover: {dead} held a drained edge",
             stamp()
         )),
-        Progress::Resumed => spinner.println(format!("{} resumed the region's edges", stamp())),
-        Progress::Recovered(leg) => spinner.println(format!(
+        Progress::Resumed => say(format!("{} resumed the region's edges", stamp())),
+        Progress::Recovered(leg) => say(format!(
             "{} clients are back on {} after {} ms",
             stamp(),
             leg.region,

@@ -95,6 +95,8 @@ fn up_drill_warm_and_ctrl_c_as_separate_processes() {
         String::from_utf8_lossy(&drill.stderr)
     );
     assert!(said.contains("drill us-east: failover"), "{said}");
+    assert!(said.contains("drained us-east-1, us-east-2"), "{said}");
+    assert!(said.contains("failed over to eu-west"), "{said}");
     assert!(said.contains("dead answers 0"), "{said}");
 
     let urls = dir.path().join("urls.txt");
