@@ -105,7 +105,7 @@ impl Deployment {
             apis: started,
             servers,
         };
-        // The stream exists once an API could publish to it; the first purge creates it.
+        // Nodes start once the stream is there: an accepted purge shows it is.
         d.purge_until_accepted(0, "/setup.bin").await;
         for i in 0..nodes {
             let store = Arc::new(MemoryStore::new(64 << 20));

@@ -839,6 +839,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_async_trait_does_the_same_on_blocking_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: std::sync::Arc<dyn PurgeLog> = std::sync::Arc::new(open(&dir));
+        let mut keyed = new_entry(3);
+        keyed.idempotency_key = Some("req-9".into());
+        assert_eq!(log.append(batch(0..3)).await.unwrap(), vec![1, 2, 3]);
+        assert_eq!(log.append(vec![keyed]).await.unwrap(), vec![4]);
+        assert_eq!(log.append(Vec::new()).await.unwrap(), Vec::<u64>::new());
+        assert_eq!(seqs(&log.read_after(1, 2).await.unwrap()), vec![2, 3]);
+        let found = log.find_idempotent("acme", "req-9").await.unwrap();
+        assert_eq!(found.map(|e| e.seq), Some(4));
+        assert_eq!(log.head(), 4);
+    }
+
+    #[tokio::test]
     async fn subscribers_see_the_new_head_after_an_append() {
         let dir = tempfile::tempdir().unwrap();
         let log = std::sync::Arc::new(open(&dir));

@@ -20,7 +20,10 @@
 //!   duplicate window (2 minutes) is stored once. A purge with an `Idempotency-Key` is
 //!   published on its own subject ([`keyed_subject`]) with an id derived from the
 //!   publisher and key: two instances accepting the same keyed request at once store it
-//!   once, and any instance finds it later with a last-by-subject lookup.
+//!   once, and any instance finds it later with a last-by-subject lookup. (Unlike the
+//!   file log's index, which keeps the first, that lookup finds the latest purge of a
+//!   key; they differ only for a key reused after the duplicate window by requests that
+//!   raced past the lookup.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
