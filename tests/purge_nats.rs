@@ -243,9 +243,10 @@ fn json(reply: &Reply) -> serde_json::Value {
     serde_json::from_slice(&reply.body).unwrap_or_else(|_| panic!("not JSON: {}", reply.text()))
 }
 
-/// Waits until every store's watermark reaches `seq` (at most 20 s).
+/// Waits until every store's watermark reaches `seq` (at most 30 s: after a server was
+/// killed, nodes that read through it retry while the stream elects a new leader).
 async fn applied_everywhere(stores: &[Arc<MemoryStore>], seq: u64) {
-    let done = support::eventually(Duration::from_secs(20), || {
+    let done = support::eventually(Duration::from_secs(30), || {
         stores.iter().all(|s| s.purge_watermark() >= seq)
     })
     .await;

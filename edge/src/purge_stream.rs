@@ -43,6 +43,12 @@ pub const DEFAULT_STREAM: &str = "CDN_PURGES";
 /// consumer is considered stalled and created anew from the watermark.
 pub const STALL_CHECK: Duration = Duration::from_secs(1);
 
+/// Longest a new ordered consumer may take to start before the follower tries again.
+const CONSUMER_START: Duration = Duration::from_secs(3);
+
+/// Longest one request to NATS (stream state, watermark report) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Most purges applied in one batch (one blocking-thread hop, one watermark report).
 const BATCH: usize = 500;
 
@@ -206,7 +212,7 @@ pub struct Follower {
 impl Follower {
     pub fn new(edge: Arc<Edge>, client: async_nats::Client, stream: &str) -> Self {
         let js = jetstream::ContextBuilder::new()
-            .timeout(Duration::from_secs(2))
+            .timeout(REQUEST_TIMEOUT)
             .build(client);
         Follower {
             edge,
@@ -234,7 +240,7 @@ impl Follower {
 
     /// Follows the stream until `stop`: applies purges as they are published, reports the
     /// watermark, and starts over from the watermark after any failure (backing off up to
-    /// 1 s). Runs as a task for the life of the node.
+    /// 500 ms). Runs as a task for the life of the node.
     pub async fn follow(mut self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -253,7 +259,7 @@ impl Follower {
                     () = tokio::time::sleep(backoff) => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff = (backoff * 2).min(Duration::from_millis(500));
             } else {
                 backoff = Duration::from_millis(50);
             }
@@ -262,16 +268,14 @@ impl Follower {
 
     /// The stream's first and last sequence numbers.
     async fn bounds(&self) -> Result<(u64, u64), FollowError> {
+        // One request: the lookup answers with the stream's state.
         let stream = self
             .js
-            .get_stream_no_info(&self.stream)
-            .await
-            .map_err(|e| self.unavailable("looking up the stream", e))?;
-        let info = stream
-            .get_info()
+            .get_stream(&self.stream)
             .await
             .map_err(|e| self.unavailable("reading the stream's state", e))?;
-        Ok((info.state.first_sequence, info.state.last_sequence))
+        let state = &stream.cached_info().state;
+        Ok((state.first_sequence, state.last_sequence))
     }
 
     fn unavailable(&self, op: &'static str, e: impl std::fmt::Display) -> FollowError {
@@ -315,35 +319,47 @@ impl Follower {
         if until.is_some_and(|until| watermark >= until) {
             return Ok(watermark);
         }
-        let stream = self
-            .js
-            .get_stream_no_info(&self.stream)
+        // Bounded as a whole: while the stream's replicas elect a new leader the steps
+        // can each wait for their own timeout, and a node must retry rather than hang.
+        let start = async {
+            let stream = self
+                .js
+                .get_stream_no_info(&self.stream)
+                .await
+                .map_err(|e| self.unavailable("looking up the stream", e))?;
+            let consumer = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: watermark + 1,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| self.unavailable("creating the ordered consumer", e))?;
+            consumer
+                .messages()
+                .await
+                .map_err(|e| self.unavailable("starting the ordered consumer", e))
+        };
+        let mut messages = tokio::time::timeout(CONSUMER_START, start)
             .await
-            .map_err(|e| self.unavailable("looking up the stream", e))?;
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: watermark + 1,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| self.unavailable("creating the ordered consumer", e))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| self.unavailable("starting the ordered consumer", e))?;
+            .map_err(|_| {
+                self.unavailable(
+                    "starting the ordered consumer",
+                    format!("not started within {CONSUMER_START:?}"),
+                )
+            })??;
         loop {
             let first = match tokio::time::timeout(STALL_CHECK, messages.next()).await {
                 Ok(Some(Ok(message))) => message,
                 Ok(Some(Err(e))) => return Err(self.unavailable("reading the stream", e)),
                 Ok(None) => return Err(self.unavailable("reading the stream", "consumer ended")),
                 Err(_) => {
-                    self.report(true).await;
                     let (_, last) = self.bounds().await?;
                     if last > watermark {
                         return Err(FollowError::Stalled { watermark, last });
                     }
+                    self.report(true).await;
                     continue;
                 }
             };

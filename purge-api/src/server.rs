@@ -221,14 +221,26 @@ impl PurgeApiServer {
                     .iter()
                     .map(|n| (edge::purge_stream::watermark_key(&n.name), n.clone()))
                     .collect();
-                let watcher = api.clone();
+                let (watcher, lagging) = (api.clone(), api.clone());
                 tasks.spawn(crate::watermarks::watch_forever(
                     *js,
                     stream,
                     move |key, watermark| {
-                        if let Some(node) = by_key.get(key) {
-                            set_acked(&watcher, node, watermark);
-                        }
+                        let Some(node) = by_key.get(key) else {
+                            return false;
+                        };
+                        let news = acked(node) != watermark;
+                        set_acked(&watcher, node, watermark);
+                        news
+                    },
+                    move || {
+                        let head = lagging.log.head();
+                        lagging
+                            .nodes
+                            .iter()
+                            .filter(|n| acked(n) < head)
+                            .map(|n| edge::purge_stream::watermark_key(&n.name))
+                            .collect()
                     },
                     shutdown.subscribe(),
                 ));

@@ -18,20 +18,29 @@ use edge::purge_stream::watermark_bucket;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+/// With no report for this long while some nodes are behind the log's head, their
+/// watermarks are read directly from the bucket (a watch reading through a server that
+/// went away can stall without an error); if that finds news, the watch starts anew.
+pub const STALL_CHECK: Duration = Duration::from_secs(2);
+
 /// Watches the watermark bucket of `stream` until `stop`, calling `seen(key, watermark)`
-/// for every node's current value and then for every new report. Restarts the watch
-/// (backing off up to 1 s) when NATS goes away or the bucket does not exist yet.
+/// (which says whether that was news) for every node's current value and then for every
+/// new report. Restarts the watch
+/// (backing off up to 1 s) when NATS goes away or the bucket does not exist yet. After
+/// [`STALL_CHECK`] without a report, the keys `lagging()` names (nodes behind the log's
+/// head) are read directly, so status never depends on the watch alone.
 pub async fn watch_forever(
     js: jetstream::Context,
     stream: String,
-    seen: impl Fn(&str, u64) + Send,
+    seen: impl Fn(&str, u64) -> bool + Send,
+    lagging: impl Fn() -> Vec<String> + Send,
     mut stop: watch::Receiver<bool>,
 ) {
     let bucket = watermark_bucket(&stream);
     let mut backoff = Duration::from_millis(50);
     loop {
         let result = tokio::select! {
-            result = watch_once(&js, &bucket, &seen) => result,
+            result = watch_once(&js, &bucket, &seen, &lagging) => result,
             _ = stop.wait_for(|s| *s) => return,
         };
         match result {
@@ -49,7 +58,8 @@ pub async fn watch_forever(
 async fn watch_once(
     js: &jetstream::Context,
     bucket: &str,
-    seen: &impl Fn(&str, u64),
+    seen: &impl Fn(&str, u64) -> bool,
+    lagging: &impl Fn() -> Vec<String>,
 ) -> Result<(), String> {
     let store = js
         .get_key_value(bucket)
@@ -59,19 +69,38 @@ async fn watch_once(
         .watch_all()
         .await
         .map_err(|e| format!("cannot watch: {e}"))?;
-    while let Some(entry) = watch.next().await {
-        let entry = entry.map_err(|e| format!("watch broke off: {e}"))?;
+    loop {
+        let entry = match tokio::time::timeout(STALL_CHECK, watch.next()).await {
+            Ok(Some(entry)) => entry.map_err(|e| format!("watch broke off: {e}"))?,
+            Ok(None) => return Err("watch ended".into()),
+            Err(_) => {
+                let mut news = false;
+                for key in lagging() {
+                    let value = tokio::time::timeout(STALL_CHECK, store.get(&key)).await;
+                    if let Ok(Ok(Some(value))) = value
+                        && let Some(watermark) = parse(&value)
+                    {
+                        news |= seen(&key, watermark);
+                    }
+                }
+                if news {
+                    return Err("the watch missed reports; watching anew".into());
+                }
+                continue;
+            }
+        };
         if entry.operation != kv::Operation::Put {
             continue;
         }
         match parse(&entry.value) {
-            Some(watermark) => seen(&entry.key, watermark),
+            Some(watermark) => {
+                seen(&entry.key, watermark);
+            }
             None => {
                 tracing::warn!(key = %entry.key, "a node reported a watermark that is not a number: ignored")
             }
         }
     }
-    Err("watch ended".into())
 }
 
 /// A watermark as nodes write it: decimal ASCII.
