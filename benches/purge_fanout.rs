@@ -1,8 +1,11 @@
 //! Purge propagation: 1,000 purges fanned out to 50 in-process edges through the purge
 //! API on loopback; p50/p99 from accept (the 202) to every node having applied it, and how
-//! many purges per second the API accepts before it sheds.
+//! many purges per second the API accepts before it sheds. Once with the embedded log
+//! (the API pushes to every node), once with the NATS JetStream log (one local
+//! `nats-server`, started here; every node reads the stream with its own consumer).
 //!
-//! `cargo bench --bench purge_fanout` (release). Results go to BENCHMARKS.md.
+//! `cargo bench --bench purge_fanout [-- embedded|nats]` (release; both by default; the
+//! NATS run needs `nats-server` installed). Results go to BENCHMARKS.md.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,14 +25,105 @@ const NODE_TOKEN: &str = "bench-node-token-0000000";
 
 #[tokio::main]
 async fn main() {
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a == "embedded" || a == "nats")
+        .collect();
+    for engine in ["embedded", "nats"] {
+        if wanted.is_empty() || wanted.iter().any(|w| w == engine) {
+            println!("== {engine} log");
+            run(engine == "nats").await;
+        }
+    }
+}
+
+/// A local JetStream server for the NATS run, killed when dropped.
+struct Nats(std::process::Child);
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `nats-server` with JetStream on a free loopback port; waits (at most 10 s)
+/// until it accepts connections.
+async fn start_nats(dir: &std::path::Path) -> (Nats, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = std::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.join("nats"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server is needed for the NATS run: apt-get install -y nats-server");
+    let server = Nats(child);
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return (server, format!("nats://127.0.0.1:{port}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nats-server did not listen within 10 s");
+}
+
+async fn run(nats: bool) {
     let dir = tempfile::tempdir().expect("temp dir");
+    let (_server, url) = if nats {
+        let (server, url) = start_nats(dir.path()).await;
+        (Some(server), url)
+    } else {
+        (None, String::new())
+    };
+    let node_purge = if nats {
+        format!("[purge.nats]\nservers = [\"{url}\"]\n")
+    } else {
+        String::new()
+    };
+    let log = if nats {
+        format!("[log]\nengine = \"nats\"\n[log.nats]\nservers = [\"{url}\"]\n")
+    } else {
+        format!(
+            "[log]\npath = \"{}\"\n",
+            dir.path().join("bench.redb").display()
+        )
+    };
+    let api_text = |nodes: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\nnode_token = \"{NODE_TOKEN}\"\n{log}{nodes}\
+             [[site]]\nname = \"assets\"\nhosts = [\"assets.test\"]\n\
+             [[publisher]]\nname = \"bench\"\ntoken = \"{TOKEN}\"\nsites = [\"assets\"]\n\
+             [publisher.rate]\nrequests_per_second = 1000000.0\nrequest_burst = 1000000.0\n\
+             objects_per_second = 1000000.0\nobject_burst = 1000000.0\n"
+        )
+    };
+    let start_api = |text: String| async move {
+        PurgeApiServer::start(PurgeApiConfig::from_toml(&text).expect("api config"))
+            .await
+            .expect("purge API")
+    };
+    // With NATS the API goes first: it creates the stream the nodes then read.
+    let mut api = None;
+    if nats {
+        let names: String = (0..NODES)
+            .map(|i| format!("[[node]]\nname = \"edge-{i}\"\n"))
+            .collect();
+        api = Some(start_api(api_text(&names)).await);
+    }
     let mut edges = Vec::new();
     let mut stores = Vec::new();
     for i in 0..NODES {
         let store = Arc::new(MemoryStore::new(16 << 20));
         let text = format!(
             "[node]\nname = \"edge-{i}\"\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [purge]\nnode_token = \"{NODE_TOKEN}\"\n\
+             [purge]\nnode_token = \"{NODE_TOKEN}\"\n{node_purge}\
              [[site]]\nname = \"assets\"\nhosts = [\"assets.test\"]\nupstream = \"http://127.0.0.1:9\"\n"
         );
         let config = EdgeConfig::from_toml(&text).expect("edge config");
@@ -40,27 +134,22 @@ async fn main() {
         );
         stores.push(store);
     }
-    let nodes: String = edges
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            format!(
-                "[[node]]\nname = \"edge-{i}\"\nadmin = \"http://{}\"\n",
-                e.admin_addr()
-            )
-        })
-        .collect();
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\nnode_token = \"{NODE_TOKEN}\"\n[log]\npath = \"{}\"\n{nodes}\
-         [[site]]\nname = \"assets\"\nhosts = [\"assets.test\"]\n\
-         [[publisher]]\nname = \"bench\"\ntoken = \"{TOKEN}\"\nsites = [\"assets\"]\n\
-         [publisher.rate]\nrequests_per_second = 1000000.0\nrequest_burst = 1000000.0\n\
-         objects_per_second = 1000000.0\nobject_burst = 1000000.0\n",
-        dir.path().join("bench.redb").display()
-    );
-    let api = PurgeApiServer::start(PurgeApiConfig::from_toml(&text).expect("api config"))
-        .await
-        .expect("purge API");
+    let api = match api {
+        Some(api) => api,
+        None => {
+            let nodes: String = edges
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    format!(
+                        "[[node]]\nname = \"edge-{i}\"\nadmin = \"http://{}\"\n",
+                        e.admin_addr()
+                    )
+                })
+                .collect();
+            start_api(api_text(&nodes)).await
+        }
+    };
     let addr = api.addr();
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
 

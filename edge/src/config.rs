@@ -46,8 +46,13 @@ pub struct PurgeConfig {
     /// accepted while unset.
     pub node_token: Option<String>,
     /// The purge API (`http://host:port`): read at start to catch up from the store's
-    /// watermark before the node reports ready.
+    /// watermark before the node reports ready. For the embedded log; a node of a
+    /// NATS deployment sets [`nats`](PurgeConfig::nats) instead.
     pub api: Option<String>,
+    /// Read purges straight from the NATS JetStream purge stream (`[purge.nats]`): the
+    /// node catches up from its watermark before it serves, follows the stream, and
+    /// reports its watermark in the stream's KV bucket.
+    pub nats: Option<crate::purge_stream::NatsPurgeConfig>,
 }
 
 /// Identity and listeners of the node.
@@ -306,6 +311,8 @@ pub enum ConfigError {
         "overload.max_upstream must be at least 1 (got 0): a node with no upstream slots could never fill its cache"
     )]
     NoUpstreamSlots,
+    #[error("[purge]: {0}")]
+    Purge(String),
 }
 
 impl EdgeConfig {
@@ -354,6 +361,16 @@ impl EdgeConfig {
         }
         if self.overload.max_upstream == 0 {
             return Err(ConfigError::NoUpstreamSlots);
+        }
+        if let Some(nats) = &self.purge.nats {
+            if self.purge.api.is_some() {
+                return Err(ConfigError::Purge(
+                    "set either api (the embedded log, pushed by the purge API) or [purge.nats] \
+                     (the NATS stream), not both"
+                        .into(),
+                ));
+            }
+            nats.validate().map_err(ConfigError::Purge)?;
         }
         let mut seen: std::collections::HashMap<String, &str> = Default::default();
         for site in &self.sites {
@@ -644,5 +661,18 @@ mod tests {
             EdgeConfig::from_toml(&text).unwrap_err(),
             ConfigError::NodeName(_)
         ));
+    }
+
+    #[test]
+    fn a_node_reads_purges_from_the_api_or_from_nats_not_both() {
+        let nats = "[purge.nats]\nservers = [\"nats://127.0.0.1:4222\"]\n";
+        let config = EdgeConfig::from_toml(&format!("[purge]\n{nats}{MINIMAL}")).unwrap();
+        assert_eq!(config.purge.nats.unwrap().stream, "CDN_PURGES");
+        let both = format!("[purge]\napi = \"http://127.0.0.1:9100\"\n{nats}{MINIMAL}");
+        let err = EdgeConfig::from_toml(&both).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
+        let none = format!("[purge.nats]\nservers = []\n{MINIMAL}");
+        let err = EdgeConfig::from_toml(&none).unwrap_err().to_string();
+        assert!(err.contains("no NATS server"), "{err}");
     }
 }

@@ -29,6 +29,7 @@ pub mod overload;
 pub mod pool;
 pub mod proxy;
 pub mod purge;
+pub mod purge_stream;
 pub mod range;
 pub mod retry_budget;
 pub mod server;

@@ -134,6 +134,22 @@ pub struct LogTruncated {
     pub head: u64,
 }
 
+/// One purge as it is stored in the NATS purge stream: the stream's sequence number is its
+/// place in the global order, so the record does not carry it. Written by the purge API,
+/// read by nodes (which use only [`purge`](StreamRecord::purge)) and by API instances
+/// reporting status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRecord {
+    /// The publisher whose token accepted it.
+    pub publisher: String,
+    pub purge: Purge,
+    /// The request's `Idempotency-Key`, if it had one.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// When the API accepted it, in Unix milliseconds.
+    pub accepted_at_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,6 +72,10 @@ impl EdgeServer {
             catch_up(&edge, api, config.purge.node_token.as_deref().unwrap_or("")).await;
         }
         let (shutdown, _) = watch::channel(false);
+        let follower = match &config.purge.nats {
+            Some(nats) => Some(follow_stream(&edge, nats, shutdown.subscribe()).await?),
+            None => None,
+        };
 
         let mut tasks = vec![
             tokio::spawn(serve_public(
@@ -97,6 +101,7 @@ impl EdgeServer {
                 }
             }));
         }
+        tasks.extend(follower);
         edge.set_ready(true);
         tracing::info!(node = %edge.name(), %public_addr, %admin_addr, "edge listening");
         Ok(Self {
@@ -261,6 +266,36 @@ async fn catch_up(edge: &Arc<Edge>, api: &str, token: &str) {
             edge.reset_purges(edge.store().purge_watermark());
         }
     }
+}
+
+/// Catches up from the NATS purge stream before the node serves (forgetting its content
+/// if that fails, as [`catch_up`] does), then starts the task that follows the stream.
+async fn follow_stream(
+    edge: &Arc<Edge>,
+    nats: &crate::purge_stream::NatsPurgeConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, StartError> {
+    let client = crate::purge_stream::connect(&nats.servers, edge.name())
+        .await
+        .map_err(|e| StartError::Config(ConfigError::Purge(e)))?;
+    let mut follower = crate::purge_stream::Follower::new(edge.clone(), client, &nats.stream);
+    let result = tokio::time::timeout(CATCH_UP_TIMEOUT, follower.catch_up())
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::purge_stream::FollowError::Unavailable {
+                op: "catching up",
+                stream: nats.stream.clone(),
+                reason: format!("not done within {CATCH_UP_TIMEOUT:?}"),
+            })
+        });
+    match result {
+        Ok(head) => tracing::info!(node = %edge.name(), head, "purges caught up from NATS"),
+        Err(error) => {
+            tracing::error!(node = %edge.name(), %error, "cannot read the purge stream: forgetting this node's content");
+            edge.reset_purges(edge.store().purge_watermark());
+        }
+    }
+    Ok(tokio::spawn(follower.follow(stop)))
 }
 
 /// One page of the log: `Ok(Err(..))` when it was truncated past `after`.

@@ -40,8 +40,16 @@ pub struct PurgeApiConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    /// The log file (created if missing).
-    pub path: PathBuf,
+    /// `embedded` (a local file, this API pushes purges to the nodes) or `nats` (a NATS
+    /// JetStream stream shared by every API instance, read by the nodes themselves).
+    #[serde(default)]
+    pub engine: LogEngine,
+    /// The log file (created if missing); for the embedded engine.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The stream, for the NATS engine (`[log.nats]`).
+    #[serde(default)]
+    pub nats: Option<NatsLogConfig>,
     /// Purges kept for nodes that were away; older ones force such a node to forget its
     /// content when it comes back.
     #[serde(default = "default_retain_entries")]
@@ -50,13 +58,63 @@ pub struct LogConfig {
     pub retain_for: Duration,
 }
 
-/// A node purges are pushed to.
+/// Which purge log the API uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogEngine {
+    /// One local `redb` file: one API instance, which pushes purges to every node.
+    #[default]
+    Embedded,
+    /// A replicated NATS JetStream stream: any number of API instances publish to it,
+    /// nodes read it from their own position and report their watermarks in a KV bucket.
+    Nats,
+}
+
+/// The NATS JetStream purge stream (`[log.nats]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsLogConfig {
+    /// NATS servers of this region (`nats://host:4222`).
+    pub servers: Vec<String>,
+    /// The stream's name; nodes' `[purge.nats] stream` must name the same.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Copies of every purge on different servers (1, 3 or 5; at most the cluster's size).
+    /// JetStream acknowledges a purge once a majority of the replicas stored it, so
+    /// losing a minority of the servers (one of three) loses no accepted purge and keeps
+    /// the stream writable.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// The NATS cluster (of a supercluster) the stream and the watermark bucket are placed
+    /// in when this instance creates them: the region that holds the purge log. Unset:
+    /// the cluster of the server this instance is connected to.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Longest a publish waits for the stream's acknowledgement before the purge is
+    /// refused with `503`.
+    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: Duration,
+}
+
+fn default_stream() -> String {
+    edge::purge_stream::DEFAULT_STREAM.to_owned()
+}
+fn default_replicas() -> usize {
+    1
+}
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// A node purges are pushed to (embedded log) or whose watermark is reported (NATS).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub name: String,
-    /// The node's admin listener, `http://host:port`.
-    pub admin: String,
+    /// The node's admin listener, `http://host:port`; required with the embedded log,
+    /// unused with NATS (nodes read the stream themselves).
+    #[serde(default)]
+    pub admin: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,21 +236,106 @@ impl PurgeApiConfig {
                 }
             }
         }
+        match self.log.engine {
+            LogEngine::Embedded => {
+                if self.log.path.is_none() {
+                    return bad("[log] path is required with the embedded engine (e.g. \
+                         \"/var/lib/cdn/purges.redb\"), or set engine = \"nats\" with [log.nats]"
+                        .into());
+                }
+            }
+            LogEngine::Nats => {
+                let Some(nats) = &self.log.nats else {
+                    return bad(
+                        "[log] engine = \"nats\" needs a [log.nats] table with servers".into(),
+                    );
+                };
+                edge::purge_stream::validate_servers(&nats.servers)
+                    .and_then(|()| edge::purge_stream::validate_stream_name(&nats.stream))
+                    .map_err(|e| ConfigError::Invalid(format!("[log.nats] {e}")))?;
+                if !(1..=5).contains(&nats.replicas) {
+                    return bad(format!(
+                        "[log.nats] replicas must be 1 to 5 (JetStream's limit), got {}",
+                        nats.replicas
+                    ));
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
         for node in &self.nodes {
-            let ok = node
-                .admin
-                .parse::<http::Uri>()
-                .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
-            if !ok {
-                return bad(format!(
-                    "node {:?}: admin {:?} must be http://host:port",
-                    node.name, node.admin
-                ));
+            if !names.insert(node.name.as_str()) {
+                return bad(format!("node {:?} is listed twice", node.name));
+            }
+            match (&node.admin, self.log.engine) {
+                (Some(admin), _) => {
+                    let ok = admin
+                        .parse::<http::Uri>()
+                        .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+                    if !ok {
+                        return bad(format!(
+                            "node {:?}: admin {admin:?} must be http://host:port",
+                            node.name
+                        ));
+                    }
+                }
+                (None, LogEngine::Embedded) => {
+                    return bad(format!(
+                        "node {:?}: admin = \"http://host:port\" is required with the embedded log \
+                         (the API pushes purges there)",
+                        node.name
+                    ));
+                }
+                (None, LogEngine::Nats) => {}
             }
         }
         if self.limits.max_targets == 0 {
             return bad("limits.max_targets must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(log: &str, node: &str) -> Result<PurgeApiConfig, ConfigError> {
+        PurgeApiConfig::from_toml(&format!(
+            "node_token = \"node-token-0123456789\"\n{log}\n[[node]]\nname = \"edge-1\"\n{node}\n\
+             [[site]]\nname = \"s\"\nhosts = [\"s.test\"]\n\
+             [[publisher]]\nname = \"p\"\ntoken = \"publisher-token-0123456789\"\nsites = [\"s\"]\n"
+        ))
+    }
+
+    #[test]
+    fn the_embedded_log_needs_a_path_and_node_admin_addresses() {
+        let ok = config(
+            "[log]\npath = \"/tmp/p.redb\"",
+            "admin = \"http://127.0.0.1:9080\"",
+        );
+        assert_eq!(ok.unwrap().log.engine, LogEngine::Embedded);
+        let err = config("[log]", "admin = \"http://127.0.0.1:9080\"").unwrap_err();
+        assert!(err.to_string().contains("path is required"), "{err}");
+        let err = config("[log]\npath = \"/tmp/p.redb\"", "").unwrap_err();
+        assert!(err.to_string().contains("admin"), "{err}");
+    }
+
+    #[test]
+    fn the_nats_log_needs_servers_and_takes_nodes_by_name() {
+        let nats = "[log]\nengine = \"nats\"\n[log.nats]\nservers = [\"nats://127.0.0.1:4222\"]\nreplicas = 3";
+        let config_ok = config(nats, "").unwrap();
+        let log = config_ok.log.nats.unwrap();
+        assert_eq!((log.stream.as_str(), log.replicas), ("CDN_PURGES", 3));
+        assert_eq!(log.ack_timeout, Duration::from_secs(2));
+        let err = config("[log]\nengine = \"nats\"", "").unwrap_err();
+        assert!(err.to_string().contains("[log.nats]"), "{err}");
+        let err = config(&nats.replace("replicas = 3", "replicas = 7"), "").unwrap_err();
+        assert!(err.to_string().contains("replicas"), "{err}");
+        let err = config(
+            "[log]\nengine = \"nats\"\n[log.nats]\nservers = [\"nats://x\"]\nstream = \"a.b\"",
+            "",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("stream"), "{err}");
     }
 }

@@ -15,8 +15,10 @@ pub mod admission;
 pub mod config;
 pub mod log;
 pub mod metrics;
+pub mod nats_log;
 pub mod request;
 pub mod server;
+pub mod watermarks;
 
 pub use config::PurgeApiConfig;
 pub use server::{PurgeApiServer, StartError};

@@ -19,11 +19,12 @@
 //!   site, which invalidates everything they cached) before reading on after `oldest - 1`.
 //!
 //! [`PurgeLog`] is the swap point: [`FileLog`] (an embedded `redb` file) is the
-//! single-machine default; a replicated engine (NATS JetStream) can sit behind the same
-//! trait.
+//! single-machine default; [`NatsLog`](crate::nats_log::NatsLog) (a replicated NATS
+//! JetStream stream) is the multi-machine one.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edge::purge::Purge;
@@ -58,39 +59,43 @@ pub struct NewEntry {
 
 /// The durable, ordered log of accepted purges.
 ///
-/// The methods are blocking (they may wait for the disk): async callers run them on a
-/// blocking thread (`tokio::task::spawn_blocking`), except [`head`](PurgeLog::head) and
-/// [`subscribe`](PurgeLog::subscribe), which never block.
+/// Async, because the implementations wait: [`FileLog`] for the disk (it runs its redb
+/// transactions on a blocking thread), [`NatsLog`](crate::nats_log::NatsLog) for the
+/// network. [`head`](PurgeLog::head) and [`subscribe`](PurgeLog::subscribe) never wait.
+#[async_trait::async_trait]
 pub trait PurgeLog: Send + Sync + fmt::Debug {
-    /// Appends a batch of purges, assigning consecutive sequence numbers that continue from
-    /// the head, and returns them in batch order.
+    /// Appends a batch of purges, assigning them sequence numbers after every earlier
+    /// one, and returns them in batch order.
     ///
     /// Runs when the API has admitted purges and before it answers them: the API collects
     /// the purges of many concurrent requests and appends them in one call (group commit),
-    /// so one disk flush acknowledges them all.
+    /// so one disk flush (or one round of stream acknowledgements) acknowledges them all.
     ///
-    /// Guarantees: all or nothing. On `Ok` the whole batch is durable (committed and
-    /// fsync'd) and the head has moved past it; subscribers see the new head. On `Err`
-    /// nothing of the batch is in the log: none of its purges may be acknowledged (the API
-    /// answers `503`, the publisher retries). An empty batch is a no-op returning an empty
-    /// vec.
+    /// Guarantees: on `Ok` the whole batch is durable and the head has moved past it;
+    /// subscribers see the new head. On `Err` none of the batch's purges may be
+    /// acknowledged (the API answers `503`, the publisher retries). [`FileLog`] is all or
+    /// nothing; a replicated log may have stored part of a failed batch, and those purges
+    /// then reach the nodes although their publisher was told to retry: an extra
+    /// invalidation, never a lost one. An empty batch is a no-op returning an empty vec.
     ///
     /// Does not deduplicate: the API asks [`find_idempotent`](PurgeLog::find_idempotent)
     /// first. If two entries carry the same publisher and key, the index keeps the first.
-    fn append(&self, batch: Vec<NewEntry>) -> Result<Vec<u64>, LogError>;
+    async fn append(&self, batch: Vec<NewEntry>) -> Result<Vec<u64>, LogError>;
 
     /// Entries with a sequence number greater than `after`, in order, at most `limit`.
     ///
-    /// Runs when the fan-out pushes new purges to nodes and when a node that was away asks
-    /// for everything after its watermark. Empty when `after >= head`.
+    /// Runs when the fan-out pushes new purges to nodes, when a node that was away asks
+    /// for everything after its watermark, and for a purge's status. Empty when
+    /// `after >= head`.
     ///
     /// Errors: [`LogError::Truncated`] when retention already dropped entries after `after`;
     /// the reader must resynchronise (bump its site generations), then read after
     /// `oldest - 1`. Storage errors mean the log cannot be read right now; retry later.
-    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>, LogError>;
+    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>, LogError>;
 
-    /// The highest sequence number ever assigned (0 when nothing was ever appended). It
-    /// does not go down when retention drops entries, nor across restarts. Never blocks.
+    /// The highest sequence number this instance knows was assigned (0 when nothing was
+    /// ever appended). It does not go down when retention drops entries, nor across
+    /// restarts. Never blocks.
     fn head(&self) -> u64;
 
     /// A receiver of the head after every successful append, to wake the fan-out without
@@ -102,8 +107,12 @@ pub trait PurgeLog: Send + Sync + fmt::Debug {
     ///
     /// Runs before admitting a request that carries an `Idempotency-Key`: on `Some`, the API
     /// answers with the existing purge id instead of appending again, also after a restart
-    /// (the index is in the file). `None` once retention dropped the entry.
-    fn find_idempotent(&self, publisher: &str, key: &str) -> Result<Option<LogEntry>, LogError>;
+    /// (the index is in the log). `None` once retention dropped the entry.
+    async fn find_idempotent(
+        &self,
+        publisher: &str,
+        key: &str,
+    ) -> Result<Option<LogEntry>, LogError>;
 }
 
 /// How much of the log is kept. After each append, the oldest entries are dropped while
@@ -157,6 +166,21 @@ pub enum LogError {
          resynchronise (bump its site generations) and read on from {oldest}"
     )]
     Truncated { oldest: u64 },
+    /// The thread running a log operation failed (it panicked or the runtime is shutting
+    /// down). Nothing is known to be written; the purge is not accepted.
+    #[error(
+        "the purge log task failed while {op}: {reason}; the purge is not accepted (answer \
+         503, the publisher may retry)"
+    )]
+    Task { op: &'static str, reason: String },
+    /// The replicated log (NATS JetStream) cannot be reached or did not confirm in time.
+    /// The purge is not accepted; nodes keep their position and resume when it returns.
+    #[error(
+        "the NATS purge stream is unavailable while {op}: {reason}; the purge is not \
+         accepted (answer 503, the publisher may retry); check that the NATS servers in \
+         [log.nats] servers are up and have JetStream enabled"
+    )]
+    Unavailable { op: &'static str, reason: String },
     /// A purge could not be encoded for the log; it is not accepted.
     #[error("cannot encode a purge for the log: {0}; the purge is not accepted")]
     Encode(#[source] serde_json::Error),
@@ -181,6 +205,8 @@ impl LogError {
             LogError::Open { .. } => "open",
             LogError::Storage { .. } => "storage",
             LogError::Truncated { .. } => "truncated",
+            LogError::Task { .. } => "task",
+            LogError::Unavailable { .. } => "unavailable",
             LogError::Encode(_) => "encode",
             LogError::Corrupt { .. } => "corrupt",
         }
@@ -201,8 +227,14 @@ const CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// [`PurgeLog`] in one local `redb` file (copy-on-write B-trees with checksummed commits:
 /// a crash leaves the last committed state). One write transaction per append, flushed
 /// with [`Durability::Immediate`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FileLog {
+    inner: Arc<FileInner>,
+}
+
+/// What the blocking threads share with the async side.
+#[derive(Debug)]
+struct FileInner {
     db: Database,
     path: PathBuf,
     retention: Retention,
@@ -231,18 +263,67 @@ impl FileLog {
             "purge log opened"
         );
         Ok(FileLog {
-            db,
-            path: path.to_owned(),
-            retention,
-            head: watch::Sender::new(head),
+            inner: Arc::new(FileInner {
+                db,
+                path: path.to_owned(),
+                retention,
+                head: watch::Sender::new(head),
+            }),
         })
     }
 
     /// The file this log lives in.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
+    /// [`PurgeLog::append`] on the calling thread (it waits for the disk).
+    pub fn append_blocking(&self, batch: Vec<NewEntry>) -> Result<Vec<u64>, LogError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner
+            .append_inner(batch)
+            .map_err(|f| f.into_error("appending purges"))
+    }
+
+    /// [`PurgeLog::read_after`] on the calling thread.
+    pub fn read_after_blocking(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>, LogError> {
+        self.inner
+            .read_after_inner(after, limit)
+            .map_err(|f| f.into_error("reading purges"))
+    }
+
+    /// [`PurgeLog::find_idempotent`] on the calling thread.
+    pub fn find_idempotent_blocking(
+        &self,
+        publisher: &str,
+        key: &str,
+    ) -> Result<Option<LogEntry>, LogError> {
+        self.inner
+            .find_idempotent_inner(publisher, key)
+            .map_err(|f| f.into_error("looking up an idempotency key"))
+    }
+
+    /// Runs `f` on a blocking thread with a handle to this log.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(FileLog) -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || f(log))
+            .await
+            .unwrap_or_else(|e| {
+                Err(LogError::Task {
+                    op,
+                    reason: e.to_string(),
+                })
+            })
+    }
+}
+
+impl FileInner {
     fn append_inner(&self, batch: Vec<NewEntry>) -> Result<Vec<u64>, Failure> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate);
@@ -336,31 +417,41 @@ impl FileLog {
     }
 }
 
+#[async_trait::async_trait]
 impl PurgeLog for FileLog {
-    fn append(&self, batch: Vec<NewEntry>) -> Result<Vec<u64>, LogError> {
+    async fn append(&self, batch: Vec<NewEntry>) -> Result<Vec<u64>, LogError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.append_inner(batch)
-            .map_err(|f| f.into_error("appending purges"))
+        self.blocking("appending purges", move |log| log.append_blocking(batch))
+            .await
     }
 
-    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>, LogError> {
-        self.read_after_inner(after, limit)
-            .map_err(|f| f.into_error("reading purges"))
+    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>, LogError> {
+        self.blocking("reading purges", move |log| {
+            log.read_after_blocking(after, limit)
+        })
+        .await
     }
 
     fn head(&self) -> u64 {
-        *self.head.borrow()
+        *self.inner.head.borrow()
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {
-        self.head.subscribe()
+        self.inner.head.subscribe()
     }
 
-    fn find_idempotent(&self, publisher: &str, key: &str) -> Result<Option<LogEntry>, LogError> {
-        self.find_idempotent_inner(publisher, key)
-            .map_err(|f| f.into_error("looking up an idempotency key"))
+    async fn find_idempotent(
+        &self,
+        publisher: &str,
+        key: &str,
+    ) -> Result<Option<LogEntry>, LogError> {
+        let (publisher, key) = (publisher.to_owned(), key.to_owned());
+        self.blocking("looking up an idempotency key", move |log| {
+            log.find_idempotent_blocking(&publisher, &key)
+        })
+        .await
     }
 }
 
@@ -524,11 +615,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = open(&dir);
         assert_eq!(log.head(), 0);
-        assert_eq!(log.append(batch(0..3)).unwrap(), vec![1, 2, 3]);
-        assert_eq!(log.append(batch(3..4)).unwrap(), vec![4]);
-        assert_eq!(log.append(batch(4..6)).unwrap(), vec![5, 6]);
+        assert_eq!(log.append_blocking(batch(0..3)).unwrap(), vec![1, 2, 3]);
+        assert_eq!(log.append_blocking(batch(3..4)).unwrap(), vec![4]);
+        assert_eq!(log.append_blocking(batch(4..6)).unwrap(), vec![5, 6]);
         assert_eq!(log.head(), 6);
-        let all = log.read_after(0, 100).unwrap();
+        let all = log.read_after_blocking(0, 100).unwrap();
         assert_eq!(seqs(&all), vec![1, 2, 3, 4, 5, 6]);
         assert_eq!(all[3].purge, purge(3));
         assert_eq!(all[3].publisher, "acme");
@@ -539,11 +630,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = open(&dir);
         let mut rx = log.subscribe();
-        assert_eq!(log.append(Vec::new()).unwrap(), Vec::<u64>::new());
+        assert_eq!(log.append_blocking(Vec::new()).unwrap(), Vec::<u64>::new());
         assert_eq!(log.head(), 0);
         assert!(!rx.has_changed().unwrap());
-        log.append(batch(0..1)).unwrap();
-        assert_eq!(log.append(Vec::new()).unwrap(), Vec::<u64>::new());
+        log.append_blocking(batch(0..1)).unwrap();
+        assert_eq!(log.append_blocking(Vec::new()).unwrap(), Vec::<u64>::new());
         assert_eq!(log.head(), 1);
         assert_eq!(*rx.borrow_and_update(), 1);
     }
@@ -552,14 +643,14 @@ mod tests {
     fn read_after_returns_later_entries_in_order_up_to_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let log = open(&dir);
-        log.append(batch(0..10)).unwrap();
-        assert_eq!(seqs(&log.read_after(0, 3).unwrap()), vec![1, 2, 3]);
-        assert_eq!(seqs(&log.read_after(3, 3).unwrap()), vec![4, 5, 6]);
-        assert_eq!(seqs(&log.read_after(8, 100).unwrap()), vec![9, 10]);
-        assert!(log.read_after(10, 100).unwrap().is_empty());
-        assert!(log.read_after(50, 100).unwrap().is_empty());
-        assert!(log.read_after(u64::MAX, 100).unwrap().is_empty());
-        assert!(log.read_after(0, 0).unwrap().is_empty());
+        log.append_blocking(batch(0..10)).unwrap();
+        assert_eq!(seqs(&log.read_after_blocking(0, 3).unwrap()), vec![1, 2, 3]);
+        assert_eq!(seqs(&log.read_after_blocking(3, 3).unwrap()), vec![4, 5, 6]);
+        assert_eq!(seqs(&log.read_after_blocking(8, 100).unwrap()), vec![9, 10]);
+        assert!(log.read_after_blocking(10, 100).unwrap().is_empty());
+        assert!(log.read_after_blocking(50, 100).unwrap().is_empty());
+        assert!(log.read_after_blocking(u64::MAX, 100).unwrap().is_empty());
+        assert!(log.read_after_blocking(0, 0).unwrap().is_empty());
     }
 
     #[test]
@@ -567,13 +658,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let log = open(&dir);
-            log.append(batch(0..5)).unwrap();
+            log.append_blocking(batch(0..5)).unwrap();
         }
         let log = open(&dir);
         assert_eq!(log.head(), 5);
         assert_eq!(*log.subscribe().borrow(), 5);
-        assert_eq!(log.append(batch(5..7)).unwrap(), vec![6, 7]);
-        assert_eq!(seqs(&log.read_after(4, 10).unwrap()), vec![5, 6, 7]);
+        assert_eq!(log.append_blocking(batch(5..7)).unwrap(), vec![6, 7]);
+        assert_eq!(
+            seqs(&log.read_after_blocking(4, 10).unwrap()),
+            vec![5, 6, 7]
+        );
     }
 
     #[test]
@@ -584,7 +678,7 @@ mod tests {
             let log = open(&dir);
             for chunk in [0..1, 1..17, 17..50, 50..51, 51..100] {
                 let entries = batch(chunk);
-                let seqs = log.append(entries.clone()).unwrap();
+                let seqs = log.append_blocking(entries.clone()).unwrap();
                 for (seq, new) in seqs.into_iter().zip(entries) {
                     expected.push(LogEntry {
                         seq,
@@ -599,7 +693,7 @@ mod tests {
         assert_eq!(seqs(&expected), (1..=100).collect::<Vec<_>>());
         let log = open(&dir);
         assert_eq!(log.head(), 100);
-        assert_eq!(log.read_after(0, 1000).unwrap(), expected);
+        assert_eq!(log.read_after_blocking(0, 1000).unwrap(), expected);
     }
 
     #[test]
@@ -611,12 +705,15 @@ mod tests {
         };
         let path = dir.path().join("purges.redb");
         let log = FileLog::open(&path, retention).unwrap();
-        log.append(batch(0..4)).unwrap();
-        log.append(batch(4..8)).unwrap();
+        log.append_blocking(batch(0..4)).unwrap();
+        log.append_blocking(batch(4..8)).unwrap();
         assert_eq!(log.head(), 8);
-        assert_eq!(seqs(&log.read_after(3, 100).unwrap()), vec![4, 5, 6, 7, 8]);
+        assert_eq!(
+            seqs(&log.read_after_blocking(3, 100).unwrap()),
+            vec![4, 5, 6, 7, 8]
+        );
         for after in [0, 1, 2] {
-            match log.read_after(after, 100) {
+            match log.read_after_blocking(after, 100) {
                 Err(LogError::Truncated { oldest }) => assert_eq!(oldest, 4),
                 other => panic!("expected Truncated, got {other:?}"),
             }
@@ -624,10 +721,13 @@ mod tests {
         // Still true after a restart, and new entries continue from the head.
         drop(log);
         let log = FileLog::open(&path, retention).unwrap();
-        assert_eq!(log.append(batch(8..10)).unwrap(), vec![9, 10]);
-        assert_eq!(seqs(&log.read_after(5, 100).unwrap()), vec![6, 7, 8, 9, 10]);
+        assert_eq!(log.append_blocking(batch(8..10)).unwrap(), vec![9, 10]);
+        assert_eq!(
+            seqs(&log.read_after_blocking(5, 100).unwrap()),
+            vec![6, 7, 8, 9, 10]
+        );
         assert!(matches!(
-            log.read_after(4, 100),
+            log.read_after_blocking(4, 100),
             Err(LogError::Truncated { oldest: 6 })
         ));
     }
@@ -644,22 +744,23 @@ mod tests {
             entry.idempotency_key = Some(format!("k{}", entry.accepted_at_ms));
         }
         // Older than max_age: durable, then dropped by the same append's retention.
-        assert_eq!(log.append(entries).unwrap(), vec![1, 2, 3]);
+        assert_eq!(log.append_blocking(entries).unwrap(), vec![1, 2, 3]);
         assert_eq!(log.head(), 3);
-        assert!(log.read_after(3, 10).unwrap().is_empty());
+        assert!(log.read_after_blocking(3, 10).unwrap().is_empty());
         assert!(matches!(
-            log.read_after(0, 10),
+            log.read_after_blocking(0, 10),
             Err(LogError::Truncated { oldest: 4 })
         ));
         assert_eq!(
-            log.find_idempotent("acme", &format!("k{old}")).unwrap(),
+            log.find_idempotent_blocking("acme", &format!("k{old}"))
+                .unwrap(),
             None
         );
         drop(log);
         let log = FileLog::open(&path, Retention::default()).unwrap();
         assert_eq!(log.head(), 3);
-        assert_eq!(log.append(batch(3..4)).unwrap(), vec![4]);
-        assert_eq!(seqs(&log.read_after(3, 10).unwrap()), vec![4]);
+        assert_eq!(log.append_blocking(batch(3..4)).unwrap(), vec![4]);
+        assert_eq!(seqs(&log.read_after_blocking(3, 10).unwrap()), vec![4]);
     }
 
     #[test]
@@ -672,24 +773,36 @@ mod tests {
         };
         {
             let log = open(&dir);
-            log.append(vec![new_entry(0), keyed("acme", "req-1", 1)])
+            log.append_blocking(vec![new_entry(0), keyed("acme", "req-1", 1)])
                 .unwrap();
-            log.append(vec![keyed("globex", "req-1", 2), keyed("acme", "req-1", 3)])
+            log.append_blocking(vec![keyed("globex", "req-1", 2), keyed("acme", "req-1", 3)])
                 .unwrap();
-            let found = log.find_idempotent("acme", "req-1").unwrap().unwrap();
+            let found = log
+                .find_idempotent_blocking("acme", "req-1")
+                .unwrap()
+                .unwrap();
             assert_eq!((found.seq, found.purge), (2, purge(1)));
             assert_eq!(
-                log.find_idempotent("globex", "req-1").unwrap().unwrap().seq,
+                log.find_idempotent_blocking("globex", "req-1")
+                    .unwrap()
+                    .unwrap()
+                    .seq,
                 3
             );
-            assert_eq!(log.find_idempotent("acme", "req-2").unwrap(), None);
+            assert_eq!(log.find_idempotent_blocking("acme", "req-2").unwrap(), None);
         }
         let log = open(&dir);
-        let found = log.find_idempotent("acme", "req-1").unwrap().unwrap();
+        let found = log
+            .find_idempotent_blocking("acme", "req-1")
+            .unwrap()
+            .unwrap();
         assert_eq!(found.seq, 2);
         assert_eq!(found.idempotency_key.as_deref(), Some("req-1"));
         assert_eq!(
-            log.find_idempotent("globex", "req-1").unwrap().unwrap().seq,
+            log.find_idempotent_blocking("globex", "req-1")
+                .unwrap()
+                .unwrap()
+                .seq,
             3
         );
     }
@@ -704,19 +817,40 @@ mod tests {
         let log = FileLog::open(&dir.path().join("purges.redb"), retention).unwrap();
         let mut first = new_entry(0);
         first.idempotency_key = Some("req-1".into());
-        log.append(vec![first.clone()]).unwrap();
+        log.append_blocking(vec![first.clone()]).unwrap();
         assert_eq!(
-            log.find_idempotent("acme", "req-1").unwrap().unwrap().seq,
+            log.find_idempotent_blocking("acme", "req-1")
+                .unwrap()
+                .unwrap()
+                .seq,
             1
         );
-        log.append(batch(1..3)).unwrap();
-        assert_eq!(log.find_idempotent("acme", "req-1").unwrap(), None);
+        log.append_blocking(batch(1..3)).unwrap();
+        assert_eq!(log.find_idempotent_blocking("acme", "req-1").unwrap(), None);
         // The key can be used again once forgotten.
-        assert_eq!(log.append(vec![first]).unwrap(), vec![4]);
+        assert_eq!(log.append_blocking(vec![first]).unwrap(), vec![4]);
         assert_eq!(
-            log.find_idempotent("acme", "req-1").unwrap().unwrap().seq,
+            log.find_idempotent_blocking("acme", "req-1")
+                .unwrap()
+                .unwrap()
+                .seq,
             4
         );
+    }
+
+    #[tokio::test]
+    async fn the_async_trait_does_the_same_on_blocking_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: std::sync::Arc<dyn PurgeLog> = std::sync::Arc::new(open(&dir));
+        let mut keyed = new_entry(3);
+        keyed.idempotency_key = Some("req-9".into());
+        assert_eq!(log.append(batch(0..3)).await.unwrap(), vec![1, 2, 3]);
+        assert_eq!(log.append(vec![keyed]).await.unwrap(), vec![4]);
+        assert_eq!(log.append(Vec::new()).await.unwrap(), Vec::<u64>::new());
+        assert_eq!(seqs(&log.read_after(1, 2).await.unwrap()), vec![2, 3]);
+        let found = log.find_idempotent("acme", "req-9").await.unwrap();
+        assert_eq!(found.map(|e| e.seq), Some(4));
+        assert_eq!(log.head(), 4);
     }
 
     #[tokio::test]
@@ -726,7 +860,7 @@ mod tests {
         let mut rx = log.subscribe();
         assert_eq!(*rx.borrow_and_update(), 0);
         let appender = log.clone();
-        tokio::task::spawn_blocking(move || appender.append(batch(0..3)).unwrap())
+        tokio::task::spawn_blocking(move || appender.append_blocking(batch(0..3)).unwrap())
             .await
             .unwrap();
         tokio::time::timeout(Duration::from_secs(5), rx.changed())

@@ -1,5 +1,6 @@
 //! The running purge API: the publishers' endpoints, the group committer in front of the
-//! log, one fan-out task per node, and per-purge progress.
+//! log, the fan-out (one push task per node with the embedded log; a watch of the nodes'
+//! watermarks with NATS), and per-purge progress.
 //!
 //! A purge is answered `202` only once the log has it durably (the committer appends
 //! every waiting purge in one fsync'd batch). From then on it cannot be lost: each node's
@@ -30,9 +31,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::admission::{Admission, QueueGate, Shed, cost};
-use crate::config::{ConfigError, PurgeApiConfig};
+use crate::config::{ConfigError, LogEngine, PurgeApiConfig};
 use crate::log::{FileLog, LogError, NewEntry, PurgeLog, Retention};
 use crate::metrics::Metrics;
+use crate::nats_log::NatsLog;
 use crate::request::PurgeRequest;
 
 /// Why the API could not start.
@@ -48,6 +50,17 @@ pub enum StartError {
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
+    },
+}
+
+/// How purges reach the nodes.
+enum FanOut {
+    /// This API pushes the log to every node's admin listener (embedded log).
+    Push,
+    /// Nodes read the NATS stream themselves; this API watches their watermarks.
+    Watermarks {
+        js: Box<async_nats::jetstream::Context>,
+        stream: String,
     },
 }
 
@@ -102,22 +115,48 @@ impl std::fmt::Debug for PurgeApiServer {
 
 impl PurgeApiServer {
     /// Opens the log, binds the listener and starts the committer and the fan-out tasks.
+    ///
+    /// With `[log] engine = "nats"` the log is the NATS stream: this instance does not
+    /// push to nodes (they read the stream) but watches their watermarks in the stream's
+    /// KV bucket, so it reports status for purges any instance accepted.
     pub async fn start(config: PurgeApiConfig) -> Result<Self, StartError> {
         config.validate()?;
-        let log = FileLog::open(
-            &config.log.path,
-            Retention {
-                max_entries: config.log.retain_entries,
-                max_age: config.log.retain_for,
-            },
-        )?;
-        Self::start_with_log(config, Arc::new(log)).await
+        let retention = Retention {
+            max_entries: config.log.retain_entries,
+            max_age: config.log.retain_for,
+        };
+        match (&config.log.engine, &config.log.path, &config.log.nats) {
+            (LogEngine::Nats, _, Some(nats)) => {
+                let log = NatsLog::connect(nats, retention).await?;
+                let fan_out = FanOut::Watermarks {
+                    js: Box::new(log.jetstream()),
+                    stream: log.stream_name().to_owned(),
+                };
+                Self::start_inner(config, log, fan_out).await
+            }
+            (LogEngine::Embedded, Some(path), _) => {
+                let log = FileLog::open(path, retention)?;
+                Self::start_inner(config, Arc::new(log), FanOut::Push).await
+            }
+            // `validate` refuses both.
+            _ => Err(StartError::Config(ConfigError::Invalid(
+                "[log] names no usable log".into(),
+            ))),
+        }
     }
 
-    /// As [`PurgeApiServer::start`], with a given log.
+    /// As [`PurgeApiServer::start`], with a given log, pushed to the nodes by this API.
     pub async fn start_with_log(
         config: PurgeApiConfig,
         log: Arc<dyn PurgeLog>,
+    ) -> Result<Self, StartError> {
+        Self::start_inner(config, log, FanOut::Push).await
+    }
+
+    async fn start_inner(
+        config: PurgeApiConfig,
+        log: Arc<dyn PurgeLog>,
+        fan_out: FanOut,
     ) -> Result<Self, StartError> {
         let listener =
             TcpListener::bind(config.listen)
@@ -142,7 +181,12 @@ impl PurgeApiServer {
             .map(|n| {
                 Arc::new(Node {
                     name: n.name.clone(),
-                    admin: n.admin.trim_end_matches('/').to_owned(),
+                    admin: n
+                        .admin
+                        .as_deref()
+                        .unwrap_or_default()
+                        .trim_end_matches('/')
+                        .to_owned(),
                     acked: Default::default(),
                 })
             })
@@ -161,12 +205,46 @@ impl PurgeApiServer {
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(commit_forever(api.clone(), pending, shutdown.subscribe()));
-        for node in &api.nodes {
-            tasks.spawn(push_forever(
-                api.clone(),
-                node.clone(),
-                shutdown.subscribe(),
-            ));
+        match fan_out {
+            FanOut::Push => {
+                for node in &api.nodes {
+                    tasks.spawn(push_forever(
+                        api.clone(),
+                        node.clone(),
+                        shutdown.subscribe(),
+                    ));
+                }
+            }
+            FanOut::Watermarks { js, stream } => {
+                let by_key: HashMap<String, Arc<Node>> = api
+                    .nodes
+                    .iter()
+                    .map(|n| (edge::purge_stream::watermark_key(&n.name), n.clone()))
+                    .collect();
+                let (watcher, lagging) = (api.clone(), api.clone());
+                tasks.spawn(crate::watermarks::watch_forever(
+                    *js,
+                    stream,
+                    move |key, watermark| {
+                        let Some(node) = by_key.get(key) else {
+                            return false;
+                        };
+                        let news = acked(node) != watermark;
+                        set_acked(&watcher, node, watermark);
+                        news
+                    },
+                    move || {
+                        let head = lagging.log.head();
+                        lagging
+                            .nodes
+                            .iter()
+                            .filter(|n| acked(n) < head)
+                            .map(|n| edge::purge_stream::watermark_key(&n.name))
+                            .collect()
+                    },
+                    shutdown.subscribe(),
+                ));
+            }
         }
         let app = router(api.clone());
         let mut stop = shutdown.subscribe();
@@ -343,7 +421,7 @@ async fn submit(
         Err(invalid) => return error(StatusCode::BAD_REQUEST, &invalid.to_string()),
     };
     if let Some(key) = &idempotency_key {
-        match api.log.find_idempotent(&publisher.name, key) {
+        match api.log.find_idempotent(&publisher.name, key).await {
             Ok(Some(entry)) => return accepted(entry.seq, StatusCode::OK),
             Ok(None) => {}
             Err(e) => return unavailable(api, &e),
@@ -474,7 +552,7 @@ async fn status(
     let Ok(seq) = id.parse::<u64>() else {
         return error(StatusCode::NOT_FOUND, &format!("no purge {id:?}"));
     };
-    let entry = match api.log.read_after(seq.saturating_sub(1), 1) {
+    let entry = match api.log.read_after(seq.saturating_sub(1), 1).await {
         Ok(entries) => entries.into_iter().find(|e| e.seq == seq),
         Err(LogError::Truncated { .. }) => None,
         Err(e) => return unavailable(&api, &e),
@@ -546,7 +624,11 @@ async fn read_log(
         return error(StatusCode::BAD_REQUEST, "use ?after=N&limit=M");
     };
     let head = api.log.head();
-    match api.log.read_after(query.after, query.limit.min(10_000)) {
+    match api
+        .log
+        .read_after(query.after, query.limit.min(10_000))
+        .await
+    {
         Ok(entries) => {
             let purges = entries
                 .into_iter()
@@ -603,12 +685,8 @@ async fn commit_forever(
             }
         }
         let entries: Vec<NewEntry> = batch.iter().map(|p| p.entry.clone()).collect();
-        let log = api.log.clone();
         let started = Instant::now();
-        let result = match tokio::task::spawn_blocking(move || log.append(entries)).await {
-            Ok(appended) => appended.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("the append task failed: {e}")),
-        };
+        let result = api.log.append(entries).await.map_err(|e| e.to_string());
         api.queue.record_commit(batch.len(), started.elapsed());
         match result {
             Ok(seqs) => {
@@ -691,7 +769,7 @@ async fn push_once(
     if after >= api.log.head() {
         return Ok(false);
     }
-    let entries = match api.log.read_after(after, PUSH_BATCH) {
+    let entries = match api.log.read_after(after, PUSH_BATCH).await {
         Ok(entries) => entries,
         Err(LogError::Truncated { oldest }) => {
             // The purges this node missed are gone: it must forget its content and go on

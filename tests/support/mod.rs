@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod local_cdn;
+pub mod nats;
 pub mod topology;
 
 use std::net::SocketAddr;

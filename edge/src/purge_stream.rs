@@ -1,0 +1,497 @@
+//! A node reading purges straight from the NATS JetStream purge stream.
+//!
+//! Why: with the embedded log, one purge API pushes every purge to every node. A CDN with
+//! many API instances and nodes in many regions instead shares one replicated stream: the
+//! API instances publish to it, and each node reads it from its own position with an
+//! *ordered consumer* (ephemeral, created by the node, starting after the node's
+//! watermark). No durable consumer per node is kept on the servers: the position lives in
+//! the node's store, which is also what says which purges are in effect, so the two
+//! cannot disagree.
+//!
+//! Invariants:
+//! - The stream's sequence numbers are the purge sequence numbers (every message in the
+//!   stream is a purge), and purges are applied in that order through
+//!   [`Edge::apply_purges`]. The watermark is `n` only when purges `1..=n` are in effect.
+//! - Entries the node needs but the stream no longer has (retention dropped them, or the
+//!   stream was recreated and is now behind the node) cannot be known: the node forgets
+//!   its content ([`Edge::reset_purges`], every site's generation bumps) and reads on from
+//!   what the stream has. A message that does not decode is handled the same way, never
+//!   skipped.
+//! - The node serves while NATS is away; it resumes from its watermark when NATS returns.
+//!   At start it reads everything up to the stream's last sequence before it serves
+//!   ([`Follower::catch_up`]); if it cannot, it forgets its content instead, exactly as a
+//!   node of the embedded log does.
+//! - The watermark is reported in the stream's KV bucket ([`watermark_bucket`], key
+//!   [`watermark_key`] of the node name), so every purge API instance can say which nodes
+//!   applied a purge. Reports are best effort: a lost one is repeated by the next.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, kv};
+use futures_util::{FutureExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::proxy::Edge;
+use crate::purge::{PurgeBatch, SequencedPurge, StreamRecord};
+
+/// The stream name when the config does not set one.
+pub const DEFAULT_STREAM: &str = "CDN_PURGES";
+
+/// With no message for this long while the stream has more than the node applied, the
+/// consumer is considered stalled and created anew from the watermark.
+pub const STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// Longest a new ordered consumer may take to start before the follower tries again.
+const CONSUMER_START: Duration = Duration::from_secs(3);
+
+/// Longest one request to NATS (stream state, watermark report) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Most purges applied in one batch (one blocking-thread hop, one watermark report).
+const BATCH: usize = 500;
+
+/// Longest a node waits between two watermark reports while purges keep arriving.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// How a node reaches the purge stream (`[purge.nats]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsPurgeConfig {
+    /// NATS servers of the node's region (`nats://host:4222`); the client reconnects to
+    /// any of them and learns the rest of the cluster from them.
+    pub servers: Vec<String>,
+    /// The JetStream stream the purge API publishes to.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+}
+
+fn default_stream() -> String {
+    DEFAULT_STREAM.to_owned()
+}
+
+impl NatsPurgeConfig {
+    /// Checks the servers and the stream name; the error says what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_servers(&self.servers)?;
+        validate_stream_name(&self.stream)
+    }
+}
+
+/// At least one server, each a `nats://host:port` (or `host:port`) address.
+pub fn validate_servers(servers: &[String]) -> Result<(), String> {
+    if servers.is_empty() {
+        return Err("nats.servers lists no NATS server (e.g. [\"nats://10.0.0.1:4222\"])".into());
+    }
+    for server in servers {
+        if server.parse::<async_nats::ServerAddr>().is_err() {
+            return Err(format!(
+                "nats.servers: {server:?} is not a NATS address such as nats://10.0.0.1:4222"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A JetStream stream name usable in subjects and bucket names: letters, digits, `-`, `_`.
+pub fn validate_stream_name(stream: &str) -> Result<(), String> {
+    let ok = !stream.is_empty()
+        && stream.len() <= 64
+        && stream
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "nats.stream {stream:?} must be 1 to 64 letters, digits, '-' or '_'"
+        ))
+    }
+}
+
+/// The subjects the stream holds: every purge is published under the stream's name.
+pub fn stream_subjects(stream: &str) -> String {
+    format!("{stream}.>")
+}
+
+/// The subject of a purge without an `Idempotency-Key`.
+pub fn purge_subject(stream: &str) -> String {
+    format!("{stream}.p")
+}
+
+/// The subject of a purge with an `Idempotency-Key`: one subject per (publisher, key), so
+/// the API finds the purge a key created with one last-by-subject lookup. Both parts are
+/// hex-encoded, since subject tokens may not hold `.`, `*`, `>` or spaces.
+pub fn keyed_subject(stream: &str, publisher: &str, key: &str) -> String {
+    format!("{stream}.k.{}.{}", hex(publisher), hex(key))
+}
+
+/// The KV bucket where nodes report their watermarks.
+pub fn watermark_bucket(stream: &str) -> String {
+    format!("{stream}_WATERMARKS")
+}
+
+/// A node's key in the watermark bucket: its name with every byte outside
+/// `[A-Za-z0-9_-]` written as `=XX` (KV keys allow few characters), so any node name maps
+/// to one key and back.
+pub fn watermark_key(node: &str) -> String {
+    let mut key = String::with_capacity(node.len());
+    for b in node.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            key.push(char::from(b));
+        } else {
+            key.push_str(&format!("={b:02X}"));
+        }
+    }
+    key
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A NATS client that keeps (re)connecting in the background, to any of `servers`, so a
+/// node or an API instance starts while NATS is down and resumes when it returns.
+/// Reconnect attempts are at most 1 s apart.
+pub async fn connect(servers: &[String], name: &str) -> Result<async_nats::Client, String> {
+    validate_servers(servers)?;
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(1))
+        .ping_interval(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis(50u64.saturating_mul(1 << attempts.min(5)))
+                .min(Duration::from_secs(1))
+        })
+        .connect(servers)
+        .await
+        .map_err(|e| format!("cannot set up the NATS client for {servers:?}: {e}"))
+}
+
+/// Why following the stream stopped; the follower then starts over from its watermark.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// NATS (or the stream) cannot be reached, or an operation failed. Nothing is lost:
+    /// the node keeps serving and reads on from its watermark once NATS answers.
+    #[error(
+        "the NATS purge stream is unavailable while {op}: {reason}; the node keeps serving \
+         and resumes from its watermark when NATS answers (check [purge.nats] servers and \
+         that the purge API created stream {stream:?})"
+    )]
+    Unavailable {
+        op: &'static str,
+        stream: String,
+        reason: String,
+    },
+    /// The consumer delivered nothing for [`STALL_CHECK`] while the stream had purges
+    /// beyond the watermark; it is created anew.
+    #[error(
+        "the purge consumer stalled at {watermark} while the stream reaches {last}; \
+         recreating it"
+    )]
+    Stalled { watermark: u64, last: u64 },
+    /// Applying a batch failed: a purge did not continue from the watermark.
+    #[error("applying purges failed: {0}; reading again from the watermark")]
+    Apply(String),
+}
+
+/// A node's reader of the purge stream.
+#[derive(Debug)]
+pub struct Follower {
+    edge: Arc<Edge>,
+    js: jetstream::Context,
+    stream: String,
+    watermarks: Option<kv::Store>,
+    /// The last watermark reported, and when.
+    reported: Option<(u64, Instant)>,
+}
+
+impl Follower {
+    pub fn new(edge: Arc<Edge>, client: async_nats::Client, stream: &str) -> Self {
+        let js = jetstream::ContextBuilder::new()
+            .timeout(REQUEST_TIMEOUT)
+            .build(client);
+        Follower {
+            edge,
+            js,
+            stream: stream.to_owned(),
+            watermarks: None,
+            reported: None,
+        }
+    }
+
+    /// Reads and applies everything up to the stream's last sequence number at the time
+    /// of the call: what a starting node does before it serves. A node with an empty
+    /// store has nothing to purge and just takes the stream's last sequence number.
+    /// Returns the watermark reached.
+    pub async fn catch_up(&mut self) -> Result<u64, FollowError> {
+        let (_, last) = self.bounds().await?;
+        let watermark = self.edge.store().purge_watermark();
+        if self.edge.store().usage().entries == 0 && last > watermark {
+            self.edge.store().set_purge_watermark(last);
+            self.report(true).await;
+            return Ok(last);
+        }
+        self.run(Some(last)).await
+    }
+
+    /// Follows the stream until `stop`: applies purges as they are published, reports the
+    /// watermark, and starts over from the watermark after any failure (backing off up to
+    /// 500 ms). Runs as a task for the life of the node.
+    pub async fn follow(mut self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let result = tokio::select! {
+                result = self.run(None) => result,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            if let Err(error) = result {
+                match error {
+                    FollowError::Stalled { .. } => {
+                        tracing::info!(node = %self.edge.name(), %error, "purge stream");
+                    }
+                    _ => tracing::warn!(node = %self.edge.name(), %error, "purge stream"),
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            } else {
+                backoff = Duration::from_millis(50);
+            }
+        }
+    }
+
+    /// The stream's first and last sequence numbers.
+    async fn bounds(&self) -> Result<(u64, u64), FollowError> {
+        // One request: the lookup answers with the stream's state.
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| self.unavailable("reading the stream's state", e))?;
+        let state = &stream.cached_info().state;
+        Ok((state.first_sequence, state.last_sequence))
+    }
+
+    fn unavailable(&self, op: &'static str, e: impl std::fmt::Display) -> FollowError {
+        FollowError::Unavailable {
+            op,
+            stream: self.stream.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Makes the node consistent with what the stream still has, before reading it: a
+    /// node ahead of the stream (recreated stream) or behind its first entry (retention)
+    /// forgets its content and continues from what the stream has.
+    async fn resync(&mut self) -> Result<u64, FollowError> {
+        let (first, last) = self.bounds().await?;
+        let watermark = self.edge.store().purge_watermark();
+        if watermark > last {
+            tracing::warn!(node = %self.edge.name(), watermark, last,
+                "the purge stream is behind this node (was it recreated?): forgetting its content");
+            self.reset(last);
+            return Ok(last);
+        }
+        // `first` is `last + 1` when the stream holds nothing.
+        if watermark < last && watermark + 1 < first {
+            tracing::warn!(node = %self.edge.name(), watermark, first,
+                "purges this node missed were dropped by the stream's retention: forgetting its content");
+            self.reset(first - 1);
+            return Ok(first - 1);
+        }
+        Ok(watermark)
+    }
+
+    fn reset(&self, seq: u64) {
+        self.edge.reset_purges(seq);
+    }
+
+    /// One consumer's life: from the watermark until `until` (if given) or a failure.
+    async fn run(&mut self, until: Option<u64>) -> Result<u64, FollowError> {
+        let mut watermark = self.resync().await?;
+        self.report(true).await;
+        if until.is_some_and(|until| watermark >= until) {
+            return Ok(watermark);
+        }
+        // Bounded as a whole: while the stream's replicas elect a new leader the steps
+        // can each wait for their own timeout, and a node must retry rather than hang.
+        let start = async {
+            let stream = self
+                .js
+                .get_stream_no_info(&self.stream)
+                .await
+                .map_err(|e| self.unavailable("looking up the stream", e))?;
+            let consumer = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: watermark + 1,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| self.unavailable("creating the ordered consumer", e))?;
+            consumer
+                .messages()
+                .await
+                .map_err(|e| self.unavailable("starting the ordered consumer", e))
+        };
+        let mut messages = tokio::time::timeout(CONSUMER_START, start)
+            .await
+            .map_err(|_| {
+                self.unavailable(
+                    "starting the ordered consumer",
+                    format!("not started within {CONSUMER_START:?}"),
+                )
+            })??;
+        loop {
+            let first = match tokio::time::timeout(STALL_CHECK, messages.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(e))) => return Err(self.unavailable("reading the stream", e)),
+                Ok(None) => return Err(self.unavailable("reading the stream", "consumer ended")),
+                Err(_) => {
+                    let (_, last) = self.bounds().await?;
+                    if last > watermark {
+                        return Err(FollowError::Stalled { watermark, last });
+                    }
+                    self.report(true).await;
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    Some(Some(Err(e))) => {
+                        tracing::debug!(error = %e, "purge stream read ended a batch early");
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            let pending = batch
+                .last()
+                .and_then(|m| m.info().ok().map(|i| i.pending))
+                .unwrap_or(0);
+            let mut purges = Vec::with_capacity(batch.len());
+            for message in &batch {
+                let seq = message
+                    .info()
+                    .map_err(|e| self.unavailable("reading a message's sequence", e))?
+                    .stream_sequence;
+                match serde_json::from_slice::<StreamRecord>(&message.payload) {
+                    Ok(record) => purges.push(SequencedPurge {
+                        seq,
+                        purge: record.purge,
+                    }),
+                    Err(e) => {
+                        // What it purged cannot be known: apply what came before it, then
+                        // forget everything and go on after it.
+                        tracing::error!(node = %self.edge.name(), seq, error = %e,
+                            "a purge in the stream does not decode: forgetting this node's content");
+                        self.apply(std::mem::take(&mut purges), watermark).await?;
+                        self.reset(seq);
+                        watermark = seq;
+                    }
+                }
+            }
+            watermark = self.apply(purges, watermark).await?;
+            self.report(pending == 0).await;
+            if until.is_some_and(|until| watermark >= until) {
+                return Ok(watermark);
+            }
+        }
+    }
+
+    /// Applies purges in order on a blocking thread (prefix and host purges scan the
+    /// store). A gap before the first one means the stream dropped entries between: the
+    /// node forgets its content and continues from the purge before the gap's end.
+    async fn apply(&self, purges: Vec<SequencedPurge>, watermark: u64) -> Result<u64, FollowError> {
+        let Some(first) = purges.first().map(|p| p.seq) else {
+            return Ok(watermark);
+        };
+        if first > watermark + 1 {
+            tracing::warn!(node = %self.edge.name(), watermark, first,
+                "purges between were dropped from the stream: forgetting this node's content");
+            self.reset(first - 1);
+        }
+        let edge = self.edge.clone();
+        let batch = PurgeBatch { purges };
+        tokio::task::spawn_blocking(move || edge.apply_purges(&batch))
+            .await
+            .map_err(|e| FollowError::Apply(e.to_string()))?
+            .map_err(|gap| FollowError::Apply(gap.to_string()))
+    }
+
+    /// Puts the node's watermark in the KV bucket if it changed, when `now` or when the
+    /// last report is older than [`REPORT_EVERY`]. Failures are logged and retried by the
+    /// next report.
+    async fn report(&mut self, now: bool) {
+        let watermark = self.edge.store().purge_watermark();
+        if let Some((reported, at)) = self.reported
+            && (reported == watermark || (!now && at.elapsed() < REPORT_EVERY))
+        {
+            return;
+        }
+        if self.watermarks.is_none() {
+            match self.js.get_key_value(watermark_bucket(&self.stream)).await {
+                Ok(store) => self.watermarks = Some(store),
+                Err(e) => {
+                    tracing::debug!(error = %e, "watermark bucket not reachable yet");
+                    return;
+                }
+            }
+        }
+        let Some(store) = &self.watermarks else {
+            return;
+        };
+        let key = watermark_key(self.edge.name());
+        match store.put(key, watermark.to_string().into()).await {
+            Ok(_) => self.reported = Some((watermark, Instant::now())),
+            Err(e) => tracing::debug!(error = %e, "watermark report failed; the next one retries"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_keys_are_valid_kv_keys_and_distinct() {
+        assert_eq!(watermark_key("edge-eu-1"), "edge-eu-1");
+        assert_eq!(watermark_key("edge.eu_1"), "edge=2Eeu_1");
+        assert_ne!(watermark_key("a.b"), watermark_key("a_b"));
+        assert!(
+            watermark_key("x!#$%&'*+.^`|~")
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b))
+        );
+    }
+
+    #[test]
+    fn keyed_subjects_are_single_tokens_per_part() {
+        assert_eq!(purge_subject("P"), "P.p");
+        assert_eq!(
+            keyed_subject("P", "acme", "a.b c"),
+            "P.k.61636d65.612e622063"
+        );
+        assert_eq!(stream_subjects("P"), "P.>");
+        assert_eq!(watermark_bucket("P"), "P_WATERMARKS");
+    }
+
+    #[test]
+    fn stream_names_and_servers_are_checked() {
+        assert!(validate_stream_name("CDN_PURGES-eu").is_ok());
+        for bad in ["", "a.b", "a b", "a>"] {
+            assert!(validate_stream_name(bad).is_err(), "{bad}");
+        }
+        assert!(validate_servers(&[]).is_err());
+        assert!(validate_servers(&["nats://127.0.0.1:4222".into()]).is_ok());
+    }
+}

@@ -1,0 +1,122 @@
+//! Nodes' watermarks as every purge API instance sees them, with the NATS log.
+//!
+//! Why a KV bucket: with the NATS log no API instance talks to the nodes; each node reads
+//! the stream and puts its watermark (the highest purge it applied with all before it) in
+//! the stream's JetStream KV bucket under its name ([`edge::purge_stream::watermark_key`]).
+//! Every instance watches the bucket, so any of them answers `GET /v1/purges/{id}` for any
+//! purge, whichever instance accepted it. The bucket keeps one value per node and is
+//! replicated like the stream.
+//!
+//! Invariant: a reported watermark is only ever one a node reached, so status may lag
+//! (until the next report, at most ~100 ms while purges flow) but never claims a purge
+//! applied that is not.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use edge::purge_stream::watermark_bucket;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+/// With no report for this long while some nodes are behind the log's head, their
+/// watermarks are read directly from the bucket (a watch reading through a server that
+/// went away can stall without an error); if that finds news, the watch starts anew.
+pub const STALL_CHECK: Duration = Duration::from_secs(2);
+
+/// Watches the watermark bucket of `stream` until `stop`, calling `seen(key, watermark)`
+/// (which says whether that was news) for every node's current value and then for every
+/// new report. Restarts the watch
+/// (backing off up to 1 s) when NATS goes away or the bucket does not exist yet. After
+/// [`STALL_CHECK`] without a report, the keys `lagging()` names (nodes behind the log's
+/// head) are read directly, so status never depends on the watch alone.
+pub async fn watch_forever(
+    js: jetstream::Context,
+    stream: String,
+    seen: impl Fn(&str, u64) -> bool + Send,
+    lagging: impl Fn() -> Vec<String> + Send,
+    mut stop: watch::Receiver<bool>,
+) {
+    let bucket = watermark_bucket(&stream);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let result = tokio::select! {
+            result = watch_once(&js, &bucket, &seen, &lagging) => result,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match result {
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(e) => tracing::debug!(%bucket, error = %e, "watermark watch restarts"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+async fn watch_once(
+    js: &jetstream::Context,
+    bucket: &str,
+    seen: &impl Fn(&str, u64) -> bool,
+    lagging: &impl Fn() -> Vec<String>,
+) -> Result<(), String> {
+    let store = js
+        .get_key_value(bucket)
+        .await
+        .map_err(|e| format!("bucket not reachable: {e}"))?;
+    let mut watch = store
+        .watch_all()
+        .await
+        .map_err(|e| format!("cannot watch: {e}"))?;
+    loop {
+        let entry = match tokio::time::timeout(STALL_CHECK, watch.next()).await {
+            Ok(Some(entry)) => entry.map_err(|e| format!("watch broke off: {e}"))?,
+            Ok(None) => return Err("watch ended".into()),
+            Err(_) => {
+                let mut news = false;
+                for key in lagging() {
+                    let value = tokio::time::timeout(STALL_CHECK, store.get(&key)).await;
+                    if let Ok(Ok(Some(value))) = value
+                        && let Some(watermark) = parse(&value)
+                    {
+                        news |= seen(&key, watermark);
+                    }
+                }
+                if news {
+                    return Err("the watch missed reports; watching anew".into());
+                }
+                continue;
+            }
+        };
+        if entry.operation != kv::Operation::Put {
+            continue;
+        }
+        match parse(&entry.value) {
+            Some(watermark) => {
+                seen(&entry.key, watermark);
+            }
+            None => {
+                tracing::warn!(key = %entry.key, "a node reported a watermark that is not a number: ignored")
+            }
+        }
+    }
+}
+
+/// A watermark as nodes write it: decimal ASCII.
+fn parse(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermarks_are_decimal() {
+        assert_eq!(parse(b"42"), Some(42));
+        assert_eq!(parse(b" 7\n"), Some(7));
+        assert_eq!(parse(b"x"), None);
+        assert_eq!(parse(b""), None);
+    }
+}

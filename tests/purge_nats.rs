@@ -1,0 +1,412 @@
+//! Purges over NATS JetStream, against real nats-server processes on loopback: several
+//! purge API instances share one stream, nodes read it themselves and report their
+//! watermarks in its KV bucket. Purges accepted by either API reach every node and either
+//! API reports them; losing one NATS server of three loses no accepted purge; a node away
+//! for 500 purges catches up before it serves; with NATS gone the API answers 503, nodes
+//! keep serving, and everything resumes when NATS returns.
+//!
+//! Needs `nats-server` (`apt-get install -y nats-server`; `.ci/run` installs it).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cdn::demo_origin::DemoOrigin;
+use edge::store::Storage;
+use edge::{EdgeServer, MemoryStore};
+use http::{Method, StatusCode};
+use purge_api::{PurgeApiConfig, PurgeApiServer};
+use support::nats::{NatsCluster, NatsServer};
+use support::{HOST, Reply, client, loopback, send};
+
+const NODE_TOKEN: &str = "node-secret-0123456789";
+const TOKEN: &str = "publisher-token-0123456789";
+const STREAM: &str = "PURGES_TEST";
+
+fn edge_config(name: &str, origin: std::net::SocketAddr, servers: &[String]) -> edge::EdgeConfig {
+    let text = format!(
+        r#"
+        [node]
+        name = "{name}"
+        listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
+        [purge]
+        node_token = "{NODE_TOKEN}"
+        [purge.nats]
+        servers = {servers:?}
+        stream = "{STREAM}"
+        [[site]]
+        name = "assets"
+        hosts = ["{HOST}"]
+        upstream = "http://{origin}"
+        "#
+    );
+    edge::EdgeConfig::from_toml(&text).expect("edge config")
+}
+
+fn api_config(servers: &[String], replicas: usize, nodes: usize) -> PurgeApiConfig {
+    let nodes: String = (0..nodes)
+        .map(|i| format!("[[node]]\nname = \"edge-{i}\"\n"))
+        .collect();
+    let text = format!(
+        r#"
+        listen = "127.0.0.1:0"
+        node_token = "{NODE_TOKEN}"
+        [log]
+        engine = "nats"
+        [log.nats]
+        servers = {servers:?}
+        stream = "{STREAM}"
+        replicas = {replicas}
+        ack_timeout = "1s"
+        {nodes}
+        [[site]]
+        name = "assets"
+        hosts = ["{HOST}"]
+        [[publisher]]
+        name = "acme"
+        token = "{TOKEN}"
+        sites = ["assets"]
+        [publisher.rate]
+        requests_per_second = 100000.0
+        request_burst = 100000.0
+        objects_per_second = 100000.0
+        object_burst = 100000.0
+        "#
+    );
+    PurgeApiConfig::from_toml(&text).expect("purge API config")
+}
+
+/// An origin, `nodes` edges reading the stream, and `apis` purge API instances.
+struct Deployment {
+    origin: DemoOrigin,
+    edges: Vec<Option<EdgeServer>>,
+    stores: Vec<Arc<MemoryStore>>,
+    apis: Vec<PurgeApiServer>,
+    servers: Vec<String>,
+}
+
+impl Deployment {
+    async fn start(servers: Vec<String>, replicas: usize, apis: usize, nodes: usize) -> Self {
+        let origin = DemoOrigin::start(loopback()).await.expect("origin");
+        let mut started = Vec::new();
+        for _ in 0..apis {
+            started.push(
+                PurgeApiServer::start(api_config(&servers, replicas, nodes))
+                    .await
+                    .expect("purge API"),
+            );
+        }
+        let mut d = Deployment {
+            origin,
+            edges: Vec::new(),
+            stores: Vec::new(),
+            apis: started,
+            servers,
+        };
+        // Nodes start once the stream is there: an accepted purge shows it is.
+        d.purge_until_accepted(0, "/setup.bin").await;
+        for i in 0..nodes {
+            let store = Arc::new(MemoryStore::new(64 << 20));
+            d.stores.push(store.clone());
+            let edge = d.start_edge(i, store).await;
+            d.edges.push(Some(edge));
+        }
+        d
+    }
+
+    async fn start_edge(&self, i: usize, store: Arc<MemoryStore>) -> EdgeServer {
+        EdgeServer::start_with_store(
+            edge_config(&format!("edge-{i}"), self.origin.addr(), &self.servers),
+            store,
+        )
+        .await
+        .expect("edge")
+    }
+
+    async fn get(&self, edge: usize, target: &str) -> Reply {
+        let edge = self.edges[edge].as_ref().expect("edge is running");
+        send(
+            &client(),
+            edge.public_addr(),
+            Method::GET,
+            target,
+            HOST,
+            &[],
+        )
+        .await
+    }
+
+    /// POSTs a URL purge to API `api`.
+    async fn post(&self, api: usize, target: &str) -> Reply {
+        let body = format!(r#"{{"site":"assets","urls":["https://{HOST}{target}"]}}"#);
+        call(self.apis[api].addr(), Method::POST, "/v1/purge", &body).await
+    }
+
+    /// Purges `target` through API `api`, retrying 503s (at most 100 tries, 20 s).
+    async fn purge_until_accepted(&self, api: usize, target: &str) -> u64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut last = String::new();
+        for _ in 0..100 {
+            let reply = self.post(api, target).await;
+            last = reply.text();
+            if reply.status == StatusCode::ACCEPTED {
+                return json(&reply)["seq"].as_u64().expect("seq");
+            }
+            assert_eq!(
+                reply.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{}",
+                reply.text()
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{target} not accepted within 20 s: {}",
+                reply.text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{target} not accepted in 100 tries: {last}");
+    }
+
+    /// Asks API `api` for purge `seq`'s status, holding until done (at most 15 s).
+    async fn status(&self, api: usize, seq: u64) -> serde_json::Value {
+        self.status_query(api, seq, "?wait=15s").await
+    }
+
+    async fn status_query(&self, api: usize, seq: u64, query: &str) -> serde_json::Value {
+        let reply = call(
+            self.apis[api].addr(),
+            Method::GET,
+            &format!("/v1/purges/{seq}{query}"),
+            "",
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        json(&reply)
+    }
+
+    /// Caches `target` on every running edge (a hit the second time).
+    async fn cache_everywhere(&self, target: &str) {
+        for i in 0..self.edges.len() {
+            if self.edges[i].is_some() {
+                self.get(i, target).await;
+                let hit = self.get(i, target).await;
+                assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+            }
+        }
+    }
+
+    /// Every running edge fetches `target` afresh.
+    async fn gone_everywhere(&self, target: &str) {
+        for i in 0..self.edges.len() {
+            if self.edges[i].is_some() {
+                let reply = self.get(i, target).await;
+                assert!(
+                    reply.cache_status().contains("fwd=uri-miss"),
+                    "edge-{i} still serves purged {target}: {}",
+                    reply.cache_status()
+                );
+            }
+        }
+    }
+}
+
+async fn call(api: std::net::SocketAddr, method: Method, path: &str, body: &str) -> Reply {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{api}{path}"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+            body.as_bytes(),
+        )))
+        .expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(30), client().request(request))
+        .await
+        .expect("answer in time")
+        .expect("answer");
+    let (parts, body) = response.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .expect("body")
+        .to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+fn json(reply: &Reply) -> serde_json::Value {
+    serde_json::from_slice(&reply.body).unwrap_or_else(|_| panic!("not JSON: {}", reply.text()))
+}
+
+/// Waits until every store's watermark reaches `seq` (at most 30 s: after a server was
+/// killed, nodes that read through it retry while the stream elects a new leader).
+async fn applied_everywhere(stores: &[Arc<MemoryStore>], seq: u64) {
+    let done = support::eventually(Duration::from_secs(30), || {
+        stores.iter().all(|s| s.purge_watermark() >= seq)
+    })
+    .await;
+    let marks: Vec<u64> = stores.iter().map(|s| s.purge_watermark()).collect();
+    assert!(done, "watermarks {marks:?} did not reach {seq}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_apis_six_nodes_and_a_nats_server_killed_mid_stream_lose_no_accepted_purge() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cluster = NatsCluster::start(dir.path()).await;
+    let d = Deployment::start(cluster.urls(), 3, 2, 6).await;
+
+    // Accepted by either instance, reported done by the other, gone from all six nodes.
+    for (accept, report, target) in [(0, 1, "/a/one.bin"), (1, 0, "/a/two.bin")] {
+        d.cache_everywhere(target).await;
+        let seq = d.purge_until_accepted(accept, target).await;
+        let status = d.status(report, seq).await;
+        assert_eq!(status["state"], "done", "{status}");
+        assert_eq!(status["nodes"]["applied"], 6, "{status}");
+        d.gone_everywhere(target).await;
+    }
+
+    // A stream of purges through both instances; the server leading the stream's
+    // replicas (the one that orders and acknowledges publishes) is killed part way.
+    let leader = cluster.stream_leader(STREAM).await;
+    let mut accepted = Vec::new();
+    for i in 0..120 {
+        if i == 40 {
+            cluster.servers[leader].kill();
+        }
+        let target = format!("/f/{i}.bin");
+        let seq = d.purge_until_accepted(i % 2, &target).await;
+        accepted.push((seq, target));
+    }
+    let last = accepted.iter().map(|(s, _)| *s).max().expect("purges");
+    applied_everywhere(&d.stores, last).await;
+    // Every accepted purge is in the stream, at the sequence number it was given.
+    let page = log_page(&d, 1, 0).await;
+    for (seq, target) in &accepted {
+        let entry = page
+            .purges
+            .iter()
+            .find(|p| p.seq == *seq)
+            .unwrap_or_else(|| panic!("accepted purge {seq} ({target}) is not in the stream"));
+        assert_eq!(
+            entry.purge.selector,
+            edge::purge::Selector::Urls(vec![format!("https://{HOST}{target}")]),
+            "purge {seq}"
+        );
+    }
+    let status = d.status(0, last).await;
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["nodes"]["applied"], 6, "{status}");
+}
+
+/// The purge log as nodes may read it, through API `api`.
+async fn log_page(d: &Deployment, api: usize, after: u64) -> edge::purge::PurgeLogPage {
+    let reply = support::send(
+        &client(),
+        d.apis[api].addr(),
+        Method::GET,
+        &format!("/v1/purge-log?after={after}&limit=10000"),
+        "api",
+        &[("cdn-node-token", NODE_TOKEN)],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    serde_json::from_slice(&reply.body).expect("a log page")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_offline_for_500_purges_catches_up_before_it_serves() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nats = NatsServer::start("solo", dir.path(), None).await;
+    let mut d = Deployment::start(vec![nats.url()], 1, 1, 2).await;
+    let targets: Vec<String> = (0..500).map(|i| format!("/off/{i}.bin")).collect();
+    // Node 1 caches a few of the objects about to be purged, then goes away.
+    for target in targets.iter().step_by(50) {
+        d.get(1, target).await;
+    }
+    let down = d.edges[1].take().expect("edge 1");
+    down.shutdown().await;
+    let before = d.stores[1].purge_watermark();
+    // 500 purges, 8 publishers at a time.
+    let mut last = 0;
+    for chunk in targets.chunks(8) {
+        let seqs =
+            futures_util::future::join_all(chunk.iter().map(|t| d.purge_until_accepted(0, t)))
+                .await;
+        last = last.max(seqs.into_iter().max().unwrap_or(0));
+    }
+    assert!(last >= before + 500, "head {last}, node was at {before}");
+    applied_everywhere(&d.stores[..1], last).await;
+    let status = d.status_query(0, last, "").await;
+    assert_eq!(status["state"], "in_progress", "{status}");
+    assert_eq!(status["nodes"]["lagging"][0], "edge-1", "{status}");
+
+    // Back over the same store: every purge applied before start returns.
+    let back = d.start_edge(1, d.stores[1].clone()).await;
+    assert_eq!(
+        d.stores[1].purge_watermark(),
+        last,
+        "caught up before serving"
+    );
+    d.edges[1] = Some(back);
+    for target in targets.iter().step_by(50) {
+        let reply = d.get(1, target).await;
+        assert!(
+            reply.cache_status().contains("fwd=uri-miss"),
+            "{target} served purged: {}",
+            reply.cache_status()
+        );
+    }
+    let status = d.status(0, last).await;
+    assert_eq!(status["state"], "done", "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_down_the_api_answers_503_nodes_keep_serving_and_all_resumes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nats = NatsServer::start("solo", dir.path(), None).await;
+    let d = Deployment::start(vec![nats.url()], 1, 1, 2).await;
+    d.cache_everywhere("/down/a.bin").await;
+
+    nats.kill();
+    // Refused at once, never accepted: nothing could store it.
+    let start = tokio::time::Instant::now();
+    let mut refused = None;
+    for _ in 0..50 {
+        let reply = d.post(0, "/down/a.bin").await;
+        if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(reply);
+            break;
+        }
+        assert_ne!(
+            reply.status,
+            StatusCode::ACCEPTED,
+            "accepted with NATS down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = refused.expect("503 while NATS is down");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(refused.header("retry-after"), "1");
+    assert!(refused.text().contains("NATS"), "{}", refused.text());
+    // Nodes keep serving what they have.
+    for i in 0..2 {
+        let reply = d.get(i, "/down/a.bin").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(
+            reply.cache_status().contains("hit"),
+            "{}",
+            reply.cache_status()
+        );
+    }
+
+    nats.restart().await;
+    let seq = d.purge_until_accepted(0, "/down/a.bin").await;
+    let status = d.status(0, seq).await;
+    assert_eq!(status["state"], "done", "{status}");
+    d.gone_everywhere("/down/a.bin").await;
+}
