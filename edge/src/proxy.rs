@@ -96,6 +96,11 @@ pub struct Edge {
     /// Largest object cached in slices: a quarter of the cache.
     pub(crate) max_sliced_size: u64,
     max_header_bytes: usize,
+    /// `[limits] max_uri_bytes`: longer targets get `414`.
+    max_uri_bytes: usize,
+    /// `[limits] max_body_bytes`: a larger declared body gets `413`, a longer streamed one
+    /// is cut off (the upstream request fails).
+    max_body_bytes: u64,
     ready: AtomicBool,
     /// Open client connections of the public listener.
     pub(crate) open: Arc<crate::server::OpenConnections>,
@@ -136,6 +141,8 @@ impl Edge {
             max_sliced_size: config.cache.capacity.as_u64() / 4,
             max_header_bytes: usize::try_from(config.limits.max_header_bytes.as_u64())
                 .unwrap_or(usize::MAX),
+            max_uri_bytes: config.limits.max_uri_bytes,
+            max_body_bytes: config.limits.max_body_bytes.as_u64(),
             ready: AtomicBool::new(false),
             open: Arc::default(),
             invalidation: Default::default(),
@@ -218,6 +225,29 @@ impl Edge {
                 &format!(
                     "the request line and headers exceed this node's limit of {} bytes",
                     self.max_header_bytes
+                ),
+            );
+        }
+        if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > self.max_uri_bytes {
+            return refuse(
+                StatusCode::URI_TOO_LONG,
+                &format!(
+                    "the request target is longer than this node's limit of {} bytes",
+                    self.max_uri_bytes
+                ),
+            );
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.max_body_bytes) {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "the request body is larger than this node's limit of {} bytes",
+                    self.max_body_bytes
                 ),
             );
         }
@@ -781,9 +811,15 @@ impl Edge {
             client.ip(),
         );
         // A request that declares no body is sent without one, which lets it be retried.
+        // HTTP/2 frames bodies without either field: there, the stream says.
         let bodiless = !parts.headers.contains_key(header::CONTENT_LENGTH)
-            && !parts.headers.contains_key(header::TRANSFER_ENCODING);
-        let body = (!bodiless).then(|| body.map_err(Into::into).boxed_unsync());
+            && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+            && (parts.version < http::Version::HTTP_2 || body.is_end_stream());
+        let max_body = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
+        let body = (!bodiless).then(|| {
+            http_body_util::Limited::new(body.map_err(Into::<BoxError>::into), max_body)
+                .boxed_unsync()
+        });
         let mut status = CacheStatus::forwarded(fwd);
         status.detail = detail;
         let started = Instant::now();

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 pub mod dns;
+pub mod tls;
 pub mod topology;
 
 use std::net::SocketAddr;
