@@ -42,6 +42,9 @@ impl TlsHarness {
             https_listen = "127.0.0.1:0"
             tls_reload_interval = "50ms"
 
+            [limits]
+            h2_max_concurrent_streams = 16
+
             [[site]]
             name = "assets"
             hosts = ["{HOST}"]
@@ -191,4 +194,41 @@ async fn http2_is_negotiated_by_alpn_and_serves_hits() {
     let client = h.ca.client(&[b"http/1.1"]);
     let conn = tls::connect(&client, h.https(), HOST).await.unwrap();
     assert_eq!(tls::alpn(&conn).as_deref(), Some(b"http/1.1".as_slice()));
+}
+
+#[tokio::test]
+async fn http2_advertises_the_configured_stream_limit_and_rejects_oversized_header_blocks() {
+    let h = TlsHarness::start().await;
+    let client = h.ca.client(&[b"h2"]);
+    let conn = tls::connect(&client, h.https(), HOST).await.unwrap();
+    let (mut sender, connection) = h2::client::handshake(conn).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("https://{HOST}/limits/1k.bin"))
+        .body(())
+        .unwrap();
+    let (response, _) = sender.send_request(request, true).expect("stream opens");
+    let response = response.await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(sender.current_max_send_streams(), 16);
+
+    // A header block over max_header_bytes (32 KiB by default) is refused: the stream is
+    // answered 431 or reset, and the connection goes on serving.
+    let mut sender = sender.ready().await.expect("ready");
+    let request = http::Request::get(format!("https://{HOST}/limits/1k.bin"))
+        .header("x-big", "b".repeat(40 * 1024))
+        .body(())
+        .unwrap();
+    let (response, _) = sender.send_request(request, true).expect("stream opens");
+    match response.await {
+        Ok(response) => assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        ),
+        Err(error) => assert!(error.is_reset() || error.is_go_away(), "{error}"),
+    }
+    let conn = tls::connect(&client, h.https(), HOST).await.unwrap();
+    assert_eq!(
+        tls::get(conn, HOST, "/limits/1k.bin").await.0,
+        StatusCode::OK
+    );
 }
