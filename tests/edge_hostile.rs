@@ -218,3 +218,68 @@ async fn connections_over_the_per_address_limit_get_429_and_places_come_back() {
     }
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn unkeyed_fields_never_reach_the_origin_so_cannot_poison_the_cache() {
+    let h = harness().await;
+    for name in [
+        "x-forwarded-host",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-scheme",
+        "x-http-method-override",
+    ] {
+        // The origin answers with what it received of `name` (and says it varies on it).
+        let target = format!("/poison/{name}.bin?vary={name}");
+        let reply = h
+            .send(http::Method::GET, &target, HOST, &[(name, "evil.example")])
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(
+            reply.text().starts_with(&format!("{name}=-\n")),
+            "{name} reached the origin"
+        );
+        let clean = h.get(&target).await;
+        assert_eq!(clean.body, reply.body, "{name}");
+        assert!(
+            clean.cache_status().contains("hit"),
+            "{name}: {}",
+            clean.cache_status()
+        );
+    }
+    // X-Forwarded-Proto is this node's own.
+    let reply = h.get("/poison/proto.bin?vary=x-forwarded-proto").await;
+    assert!(reply.text().starts_with("x-forwarded-proto=http\n"));
+}
+
+#[tokio::test]
+async fn a_site_keying_on_a_field_forwards_it_and_keeps_a_variant_per_value() {
+    let h = Harness::start_with("", r#"key_headers = ["X-Forwarded-Host"]"#).await;
+    let name = "x-forwarded-host";
+    // The origin uses the field without saying Vary: only the site's key protects others.
+    let target = "/keyed/1k.bin";
+    let mut bodies = Vec::new();
+    for value in ["a.example", "b.example", "a.example"] {
+        let reply = h
+            .send(http::Method::GET, target, HOST, &[(name, value)])
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        bodies.push(reply);
+    }
+    let plain = h.get(target).await;
+    assert!(
+        bodies[2].cache_status().contains("hit"),
+        "{}",
+        bodies[2].cache_status()
+    );
+    assert!(
+        !plain.cache_status().contains("hit"),
+        "{}",
+        plain.cache_status()
+    );
+    assert_eq!(
+        h.origin.total_hits(),
+        3,
+        "one fill per value, and one without"
+    );
+}

@@ -252,6 +252,12 @@ pub struct SiteConfig {
     /// and a TLS client asking for its name is refused during the handshake.
     #[serde(default)]
     pub tls: Option<SiteTlsConfig>,
+    /// Request fields that select different content from the upstream and so must be part
+    /// of the cache key (each response is keyed as if it said `Vary` on them). Fields that
+    /// change responses without being keyed (`X-Forwarded-Host`, `X-Original-URL`,
+    /// `X-HTTP-Method-Override`, ...) are only forwarded when listed here.
+    #[serde(default)]
+    pub key_headers: Vec<String>,
 }
 
 /// A site's upstream servers and how requests are spread over them.
@@ -521,6 +527,24 @@ impl SiteConfig {
                 return Err(fail(
                     "no upstream: set upstream = \"http://host:port\" or a [site.pool]".into(),
                 ));
+            }
+        }
+        for name in &self.key_headers {
+            let ok = http::HeaderName::from_bytes(name.as_bytes()).is_ok_and(|n| {
+                !matches!(
+                    n.as_str(),
+                    "host"
+                        | "connection"
+                        | "transfer-encoding"
+                        | "content-length"
+                        | "te"
+                        | "upgrade"
+                )
+            });
+            if !ok {
+                return Err(fail(format!(
+                    "key_headers: {name:?} is not a request field that can be keyed (a field name, not Host or a framing field)"
+                )));
             }
         }
         if let Some(f) = self.heuristic_fraction

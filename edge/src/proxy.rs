@@ -303,7 +303,7 @@ impl Edge {
             miss: Forward::UriMiss,
         };
         if let Some(index) = found.as_ref().and_then(|entry| entry.variants.clone()) {
-            let (key, _) = index.variant_key(&primary, req.headers());
+            let (key, _) = index.variant_key(&primary, req.headers(), &site.site.key_headers);
             found = self.store.get(&key);
             lookup = Lookup {
                 key,
@@ -425,9 +425,13 @@ impl Edge {
                     if let Some(selection) = entry
                         .selected_by
                         .as_ref()
-                        .filter(|s| !retried && !s.matches(req.headers()))
+                        .filter(|s| !retried && !s.matches(req.headers(), &site.site.key_headers))
                     {
-                        let (key, _) = selection.index.variant_key(&primary, req.headers());
+                        let (key, _) = selection.index.variant_key(
+                            &primary,
+                            req.headers(),
+                            &site.site.key_headers,
+                        );
                         lookup = Lookup {
                             key,
                             index: Some(selection.index.clone()),
@@ -546,6 +550,7 @@ impl Edge {
             site.site.upstream_host.as_ref().unwrap_or(site.host_value),
             &self.via,
             client.ip(),
+            &site.site.key_headers,
         );
         let applied = self.store.purge_watermark();
         if applied > 0 {
@@ -809,6 +814,7 @@ impl Edge {
             site.site.upstream_host.as_ref().unwrap_or(site.host_value),
             &self.via,
             client.ip(),
+            &site.site.key_headers,
         );
         // A request that declares no body is sent without one, which lets it be retried.
         // HTTP/2 frames bodies without either field: there, the stream says.
