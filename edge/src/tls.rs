@@ -60,10 +60,14 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// The files of one site's certificate, and what they looked like when last loaded.
+/// One certificate to serve: its files, the names it is served for, and what the files
+/// looked like when last loaded.
 #[derive(Debug)]
-struct Source {
+pub struct Source {
+    /// Who it belongs to, for errors and logs (a site's name).
     site: String,
+    /// Lower-case host names; empty: served for any name, and to clients sending none
+    /// (a single-purpose listener such as the purge API).
     hosts: Vec<String>,
     cert: PathBuf,
     key: PathBuf,
@@ -96,30 +100,45 @@ impl std::fmt::Debug for Certificates {
     }
 }
 
+impl Source {
+    /// A certificate served for `hosts` (any name when empty).
+    pub fn new(owner: &str, hosts: &[String], cert: &Path, key: &Path) -> Self {
+        Self {
+            site: owner.to_owned(),
+            hosts: hosts.iter().map(|h| normalize_host(h)).collect(),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            stamp: None,
+        }
+    }
+}
+
+/// Map key of the certificate served for any name.
+const ANY_NAME: &str = "";
+
 impl Certificates {
     /// Loads every site's certificate; any that fails stops the node from starting, with
     /// the reason.
     pub fn load(config: &EdgeConfig) -> Result<Self, TlsError> {
-        let mut sources: Vec<Source> = config
+        let sources = config
             .sites
             .iter()
             .filter_map(|site| {
                 let tls = site.tls.as_ref()?;
-                Some(Source {
-                    site: site.name.clone(),
-                    hosts: site.hosts.iter().map(|h| normalize_host(h)).collect(),
-                    cert: tls.cert.clone(),
-                    key: tls.key.clone(),
-                    stamp: None,
-                })
+                Some(Source::new(&site.name, &site.hosts, &tls.cert, &tls.key))
             })
             .collect();
+        Self::from_sources(sources)
+    }
+
+    /// Loads the given certificates.
+    pub fn from_sources(mut sources: Vec<Source>) -> Result<Self, TlsError> {
         let mut by_host = HashMap::new();
         for source in &mut sources {
             let stamps = [stamp(&source.cert), stamp(&source.key)];
             let key = Arc::new(load_pair(&source.site, &source.cert, &source.key)?);
-            for host in &source.hosts {
-                by_host.insert(host.clone(), key.clone());
+            for host in source.names() {
+                by_host.insert(host.to_owned(), key.clone());
             }
             source.stamp = stamps[0].zip(stamps[1]).map(|(c, k)| [c, k]);
         }
@@ -162,8 +181,8 @@ impl Certificates {
                 Ok(key) => {
                     let key = Arc::new(key);
                     let map = next.get_or_insert_with(|| (**self.by_host.load()).clone());
-                    for host in &source.hosts {
-                        map.insert(host.clone(), key.clone());
+                    for host in source.names() {
+                        map.insert(host.to_owned(), key.clone());
                     }
                     source.stamp = Some(now);
                     changed += 1;
@@ -206,20 +225,28 @@ impl Certificates {
     /// The host names that have a certificate.
     pub fn hosts(&self) -> Vec<String> {
         let mut hosts: Vec<String> = self.by_host.load().keys().cloned().collect();
+        hosts.retain(|h| h != ANY_NAME);
         hosts.sort();
         hosts
     }
 }
 
+impl Source {
+    fn names(&self) -> impl Iterator<Item = &str> {
+        let any = self.hosts.is_empty().then_some(ANY_NAME);
+        self.hosts.iter().map(String::as_str).chain(any)
+    }
+}
+
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello.server_name()?;
         let map = self.by_host.load();
-        match map.get(name) {
-            Some(key) => Some(key.clone()),
-            // rustls hands the name over lower-cased already; a trailing dot is not sent.
-            None => map.get(&normalize_host(name)).cloned(),
-        }
+        let found = hello.server_name().and_then(|name| {
+            map.get(name)
+                // rustls hands the name over lower-cased already; a trailing dot is not sent.
+                .or_else(|| map.get(&normalize_host(name)))
+        });
+        found.or_else(|| map.get(ANY_NAME)).cloned()
     }
 }
 

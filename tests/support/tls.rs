@@ -153,3 +153,26 @@ pub async fn get(
         .to_bytes();
     (status, version, body)
 }
+
+/// Sends one HTTP/1.1 request over an established TLS connection.
+pub async fn send_h1(
+    tls: TlsStream<TcpStream>,
+    request: Request<http_body_util::Full<Bytes>>,
+) -> (StatusCode, Bytes) {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn);
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("response within 10 s")
+        .expect("response");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, body)
+}
