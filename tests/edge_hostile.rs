@@ -283,3 +283,33 @@ async fn a_site_keying_on_a_field_forwards_it_and_keeps_a_variant_per_value() {
         "one fill per value, and one without"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
+    let h = Harness::start_tables("", "", "[limits]\nwrite_timeout = \"300ms\"").await;
+    // Cached first, so the stalled answer is a hit written from memory; far more than the
+    // socket buffers hold, so the edge's writes block.
+    assert_eq!(h.get("/stall/32m.bin").await.body.len(), 32 << 20);
+    let mut stream = TcpStream::connect(h.edge.public_addr()).await.unwrap();
+    let request = format!("GET /stall/32m.bin HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Not reading is the behaviour under test: nothing to wait on but time.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was not closed");
+    assert!(
+        received < 64 << 20,
+        "the whole body arrived: {received} bytes"
+    );
+    assert_eq!(h.get("/after/1k.bin").await.status, StatusCode::OK);
+}

@@ -148,7 +148,7 @@ pub struct LimitsConfig {
     /// Largest request body; a larger `Content-Length` gets `413` before anything is read.
     pub max_body_bytes: ByteSize,
     /// Time a write to a client may stay blocked (a reader that never reads) before the
-    /// connection is closed; also bounds a read stalled mid-body.
+    /// connection is closed.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
     /// Open connections allowed from one client IP address, on each public listener;

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::LimitsConfig;
-use crate::limits::ConnectionsPerIp;
+use crate::limits::{ConnectionsPerIp, WriteTimeout};
 use crate::proxy::Edge;
 use crate::server::{Http1, accept_or_back_off, drain};
 
@@ -47,6 +47,7 @@ pub(crate) async fn serve(
             (edge.clone(), acceptor.clone(), http1.clone(), http2.clone());
         let shutdown = shutdown.clone();
         let timeout = limits.tls_handshake_timeout;
+        let stream = WriteTimeout::new(stream, limits.write_timeout);
         tokio::spawn(async move {
             let _held = (guard, slot);
             let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {

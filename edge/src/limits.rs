@@ -1,4 +1,5 @@
-//! Per-client limits enforced at accept time: open connections per client IP address.
+//! Per-client limits enforced around the socket: open connections per client IP address
+//! (at accept) and the write timeout (a client that stops reading).
 //!
 //! The other request limits live where the input is read: head size, field count, target
 //! length and declared body size in [`crate::connection`] (and again in
@@ -113,5 +114,121 @@ mod tests {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let slots: Vec<_> = (0..1000).map(|_| limit.admit(ip).unwrap()).collect();
         assert_eq!(slots.len(), 1000);
+    }
+}
+
+/// A client stream whose writes fail with `TimedOut` once the client has not taken any
+/// data for `timeout` (a reader that never reads would otherwise hold its connection, and
+/// the response it pins, forever). Reads pass straight through: idle time between
+/// requests is bounded by `header_read_timeout` where the head is read.
+///
+/// Cost: nothing while writes complete; a timer is armed only when a write would block,
+/// and re-armed once per stall, never per request.
+#[derive(Debug)]
+pub struct WriteTimeout<S> {
+    inner: S,
+    timeout: std::time::Duration,
+    /// When the current stall began; `None` while writes make progress.
+    blocked_since: Option<tokio::time::Instant>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteTimeout<S> {
+    pub fn new(inner: S, timeout: std::time::Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            blocked_since: None,
+            sleep: None,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Called when the inner stream made progress (`Ready`) or would block (`Pending`).
+    fn check<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future;
+        use std::task::Poll;
+        if polled.is_ready() {
+            self.blocked_since = None;
+            return polled;
+        }
+        let deadline = *self
+            .blocked_since
+            .get_or_insert_with(tokio::time::Instant::now)
+            + self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no data for limits.write_timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteTimeout<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.check(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.check(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_flush(cx);
+        this.check(cx, polled)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.check(cx, polled)
     }
 }

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::admin;
 use crate::config::{ConfigError, EdgeConfig, LimitsConfig};
 use crate::connection::{self, ConnLimits, Ending};
-use crate::limits::{ConnectionsPerIp, TOO_MANY_CONNECTIONS};
+use crate::limits::{ConnectionsPerIp, TOO_MANY_CONNECTIONS, WriteTimeout};
 use crate::proxy::Edge;
 use crate::purge::{LogTruncated, PurgeBatch, PurgeLogPage};
 use crate::store::{MemoryStore, Storage};
@@ -206,6 +206,7 @@ async fn serve_public(
         let edge = edge.clone();
         let http1 = http1.clone();
         let shutdown = shutdown.clone();
+        let write_timeout = limits.write_timeout;
         tokio::spawn(async move {
             let _guard = guard;
             let Some(_slot) = slot else {
@@ -214,6 +215,7 @@ async fn serve_public(
                 let _ = stream.shutdown().await;
                 return;
             };
+            let stream = WriteTimeout::new(stream, write_timeout);
             http1.serve(stream, peer, edge, shutdown).await;
         });
     }
