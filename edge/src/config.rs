@@ -65,6 +65,12 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Admin listener for `/healthz` and `/metrics`; never exposed to clients.
     pub admin_listen: SocketAddr,
+    /// Public HTTPS listener (HTTP/2 and HTTP/1.1 by ALPN); off when unset. Sites with a
+    /// `[site.tls]` certificate are served on it, chosen by SNI.
+    pub https_listen: Option<SocketAddr>,
+    /// How often certificate and key files are checked for changes (hot reload).
+    #[serde(with = "humantime_serde")]
+    pub tls_reload_interval: Duration,
 }
 
 impl Default for NodeConfig {
@@ -73,6 +79,8 @@ impl Default for NodeConfig {
             name: "edge".to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
+            https_listen: None,
+            tls_reload_interval: Duration::from_secs(1),
         }
     }
 }
@@ -138,9 +146,33 @@ pub struct LimitsConfig {
     pub max_header_bytes: ByteSize,
     /// Most header fields in one request; more gets `431`.
     pub max_headers: usize,
-    /// Time a client has to send a complete request head (slowloris defence).
+    /// Time a client has to send a complete request head (slowloris defence); also the
+    /// keep-alive idle timeout between requests.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Longest request target (path and query) in bytes; longer gets `414`.
+    pub max_uri_bytes: usize,
+    /// Largest request body; a larger `Content-Length` gets `413` before anything is read.
+    pub max_body_bytes: ByteSize,
+    /// Time a write to a client may stay blocked (a reader that never reads) before the
+    /// connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Open connections allowed from one client IP address, on each public listener;
+    /// more are answered `429` and closed. 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// Time a client has to complete a TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// HTTP/2: streams a client may have open at once on one connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: streams reset by the client before the server saw them, pending at once
+    /// (the "rapid reset" attack, CVE-2023-44487); beyond it the connection is closed.
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// HTTP/2: streams the server had to reset for the client's errors before it closes
+    /// the connection (CVE-2024-27316-style floods, with `max_header_bytes` bounding
+    /// CONTINUATION frames).
+    pub h2_max_local_error_reset_streams: usize,
 }
 
 impl Default for LimitsConfig {
@@ -149,8 +181,26 @@ impl Default for LimitsConfig {
             max_header_bytes: ByteSize::kib(32),
             max_headers: 100,
             header_read_timeout: Duration::from_secs(10),
+            max_uri_bytes: 8192,
+            max_body_bytes: ByteSize::mib(16),
+            write_timeout: Duration::from_secs(30),
+            max_connections_per_ip: 512,
+            tls_handshake_timeout: Duration::from_secs(10),
+            h2_max_concurrent_streams: 128,
+            h2_max_pending_accept_reset_streams: 32,
+            h2_max_local_error_reset_streams: 256,
         }
     }
+}
+
+/// A site's certificate for HTTPS: PEM files, re-read when they change on disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteTlsConfig {
+    /// The certificate chain, leaf first (PEM).
+    pub cert: std::path::PathBuf,
+    /// The leaf's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
 }
 
 /// One site: the hosts it answers for and where its content comes from.
@@ -205,6 +255,16 @@ pub struct SiteConfig {
     /// then never handed to anyone). Off by default: such responses are not stored.
     #[serde(default)]
     pub strip_set_cookie: bool,
+    /// The site's certificate on the HTTPS listener; without one the site is HTTP-only
+    /// and a TLS client asking for its name is refused during the handshake.
+    #[serde(default)]
+    pub tls: Option<SiteTlsConfig>,
+    /// Request fields that select different content from the upstream and so must be part
+    /// of the cache key (each response is keyed as if it said `Vary` on them). Fields that
+    /// change responses without being keyed (`X-Forwarded-Host`, `X-Original-URL`,
+    /// `X-HTTP-Method-Override`, ...) are only forwarded when listed here.
+    #[serde(default)]
+    pub key_headers: Vec<String>,
 }
 
 /// A site's upstream servers and how requests are spread over them.
@@ -313,6 +373,20 @@ pub enum ConfigError {
     NoUpstreamSlots,
     #[error("[purge]: {0}")]
     Purge(String),
+    #[error("limits.{name} must be at least {min} (got {got})")]
+    Limit {
+        name: &'static str,
+        min: u64,
+        got: u64,
+    },
+    #[error(
+        "node.https_listen is set but no site has a [site.tls] certificate: add one, or remove https_listen"
+    )]
+    HttpsWithoutCertificates,
+    #[error(
+        "site {0:?} has a [site.tls] certificate but node.https_listen is unset: set it to serve HTTPS"
+    )]
+    CertificateWithoutHttps(String),
 }
 
 impl EdgeConfig {
@@ -371,6 +445,28 @@ impl EdgeConfig {
                 ));
             }
             nats.validate().map_err(ConfigError::Purge)?;
+        }
+        let limits = &self.limits;
+        for (name, min, got) in [
+            ("max_uri_bytes", 256, limits.max_uri_bytes as u64),
+            ("max_headers", 8, limits.max_headers as u64),
+            (
+                "h2_max_concurrent_streams",
+                1,
+                u64::from(limits.h2_max_concurrent_streams),
+            ),
+        ] {
+            if got < min {
+                return Err(ConfigError::Limit { name, min, got });
+            }
+        }
+        let with_tls = self.sites.iter().find(|s| s.tls.is_some());
+        match (self.node.https_listen, with_tls) {
+            (Some(_), None) => return Err(ConfigError::HttpsWithoutCertificates),
+            (None, Some(site)) => {
+                return Err(ConfigError::CertificateWithoutHttps(site.name.clone()));
+            }
+            _ => {}
         }
         let mut seen: std::collections::HashMap<String, &str> = Default::default();
         for site in &self.sites {
@@ -457,6 +553,24 @@ impl SiteConfig {
                 return Err(fail(
                     "no upstream: set upstream = \"http://host:port\" or a [site.pool]".into(),
                 ));
+            }
+        }
+        for name in &self.key_headers {
+            let ok = http::HeaderName::from_bytes(name.as_bytes()).is_ok_and(|n| {
+                !matches!(
+                    n.as_str(),
+                    "host"
+                        | "connection"
+                        | "transfer-encoding"
+                        | "content-length"
+                        | "te"
+                        | "upgrade"
+                )
+            });
+            if !ok {
+                return Err(fail(format!(
+                    "key_headers: {name:?} is not a request field that can be keyed (a field name, not Host or a framing field)"
+                )));
             }
         }
         if let Some(f) = self.heuristic_fraction

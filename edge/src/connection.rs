@@ -41,11 +41,11 @@ const MAX_HEADERS: usize = 128;
 
 /// Answers bad input with its status and a one-line reason, then closes the connection:
 /// after a head this loop could not read, nothing later on the connection can be trusted.
-async fn refuse(
-    stream: &mut TcpStream,
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     edge: &Edge,
     (status, why): (StatusCode, std::borrow::Cow<'static, str>),
-) -> Ending {
+) -> Ending<S> {
     edge.metrics.request(Outcome::Refused);
     let body = format!(
         "{} {}: {why}\n",
@@ -74,6 +74,10 @@ pub struct ConnLimits {
     /// Time a client has to send a complete request head, counted from the end of the
     /// previous response (so it is also the keep-alive idle timeout).
     pub header_timeout: Duration,
+    /// Longest request target; longer gets `414`.
+    pub max_uri: usize,
+    /// Largest declared request body; larger gets `413`.
+    pub max_body: u64,
 }
 
 impl ConnLimits {
@@ -90,14 +94,14 @@ impl ConnLimits {
 }
 
 /// What the loop ended with.
-pub enum Ending {
+pub enum Ending<S = TcpStream> {
     /// The connection is finished (closed by either side, timed out, or shut down).
     Closed,
     /// hyper takes the connection from here, starting with these unparsed bytes.
-    Handoff(Rewind),
+    Handoff(Rewind<S>),
 }
 
-impl std::fmt::Debug for Ending {
+impl<S> std::fmt::Debug for Ending<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Ending::Closed => "Closed",
@@ -132,13 +136,16 @@ enum Parsed {
 }
 
 /// Serves one client connection until it ends or must be handed to hyper.
-pub async fn serve(
-    mut stream: TcpStream,
+///
+/// Generic over the stream so that plain TCP and TLS share this loop; each is compiled
+/// for its own type, so the plain path pays nothing for TLS.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     edge: &Arc<Edge>,
     limits: ConnLimits,
     shutdown: &mut watch::Receiver<bool>,
-) -> Ending {
+) -> Ending<S> {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(256);
     // One timer per connection, re-armed only when it fires early: a request does not pay
@@ -151,7 +158,7 @@ pub async fn serve(
         // Read until a complete head is buffered.
         let head = loop {
             if !buf.is_empty() {
-                match parse(&buf, limits.max_headers) {
+                match parse(&buf, &limits) {
                     Parsed::Complete(head) => break head,
                     Parsed::Partial if buf.len() < limits.max_head => {}
                     Parsed::Partial => {
@@ -237,6 +244,11 @@ pub async fn serve(
                 write_response(&mut stream, &mut out, response, head.head, close).await
             }
         };
+        // TLS buffers what it could not send yet; plain TCP flushes as a no-op.
+        let written = match written {
+            Ok(()) => stream.flush().await,
+            error => error,
+        };
         buf.advance(head.len);
         if written.is_err() || close {
             let _ = stream.shutdown().await;
@@ -261,7 +273,7 @@ fn fresh_hit(
 }
 
 /// Parses a request head and decides whether this loop can answer it.
-fn parse(buf: &[u8], max_headers: usize) -> Parsed {
+fn parse(buf: &[u8], limits: &ConnLimits) -> Parsed {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
@@ -269,8 +281,14 @@ fn parse(buf: &[u8], max_headers: usize) -> Parsed {
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(error) => return malformed(error),
     };
-    if req.headers.len() > max_headers {
+    if req.headers.len() > limits.max_headers {
         return Parsed::Refused(TOO_MANY_HEADERS.0, TOO_MANY_HEADERS.1);
+    }
+    if req.path.is_some_and(|path| path.len() > limits.max_uri) {
+        return Parsed::Refused(
+            StatusCode::URI_TOO_LONG,
+            "the request target is longer than this node accepts",
+        );
     }
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Other;
@@ -332,7 +350,34 @@ fn parse(buf: &[u8], max_headers: usize) -> Parsed {
             }
             content_length = Some(value);
             parsed.eligible &= value == b"0";
+            // Digits only (no sign, no list): anything else is a framing another node
+            // could read differently.
+            let Some(length) = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+            else {
+                return Parsed::Refused(
+                    StatusCode::BAD_REQUEST,
+                    "Content-Length is not a single decimal number",
+                );
+            };
+            if length > limits.max_body {
+                return Parsed::Refused(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the request body is larger than this node accepts",
+                );
+            }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Only a lone `chunked` is a framing every HTTP/1.1 node reads alike;
+            // `gzip, chunked`, `chunked, chunked`, `xchunked` and friends are how requests
+            // get smuggled past a front end that reads them differently than the origin.
+            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Parsed::Refused(
+                    StatusCode::BAD_REQUEST,
+                    "Transfer-Encoding must be exactly \"chunked\" and given once",
+                );
+            }
             chunked = true;
             parsed.eligible = false;
         } else if name.eq_ignore_ascii_case(b"expect") || name.eq_ignore_ascii_case(b"upgrade") {
@@ -398,8 +443,8 @@ fn build_request(buf: &[u8], head: &Head) -> Option<Request<Empty<Bytes>>> {
 
 /// Writes an arbitrary response in HTTP/1.1 framing: `Content-Length` when the body's
 /// size is known, chunked otherwise, no body for HEAD, 1xx, 204 and 304.
-pub async fn write_response(
-    stream: &mut TcpStream,
+pub async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     out: &mut Vec<u8>,
     response: Response<EdgeBody>,
     head_request: bool,
@@ -494,7 +539,10 @@ const WRITE_SLICE: usize = 512 * 1024;
 
 /// Writes every part (at most four) with as few `writev` calls as the socket and
 /// [`WRITE_SLICE`] allow, yielding to other connections between slices.
-async fn write_all_vectored(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+async fn write_all_vectored<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    parts: &[&[u8]],
+) -> io::Result<()> {
     let mut storage = [IoSlice::new(&[]); 4];
     let mut count = 0;
     for part in parts.iter().filter(|p| !p.is_empty()) {
@@ -533,18 +581,18 @@ const TIMEOUT_RESPONSE: &[u8] =
 /// A TCP stream that first yields bytes already read from it, so hyper can take over a
 /// connection mid-stream.
 #[derive(Debug)]
-pub struct Rewind {
+pub struct Rewind<S = TcpStream> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl Rewind {
-    fn new(prefix: Bytes, inner: TcpStream) -> Self {
+impl<S> Rewind<S> {
+    fn new(prefix: Bytes, inner: S) -> Self {
         Self { prefix, inner }
     }
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -561,7 +609,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -595,8 +643,18 @@ impl AsyncWrite for Rewind {
 mod tests {
     use super::*;
 
+    fn limits(max_headers: usize) -> ConnLimits {
+        ConnLimits {
+            max_head: 32 * 1024,
+            max_headers,
+            header_timeout: Duration::from_secs(10),
+            max_uri: 8192,
+            max_body: 1 << 20,
+        }
+    }
+
     fn complete(raw: &str) -> Head {
-        match parse(raw.as_bytes(), 100) {
+        match parse(raw.as_bytes(), &limits(100)) {
             Parsed::Complete(head) => head,
             Parsed::Partial => panic!("partial: {raw:?}"),
             Parsed::Refused(status, why) => panic!("{status} {why}: {raw:?}"),
@@ -637,7 +695,7 @@ mod tests {
             assert!(!complete(raw).eligible, "{raw:?}");
         }
         assert!(matches!(
-            parse(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n", 100),
+            parse(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n", &limits(100)),
             Parsed::Other
         ));
     }
@@ -645,10 +703,10 @@ mod tests {
     #[test]
     fn malformed_and_partial_heads() {
         assert!(matches!(
-            parse(b"GET / HTTP/1.1\r\nHost: x\r\n", 100),
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\n", &limits(100)),
             Parsed::Partial
         ));
-        let refused = |raw: &[u8], max| match parse(raw, max) {
+        let refused = |raw: &[u8], max| match parse(raw, &limits(max)) {
             Parsed::Refused(status, _) => status.as_u16(),
             _ => 0,
         };
@@ -676,5 +734,29 @@ mod tests {
             ),
             400
         );
+    }
+
+    #[test]
+    fn smuggling_shapes_and_oversized_input_are_refused() {
+        let refused = |raw: &str| match parse(raw.as_bytes(), &limits(100)) {
+            Parsed::Refused(status, _) => status.as_u16(),
+            _ => 0,
+        };
+        for te in ["gzip, chunked", "chunked, chunked", "xchunked", "identity"] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert_eq!(refused(&raw), 400, "{te}");
+        }
+        let raw = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(refused(raw), 400);
+        for cl in ["+5", "5, 5", "0x10", "-1", ""] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {cl}\r\n\r\n");
+            assert_eq!(refused(&raw), 400, "{cl:?}");
+        }
+        let raw = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1048577\r\n\r\n";
+        assert_eq!(refused(raw), 413);
+        let raw = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(8192));
+        assert_eq!(refused(&raw), 414);
+        let raw = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n";
+        assert_eq!(refused(raw), 0, "a lone chunked is fine, in any case");
     }
 }

@@ -38,7 +38,7 @@ use crate::site::Site;
 use crate::slice::SliceInfo;
 use crate::store::StoredResponse;
 use crate::upstream::{UpstreamError, append_list, strip_hop_by_hop};
-use crate::vary::{Selection, Vary, VaryIndex, signature, vary_of};
+use crate::vary::{Selection, Vary, VaryIndex, signature, vary_of, with_keyed};
 
 /// What a fill produced, as every waiter sees it.
 #[derive(Debug, Clone)]
@@ -220,7 +220,7 @@ impl FillRequest {
             };
         }
         if let Some(len) = declared.filter(|len| *len >= STREAM_AT)
-            && vary_of(&parts.headers) == Vary::None
+            && with_keyed(vary_of(&parts.headers), &self.site.key_headers) == Vary::None
         {
             let head = (parts.status, parts.headers, upstream_cache_status);
             return self
@@ -266,7 +266,9 @@ impl FillRequest {
     /// `None` when it is passed through instead.
     fn slicing(&self, code: StatusCode, headers: &HeaderMap, total: u64) -> Option<SliceInfo> {
         let edge = &self.edge;
-        if code != StatusCode::OK || total > edge.max_sliced_size || vary_of(headers) != Vary::None
+        if code != StatusCode::OK
+            || total > edge.max_sliced_size
+            || with_keyed(vary_of(headers), &self.site.key_headers) != Vary::None
         {
             return None;
         }
@@ -351,7 +353,7 @@ impl FillRequest {
         mut status: CacheStatus,
     ) -> Fill {
         let edge = &self.edge;
-        let vary = vary_of(&headers);
+        let vary = with_keyed(vary_of(&headers), &self.site.key_headers);
         let tags = Invalidation::tags_of(&headers);
         let mut entry = StoredResponse::new(code, headers, upstream_cache_status, body, freshness);
         let key = match vary {
@@ -360,7 +362,7 @@ impl FillRequest {
                     Some(index) if *index.names == names[..] => index.clone(),
                     _ => VaryIndex::new(names),
                 };
-                let signature = signature(&index.names, &self.headers);
+                let signature = signature(&index.names, &self.headers, &self.site.key_headers);
                 let key = self.primary.variant(index.epoch, &signature);
                 if self.index.as_ref() != Some(&index) {
                     let marker = StoredResponse::vary_index(index.clone(), freshness);

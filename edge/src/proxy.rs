@@ -97,6 +97,11 @@ pub struct Edge {
     /// Largest object cached in slices: a quarter of the cache.
     pub(crate) max_sliced_size: u64,
     max_header_bytes: usize,
+    /// `[limits] max_uri_bytes`: longer targets get `414`.
+    max_uri_bytes: usize,
+    /// `[limits] max_body_bytes`: a larger declared body gets `413`, a longer streamed one
+    /// is cut off (the upstream request fails).
+    max_body_bytes: u64,
     ready: AtomicBool,
     /// Open client connections of the public listener.
     pub(crate) open: Arc<crate::server::OpenConnections>,
@@ -139,6 +144,8 @@ impl Edge {
             max_sliced_size: config.cache.capacity.as_u64() / 4,
             max_header_bytes: usize::try_from(config.limits.max_header_bytes.as_u64())
                 .unwrap_or(usize::MAX),
+            max_uri_bytes: config.limits.max_uri_bytes,
+            max_body_bytes: config.limits.max_body_bytes.as_u64(),
             ready: AtomicBool::new(false),
             open: Arc::default(),
             invalidation: Default::default(),
@@ -229,6 +236,29 @@ impl Edge {
                 ),
             );
         }
+        if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > self.max_uri_bytes {
+            return refuse(
+                StatusCode::URI_TOO_LONG,
+                &format!(
+                    "the request target is longer than this node's limit of {} bytes",
+                    self.max_uri_bytes
+                ),
+            );
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.max_body_bytes) {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "the request body is larger than this node's limit of {} bytes",
+                    self.max_body_bytes
+                ),
+            );
+        }
         let host = match request_host(&req) {
             Ok(host) => host,
             Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
@@ -281,7 +311,7 @@ impl Edge {
             miss: Forward::UriMiss,
         };
         if let Some(index) = found.as_ref().and_then(|entry| entry.variants.clone()) {
-            let (key, _) = index.variant_key(&primary, req.headers());
+            let (key, _) = index.variant_key(&primary, req.headers(), &site.site.key_headers);
             found = self.store.get(&key);
             lookup = Lookup {
                 key,
@@ -406,9 +436,13 @@ impl Edge {
                     if let Some(selection) = entry
                         .selected_by
                         .as_ref()
-                        .filter(|s| !retried && !s.matches(req.headers()))
+                        .filter(|s| !retried && !s.matches(req.headers(), &site.site.key_headers))
                     {
-                        let (key, _) = selection.index.variant_key(&primary, req.headers());
+                        let (key, _) = selection.index.variant_key(
+                            &primary,
+                            req.headers(),
+                            &site.site.key_headers,
+                        );
                         lookup = Lookup {
                             key,
                             index: Some(selection.index.clone()),
@@ -527,6 +561,7 @@ impl Edge {
             site.site.upstream_host.as_ref().unwrap_or(site.host_value),
             &self.via,
             client.ip(),
+            &site.site.key_headers,
         );
         let applied = self.store.purge_watermark();
         if applied > 0 {
@@ -790,11 +825,18 @@ impl Edge {
             site.site.upstream_host.as_ref().unwrap_or(site.host_value),
             &self.via,
             client.ip(),
+            &site.site.key_headers,
         );
         // A request that declares no body is sent without one, which lets it be retried.
+        // HTTP/2 frames bodies without either field: there, the stream says.
         let bodiless = !parts.headers.contains_key(header::CONTENT_LENGTH)
-            && !parts.headers.contains_key(header::TRANSFER_ENCODING);
-        let body = (!bodiless).then(|| body.map_err(Into::into).boxed_unsync());
+            && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+            && (parts.version < http::Version::HTTP_2 || body.is_end_stream());
+        let max_body = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
+        let body = (!bodiless).then(|| {
+            http_body_util::Limited::new(body.map_err(Into::<BoxError>::into), max_body)
+                .boxed_unsync()
+        });
         let mut status = CacheStatus::forwarded(fwd);
         status.detail = detail;
         let started = Instant::now();

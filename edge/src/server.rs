@@ -9,22 +9,27 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin;
 use crate::config::{ConfigError, EdgeConfig, LimitsConfig};
 use crate::connection::{self, ConnLimits, Ending};
+use crate::limits::{ConnectionsPerIp, TOO_MANY_CONNECTIONS, WriteTimeout};
 use crate::proxy::Edge;
 use crate::purge::{LogTruncated, PurgeBatch, PurgeLogPage};
 use crate::store::{MemoryStore, Storage};
+use crate::tls::{Certificates, TlsError};
 
 /// The node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr} ({what}): {source}; is another process using it?")]
     Bind {
         addr: SocketAddr,
@@ -39,6 +44,8 @@ pub struct EdgeServer {
     edge: Arc<Edge>,
     public_addr: SocketAddr,
     admin_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
+    certificates: Option<Arc<Certificates>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -68,6 +75,16 @@ impl EdgeServer {
         let admin = bind(config.node.admin_listen, "admin listener").await?;
         let public_addr = local_addr(&public, config.node.listen)?;
         let admin_addr = local_addr(&admin, config.node.admin_listen)?;
+        let https = match config.node.https_listen {
+            Some(addr) => {
+                let certificates = Arc::new(Certificates::load(&config)?);
+                let tls = Arc::new(certificates.server_config()?);
+                let listener = bind(addr, "HTTPS listener").await?;
+                let https_addr = local_addr(&listener, addr)?;
+                Some((listener, https_addr, certificates, tls))
+            }
+            None => None,
+        };
         if let Some(api) = &config.purge.api {
             catch_up(&edge, api, config.purge.node_token.as_deref().unwrap_or("")).await;
         }
@@ -86,6 +103,24 @@ impl EdgeServer {
             )),
             tokio::spawn(serve_admin(admin, edge.clone(), shutdown.subscribe())),
         ];
+        let (https_addr, certificates) = match https {
+            Some((listener, addr, certificates, tls)) => {
+                tasks.push(tokio::spawn(crate::https::serve(
+                    listener,
+                    tokio_rustls::TlsAcceptor::from(tls),
+                    edge.clone(),
+                    config.limits.clone(),
+                    shutdown.subscribe(),
+                )));
+                tasks.push(tokio::spawn(
+                    certificates
+                        .clone()
+                        .watch(config.node.tls_reload_interval, shutdown.subscribe()),
+                ));
+                (Some(addr), Some(certificates))
+            }
+            None => (None, None),
+        };
         for (site, site_config) in edge.sites().sites().iter().zip(&config.sites) {
             let host = site_config
                 .upstream_host
@@ -103,11 +138,13 @@ impl EdgeServer {
         }
         tasks.extend(follower);
         edge.set_ready(true);
-        tracing::info!(node = %edge.name(), %public_addr, %admin_addr, "edge listening");
+        tracing::info!(node = %edge.name(), %public_addr, %admin_addr, ?https_addr, "edge listening");
         Ok(Self {
             edge,
             public_addr,
             admin_addr,
+            https_addr,
+            certificates,
             shutdown,
             tasks,
         })
@@ -119,6 +156,16 @@ impl EdgeServer {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The HTTPS listener's address, when `node.https_listen` is set.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// The sites' certificates served on the HTTPS listener (to watch reloads).
+    pub fn certificates(&self) -> Option<&Arc<Certificates>> {
+        self.certificates.as_ref()
     }
 
     pub fn edge(&self) -> &Arc<Edge> {
@@ -149,72 +196,125 @@ async fn serve_public(
     limits: LimitsConfig,
     shutdown: watch::Receiver<bool>,
 ) {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(usize::try_from(limits.max_header_bytes.as_u64()).unwrap_or(usize::MAX))
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    let conn_limits = ConnLimits {
-        max_head: usize::try_from(limits.max_header_bytes.as_u64()).unwrap_or(usize::MAX),
-        max_headers: limits.max_headers,
-        header_timeout: limits.header_read_timeout,
-    };
+    let http1 = Http1::new(&limits);
+    let per_ip = ConnectionsPerIp::new(limits.max_connections_per_ip);
     let open = edge.open.clone();
     let mut stop = shutdown.clone();
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
+        let (mut stream, peer) = tokio::select! {
+            accepted = accept_or_back_off(&listener) => accepted,
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
         let guard = open.enter();
+        let slot = per_ip.admit(peer.ip());
         let edge = edge.clone();
-        let builder = builder.clone();
-        let mut shutdown = shutdown.clone();
+        let http1 = http1.clone();
+        let shutdown = shutdown.clone();
+        let write_timeout = limits.write_timeout;
         tokio::spawn(async move {
             let _guard = guard;
-            let io = match connection::serve(stream, peer, &edge, conn_limits, &mut shutdown).await
-            {
-                Ending::Closed => return,
-                Ending::Handoff(io) => io,
+            let Some(_slot) = slot else {
+                edge.metrics.request(crate::cache_status::Outcome::Refused);
+                let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+                let _ = stream.shutdown().await;
+                return;
             };
-            let service = service_fn(move |req| {
-                let edge = edge.clone();
-                async move { Ok::<_, Infallible>(edge.handle(req, peer).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(io), service);
-            tokio::pin!(conn);
-            if !*shutdown.borrow() {
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(error) = result {
-                            tracing::debug!(%peer, %error, "client connection ended with an error");
-                        }
-                        return;
-                    }
-                    _ = shutdown.changed() => {}
-                }
-            }
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            let stream = WriteTimeout::new(stream, write_timeout);
+            http1.serve(stream, peer, edge, shutdown).await;
         });
     }
     drop(listener);
+    drain(&open).await;
+}
+
+/// Accepts a connection; on errors (out of file descriptors and the like) backs off
+/// instead of spinning.
+pub(crate) async fn accept_or_back_off(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Waits, up to [`DRAIN_TIMEOUT`], for the open connections to finish.
+pub(crate) async fn drain(open: &OpenConnections) {
     if tokio::time::timeout(DRAIN_TIMEOUT, open.drained())
         .await
         .is_err()
     {
         tracing::warn!("connections still open after the drain timeout; closing them");
+    }
+}
+
+/// HTTP/1.1 on one connection, plain or TLS: the cache's own loop
+/// ([`connection::serve`]), then hyper for whatever that loop hands over.
+#[derive(Debug, Clone)]
+pub(crate) struct Http1 {
+    builder: http1::Builder,
+    limits: ConnLimits,
+}
+
+impl Http1 {
+    pub(crate) fn new(limits: &LimitsConfig) -> Self {
+        let max_head = usize::try_from(limits.max_header_bytes.as_u64()).unwrap_or(usize::MAX);
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(max_head)
+            .max_headers(limits.max_headers)
+            .keep_alive(true);
+        Self {
+            builder,
+            limits: ConnLimits {
+                max_head,
+                max_headers: limits.max_headers,
+                header_timeout: limits.header_read_timeout,
+                max_uri: limits.max_uri_bytes,
+                max_body: limits.max_body_bytes.as_u64(),
+            },
+        }
+    }
+
+    /// Serves the connection until it ends; on shutdown, finishes the request in flight.
+    pub(crate) async fn serve<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        edge: Arc<Edge>,
+        mut shutdown: watch::Receiver<bool>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = match connection::serve(stream, peer, &edge, self.limits, &mut shutdown).await {
+            Ending::Closed => return,
+            Ending::Handoff(io) => io,
+        };
+        let service = service_fn(move |req| {
+            let edge = edge.clone();
+            async move { Ok::<_, Infallible>(edge.handle(req, peer).await) }
+        });
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        if !*shutdown.borrow() {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "client connection ended with an error");
+                    }
+                    return;
+                }
+                _ = shutdown.changed() => {}
+            }
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
     }
 }
 
@@ -351,10 +451,10 @@ pub(crate) struct OpenConnections {
     idle: Notify,
 }
 
-struct OpenGuard(Arc<OpenConnections>);
+pub(crate) struct OpenGuard(Arc<OpenConnections>);
 
 impl OpenConnections {
-    fn enter(self: &Arc<Self>) -> OpenGuard {
+    pub(crate) fn enter(self: &Arc<Self>) -> OpenGuard {
         self.count.fetch_add(1, Ordering::AcqRel);
         OpenGuard(self.clone())
     }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use crate::cache_key::QueryPolicy;
 use crate::config::{ConfigError, SiteConfig, normalize_host};
@@ -27,6 +27,9 @@ pub struct Site {
     pub freshness: FreshnessPolicy,
     /// Drop `Set-Cookie` from fills so they can be stored and shared.
     pub strip_set_cookie: bool,
+    /// Request fields the site keys on (`key_headers`): forwarded even when they are
+    /// [`crate::upstream::UNKEYED`], and part of every variant key. Lower-case, sorted.
+    pub key_headers: Vec<HeaderName>,
     generation: AtomicU64,
 }
 
@@ -58,6 +61,20 @@ impl Site {
                 stale_if_error: config.stale_if_error,
             },
             strip_set_cookie: config.strip_set_cookie,
+            key_headers: {
+                let mut names = config
+                    .key_headers
+                    .iter()
+                    .map(|name| HeaderName::from_bytes(name.as_bytes()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| ConfigError::Site {
+                        site: config.name.clone(),
+                        message: "key_headers must be header field names".into(),
+                    })?;
+                names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                names.dedup();
+                names
+            },
             generation: AtomicU64::new(config.generation),
         })
     }

@@ -161,21 +161,35 @@ const CLIENT_SPECIFIC: [HeaderName; 6] = [
     header::RANGE,
 ];
 
-/// Request fields that change what some origins answer but are not part of the cache
-/// key; forwarding them would let one client poison the cache for everyone.
-const UNKEYED: [HeaderName; 6] = [
+/// Request fields that change what some origins (or their frameworks) answer but are not
+/// part of the cache key: forwarding them would let one client poison the cache for
+/// everyone (a redirect to another host or scheme, another route, another method). They
+/// are dropped unless the site keys on them (`key_headers`), and this node sets its own
+/// `X-Forwarded-For` and `X-Forwarded-Proto`.
+pub const UNKEYED: [HeaderName; 16] = [
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-ssl"),
     HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-original-host"),
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-url-scheme"),
     HeaderName::from_static("forwarded"),
 ];
 
-/// Whether a shared fill forwards this request field at all (whatever its value).
-pub fn forwarded_on_fill(name: &HeaderName) -> bool {
+/// Whether a shared fill forwards this request field at all (whatever its value), for a
+/// site keying on `keyed` (its `key_headers`).
+pub fn forwarded_on_fill(name: &HeaderName, keyed: &[HeaderName]) -> bool {
     !(HOP_BY_HOP.contains(name)
-        || UNKEYED.contains(name)
+        || (UNKEYED.contains(name) && !keyed.contains(name))
         || CLIENT_SPECIFIC.contains(name)
         || name == header::UPGRADE
         || name == header::HOST)
@@ -212,13 +226,14 @@ pub fn forward_request_headers(
     host: &HeaderValue,
     via: &HeaderValue,
     client_ip: IpAddr,
+    keyed: &[HeaderName],
 ) -> HeaderMap {
     let mut headers = client.clone();
     strip_hop_by_hop(&mut headers);
     // The upstream request's framing comes from its body alone, never from the client's
     // word: a forwarded Content-Length could disagree with what is actually sent.
     headers.remove(header::CONTENT_LENGTH);
-    for name in &UNKEYED {
+    for name in UNKEYED.iter().filter(|name| !keyed.contains(name)) {
         headers.remove(name);
     }
     if purpose == Purpose::Fill {
@@ -235,10 +250,10 @@ pub fn forward_request_headers(
         HeaderName::from_static("x-forwarded-for"),
         &ip,
     );
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
+    let proto = HeaderName::from_static("x-forwarded-proto");
+    if !keyed.contains(&proto) {
+        headers.insert(proto, HeaderValue::from_static("http"));
+    }
     headers
 }
 
@@ -297,6 +312,7 @@ mod tests {
             &HeaderValue::from_static("origin.example"),
             &HeaderValue::from_static("1.1 edge-1"),
             "10.0.0.1".parse().unwrap(),
+            &[],
         );
         for gone in [
             "x-secret",
@@ -318,8 +334,33 @@ mod tests {
             &HeaderValue::from_static("o"),
             &HeaderValue::from_static("1.1 e"),
             "::1".parse().unwrap(),
+            &[],
         );
         assert!(pass.contains_key(header::IF_NONE_MATCH) && pass.contains_key(header::RANGE));
+    }
+
+    #[test]
+    fn unkeyed_fields_are_dropped_unless_the_site_keys_on_them() {
+        let mut h = HeaderMap::new();
+        for name in &UNKEYED {
+            h.insert(name.clone(), HeaderValue::from_static("evil"));
+        }
+        let via = HeaderValue::from_static("1.1 e");
+        let host = HeaderValue::from_static("o");
+        let ip = "10.0.0.1".parse().unwrap();
+        let out = forward_request_headers(&h, Purpose::Pass, &host, &via, ip, &[]);
+        for name in &UNKEYED {
+            if name == "x-forwarded-proto" {
+                assert_eq!(out[name], "http", "this node's own value");
+            } else {
+                assert!(!out.contains_key(name), "{name} forwarded");
+            }
+        }
+        let keyed = [HeaderName::from_static("x-forwarded-host")];
+        let out = forward_request_headers(&h, Purpose::Fill, &host, &via, ip, &keyed);
+        assert_eq!(out["x-forwarded-host"], "evil");
+        assert!(!out.contains_key("x-original-url"));
+        assert!(forwarded_on_fill(&keyed[0], &keyed) && !forwarded_on_fill(&keyed[0], &[]));
     }
 
     #[test]

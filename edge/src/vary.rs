@@ -38,8 +38,13 @@ impl VaryIndex {
     }
 
     /// The key of the variant a request with `request` headers selects.
-    pub fn variant_key(&self, primary: &CacheKey, request: &HeaderMap) -> (CacheKey, Box<str>) {
-        let signature = signature(&self.names, request);
+    pub fn variant_key(
+        &self,
+        primary: &CacheKey,
+        request: &HeaderMap,
+        keyed: &[HeaderName],
+    ) -> (CacheKey, Box<str>) {
+        let signature = signature(&self.names, request, keyed);
         (primary.variant(self.epoch, &signature), signature)
     }
 }
@@ -53,8 +58,8 @@ pub struct Selection {
 
 impl Selection {
     /// Whether a request selects this variant.
-    pub fn matches(&self, request: &HeaderMap) -> bool {
-        *signature(&self.index.names, request) == *self.signature
+    pub fn matches(&self, request: &HeaderMap, keyed: &[HeaderName]) -> bool {
+        *signature(&self.index.names, request, keyed) == *self.signature
     }
 }
 
@@ -94,13 +99,30 @@ pub fn vary_of(headers: &HeaderMap) -> Vary {
     Vary::Fields(names)
 }
 
-/// The request's normalized values of `names`, one `name=value` line each.
-pub fn signature(names: &[HeaderName], request: &HeaderMap) -> Box<str> {
+/// What a site's responses vary on: their `Vary` plus the site's `key_headers`, which
+/// are keyed as if every response named them.
+pub fn with_keyed(vary: Vary, keyed: &[HeaderName]) -> Vary {
+    match vary {
+        Vary::None if keyed.is_empty() => Vary::None,
+        Vary::None => Vary::Fields(keyed.to_vec()),
+        Vary::Any => Vary::Any,
+        Vary::Fields(mut names) => {
+            names.extend(keyed.iter().cloned());
+            names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            names.dedup();
+            Vary::Fields(names)
+        }
+    }
+}
+
+/// The request's normalized values of `names`, one `name=value` line each; `keyed` are
+/// the site's `key_headers` (forwarded, so their values count).
+pub fn signature(names: &[HeaderName], request: &HeaderMap, keyed: &[HeaderName]) -> Box<str> {
     let mut out = String::new();
     for name in names {
         out.push_str(name.as_str());
         out.push('=');
-        if !forwarded_on_fill(name) {
+        if !forwarded_on_fill(name, keyed) {
             out.push('\u{0}');
         } else if *name == ACCEPT_ENCODING {
             out.push_str(normalize_accept_encoding(request).unwrap_or("identity"));
@@ -213,21 +235,25 @@ mod tests {
     #[test]
     fn signatures_tell_absent_from_empty_and_fold_whitespace() {
         let names = [HeaderName::from_static("accept-language")];
-        let absent = signature(&names, &map(&[]));
-        let empty = signature(&names, &map(&[("accept-language", "")]));
+        let absent = signature(&names, &map(&[]), &[]);
+        let empty = signature(&names, &map(&[("accept-language", "")]), &[]);
         assert_ne!(absent, empty);
         assert_eq!(
-            signature(&names, &map(&[("accept-language", "en,  fr")])),
-            signature(&names, &map(&[("accept-language", "en, fr")]))
+            signature(&names, &map(&[("accept-language", "en,  fr")]), &[]),
+            signature(&names, &map(&[("accept-language", "en, fr")]), &[])
         );
     }
 
     #[test]
     fn clients_accepting_the_same_best_coding_share_a_variant() {
         let names = [ACCEPT_ENCODING];
-        let a = signature(&names, &map(&[("accept-encoding", "gzip, deflate, br")]));
-        let b = signature(&names, &map(&[("accept-encoding", "br")]));
-        let c = signature(&names, &map(&[("accept-encoding", "gzip")]));
+        let a = signature(
+            &names,
+            &map(&[("accept-encoding", "gzip, deflate, br")]),
+            &[],
+        );
+        let b = signature(&names, &map(&[("accept-encoding", "br")]), &[]);
+        let c = signature(&names, &map(&[("accept-encoding", "gzip")]), &[]);
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -236,8 +262,32 @@ mod tests {
     fn fields_never_forwarded_count_as_absent() {
         let names = [HeaderName::from_static("x-forwarded-host")];
         assert_eq!(
-            signature(&names, &map(&[("x-forwarded-host", "evil.example")])),
-            signature(&names, &map(&[]))
+            signature(&names, &map(&[("x-forwarded-host", "evil.example")]), &[]),
+            signature(&names, &map(&[]), &[])
+        );
+        // Unless the site keys on them: then they are forwarded and their values count.
+        assert_ne!(
+            signature(
+                &names,
+                &map(&[("x-forwarded-host", "evil.example")]),
+                &names
+            ),
+            signature(&names, &map(&[]), &names)
+        );
+    }
+
+    #[test]
+    fn key_headers_join_whatever_vary_says() {
+        let keyed = [HeaderName::from_static("x-device")];
+        assert_eq!(with_keyed(Vary::None, &[]), Vary::None);
+        assert_eq!(with_keyed(Vary::None, &keyed), Vary::Fields(keyed.to_vec()));
+        assert_eq!(with_keyed(Vary::Any, &keyed), Vary::Any);
+        assert_eq!(
+            with_keyed(
+                Vary::Fields(vec![ACCEPT_ENCODING, keyed[0].clone()]),
+                &keyed
+            ),
+            Vary::Fields(vec![ACCEPT_ENCODING, keyed[0].clone()])
         );
     }
 
@@ -248,7 +298,10 @@ mod tests {
         assert_ne!(a.epoch, b.epoch);
         let primary = CacheKey::new(1, "http", "h", "/x");
         let h = map(&[("accept-encoding", "gzip")]);
-        assert_ne!(a.variant_key(&primary, &h).0, b.variant_key(&primary, &h).0);
-        assert_ne!(a.variant_key(&primary, &h).0, primary);
+        assert_ne!(
+            a.variant_key(&primary, &h, &[]).0,
+            b.variant_key(&primary, &h, &[]).0
+        );
+        assert_ne!(a.variant_key(&primary, &h, &[]).0, primary);
     }
 }

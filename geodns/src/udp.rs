@@ -48,8 +48,9 @@ fn flush(handler: &Handler, counts: &mut [[u64; 2]]) {
 }
 
 /// The general path: hickory decodes, [`Handler`] answers, the response is captured into
-/// `out`. `false` when there is nothing to send (too short to be a DNS header).
-async fn general(handler: &Handler, packet: &[u8], src: SocketAddr, out: &mut Vec<u8>) -> bool {
+/// `out`. `false` when there is nothing to send (too short to be a DNS header). Public for
+/// the fuzz target (`fuzz/fuzz_targets/geodns_request.rs`).
+pub async fn general(handler: &Handler, packet: &[u8], src: SocketAddr, out: &mut Vec<u8>) -> bool {
     match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
         Ok(request) => {
             let capture = Capture::default();

@@ -16,6 +16,13 @@ pub struct PurgeApiConfig {
     /// Publishers' API (and the nodes' `/v1/purge-log`), plus `/healthz` and `/metrics`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// The same API over HTTPS (HTTP/1.1, TLS 1.2/1.3), with the `[tls]` certificate;
+    /// off when unset. Nodes read the log over `listen`, which can then stay private.
+    #[serde(default)]
+    pub https_listen: Option<SocketAddr>,
+    /// The certificate of `https_listen`: PEM files, re-read when they change.
+    #[serde(default)]
+    pub tls: Option<edge::config::SiteTlsConfig>,
     pub log: LogConfig,
     /// Shared secret between the API and the nodes (`cdn-node-token`).
     pub node_token: String,
@@ -287,6 +294,15 @@ impl PurgeApiConfig {
                 }
                 (None, LogEngine::Nats) => {}
             }
+        }
+        match (&self.https_listen, &self.tls) {
+            (Some(_), None) => {
+                return bad("https_listen is set but there is no [tls] cert/key: add them".into());
+            }
+            (None, Some(_)) => {
+                return bad("[tls] is set but https_listen is not: set it to serve HTTPS".into());
+            }
+            _ => {}
         }
         if self.limits.max_targets == 0 {
             return bad("limits.max_targets must be at least 1".into());

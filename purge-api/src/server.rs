@@ -46,6 +46,8 @@ pub enum StartError {
     Limits(#[from] crate::admission::ConfigError),
     #[error("cannot open the purge log: {0}")]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Tls(#[from] edge::tls::TlsError),
     #[error("cannot bind the purge API on {addr}: {source}; is another server using it?")]
     Bind {
         addr: SocketAddr,
@@ -101,6 +103,7 @@ struct Api {
 /// A running purge API.
 pub struct PurgeApiServer {
     addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -204,6 +207,7 @@ impl PurgeApiServer {
         });
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let mut https_addr = None;
         tasks.spawn(commit_forever(api.clone(), pending, shutdown.subscribe()));
         match fan_out {
             FanOut::Push => {
@@ -247,6 +251,32 @@ impl PurgeApiServer {
             }
         }
         let app = router(api.clone());
+        if let (Some(https_listen), Some(tls)) = (api.config.https_listen, &api.config.tls) {
+            let certificates = Arc::new(edge::tls::Certificates::from_sources(vec![
+                edge::tls::Source::new("purge-api", &[], &tls.cert, &tls.key),
+            ])?);
+            let mut server = certificates.server_config()?;
+            server.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let listener =
+                TcpListener::bind(https_listen)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: https_listen,
+                        source,
+                    })?;
+            https_addr = Some(listener.local_addr().map_err(|source| StartError::Bind {
+                addr: https_listen,
+                source,
+            })?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            tasks.spawn(serve_https(
+                listener,
+                acceptor,
+                app.clone(),
+                shutdown.subscribe(),
+            ));
+            tasks.spawn(certificates.watch(Duration::from_secs(1), shutdown.subscribe()));
+        }
         let mut stop = shutdown.subscribe();
         tasks.spawn(async move {
             let _ = axum::serve(listener, app)
@@ -258,6 +288,7 @@ impl PurgeApiServer {
         tracing::info!(%addr, nodes = api.nodes.len(), head = api.log.head(), "purge API serving");
         Ok(Self {
             addr,
+            https_addr,
             shutdown,
             tasks,
         })
@@ -267,10 +298,68 @@ impl PurgeApiServer {
         self.addr
     }
 
+    /// The HTTPS listener's address, when `https_listen` is set.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
     /// Stops serving and every task; purges already logged stay in the log.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// How long a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The API over TLS: each connection handshaken in its own task, then served by hyper
+/// (HTTP/1.1) with the same router as the plain listener.
+async fn serve_https(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let (acceptor, app, mut stop) = (acceptor.clone(), app.clone(), stop.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                _ => {
+                    tracing::debug!(%peer, "TLS handshake failed or timed out");
+                    return;
+                }
+            };
+            let service =
+                hyper::service::service_fn(move |req| tower::ServiceExt::oneshot(app.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            let stopping = tokio::select! {
+                _ = conn.as_mut() => false,
+                stopped = stop.wait_for(|s| *s) => stopped.is_ok(),
+            };
+            if stopping {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        });
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod dns;
 pub mod local_cdn;
 pub mod nats;
+pub mod tls;
 pub mod topology;
 
 use std::net::SocketAddr;

@@ -1,0 +1,73 @@
+//! The HTTPS listener: TLS (certificate by SNI, see [`crate::tls`]), then HTTP/2 or
+//! HTTP/1.1 as ALPN decided.
+//!
+//! Each accepted connection is handshaken in its own task under
+//! `limits.tls_handshake_timeout`, so a client that stalls mid-handshake holds only its
+//! own socket. An `h2` connection goes to [`crate::h2`]; anything else (ALPN `http/1.1`
+//! or none) to the same HTTP/1.1 loop as the plain listener, compiled for the TLS stream.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::LimitsConfig;
+use crate::limits::{ConnectionsPerIp, WriteTimeout};
+use crate::proxy::Edge;
+use crate::server::{Http1, accept_or_back_off, drain};
+
+/// Accepts TLS connections until shutdown, then waits (bounded) for them to finish.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    edge: Arc<Edge>,
+    limits: LimitsConfig,
+    shutdown: watch::Receiver<bool>,
+) {
+    let http1 = Http1::new(&limits);
+    let http2 = crate::h2::builder(&limits);
+    let per_ip = ConnectionsPerIp::new(limits.max_connections_per_ip);
+    let open = edge.open.clone();
+    let mut stop = shutdown.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = accept_or_back_off(&listener) => accepted,
+            _ = stop.changed() => break,
+        };
+        // Over its allowance a client is closed before the handshake: nothing can be said
+        // to it in HTTP before TLS, and a handshake is the expensive part.
+        let Some(slot) = per_ip.admit(peer.ip()) else {
+            edge.metrics.request(crate::cache_status::Outcome::Refused);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let guard = open.enter();
+        let (edge, acceptor, http1, http2) =
+            (edge.clone(), acceptor.clone(), http1.clone(), http2.clone());
+        let shutdown = shutdown.clone();
+        let timeout = limits.tls_handshake_timeout;
+        let stream = WriteTimeout::new(stream, limits.write_timeout);
+        tokio::spawn(async move {
+            let _held = (guard, slot);
+            let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                crate::h2::serve(tls, peer, edge, &http2, shutdown).await;
+            } else {
+                http1.serve(tls, peer, edge, shutdown).await;
+            }
+        });
+    }
+    drop(listener);
+    drain(&open).await;
+}

@@ -1,0 +1,301 @@
+//! Certificates for the HTTPS listener: one per site, chosen by SNI, re-read from disk
+//! when its files change.
+//!
+//! Each site with a `[site.tls]` table names a PEM certificate chain and key. The
+//! [`Certificates`] resolver answers a ClientHello with the certificate of the site whose
+//! host the client named; a client naming no configured host (or none at all) gets no
+//! certificate, so rustls ends the handshake with an alert: the node never shows one
+//! site's certificate to a client asking for another name.
+//!
+//! Reload: [`Certificates::watch`] checks every file's modification time and length at an
+//! interval and re-reads the sites whose files changed. A new map is built aside and
+//! swapped in whole (`ArcSwap`), so a handshake sees either the old or the new set, and
+//! open connections keep the certificate they were made with. A pair that does not load
+//! (a half-written file, a key that does not match) keeps the old certificate in
+//! service and is tried again at the next check.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::watch;
+
+use crate::config::{EdgeConfig, normalize_host};
+
+/// ALPN protocols offered, in the server's order of preference.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// A certificate or key that cannot be used, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("site {site:?}: cannot read {path}: {source}; check the path in [site.tls]")]
+    Read {
+        site: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "site {site:?}: {path} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)"
+    )]
+    NoCertificate { site: String, path: PathBuf },
+    #[error(
+        "site {site:?}: {path} holds no usable private key (PEM PKCS#8, PKCS#1 or SEC1): {detail}"
+    )]
+    Key {
+        site: String,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error(
+        "site {site:?}: the key does not fit the certificate, or is of an unsupported type: {detail}"
+    )]
+    Mismatch { site: String, detail: String },
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// One certificate to serve: its files, the names it is served for, and what the files
+/// looked like when last loaded.
+#[derive(Debug)]
+pub struct Source {
+    /// Who it belongs to, for errors and logs (a site's name).
+    site: String,
+    /// Lower-case host names; empty: served for any name, and to clients sending none
+    /// (a single-purpose listener such as the purge API).
+    hosts: Vec<String>,
+    cert: PathBuf,
+    key: PathBuf,
+    stamp: Option<[Stamp; 2]>,
+}
+
+/// What tells a file changed: its modification time and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp(Option<SystemTime>, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp(meta.modified().ok(), meta.len()))
+}
+
+/// The certificates of every site, by lower-case host name; what the TLS acceptor asks.
+pub struct Certificates {
+    by_host: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    sources: std::sync::Mutex<Vec<Source>>,
+    /// Counts successful reloads, so tests and operators can wait for one.
+    reloads: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificates")
+            .field("hosts", &self.by_host.load().len())
+            .field("reloads", &*self.reloads.borrow())
+            .finish()
+    }
+}
+
+impl Source {
+    /// A certificate served for `hosts` (any name when empty).
+    pub fn new(owner: &str, hosts: &[String], cert: &Path, key: &Path) -> Self {
+        Self {
+            site: owner.to_owned(),
+            hosts: hosts.iter().map(|h| normalize_host(h)).collect(),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            stamp: None,
+        }
+    }
+}
+
+/// Map key of the certificate served for any name.
+const ANY_NAME: &str = "";
+
+impl Certificates {
+    /// Loads every site's certificate; any that fails stops the node from starting, with
+    /// the reason.
+    pub fn load(config: &EdgeConfig) -> Result<Self, TlsError> {
+        let sources = config
+            .sites
+            .iter()
+            .filter_map(|site| {
+                let tls = site.tls.as_ref()?;
+                Some(Source::new(&site.name, &site.hosts, &tls.cert, &tls.key))
+            })
+            .collect();
+        Self::from_sources(sources)
+    }
+
+    /// Loads the given certificates.
+    pub fn from_sources(mut sources: Vec<Source>) -> Result<Self, TlsError> {
+        let mut by_host = HashMap::new();
+        for source in &mut sources {
+            let stamps = [stamp(&source.cert), stamp(&source.key)];
+            let key = Arc::new(load_pair(&source.site, &source.cert, &source.key)?);
+            for host in source.names() {
+                by_host.insert(host.to_owned(), key.clone());
+            }
+            source.stamp = stamps[0].zip(stamps[1]).map(|(c, k)| [c, k]);
+        }
+        Ok(Self {
+            by_host: ArcSwap::from_pointee(by_host),
+            sources: std::sync::Mutex::new(sources),
+            reloads: watch::channel(0).0,
+        })
+    }
+
+    /// A rustls server config over these certificates: TLS 1.3 and 1.2 only (ring),
+    /// ALPN h2 and http/1.1, no client certificates.
+    pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        // Stateless resumption keeps returning clients off the full handshake.
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        Ok(config)
+    }
+
+    /// Re-reads the sites whose files changed; returns how many were replaced. A site
+    /// whose new files do not load keeps its old certificate (logged, retried next time).
+    pub fn reload_changed(&self) -> usize {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next: Option<HashMap<String, Arc<CertifiedKey>>> = None;
+        let mut changed = 0;
+        for source in sources.iter_mut() {
+            let Some(now) = stamp(&source.cert).zip(stamp(&source.key)) else {
+                continue; // a file is missing for the moment (being replaced): keep the old
+            };
+            let now = [now.0, now.1];
+            if source.stamp == Some(now) {
+                continue;
+            }
+            match load_pair(&source.site, &source.cert, &source.key) {
+                Ok(key) => {
+                    let key = Arc::new(key);
+                    let map = next.get_or_insert_with(|| (**self.by_host.load()).clone());
+                    for host in source.names() {
+                        map.insert(host.to_owned(), key.clone());
+                    }
+                    source.stamp = Some(now);
+                    changed += 1;
+                    tracing::info!(site = %source.site, "certificate reloaded");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "certificate changed on disk but does not load; still serving the previous one");
+                }
+            }
+        }
+        let Some(map) = next else { return 0 };
+        // Swapped while the sources are still locked, so a concurrent call that finds the
+        // files unchanged returns only after the new map is in service.
+        self.by_host.store(Arc::new(map));
+        drop(sources);
+        self.reloads.send_modify(|n| *n += 1);
+        changed
+    }
+
+    /// Checks the files every `interval` until `stop` says so.
+    pub async fn watch(self: Arc<Self>, interval: Duration, mut stop: watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            let this = self.clone();
+            // File reads and key parsing are blocking work.
+            let _ = tokio::task::spawn_blocking(move || this.reload_changed()).await;
+        }
+    }
+
+    /// Number of reloads that changed a certificate so far; `subscribe` to wait for one.
+    pub fn reloads(&self) -> watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
+    /// The host names that have a certificate.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self.by_host.load().keys().cloned().collect();
+        hosts.retain(|h| h != ANY_NAME);
+        hosts.sort();
+        hosts
+    }
+}
+
+impl Source {
+    fn names(&self) -> impl Iterator<Item = &str> {
+        let any = self.hosts.is_empty().then_some(ANY_NAME);
+        self.hosts.iter().map(String::as_str).chain(any)
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let map = self.by_host.load();
+        let found = hello.server_name().and_then(|name| {
+            map.get(name)
+                // rustls hands the name over lower-cased already; a trailing dot is not sent.
+                .or_else(|| map.get(&normalize_host(name)))
+        });
+        found.or_else(|| map.get(ANY_NAME)).cloned()
+    }
+}
+
+/// Reads and checks one site's certificate chain and key.
+fn load_pair(site: &str, cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            site: site.to_owned(),
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let cert_pem = read(cert)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            site: site.to_owned(),
+            path: cert.to_owned(),
+        });
+    }
+    let key_pem = read(key)?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Key {
+        site: site.to_owned(),
+        path: key.to_owned(),
+        detail: e.to_string(),
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    CertifiedKey::from_der(chain, private, &provider).map_err(|e| TlsError::Mismatch {
+        site: site.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_empty_file_says_which_and_why() {
+        let dir = std::env::temp_dir().join(format!("edge-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, b"not a certificate").unwrap();
+        let err = load_pair("s", &dir.join("absent.pem"), &empty).unwrap_err();
+        assert!(err.to_string().contains("cannot read"), "{err}");
+        let err = load_pair("s", &empty, &empty).unwrap_err();
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

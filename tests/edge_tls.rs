@@ -1,0 +1,234 @@
+//! HTTPS on the edge: a certificate per site chosen by SNI, refused unknown names, hot
+//! reload of certificates from disk, HTTP/2 and HTTP/1.1 by ALPN.
+
+mod support;
+
+use std::path::Path;
+
+use cdn::demo_origin::DemoOrigin;
+use edge::{EdgeConfig, EdgeServer};
+use http::{StatusCode, Version};
+use support::tls::{self, Leaf, TestCa};
+use support::{HOST, loopback};
+
+const OTHER: &str = "images.test";
+
+/// An origin and an edge serving two sites over HTTPS, each with its own certificate.
+struct TlsHarness {
+    _origin: DemoOrigin,
+    edge: EdgeServer,
+    ca: TestCa,
+    dir: tempfile::TempDir,
+    assets: Leaf,
+    images: Leaf,
+}
+
+impl TlsHarness {
+    async fn start() -> Self {
+        let origin = DemoOrigin::start(loopback()).await.expect("origin starts");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let assets = ca.issue(&[HOST]);
+        let images = ca.issue(&[OTHER]);
+        let (assets_cert, assets_key) = assets.write(dir.path(), "assets");
+        let (images_cert, images_key) = images.write(dir.path(), "images");
+        let upstream = origin.addr();
+        let text = format!(
+            r#"
+            [node]
+            name = "edge-tls"
+            listen = "127.0.0.1:0"
+            admin_listen = "127.0.0.1:0"
+            https_listen = "127.0.0.1:0"
+            tls_reload_interval = "50ms"
+
+            [limits]
+            h2_max_concurrent_streams = 16
+
+            [[site]]
+            name = "assets"
+            hosts = ["{HOST}"]
+            upstream = "http://{upstream}"
+            tls = {{ cert = {assets_cert:?}, key = {assets_key:?} }}
+
+            [[site]]
+            name = "images"
+            hosts = ["{OTHER}"]
+            upstream = "http://{upstream}"
+            tls = {{ cert = {images_cert:?}, key = {images_key:?} }}
+
+            [[site]]
+            name = "plain"
+            hosts = ["plain.test"]
+            upstream = "http://{upstream}"
+            "#
+        );
+        let config = EdgeConfig::from_toml(&text).expect("valid config");
+        let edge = EdgeServer::start(config).await.expect("edge starts");
+        Self {
+            _origin: origin,
+            edge,
+            ca,
+            dir,
+            assets,
+            images,
+        }
+    }
+
+    fn https(&self) -> std::net::SocketAddr {
+        self.edge.https_addr().expect("HTTPS listener")
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+#[tokio::test]
+async fn sni_picks_each_sites_own_certificate() {
+    let h = TlsHarness::start().await;
+    let client = h.ca.client(&[b"http/1.1"]);
+    for (host, leaf) in [(HOST, &h.assets), (OTHER, &h.images)] {
+        let conn = tls::connect(&client, h.https(), host).await.expect(host);
+        assert!(
+            tls::presented(&conn) == leaf.der,
+            "{host} got another certificate"
+        );
+        let (status, version, body) = tls::get(conn, host, "/sni/1k.bin").await;
+        assert_eq!(
+            (status, version),
+            (StatusCode::OK, Version::HTTP_11),
+            "{host}"
+        );
+        assert_eq!(body.len(), 1024);
+    }
+    // Names are matched as DNS names are: case does not matter.
+    let conn = tls::connect(&client, h.https(), "IMAGES.test")
+        .await
+        .unwrap();
+    assert!(tls::presented(&conn) == h.images.der);
+}
+
+#[tokio::test]
+async fn an_unknown_or_missing_name_gets_a_handshake_alert_not_a_certificate() {
+    let h = TlsHarness::start().await;
+    let client = h.ca.client(&[b"http/1.1"]);
+    // A configured site without a certificate, a stranger, and no SNI at all (a client
+    // connecting to an IP address does not send one).
+    for sni in ["plain.test", "evil.example", "127.0.0.1"] {
+        let error = tls::connect(&client, h.https(), sni)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{sni}: handshake succeeded"));
+        assert!(error.contains("alert"), "{sni}: {error}");
+    }
+    // The node keeps serving the others.
+    let conn = tls::connect(&client, h.https(), HOST).await.unwrap();
+    assert_eq!(tls::get(conn, HOST, "/ok/1k.bin").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_certificate_replaced_on_disk_is_served_to_new_connections_without_a_restart() {
+    let h = TlsHarness::start().await;
+    let client = h.ca.client(&[b"http/1.1"]);
+    let old = tls::connect(&client, h.https(), HOST).await.unwrap();
+    assert!(tls::presented(&old) == h.assets.der);
+
+    let certificates = h.edge.certificates().expect("TLS is on").clone();
+    let mut reloads = certificates.reloads();
+    let renewed = h.ca.issue(&[HOST]);
+    renewed.write(h.dir(), "assets");
+    tokio::time::timeout(std::time::Duration::from_secs(10), reloads.changed())
+        .await
+        .expect("reloaded within 10 s")
+        .unwrap();
+
+    let new = tls::connect(&client, h.https(), HOST).await.unwrap();
+    assert!(
+        tls::presented(&new) == renewed.der,
+        "the old certificate is still served"
+    );
+    assert_eq!(tls::get(new, HOST, "/new/1k.bin").await.0, StatusCode::OK);
+    // The connection made before the swap was not dropped, and the other site's
+    // certificate did not change.
+    assert_eq!(tls::get(old, HOST, "/old/1k.bin").await.0, StatusCode::OK);
+    let other = tls::connect(&client, h.https(), OTHER).await.unwrap();
+    assert!(tls::presented(&other) == h.images.der);
+}
+
+#[tokio::test]
+async fn a_broken_replacement_keeps_the_previous_certificate_in_service() {
+    let h = TlsHarness::start().await;
+    let client = h.ca.client(&[b"http/1.1"]);
+    let certificates = h.edge.certificates().unwrap().clone();
+    // A key that does not belong to the certificate: refused, the old pair stays.
+    let stranger = h.ca.issue(&[HOST]);
+    std::fs::write(h.dir().join("assets.key"), &stranger.key_pem).unwrap();
+    assert_eq!(certificates.reload_changed(), 0);
+    let conn = tls::connect(&client, h.https(), HOST).await.unwrap();
+    assert!(tls::presented(&conn) == h.assets.der);
+    // Once the matching certificate lands too, the pair is taken (by this call, or by
+    // the background check before it).
+    stranger.write(h.dir(), "assets");
+    certificates.reload_changed();
+    let conn = tls::connect(&client, h.https(), HOST).await.unwrap();
+    assert!(tls::presented(&conn) == stranger.der);
+}
+
+#[tokio::test]
+async fn http2_is_negotiated_by_alpn_and_serves_hits() {
+    let h = TlsHarness::start().await;
+    let client = h.ca.client(&[b"h2", b"http/1.1"]);
+    for expected in ["miss", "hit"] {
+        let conn = tls::connect(&client, h.https(), HOST).await.unwrap();
+        assert_eq!(tls::alpn(&conn).as_deref(), Some(b"h2".as_slice()));
+        let (status, version, body) = tls::get(conn, HOST, "/h2/2k.bin").await;
+        assert_eq!(
+            (status, version),
+            (StatusCode::OK, Version::HTTP_2),
+            "{expected}"
+        );
+        assert_eq!(body.len(), 2048);
+    }
+    // A client that offers only HTTP/1.1 gets it.
+    let client = h.ca.client(&[b"http/1.1"]);
+    let conn = tls::connect(&client, h.https(), HOST).await.unwrap();
+    assert_eq!(tls::alpn(&conn).as_deref(), Some(b"http/1.1".as_slice()));
+}
+
+#[tokio::test]
+async fn http2_advertises_the_configured_stream_limit_and_rejects_oversized_header_blocks() {
+    let h = TlsHarness::start().await;
+    let client = h.ca.client(&[b"h2"]);
+    let conn = tls::connect(&client, h.https(), HOST).await.unwrap();
+    let (mut sender, connection) = h2::client::handshake(conn).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("https://{HOST}/limits/1k.bin"))
+        .body(())
+        .unwrap();
+    let (response, _) = sender.send_request(request, true).expect("stream opens");
+    let response = response.await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(sender.current_max_send_streams(), 16);
+
+    // A header block over max_header_bytes (32 KiB by default) is refused: the stream is
+    // answered 431 or reset, and the connection goes on serving.
+    let mut sender = sender.ready().await.expect("ready");
+    let request = http::Request::get(format!("https://{HOST}/limits/1k.bin"))
+        .header("x-big", "b".repeat(40 * 1024))
+        .body(())
+        .unwrap();
+    let (response, _) = sender.send_request(request, true).expect("stream opens");
+    match response.await {
+        Ok(response) => assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        ),
+        Err(error) => assert!(error.is_reset() || error.is_go_away(), "{error}"),
+    }
+    let conn = tls::connect(&client, h.https(), HOST).await.unwrap();
+    assert_eq!(
+        tls::get(conn, HOST, "/limits/1k.bin").await.0,
+        StatusCode::OK
+    );
+}

@@ -1,0 +1,178 @@
+//! TLS for tests: a certificate authority made at test time with `rcgen`, leaf
+//! certificates for host names written as PEM files, and a real rustls client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// A throwaway CA that signs leaf certificates for test hosts.
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// A leaf certificate: its DER (to compare with what a server presented) and its PEM
+/// files.
+pub struct Leaf {
+    pub der: CertificateDer<'static>,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Leaf {
+    /// Writes the PEM files as `dir/name.crt` and `dir/name.key`, each replaced whole
+    /// (written aside and renamed, as a certificate manager does).
+    pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        for (path, text) in [(&key, &self.key_pem), (&cert, &self.cert_pem)] {
+            let aside = path.with_extension("new");
+            std::fs::write(&aside, text).expect("write PEM");
+            std::fs::rename(&aside, path).expect("rename PEM");
+        }
+        (cert, key)
+    }
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "cdn test CA");
+        let key = KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        Self { cert, key }
+    }
+
+    /// A fresh certificate (new key, new serial) for `hosts`.
+    pub fn issue(&self, hosts: &[&str]) -> Leaf {
+        let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("leaf params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, hosts[0].to_owned());
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("leaf certificate");
+        Leaf {
+            der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// A client trusting only this CA, offering `alpn`.
+    pub fn client(&self, alpn: &[&[u8]]) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.der().clone()).expect("CA is a root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// Connects and handshakes with `sni`; the error says why the handshake failed.
+pub async fn connect(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    sni: &str,
+) -> Result<TlsStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
+    tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .map_err(|_| "handshake timed out".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
+/// The leaf certificate the server presented.
+pub fn presented(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().expect("a certificate")[0].clone()
+}
+
+/// The protocol ALPN settled on.
+pub fn alpn(tls: &TlsStream<TcpStream>) -> Option<Vec<u8>> {
+    tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+}
+
+/// One GET over an established TLS connection, in HTTP/2 when ALPN chose it, else
+/// HTTP/1.1; returns the status, the version and the body.
+pub async fn get(
+    tls: TlsStream<TcpStream>,
+    host: &str,
+    path: &str,
+) -> (StatusCode, Version, Bytes) {
+    let h2 = alpn(&tls).as_deref() == Some(b"h2".as_slice());
+    let io = TokioIo::new(tls);
+    let response = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(conn);
+        let request = Request::get(format!("https://{host}{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender.send_request(request).await.expect("h2 response")
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("h1 handshake");
+        tokio::spawn(conn);
+        let request = Request::get(path)
+            .header("host", host)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender.send_request(request).await.expect("h1 response")
+    };
+    let status = response.status();
+    let version = response.version();
+    let body = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("body within 10 s")
+        .expect("whole body")
+        .to_bytes();
+    (status, version, body)
+}
+
+/// Sends one HTTP/1.1 request over an established TLS connection.
+pub async fn send_h1(
+    tls: TlsStream<TcpStream>,
+    request: Request<http_body_util::Full<Bytes>>,
+) -> (StatusCode, Bytes) {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn);
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("response within 10 s")
+        .expect("response");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, body)
+}
