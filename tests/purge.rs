@@ -14,7 +14,7 @@ use edge::store::Storage;
 use edge::{EdgeServer, MemoryStore};
 use http::{Method, StatusCode};
 use purge_api::{PurgeApiConfig, PurgeApiServer};
-use support::{HOST, Reply, client, loopback, send};
+use support::{HOST, Reply, api_call, client, json, loopback, send};
 
 const NODE_TOKEN: &str = "node-secret-0123456789";
 const TOKEN: &str = "publisher-token-0123456789";
@@ -132,7 +132,7 @@ impl Purging {
     }
 
     async fn call(&self, method: Method, path: &str, token: Option<&str>, body: &str) -> Reply {
-        call(self.api.addr(), method, path, token, body).await
+        api_call(self.api.addr(), method, path, token, body).await
     }
 
     /// Submits a purge and waits until every node applied it.
@@ -157,45 +157,6 @@ impl Purging {
             .await;
         assert_eq!(json(&status)["state"], "done", "{}", status.text());
     }
-}
-
-async fn call(
-    api: SocketAddr,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> Reply {
-    let mut request = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{api}{path}"))
-        .header("content-type", "application/json");
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let request = request
-        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
-            body.as_bytes(),
-        )))
-        .expect("request");
-    let response = tokio::time::timeout(Duration::from_secs(30), client().request(request))
-        .await
-        .expect("answer in time")
-        .expect("answer");
-    let (parts, body) = response.into_parts();
-    let body = http_body_util::BodyExt::collect(body)
-        .await
-        .expect("body")
-        .to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
-fn json(reply: &Reply) -> serde_json::Value {
-    serde_json::from_slice(&reply.body).unwrap_or_else(|_| panic!("not JSON: {}", reply.text()))
 }
 
 fn url(target: &str) -> String {
@@ -392,7 +353,7 @@ async fn tokens_are_scoped_and_bad_requests_are_refused_with_reasons() {
         .await;
     assert_eq!(theirs.status, StatusCode::NOT_FOUND);
     // Nodes refuse purges without the node token.
-    let direct = call(
+    let direct = api_call(
         p.edges[0].admin_addr(),
         Method::POST,
         "/v1/purge",
@@ -528,7 +489,7 @@ async fn the_log_survives_a_restart_and_idempotent_retries_get_the_same_purge() 
         first,
         "also after a restart"
     );
-    let next = call(api.addr(), Method::POST, "/v1/purge", Some(TOKEN), &body).await;
+    let next = api_call(api.addr(), Method::POST, "/v1/purge", Some(TOKEN), &body).await;
     assert_eq!(json(&next)["seq"], 22);
     api.shutdown().await;
 }

@@ -18,7 +18,7 @@ use edge::{EdgeServer, MemoryStore};
 use http::{Method, StatusCode};
 use purge_api::{PurgeApiConfig, PurgeApiServer};
 use support::nats::{NatsCluster, NatsServer};
-use support::{HOST, Reply, client, loopback, send};
+use support::{HOST, Reply, api_call, client, json, loopback, send};
 
 const NODE_TOKEN: &str = "node-secret-0123456789";
 const TOKEN: &str = "publisher-token-0123456789";
@@ -141,7 +141,14 @@ impl Deployment {
     /// POSTs a URL purge to API `api`.
     async fn post(&self, api: usize, target: &str) -> Reply {
         let body = format!(r#"{{"site":"assets","urls":["https://{HOST}{target}"]}}"#);
-        call(self.apis[api].addr(), Method::POST, "/v1/purge", &body).await
+        api_call(
+            self.apis[api].addr(),
+            Method::POST,
+            "/v1/purge",
+            Some(TOKEN),
+            &body,
+        )
+        .await
     }
 
     /// Purges `target` through API `api`, retrying 503s (at most 100 tries, 20 s).
@@ -176,10 +183,11 @@ impl Deployment {
     }
 
     async fn status_query(&self, api: usize, seq: u64, query: &str) -> serde_json::Value {
-        let reply = call(
+        let reply = api_call(
             self.apis[api].addr(),
             Method::GET,
             &format!("/v1/purges/{seq}{query}"),
+            Some(TOKEN),
             "",
         )
         .await;
@@ -211,36 +219,6 @@ impl Deployment {
             }
         }
     }
-}
-
-async fn call(api: std::net::SocketAddr, method: Method, path: &str, body: &str) -> Reply {
-    let request = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{api}{path}"))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
-            body.as_bytes(),
-        )))
-        .expect("request");
-    let response = tokio::time::timeout(Duration::from_secs(30), client().request(request))
-        .await
-        .expect("answer in time")
-        .expect("answer");
-    let (parts, body) = response.into_parts();
-    let body = http_body_util::BodyExt::collect(body)
-        .await
-        .expect("body")
-        .to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
-fn json(reply: &Reply) -> serde_json::Value {
-    serde_json::from_slice(&reply.body).unwrap_or_else(|_| panic!("not JSON: {}", reply.text()))
 }
 
 /// Waits until every store's watermark reaches `seq` (at most 30 s: after a server was

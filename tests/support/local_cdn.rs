@@ -9,7 +9,7 @@ use cdn::topology::{DEFAULT_TOPOLOGY, Topology};
 use cdn::up::Up;
 use http::Method;
 
-use super::{Reply, client, dns, send};
+use super::{Reply, api_call, client, dns, send};
 
 /// The default topology on port 0, after `tweak` (text replacements on the TOML).
 pub fn topology(tweak: &[(&str, &str)]) -> Topology {
@@ -120,39 +120,8 @@ impl LocalCdn {
             .trim_start_matches("http://")
             .parse()
             .expect("purge API address");
-        let token = format!(
-            "Bearer {}",
-            endpoints.publisher.as_ref().expect("a publisher").token
-        );
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(format!("http://{addr}{path}"))
-            .header("authorization", token);
-        if !body.is_empty() {
-            request = request.header("content-type", "application/json");
-        }
-        let request = request
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                body.to_owned(),
-            )))
-            .expect("request");
-        let response = tokio::time::timeout(
-            std::time::Duration::from_secs(15),
-            self.client.request(request),
-        )
-        .await
-        .expect("purge API answers in time")
-        .expect("purge API reachable");
-        let (parts, body) = response.into_parts();
-        let body = http_body_util::BodyExt::collect(body)
-            .await
-            .expect("body")
-            .to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
+        let token = &endpoints.publisher.as_ref().expect("a publisher").token;
+        api_call(addr, method, path, Some(token), body).await
     }
 
     pub async fn shutdown(self) {

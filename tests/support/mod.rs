@@ -312,3 +312,40 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
     }
     check()
 }
+
+/// A JSON API call (the purge API): `body` sent as JSON when not empty, `token` as a
+/// bearer token when given; bounded by a timeout.
+pub async fn api_call(
+    api: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Reply {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{api}{path}"))
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(30), client().request(request))
+        .await
+        .expect("answer in time")
+        .expect("answer");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// A reply's body as JSON.
+pub fn json(reply: &Reply) -> serde_json::Value {
+    serde_json::from_slice(&reply.body).unwrap_or_else(|_| panic!("not JSON: {}", reply.text()))
+}
