@@ -321,15 +321,15 @@ impl Topology {
             let pool = if shields.is_empty() {
                 origin_pool(site, at)?
             } else {
-                let mut pool = Table::new();
-                pool.insert("balance".into(), "consistent_hash".into());
-                pool.insert("servers".into(), Value::Array(shields.clone()));
-                pool
+                table([
+                    ("balance", "consistent_hash".into()),
+                    ("servers", Value::Array(shields.clone())),
+                ])
             };
             sites.push(self.node_site(site, pool));
         }
         let config = self.node_config(name, public, admin, &self.defaults.edge, sites);
-        parse_node(&format!("edge {name}"), config)
+        parse_component(&format!("edge {name}"), &config, EdgeConfig::from_toml)
     }
 
     /// The config of shield number `n` (file order), its sites pooled over their origins.
@@ -341,7 +341,11 @@ impl Topology {
             sites.push(self.node_site(site, origin_pool(site, at)?));
         }
         let config = self.node_config(&shield.name, public, admin, &self.defaults.shield, sites);
-        parse_node(&format!("shield {}", shield.name), config)
+        parse_component(
+            &format!("shield {}", shield.name),
+            &config,
+            EdgeConfig::from_toml,
+        )
     }
 
     /// The GeoDNS config: the zone with one customer name per site, the regions with their
@@ -354,70 +358,91 @@ impl Topology {
         at: &Placement,
     ) -> Result<GeoDnsConfig, TopologyError> {
         let zone = &self.topology.zone;
-        let mut text = format!(
-            "[node]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n\n\
-             [zone]\nname = \"{zone}\"\n{ttl}\
-             nameservers = [{{ name = \"ns1.{zone}\", addresses = [\"{ip}\"] }}]\n\n\
-             [geo]\ndefault_region = \"{default}\"\n{database}",
-            ttl = self
-                .geodns
-                .ttl
-                .map(|ttl| format!("ttl = {ttl}\n"))
-                .unwrap_or_default(),
-            ip = listen.ip(),
-            default = self.geodns.default_region,
-            database = self
-                .geodns
-                .database
-                .as_ref()
-                .map(|p| format!("database = {}\n", Value::from(p.display().to_string())))
-                .unwrap_or_default(),
-        );
-        for region in &self.regions {
-            for cidr in &region.clients {
-                text.push_str(&format!(
-                    "[[geo.overrides]]\ncidr = \"{cidr}\"\nregion = \"{}\"\n",
-                    region.name
-                ));
-            }
+        let nameserver = table([
+            ("name", format!("ns1.{zone}").into()),
+            ("addresses", strings(vec![listen.ip().to_string()])),
+        ]);
+        let mut zone_table = table([
+            ("name", zone.clone().into()),
+            ("nameservers", Value::Array(vec![Value::Table(nameserver)])),
+        ]);
+        if let Some(ttl) = self.geodns.ttl {
+            zone_table.insert("ttl".into(), i64::from(ttl).into());
         }
-        text.push_str(&format!(
-            "\n[health]\n{}\n",
-            toml::to_string(&self.geodns.health).unwrap_or_default()
-        ));
-        for region in &self.regions {
-            text.push_str(&format!(
-                "[[region]]\nname = \"{}\"\nlat = {:?}\nlon = {:?}\n{}{}",
-                region.name,
-                region.lat,
-                region.lon,
-                region
-                    .capacity
-                    .map(|c| format!("capacity = {c}\n"))
-                    .unwrap_or_default(),
-                region
-                    .spill
-                    .map(|s| format!("spill = {s:?}\n"))
-                    .unwrap_or_default()
-            ));
-            for edge in &region.edges {
-                let (public, admin) = at.edges[&edge.name];
-                text.push_str(&format!(
-                    "[[region.edge]]\naddress = \"{}\"\nprobe = \"http://{admin}/healthz\"\n",
-                    public.ip()
-                ));
-            }
+        let overrides = self
+            .regions
+            .iter()
+            .flat_map(|r| r.clients.iter().map(move |cidr| (r, cidr)))
+            .map(|(region, cidr)| {
+                Value::Table(table([
+                    ("cidr", cidr.to_string().into()),
+                    ("region", region.name.clone().into()),
+                ]))
+            })
+            .collect();
+        let mut geo = table([
+            ("default_region", self.geodns.default_region.clone().into()),
+            ("overrides", Value::Array(overrides)),
+        ]);
+        if let Some(database) = &self.geodns.database {
+            geo.insert("database".into(), database.display().to_string().into());
         }
-        for site in &self.sites {
-            text.push_str(&format!(
-                "[[customer]]\nname = \"{}\"\n",
-                site.cname.as_deref().unwrap_or(&site.name)
-            ));
-        }
-        GeoDnsConfig::from_toml(&text).map_err(|e| TopologyError::Component {
-            component: "geodns".into(),
-            message: e.to_string(),
-        })
+        let regions = self
+            .regions
+            .iter()
+            .map(|region| {
+                let edges = region
+                    .edges
+                    .iter()
+                    .map(|edge| {
+                        let (public, admin) = at.edges[&edge.name];
+                        Value::Table(table([
+                            ("address", public.ip().to_string().into()),
+                            ("probe", format!("http://{admin}/healthz").into()),
+                        ]))
+                    })
+                    .collect();
+                let mut t = table([
+                    ("name", region.name.clone().into()),
+                    ("lat", region.lat.into()),
+                    ("lon", region.lon.into()),
+                    ("edge", Value::Array(edges)),
+                ]);
+                if let Some(capacity) = region.capacity {
+                    t.insert(
+                        "capacity".into(),
+                        i64::try_from(capacity).unwrap_or(i64::MAX).into(),
+                    );
+                }
+                if let Some(spill) = region.spill {
+                    t.insert("spill".into(), spill.into());
+                }
+                Value::Table(t)
+            })
+            .collect();
+        let customers = self
+            .sites
+            .iter()
+            .map(|site| {
+                let label = site.cname.as_deref().unwrap_or(&site.name);
+                Value::Table(table([("name", label.into())]))
+            })
+            .collect();
+        let config = table([
+            (
+                "node",
+                Value::Table(table([
+                    ("listen", listen.to_string().into()),
+                    ("admin_listen", admin.to_string().into()),
+                ])),
+            ),
+            ("zone", Value::Table(zone_table)),
+            ("geo", Value::Table(geo)),
+            ("health", Value::Table(self.geodns.health.clone())),
+            ("region", Value::Array(regions)),
+            ("customer", Value::Array(customers)),
+        ]);
+        parse_component("geodns", &config, GeoDnsConfig::from_toml)
     }
 
     /// The purge API's config: every edge and shield as a node to push purges to.
@@ -427,17 +452,11 @@ impl Topology {
         log: &Path,
         at: &Placement,
     ) -> Result<PurgeApiConfig, TopologyError> {
-        let mut config = Table::new();
-        config.insert("listen".into(), listen.to_string().into());
-        config.insert("node_token".into(), self.topology.node_token.clone().into());
-        let mut log_table = Table::new();
-        log_table.insert("path".into(), log.display().to_string().into());
-        config.insert("log".into(), Value::Table(log_table));
         let node = |name: &str, admin: SocketAddr| {
-            let mut t = Table::new();
-            t.insert("name".into(), name.into());
-            t.insert("admin".into(), format!("http://{admin}").into());
-            Value::Table(t)
+            Value::Table(table([
+                ("name", name.into()),
+                ("admin", format!("http://{admin}").into()),
+            ]))
         };
         let mut nodes: Vec<Value> = self
             .edges()
@@ -449,38 +468,39 @@ impl Topology {
                 .zip(&at.shields)
                 .map(|(s, (_, admin))| node(&s.name, *admin)),
         );
-        config.insert("node".into(), Value::Array(nodes));
         let sites = self
             .sites
             .iter()
             .map(|site| {
-                let mut t = Table::new();
-                t.insert("name".into(), site.name.clone().into());
-                t.insert("hosts".into(), strings(self.site_hosts(site)));
-                Value::Table(t)
+                Value::Table(table([
+                    ("name", site.name.clone().into()),
+                    ("hosts", strings(self.site_hosts(site))),
+                ]))
             })
             .collect();
-        config.insert("site".into(), Value::Array(sites));
         let publishers = self
             .publishers
             .iter()
             .map(|p| {
-                let mut t = Table::new();
-                t.insert("name".into(), p.name.clone().into());
-                t.insert("token".into(), p.token.clone().into());
-                t.insert("sites".into(), strings(p.sites.clone()));
-                Value::Table(t)
+                Value::Table(table([
+                    ("name", p.name.clone().into()),
+                    ("token", p.token.clone().into()),
+                    ("sites", strings(p.sites.clone())),
+                ]))
             })
             .collect();
-        config.insert("publisher".into(), Value::Array(publishers));
-        let text = toml::to_string(&config).map_err(|e| TopologyError::Component {
-            component: "purge API".into(),
-            message: e.to_string(),
-        })?;
-        PurgeApiConfig::from_toml(&text).map_err(|e| TopologyError::Component {
-            component: "purge API".into(),
-            message: e.to_string(),
-        })
+        let config = table([
+            ("listen", listen.to_string().into()),
+            ("node_token", self.topology.node_token.clone().into()),
+            (
+                "log",
+                Value::Table(table([("path", log.display().to_string().into())])),
+            ),
+            ("node", Value::Array(nodes)),
+            ("site", Value::Array(sites)),
+            ("publisher", Value::Array(publishers)),
+        ]);
+        parse_component("purge API", &config, PurgeApiConfig::from_toml)
     }
 
     fn node_config(
@@ -492,13 +512,13 @@ impl Topology {
         sites: Vec<Value>,
     ) -> Table {
         let mut config = defaults.clone();
-        let mut node = Table::new();
-        node.insert("name".into(), name.into());
-        node.insert("listen".into(), public.to_string().into());
-        node.insert("admin_listen".into(), admin.to_string().into());
+        let node = table([
+            ("name", name.into()),
+            ("listen", public.to_string().into()),
+            ("admin_listen", admin.to_string().into()),
+        ]);
+        let purge = table([("node_token", self.topology.node_token.clone().into())]);
         config.insert("node".into(), Value::Table(node));
-        let mut purge = Table::new();
-        purge.insert("node_token".into(), self.topology.node_token.clone().into());
         config.insert("purge".into(), Value::Table(purge));
         config.insert("site".into(), Value::Array(sites));
         config
@@ -636,31 +656,42 @@ fn origin_pool(site: &Site, at: &Placement) -> Result<Table, TopologyError> {
         };
         servers.push(server(&url, None));
     }
-    let mut pool = Table::new();
-    pool.insert("servers".into(), Value::Array(servers));
-    Ok(pool)
+    Ok(table([("servers", Value::Array(servers))]))
 }
 
 fn server(url: &str, probe: Option<String>) -> Value {
-    let mut t = Table::new();
-    t.insert("url".into(), url.into());
+    let mut t = table([("url", url.into())]);
     if let Some(probe) = probe {
         t.insert("probe".into(), probe.into());
     }
     Value::Table(t)
 }
 
+/// A TOML table of `entries`.
+fn table<const N: usize>(entries: [(&str, Value); N]) -> Table {
+    entries
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect()
+}
+
 fn strings(values: Vec<String>) -> Value {
     Value::Array(values.into_iter().map(Value::from).collect())
 }
 
-fn parse_node(component: &str, config: Table) -> Result<EdgeConfig, TopologyError> {
+/// A component's config from its part of the topology, through the component's own
+/// parser (and so its own validation).
+fn parse_component<T, E: std::fmt::Display>(
+    component: &str,
+    config: &Table,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, TopologyError> {
     let refused = |message: String| TopologyError::Component {
         component: component.to_owned(),
         message,
     };
-    let text = toml::to_string(&config).map_err(|e| refused(e.to_string()))?;
-    EdgeConfig::from_toml(&text).map_err(|e| refused(e.to_string()))
+    let text = toml::to_string(config).map_err(|e| refused(e.to_string()))?;
+    parse(&text).map_err(|e| refused(e.to_string()))
 }
 
 #[cfg(test)]
