@@ -118,6 +118,14 @@ enum Command {
         #[arg(long)]
         endpoints: Option<PathBuf>,
     },
+    /// Print the config file the topology gives one node (an edge or a shield), to run
+    /// that node as a process of its own with `cdn edge --config` / `cdn shield --config`.
+    Config {
+        /// The node's name, as in the topology.
+        node: String,
+        #[command(flatten)]
+        topology: TopologyArgs,
+    },
     /// Run one edge cache node.
     Edge {
         /// TOML config file (see README.md for the format).
@@ -230,6 +238,10 @@ async fn main() -> anyhow::Result<()> {
                 rate,
             };
             terminal::warm(&endpoints, &source, &to, &options).await?;
+        }
+        Command::Config { node, topology } => {
+            let topology = topology.load()?;
+            print!("{}", topology.node_config_toml(&node, &topology.planned())?);
         }
         Command::Edge { config } => {
             let config = EdgeConfig::from_file(&config)?;

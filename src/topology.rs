@@ -302,6 +302,11 @@ impl Topology {
     /// The config of edge `name`, its sites pooled over the shields (or over the origins
     /// when there is no shield).
     pub fn edge_config(&self, name: &str, at: &Placement) -> Result<EdgeConfig, TopologyError> {
+        let config = self.edge_table(name, at)?;
+        parse_component(&format!("edge {name}"), &config, EdgeConfig::from_toml)
+    }
+
+    fn edge_table(&self, name: &str, at: &Placement) -> Result<Table, TopologyError> {
         let (public, admin) = *at
             .edges
             .get(name)
@@ -328,24 +333,51 @@ impl Topology {
             };
             sites.push(self.node_site(site, pool));
         }
-        let config = self.node_config(name, public, admin, &self.defaults.edge, sites);
-        parse_component(&format!("edge {name}"), &config, EdgeConfig::from_toml)
+        Ok(self.node_config(name, public, admin, &self.defaults.edge, sites))
     }
 
     /// The config of shield number `n` (file order), its sites pooled over their origins.
     pub fn shield_config(&self, n: usize, at: &Placement) -> Result<EdgeConfig, TopologyError> {
+        let config = self.shield_table(n, at)?;
+        parse_component(
+            &format!("shield {}", self.shields[n].name),
+            &config,
+            EdgeConfig::from_toml,
+        )
+    }
+
+    fn shield_table(&self, n: usize, at: &Placement) -> Result<Table, TopologyError> {
         let shield = &self.shields[n];
         let (public, admin) = at.shields[n];
         let mut sites = Vec::new();
         for site in &self.sites {
             sites.push(self.node_site(site, origin_pool(site, at)?));
         }
-        let config = self.node_config(&shield.name, public, admin, &self.defaults.shield, sites);
-        parse_component(
-            &format!("shield {}", shield.name),
-            &config,
-            EdgeConfig::from_toml,
-        )
+        Ok(self.node_config(&shield.name, public, admin, &self.defaults.shield, sites))
+    }
+
+    /// The TOML config file of node `name` (an edge or a shield), as `cdn edge --config`
+    /// or `cdn shield --config` reads it: how to run one node of the topology as a
+    /// process of its own. Checked by the node's own parser before it is returned.
+    pub fn node_config_toml(&self, name: &str, at: &Placement) -> Result<String, TopologyError> {
+        let (component, config) = if at.edges.contains_key(name) {
+            (format!("edge {name}"), self.edge_table(name, at)?)
+        } else if let Some(n) = self.shields.iter().position(|s| s.name == name) {
+            (format!("shield {name}"), self.shield_table(n, at)?)
+        } else {
+            let mut known: Vec<&str> = at.edges.keys().map(String::as_str).collect();
+            known.extend(self.shields.iter().map(|s| s.name.as_str()));
+            return Err(TopologyError::Invalid(format!(
+                "no node {name:?} in the topology; its nodes are {}",
+                known.join(", ")
+            )));
+        };
+        let text = toml::to_string(&config).map_err(|e| TopologyError::Component {
+            component: component.clone(),
+            message: e.to_string(),
+        })?;
+        parse_component(&component, &config, EdgeConfig::from_toml)?;
+        Ok(text)
     }
 
     /// The GeoDNS config: the zone with one customer name per site, the regions with their
@@ -794,6 +826,32 @@ mod tests {
         let text = DEFAULT_TOPOLOGY.replace("[defaults.edge.cache]", "[defaults.edge.node]");
         let err = Topology::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("defaults.*.node"), "{err}");
+    }
+
+    #[test]
+    fn a_node_config_file_is_what_the_topology_gives_that_node() {
+        let topology = Topology::default_local();
+        let at = topology.planned();
+        let text = topology
+            .node_config_toml("us-east-2", &at)
+            .expect("edge file");
+        let from_file = EdgeConfig::from_toml(&text).expect("the edge reads it");
+        let direct = topology.edge_config("us-east-2", &at).expect("edge config");
+        assert_eq!(from_file.node.listen, direct.node.listen);
+        assert_eq!(from_file.node.admin_listen, direct.node.admin_listen);
+        assert_eq!(from_file.sites.len(), direct.sites.len());
+        let shield = topology
+            .node_config_toml("shield-1", &at)
+            .expect("shield file");
+        assert!(shield.contains("127.0.0.1:8081"), "{shield}");
+        let err = topology
+            .node_config_toml("mars-1", &at)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no node \"mars-1\"") && err.contains("shield-1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,16 +2,22 @@
 # benches/load/overload.sh -- hit latency of an edge under 4x its configured capacity of
 # misses, and a timed regional failover drill, both on `cdn up` (release build).
 #
-# 1. `cdn up` with the default topology moved to $PORT_BASE, edges' overload.max_upstream
-#    set to $CAPACITY, pinned to CPU 0 (the whole CDN: edges, shield, origin, GeoDNS).
-# 2. Unloaded: wrk -c$HIT_CONNS hits on one cached 1 KiB object of edge eu-west-1 (CPU 1).
+# 1. `cdn up` with the default topology moved to $PORT_BASE (shield, origin, GeoDNS and
+#    the six edges), and the node under test: edge eu-west-1's own config
+#    (`cdn config eu-west-1`) with `overload.max_upstream = $CAPACITY`, run as a process of
+#    its own (`cdn edge`) on 127.0.1.101, in front of the same shield.
+#    LAYOUT=split (default): the node under test alone on CPU 0; `cdn up` and wrk on CPU 1.
+#    LAYOUT=shared: the node under test, `cdn up` and nothing else on CPU 0; wrk on CPU 1
+#    (the whole CDN on one core).
+# 2. Unloaded: wrk -c$HIT_CONNS hits on one cached 1 KiB object of the node under test.
 # 3. Loaded: the same hits while a second wrk holds 4 x $CAPACITY connections of misses
-#    (unique URLs, origin delay $DELAY_MS ms) on the same edge: beyond capacity they wait
+#    (unique URLs, origin delay $DELAY_MS ms) on the same node: beyond capacity they wait
 #    for the queue timeout and are shed with 503.
-# 4. `cdn drill --region eu-west` (1 s probes, fall 2): failover and recovery times.
+# 4. `cdn drill --region eu-west` (1 s probes, fall 2) on `cdn up`: failover and recovery.
 # Results under $OUT (default bench-results/overload-<time>/); summary on stdout.
 #
-# Env: PORT_BASE=28000 CAPACITY=64 HIT_CONNS=8 DURATION=10 DELAY_MS=500 SKIP_BUILD=1 OUT=...
+# Env: PORT_BASE=28000 CAPACITY=64 HIT_CONNS=8 DURATION=10 DELAY_MS=500 LAYOUT=split
+#      SKIP_BUILD=1 OUT=...
 # Needs (Debian): wrk curl taskset. Loopback only.
 set -euo pipefail
 
@@ -22,22 +28,36 @@ HIT_CONNS=${HIT_CONNS:-8}
 DURATION=${DURATION:-10}
 DELAY_MS=${DELAY_MS:-500}
 OUT=${OUT:-$ROOT/bench-results/overload-$(date -u +%Y%m%d-%H%M%S)}
+LAYOUT=${LAYOUT:-split}
 BIN=$ROOT/target/release/cdn
-EDGE=127.0.1.1:$((PORT_BASE + 80))
-EDGE_ADMIN=127.0.1.1:$((PORT_BASE + 90))
+EDGE=127.0.1.101:$((PORT_BASE + 80))
+EDGE_ADMIN=127.0.1.101:$((PORT_BASE + 90))
 mkdir -p "$OUT"
+case $LAYOUT in
+  split) NODE_CPU=0 REST_CPU=1 ;;
+  shared) NODE_CPU=0 REST_CPU=0 ;;
+  *) echo "overload.sh: LAYOUT is split or shared" >&2; exit 1 ;;
+esac
 
 [ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release)
 command -v wrk >/dev/null || { echo "overload.sh: install wrk" >&2; exit 1; }
 
-sed -e "s/^max_upstream = .*/max_upstream = $CAPACITY/" \
-  "$ROOT/config/topology.toml" > "$OUT/topology.toml"
-RUST_LOG=warn taskset -c 0 "$BIN" up --config "$OUT/topology.toml" --port-base "$PORT_BASE" \
+RUST_LOG=warn taskset -c $REST_CPU "$BIN" up --port-base "$PORT_BASE" \
   --endpoints "$OUT/endpoints.json" > "$OUT/up.out" 2> "$OUT/up.err" &
 UP=$!
-trap 'kill -INT $UP 2>/dev/null || true; wait $UP 2>/dev/null || true' EXIT
+trap 'kill -INT $UP ${NODE:-} 2>/dev/null || true; wait $UP ${NODE:-} 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q "Ctrl-C stops" "$OUT/up.out" 2>/dev/null && break; sleep 0.1; done
 grep -q "Ctrl-C stops" "$OUT/up.out" || { cat "$OUT/up.err"; exit 1; }
+
+"$BIN" config eu-west-1 --port-base "$PORT_BASE" | sed \
+  -e "s/^max_upstream = .*/max_upstream = $CAPACITY/" \
+  -e "s/^listen = .*/listen = \"$EDGE\"/" \
+  -e "s/^admin_listen = .*/admin_listen = \"$EDGE_ADMIN\"/" \
+  -e 's/^name = "eu-west-1"/name = "node-under-test"/' > "$OUT/node.toml"
+RUST_LOG=warn taskset -c $NODE_CPU "$BIN" edge --config "$OUT/node.toml" \
+  > "$OUT/node.out" 2> "$OUT/node.err" &
+NODE=$!
+for _ in $(seq 100); do curl -sf -o /dev/null "http://$EDGE_ADMIN/healthz" && break; sleep 0.1; done
 
 curl -sf -o /dev/null -H "Host: demo.cdn.test" "http://$EDGE/obj/1k.bin"
 cat > "$OUT/miss.lua" <<LUA
@@ -68,7 +88,7 @@ curl -s "http://$EDGE_ADMIN/metrics" > "$OUT/metrics.txt"
 
 "$BIN" drill --region eu-west --endpoints "$OUT/endpoints.json" > "$OUT/drill.txt" 2>&1 || true
 
-echo "overload: edge eu-west-1, capacity $CAPACITY upstream requests, miss load $((4 * CAPACITY)) connections (origin delay ${DELAY_MS} ms)"
+echo "overload ($LAYOUT): edge eu-west-1 as its own process, capacity $CAPACITY upstream requests, miss load $((4 * CAPACITY)) connections (origin delay ${DELAY_MS} ms)"
 printf "hits unloaded: %s req/s, p99 %s\n" "$(rps "$OUT/hits-unloaded.txt")" "$(p99 "$OUT/hits-unloaded.txt")"
 printf "hits loaded:   %s req/s, p99 %s\n" "$(rps "$OUT/hits-loaded.txt")" "$(p99 "$OUT/hits-loaded.txt")"
 grep -E "Non-2xx|Socket errors" "$OUT/hits-unloaded.txt" "$OUT/hits-loaded.txt" || echo "hits: no errors, no non-2xx"

@@ -898,7 +898,13 @@ impl Edge {
     }
 
     fn upstream_failure(&self, error: &UpstreamError, status: &CacheStatus) -> Response<EdgeBody> {
-        tracing::warn!(node = %self.name, kind = error.kind(), %error, "upstream failure");
+        if let UpstreamError::Overloaded(_) = error {
+            // Counted in the metrics; a line per shed request would flood the log exactly
+            // when the node has least time to spare for it.
+            tracing::debug!(node = %self.name, %error, "shed");
+        } else {
+            tracing::warn!(node = %self.name, kind = error.kind(), %error, "upstream failure");
+        }
         let code = error.status();
         let mut status = status.clone();
         status.detail = Some(error.kind());
