@@ -372,11 +372,8 @@ impl Topology {
                 known.join(", ")
             )));
         };
-        let text = toml::to_string(&config).map_err(|e| TopologyError::Component {
-            component: component.clone(),
-            message: e.to_string(),
-        })?;
-        parse_component(&component, &config, EdgeConfig::from_toml)?;
+        let text = component_file(&component, &config)?;
+        EdgeConfig::from_toml(&text).map_err(|e| refused(&component, e))?;
         Ok(text)
     }
 
@@ -718,12 +715,20 @@ fn parse_component<T, E: std::fmt::Display>(
     config: &Table,
     parse: impl FnOnce(&str) -> Result<T, E>,
 ) -> Result<T, TopologyError> {
-    let refused = |message: String| TopologyError::Component {
+    let text = component_file(component, config)?;
+    parse(&text).map_err(|e| refused(component, e))
+}
+
+/// The text of a component's config file, as the component reads it.
+fn component_file(component: &str, config: &Table) -> Result<String, TopologyError> {
+    toml::to_string(config).map_err(|e| refused(component, e))
+}
+
+fn refused(component: &str, error: impl std::fmt::Display) -> TopologyError {
+    TopologyError::Component {
         component: component.to_owned(),
-        message,
-    };
-    let text = toml::to_string(config).map_err(|e| refused(e.to_string()))?;
-    parse(&text).map_err(|e| refused(e.to_string()))
+        message: error.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,7 @@ RUST_LOG=warn taskset -c $NODE_CPU "$BIN" edge --config "$OUT/node.toml" \
   > "$OUT/node.out" 2> "$OUT/node.err" &
 NODE=$!
 for _ in $(seq 100); do curl -sf -o /dev/null "http://$EDGE_ADMIN/healthz" && break; sleep 0.1; done
+curl -sf -o /dev/null "http://$EDGE_ADMIN/healthz" || { cat "$OUT/node.err"; exit 1; }
 
 curl -sf -o /dev/null -H "Host: demo.cdn.test" "http://$EDGE/obj/1k.bin"
 cat > "$OUT/miss.lua" <<LUA
