@@ -271,23 +271,24 @@ async fn a_region_over_capacity_spills_a_share_of_its_clients_to_the_next_region
     for _ in 0..10 {
         held.push(tokio::net::TcpStream::connect(edge).await.expect("connect"));
     }
-    let mut spilled = None;
+    let mut seen = false;
     for _ in 0..100 {
-        let regions = ask_all().await;
-        let away = 64 - home(&regions);
-        if away > 0 {
-            assert!(
-                regions
-                    .iter()
-                    .all(|r| r.starts_with("eu-west.") || r.starts_with("us-east.")),
-                "spilled clients go to the next nearest region: {regions:?}"
-            );
-            spilled = Some(away);
+        if home(&ask_all().await) < 64 {
+            seen = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let spilled = spilled.expect("GeoDNS saw the load within 10 s");
+    assert!(seen, "GeoDNS saw the load within 10 s");
+    // A probe may have landed part-way through that round; the next one sees one state.
+    let regions = ask_all().await;
+    assert!(
+        regions
+            .iter()
+            .all(|r| r.starts_with("eu-west.") || r.starts_with("us-east.")),
+        "spilled clients go to the next nearest region: {regions:?}"
+    );
+    let spilled = 64 - home(&regions);
     assert!(
         (16..=48).contains(&spilled),
         "about half spill: {spilled} of 64"
