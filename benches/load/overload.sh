@@ -82,7 +82,7 @@ hits() { # label
 }
 p99_us() { # wrk's 99% latency in microseconds
   awk '$1 == "99%" { v = $2; m = 1
-    if (v ~ /us$/) m = 1; else if (v ~ /ms$/) m = 1000; else if (v ~ /s$/) m = 1000000
+    if (v ~ /ms$/) m = 1000; else if (v !~ /us$/) m = 1000000
     sub(/[a-z]+$/, "", v); printf "%.0f\n", v * m }' "$1"
 }
 rps() { awk '/^Requests\/sec/ { printf "%.0f\n", $2 }' "$1"; }
