@@ -18,6 +18,9 @@
 //! - `vary=NAME`: a response that really varies: `Vary: NAME`, and the body starts with
 //!   `NAME=<the value received>\n`, so each variant has its own bytes and validator.
 //!
+//! - A request body is read whole (and dropped) before the answer, as an application reads
+//!   a form or an upload; one that breaks off gets `400`.
+//!
 //! `GET /__stats` returns the counts as JSON; `POST /__reset` clears them.
 //! `POST /__fail?status=503` makes every asset request fail with that status (an outage
 //! to rehearse stale serving and failover); `POST /__recover` ends it. `POST /__bump`
@@ -32,7 +35,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -236,6 +239,14 @@ async fn serve(req: Request<Incoming>, counts: &Mutex<Counts>) -> Response<Full<
     if let Some(status) = failing {
         return text(status, format!("demo origin outage: answering {status}"));
     }
+    let (parts, body) = req.into_parts();
+    if let Err(error) = http_body_util::Limited::new(body, MAX_SIZE).collect().await {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("the request body could not be read: {error}"),
+        );
+    }
+    let req = Request::from_parts(parts, ());
     match Asset::from_request(&req) {
         Ok(mut asset) => {
             asset.seed ^= version.wrapping_mul(0x9e37_79b9_7f4a_7c15);

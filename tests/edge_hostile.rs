@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
+use support::topology::{OriginPool, Topology};
 use support::{HOST, Harness, raw, raw_status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -312,4 +313,131 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
         "the whole body arrived: {received} bytes"
     );
     assert_eq!(h.get("/after/1k.bin").await.status, StatusCode::OK);
+}
+
+/// One origin, one shield and one edge, every node sharing the node token.
+async fn tiers(edge_pool: &str, edge_tables: &str) -> Topology {
+    Topology::start_with_edges(1, 1, 1, OriginPool::default(), edge_pool, edge_tables).await
+}
+
+#[tokio::test]
+async fn a_client_cannot_claim_a_purge_position_on_either_path_or_reach_the_shield_with_it() {
+    let t = tiers("probes = false", "").await;
+    let target = "/claims/1k.bin";
+    assert_eq!(t.get(0, target).await.status, StatusCode::OK);
+    let forged = ("cdn-purge-seq", "99999999");
+    // The hit fast path, and the full path (a range), answer from the cache alike.
+    for extra in [None, Some(("range", "bytes=0-9"))] {
+        let headers: Vec<_> = std::iter::once(forged).chain(extra).collect();
+        let reply = t.edge_send(0, target, &headers).await;
+        assert!(
+            reply.status.is_success() && reply.cache_status().contains("hit"),
+            "{extra:?}: {} {}",
+            reply.status,
+            reply.cache_status()
+        );
+    }
+    // A client that reaches the shield directly is no node either.
+    let direct = t.shield_send(0, target, &[forged]).await;
+    assert!(
+        direct.cache_status().contains("hit"),
+        "{}",
+        direct.cache_status()
+    );
+    assert_eq!(t.origins[0].hits(target), 1, "the claim bypassed a cache");
+    // Never forwarded: the origin echoes what it received of the field.
+    let echoed = t
+        .edge_send(0, "/claims/echo.bin?vary=cdn-purge-seq", &[forged])
+        .await;
+    assert!(
+        echoed.text().starts_with("cdn-purge-seq=-\n"),
+        "{}",
+        echoed.text()
+    );
+    let token = t
+        .edge_send(
+            0,
+            "/claims/echo.bin?vary=cdn-node-token",
+            &[("cdn-node-token", "x")],
+        )
+        .await;
+    assert!(
+        token.text().starts_with("cdn-node-token=-\n"),
+        "{}",
+        token.text()
+    );
+}
+
+/// `n` POSTs of `body` (raw bytes after the head) to the edge; each answer's status.
+async fn posts(edge: std::net::SocketAddr, n: usize, fields: &str, body: &[u8]) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        let mut request = post(fields).into_bytes();
+        request.extend_from_slice(body);
+        statuses.push(raw_status(&raw(edge, &request).await));
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn a_client_s_broken_body_is_its_own_fault_and_never_ejects_the_shield() {
+    // Passive health as shipped (5 failures in a row eject), no probes to bring it back.
+    let t = tiers("probes = false", LIMITS).await;
+    let edge = t.edges[0].public_addr();
+    let chunked = "Transfer-Encoding: chunked\r\n";
+    assert_eq!(
+        posts(edge, 8, chunked, b"zz\r\nhello\r\n0\r\n\r\n").await,
+        [400; 8]
+    );
+    // Over `max_body_bytes` (64 KiB), streamed without a declared length.
+    let chunk = format!("4000\r\n{}\r\n", "b".repeat(0x4000));
+    let over = chunk.repeat(5) + "0\r\n\r\n";
+    assert_eq!(posts(edge, 3, chunked, over.as_bytes()).await, [413; 3]);
+    let state = |s: &str| {
+        format!(
+            "edge_upstream_server_state{{site=\"assets\",server=\"http://{}\",state=\"{s}\"}}",
+            t.shield_addr(0)
+        )
+    };
+    assert_eq!(
+        t.edge_metric(0, &state("up")).await,
+        1.0,
+        "the shield was blamed"
+    );
+    assert_eq!(t.edge_metric(0, &state("ejected")).await, 0.0);
+    let reply = t.get(0, "/after-bad-bodies/1k.bin").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // A good body still passes.
+    let good = posts(edge, 1, "Content-Length: 5\r\n", b"hello").await;
+    assert_eq!(good, [200]);
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408_and_a_close_long_before_the_upstream_timeout() {
+    let tables =
+        format!("{LIMITS}body_read_timeout = \"300ms\"\n[upstream]\nresponse_timeout = \"20s\"\n");
+    let t = tiers("probes = false", &tables).await;
+    let mut stream = TcpStream::connect(t.edges[0].public_addr()).await.unwrap();
+    stream
+        .write_all(post("Content-Length: 100\r\n").as_bytes())
+        .await
+        .unwrap();
+    stream.write_all(b"only 20 of 100 bytes").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    // 408 can only come from the body timeout; a missing one would leave the exchange
+    // to the 20 s upstream timeout (504), far beyond this bound.
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("closed well before the upstream timeout")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(raw_status(&text), 408, "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let state = format!(
+        "edge_upstream_server_state{{site=\"assets\",server=\"http://{}\",state=\"up\"}}",
+        t.shield_addr(0)
+    );
+    assert_eq!(t.edge_metric(0, &state).await, 1.0);
 }

@@ -154,6 +154,11 @@ pub struct LimitsConfig {
     pub max_uri_bytes: usize,
     /// Largest request body; a larger `Content-Length` gets `413` before anything is read.
     pub max_body_bytes: ByteSize,
+    /// Time a client may pause between two pieces of a request body before it is answered
+    /// `408` and the connection closed. A slow body is the client's fault: it never waits
+    /// for, or counts against, the upstream.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
     /// Time a write to a client may stay blocked (a reader that never reads) before the
     /// connection is closed.
     #[serde(with = "humantime_serde")]
@@ -183,6 +188,7 @@ impl Default for LimitsConfig {
             header_read_timeout: Duration::from_secs(10),
             max_uri_bytes: 8192,
             max_body_bytes: ByteSize::mib(16),
+            body_read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             max_connections_per_ip: 512,
             tls_handshake_timeout: Duration::from_secs(10),

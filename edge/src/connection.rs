@@ -340,6 +340,10 @@ fn parse(buf: &[u8], limits: &ConnLimits) -> Parsed {
         .any(|n| name.eq_ignore_ascii_case(n))
         {
             parsed.full_path = true;
+        } else if node_api::headers::is_reserved(name) {
+            // Internal headers are removed, or believed with a node's proof, by the full
+            // path alone: one place decides what they may change.
+            parsed.full_path = true;
         } else if name.eq_ignore_ascii_case(b"content-length") {
             let value = h.value.trim_ascii();
             if content_length.is_some_and(|first| first != value) {
@@ -673,7 +677,12 @@ mod tests {
         assert_eq!(head.len, raw.len());
         let head = complete("HEAD / HTTP/1.1\r\nhost: x\r\nConnection: close\r\n\r\n");
         assert!(head.eligible && head.head && head.close);
-        for field in ["Authorization: Bearer x", "Via: 1.1 other"] {
+        for field in [
+            "Authorization: Bearer x",
+            "Via: 1.1 other",
+            "CDN-Purge-Seq: 99999999",
+            "cdn-node-proof: 00",
+        ] {
             let head = complete(&format!("GET / HTTP/1.1\r\nHost: x\r\n{field}\r\n\r\n"));
             assert!(head.eligible && head.full_path, "{field}");
         }

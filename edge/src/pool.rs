@@ -166,24 +166,29 @@ impl UpstreamPool {
             let result = client.send(request).await;
             let elapsed = started.elapsed();
             let now = Instant::now();
+            // Whether the server failed; `None` when the exchange says nothing about it
+            // (the client's own body broke it).
             let failed = match &result {
                 Ok(response) => {
                     in_flight.record_latency(elapsed);
                     metrics.server_response(&self.site, &server.url, response.status(), elapsed);
-                    response.status().is_server_error()
+                    Some(response.status().is_server_error())
                 }
+                Err(UpstreamError::Client(_)) => None,
                 Err(error) => {
                     metrics.server_error(&self.site, &server.url, error.kind());
-                    true
+                    Some(true)
                 }
             };
             drop(in_flight);
-            if failed {
-                if let Some(transition) = server.health.request_failed(now) {
-                    self.transition(metrics, index, transition);
+            match failed {
+                Some(true) => {
+                    if let Some(transition) = server.health.request_failed(now) {
+                        self.transition(metrics, index, transition);
+                    }
                 }
-            } else {
-                server.health.request_succeeded(now);
+                Some(false) => server.health.request_succeeded(now),
+                None => {}
             }
             let worth_retrying = match &result {
                 Ok(response) => matches!(

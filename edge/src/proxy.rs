@@ -25,12 +25,14 @@ use crate::body::EdgeBody;
 use crate::cache_control::CacheControl;
 use crate::cache_key::{CacheKey, normalize_target};
 use crate::cache_status::{CacheStatus, Forward, NoCacheReason, Outcome};
+use crate::client_body::{ClientBody, ClientFault};
 use crate::coalesce::{Coalescer, Role};
 use crate::conditional::not_modified;
 use crate::config::{ConfigError, EdgeConfig};
 use crate::fill::{Fill, FillRequest};
 use crate::freshness::strip_targeted;
 use crate::metrics::Metrics;
+use crate::node_auth::{NodeClaims, NodeKey, take_claims};
 use crate::overload::Admission;
 use crate::range::{self, RangeAnswer};
 use crate::site::{Site, SiteMatch, SiteTable};
@@ -42,7 +44,8 @@ use crate::upstream::{
 };
 use crate::vary::VaryIndex;
 
-/// Where a request's response is stored, or would be.
+/// Where a request's response is stored, or would be, and what is stored there now: the
+/// one lookup both the fast path ([`Edge::fresh_hit`]) and the full path share.
 #[derive(Debug)]
 struct Lookup {
     /// The primary key, or the key of the variant the request selects.
@@ -51,6 +54,9 @@ struct Lookup {
     index: Option<VaryIndex>,
     /// The `fwd` reason when nothing is stored under `key`.
     miss: Forward,
+    /// The entry under `key` the request may be answered from (any kind: a response, a
+    /// pass marker, a slice index), fresh or not.
+    found: Option<Arc<StoredResponse>>,
 }
 
 /// What answering from an object cached in slices needs to fetch the slices it lacks.
@@ -74,9 +80,6 @@ enum Cut {
     /// Several ranges, as `multipart/byteranges` with this boundary.
     Many(Vec<(u64, u64)>, String),
 }
-
-/// The purge watermark of a node asking this one (see [`crate::purge::PURGE_SEQ_HEADER`]).
-static PURGE_SEQ: HeaderName = HeaderName::from_static(crate::purge::PURGE_SEQ_HEADER);
 
 /// The `Cache-Status` field (RFC 9211).
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -102,12 +105,16 @@ pub struct Edge {
     /// `[limits] max_body_bytes`: a larger declared body gets `413`, a longer streamed one
     /// is cut off (the upstream request fails).
     max_body_bytes: u64,
+    /// `[limits] body_read_timeout`: longest pause inside a request body (`408`).
+    body_read_timeout: std::time::Duration,
     ready: AtomicBool,
     /// Open client connections of the public listener.
     pub(crate) open: Arc<crate::server::OpenConnections>,
     pub(crate) invalidation: crate::invalidation::Invalidation,
     /// The secret purge pushes must carry; purges are refused while unset.
     pub(crate) node_token: Option<String>,
+    /// The node token as the key of the proofs on internal headers ([`crate::node_auth`]).
+    node_key: Option<NodeKey>,
     /// Slots for upstream work: misses beyond them are shed.
     pub(crate) admission: Admission,
 }
@@ -146,10 +153,12 @@ impl Edge {
                 .unwrap_or(usize::MAX),
             max_uri_bytes: config.limits.max_uri_bytes,
             max_body_bytes: config.limits.max_body_bytes.as_u64(),
+            body_read_timeout: config.limits.body_read_timeout,
             ready: AtomicBool::new(false),
             open: Arc::default(),
             invalidation: Default::default(),
             node_token: config.purge.node_token.clone(),
+            node_key: config.purge.node_token.as_deref().map(NodeKey::new),
             admission: Admission::new(&config.overload),
         })
     }
@@ -187,13 +196,17 @@ impl Edge {
     /// The fresh entry answering a GET or HEAD of `target` (origin-form) on `host`, if the
     /// cache can answer without contacting anyone. `None` means "take the full path",
     /// which also produces every refusal.
+    ///
+    /// The caller guarantees the request carries no internal header (`cdn-*`), no field
+    /// that selects a variant or changes the answer (see `connection::parse`): those take
+    /// the full path, which makes the same [`Edge::lookup`] with what they say.
     pub fn fresh_hit(&self, host: &str, target: &str) -> Option<(Arc<StoredResponse>, Instant)> {
         let site = self.sites.resolve(host)?;
         let target = normalize_target(target, &site.site.query).ok()?;
-        let key = CacheKey::new(site.site.generation(), "http", site.host, &target);
-        let entry = self.store.get(&key)?;
+        let primary = CacheKey::new(site.site.generation(), "http", site.host, &target);
+        let entry = self.lookup(site, &primary, None, NodeClaims::NONE).found?;
         if !entry.is_response() {
-            return None; // a variant index or a pass marker: the full path handles it
+            return None; // a pass marker or a slice index: the full path handles it
         }
         let now = Instant::now();
         if !entry.freshness.is_fresh(now) {
@@ -220,13 +233,16 @@ impl Edge {
 
     async fn route<B>(
         self: &Arc<Self>,
-        req: Request<B>,
+        mut req: Request<B>,
         client: SocketAddr,
     ) -> (Response<EdgeBody>, Outcome)
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        // Before anything reads the request: what only a node may say is removed, and
+        // believed only with the node's proof.
+        let claims = take_claims(self.node_key.as_ref(), &mut req);
         if head_size(&req) > self.max_header_bytes {
             return refuse(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -304,26 +320,8 @@ impl Edge {
             target: &target,
             client,
         };
-        let mut found = self.store.get(&primary);
-        let mut lookup = Lookup {
-            key: primary.clone(),
-            index: None,
-            miss: Forward::UriMiss,
-        };
-        if let Some(index) = found.as_ref().and_then(|entry| entry.variants.clone()) {
-            let (key, _) = index.variant_key(&primary, req.headers(), &site.site.key_headers);
-            found = self.store.get(&key);
-            lookup = Lookup {
-                key,
-                index: Some(index),
-                miss: Forward::VaryMiss,
-            };
-        }
-        if self.behind(req.headers()) {
-            // Do not answer a node that has applied purges this one has not from a copy
-            // those purges may have removed: fetch afresh (and store the fresh copy).
-            found = None;
-        }
+        let mut lookup = self.lookup(site, &primary, Some(req.headers()), claims);
+        let found = lookup.found.take();
         if let Some(marker) = found.as_ref().filter(|e| e.pass.is_some())
             && marker.freshness.is_fresh(Instant::now())
         {
@@ -447,6 +445,7 @@ impl Edge {
                             key,
                             index: Some(selection.index.clone()),
                             miss: Forward::VaryMiss,
+                            found: None,
                         };
                         retried = true;
                         continue;
@@ -541,7 +540,7 @@ impl Edge {
             index: lookup.index.clone(),
             miss: lookup.miss,
             target: target.to_owned(),
-            headers: self.fill_headers(site, request, client),
+            headers: self.fill_headers(site, target, request, client),
             request_cc: CacheControl::from_headers(request),
             stale,
             purge_seq: self.store.purge_watermark(),
@@ -552,6 +551,7 @@ impl Edge {
     fn fill_headers(
         &self,
         site: SiteMatch<'_>,
+        target: &str,
         request: &http::HeaderMap,
         client: SocketAddr,
     ) -> http::HeaderMap {
@@ -564,8 +564,11 @@ impl Edge {
             &site.site.key_headers,
         );
         let applied = self.store.purge_watermark();
-        if applied > 0 {
-            headers.insert(PURGE_SEQ.clone(), HeaderValue::from(applied));
+        if let Some(key) = self.node_key.as_ref().filter(|_| applied > 0) {
+            let claims = NodeClaims {
+                purge_seq: Some(applied),
+            };
+            key.sign(&mut headers, &Method::GET, target, claims);
         }
         headers
     }
@@ -593,14 +596,41 @@ impl Edge {
         self.metrics.purge_watermark(seq);
     }
 
-    /// Whether a request from another node says it has applied purges this node has not:
-    /// then this node's cached copy may be one the asker purged.
-    fn behind(&self, request: &http::HeaderMap) -> bool {
-        request
-            .get(&PURGE_SEQ)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
+    /// What is stored for a request of `primary` on `site`: the variant its `request`
+    /// fields select when the URL's responses vary (none is selected without them), and
+    /// nothing when a proven node asking has applied purges this one has not, since then
+    /// this node's copy may be one the asker purged: it is fetched afresh (and the fresh
+    /// copy stored).
+    fn lookup(
+        &self,
+        site: SiteMatch<'_>,
+        primary: &CacheKey,
+        request: Option<&http::HeaderMap>,
+        claims: NodeClaims,
+    ) -> Lookup {
+        let mut lookup = Lookup {
+            key: primary.clone(),
+            index: None,
+            miss: Forward::UriMiss,
+            found: self.store.get(primary),
+        };
+        if let Some(index) = lookup.found.as_ref().and_then(|e| e.variants.clone()) {
+            lookup.found = None;
+            if let Some(request) = request {
+                let (key, _) = index.variant_key(primary, request, &site.site.key_headers);
+                lookup.found = self.store.get(&key);
+                lookup.key = key;
+            }
+            lookup.index = Some(index);
+            lookup.miss = Forward::VaryMiss;
+        }
+        if claims
+            .purge_seq
             .is_some_and(|theirs| theirs > self.store.purge_watermark())
+        {
+            lookup.found = None;
+        }
+        lookup
     }
 
     /// A stored entry as the answer to a request: `304` when the client's conditionals
@@ -631,7 +661,7 @@ impl Edge {
             site: fetch.site.site.clone(),
             primary: fetch.primary.clone(),
             target: fetch.target.to_owned(),
-            headers: self.fill_headers(fetch.site, request, fetch.client),
+            headers: self.fill_headers(fetch.site, fetch.target, request, fetch.client),
             info,
             freshness: entry.freshness,
         };
@@ -832,10 +862,8 @@ impl Edge {
         let bodiless = !parts.headers.contains_key(header::CONTENT_LENGTH)
             && !parts.headers.contains_key(header::TRANSFER_ENCODING)
             && (parts.version < http::Version::HTTP_2 || body.is_end_stream());
-        let max_body = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
         let body = (!bodiless).then(|| {
-            http_body_util::Limited::new(body.map_err(Into::<BoxError>::into), max_body)
-                .boxed_unsync()
+            ClientBody::new(body, self.max_body_bytes, self.body_read_timeout).boxed_unsync()
         });
         let mut status = CacheStatus::forwarded(fwd);
         status.detail = detail;
@@ -846,6 +874,9 @@ impl Edge {
             .await;
         let response = match sent {
             Ok(response) => response,
+            Err(UpstreamError::Client(fault)) => {
+                return (client_failure(&fault, parts.version), Outcome::Refused);
+            }
             Err(error) => {
                 self.metrics.upstream_error(error.kind());
                 return (self.upstream_failure(&error, &status), Outcome::Error);
@@ -976,6 +1007,24 @@ fn multipart_boundary() -> String {
 
 fn upstream_str(value: Option<&HeaderValue>) -> Option<&str> {
     value.and_then(|v| v.to_str().ok())
+}
+
+/// The answer to a client whose request body failed: its own status, and on HTTP/1.1 the
+/// end of the connection, whose framing can no longer be trusted.
+fn client_failure(fault: &ClientFault, version: http::Version) -> Response<EdgeBody> {
+    let status = fault.status();
+    let text = format!(
+        "{} {}: {fault}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut response = text_response(status, &text);
+    if version < http::Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn refuse(status: StatusCode, message: &str) -> (Response<EdgeBody>, Outcome) {

@@ -11,13 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Request header on edge -> shield fills: the purge watermark of the asking node. A shield
-/// that has applied less answers from upstream rather than from its cache, so it cannot
-/// refill an edge with content the edge has already purged.
-pub const PURGE_SEQ_HEADER: &str = "cdn-purge-seq";
-
-/// Header carrying the shared secret nodes and the purge API authenticate each other with.
-pub const NODE_TOKEN_HEADER: &str = "cdn-node-token";
+pub use node_api::headers::{NODE_TOKEN as NODE_TOKEN_HEADER, PURGE_SEQ as PURGE_SEQ_HEADER};
 
 /// Whether a secret presented (a node token, a publisher's bearer token) is the expected
 /// one, in time that does not depend on where they first differ.

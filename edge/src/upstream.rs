@@ -15,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::client_body::{ClientFault, client_fault};
 use crate::config::UpstreamConfig;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -39,6 +40,10 @@ pub enum UpstreamError {
     /// Shed before it was sent: see [`crate::overload`].
     #[error("{0}")]
     Overloaded(crate::overload::Shed),
+    /// The client's request body failed, not the upstream: the client's fault, never
+    /// counted against the server (see [`crate::client_body`]).
+    #[error("{0}")]
+    Client(ClientFault),
 }
 
 impl UpstreamError {
@@ -51,6 +56,7 @@ impl UpstreamError {
             UpstreamError::NoServer(_) | UpstreamError::Overloaded(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            UpstreamError::Client(fault) => fault.status(),
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -65,6 +71,7 @@ impl UpstreamError {
             UpstreamError::Lost => "lost",
             UpstreamError::NoServer(_) => "no-server",
             UpstreamError::Overloaded(_) => "overloaded",
+            UpstreamError::Client(fault) => fault.kind(),
         }
     }
 
@@ -109,8 +116,11 @@ impl UpstreamClient {
         match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
             Err(_) => Err(UpstreamError::HeadTimeout(self.response_timeout)),
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-            Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
+            Ok(Err(e)) => Err(match client_fault(&e) {
+                Some(fault) => UpstreamError::Client(fault),
+                None if e.is_connect() => UpstreamError::Connect(error_chain(&e)),
+                None => UpstreamError::Protocol(error_chain(&e)),
+            }),
         }
     }
 
@@ -234,6 +244,10 @@ pub fn forward_request_headers(
     // word: a forwarded Content-Length could disagree with what is actually sent.
     headers.remove(header::CONTENT_LENGTH);
     for name in UNKEYED.iter().filter(|name| !keyed.contains(name)) {
+        headers.remove(name);
+    }
+    // Only this node's own claims, signed, go upstream (`node_auth`).
+    for name in node_api::headers::INTERNAL {
         headers.remove(name);
     }
     if purpose == Purpose::Fill {

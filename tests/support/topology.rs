@@ -34,8 +34,21 @@ pub struct OriginPool {
 
 impl Topology {
     /// `origins` demo origins, `shields` shields pooling them as `pool` says, and `edges`
-    /// edges hashing over the shields.
+    /// edges hashing over the shields (without probes).
     pub async fn start(origins: usize, shields: usize, edges: usize, pool: OriginPool) -> Self {
+        Self::start_with_edges(origins, shields, edges, pool, "probes = false", "").await
+    }
+
+    /// As [`Topology::start`], with the edges' `[site.pool]` keys (`probes`, `[site.pool.health]`
+    /// ...) set by `edge_pool` and whole tables (`[limits]` ...) by `edge_tables`.
+    pub async fn start_with_edges(
+        origins: usize,
+        shields: usize,
+        edges: usize,
+        pool: OriginPool,
+        edge_pool: &str,
+        edge_tables: &str,
+    ) -> Self {
         let mut started = Vec::new();
         for _ in 0..origins {
             started.push(DemoOrigin::start(loopback()).await.expect("origin starts"));
@@ -50,7 +63,13 @@ impl Topology {
             .collect();
         let mut shield_nodes = Vec::new();
         for i in 0..shields {
-            let config = node_config(&format!("shield-{i}"), &servers, &pool.pool, &pool.tables);
+            let config = node_config(
+                &format!("shield-{i}"),
+                &servers,
+                &pool.pool,
+                &pool.tables,
+                "",
+            );
             shield_nodes.push(Some(
                 ShieldServer::start(config).await.expect("shield starts"),
             ));
@@ -71,8 +90,9 @@ impl Topology {
             let config = node_config(
                 &format!("edge-{i}"),
                 &shield_servers,
-                "balance = \"consistent_hash\"\nprobes = false",
+                &format!("balance = \"consistent_hash\"\n{edge_pool}"),
                 "",
+                edge_tables,
             );
             edge_nodes.push(EdgeServer::start(config).await.expect("edge starts"));
         }
@@ -93,6 +113,25 @@ impl Topology {
             target,
             HOST,
             &[],
+        )
+        .await
+    }
+
+    /// GET `target` from edge `n` with extra request fields.
+    pub async fn edge_send(&self, n: usize, target: &str, headers: &[(&str, &str)]) -> Reply {
+        let addr = self.edges[n].public_addr();
+        send(&self.client, addr, Method::GET, target, HOST, headers).await
+    }
+
+    /// GET `target` from shield `n` directly, with extra request fields.
+    pub async fn shield_send(&self, n: usize, target: &str, headers: &[(&str, &str)]) -> Reply {
+        send(
+            &self.client,
+            self.shield_addr(n),
+            Method::GET,
+            target,
+            HOST,
+            headers,
         )
         .await
     }
@@ -126,22 +165,15 @@ impl Topology {
             .collect()
     }
 
+    /// The value of a metric series on edge `n`'s `/metrics`, 0 if absent.
+    pub async fn edge_metric(&self, n: usize, series: &str) -> f64 {
+        metric(&self.client, self.edges[n].admin_addr(), series).await
+    }
+
     /// The value of a metric series on shield `n`'s `/metrics`, 0 if absent.
     pub async fn shield_metric(&self, n: usize, series: &str) -> f64 {
         let shield = self.shields[n].as_ref().expect("shield is running");
-        let text = send(
-            &self.client,
-            shield.admin_addr(),
-            Method::GET,
-            "/metrics",
-            "admin",
-            &[],
-        )
-        .await
-        .text();
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .map_or(0.0, |v| v.trim().parse().expect("numeric metric"))
+        metric(&self.client, shield.admin_addr(), series).await
     }
 
     /// Stops shield `n`: its address then refuses connections.
@@ -152,8 +184,37 @@ impl Topology {
     }
 }
 
+/// The value of a metric series on the admin listener at `admin`, 0 if absent.
+async fn metric(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    admin: SocketAddr,
+    series: &str,
+) -> f64 {
+    let text = send(client, admin, Method::GET, "/metrics", "admin", &[])
+        .await
+        .text();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().expect("numeric metric"))
+}
+
+/// The node token every node of a test topology shares, so their claims to each other
+/// (`cdn-purge-seq`) are signed and believed.
+pub const NODE_TOKEN: &str = "topology-node-token-0123";
+
 /// A node config with one site whose pool is `servers`.
-fn node_config(name: &str, servers: &[String], pool: &str, tables: &str) -> EdgeConfig {
+/// `tables` follow the pool (`[site.pool.health]`), `node_tables` come before the site
+/// (`[limits]`).
+fn node_config(
+    name: &str,
+    servers: &[String],
+    pool: &str,
+    tables: &str,
+    node_tables: &str,
+) -> EdgeConfig {
     let mut text = String::new();
     let _ = write!(
         text,
@@ -162,6 +223,11 @@ fn node_config(name: &str, servers: &[String], pool: &str, tables: &str) -> Edge
         name = "{name}"
         listen = "127.0.0.1:0"
         admin_listen = "127.0.0.1:0"
+
+        [purge]
+        node_token = "{NODE_TOKEN}"
+
+        {node_tables}
 
         [[site]]
         name = "assets"

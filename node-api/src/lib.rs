@@ -1,0 +1,14 @@
+//! The wire between the CDN's processes: what one component sends another and both must
+//! read alike. Edges, shields, GeoDNS and the purge API depend on this crate, never on
+//! each other for these names and shapes, so renaming a field is a compile error on both
+//! sides instead of a silent change of behaviour.
+//!
+//! - [`headers`]: the HTTP header names nodes use between themselves, and which of them
+//!   are internal (honoured only from a proven node, removed from client requests).
+//! - [`health`]: the typed `/healthz` report every edge and shield serves and GeoDNS and
+//!   upstream pools read.
+
+pub mod headers;
+pub mod health;
+
+pub use health::{HealthReport, NodeState};
