@@ -232,3 +232,47 @@ async fn http2_advertises_the_configured_stream_limit_and_rejects_oversized_head
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn a_host_the_connection_s_certificate_does_not_cover_gets_421_on_http1_and_h2() {
+    let h = TlsHarness::start().await;
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let client = h.ca.client(&[alpn]);
+        let label = String::from_utf8_lossy(alpn);
+        // Cached first, so a hit on the fast path would be the easy mistake.
+        let conn = tls::connect(&client, h.https(), OTHER).await.unwrap();
+        assert_eq!(
+            tls::get(conn, OTHER, "/sni-host/1k.bin").await.0,
+            StatusCode::OK
+        );
+        // Another site with a certificate of its own, and a site with none at all.
+        for host in [OTHER, "plain.test", "evil.example"] {
+            let conn = tls::connect(&client, h.https(), HOST).await.unwrap();
+            let (status, _, body) = tls::get(conn, host, "/sni-host/1k.bin").await;
+            assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{label} {host}");
+            assert!(
+                body.starts_with(b"421 "),
+                "{label} {host}: the answer says why"
+            );
+        }
+        let conn = tls::connect(&client, h.https(), HOST).await.unwrap();
+        assert_eq!(
+            tls::get(conn, &HOST.to_uppercase(), "/sni-host/1k.bin")
+                .await
+                .0,
+            StatusCode::OK,
+            "{label}: the connection's own host, in any case"
+        );
+    }
+    // Plain HTTP has no certificate to match: every configured host is served.
+    let reply = support::send(
+        &support::client(),
+        h.edge.public_addr(),
+        http::Method::GET,
+        "/sni-host/1k.bin",
+        "plain.test",
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use crate::body::EdgeBody;
 use crate::cache_status::{CacheStatus, Outcome};
 use crate::proxy::Edge;
+use crate::site::TlsName;
 
 /// Header slots parsed by the fast path; a request with more goes to hyper.
 const MAX_HEADERS: usize = 128;
@@ -139,11 +140,15 @@ enum Parsed {
 ///
 /// Generic over the stream so that plain TCP and TLS share this loop; each is compiled
 /// for its own type, so the plain path pays nothing for TLS.
+///
+/// `tls` is the server name a TLS connection was set up for; every request is checked
+/// against it (see [`crate::site::SiteTable::resolve_on`]).
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: SocketAddr,
     edge: &Arc<Edge>,
     limits: ConnLimits,
+    tls: Option<&TlsName>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ending<S> {
     let mut buf = BytesMut::with_capacity(4096);
@@ -208,7 +213,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
 
         let close = head.close || *shutdown.borrow();
-        let written = match fresh_hit(edge, &buf, &head) {
+        let written = match fresh_hit(edge, &buf, &head, tls) {
             Some((entry, now)) => {
                 edge.metrics.request(Outcome::Hit);
                 out.clear();
@@ -237,9 +242,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 write_all_vectored(&mut stream, &[entry.head(), &out, body]).await
             }
             None => {
-                let Some(request) = build_request(&buf, &head) else {
+                let Some(mut request) = build_request(&buf, &head) else {
                     return Ending::Handoff(Rewind::new(buf.freeze(), stream));
                 };
+                if let Some(tls) = tls {
+                    request.extensions_mut().insert(tls.clone());
+                }
                 let response = edge.handle(request, peer).await;
                 write_response(&mut stream, &mut out, response, head.head, close).await
             }
@@ -262,6 +270,7 @@ fn fresh_hit(
     edge: &Edge,
     buf: &[u8],
     head: &Head,
+    tls: Option<&TlsName>,
 ) -> Option<(Arc<crate::store::StoredResponse>, Instant)> {
     if head.full_path {
         return None;
@@ -269,7 +278,7 @@ fn fresh_hit(
     let (start, end) = head.host_range?;
     let host = std::str::from_utf8(&buf[start..end]).ok()?;
     let path = std::str::from_utf8(&buf[head.path_range.0..head.path_range.1]).ok()?;
-    edge.fresh_hit(host, path)
+    edge.fresh_hit(host, path, tls)
 }
 
 /// Parses a request head and decides whether this loop can answer it.

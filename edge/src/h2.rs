@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::config::LimitsConfig;
 use crate::proxy::Edge;
+use crate::site::TlsName;
 
 /// The HTTP/2 server settings of a listener, from `[limits]`.
 pub fn builder(limits: &LimitsConfig) -> http2::Builder<TokioExecutor> {
@@ -41,17 +42,20 @@ pub fn builder(limits: &LimitsConfig) -> http2::Builder<TokioExecutor> {
 }
 
 /// Serves one HTTP/2 connection until the client leaves or the node shuts down (then
-/// GOAWAY, and the streams in flight finish).
+/// GOAWAY, and the streams in flight finish). Every stream's `:authority` is checked
+/// against `tls`, the server name the connection was set up for.
 pub async fn serve<I>(
     io: I,
     peer: SocketAddr,
+    tls: TlsName,
     edge: Arc<Edge>,
     builder: &http2::Builder<TokioExecutor>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(tls.clone());
         let edge = edge.clone();
         async move { Ok::<_, Infallible>(edge.handle(req, peer).await) }
     });

@@ -16,6 +16,7 @@ use crate::config::LimitsConfig;
 use crate::limits::{ConnectionsPerIp, WriteTimeout};
 use crate::proxy::Edge;
 use crate::server::{Http1, accept_or_back_off, drain};
+use crate::site::TlsName;
 
 /// Accepts TLS connections until shutdown, then waits (bounded) for them to finish.
 pub(crate) async fn serve(
@@ -61,10 +62,15 @@ pub(crate) async fn serve(
                     return;
                 }
             };
+            // The resolver gave no certificate without a server name naming a site, so
+            // a finished handshake always has one.
+            let Some(name) = tls.get_ref().1.server_name().map(|n| TlsName(n.into())) else {
+                return;
+            };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                crate::h2::serve(tls, peer, edge, &http2, shutdown).await;
+                crate::h2::serve(tls, peer, name, edge, &http2, shutdown).await;
             } else {
-                http1.serve(tls, peer, edge, shutdown).await;
+                http1.serve(tls, peer, Some(name), edge, shutdown).await;
             }
         });
     }

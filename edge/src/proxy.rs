@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::node_auth::{NodeClaims, NodeKey, take_claims};
 use crate::overload::Admission;
 use crate::range::{self, RangeAnswer};
-use crate::site::{Site, SiteMatch, SiteTable};
+use crate::site::{Misdirected, Site, SiteMatch, SiteTable, TlsName};
 use crate::slice::SliceSource;
 use crate::store::{Storage, StoredResponse};
 use crate::upstream::{
@@ -200,8 +200,13 @@ impl Edge {
     /// The caller guarantees the request carries no internal header (`cdn-*`), no field
     /// that selects a variant or changes the answer (see `connection::parse`): those take
     /// the full path, which makes the same [`Edge::lookup`] with what they say.
-    pub fn fresh_hit(&self, host: &str, target: &str) -> Option<(Arc<StoredResponse>, Instant)> {
-        let site = self.sites.resolve(host)?;
+    pub fn fresh_hit(
+        &self,
+        host: &str,
+        target: &str,
+        tls: Option<&TlsName>,
+    ) -> Option<(Arc<StoredResponse>, Instant)> {
+        let site = self.sites.resolve_on(host, tls).ok()?;
         let target = normalize_target(target, &site.site.query).ok()?;
         let primary = CacheKey::new(site.site.generation(), "http", site.host, &target);
         let entry = self.lookup(site, &primary, None, NodeClaims::NONE).found?;
@@ -279,11 +284,25 @@ impl Edge {
             Ok(host) => host,
             Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
         };
-        let Some(site) = self.sites.resolve(host) else {
-            return refuse(
-                StatusCode::MISDIRECTED_REQUEST,
-                &format!("no site is configured for host {host:?} on this CDN"),
-            );
+        let tls = req.extensions().get::<TlsName>();
+        let site = match self.sites.resolve_on(host, tls) {
+            Ok(site) => site,
+            Err(Misdirected::UnknownHost) => {
+                return refuse(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    &format!("no site is configured for host {host:?} on this CDN"),
+                );
+            }
+            Err(Misdirected::OtherCertificate) => {
+                let name = tls.map_or("", |t| &t.0);
+                return refuse(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    &format!(
+                        "this TLS connection was set up for {name:?}, whose certificate does not \
+                         cover host {host:?}: open a new connection naming that host"
+                    ),
+                );
+            }
         };
         if via_names(req.headers(), &self.name) {
             return refuse(

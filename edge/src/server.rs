@@ -20,6 +20,7 @@ use crate::connection::{self, ConnLimits, Ending};
 use crate::limits::{ConnectionsPerIp, TOO_MANY_CONNECTIONS, WriteTimeout};
 use crate::proxy::Edge;
 use crate::purge::{LogTruncated, PurgeBatch, PurgeLogPage};
+use crate::site::TlsName;
 use crate::store::{MemoryStore, Storage};
 use crate::tls::{Certificates, TlsError};
 
@@ -221,7 +222,7 @@ async fn serve_public(
                 return;
             };
             let stream = WriteTimeout::new(stream, write_timeout);
-            http1.serve(stream, peer, edge, shutdown).await;
+            http1.serve(stream, peer, None, edge, shutdown).await;
         });
     }
     drop(listener);
@@ -283,20 +284,34 @@ impl Http1 {
     }
 
     /// Serves the connection until it ends; on shutdown, finishes the request in flight.
+    /// `tls`: the server name of a TLS connection, which its requests must match.
     pub(crate) async fn serve<S>(
         &self,
         stream: S,
         peer: SocketAddr,
+        tls: Option<TlsName>,
         edge: Arc<Edge>,
         mut shutdown: watch::Receiver<bool>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let io = match connection::serve(stream, peer, &edge, self.limits, &mut shutdown).await {
+        let ending = connection::serve(
+            stream,
+            peer,
+            &edge,
+            self.limits,
+            tls.as_ref(),
+            &mut shutdown,
+        )
+        .await;
+        let io = match ending {
             Ending::Closed => return,
             Ending::Handoff(io) => io,
         };
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            if let Some(tls) = &tls {
+                req.extensions_mut().insert(tls.clone());
+            }
             let edge = edge.clone();
             async move { Ok::<_, Infallible>(edge.handle(req, peer).await) }
         });

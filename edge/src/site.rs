@@ -101,6 +101,22 @@ pub struct SiteMatch<'a> {
     pub host_value: &'a HeaderValue,
 }
 
+/// The server name (SNI) a client's TLS connection was set up for. It travels with each
+/// request of the connection (as a request extension) so the host asked for can be
+/// checked against the certificate the client was shown.
+#[derive(Debug, Clone)]
+pub struct TlsName(pub Arc<str>);
+
+/// Why a host is not answered here (`421 Misdirected Request` either way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Misdirected {
+    /// No site is configured for the host: this node is no open proxy.
+    UnknownHost,
+    /// The host is another site's than the one whose certificate the TLS connection was
+    /// set up for (or a site with no certificate at all).
+    OtherCertificate,
+}
+
 #[derive(Debug)]
 struct HostEntry {
     site: Arc<Site>,
@@ -154,6 +170,26 @@ impl SiteTable {
             host: &entry.host,
             host_value: &entry.host_value,
         })
+    }
+
+    /// Resolves the host of a request that arrived over a TLS connection set up for `tls`
+    /// (`None`: plain HTTP, where any configured host is answered). Each site has one
+    /// certificate for its own hosts, so over TLS the host must belong to the same site
+    /// as the connection's server name: a client is never answered for a site whose
+    /// certificate it was not shown, nor for a site that has none (RFC 9110 15.5.20).
+    pub fn resolve_on(
+        &self,
+        raw: &str,
+        tls: Option<&TlsName>,
+    ) -> Result<SiteMatch<'_>, Misdirected> {
+        let site = self.resolve(raw).ok_or(Misdirected::UnknownHost)?;
+        match tls {
+            None => Ok(site),
+            Some(TlsName(name)) => match self.resolve(name) {
+                Some(shown) if Arc::ptr_eq(shown.site, site.site) => Ok(site),
+                _ => Err(Misdirected::OtherCertificate),
+            },
+        }
     }
 
     /// Every site, in config order.
@@ -239,6 +275,23 @@ mod tests {
         ] {
             assert!(t.resolve(raw).is_none(), "{raw} resolved");
         }
+    }
+
+    #[test]
+    fn over_tls_only_the_hosts_of_the_connection_s_site_are_answered() {
+        let t = table();
+        let tls = TlsName("static.example.com".into());
+        let same = t.resolve_on("ASSETS.example.com:443", Some(&tls));
+        assert_eq!(same.expect("same site").site.name, "assets");
+        assert_eq!(
+            t.resolve_on("[::1]", Some(&tls)).err(),
+            Some(Misdirected::OtherCertificate)
+        );
+        assert_eq!(
+            t.resolve_on("evil.example", Some(&tls)).err(),
+            Some(Misdirected::UnknownHost)
+        );
+        assert!(t.resolve_on("[::1]", None).is_ok(), "plain HTTP: any site");
     }
 
     #[test]
