@@ -246,12 +246,27 @@ async fn main() -> anyhow::Result<()> {
         Command::Edge { config } => {
             let config = EdgeConfig::from_file(&config)?;
             let server = EdgeServer::start(config).await?;
+            println!(
+                "edge {} serving on http://{}, admin on http://{}{}",
+                server.edge().name(),
+                server.public_addr(),
+                server.admin_addr(),
+                server
+                    .https_addr()
+                    .map_or(String::new(), |a| format!(", HTTPS on {a}"))
+            );
             shutdown_signal().await;
             server.shutdown().await;
         }
         Command::Shield { config } => {
             let config = EdgeConfig::from_file(&config)?;
             let server = ShieldServer::start(config).await?;
+            println!(
+                "shield {} serving on http://{}, admin on http://{}",
+                server.engine().name(),
+                server.public_addr(),
+                server.admin_addr()
+            );
             shutdown_signal().await;
             server.shutdown().await;
         }

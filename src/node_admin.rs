@@ -13,8 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
-/// The header carrying the node token.
-const NODE_TOKEN: &str = "cdn-node-token";
+use node_api::headers::NODE_TOKEN;
 
 /// How long one exchange may take.
 const TIMEOUT: Duration = Duration::from_secs(10);

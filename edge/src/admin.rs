@@ -10,6 +10,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use node_api::{HealthReport, NodeState};
+
 use crate::proxy::Edge;
 use crate::purge::{NODE_TOKEN_HEADER, PurgeAck, PurgeBatch, tokens_match};
 
@@ -181,26 +183,44 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-/// Liveness is answering at all; readiness is `ready: true` with `200`. A node that is
-/// draining answers `503` so health checkers stop sending it clients. `connections` is
-/// the node's load, which GeoDNS sums per region to spill clients of a full region.
+/// The node's [`HealthReport`]: `200` while it takes traffic (`ready`, or `degraded` when
+/// some site's every upstream is down by probes: hits are still served), `503` while it
+/// drains, so any health checker stops sending it clients. GeoDNS reads the state (a
+/// degraded region is used only when no region is ready) and sums `connections` per
+/// region to spill clients of a full one.
 async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
-    let ready = edge.is_ready();
-    let status = if ready {
+    let now = std::time::Instant::now();
+    let upstreams_down: Vec<String> = edge
+        .sites()
+        .sites()
+        .iter()
+        .filter(|site| site.pool.all_down(now))
+        .map(|site| site.name.clone())
+        .collect();
+    let state = if !edge.is_ready() {
+        NodeState::Draining
+    } else if !upstreams_down.is_empty() {
+        NodeState::Degraded
+    } else {
+        NodeState::Ready
+    };
+    let report = HealthReport {
+        node: edge.name().to_owned(),
+        live: true,
+        ready: state.takes_traffic(),
+        state,
+        upstreams_down,
+        connections: edge.connections() as u64,
+        upstream_in_flight: edge.admission.in_flight() as u64,
+        upstream_capacity: edge.admission.capacity() as u64,
+        shed: edge.admission.shed(),
+    };
+    let status = if state.takes_traffic() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({
-        "node": edge.name(),
-        "live": true,
-        "ready": ready,
-        "connections": edge.connections(),
-        "upstream_in_flight": edge.admission.in_flight(),
-        "upstream_capacity": edge.admission.capacity(),
-        "shed": edge.admission.shed(),
-    });
-    (status, axum::Json(body)).into_response()
+    (status, axum::Json(report)).into_response()
 }
 
 async fn metrics(State(edge): State<Arc<Edge>>) -> Response {

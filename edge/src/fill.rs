@@ -105,6 +105,14 @@ impl FillRequest {
         let mut status = CacheStatus::forwarded(fwd);
         let edge = &self.edge;
 
+        // Every server is down by probes or ejected: a copy that may be served on error is
+        // served now, not after the upstream timeout a frozen server would cost.
+        if !self.site.pool.any_available(Instant::now())
+            && let Some(fill) = self.stale_on_error(&status)
+        {
+            edge.metrics.upstream_error("no-available-server");
+            return fill;
+        }
         let mut headers = self.headers.clone();
         if let Some(stale) = &self.stale {
             add_validators(&mut headers, &stale.headers());

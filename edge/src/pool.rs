@@ -130,6 +130,26 @@ impl UpstreamPool {
         &self.balancer
     }
 
+    /// Whether probes say every server is down: misses of the site cannot be filled (the
+    /// node is then `degraded`, see `node_api::NodeState`). Never without probes: one
+    /// failed request proves nothing about a pool.
+    pub fn all_down(&self, now: Instant) -> bool {
+        self.probes
+            && self
+                .servers
+                .iter()
+                .all(|server| server.health.state(now) == State::Down)
+    }
+
+    /// Whether some server is available by health (up by probes, not ejected). When none
+    /// is, a request is still sent (panic mode), but one that can be answered stale is
+    /// better answered so at once than after a timeout.
+    pub fn any_available(&self, now: Instant) -> bool {
+        self.servers
+            .iter()
+            .any(|server| server.health.is_available(now))
+    }
+
     /// Sends a request for `target` (origin-form) to a server chosen for `key`, retrying on
     /// another server where that is safe (see the module doc). `body` is `None` for a
     /// request without one, which alone may be retried.

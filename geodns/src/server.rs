@@ -246,10 +246,18 @@ async fn probe_forever(handler: Handler, mut stop: watch::Receiver<bool>) {
         while let Some(Ok((r, e, result))) = probes.join_next().await {
             let region = &state.regions.regions[r];
             let edge = &region.edges[e];
-            if let Some(up) = edge
+            let was_degraded = edge.health.is_degraded();
+            let changed = edge
                 .health
-                .record(result, state.health.rise, state.health.fall)
-            {
+                .record(result, state.health.rise, state.health.fall);
+            if edge.health.is_degraded() != was_degraded {
+                if was_degraded {
+                    tracing::info!(region = %region.name, edge = %edge.address, "edge can fill misses again");
+                } else {
+                    tracing::warn!(region = %region.name, edge = %edge.address, "edge is degraded (cannot fill misses): regions with ready edges come first");
+                }
+            }
+            if let Some(up) = changed {
                 if up {
                     tracing::info!(region = %region.name, edge = %edge.address, "edge passes its probes again");
                 } else {

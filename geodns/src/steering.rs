@@ -2,11 +2,15 @@
 //!
 //! Invariants:
 //! - A client goes to the nearest region (great-circle distance from where it is located,
-//!   or from its pinned or the default region) that has a healthy edge of weight > 0.
+//!   or from its pinned or the default region) that has a ready edge of weight > 0 (up
+//!   and able to fill misses); only when no region has one, to the nearest region with an
+//!   edge that is up but degraded (it serves what it holds, say when every shield is
+//!   gone).
 //! - A region over its capacity sends a fixed share (`spill`) of its clients to the next
 //!   nearest healthy region; which clients is decided by a hash of the client's network,
 //!   so a client does not flap between regions from one query to the next.
-//! - Answers hold only healthy edges of weight > 0, rotated by weight across queries.
+//! - Answers hold only healthy edges of weight > 0, rotated by weight across queries; the
+//!   ready ones when the region has any.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -51,6 +55,13 @@ impl Region {
         self.edges.iter().any(|e| e.weight > 0 && e.health.is_up())
     }
 
+    /// Whether any edge of weight > 0 passes its probes and can fill misses.
+    pub fn is_ready(&self) -> bool {
+        self.edges
+            .iter()
+            .any(|e| e.weight > 0 && e.health.is_ready())
+    }
+
     /// Whether the healthy edges report more connections than the region's capacity.
     pub fn over_capacity(&self) -> bool {
         self.capacity.is_some_and(|capacity| {
@@ -78,12 +89,18 @@ impl Region {
         out.clear();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let n = self.rotation.len();
+        let ready_only = self.is_ready();
         for step in 0..n {
             if out.len() == max {
                 break;
             }
             let edge = &self.edges[self.rotation[(start + step) % n]];
-            if edge.address.is_ipv6() == v6 && edge.health.is_up() && !out.contains(&edge.address) {
+            let usable = if ready_only {
+                edge.health.is_ready()
+            } else {
+                edge.health.is_up()
+            };
+            if edge.address.is_ipv6() == v6 && usable && !out.contains(&edge.address) {
                 out.push(edge.address);
             }
         }
@@ -277,26 +294,44 @@ impl Regions {
         })
     }
 
-    /// The region answering for region `r`'s own name: itself while healthy, else its
-    /// nearest healthy neighbour.
+    /// The region answering for region `r`'s own name: itself while ready, else its
+    /// nearest ready neighbour, else the nearest healthy one.
     pub fn serving(&self, r: usize) -> Option<usize> {
         let ranked = &self.regions[r].by_distance;
-        ranked
-            .iter()
-            .copied()
-            .find(|&i| self.regions[i].is_healthy())
+        let mut healthy = None;
+        for &i in ranked {
+            if self.regions[i].is_ready() {
+                return Some(i);
+            }
+            if self.regions[i].is_healthy() {
+                healthy.get_or_insert(i);
+            }
+        }
+        healthy
     }
 
+    /// The first ready region of `ranked` (spilling as configured), else the first
+    /// healthy one.
     fn first_healthy(
+        &self,
+        ranked: impl Iterator<Item = usize> + Clone,
+        client_hash: u64,
+    ) -> Option<usize> {
+        self.first_where(ranked.clone(), client_hash, Region::is_ready)
+            .or_else(|| self.first_where(ranked, client_hash, Region::is_healthy))
+    }
+
+    fn first_where(
         &self,
         ranked: impl Iterator<Item = usize>,
         client_hash: u64,
+        usable: fn(&Region) -> bool,
     ) -> Option<usize> {
         let share = (client_hash % 10_000) as f64 / 10_000.0;
         let mut fallback = None;
         for i in ranked {
             let region = &self.regions[i];
-            if !region.is_healthy() {
+            if !usable(region) {
                 continue;
             }
             if region.over_capacity() && share < region.spill {
@@ -365,6 +400,40 @@ mod tests {
         assert_eq!(r.serving(0), Some(1));
         fail(&r.regions[1].edges[0]);
         assert_eq!(r.choose(Some(&paris), 0), None);
+    }
+
+    #[test]
+    fn degraded_regions_are_a_last_resort_and_answer_their_ready_edges_first() {
+        let r = regions();
+        let paris = Located::Point {
+            at: Coordinates {
+                lat: 48.86,
+                lon: 2.35,
+            },
+            prefix_len: 24,
+        };
+        let degraded = Some(crate::health::Probed {
+            load: 0,
+            degraded: true,
+        });
+        // One edge of eu degraded: eu is still ready, and answers its ready edge only.
+        r.regions[0].edges[0].health.record(degraded, 1, 1);
+        assert_eq!(r.choose(Some(&paris), 0), Some(0));
+        for _ in 0..4 {
+            assert_eq!(
+                r.regions[0].addresses(false, 4),
+                vec!["192.0.2.2".parse::<IpAddr>().unwrap()]
+            );
+        }
+        // Both degraded: the farther ready region wins.
+        r.regions[0].edges[1].health.record(degraded, 1, 1);
+        assert_eq!(r.choose(Some(&paris), 0), Some(1));
+        assert_eq!(r.serving(0), Some(1));
+        // Every region degraded: the nearest again, with all its edges.
+        r.regions[1].edges[0].health.record(degraded, 1, 1);
+        assert_eq!(r.choose(Some(&paris), 0), Some(0));
+        assert_eq!(r.serving(0), Some(0));
+        assert_eq!(r.regions[0].addresses(false, 4).len(), 2);
     }
 
     #[test]
@@ -450,7 +519,11 @@ mod tests {
     #[test]
     fn an_overloaded_region_spills_its_share_of_clients() {
         let r = regions();
-        r.regions[0].edges[0].health.record(Some(150), 1, 1);
+        let loaded = crate::health::Probed {
+            load: 150,
+            degraded: false,
+        };
+        r.regions[0].edges[0].health.record(Some(loaded), 1, 1);
         let hashes = 0..1000u64;
         let spilled = hashes
             .map(|h| r.choose(None, h * 10))
