@@ -287,7 +287,9 @@ async fn a_site_keying_on_a_field_forwards_it_and_keeps_a_variant_per_value() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
-    let h = Harness::start_tables("", "", "[limits]\nwrite_timeout = \"300ms\"").await;
+    // The keep-alive idle timeout is far away, so only the write timeout can close it.
+    let limits = "[limits]\nwrite_timeout = \"300ms\"\nheader_read_timeout = \"60s\"";
+    let h = Harness::start_tables("", "", limits).await;
     // Cached first, so the stalled answer is a hit written from memory; far more than the
     // socket buffers hold, so the edge's writes block.
     assert_eq!(h.get("/stall/32m.bin").await.body.len(), 32 << 20);
@@ -298,7 +300,7 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut received = 0usize;
     let mut buf = vec![0u8; 1 << 16];
-    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
@@ -307,9 +309,9 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
         }
     })
     .await;
-    assert!(ended.is_ok(), "the connection was not closed");
+    assert!(ended.is_ok(), "the connection was not closed within 10 s");
     assert!(
-        received < 64 << 20,
+        received < 32 << 20,
         "the whole body arrived: {received} bytes"
     );
     assert_eq!(h.get("/after/1k.bin").await.status, StatusCode::OK);

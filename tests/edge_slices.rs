@@ -176,10 +176,12 @@ async fn slices_of_two_versions_are_never_stitched_together() {
     // Slice 0 is version 1; slice 1 is asked for with If-Range: version 1's ETag, and the
     // origin answers 200 with version 2. The answer must break off, not mix versions.
     let mixed = h.try_send(Method::GET, TARGET, &[]).await;
-    assert!(
-        mixed.is_err(),
-        "a body mixing two versions was served whole"
-    );
+    // Broken off by the edge: a body that merely stopped coming (a hang until the
+    // client's timeout) is another failure.
+    match mixed {
+        Ok(_) => panic!("a body mixing two versions was served whole"),
+        Err(error) => assert!(error.starts_with("body broke off"), "{error}"),
+    }
     // The URL then passes through: whole and current.
     let after = h.try_send(Method::GET, TARGET, &[]).await.expect("whole");
     assert!(after.body == new);

@@ -84,21 +84,35 @@ async fn start_download(addr: std::net::SocketAddr) -> (TcpStream, Vec<u8>) {
     (stream, got)
 }
 
-/// Reads the rest of a response whose head is in `got`; returns (head, body).
-async fn finish_download(mut stream: TcpStream, mut got: Vec<u8>) -> (String, Vec<u8>) {
+/// How a download ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// Every byte of the declared length arrived.
+    Whole,
+    /// The edge closed the connection first.
+    Closed,
+    /// Neither within 10 s: a reader left hanging.
+    Hung,
+}
+
+/// Reads the rest of a response whose head is in `got`; returns (head, body, how it
+/// ended).
+async fn finish_download(mut stream: TcpStream, mut got: Vec<u8>) -> (String, Vec<u8>, End) {
     let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&got[..end]).into_owned();
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
         let mut buf = [0u8; 65536];
         while got.len() < end + 4 + LEN {
             match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
+                Ok(0) | Err(_) => return End::Closed,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
             }
         }
+        End::Whole
     })
-    .await;
-    (head, got[end + 4..].to_vec())
+    .await
+    .unwrap_or(End::Hung);
+    (head, got[end + 4..].to_vec(), ended)
 }
 
 #[tokio::test]
@@ -119,7 +133,8 @@ async fn a_large_fill_streams_to_every_client_including_one_that_joins_mid_fill(
     release.notify_one();
     let want = payload();
     for (stream, got) in [(a, a_got), (b, b_got)] {
-        let (head, body) = finish_download(stream, got).await;
+        let (head, body, ended) = finish_download(stream, got).await;
+        assert_eq!(ended, End::Whole);
         assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
         assert!(head.contains(&format!("content-length: {LEN}")), "{head}");
         assert!(body == want, "streamed body differs ({} bytes)", body.len());
@@ -152,7 +167,10 @@ async fn a_fill_that_breaks_off_fails_its_readers_and_is_not_stored() {
         .unwrap();
     let (a, a_got) = start_download(edge.public_addr()).await;
     release.notify_one();
-    let (_, body) = finish_download(a, a_got).await;
+    let (_, body, ended) = finish_download(a, a_got).await;
+    // Closed, not left waiting: nothing else would close it within 10 s (the write and
+    // upstream body timeouts are 30 s and 60 s).
+    assert_eq!(ended, End::Closed, "the reader was not failed");
     assert!(body.len() < LEN, "a truncated body was completed");
     // Nothing stored: the next request goes to the origin again.
     let (_b, _) = start_download(edge.public_addr()).await;
