@@ -2,7 +2,8 @@
 //! out to every node; each selector and mode really stops the old object being served on
 //! every node; a node that was down catches up before it serves; overload is shed with
 //! Retry-After while accepted purges all complete; the log survives a restart; bodies are
-//! refused before they are read (no token, or over the limit).
+//! refused before they are read (no token, or over the limit) and an `Idempotency-Key`
+//! returns its purge only to the same request.
 
 mod support;
 
@@ -14,6 +15,7 @@ use cdn::demo_origin::DemoOrigin;
 use edge::store::Storage;
 use edge::{EdgeServer, MemoryStore};
 use http::{Method, StatusCode};
+use purge_api::log::{FileLog, LogEntry, LogError, NewEntry, PurgeLog, Retention};
 use purge_api::{PurgeApiConfig, PurgeApiServer};
 use support::{HOST, Reply, api_call, api_call_with, client, json, loopback, memory, send};
 
@@ -489,6 +491,14 @@ async fn the_log_survives_a_restart_and_idempotent_retries_get_the_same_purge() 
         first,
         "also after a restart"
     );
+    // The request the key was first used for is remembered across the restart too.
+    let other = keyed(
+        api.addr(),
+        "retry-1",
+        &format!(r#"{{"site":"assets","urls":["{}"]}}"#, url("/other.bin")),
+    )
+    .await;
+    assert_problem(&other, StatusCode::UNPROCESSABLE_ENTITY);
     let next = api_call(api.addr(), Method::POST, "/v1/purge", Some(TOKEN), &body).await;
     assert_eq!(json(&next)["seq"], 22);
     api.shutdown().await;
@@ -676,6 +686,156 @@ async fn an_authenticated_chunked_body_over_the_limit_gets_413_once_the_limit_is
         upload.body().as_bytes(),
     );
     assert!(p.log().await.purges.is_empty());
+}
+
+#[tokio::test]
+async fn an_idempotency_key_reused_for_another_purge_gets_422_and_purges_nothing() {
+    let p = Purging::start(0, "").await;
+    let first = format!(r#"{{"site":"assets","urls":["{}"]}}"#, url("/idem/a.bin"));
+    let seq = idempotent(p.api.addr(), &first, "deploy-1").await;
+    for other in [
+        format!(r#"{{"site":"assets","urls":["{}"]}}"#, url("/idem/b.bin")),
+        r#"{"site":"assets","everything":true}"#.to_owned(),
+        format!(
+            r#"{{"site":"assets","urls":["{}"],"mode":"soft"}}"#,
+            url("/idem/a.bin")
+        ),
+    ] {
+        let reply = keyed(p.api.addr(), "deploy-1", &other).await;
+        let doc = assert_problem(&reply, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            doc["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("Idempotency-Key")),
+            "{doc}"
+        );
+    }
+    let logged: Vec<u64> = p.log().await.purges.iter().map(|p| p.seq).collect();
+    assert_eq!(logged, vec![seq], "only the first purge is in the log");
+    // The same purge written differently (member order, spacing, the default mode) is the
+    // same request: its earlier id, as before.
+    let same = format!(
+        r#"{{ "mode": "hard", "urls": ["{}"], "site": "assets" }}"#,
+        url("/idem/a.bin")
+    );
+    let again = keyed(p.api.addr(), "deploy-1", &same).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+    assert_eq!(json(&again)["seq"], seq);
+    // Keys are the publisher's own: another publisher may use the same one.
+    let theirs = api_call_with(
+        p.api.addr(),
+        Method::POST,
+        "/v1/purge",
+        Some(OTHER_TOKEN),
+        &[("idempotency-key", "deploy-1")],
+        r#"{"site":"other","everything":true}"#,
+    )
+    .await;
+    assert_eq!(theirs.status, StatusCode::ACCEPTED, "{}", theirs.text());
+}
+
+#[tokio::test]
+async fn idempotency_keys_empty_over_255_bytes_or_not_ascii_get_400() {
+    let p = Purging::start(0, "").await;
+    let body = format!(r#"{{"site":"assets","urls":["{}"]}}"#, url("/keys.bin"));
+    for bad in ["k".repeat(256), String::new(), "\"\"".into(), "clé".into()] {
+        let reply = keyed(p.api.addr(), &bad, &body).await;
+        let doc = assert_problem(&reply, StatusCode::BAD_REQUEST);
+        assert!(
+            doc["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("Idempotency-Key")),
+            "{doc}"
+        );
+    }
+    assert!(p.log().await.purges.is_empty(), "nothing was purged");
+    let longest = "k".repeat(255);
+    let seq = idempotent(p.api.addr(), &body, &longest).await;
+    // The draft's form is a quoted string; the bare form names the same key.
+    assert_eq!(
+        idempotent(p.api.addr(), &body, &format!("\"{longest}\"")).await,
+        seq
+    );
+}
+
+/// A file log whose appends wait for the test's go-ahead, so a purge can be held in
+/// flight (admitted, not yet committed) for as long as a test needs.
+#[derive(Debug)]
+struct HeldLog {
+    file: FileLog,
+    /// Told the size of every batch that reaches the log.
+    entered: tokio::sync::mpsc::UnboundedSender<usize>,
+    /// One permit lets one append through.
+    go: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl PurgeLog for HeldLog {
+    async fn append(&self, batch: Vec<NewEntry>) -> Result<Vec<u64>, LogError> {
+        let _ = self.entered.send(batch.len());
+        self.go.acquire().await.expect("semaphore open").forget();
+        self.file.append(batch).await
+    }
+    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>, LogError> {
+        self.file.read_after(after, limit).await
+    }
+    fn head(&self) -> u64 {
+        self.file.head()
+    }
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.file.subscribe()
+    }
+    async fn find_idempotent(
+        &self,
+        publisher: &str,
+        key: &str,
+    ) -> Result<Option<LogEntry>, LogError> {
+        self.file.find_idempotent(publisher, key).await
+    }
+}
+
+#[tokio::test]
+async fn a_retry_while_the_first_request_with_its_key_is_in_flight_gets_409() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (entered, mut appends) = tokio::sync::mpsc::unbounded_channel();
+    let log = Arc::new(HeldLog {
+        file: FileLog::open(&dir.path().join("purges.redb"), Retention::default()).expect("log"),
+        entered,
+        go: tokio::sync::Semaphore::new(0),
+    });
+    let api = PurgeApiServer::start_with_log(api_config(dir.path(), &[], ""), log.clone())
+        .await
+        .expect("purge API");
+    let addr = api.addr();
+    let body = format!(r#"{{"site":"assets","urls":["{}"]}}"#, url("/held.bin"));
+    let first = tokio::spawn({
+        let body = body.clone();
+        async move { keyed(addr, "held-1", &body).await }
+    });
+    assert_eq!(
+        appends.recv().await,
+        Some(1),
+        "the first purge reached the log"
+    );
+    // Admitted, not committed: a retry cannot be answered with an id yet.
+    let retry = keyed(addr, "held-1", &body).await;
+    assert_problem(&retry, StatusCode::CONFLICT);
+    assert_eq!(retry.header("retry-after"), "1");
+    let other = keyed(addr, "held-1", r#"{"site":"assets","everything":true}"#).await;
+    assert_problem(&other, StatusCode::UNPROCESSABLE_ENTITY);
+    log.go.add_permits(1);
+    let first = first.await.expect("first request");
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text());
+    let seq = json(&first)["seq"].as_u64().expect("seq");
+    // Committed: the retry now gets the purge's id, without a second append.
+    let after = keyed(addr, "held-1", &body).await;
+    assert_eq!(after.status, StatusCode::OK, "{}", after.text());
+    assert_eq!(json(&after)["seq"], seq);
+    assert!(
+        appends.try_recv().is_err(),
+        "only one append ever reached the log"
+    );
+    api.shutdown().await;
 }
 
 #[tokio::test]

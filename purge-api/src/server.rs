@@ -32,10 +32,11 @@ use tokio::task::JoinSet;
 
 use crate::admission::{Admission, QueueGate, Shed, cost};
 use crate::config::{ConfigError, LogEngine, PurgeApiConfig};
+use crate::idempotency::{Claim, InFlight, KeyConflict, replay};
 use crate::log::{FileLog, LogError, NewEntry, PurgeLog, Retention};
 use crate::metrics::Metrics;
 use crate::nats_log::NatsLog;
-use crate::request::PurgeRequest;
+use crate::request::{Fingerprint, IdempotencyKey, PURGE_PATH, PurgeRequest};
 
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,8 @@ struct Pending {
     entry: NewEntry,
     done: oneshot::Sender<Result<u64, String>>,
     _ticket: crate::admission::QueueTicket,
+    /// The `Idempotency-Key`, held until the log has the purge (or refused it).
+    _claim: Option<Claim>,
 }
 
 /// One node's progress.
@@ -97,6 +100,8 @@ struct Api {
     progress: watch::Sender<u64>,
     /// Accept time of purges not yet applied everywhere, for the propagation histogram.
     accepted: Mutex<HashMap<u64, Instant>>,
+    /// Idempotency keys of purges admitted here and not yet in the log.
+    in_flight: InFlight,
     metrics: Metrics,
 }
 
@@ -201,6 +206,7 @@ impl PurgeApiServer {
             nodes,
             progress: watch::channel(0).0,
             accepted: Mutex::default(),
+            in_flight: InFlight::default(),
             metrics: Metrics::default(),
             log,
             config,
@@ -368,7 +374,7 @@ fn router(api: Arc<Api>) -> Router {
     // allows; this bounds any extractor a later route may use.
     let body_limit = axum::extract::DefaultBodyLimit::max(api.config.limits.max_body_bytes);
     Router::new()
-        .route("/v1/purge", post(purge))
+        .route(PURGE_PATH, post(purge))
         .route("/v1/purges/{id}", get(status))
         .route("/v1/purge-log", get(read_log))
         .route(
@@ -412,6 +418,23 @@ fn unauthorized(why: &str) -> Response {
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn key_conflict(conflict: &KeyConflict) -> Response {
+    tracing::debug!(conflict = conflict.as_str(), "keyed purge refused");
+    let status = StatusCode::from_u16(conflict.status()).unwrap_or(StatusCode::CONFLICT);
+    let mut response = problem(
+        status,
+        conflict.problem_type(),
+        conflict.title(),
+        &conflict.to_string(),
+    );
+    if conflict.retry_later() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1));
+    }
     response
 }
 
@@ -476,21 +499,20 @@ fn publisher<'a>(
 }
 
 /// `POST /v1/purge`. What the head decides is decided before a byte of the body is read:
-/// the token (`401`), a declared length over the limit (`413`). Only then is the body
-/// read, bounded by the limit, so a body without a valid token, or too large, costs the
-/// API a connection buffer rather than its size. The site (`403`), which the body names,
-/// is checked after.
+/// the token (`401`), the `Idempotency-Key` (`400`), a declared length over the limit
+/// (`413`). Only then is the body read, bounded by the limit, so a body without a valid
+/// token, or too large, costs the API a connection buffer rather than its size. The site
+/// (`403`), which the body names, is checked after.
 async fn purge(State(api): State<Arc<Api>>, request: axum::extract::Request) -> Response {
     let (head, body) = request.into_parts();
     let publisher = match publisher(&api, &head.headers) {
         Ok(p) => p,
         Err(why) => return unauthorized(why),
     };
-    let key = head
-        .headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let key = match IdempotencyKey::from_headers(&head.headers) {
+        Ok(key) => key,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
     let body = match read_body(body, api.config.limits.max_body_bytes).await {
         Ok(body) => body,
         Err(refused) => return refused,
@@ -499,7 +521,7 @@ async fn purge(State(api): State<Arc<Api>>, request: axum::extract::Request) -> 
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad purge request: {e}")),
     };
-    submit(&api, publisher, request, key).await
+    submit(&api, publisher, request, key, &head.method, head.uri.path()).await
 }
 
 /// `PURGE /<absolute URL>` (or `PURGE <absolute URL>`): one URL, hard.
@@ -515,6 +537,10 @@ async fn purge_method(
     let publisher = match publisher(&api, &headers) {
         Ok(p) => p,
         Err(why) => return unauthorized(why),
+    };
+    let key = match IdempotencyKey::from_headers(&headers) {
+        Ok(key) => key,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let url = if uri.scheme().is_some() {
         uri.to_string()
@@ -544,15 +570,17 @@ async fn purge_method(
         urls: Some(vec![url]),
         ..Default::default()
     };
-    submit(&api, publisher, request, None).await
+    submit(&api, publisher, request, key, &method, uri.path()).await
 }
 
-/// Validates, admits, logs and answers one purge.
+/// Validates, admits, logs and answers one purge, which `method path` asked for.
 async fn submit(
     api: &Arc<Api>,
     publisher: &crate::config::PublisherConfig,
     request: PurgeRequest,
-    idempotency_key: Option<String>,
+    idempotency_key: Option<IdempotencyKey>,
+    method: &Method,
+    path: &str,
 ) -> Response {
     let Some(site) = api.config.sites.iter().find(|s| s.name == request.site) else {
         return error(
@@ -570,12 +598,26 @@ async fn submit(
         Ok(p) => p,
         Err(invalid) => return error(StatusCode::BAD_REQUEST, &invalid.to_string()),
     };
+    // The claim first, then the log: a request finds its key either still claimed by the
+    // request that used it or in the log, never in between (see `idempotency`).
+    let mut keyed: Option<(Claim, Fingerprint)> = None;
     if let Some(key) = &idempotency_key {
-        match api.log.find_idempotent(&publisher.name, key).await {
-            Ok(Some(entry)) => return accepted(entry.seq, StatusCode::OK),
+        let fingerprint = Fingerprint::of(method.as_str(), path, &purge);
+        let claim = match api.in_flight.claim(&publisher.name, key, &fingerprint) {
+            Ok(claim) => claim,
+            Err(conflict) => return key_conflict(&conflict),
+        };
+        match api.log.find_idempotent(&publisher.name, key.as_str()).await {
+            Ok(Some(entry)) => {
+                return match replay(&entry, &fingerprint) {
+                    Ok(seq) => accepted(seq, StatusCode::OK),
+                    Err(conflict) => key_conflict(&conflict),
+                };
+            }
             Ok(None) => {}
             Err(e) => return unavailable(api, &e),
         }
+        keyed = Some((claim, fingerprint));
     }
     // The queue place first, then the tokens: a refusal by either takes nothing.
     let ticket = match api.queue.try_enter() {
@@ -593,20 +635,24 @@ async fn submit(
         return shed(&refused);
     }
     let (done, committed) = oneshot::channel();
+    let (claim, request_fingerprint) = keyed.unzip();
     let entry = NewEntry {
         publisher: publisher.name.clone(),
         purge,
-        idempotency_key,
+        idempotency_key: idempotency_key.map(IdempotencyKey::into_string),
+        request_fingerprint,
         accepted_at_ms: unix_ms(),
     };
-    // The ticket travels with the purge and is given back after the append, so the queue
-    // bound also counts purges whose requester stopped waiting.
+    // The ticket and the key's claim travel with the purge and are given back after the
+    // append, so the queue bound also counts purges whose requester stopped waiting, and
+    // a retry meanwhile is told to wait (`409`) rather than logging the purge twice.
     if api
         .commits
         .send(Pending {
             entry,
             done,
             _ticket: ticket,
+            _claim: claim,
         })
         .await
         .is_err()
