@@ -1,7 +1,9 @@
 //! Purges end to end: publishers call the purge API, which logs them durably and fans them
 //! out to every node; each selector and mode really stops the old object being served on
 //! every node; a node that was down catches up before it serves; overload is shed with
-//! Retry-After while accepted purges all complete; the log survives a restart.
+//! Retry-After while accepted purges all complete; the log survives a restart; bodies are
+//! refused before they are read (no token, or over the limit) and an `Idempotency-Key`
+//! returns its purge only to the same request.
 
 mod support;
 
@@ -13,8 +15,9 @@ use cdn::demo_origin::DemoOrigin;
 use edge::store::Storage;
 use edge::{EdgeServer, MemoryStore};
 use http::{Method, StatusCode};
+use purge_api::log::{FileLog, LogEntry, LogError, NewEntry, PurgeLog, Retention};
 use purge_api::{PurgeApiConfig, PurgeApiServer};
-use support::{HOST, Reply, api_call, client, json, loopback, send};
+use support::{HOST, Reply, api_call, api_call_with, client, json, loopback, memory, send};
 
 const NODE_TOKEN: &str = "node-secret-0123456789";
 const TOKEN: &str = "publisher-token-0123456789";
@@ -144,6 +147,11 @@ impl Purging {
         let seq = json(&reply)["seq"].as_u64().expect("seq");
         self.wait_done(seq).await;
         seq
+    }
+
+    /// The whole purge log, as a node reads it.
+    async fn log(&self) -> edge::purge::PurgeLogPage {
+        log_page(self.api.addr()).await
     }
 
     async fn wait_done(&self, seq: u64) {
@@ -471,13 +479,7 @@ async fn the_log_survives_a_restart_and_idempotent_retries_get_the_same_purge() 
     let api = PurgeApiServer::start(api_config(dir.path(), &[admin], ""))
         .await
         .expect("restart");
-    let page = support::send_with(
-        api.addr(),
-        "/v1/purge-log?after=0&limit=100",
-        &[(edge::purge::NODE_TOKEN_HEADER, NODE_TOKEN)],
-    )
-    .await;
-    let page: edge::purge::PurgeLogPage = serde_json::from_slice(&page.body).expect("log page");
+    let page = log_page(api.addr()).await;
     let logged: Vec<u64> = page.purges.iter().map(|p| p.seq).collect();
     assert_eq!(
         logged,
@@ -489,30 +491,351 @@ async fn the_log_survives_a_restart_and_idempotent_retries_get_the_same_purge() 
         first,
         "also after a restart"
     );
+    // The request the key was first used for is remembered across the restart too.
+    let other = keyed(
+        api.addr(),
+        "retry-1",
+        &format!(r#"{{"site":"assets","urls":["{}"]}}"#, url("/other.bin")),
+    )
+    .await;
+    assert_problem(&other, StatusCode::UNPROCESSABLE_ENTITY);
     let next = api_call(api.addr(), Method::POST, "/v1/purge", Some(TOKEN), &body).await;
     assert_eq!(json(&next)["seq"], 22);
     api.shutdown().await;
 }
 
+/// The purge log from its start, as a node reads it from the API at `api`.
+async fn log_page(api: SocketAddr) -> edge::purge::PurgeLogPage {
+    let page = support::send_with(
+        api,
+        "/v1/purge-log?after=0&limit=1000",
+        &[(edge::purge::NODE_TOKEN_HEADER, NODE_TOKEN)],
+    )
+    .await;
+    serde_json::from_slice(&page.body).expect("log page")
+}
+
+/// POSTs `body` as a purge with `Idempotency-Key: key`.
+async fn keyed(api: SocketAddr, key: &str, body: &str) -> Reply {
+    api_call_with(
+        api,
+        Method::POST,
+        "/v1/purge",
+        Some(TOKEN),
+        &[("idempotency-key", key)],
+        body,
+    )
+    .await
+}
+
+/// The sequence number of a keyed purge, which must succeed.
 async fn idempotent(api: SocketAddr, body: &str, key: &str) -> u64 {
-    let request = http::Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{api}/v1/purge"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("idempotency-key", key)
-        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
-            body.as_bytes(),
-        )))
-        .expect("request");
-    let response = client().request(request).await.expect("answer");
-    assert!(response.status().is_success(), "{}", response.status());
-    let body = http_body_util::BodyExt::collect(response.into_body())
+    let reply = keyed(api, key, body).await;
+    assert!(
+        reply.status.is_success(),
+        "{}: {}",
+        reply.status,
+        reply.text()
+    );
+    json(&reply)["seq"].as_u64().expect("seq")
+}
+
+/// Checks that `reply` is an RFC 9457 problem with `status`, and returns it.
+fn assert_problem(reply: &Reply, status: StatusCode) -> serde_json::Value {
+    assert_eq!(reply.status, status, "{}", reply.text());
+    problem(status, reply.header("content-type"), &reply.body)
+}
+
+/// Checks an RFC 9457 problem document (`application/problem+json` with type, title,
+/// status and a detail saying what to do) and returns it.
+fn problem(status: StatusCode, content_type: &str, body: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(body);
+    assert_eq!(content_type, "application/problem+json", "{text}");
+    let doc: serde_json::Value =
+        serde_json::from_slice(body).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    assert_eq!(doc["status"], status.as_u16(), "{text}");
+    for member in ["type", "title", "detail"] {
+        assert!(
+            doc[member].as_str().is_some_and(|v| !v.is_empty()),
+            "no {member}: {text}"
+        );
+    }
+    doc
+}
+
+/// How much a test may add to the process's peak memory: a server that buffers a refused
+/// body adds hundreds of MiB, one that refuses it a few connection buffers.
+const FLAT: u64 = 32 << 20;
+
+/// A purge request head for [`support::upload`], with `framing` (`content-length: N` or
+/// `transfer-encoding: chunked`).
+fn upload_head(token: Option<&str>, framing: &str) -> String {
+    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+    format!(
+        "POST /v1/purge HTTP/1.1\r\nhost: api\r\ncontent-type: application/json\r\n\
+         {auth}{framing}\r\n\r\n"
+    )
+}
+
+/// Peak memory growth since `base` (see [`memory::reset_peak`]).
+fn grown(base: u64) -> u64 {
+    memory::peak().saturating_sub(base)
+}
+
+#[tokio::test]
+async fn a_flood_of_unauthenticated_300_mib_bodies_is_refused_unread_and_memory_stays_flat() {
+    let p = Purging::start(0, "").await;
+    const LEN: u64 = 300 << 20;
+    let base = memory::reset_peak();
+    let heads = [
+        upload_head(None, &format!("content-length: {LEN}")),
+        upload_head(
+            Some("wrong-token-000000000"),
+            &format!("content-length: {LEN}"),
+        ),
+        upload_head(None, "transfer-encoding: chunked"),
+        upload_head(Some("wrong-token-000000000"), "transfer-encoding: chunked"),
+    ];
+    let uploads = futures_util::future::join_all(heads.iter().map(|head| {
+        support::upload(
+            p.api.addr(),
+            head,
+            LEN,
+            head.contains("chunked"),
+            // Stop feeding a server that buffers: the check below then fails.
+            |_| grown(base) < FLAT,
+        )
+    }))
+    .await;
+    let growth = grown(base);
+    assert!(
+        growth < FLAT,
+        "peak memory grew {} MiB while refusing unauthenticated bodies (sent {:?} MiB)",
+        growth >> 20,
+        uploads.iter().map(|u| u.sent >> 20).collect::<Vec<_>>()
+    );
+    for upload in &uploads {
+        assert_eq!(upload.status(), 401, "{}", upload.answer);
+        assert!(!upload.complete, "the whole body was taken: {upload:?}");
+        let doc = problem(
+            StatusCode::UNAUTHORIZED,
+            upload.header("content-type"),
+            upload.body().as_bytes(),
+        );
+        assert!(
+            doc["detail"].as_str().unwrap_or("").contains("Bearer"),
+            "{doc}"
+        );
+    }
+    assert!(p.log().await.purges.is_empty());
+}
+
+#[tokio::test]
+async fn a_declared_body_over_the_limit_gets_413_before_it_is_sent() {
+    let p = Purging::start(0, "").await;
+    // Just the head, the connection left open: the answer comes without a body byte.
+    let head = upload_head(Some(TOKEN), &format!("content-length: {}", 300u64 << 20));
+    let upload = support::upload(p.api.addr(), &head, 0, false, |_| true).await;
+    assert_eq!(upload.status(), 413, "{}", upload.answer);
+    let doc = problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        upload.header("content-type"),
+        upload.body().as_bytes(),
+    );
+    assert!(
+        doc["detail"].as_str().unwrap_or("").contains("262144"),
+        "the limit is named: {doc}"
+    );
+    // A body of exactly the limit is read (and judged on its content).
+    let at_limit = format!(
+        r#"{{"site":"assets","tags":["{}"]}}"#,
+        "t".repeat(256 * 1024 - 29)
+    );
+    assert_eq!(at_limit.len(), 256 * 1024);
+    let reply = p
+        .call(Method::POST, "/v1/purge", Some(TOKEN), &at_limit)
+        .await;
+    assert_problem(&reply, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn an_authenticated_chunked_body_over_the_limit_gets_413_once_the_limit_is_read() {
+    let p = Purging::start(0, "").await;
+    const LEN: u64 = 300 << 20;
+    let base = memory::reset_peak();
+    let upload = support::upload(
+        p.api.addr(),
+        &upload_head(Some(TOKEN), "transfer-encoding: chunked"),
+        LEN,
+        true,
+        |_| grown(base) < FLAT,
+    )
+    .await;
+    let growth = grown(base);
+    assert!(
+        growth < FLAT,
+        "peak memory grew {} MiB reading an oversized body (sent {} MiB)",
+        growth >> 20,
+        upload.sent >> 20
+    );
+    assert_eq!(upload.status(), 413, "{}", upload.answer);
+    assert!(!upload.complete, "the whole body was taken");
+    problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        upload.header("content-type"),
+        upload.body().as_bytes(),
+    );
+    assert!(p.log().await.purges.is_empty());
+}
+
+#[tokio::test]
+async fn an_idempotency_key_reused_for_another_purge_gets_422_and_purges_nothing() {
+    let p = Purging::start(0, "").await;
+    let first = format!(r#"{{"site":"assets","urls":["{}"]}}"#, url("/idem/a.bin"));
+    let seq = idempotent(p.api.addr(), &first, "deploy-1").await;
+    for other in [
+        format!(r#"{{"site":"assets","urls":["{}"]}}"#, url("/idem/b.bin")),
+        r#"{"site":"assets","everything":true}"#.to_owned(),
+        format!(
+            r#"{{"site":"assets","urls":["{}"],"mode":"soft"}}"#,
+            url("/idem/a.bin")
+        ),
+    ] {
+        let reply = keyed(p.api.addr(), "deploy-1", &other).await;
+        let doc = assert_problem(&reply, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            doc["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("Idempotency-Key")),
+            "{doc}"
+        );
+    }
+    let logged: Vec<u64> = p.log().await.purges.iter().map(|p| p.seq).collect();
+    assert_eq!(logged, vec![seq], "only the first purge is in the log");
+    // The same purge written differently (member order, spacing, the default mode) is the
+    // same request: its earlier id, as before.
+    let same = format!(
+        r#"{{ "mode": "hard", "urls": ["{}"], "site": "assets" }}"#,
+        url("/idem/a.bin")
+    );
+    let again = keyed(p.api.addr(), "deploy-1", &same).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+    assert_eq!(json(&again)["seq"], seq);
+    // Keys are the publisher's own: another publisher may use the same one.
+    let theirs = api_call_with(
+        p.api.addr(),
+        Method::POST,
+        "/v1/purge",
+        Some(OTHER_TOKEN),
+        &[("idempotency-key", "deploy-1")],
+        r#"{"site":"other","everything":true}"#,
+    )
+    .await;
+    assert_eq!(theirs.status, StatusCode::ACCEPTED, "{}", theirs.text());
+}
+
+#[tokio::test]
+async fn idempotency_keys_empty_over_255_bytes_or_not_ascii_get_400() {
+    let p = Purging::start(0, "").await;
+    let body = format!(r#"{{"site":"assets","urls":["{}"]}}"#, url("/keys.bin"));
+    for bad in ["k".repeat(256), String::new(), "\"\"".into(), "clé".into()] {
+        let reply = keyed(p.api.addr(), &bad, &body).await;
+        let doc = assert_problem(&reply, StatusCode::BAD_REQUEST);
+        assert!(
+            doc["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("Idempotency-Key")),
+            "{doc}"
+        );
+    }
+    assert!(p.log().await.purges.is_empty(), "nothing was purged");
+    let longest = "k".repeat(255);
+    let seq = idempotent(p.api.addr(), &body, &longest).await;
+    // The draft's form is a quoted string; the bare form names the same key.
+    assert_eq!(
+        idempotent(p.api.addr(), &body, &format!("\"{longest}\"")).await,
+        seq
+    );
+}
+
+/// A file log whose appends wait for the test's go-ahead, so a purge can be held in
+/// flight (admitted, not yet committed) for as long as a test needs.
+#[derive(Debug)]
+struct HeldLog {
+    file: FileLog,
+    /// Told the size of every batch that reaches the log.
+    entered: tokio::sync::mpsc::UnboundedSender<usize>,
+    /// One permit lets one append through.
+    go: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl PurgeLog for HeldLog {
+    async fn append(&self, batch: Vec<NewEntry>) -> Result<Vec<u64>, LogError> {
+        let _ = self.entered.send(batch.len());
+        self.go.acquire().await.expect("semaphore open").forget();
+        self.file.append(batch).await
+    }
+    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>, LogError> {
+        self.file.read_after(after, limit).await
+    }
+    fn head(&self) -> u64 {
+        self.file.head()
+    }
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.file.subscribe()
+    }
+    async fn find_idempotent(
+        &self,
+        publisher: &str,
+        key: &str,
+    ) -> Result<Option<LogEntry>, LogError> {
+        self.file.find_idempotent(publisher, key).await
+    }
+}
+
+#[tokio::test]
+async fn a_retry_while_the_first_request_with_its_key_is_in_flight_gets_409() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (entered, mut appends) = tokio::sync::mpsc::unbounded_channel();
+    let log = Arc::new(HeldLog {
+        file: FileLog::open(&dir.path().join("purges.redb"), Retention::default()).expect("log"),
+        entered,
+        go: tokio::sync::Semaphore::new(0),
+    });
+    let api = PurgeApiServer::start_with_log(api_config(dir.path(), &[], ""), log.clone())
         .await
-        .expect("body")
-        .to_bytes();
-    serde_json::from_slice::<serde_json::Value>(&body).expect("json")["seq"]
-        .as_u64()
-        .expect("seq")
+        .expect("purge API");
+    let addr = api.addr();
+    let body = format!(r#"{{"site":"assets","urls":["{}"]}}"#, url("/held.bin"));
+    let first = tokio::spawn({
+        let body = body.clone();
+        async move { keyed(addr, "held-1", &body).await }
+    });
+    assert_eq!(
+        appends.recv().await,
+        Some(1),
+        "the first purge reached the log"
+    );
+    // Admitted, not committed: a retry cannot be answered with an id yet.
+    let retry = keyed(addr, "held-1", &body).await;
+    assert_problem(&retry, StatusCode::CONFLICT);
+    assert_eq!(retry.header("retry-after"), "1");
+    let other = keyed(addr, "held-1", r#"{"site":"assets","everything":true}"#).await;
+    assert_problem(&other, StatusCode::UNPROCESSABLE_ENTITY);
+    log.go.add_permits(1);
+    let first = first.await.expect("first request");
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text());
+    let seq = json(&first)["seq"].as_u64().expect("seq");
+    // Committed: the retry now gets the purge's id, without a second append.
+    let after = keyed(addr, "held-1", &body).await;
+    assert_eq!(after.status, StatusCode::OK, "{}", after.text());
+    assert_eq!(json(&after)["seq"], seq);
+    assert!(
+        appends.try_recv().is_err(),
+        "only one append ever reached the log"
+    );
+    api.shutdown().await;
 }
 
 #[tokio::test]

@@ -3,7 +3,8 @@
 //! watermarks in its KV bucket. Purges accepted by either API reach every node and either
 //! API reports them; losing one NATS server of three loses no accepted purge; a node away
 //! for 500 purges catches up before it serves; with NATS gone the API answers 503, nodes
-//! keep serving, and everything resumes when NATS returns.
+//! keep serving, and everything resumes when NATS returns; an `Idempotency-Key` reused for
+//! another purge is refused by every instance.
 //!
 //! Needs `nats-server` (`apt-get install -y nats-server`; `.ci/run` installs it).
 
@@ -18,7 +19,7 @@ use edge::{EdgeServer, MemoryStore};
 use http::{Method, StatusCode};
 use purge_api::{PurgeApiConfig, PurgeApiServer};
 use support::nats::{NatsCluster, NatsServer};
-use support::{HOST, Reply, api_call, client, json, loopback, send};
+use support::{HOST, Reply, api_call, api_call_with, client, json, loopback, send};
 
 const NODE_TOKEN: &str = "node-secret-0123456789";
 const TOKEN: &str = "publisher-token-0123456789";
@@ -387,4 +388,84 @@ async fn with_nats_down_the_api_answers_503_nodes_keep_serving_and_all_resumes()
     let status = d.status(0, seq).await;
     assert_eq!(status["state"], "done", "{status}");
     d.gone_everywhere("/down/a.bin").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_reused_for_another_purge_gets_422_from_any_instance() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nats = NatsServer::start("solo", dir.path(), None).await;
+    let d = Deployment::start(vec![nats.url()], 1, 2, 0).await;
+    let keyed = |api: usize, target: &str| {
+        let body = format!(r#"{{"site":"assets","urls":["https://{HOST}{target}"]}}"#);
+        let addr = d.apis[api].addr();
+        async move {
+            api_call_with(
+                addr,
+                Method::POST,
+                "/v1/purge",
+                Some(TOKEN),
+                &[("idempotency-key", "release-7")],
+                &body,
+            )
+            .await
+        }
+    };
+    let first = keyed(0, "/k/a.bin").await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text());
+    let seq = json(&first)["seq"].as_u64().expect("seq");
+    // The other instance knows the key's request from the stream alone.
+    let other = keyed(1, "/k/b.bin").await;
+    assert_eq!(
+        other.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        other.text()
+    );
+    assert_eq!(other.header("content-type"), "application/problem+json");
+    for api in [1, 0] {
+        let again = keyed(api, "/k/a.bin").await;
+        assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+        assert_eq!(json(&again)["seq"], seq);
+    }
+    let page = log_page(&d, 1, 0).await;
+    assert_eq!(
+        page.purges.last().map(|p| p.seq),
+        Some(seq),
+        "nothing after it"
+    );
+    assert!(
+        !page
+            .purges
+            .iter()
+            .any(|p| format!("{:?}", p.purge).contains("/k/b.bin")),
+        "the refused purge is not in the stream"
+    );
+    // The request is its method and path too, and what the stream stores says so: a key
+    // first used by `PURGE <url>` does not name a POST of the same URL.
+    let url = format!("/https://{HOST}/k/c.bin");
+    let purged = api_call_with(
+        d.apis[0].addr(),
+        Method::from_bytes(b"PURGE").expect("method"),
+        &url,
+        Some(TOKEN),
+        &[("idempotency-key", "\"release-8\"")],
+        "",
+    )
+    .await;
+    assert_eq!(purged.status, StatusCode::ACCEPTED, "{}", purged.text());
+    let posted = api_call_with(
+        d.apis[1].addr(),
+        Method::POST,
+        "/v1/purge",
+        Some(TOKEN),
+        &[("idempotency-key", "release-8")],
+        &format!(r#"{{"site":"assets","urls":["https://{HOST}/k/c.bin"]}}"#),
+    )
+    .await;
+    assert_eq!(
+        posted.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        posted.text()
+    );
 }

@@ -140,6 +140,11 @@ pub struct StreamRecord {
     /// The request's `Idempotency-Key`, if it had one.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// The keyed request's fingerprint, which API instances compare with a later request
+    /// reusing the key; opaque to nodes. Absent from records without a key and from those
+    /// written before fingerprints were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_fingerprint: Option<String>,
     /// When the API accepted it, in Unix milliseconds.
     pub accepted_at_ms: u64,
 }

@@ -13,6 +13,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod idempotency;
 pub mod log;
 pub mod metrics;
 pub mod nats_log;

@@ -32,6 +32,8 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, Ta
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::request::Fingerprint;
+
 /// One accepted purge as the log keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
@@ -43,8 +45,25 @@ pub struct LogEntry {
     pub purge: Purge,
     /// The request's `Idempotency-Key`, if it had one.
     pub idempotency_key: Option<String>,
+    /// What the keyed request asked for, so a key reused for another request is refused.
+    /// `None` without a key, and on keyed entries logged before fingerprints were stored
+    /// (absent from their JSON): read it with [`LogEntry::fingerprint`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_fingerprint: Option<Fingerprint>,
     /// When the API accepted it, in Unix milliseconds. Retention by age uses it.
     pub accepted_at_ms: u64,
+}
+
+impl LogEntry {
+    /// The fingerprint of the request that created this entry. An entry logged before
+    /// fingerprints were stored gets the one its purge has as a `POST /v1/purge`
+    /// ([`Fingerprint::legacy`]), the only request that took keys then: its key keeps
+    /// matching exactly the request that created it, neither more nor less.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.request_fingerprint
+            .clone()
+            .unwrap_or_else(|| Fingerprint::legacy(&self.purge))
+    }
 }
 
 /// What is appended: a [`LogEntry`] before the log gives it a sequence number.
@@ -53,6 +72,8 @@ pub struct NewEntry {
     pub publisher: String,
     pub purge: Purge,
     pub idempotency_key: Option<String>,
+    /// The keyed request's [`Fingerprint`], stored with the key.
+    pub request_fingerprint: Option<Fingerprint>,
     /// When the API accepted it, in Unix milliseconds.
     pub accepted_at_ms: u64,
 }
@@ -106,8 +127,10 @@ pub trait PurgeLog: Send + Sync + fmt::Debug {
     /// it is still retained.
     ///
     /// Runs before admitting a request that carries an `Idempotency-Key`: on `Some`, the API
-    /// answers with the existing purge id instead of appending again, also after a restart
-    /// (the index is in the log). `None` once retention dropped the entry.
+    /// compares the request's fingerprint with the entry's ([`LogEntry::fingerprint`]) and
+    /// answers the same request with the existing purge id instead of appending again, a
+    /// different one with `422`; also after a restart (the index is in the log). `None`
+    /// once retention dropped the entry.
     async fn find_idempotent(
         &self,
         publisher: &str,
@@ -339,6 +362,7 @@ impl FileInner {
                     publisher: new.publisher,
                     purge: new.purge,
                     idempotency_key: new.idempotency_key,
+                    request_fingerprint: new.request_fingerprint,
                     accepted_at_ms: new.accepted_at_ms,
                 };
                 let bytes = serde_json::to_vec(&entry).map_err(LogError::Encode)?;
@@ -594,6 +618,7 @@ mod tests {
             publisher: "acme".into(),
             purge: purge(n),
             idempotency_key: None,
+            request_fingerprint: None,
             accepted_at_ms: now_ms(),
         }
     }
@@ -685,6 +710,7 @@ mod tests {
                         publisher: new.publisher,
                         purge: new.purge,
                         idempotency_key: new.idempotency_key,
+                        request_fingerprint: new.request_fingerprint,
                         accepted_at_ms: new.accepted_at_ms,
                     });
                 }
@@ -804,6 +830,48 @@ mod tests {
                 .unwrap()
                 .seq,
             3
+        );
+    }
+
+    #[test]
+    fn a_keyed_entry_keeps_its_fingerprint_and_older_entries_get_their_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let fingerprint = Fingerprint::of("PURGE", "/https://a.example/1.js", &purge(1));
+        {
+            let log = open(&dir);
+            log.append_blocking(vec![NewEntry {
+                idempotency_key: Some("req-1".into()),
+                request_fingerprint: Some(fingerprint.clone()),
+                ..new_entry(1)
+            }])
+            .unwrap();
+        }
+        let found = open(&dir)
+            .find_idempotent_blocking("acme", "req-1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.request_fingerprint.as_ref(), Some(&fingerprint));
+        assert_eq!(found.fingerprint(), fingerprint);
+        // An entry as versions before fingerprints wrote it (no such member) still decodes,
+        // and stands for the one request that could carry a key then.
+        let old = r#"{"seq":3,"publisher":"acme","purge":{"site":"assets","selector":{"kind":"urls","values":["https://a.example/1.js"]},"mode":"hard"},"idempotency_key":"req-0","accepted_at_ms":1}"#;
+        let old: LogEntry = serde_json::from_str(old).unwrap();
+        assert_eq!(old.request_fingerprint, None);
+        assert_eq!(old.fingerprint(), Fingerprint::legacy(&purge(1)));
+        assert_ne!(old.fingerprint(), fingerprint);
+        // Entries without a key are written as before.
+        let plain = LogEntry {
+            seq: 4,
+            publisher: "acme".into(),
+            purge: purge(1),
+            idempotency_key: None,
+            request_fingerprint: None,
+            accepted_at_ms: 1,
+        };
+        assert!(
+            !serde_json::to_string(&plain)
+                .unwrap()
+                .contains("fingerprint")
         );
     }
 

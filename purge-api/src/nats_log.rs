@@ -19,11 +19,13 @@
 //! - Every message carries a `Nats-Msg-Id`, so a publish retried within the stream's
 //!   duplicate window (2 minutes) is stored once. A purge with an `Idempotency-Key` is
 //!   published on its own subject ([`keyed_subject`]) with an id derived from the
-//!   publisher and key: two instances accepting the same keyed request at once store it
-//!   once, and any instance finds it later with a last-by-subject lookup. (Unlike the
-//!   file log's index, which keeps the first, that lookup finds the latest purge of a
-//!   key; they differ only for a key reused after the duplicate window by requests that
-//!   raced past the lookup.)
+//!   publisher, the key and the request's fingerprint (stored in the record): two
+//!   instances accepting the same keyed request at once store it once, and any instance
+//!   finds it later with a last-by-subject lookup and compares fingerprints. Two
+//!   *different* requests with one key that race past the lookup on two instances are
+//!   both stored (both purge; the id does not merge them, which would drop one silently);
+//!   the lookup then finds the latest. (Unlike the file log's index, which keeps the
+//!   first: they differ only for such races.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -36,6 +38,7 @@ use tokio::sync::{OnceCell, watch};
 
 use crate::config::NatsLogConfig;
 use crate::log::{LogEntry, LogError, NewEntry, PurgeLog, Retention};
+use crate::request::Fingerprint;
 
 /// How long deduplication by `Nats-Msg-Id` remembers an id.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -217,6 +220,7 @@ impl NatsLog {
             publisher: record.publisher,
             purge: record.purge,
             idempotency_key: record.idempotency_key,
+            request_fingerprint: record.request_fingerprint.map(Fingerprint::stored),
             accepted_at_ms: record.accepted_at_ms,
         })
     }
@@ -227,7 +231,10 @@ impl NatsLog {
         let (subject, id) = match &entry.idempotency_key {
             Some(key) => {
                 let subject = keyed_subject(stream, &entry.publisher, key);
-                let id = subject.clone();
+                let id = match &entry.request_fingerprint {
+                    Some(fingerprint) => format!("{subject}.{}", fingerprint.as_str()),
+                    None => subject.clone(),
+                };
                 (subject, id)
             }
             None => {
@@ -239,6 +246,7 @@ impl NatsLog {
             publisher: entry.publisher,
             purge: entry.purge,
             idempotency_key: entry.idempotency_key,
+            request_fingerprint: entry.request_fingerprint.map(|f| f.as_str().to_owned()),
             accepted_at_ms: entry.accepted_at_ms,
         };
         let payload = serde_json::to_vec(&record).map_err(LogError::Encode)?;

@@ -1,10 +1,184 @@
 //! What a publisher sends, and how it becomes a [`Purge`]: one selector, every target
-//! inside the site, nothing half-valid.
+//! inside the site, nothing half-valid; its `Idempotency-Key`, and the [`Fingerprint`]
+//! that tells a retry of a request from another request reusing its key.
 
 use edge::purge::{Mode, Purge, Selector};
-use serde::Deserialize;
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
 
 use crate::config::SiteConfig;
+
+/// The path publishers `POST` purges to.
+pub const PURGE_PATH: &str = "/v1/purge";
+
+/// The request header naming a purge, as draft-ietf-httpapi-idempotency-key-header has it.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Longest `Idempotency-Key` accepted, in bytes: room for any UUID or hash a client may
+/// use, while the log (which stores it with the purge) and the NATS subject it becomes
+/// stay small.
+pub const MAX_KEY_BYTES: usize = 255;
+
+/// A request's `Idempotency-Key`: the publisher's name for one purge request, so that a
+/// retry is answered with that purge instead of logging a second one. Keys are scoped to
+/// the publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+/// Why an `Idempotency-Key` header is refused (`400`); the message says what to send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("Idempotency-Key is given {0} times: send it once, or not at all")]
+    Repeated(usize),
+    #[error("Idempotency-Key is empty: send 1 to {MAX_KEY_BYTES} characters, e.g. a UUID")]
+    Empty,
+    #[error(
+        "Idempotency-Key is {0} bytes long; at most {MAX_KEY_BYTES} are accepted: use a \
+         shorter key, e.g. a UUID"
+    )]
+    TooLong(usize),
+    #[error(
+        "Idempotency-Key must be a quoted string of printable ASCII (\"8e03978e-40d5\") or \
+         visible ASCII without quotes, backslashes or spaces (8e03978e-40d5)"
+    )]
+    Malformed,
+}
+
+impl IdempotencyKey {
+    /// The key of a request, `None` when it has no `Idempotency-Key`.
+    ///
+    /// The draft's form is a structured-field String (RFC 8941: `"8e03978e-40d5"`, with
+    /// `\"` and `\\` escapes); a bare value of visible ASCII (`deploy-42`, as clients sent
+    /// before this API followed the draft) names the same key as its quoted form. Anything
+    /// else (other bytes, bad quoting, empty, over [`MAX_KEY_BYTES`], the header twice) is
+    /// refused rather than ignored: ignoring it would log a retry twice.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, KeyError> {
+        let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        let more = values.count();
+        if more > 0 {
+            return Err(KeyError::Repeated(more + 1));
+        }
+        let key = match value.as_bytes() {
+            [b'"', inner @ .., b'"'] => unquote(inner)?,
+            bare if bare
+                .iter()
+                .all(|b| (0x21..=0x7e).contains(b) && !b"\"\\".contains(b)) =>
+            {
+                bare.to_vec()
+            }
+            _ => return Err(KeyError::Malformed),
+        };
+        if key.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if key.len() > MAX_KEY_BYTES {
+            return Err(KeyError::TooLong(key.len()));
+        }
+        // Printable ASCII only, checked above.
+        String::from_utf8(key)
+            .map(|key| Some(Self(key)))
+            .map_err(|_| KeyError::Malformed)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// The inside of an RFC 8941 String: printable ASCII, `\"` and `\\` escapes, no bare `"`.
+fn unquote(inner: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let mut out = Vec::with_capacity(inner.len());
+    let mut bytes = inner.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'\\' => match bytes.next() {
+                Some(&escaped @ (b'"' | b'\\')) => out.push(escaped),
+                _ => return Err(KeyError::Malformed),
+            },
+            b'"' => return Err(KeyError::Malformed),
+            0x20..=0x7e => out.push(b),
+            _ => return Err(KeyError::Malformed),
+        }
+    }
+    Ok(out)
+}
+
+/// What a keyed request asked for, so that a key reused for a different request is
+/// refused instead of answered with the first request's purge: SHA-256, in 64 lowercase
+/// hex digits, over the request's method, its path and the purge it parsed to (site,
+/// selector kind, every target in order, mode), each part length-prefixed.
+///
+/// The parsed purge rather than the raw body: the same purge sent again with other
+/// spacing, member order or an explicit default `mode` is the same request (a client
+/// library that re-serializes on retry must not be told it reused its key), while anything
+/// that changes what is purged changes the fingerprint. Unknown members are refused by
+/// [`PurgeRequest`], so parsing drops nothing a request could mean. The publisher is not
+/// hashed: keys are the publisher's own, so it is already part of the key's identity.
+///
+/// Stored with the key in the log, so it holds across restarts and API instances; the
+/// encoding is pinned by a golden test, since changing it would refuse every retry of a
+/// request logged before.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Fingerprint(String);
+
+impl Fingerprint {
+    /// The fingerprint of `method path` asking for `purge`.
+    pub fn of(method: &str, path: &str, purge: &Purge) -> Self {
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut part = |bytes: &[u8]| {
+            digest.update(&(bytes.len() as u64).to_be_bytes());
+            digest.update(bytes);
+        };
+        let mode = match purge.mode {
+            Mode::Hard => "hard",
+            Mode::Soft => "soft",
+        };
+        for field in [method, path, &purge.site, purge.selector.kind(), mode] {
+            part(field.as_bytes());
+        }
+        match &purge.selector {
+            Selector::Urls(targets)
+            | Selector::Tags(targets)
+            | Selector::Prefixes(targets)
+            | Selector::Hosts(targets) => {
+                for target in targets {
+                    part(target.as_bytes());
+                }
+            }
+            Selector::Everything => {}
+        }
+        let hash = digest.finish();
+        let mut hex = String::with_capacity(64);
+        for byte in hash.as_ref() {
+            hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+            hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
+        }
+        Self(hex)
+    }
+
+    /// The fingerprint a keyed purge logged before fingerprints were stored stands for:
+    /// only `POST /v1/purge` took keys then, so its request is known from its purge.
+    pub fn legacy(purge: &Purge) -> Self {
+        Self::of("POST", PURGE_PATH, purge)
+    }
+
+    /// A fingerprint as a log stored it (the NATS stream keeps it as a plain string).
+    pub fn stored(hex: String) -> Self {
+        Self(hex)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 /// The body of `POST /v1/purge`. Exactly one of the selectors is set.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -196,6 +370,91 @@ mod tests {
                 .unwrap()
                 .selector,
             Selector::Everything
+        );
+    }
+
+    fn key(values: &[&[u8]]) -> Result<Option<String>, KeyError> {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(
+                IDEMPOTENCY_KEY,
+                http::HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        IdempotencyKey::from_headers(&headers).map(|k| k.map(IdempotencyKey::into_string))
+    }
+
+    #[test]
+    fn idempotency_keys_are_draft_strings_or_bare_ascii_up_to_255_bytes() {
+        assert_eq!(key(&[]), Ok(None));
+        for (value, expected) in [
+            (&b"deploy-42"[..], "deploy-42"),
+            (b"\"deploy-42\"", "deploy-42"),
+            (b"\"a b\\\"c\\\\d\"", "a b\"c\\d"),
+            (
+                b"8e03978e-40d5-43e8-bc93-6894a57f9324",
+                "8e03978e-40d5-43e8-bc93-6894a57f9324",
+            ),
+        ] {
+            assert_eq!(key(&[value]), Ok(Some(expected.to_owned())), "{value:?}");
+        }
+        let longest = "k".repeat(MAX_KEY_BYTES);
+        assert_eq!(key(&[longest.as_bytes()]), Ok(Some(longest.clone())));
+        assert_eq!(
+            key(&[format!("\"{longest}\"").as_bytes()]),
+            Ok(Some(longest))
+        );
+        for (value, error) in [
+            (&b""[..], KeyError::Empty),
+            (b"\"\"", KeyError::Empty),
+            (&[b'k'; 256][..], KeyError::TooLong(256)),
+            (b"cl\xc3\xa9", KeyError::Malformed),
+            (b"a b", KeyError::Malformed),
+            (b"\"open", KeyError::Malformed),
+            (b"\"a\"b\"", KeyError::Malformed),
+            (b"\"a\\x\"", KeyError::Malformed),
+            (b"\"tab\there\"", KeyError::Malformed),
+        ] {
+            assert_eq!(key(&[value]), Err(error), "{value:?}");
+        }
+        assert_eq!(key(&[b"a", b"a"]), Err(KeyError::Repeated(2)));
+    }
+
+    #[test]
+    fn fingerprints_are_pinned_and_follow_the_parsed_purge() {
+        let purge =
+            parse(r#"{"site":"assets","urls":["https://assets.example.com/a.js"]}"#).unwrap();
+        let fingerprint = Fingerprint::of("POST", PURGE_PATH, &purge);
+        // Golden: stored fingerprints must keep matching their retries after any refactor.
+        assert_eq!(
+            fingerprint.as_str(),
+            "b9138a1707414aaf58cfc7a0383cd5f30915a523b0081eda08c1667a6aea3f14"
+        );
+        assert_eq!(Fingerprint::legacy(&purge), fingerprint);
+        let respelled = parse(
+            r#"{ "mode": "hard", "urls": ["https://assets.example.com/a.js"], "site": "assets" }"#,
+        )
+        .unwrap();
+        assert_eq!(Fingerprint::of("POST", PURGE_PATH, &respelled), fingerprint);
+        for other in [
+            r#"{"site":"assets","urls":["https://assets.example.com/b.js"]}"#,
+            r#"{"site":"assets","urls":["https://assets.example.com/a.js"],"mode":"soft"}"#,
+            r#"{"site":"assets","prefixes":["https://assets.example.com/a.js"]}"#,
+            r#"{"site":"assets","everything":true}"#,
+        ] {
+            let other = Fingerprint::of("POST", PURGE_PATH, &parse(other).unwrap());
+            assert_ne!(other, fingerprint);
+        }
+        assert_ne!(Fingerprint::of("PURGE", PURGE_PATH, &purge), fingerprint);
+        // Length prefixes: moving a byte from one part to the next changes the hash.
+        let tags = |values: &[&str]| Purge {
+            site: "assets".into(),
+            selector: Selector::Tags(values.iter().map(|v| (*v).to_owned()).collect()),
+            mode: Mode::Hard,
+        };
+        assert_ne!(
+            Fingerprint::of("POST", PURGE_PATH, &tags(&["ab", "c"])),
+            Fingerprint::of("POST", PURGE_PATH, &tags(&["a", "bc"]))
         );
     }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,7 @@ use edge::purge::{
     LogTruncated, NODE_TOKEN_HEADER, PurgeAck, PurgeBatch, PurgeLogPage, SequencedPurge,
     tokens_match,
 };
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde::Deserialize;
@@ -32,10 +32,11 @@ use tokio::task::JoinSet;
 
 use crate::admission::{Admission, QueueGate, Shed, cost};
 use crate::config::{ConfigError, LogEngine, PurgeApiConfig};
+use crate::idempotency::{Claim, InFlight, KeyConflict, replay};
 use crate::log::{FileLog, LogError, NewEntry, PurgeLog, Retention};
 use crate::metrics::Metrics;
 use crate::nats_log::NatsLog;
-use crate::request::PurgeRequest;
+use crate::request::{Fingerprint, IdempotencyKey, PURGE_PATH, PurgeRequest};
 
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,8 @@ struct Pending {
     entry: NewEntry,
     done: oneshot::Sender<Result<u64, String>>,
     _ticket: crate::admission::QueueTicket,
+    /// The `Idempotency-Key`, held until the log has the purge (or refused it).
+    _claim: Option<Claim>,
 }
 
 /// One node's progress.
@@ -97,6 +100,8 @@ struct Api {
     progress: watch::Sender<u64>,
     /// Accept time of purges not yet applied everywhere, for the propagation histogram.
     accepted: Mutex<HashMap<u64, Instant>>,
+    /// Idempotency keys of purges admitted here and not yet in the log.
+    in_flight: InFlight,
     metrics: Metrics,
 }
 
@@ -201,6 +206,7 @@ impl PurgeApiServer {
             nodes,
             progress: watch::channel(0).0,
             accepted: Mutex::default(),
+            in_flight: InFlight::default(),
             metrics: Metrics::default(),
             log,
             config,
@@ -364,8 +370,11 @@ async fn serve_https(
 }
 
 fn router(api: Arc<Api>) -> Router {
+    // `purge` reads its body itself, bounded by the same limit, after the checks the head
+    // allows; this bounds any extractor a later route may use.
+    let body_limit = axum::extract::DefaultBodyLimit::max(api.config.limits.max_body_bytes);
     Router::new()
-        .route("/v1/purge", post(purge))
+        .route(PURGE_PATH, post(purge))
         .route("/v1/purges/{id}", get(status))
         .route("/v1/purge-log", get(read_log))
         .route(
@@ -374,13 +383,87 @@ fn router(api: Arc<Api>) -> Router {
         )
         .route("/metrics", get(metrics))
         .fallback(purge_method)
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(body_limit)
         .with_state(api)
 }
 
-/// A JSON error with the status it goes with.
+/// An error answer: an RFC 9457 problem (`application/problem+json`) whose `detail` says
+/// what was wrong and what to do. `error` repeats the detail for clients of the
+/// `{"error": ...}` answers this API gave before.
+fn problem(status: StatusCode, problem_type: &str, title: &str, detail: &str) -> Response {
+    let body = serde_json::json!({
+        "type": problem_type,
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+        "error": detail,
+    });
+    let mut response = (status, axum::Json(body)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+/// A problem the status says everything about (`about:blank`, titled by the status).
 fn error(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+    let title = status.canonical_reason().unwrap_or("Error");
+    problem(status, "about:blank", title, message)
+}
+
+/// `401` with the challenge RFC 9110 asks for.
+fn unauthorized(why: &str) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, why);
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn key_conflict(conflict: &KeyConflict) -> Response {
+    tracing::debug!(conflict = conflict.as_str(), "keyed purge refused");
+    let status = StatusCode::from_u16(conflict.status()).unwrap_or(StatusCode::CONFLICT);
+    let mut response = problem(
+        status,
+        conflict.problem_type(),
+        conflict.title(),
+        &conflict.to_string(),
+    );
+    if conflict.retry_later() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1));
+    }
+    response
+}
+
+/// A request body, read only while it stays within `limit` bytes: a declared
+/// `Content-Length` over it is refused before a byte is read, a body that goes over it
+/// (chunked, or longer than declared) as soon as it does. Either way `413`, and the API
+/// holds at most `limit` bytes of it.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "the body is over {limit} bytes, the most a purge request may have; split \
+                 the purge into smaller ones (fewer URLs, tags, prefixes or hosts each)"
+            ),
+        )
+    };
+    // The declared length, where there is one (hyper checked it is a number).
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("the request body could not be read ({e}); send the request again"),
+        )),
+    }
 }
 
 fn shed(shed: &Shed) -> Response {
@@ -401,44 +484,44 @@ fn publisher<'a>(
 ) -> Result<&'a crate::config::PublisherConfig, &'static str> {
     let value = headers
         .get(header::AUTHORIZATION)
-        .ok_or("missing Authorization: Bearer <token>")?;
+        .ok_or("no Authorization header: send Authorization: Bearer <your publisher token>")?;
     let token = value
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .ok_or("Authorization must be Bearer <token>")?;
+        .ok_or("Authorization must be Bearer <your publisher token>")?;
     api.config
         .publishers
         .iter()
         .find(|p| tokens_match(p.token.as_bytes(), token.as_bytes()))
-        .ok_or("unknown token")
+        .ok_or("unknown token: send Authorization: Bearer <token> with a publisher's token")
 }
 
-async fn purge(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Response {
-    let publisher = match publisher(&api, &headers) {
+/// `POST /v1/purge`. What the head decides is decided before a byte of the body is read:
+/// the token (`401`), the `Idempotency-Key` (`400`), a declared length over the limit
+/// (`413`). Only then is the body read, bounded by the limit, so a body without a valid
+/// token, or too large, costs the API a connection buffer rather than its size. The site
+/// (`403`), which the body names, is checked after.
+async fn purge(State(api): State<Arc<Api>>, request: axum::extract::Request) -> Response {
+    let (head, body) = request.into_parts();
+    let publisher = match publisher(&api, &head.headers) {
         Ok(p) => p,
-        Err(why) => return error(StatusCode::UNAUTHORIZED, why),
+        Err(why) => return unauthorized(why),
     };
-    if body.len() > api.config.limits.max_body_bytes {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!(
-                "the body is {} bytes; at most {}: split the purge",
-                body.len(),
-                api.config.limits.max_body_bytes
-            ),
-        );
-    }
+    let key = match IdempotencyKey::from_headers(&head.headers) {
+        Ok(key) => key,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let body = match read_body(body, api.config.limits.max_body_bytes).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let request: PurgeRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad purge request: {e}")),
     };
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    submit(&api, publisher, request, key).await
+    submit(&api, publisher, request, key, &head.method, head.uri.path()).await
 }
 
 /// `PURGE /<absolute URL>` (or `PURGE <absolute URL>`): one URL, hard.
@@ -453,7 +536,11 @@ async fn purge_method(
     }
     let publisher = match publisher(&api, &headers) {
         Ok(p) => p,
-        Err(why) => return error(StatusCode::UNAUTHORIZED, why),
+        Err(why) => return unauthorized(why),
+    };
+    let key = match IdempotencyKey::from_headers(&headers) {
+        Ok(key) => key,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let url = if uri.scheme().is_some() {
         uri.to_string()
@@ -483,15 +570,17 @@ async fn purge_method(
         urls: Some(vec![url]),
         ..Default::default()
     };
-    submit(&api, publisher, request, None).await
+    submit(&api, publisher, request, key, &method, uri.path()).await
 }
 
-/// Validates, admits, logs and answers one purge.
+/// Validates, admits, logs and answers one purge, which `method path` asked for.
 async fn submit(
     api: &Arc<Api>,
     publisher: &crate::config::PublisherConfig,
     request: PurgeRequest,
-    idempotency_key: Option<String>,
+    idempotency_key: Option<IdempotencyKey>,
+    method: &Method,
+    path: &str,
 ) -> Response {
     let Some(site) = api.config.sites.iter().find(|s| s.name == request.site) else {
         return error(
@@ -509,12 +598,26 @@ async fn submit(
         Ok(p) => p,
         Err(invalid) => return error(StatusCode::BAD_REQUEST, &invalid.to_string()),
     };
+    // The claim first, then the log: a request finds its key either still claimed by the
+    // request that used it or in the log, never in between (see `idempotency`).
+    let mut keyed: Option<(Claim, Fingerprint)> = None;
     if let Some(key) = &idempotency_key {
-        match api.log.find_idempotent(&publisher.name, key).await {
-            Ok(Some(entry)) => return accepted(entry.seq, StatusCode::OK),
+        let fingerprint = Fingerprint::of(method.as_str(), path, &purge);
+        let claim = match api.in_flight.claim(&publisher.name, key, &fingerprint) {
+            Ok(claim) => claim,
+            Err(conflict) => return key_conflict(&conflict),
+        };
+        match api.log.find_idempotent(&publisher.name, key.as_str()).await {
+            Ok(Some(entry)) => {
+                return match replay(&entry, &fingerprint) {
+                    Ok(seq) => accepted(seq, StatusCode::OK),
+                    Err(conflict) => key_conflict(&conflict),
+                };
+            }
             Ok(None) => {}
             Err(e) => return unavailable(api, &e),
         }
+        keyed = Some((claim, fingerprint));
     }
     // The queue place first, then the tokens: a refusal by either takes nothing.
     let ticket = match api.queue.try_enter() {
@@ -532,20 +635,24 @@ async fn submit(
         return shed(&refused);
     }
     let (done, committed) = oneshot::channel();
+    let (claim, request_fingerprint) = keyed.unzip();
     let entry = NewEntry {
         publisher: publisher.name.clone(),
         purge,
-        idempotency_key,
+        idempotency_key: idempotency_key.map(IdempotencyKey::into_string),
+        request_fingerprint,
         accepted_at_ms: unix_ms(),
     };
-    // The ticket travels with the purge and is given back after the append, so the queue
-    // bound also counts purges whose requester stopped waiting.
+    // The ticket and the key's claim travel with the purge and are given back after the
+    // append, so the queue bound also counts purges whose requester stopped waiting, and
+    // a retry meanwhile is told to wait (`409`) rather than logging the purge twice.
     if api
         .commits
         .send(Pending {
             entry,
             done,
             _ticket: ticket,
+            _claim: claim,
         })
         .await
         .is_err()
@@ -630,7 +737,7 @@ async fn status(
 ) -> Response {
     let publisher = match publisher(&api, &headers) {
         Ok(p) => p,
-        Err(why) => return error(StatusCode::UNAUTHORIZED, why),
+        Err(why) => return unauthorized(why),
     };
     let Ok(Query(query)) = query else {
         return error(

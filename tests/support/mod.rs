@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod local_cdn;
+pub mod memory;
 pub mod nats;
 pub mod tls;
 pub mod topology;
@@ -322,12 +323,27 @@ pub async fn api_call(
     token: Option<&str>,
     body: &str,
 ) -> Reply {
+    api_call_with(api, method, path, token, &[], body).await
+}
+
+/// As [`api_call`], with extra request headers (e.g. `Idempotency-Key`).
+pub async fn api_call_with(
+    api: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
     let mut request = Request::builder()
         .method(method)
         .uri(format!("http://{api}{path}"))
         .header("content-type", "application/json");
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let request = request
         .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
@@ -348,4 +364,131 @@ pub async fn api_call(
 /// A reply's body as JSON.
 pub fn json(reply: &Reply) -> serde_json::Value {
     serde_json::from_slice(&reply.body).unwrap_or_else(|_| panic!("not JSON: {}", reply.text()))
+}
+
+/// What a server answered to a request whose body was streamed at it ([`upload`]).
+#[derive(Debug)]
+pub struct Upload {
+    /// The raw answer (head and body), empty if none came.
+    pub answer: String,
+    /// Body bytes written before the answer came or the server stopped reading.
+    pub sent: u64,
+    /// Whether the whole body was written.
+    pub complete: bool,
+}
+
+impl Upload {
+    pub fn status(&self) -> u16 {
+        raw_status(&self.answer)
+    }
+
+    /// The answer's body (after the blank line).
+    pub fn body(&self) -> &str {
+        self.answer
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, body)| body)
+    }
+
+    /// A header of the answer (the first with that name), or "".
+    pub fn header(&self, name: &str) -> &str {
+        let head = self
+            .answer
+            .split_once("\r\n\r\n")
+            .map_or("", |(head, _)| head);
+        head.lines()
+            .filter_map(|line| line.split_once(':'))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map_or("", |(_, v)| v.trim())
+    }
+}
+
+/// Size of each body write of [`upload`].
+const UPLOAD_CHUNK: usize = 64 * 1024;
+
+/// Sends `head` (a request head ending in the blank line), then streams up to `len` body
+/// bytes in 64 KiB writes (as chunked frames when `chunked`) while reading the answer,
+/// on a fresh connection. One buffer is reused: the test allocates nothing per byte.
+/// Sending stops as soon as an answer arrives, the server stops taking bytes (a write
+/// error), or `keep_going(sent)` says no (checked before every write); the write side is
+/// then shut, so a server still waiting for the body sees its end. (With `len` 0 only the
+/// head goes, and the connection stays open for the answer.) The answer is read until its
+/// `Content-Length` is complete or the server closes (at most 30 s).
+pub async fn upload(
+    addr: SocketAddr,
+    head: &str,
+    len: u64,
+    chunked: bool,
+    mut keep_going: impl FnMut(u64) -> bool,
+) -> Upload {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let (answered, mut answer_seen) = tokio::sync::watch::channel(false);
+    let reading = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                }
+                if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                    answered.send_replace(true);
+                    let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok());
+                    if length.is_some_and(|length| out.len() >= end + 4 + length) {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let chunk = vec![b'x'; UPLOAD_CHUNK];
+    let mut sent = 0u64;
+    let mut complete = false;
+    let mut frame = Vec::with_capacity(UPLOAD_CHUNK + 16);
+    if writer.write_all(head.as_bytes()).await.is_ok() {
+        loop {
+            if sent >= len {
+                complete = !chunked || writer.write_all(b"0\r\n\r\n").await.is_ok();
+                break;
+            }
+            if *answer_seen.borrow() || !keep_going(sent) {
+                break;
+            }
+            let n = usize::try_from(len - sent).map_or(UPLOAD_CHUNK, |left| left.min(UPLOAD_CHUNK));
+            let bytes: &[u8] = if chunked {
+                frame.clear();
+                frame.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                frame.extend_from_slice(&chunk[..n]);
+                frame.extend_from_slice(b"\r\n");
+                &frame
+            } else {
+                &chunk[..n]
+            };
+            let written = tokio::select! {
+                written = writer.write_all(bytes) => written.is_ok(),
+                _ = answer_seen.wait_for(|seen| *seen) => false,
+            };
+            if !written {
+                break;
+            }
+            sent += n as u64;
+        }
+    }
+    if !complete {
+        let _ = writer.shutdown().await;
+    }
+    let answer = reading.await.expect("reader task");
+    drop(writer);
+    Upload {
+        answer,
+        sent,
+        complete,
+    }
 }
