@@ -11,6 +11,7 @@ use cdn::demo_origin::DemoOrigin;
 use geodns::geo::Coordinates;
 use geodns::{GeoDnsConfig, GeoDnsServer};
 use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::{RData, RecordType};
 use http::StatusCode;
 use support::dns::{addresses, cname, ecs, query, tcp, udp, udp_raw};
@@ -568,4 +569,70 @@ async fn the_udp_fast_path_answers_exactly_as_the_general_path_does() {
 
 fn ecs_of(m: &Message) -> Option<(IpAddr, u8, u8)> {
     ecs(m)
+}
+
+/// A query for the customer name whose Client Subnet option is written as given: `family`,
+/// `source` prefix length, scope 0, then `address` octets, however many.
+fn raw_ecs(family: u16, source: u8, address: &[u8]) -> Message {
+    let mut q = query(CUSTOMER, RecordType::A, Some(1232), None);
+    let mut data = family.to_be_bytes().to_vec();
+    data.extend_from_slice(&[source, 0]);
+    data.extend_from_slice(address);
+    q.edns
+        .as_mut()
+        .expect("EDNS")
+        .options_mut()
+        .insert(EdnsOption::Unknown(8, data));
+    q
+}
+
+#[tokio::test]
+async fn client_subnets_with_bits_beyond_the_prefix_or_extra_octets_get_formerr() {
+    let dns = Dns::start().await;
+    // RFC 7871 6: ADDRESS is cut to SOURCE PREFIX-LENGTH bits, zero-padded to the octet;
+    // other bits set or more octets than that are a FORMERR.
+    for (family, source, address, rcode) in [
+        // 192.0.2.1/24: a fourth octet, and a bit set in it.
+        (1, 24, &[192, 0, 2, 1][..], ResponseCode::FormErr),
+        // 100.64.1.0/23: the last bit of the third octet is beyond the prefix.
+        (1, 23, &[100, 64, 1], ResponseCode::FormErr),
+        (1, 25, &[100, 64, 1, 129], ResponseCode::FormErr),
+        // An extra octet, even a zero one.
+        (1, 24, &[100, 64, 1, 0], ResponseCode::FormErr),
+        (1, 0, &[0], ResponseCode::FormErr),
+        (
+            2,
+            48,
+            &[
+                0x20, 0x01, 0x0d, 0xb8, 0, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+            ],
+            ResponseCode::FormErr,
+        ),
+        (
+            2,
+            47,
+            &[0x20, 0x01, 0x0d, 0xb8, 0, 0x05],
+            ResponseCode::FormErr,
+        ),
+        // Their well-formed neighbours are answered.
+        (1, 24, &[100, 64, 1], ResponseCode::NoError),
+        (1, 23, &[100, 64, 0], ResponseCode::NoError),
+        (1, 25, &[100, 64, 1, 128], ResponseCode::NoError),
+        (1, 0, &[], ResponseCode::NoError),
+        (
+            2,
+            47,
+            &[0x20, 0x01, 0x0d, 0xb8, 0, 0x04],
+            ResponseCode::NoError,
+        ),
+    ] {
+        let q = raw_ecs(family, source, address);
+        let what = format!("family {family} /{source} {address:?}");
+        // UDP takes the fast path for the well-formed ones; TCP always the general path.
+        let fast = udp(dns.addr(), &q).await;
+        assert_eq!(fast.metadata.response_code, rcode, "UDP {what}");
+        let general = tcp(dns.addr(), &q).await;
+        assert_eq!(general.metadata.response_code, rcode, "TCP {what}");
+        assert_eq!(fast.answers, general.answers, "{what}");
+    }
 }

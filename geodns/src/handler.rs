@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -78,7 +78,7 @@ impl RequestHandler for Handler {
         };
         let client = match (early, client_of(request, state.ecs)) {
             (None, Ok(client)) => Some(client),
-            (None, Err(())) => None,
+            (None, Err(_)) => None,
             (Some(_), _) => None,
         };
         let (Some(query), Some(client)) = (query, client) else {
@@ -182,27 +182,25 @@ async fn send<'a, R: ResponseHandler>(
 }
 
 /// The client to locate: the Client Subnet's network when the request has a usable one
-/// (and the server honours ECS), else the source address. `Err` for an invalid option
-/// (RFC 7871 7.1.1: FORMERR).
-fn client_of(request: &Request, ecs: bool) -> Result<Client, ()> {
+/// (and the server honours ECS), else the source address. `Err` for a malformed option
+/// (RFC 7871 6 and 7.1.1: FORMERR), as [`crate::ecs::parse`] decides for both paths; the
+/// option is read from the message as sent, since the decoded one hides what is wrong.
+fn client_of(request: &Request, ecs: bool) -> Result<Client, crate::ecs::Invalid> {
     let src = request.src().ip();
-    let subnet = request
-        .edns
-        .as_ref()
-        .and_then(|e| match e.option(EdnsCode::Subnet) {
-            Some(EdnsOption::Subnet(subnet)) => Some(*subnet),
-            _ => None,
-        });
+    // Only a message with EDNS can carry the option (and the raw walk is skipped).
+    let subnet = match request.edns {
+        Some(_) => crate::ecs::find(request.as_slice())
+            .map(crate::ecs::parse)
+            .transpose()?,
+        None => None,
+    };
     let Some(subnet) = subnet else {
         return Ok(Client {
             ip: src,
             subnet: None,
         });
     };
-    let max = if subnet.addr().is_ipv4() { 32 } else { 128 };
-    if subnet.source_prefix() > max || subnet.scope_prefix() != 0 {
-        return Err(());
-    }
+    let subnet = ClientSubnet::new(subnet.ip(), subnet.source(), 0);
     if !ecs {
         return Ok(Client {
             ip: src,

@@ -11,6 +11,7 @@
 //! protocol over UDP and TCP.
 
 pub mod config;
+pub mod ecs;
 pub mod fast_path;
 pub mod geo;
 pub mod handler;
