@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use cdn::demo_origin::DemoOrigin;
 use geodns::geo::Coordinates;
 use geodns::{GeoDnsConfig, GeoDnsServer};
-use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::{RData, RecordType};
 use http::StatusCode;
-use support::dns::{addresses, cname, ecs, query, tcp, udp, udp_raw};
+use support::dns::{addresses, cname, ecs, query, tcp, udp, udp_after, udp_raw};
 use support::loopback;
 
 const CUSTOMER: &str = "publisher.cdn.test.";
@@ -569,6 +569,59 @@ async fn the_udp_fast_path_answers_exactly_as_the_general_path_does() {
 
 fn ecs_of(m: &Message) -> Option<(IpAddr, u8, u8)> {
     ecs(m)
+}
+
+/// `geodns_messages_dropped_total` for `reason` over `transport` (0 before the first).
+async fn dropped(dns: &Dns, reason: &str, transport: &str) -> f64 {
+    let text = support::send(
+        &support::client(),
+        dns.server.admin_addr(),
+        http::Method::GET,
+        "/metrics",
+        "admin",
+        &[],
+    )
+    .await
+    .text();
+    let series =
+        format!("geodns_messages_dropped_total{{reason=\"{reason}\",transport=\"{transport}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0.0, |n| n.trim().parse().expect("numeric metric"))
+}
+
+/// Messages with QR=1 (responses), as another server or a forger would send them: the
+/// response to a query the fast path answers, a FORMERR with no question (what this
+/// server itself sends for a bad packet: two servers answering each other's errors would
+/// loop), and one that does not parse (a question promised and missing).
+fn responses() -> Vec<Vec<u8>> {
+    let mut answer = query(CUSTOMER, RecordType::A, None, None);
+    answer.metadata.message_type = MessageType::Response;
+    let mut formerr = Message::new(0x0bad, MessageType::Response, OpCode::Query);
+    formerr.metadata.response_code = ResponseCode::FormErr;
+    let unparsable = vec![
+        0x0b, 0xae, 0x81, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff,
+    ];
+    vec![
+        answer.to_vec().expect("encode"),
+        formerr.to_vec().expect("encode"),
+        unparsable,
+    ]
+}
+
+#[tokio::test]
+async fn udp_messages_with_qr_set_are_dropped_unanswered_and_counted() {
+    let dns = Dns::start().await;
+    let sent = responses();
+    let (answer, strays) = udp_after(
+        dns.addr(),
+        &sent,
+        &query(CUSTOMER, RecordType::A, None, None),
+    )
+    .await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert!(strays.is_empty(), "responses were answered: {strays:?}");
+    assert_eq!(dropped(&dns, "response", "udp").await, sent.len() as f64);
 }
 
 /// A query for the customer name whose Client Subnet option is written as given: `family`,

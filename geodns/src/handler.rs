@@ -1,16 +1,17 @@
-//! The DNS request handler `hickory-server` calls for every query, over UDP and TCP.
+//! The DNS request handler for every query that decodes: over UDP the general path
+//! ([`crate::general`]) calls it, over TCP `hickory-server`.
 //!
 //! It reads the question and EDNS (version, payload size, Client Subnet), asks the
 //! [`Zone`](crate::zone::Zone) for the answer with the client's region decided by
-//! [`Steering`](crate::steering), and sends it. `hickory-server` frames it: FORMERR for
-//! packets it cannot parse, and truncation (TC) to the payload size this handler allows
-//! over UDP.
+//! [`Steering`](crate::steering), and sends it. The caller frames it: responses (QR=1)
+//! dropped before they get here, FORMERR for packets that do not decode, and truncation
+//! (TC) to the payload size this handler allows over UDP.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
@@ -61,9 +62,13 @@ impl RequestHandler for Handler {
             metadata.response_code = code;
             metadata
         };
-        let early = if request.metadata.message_type != MessageType::Query {
-            Some(ResponseCode::FormErr)
-        } else if request.metadata.op_code != OpCode::Query {
+        // The general path screens every message before it decodes it; the same screen
+        // here keeps a response (QR=1) unanswered whoever calls this handler.
+        if let Err(why) = crate::general::screen(request.as_slice()) {
+            self.metrics.dropped(why, tcp);
+            return unsent(request);
+        }
+        let early = if request.metadata.op_code != OpCode::Query {
             Some(ResponseCode::NotImp)
         } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
             Some(ResponseCode::BADVERS)
@@ -171,14 +176,19 @@ async fn send<'a, R: ResponseHandler>(
         Ok(info) => info,
         Err(error) => {
             tracing::debug!(%error, src = %request.src(), "could not send a DNS response");
-            let mut header = hickory_proto::op::Header {
-                metadata: Metadata::response_from_request(&request.metadata),
-                counts: Default::default(),
-            };
-            header.metadata.response_code = ResponseCode::ServFail;
-            header.into()
+            unsent(request)
         }
     }
+}
+
+/// What the handler reports for a request it sent nothing for.
+fn unsent(request: &Request) -> ResponseInfo {
+    let mut header = hickory_proto::op::Header {
+        metadata: Metadata::response_from_request(&request.metadata),
+        counts: Default::default(),
+    };
+    header.metadata.response_code = ResponseCode::ServFail;
+    header.into()
 }
 
 /// The client to locate: the Client Subnet's network when the request has a usable one

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod ecs;
 pub mod fast_path;
+pub mod general;
 pub mod geo;
 pub mod handler;
 pub mod health;

@@ -11,11 +11,19 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::general::Dropped;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueryLabels {
     qtype: &'static str,
     rcode: &'static str,
     region: String,
+    transport: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
     transport: &'static str,
 }
 
@@ -37,6 +45,7 @@ struct TransitionLabels {
 pub struct Metrics {
     registry: Registry,
     queries: Family<QueryLabels, Counter>,
+    dropped: Family<DropLabels, Counter>,
     edge_up: Family<EdgeLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
@@ -55,6 +64,12 @@ impl Default for Metrics {
             "queries",
             "Queries answered, by type, response code, region answered and transport",
             queries.clone(),
+        );
+        let dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "messages_dropped",
+            "Messages dropped unanswered, by reason (short: no DNS header; response: QR=1) and transport",
+            dropped.clone(),
         );
         let edge_up = Family::<EdgeLabels, Gauge>::default();
         registry.register(
@@ -77,6 +92,7 @@ impl Default for Metrics {
         Self {
             registry,
             queries,
+            dropped,
             edge_up,
             transitions,
             reloads,
@@ -99,6 +115,16 @@ impl Metrics {
                 transport: if tcp { "tcp" } else { "udp" },
             })
             .inc_by(n);
+    }
+
+    /// A message dropped without an answer.
+    pub fn dropped(&self, reason: Dropped, tcp: bool) {
+        self.dropped
+            .get_or_create(&DropLabels {
+                reason: reason.as_str(),
+                transport: if tcp { "tcp" } else { "udp" },
+            })
+            .inc();
     }
 
     pub fn edge_state(&self, region: &str, edge: &str, up: bool) {

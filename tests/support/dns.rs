@@ -41,6 +41,46 @@ fn rand_id() -> u16 {
     NEXT.fetch_add(7, Ordering::Relaxed)
 }
 
+/// How long a test listens for an answer that must not come. Silence can only be shown by
+/// waiting, so the wait is bounded here; the tests that use it also send a normal query
+/// that must be answered (matched on its id), which shows the server was up to answer.
+pub const SILENCE: Duration = Duration::from_millis(300);
+
+/// Sends each of `first` over one UDP socket, then `query`. Returns `query`'s answer (the
+/// datagram with its id) and every other datagram that came before it or within
+/// [`SILENCE`] after it.
+pub async fn udp_after(
+    server: SocketAddr,
+    first: &[Vec<u8>],
+    query: &Message,
+) -> (Message, Vec<Vec<u8>>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    for bytes in first {
+        socket.send_to(bytes, server).await.expect("send");
+    }
+    socket
+        .send_to(&query.to_vec().expect("encode"), server)
+        .await
+        .expect("send");
+    let mut strays = Vec::new();
+    let mut buf = vec![0u8; 65_535];
+    let answer = tokio::time::timeout(WAIT, async {
+        loop {
+            let (n, _) = socket.recv_from(&mut buf).await.expect("receive");
+            match Message::from_vec(&buf[..n]) {
+                Ok(m) if m.metadata.id == query.metadata.id => return m,
+                _ => strays.push(buf[..n].to_vec()),
+            }
+        }
+    })
+    .await
+    .expect("the query after them is answered in time");
+    while let Ok(Ok((n, _))) = tokio::time::timeout(SILENCE, socket.recv_from(&mut buf)).await {
+        strays.push(buf[..n].to_vec());
+    }
+    (answer, strays)
+}
+
 /// Sends `bytes` over UDP and returns the reply's bytes (`None` if none came in time).
 pub async fn udp_raw(server: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
