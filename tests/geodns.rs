@@ -14,7 +14,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::{RData, RecordType};
 use http::StatusCode;
-use support::dns::{addresses, cname, ecs, query, tcp, udp, udp_after, udp_raw};
+use support::dns::{addresses, cname, ecs, query, tcp, tcp_after, udp, udp_after, udp_raw};
 use support::loopback;
 
 const CUSTOMER: &str = "publisher.cdn.test.";
@@ -622,6 +622,24 @@ async fn udp_messages_with_qr_set_are_dropped_unanswered_and_counted() {
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
     assert!(strays.is_empty(), "responses were answered: {strays:?}");
     assert_eq!(dropped(&dns, "response", "udp").await, sent.len() as f64);
+}
+
+#[tokio::test]
+async fn tcp_messages_with_qr_set_are_dropped_unanswered_and_counted() {
+    let dns = Dns::start().await;
+    let sent = responses();
+    for first in &sent {
+        let follow = query(CUSTOMER, RecordType::A, None, None);
+        let (answer, strays) = tcp_after(dns.addr(), first, &follow).await;
+        // Closing the connection is a drop too; an answer must be the follow-up's own.
+        if let Some(answer) = answer {
+            assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+        }
+        assert!(strays.is_empty(), "a response was answered: {strays:?}");
+    }
+    let after = tcp(dns.addr(), &query(CUSTOMER, RecordType::A, None, None)).await;
+    assert_eq!(after.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(dropped(&dns, "response", "tcp").await, sent.len() as f64);
 }
 
 /// A query for the customer name whose Client Subnet option is written as given: `family`,

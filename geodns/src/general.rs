@@ -1,4 +1,5 @@
-//! The general path: every UDP query the fast path ([`crate::fast_path`]) declines.
+//! The general path: every message over TCP, and every UDP query the fast path
+//! ([`crate::fast_path`]) declines.
 //!
 //! A message is first screened ([`screen`]): one that is not a query (QR=1, a response)
 //! or too short to be one is dropped unanswered and counted. Answering a response would
@@ -137,7 +138,7 @@ impl ResponseHandler for Capture {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use arc_swap::ArcSwap;
     use hickory_proto::op::{Message, OpCode, Query};
@@ -145,7 +146,8 @@ mod tests {
 
     use crate::state::State;
 
-    fn handler() -> Handler {
+    /// A handler for one region and the customer name `publisher.cdn.test`.
+    pub(crate) fn handler() -> Handler {
         let text = r#"
             [zone]
             name = "cdn.test"

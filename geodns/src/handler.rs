@@ -1,11 +1,12 @@
-//! The DNS request handler for every query that decodes: over UDP the general path
-//! ([`crate::general`]) calls it, over TCP `hickory-server`.
+//! The DNS request handler the general path ([`crate::general`]) calls for every query
+//! it decodes, over UDP and TCP.
 //!
 //! It reads the question and EDNS (version, payload size, Client Subnet), asks the
 //! [`Zone`](crate::zone::Zone) for the answer with the client's region decided by
-//! [`Steering`](crate::steering), and sends it. The caller frames it: responses (QR=1)
-//! dropped before they get here, FORMERR for packets that do not decode, and truncation
-//! (TC) to the payload size this handler allows over UDP.
+//! [`Steering`](crate::steering), and sends it. The general path frames it: responses
+//! (QR=1) dropped before they get here (and here, whoever calls it), FORMERR for packets
+//! that do not decode, and truncation (TC) to the payload size this handler allows over
+//! UDP.
 
 use std::net::IpAddr;
 use std::sync::Arc;

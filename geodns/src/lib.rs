@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod server;
 pub mod state;
 pub mod steering;
+pub mod tcp;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 // The one module with `unsafe`: batched UDP system calls on buffers it owns (see its docs).

@@ -81,6 +81,47 @@ pub async fn udp_after(
     (answer, strays)
 }
 
+/// Writes `first` and then `query` on one TCP connection (each framed). Returns `query`'s
+/// answer, `None` if the server closed the connection first, and every other message that
+/// came back before that. TCP keeps order and the server answers a connection's messages
+/// one after the other, so nothing for `first` can come after `query`'s answer.
+pub async fn tcp_after(
+    server: SocketAddr,
+    first: &[u8],
+    query: &Message,
+) -> (Option<Message>, Vec<Vec<u8>>) {
+    let bytes = query.to_vec().expect("encode");
+    let mut stream = TcpStream::connect(server).await.expect("connect");
+    let mut out = Vec::new();
+    for message in [first, bytes.as_slice()] {
+        out.extend_from_slice(&(message.len() as u16).to_be_bytes());
+        out.extend_from_slice(message);
+    }
+    // The server may close after `first` and before reading the rest: that is an answer too.
+    let _ = stream.write_all(&out).await;
+    let mut strays = Vec::new();
+    let exchange = async {
+        loop {
+            let mut len = [0u8; 2];
+            if stream.read_exact(&mut len).await.is_err() {
+                return None; // closed (or reset)
+            }
+            let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+            if stream.read_exact(&mut reply).await.is_err() {
+                return None;
+            }
+            match Message::from_vec(&reply) {
+                Ok(m) if m.metadata.id == query.metadata.id => return Some(m),
+                _ => strays.push(reply),
+            }
+        }
+    };
+    let answer = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("an answer or a close in time");
+    (answer, strays)
+}
+
 /// Sends `bytes` over UDP and returns the reply's bytes (`None` if none came in time).
 pub async fn udp_raw(server: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
