@@ -469,21 +469,12 @@ async fn a_reload_applies_a_new_config_and_refuses_a_broken_one() {
         Some("us.edge.cdn.test"),
         "the old config keeps serving"
     );
-    let metrics = support::send(
-        &support::client(),
-        dns.server.admin_addr(),
-        http::Method::GET,
-        "/metrics",
-        "admin",
-        &[],
-    )
-    .await
-    .text();
+    let text = metrics(&dns).await;
     assert!(
-        metrics.contains("geodns_config_reloads_total{result=\"refused\"} 1"),
-        "{metrics}"
+        text.contains("geodns_config_reloads_total{result=\"refused\"} 1"),
+        "{text}"
     );
-    assert!(metrics.contains("region=\"us\""), "{metrics}");
+    assert!(text.contains("region=\"us\""), "{text}");
 }
 
 #[tokio::test]
@@ -529,8 +520,12 @@ async fn a_region_over_capacity_spills_its_clients_to_the_next_nearest() {
 async fn the_udp_fast_path_answers_exactly_as_the_general_path_does() {
     let dns = Dns::start().await;
     let mut compared = 0;
+    let mut fast_expected = 0;
     for name in [CUSTOMER, "eu.edge.cdn.test.", "ap.edge.cdn.test."] {
         for qtype in [RecordType::A, RecordType::AAAA] {
+            // ap has no IPv6 edge: its name's AAAA is NODATA with the SOA, which the fast
+            // path leaves to the general one; everything else here is the fast path's.
+            let on_fast_path = !(name == "ap.edge.cdn.test." && qtype == RecordType::AAAA);
             for (payload, ecs) in [
                 (None, None),
                 (Some(1232), None),
@@ -540,10 +535,19 @@ async fn the_udp_fast_path_answers_exactly_as_the_general_path_does() {
                 (Some(1232), Some((ip("100.64.1.77"), 0))),
             ] {
                 let q = query(name, qtype, payload, ecs);
-                // UDP takes the fast path for these; TCP always takes hickory-server's.
-                let fast = udp(dns.addr(), &q).await;
-                let general = tcp(dns.addr(), &q).await;
                 let what = format!("{name} {qtype} {payload:?} {ecs:?}");
+                // UDP takes the fast path for most of these; TCP always the general path,
+                // which counts its answers at once (the fast path's come in batches).
+                let before = queries(&metrics(&dns).await, "general", "udp");
+                let fast = udp(dns.addr(), &q).await;
+                let general_udp = queries(&metrics(&dns).await, "general", "udp") - before;
+                assert_eq!(
+                    general_udp,
+                    u64::from(!on_fast_path),
+                    "general path: {what}"
+                );
+                fast_expected += u64::from(on_fast_path);
+                let general = tcp(dns.addr(), &q).await;
                 assert_eq!(
                     fast.metadata.response_code, general.metadata.response_code,
                     "{what}"
@@ -565,15 +569,23 @@ async fn the_udp_fast_path_answers_exactly_as_the_general_path_does() {
         }
     }
     assert_eq!(compared, 36);
+    // Every UDP query the general path did not answer was answered by the fast path: its
+    // count, added in batches once the loop idles, reaches exactly that many (never the
+    // TCP queries).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = metrics(&dns).await;
+    while queries(&text, "fast", "udp") < fast_expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = metrics(&dns).await;
+    }
+    assert_eq!(queries(&text, "fast", "udp"), fast_expected, "{text}");
+    assert_eq!(queries(&text, "fast", "tcp"), 0, "{text}");
+    assert_eq!(queries(&text, "general", "tcp"), 36, "{text}");
 }
 
-fn ecs_of(m: &Message) -> Option<(IpAddr, u8, u8)> {
-    ecs(m)
-}
-
-/// `geodns_messages_dropped_total` for `reason` over `transport` (0 before the first).
-async fn dropped(dns: &Dns, reason: &str, transport: &str) -> f64 {
-    let text = support::send(
+/// The admin `/metrics` text.
+async fn metrics(dns: &Dns) -> String {
+    support::send(
         &support::client(),
         dns.server.admin_addr(),
         http::Method::GET,
@@ -582,7 +594,32 @@ async fn dropped(dns: &Dns, reason: &str, transport: &str) -> f64 {
         &[],
     )
     .await
-    .text();
+    .text()
+}
+
+/// `geodns_queries_total` answered by `path` over `transport`, over every other label.
+fn queries(metrics: &str, path: &str, transport: &str) -> u64 {
+    let (path, transport) = (
+        format!("path=\"{path}\""),
+        format!("transport=\"{transport}\""),
+    );
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("geodns_queries_total{"))
+        .filter_map(|line| line.split_once("} "))
+        .filter(|(labels, _)| labels.split(',').any(|l| l == path))
+        .filter(|(labels, _)| labels.split(',').any(|l| l == transport))
+        .map(|(_, n)| n.trim().parse::<u64>().expect("numeric metric"))
+        .sum()
+}
+
+fn ecs_of(m: &Message) -> Option<(IpAddr, u8, u8)> {
+    ecs(m)
+}
+
+/// `geodns_messages_dropped_total` for `reason` over `transport` (0 before the first).
+async fn dropped(dns: &Dns, reason: &str, transport: &str) -> f64 {
+    let text = metrics(dns).await;
     let series =
         format!("geodns_messages_dropped_total{{reason=\"{reason}\",transport=\"{transport}\"}} ");
     text.lines()

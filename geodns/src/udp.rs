@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use hickory_server::net::xfer::Protocol;
 use nix::libc;
@@ -33,9 +32,7 @@ fn flush(handler: &Handler, counts: &mut [[u64; 2]]) {
             .map_or("-", |r| r.name.as_str());
         for (qtype, n) in [RecordType::A, RecordType::AAAA].into_iter().zip(by_type) {
             if *n > 0 {
-                handler
-                    .metrics
-                    .queries(qtype, ResponseCode::NoError, name, false, *n);
+                handler.metrics.fast_answers(qtype, name, *n);
                 *n = 0;
             }
         }
