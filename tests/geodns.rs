@@ -1,10 +1,13 @@
 //! GeoDNS through real DNS packets over UDP and TCP: nearest-region steering by ECS or
-//! source address, failover when a region's edges die and back, RFC answers for every
-//! kind of name, and bad packets answered with the right error codes.
+//! source address, failover when a region's edges die (their port refusing, or hanging)
+//! and back, RFC answers for every kind of name, and bad packets answered with the right
+//! error codes.
 
 mod support;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cdn::demo_origin::DemoOrigin;
@@ -13,7 +16,6 @@ use geodns::{GeoDnsConfig, GeoDnsServer};
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::{RData, RecordType};
-use http::StatusCode;
 use support::dns::{addresses, cname, ecs, query, tcp, tcp_after, udp, udp_after, udp_raw};
 use support::loopback;
 
@@ -237,24 +239,45 @@ async fn without_ecs_the_source_address_locates_and_unknown_clients_get_the_defa
     );
 }
 
+/// Polls Paris clients' answer until it names `region`: how long that took, or `None` when
+/// it still did not after `within`.
+async fn paris_moves_to(dns: &Dns, region: &str, within: Duration) -> Option<Duration> {
+    let target = format!("{region}.edge.cdn.test");
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if cname(&dns.from(PARIS).await).as_deref() == Some(target.as_str()) {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+/// Takes the eu region's health endpoint away (all eu edges share it); its address.
+async fn kill_eu(dns: &mut Dns) -> SocketAddr {
+    let eu = dns.edges.remove(0);
+    let addr = eu.addr();
+    eu.shutdown().await;
+    addr
+}
+
 #[tokio::test]
 async fn killing_a_regions_edges_moves_its_clients_and_recovery_moves_them_back() {
-    let dns = Dns::start().await;
+    let mut dns = Dns::start().await;
     assert_eq!(
         cname(&dns.from(PARIS).await).as_deref(),
         Some("eu.edge.cdn.test")
     );
-    dns.edges[0].fail_with(StatusCode::SERVICE_UNAVAILABLE);
-    let failed_at = Instant::now();
-    let mut moved = None;
-    for _ in 0..500 {
-        if cname(&dns.from(PARIS).await).as_deref() == Some("us.edge.cdn.test") {
-            moved = Some(failed_at.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let moved = moved.expect("Paris clients never left the dead region");
+    // The edges' health endpoint is shut down: its port refuses connections.
+    let eu = kill_eu(&mut dns).await;
+    let refused = tokio::net::TcpStream::connect(eu).await.map(|_| ());
+    assert!(
+        matches!(&refused, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "the killed endpoint still takes connections: {refused:?}"
+    );
+    let moved = paris_moves_to(&dns, "us", Duration::from_secs(5))
+        .await
+        .expect("Paris clients never left the dead region");
     // fall (2) x interval (50 ms), plus a probe round in flight.
     assert!(moved < Duration::from_secs(2), "failover took {moved:?}");
     for _ in 0..50 {
@@ -273,16 +296,49 @@ async fn killing_a_regions_edges_moves_its_clients_and_recovery_moves_them_back(
     .await;
     assert_eq!(addresses(&own), vec![ip(US)]);
 
-    dns.edges[0].recover();
-    let mut back = false;
-    for _ in 0..500 {
-        if cname(&dns.from(PARIS).await).as_deref() == Some("eu.edge.cdn.test") {
-            back = true;
-            break;
+    // The endpoint comes back on its port.
+    let _back = DemoOrigin::start(eu)
+        .await
+        .expect("the health endpoint restarts on its port");
+    paris_moves_to(&dns, "eu", Duration::from_secs(5))
+        .await
+        .expect("Paris clients never moved back");
+}
+
+#[tokio::test]
+async fn edges_that_accept_and_never_answer_time_out_and_their_clients_move() {
+    let mut dns = Dns::start().await;
+    assert_eq!(
+        cname(&dns.from(PARIS).await).as_deref(),
+        Some("eu.edge.cdn.test")
+    );
+    // The edges hang: their health endpoint's port accepts connections and holds them
+    // without reading or writing, so every probe waits for its timeout (500 ms).
+    let eu = kill_eu(&mut dns).await;
+    let hung = tokio::net::TcpListener::bind(eu)
+        .await
+        .expect("the hung endpoint takes the port");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let holder = tokio::spawn({
+        let accepted = accepted.clone();
+        async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = hung.accept().await {
+                held.push(stream);
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(back, "Paris clients never moved back");
+    });
+    // fall (2) probe rounds of up to the timeout each, with room for a loaded machine.
+    paris_moves_to(&dns, "us", Duration::from_secs(10))
+        .await
+        .expect("Paris clients never left the hung region");
+    holder.abort();
+    assert!(
+        accepted.load(Ordering::Relaxed) > 0,
+        "no probe reached the hung endpoint"
+    );
+    assert_eq!(addresses(&dns.from(PARIS).await), vec![ip(US)]);
 }
 
 #[tokio::test]
