@@ -42,7 +42,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 const MAX_SIZE: usize = 64 << 20;
 const MAX_DELAY: Duration = Duration::from_secs(30);
@@ -82,12 +82,15 @@ impl DemoOrigin {
         let (shutdown, mut stop) = watch::channel(false);
         let shared = counts.clone();
         let task = tokio::spawn(async move {
+            // Open connections, closed on shutdown.
+            let mut connections = JoinSet::new();
             loop {
                 let stream = tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => stream,
                         Err(_) => continue,
                     },
+                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
                     _ = stop.changed() => break,
                 };
                 let _ = stream.set_nodelay(true);
@@ -96,12 +99,14 @@ impl DemoOrigin {
                     let counts = counts.clone();
                     async move { Ok::<_, Infallible>(serve(req, &counts).await) }
                 });
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
+            drop(listener);
+            connections.shutdown().await;
         });
         Ok(Self {
             addr,
@@ -160,7 +165,8 @@ impl DemoOrigin {
         self.lock().failing = None;
     }
 
-    /// Stops accepting connections.
+    /// Stops as a killed process would: the port refuses connections and the open ones
+    /// (idle keep-alive ones included) are closed, all before this returns.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;

@@ -1,19 +1,22 @@
 //! GeoDNS through real DNS packets over UDP and TCP: nearest-region steering by ECS or
-//! source address, failover when a region's edges die and back, RFC answers for every
-//! kind of name, and bad packets answered with the right error codes.
+//! source address, failover when a region's edges die (their port refusing, or hanging)
+//! and back, RFC answers for every kind of name, and bad packets answered with the right
+//! error codes.
 
 mod support;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cdn::demo_origin::DemoOrigin;
 use geodns::geo::Coordinates;
 use geodns::{GeoDnsConfig, GeoDnsServer};
-use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::{RData, RecordType};
-use http::StatusCode;
-use support::dns::{addresses, cname, ecs, query, tcp, udp, udp_raw};
+use support::dns::{addresses, cname, ecs, query, tcp, tcp_after, udp, udp_after, udp_raw};
 use support::loopback;
 
 const CUSTOMER: &str = "publisher.cdn.test.";
@@ -236,24 +239,45 @@ async fn without_ecs_the_source_address_locates_and_unknown_clients_get_the_defa
     );
 }
 
+/// Polls Paris clients' answer until it names `region`: how long that took, or `None` when
+/// it still did not after `within`.
+async fn paris_moves_to(dns: &Dns, region: &str, within: Duration) -> Option<Duration> {
+    let target = format!("{region}.edge.cdn.test");
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if cname(&dns.from(PARIS).await).as_deref() == Some(target.as_str()) {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+/// Takes the eu region's health endpoint away (all eu edges share it); its address.
+async fn kill_eu(dns: &mut Dns) -> SocketAddr {
+    let eu = dns.edges.remove(0);
+    let addr = eu.addr();
+    eu.shutdown().await;
+    addr
+}
+
 #[tokio::test]
 async fn killing_a_regions_edges_moves_its_clients_and_recovery_moves_them_back() {
-    let dns = Dns::start().await;
+    let mut dns = Dns::start().await;
     assert_eq!(
         cname(&dns.from(PARIS).await).as_deref(),
         Some("eu.edge.cdn.test")
     );
-    dns.edges[0].fail_with(StatusCode::SERVICE_UNAVAILABLE);
-    let failed_at = Instant::now();
-    let mut moved = None;
-    for _ in 0..500 {
-        if cname(&dns.from(PARIS).await).as_deref() == Some("us.edge.cdn.test") {
-            moved = Some(failed_at.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let moved = moved.expect("Paris clients never left the dead region");
+    // The edges' health endpoint is shut down: its port refuses connections.
+    let eu = kill_eu(&mut dns).await;
+    let refused = tokio::net::TcpStream::connect(eu).await.map(|_| ());
+    assert!(
+        matches!(&refused, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "the killed endpoint still takes connections: {refused:?}"
+    );
+    let moved = paris_moves_to(&dns, "us", Duration::from_secs(5))
+        .await
+        .expect("Paris clients never left the dead region");
     // fall (2) x interval (50 ms), plus a probe round in flight.
     assert!(moved < Duration::from_secs(2), "failover took {moved:?}");
     for _ in 0..50 {
@@ -272,16 +296,49 @@ async fn killing_a_regions_edges_moves_its_clients_and_recovery_moves_them_back(
     .await;
     assert_eq!(addresses(&own), vec![ip(US)]);
 
-    dns.edges[0].recover();
-    let mut back = false;
-    for _ in 0..500 {
-        if cname(&dns.from(PARIS).await).as_deref() == Some("eu.edge.cdn.test") {
-            back = true;
-            break;
+    // The endpoint comes back on its port.
+    let _back = DemoOrigin::start(eu)
+        .await
+        .expect("the health endpoint restarts on its port");
+    paris_moves_to(&dns, "eu", Duration::from_secs(5))
+        .await
+        .expect("Paris clients never moved back");
+}
+
+#[tokio::test]
+async fn edges_that_accept_and_never_answer_time_out_and_their_clients_move() {
+    let mut dns = Dns::start().await;
+    assert_eq!(
+        cname(&dns.from(PARIS).await).as_deref(),
+        Some("eu.edge.cdn.test")
+    );
+    // The edges hang: their health endpoint's port accepts connections and holds them
+    // without reading or writing, so every probe waits for its timeout (500 ms).
+    let eu = kill_eu(&mut dns).await;
+    let hung = tokio::net::TcpListener::bind(eu)
+        .await
+        .expect("the hung endpoint takes the port");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let holder = tokio::spawn({
+        let accepted = accepted.clone();
+        async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = hung.accept().await {
+                held.push(stream);
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(back, "Paris clients never moved back");
+    });
+    // fall (2) probe rounds of up to the timeout each, with room for a loaded machine.
+    paris_moves_to(&dns, "us", Duration::from_secs(10))
+        .await
+        .expect("Paris clients never left the hung region");
+    holder.abort();
+    assert!(
+        accepted.load(Ordering::Relaxed) > 0,
+        "no probe reached the hung endpoint"
+    );
+    assert_eq!(addresses(&dns.from(PARIS).await), vec![ip(US)]);
 }
 
 #[tokio::test]
@@ -468,21 +525,12 @@ async fn a_reload_applies_a_new_config_and_refuses_a_broken_one() {
         Some("us.edge.cdn.test"),
         "the old config keeps serving"
     );
-    let metrics = support::send(
-        &support::client(),
-        dns.server.admin_addr(),
-        http::Method::GET,
-        "/metrics",
-        "admin",
-        &[],
-    )
-    .await
-    .text();
+    let text = metrics(&dns).await;
     assert!(
-        metrics.contains("geodns_config_reloads_total{result=\"refused\"} 1"),
-        "{metrics}"
+        text.contains("geodns_config_reloads_total{result=\"refused\"} 1"),
+        "{text}"
     );
-    assert!(metrics.contains("region=\"us\""), "{metrics}");
+    assert!(text.contains("region=\"us\""), "{text}");
 }
 
 #[tokio::test]
@@ -528,8 +576,12 @@ async fn a_region_over_capacity_spills_its_clients_to_the_next_nearest() {
 async fn the_udp_fast_path_answers_exactly_as_the_general_path_does() {
     let dns = Dns::start().await;
     let mut compared = 0;
+    let mut fast_expected = 0;
     for name in [CUSTOMER, "eu.edge.cdn.test.", "ap.edge.cdn.test."] {
         for qtype in [RecordType::A, RecordType::AAAA] {
+            // ap has no IPv6 edge: its name's AAAA is NODATA with the SOA, which the fast
+            // path leaves to the general one; everything else here is the fast path's.
+            let on_fast_path = !(name == "ap.edge.cdn.test." && qtype == RecordType::AAAA);
             for (payload, ecs) in [
                 (None, None),
                 (Some(1232), None),
@@ -539,10 +591,19 @@ async fn the_udp_fast_path_answers_exactly_as_the_general_path_does() {
                 (Some(1232), Some((ip("100.64.1.77"), 0))),
             ] {
                 let q = query(name, qtype, payload, ecs);
-                // UDP takes the fast path for these; TCP always takes hickory-server's.
-                let fast = udp(dns.addr(), &q).await;
-                let general = tcp(dns.addr(), &q).await;
                 let what = format!("{name} {qtype} {payload:?} {ecs:?}");
+                // UDP takes the fast path for most of these; TCP always the general path,
+                // which counts its answers at once (the fast path's come in batches).
+                let before = queries(&metrics(&dns).await, "general", "udp");
+                let fast = udp(dns.addr(), &q).await;
+                let general_udp = queries(&metrics(&dns).await, "general", "udp") - before;
+                assert_eq!(
+                    general_udp,
+                    u64::from(!on_fast_path),
+                    "general path: {what}"
+                );
+                fast_expected += u64::from(on_fast_path);
+                let general = tcp(dns.addr(), &q).await;
                 assert_eq!(
                     fast.metadata.response_code, general.metadata.response_code,
                     "{what}"
@@ -564,8 +625,178 @@ async fn the_udp_fast_path_answers_exactly_as_the_general_path_does() {
         }
     }
     assert_eq!(compared, 36);
+    // Every UDP query the general path did not answer was answered by the fast path: its
+    // count, added in batches once the loop idles, reaches exactly that many (never the
+    // TCP queries).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = metrics(&dns).await;
+    while queries(&text, "fast", "udp") < fast_expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = metrics(&dns).await;
+    }
+    assert_eq!(queries(&text, "fast", "udp"), fast_expected, "{text}");
+    assert_eq!(queries(&text, "fast", "tcp"), 0, "{text}");
+    assert_eq!(queries(&text, "general", "tcp"), 36, "{text}");
+}
+
+/// The admin `/metrics` text.
+async fn metrics(dns: &Dns) -> String {
+    support::send(
+        &support::client(),
+        dns.server.admin_addr(),
+        http::Method::GET,
+        "/metrics",
+        "admin",
+        &[],
+    )
+    .await
+    .text()
+}
+
+/// `geodns_queries_total` answered by `path` over `transport`, over every other label.
+fn queries(metrics: &str, path: &str, transport: &str) -> u64 {
+    let (path, transport) = (
+        format!("path=\"{path}\""),
+        format!("transport=\"{transport}\""),
+    );
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("geodns_queries_total{"))
+        .filter_map(|line| line.split_once("} "))
+        .filter(|(labels, _)| labels.split(',').any(|l| l == path))
+        .filter(|(labels, _)| labels.split(',').any(|l| l == transport))
+        .map(|(_, n)| n.trim().parse::<u64>().expect("numeric metric"))
+        .sum()
 }
 
 fn ecs_of(m: &Message) -> Option<(IpAddr, u8, u8)> {
     ecs(m)
+}
+
+/// `geodns_messages_dropped_total` for `reason` over `transport` (0 before the first).
+async fn dropped(dns: &Dns, reason: &str, transport: &str) -> f64 {
+    let text = metrics(dns).await;
+    let series =
+        format!("geodns_messages_dropped_total{{reason=\"{reason}\",transport=\"{transport}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0.0, |n| n.trim().parse().expect("numeric metric"))
+}
+
+/// Messages with QR=1 (responses), as another server or a forger would send them: the
+/// response to a query the fast path answers, a FORMERR with no question (what this
+/// server itself sends for a bad packet: two servers answering each other's errors would
+/// loop), and one that does not parse (a question promised and missing).
+fn responses() -> Vec<Vec<u8>> {
+    let mut answer = query(CUSTOMER, RecordType::A, None, None);
+    answer.metadata.message_type = MessageType::Response;
+    let mut formerr = Message::new(0x0bad, MessageType::Response, OpCode::Query);
+    formerr.metadata.response_code = ResponseCode::FormErr;
+    let unparsable = vec![
+        0x0b, 0xae, 0x81, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff,
+    ];
+    vec![
+        answer.to_vec().expect("encode"),
+        formerr.to_vec().expect("encode"),
+        unparsable,
+    ]
+}
+
+#[tokio::test]
+async fn udp_messages_with_qr_set_are_dropped_unanswered_and_counted() {
+    let dns = Dns::start().await;
+    let sent = responses();
+    let (answer, strays) = udp_after(
+        dns.addr(),
+        &sent,
+        &query(CUSTOMER, RecordType::A, None, None),
+    )
+    .await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert!(strays.is_empty(), "responses were answered: {strays:?}");
+    assert_eq!(dropped(&dns, "response", "udp").await, sent.len() as f64);
+}
+
+#[tokio::test]
+async fn tcp_messages_with_qr_set_are_dropped_unanswered_and_counted() {
+    let dns = Dns::start().await;
+    let sent = responses();
+    for first in &sent {
+        let follow = query(CUSTOMER, RecordType::A, None, None);
+        let (answer, strays) = tcp_after(dns.addr(), first, &follow).await;
+        // Closing the connection is a drop too; an answer must be the follow-up's own.
+        if let Some(answer) = answer {
+            assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+        }
+        assert!(strays.is_empty(), "a response was answered: {strays:?}");
+    }
+    let after = tcp(dns.addr(), &query(CUSTOMER, RecordType::A, None, None)).await;
+    assert_eq!(after.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(dropped(&dns, "response", "tcp").await, sent.len() as f64);
+}
+
+/// A query for the customer name whose Client Subnet option is written as given: `family`,
+/// `source` prefix length, scope 0, then `address` octets, however many.
+fn raw_ecs(family: u16, source: u8, address: &[u8]) -> Message {
+    let mut q = query(CUSTOMER, RecordType::A, Some(1232), None);
+    let mut data = family.to_be_bytes().to_vec();
+    data.extend_from_slice(&[source, 0]);
+    data.extend_from_slice(address);
+    q.edns
+        .as_mut()
+        .expect("EDNS")
+        .options_mut()
+        .insert(EdnsOption::Unknown(8, data));
+    q
+}
+
+#[tokio::test]
+async fn client_subnets_with_bits_beyond_the_prefix_or_extra_octets_get_formerr() {
+    let dns = Dns::start().await;
+    // RFC 7871 6: ADDRESS is cut to SOURCE PREFIX-LENGTH bits, zero-padded to the octet;
+    // other bits set or more octets than that are a FORMERR.
+    for (family, source, address, rcode) in [
+        // 192.0.2.1/24: a fourth octet, and a bit set in it.
+        (1, 24, &[192, 0, 2, 1][..], ResponseCode::FormErr),
+        // 100.64.1.0/23: the last bit of the third octet is beyond the prefix.
+        (1, 23, &[100, 64, 1], ResponseCode::FormErr),
+        (1, 25, &[100, 64, 1, 129], ResponseCode::FormErr),
+        // An extra octet, even a zero one.
+        (1, 24, &[100, 64, 1, 0], ResponseCode::FormErr),
+        (1, 0, &[0], ResponseCode::FormErr),
+        (
+            2,
+            48,
+            &[
+                0x20, 0x01, 0x0d, 0xb8, 0, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+            ],
+            ResponseCode::FormErr,
+        ),
+        (
+            2,
+            47,
+            &[0x20, 0x01, 0x0d, 0xb8, 0, 0x05],
+            ResponseCode::FormErr,
+        ),
+        // Their well-formed neighbours are answered.
+        (1, 24, &[100, 64, 1], ResponseCode::NoError),
+        (1, 23, &[100, 64, 0], ResponseCode::NoError),
+        (1, 25, &[100, 64, 1, 128], ResponseCode::NoError),
+        (1, 0, &[], ResponseCode::NoError),
+        (
+            2,
+            47,
+            &[0x20, 0x01, 0x0d, 0xb8, 0, 0x04],
+            ResponseCode::NoError,
+        ),
+    ] {
+        let q = raw_ecs(family, source, address);
+        let what = format!("family {family} /{source} {address:?}");
+        // UDP takes the fast path for the well-formed ones; TCP always the general path.
+        let fast = udp(dns.addr(), &q).await;
+        assert_eq!(fast.metadata.response_code, rcode, "UDP {what}");
+        let general = tcp(dns.addr(), &q).await;
+        assert_eq!(general.metadata.response_code, rcode, "TCP {what}");
+        assert_eq!(fast.answers, general.answers, "{what}");
+    }
 }

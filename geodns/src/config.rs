@@ -37,7 +37,8 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// `/healthz` and `/metrics`.
     pub admin_listen: SocketAddr,
-    /// Idle time after which a TCP connection is closed.
+    /// Idle time after which a TCP connection is closed (waiting for the next query, or
+    /// for the client to take an answer); above 0, checked by [`GeoDnsConfig::validate`].
     #[serde(with = "humantime_serde")]
     pub tcp_timeout: Duration,
 }
@@ -240,6 +241,13 @@ impl GeoDnsConfig {
 
     /// Checks everything that would otherwise fail, or misanswer, at query time.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node.tcp_timeout.is_zero() {
+            return Err(invalid(
+                "node.tcp_timeout",
+                "must be above 0: it is the idle time after which a TCP connection is \
+                 closed, and connections that never close would pile up (RFC 7766 6.2.3)",
+            ));
+        }
         hickory_proto::rr::Name::from_ascii(&self.zone.name).map_err(|e| {
             invalid(
                 "zone.name",
@@ -410,6 +418,10 @@ mod tests {
                 "\"us\"",
             ),
             (MINIMAL.replace("[geo]", "[geo]\nbogus = 1"), "bogus"),
+            (
+                format!("[node]\ntcp_timeout = \"0s\"\n{MINIMAL}"),
+                "node.tcp_timeout: must be above 0",
+            ),
             (
                 MINIMAL.replace("192.0.2.10\", probe", "not-an-ip\", probe"),
                 "address",

@@ -14,6 +14,7 @@
 
 use std::net::IpAddr;
 
+use crate::ecs;
 use crate::geo::{GeoLocator, Located};
 use crate::state::State;
 
@@ -23,8 +24,6 @@ const AAAA: u16 = 28;
 const CNAME: u16 = 5;
 const OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
-/// EDNS option code of Client Subnet (RFC 7871).
-const ECS: u16 = 8;
 
 /// What a name in the zone is, for this path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,13 +37,6 @@ pub enum FastName {
 pub struct Answered {
     pub qtype: u16,
     pub region: usize,
-}
-
-/// The request's Client Subnet option, as sent.
-struct Subnet<'a> {
-    family: u16,
-    source: u8,
-    address: &'a [u8],
 }
 
 /// Answers `packet` from `src` into `out` when it is a query this path handles.
@@ -118,25 +110,12 @@ pub fn answer(
             let code = u16::from_be_bytes([*options.first()?, *options.get(1)?]);
             let size = u16::from_be_bytes([*options.get(2)?, *options.get(3)?]) as usize;
             let data = options.get(4..4 + size)?;
-            if code == ECS {
-                if data.len() < 4 || subnet.is_some() {
+            if code == ecs::CODE {
+                if subnet.is_some() {
                     return None;
                 }
-                let family = u16::from_be_bytes([data[0], data[1]]);
-                let (source, scope) = (data[2], data[3]);
-                let max = match family {
-                    1 => 32,
-                    2 => 128,
-                    _ => return None,
-                };
-                if source > max || scope != 0 || data.len() - 4 != usize::from(source).div_ceil(8) {
-                    return None;
-                }
-                subnet = Some(Subnet {
-                    family,
-                    source,
-                    address: &data[4..],
-                });
+                // Malformed: FORMERR, which the general path answers.
+                subnet = Some(ecs::parse(data).ok()?);
             }
             options = &options[4 + size..];
         }
@@ -149,7 +128,7 @@ pub fn answer(
 
     // Where the answer comes from: the same decisions as the general path.
     let client = match (&subnet, state.ecs) {
-        (Some(s), true) if s.source > 0 => subnet_address(s)?,
+        (Some(s), true) if s.source() > 0 => s.ip(),
         _ => src,
     };
     let mut scope = 0u8;
@@ -161,7 +140,7 @@ pub fn answer(
                     Some(Located::Point { prefix_len, .. } | Located::Region { prefix_len, .. }),
                     _,
                 ) => *prefix_len,
-                (None, Some(s)) => s.source,
+                (None, Some(s)) => s.source(),
                 (None, None) => 0,
             };
             state
@@ -220,15 +199,15 @@ pub fn answer(
             out.extend_from_slice(&[0, 0, 0, 0]);
             match &subnet {
                 Some(s) => {
-                    let scope = if s.source > 0 { scope } else { 0 };
-                    let size = 4 + s.address.len();
+                    let scope = if s.source() > 0 { scope } else { 0 };
+                    let size = 4 + s.address().len();
                     out.extend_from_slice(&u16::try_from(4 + size).ok()?.to_be_bytes());
-                    out.extend_from_slice(&ECS.to_be_bytes());
+                    out.extend_from_slice(&ecs::CODE.to_be_bytes());
                     out.extend_from_slice(&u16::try_from(size).ok()?.to_be_bytes());
-                    out.extend_from_slice(&s.family.to_be_bytes());
-                    out.push(s.source);
+                    out.extend_from_slice(&s.family().to_be_bytes());
+                    out.push(s.source());
                     out.push(scope);
-                    out.extend_from_slice(s.address);
+                    out.extend_from_slice(s.address());
                 }
                 None => out.extend_from_slice(&0u16.to_be_bytes()),
             }
@@ -240,26 +219,6 @@ pub fn answer(
         return None; // needs truncation: the general path does it properly
     }
     Some(Answered { qtype, region })
-}
-
-/// The address a Client Subnet option names (the bytes sent, zero-filled).
-fn subnet_address(subnet: &Subnet<'_>) -> Option<IpAddr> {
-    match subnet.family {
-        1 => {
-            let mut octets = [0u8; 4];
-            octets
-                .get_mut(..subnet.address.len())?
-                .copy_from_slice(subnet.address);
-            Some(IpAddr::from(octets))
-        }
-        _ => {
-            let mut octets = [0u8; 16];
-            octets
-                .get_mut(..subnet.address.len())?
-                .copy_from_slice(subnet.address);
-            Some(IpAddr::from(octets))
-        }
-    }
 }
 
 /// `name` (`a.b.c`, no trailing dot needed) in lower-case wire form.
@@ -318,6 +277,20 @@ mod tests {
                 .insert(EdnsOption::Subnet(ClientSubnet::new(addr, prefix, 0)));
             m.set_edns(edns);
         }
+        m.to_vec().unwrap()
+    }
+
+    /// A query for the customer name with a Client Subnet option of `data` as given.
+    fn raw_ecs(data: &[u8]) -> Vec<u8> {
+        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(
+            Name::from_ascii("publisher.cdn.test.").unwrap(),
+            RecordType::A,
+        ));
+        let mut edns = Edns::new();
+        edns.options_mut()
+            .insert(EdnsOption::Unknown(ecs::CODE, data.to_vec()));
+        m.set_edns(edns);
         m.to_vec().unwrap()
     }
 
@@ -384,6 +357,10 @@ mod tests {
                 q[at] = 40;
                 q
             },
+            // 10.1.2.1/24 (an octet more than /24 needs) and 10.1.3.0/23 (a bit beyond it):
+            // FORMERR, which the general path answers (RFC 7871 6).
+            raw_ecs(&[0, 1, 24, 0, 10, 1, 2, 1]),
+            raw_ecs(&[0, 1, 23, 0, 10, 1, 3]),
             vec![0u8; 11],
             {
                 let mut q = packet("publisher.cdn.test.", RecordType::A, None);

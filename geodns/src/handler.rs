@@ -1,17 +1,19 @@
-//! The DNS request handler `hickory-server` calls for every query, over UDP and TCP.
+//! The DNS request handler the general path ([`crate::general`]) calls for every query
+//! it decodes, over UDP and TCP.
 //!
 //! It reads the question and EDNS (version, payload size, Client Subnet), asks the
 //! [`Zone`](crate::zone::Zone) for the answer with the client's region decided by
-//! [`Steering`](crate::steering), and sends it. `hickory-server` frames it: FORMERR for
-//! packets it cannot parse, and truncation (TC) to the payload size this handler allows
-//! over UDP.
+//! [`Steering`](crate::steering), and sends it. The general path frames it: responses
+//! (QR=1) dropped before they get here (and here, whoever calls it), FORMERR for packets
+//! that do not decode, and truncation (TC) to the payload size this handler allows over
+//! UDP.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -61,9 +63,13 @@ impl RequestHandler for Handler {
             metadata.response_code = code;
             metadata
         };
-        let early = if request.metadata.message_type != MessageType::Query {
-            Some(ResponseCode::FormErr)
-        } else if request.metadata.op_code != OpCode::Query {
+        // The general path screens every message before it decodes it; the same screen
+        // here keeps a response (QR=1) unanswered whoever calls this handler.
+        if let Err(why) = crate::general::screen(request.as_slice()) {
+            self.metrics.dropped(why, tcp);
+            return unsent(request);
+        }
+        let early = if request.metadata.op_code != OpCode::Query {
             Some(ResponseCode::NotImp)
         } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
             Some(ResponseCode::BADVERS)
@@ -78,7 +84,7 @@ impl RequestHandler for Handler {
         };
         let client = match (early, client_of(request, state.ecs)) {
             (None, Ok(client)) => Some(client),
-            (None, Err(())) => None,
+            (None, Err(_)) => None,
             (Some(_), _) => None,
         };
         let (Some(query), Some(client)) = (query, client) else {
@@ -171,38 +177,41 @@ async fn send<'a, R: ResponseHandler>(
         Ok(info) => info,
         Err(error) => {
             tracing::debug!(%error, src = %request.src(), "could not send a DNS response");
-            let mut header = hickory_proto::op::Header {
-                metadata: Metadata::response_from_request(&request.metadata),
-                counts: Default::default(),
-            };
-            header.metadata.response_code = ResponseCode::ServFail;
-            header.into()
+            unsent(request)
         }
     }
 }
 
+/// What the handler reports for a request it sent nothing for.
+fn unsent(request: &Request) -> ResponseInfo {
+    let mut header = hickory_proto::op::Header {
+        metadata: Metadata::response_from_request(&request.metadata),
+        counts: Default::default(),
+    };
+    header.metadata.response_code = ResponseCode::ServFail;
+    header.into()
+}
+
 /// The client to locate: the Client Subnet's network when the request has a usable one
-/// (and the server honours ECS), else the source address. `Err` for an invalid option
-/// (RFC 7871 7.1.1: FORMERR).
-fn client_of(request: &Request, ecs: bool) -> Result<Client, ()> {
+/// (and the server honours ECS), else the source address. `Err` for a malformed option
+/// (RFC 7871 6 and 7.1.1: FORMERR), as [`crate::ecs::parse`] decides for both paths; the
+/// option is read from the message as sent, since the decoded one hides what is wrong.
+fn client_of(request: &Request, ecs: bool) -> Result<Client, crate::ecs::Invalid> {
     let src = request.src().ip();
-    let subnet = request
-        .edns
-        .as_ref()
-        .and_then(|e| match e.option(EdnsCode::Subnet) {
-            Some(EdnsOption::Subnet(subnet)) => Some(*subnet),
-            _ => None,
-        });
+    // Only a message with EDNS can carry the option (and the raw walk is skipped).
+    let subnet = match request.edns {
+        Some(_) => crate::ecs::find(request.as_slice())
+            .map(crate::ecs::parse)
+            .transpose()?,
+        None => None,
+    };
     let Some(subnet) = subnet else {
         return Ok(Client {
             ip: src,
             subnet: None,
         });
     };
-    let max = if subnet.addr().is_ipv4() { 32 } else { 128 };
-    if subnet.source_prefix() > max || subnet.scope_prefix() != 0 {
-        return Err(());
-    }
+    let subnet = ClientSubnet::new(subnet.ip(), subnet.source(), 0);
     if !ecs {
         return Ok(Client {
             ip: src,

@@ -7,11 +7,16 @@
 //! without a healthy edge is skipped and an overloaded one spills a share of its clients to
 //! the next. The config reloads on SIGHUP or file change without dropping queries.
 //!
-//! [`GeoDnsServer`] runs it from a [`GeoDnsConfig`]; `hickory-server` carries the DNS
-//! protocol over UDP and TCP.
+//! [`GeoDnsServer`] runs it from a [`GeoDnsConfig`]. The transports are this crate's own
+//! loops (`udp`: batched `recvmmsg`/`sendmmsg` with an in-place fast path; `tcp`: framed
+//! messages in order), so every message is screened before anything answers it (a
+//! response, QR=1, is dropped, never reflected); `hickory-server` decodes requests and
+//! encodes the answers of the general path.
 
 pub mod config;
+pub mod ecs;
 pub mod fast_path;
+pub mod general;
 pub mod geo;
 pub mod handler;
 pub mod health;
@@ -19,6 +24,7 @@ pub mod metrics;
 pub mod server;
 pub mod state;
 pub mod steering;
+pub mod tcp;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 // The one module with `unsafe`: batched UDP system calls on buffers it owns (see its docs).

@@ -1,7 +1,8 @@
 //! GeoDNS metrics, in Prometheus text format at the admin `/metrics`.
 //!
 //! Labels are bounded: query types outside a fixed set count as `other`, regions and
-//! edges come from the config.
+//! edges come from the config, and `path` says which path answered a query
+//! ([`AnswerPath`]).
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
@@ -11,11 +12,39 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::general::Dropped;
+
+/// Which path answered a query: the `path` label of `geodns_queries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerPath {
+    /// [`crate::fast_path`]: the common UDP query, answered in place.
+    Fast,
+    /// [`crate::general`]: every TCP message and the UDP queries the fast path declines.
+    General,
+}
+
+impl AnswerPath {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fast => "fast",
+            Self::General => "general",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueryLabels {
     qtype: &'static str,
     rcode: &'static str,
     region: String,
+    transport: &'static str,
+    path: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
     transport: &'static str,
 }
 
@@ -37,6 +66,7 @@ struct TransitionLabels {
 pub struct Metrics {
     registry: Registry,
     queries: Family<QueryLabels, Counter>,
+    dropped: Family<DropLabels, Counter>,
     edge_up: Family<EdgeLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
@@ -53,8 +83,14 @@ impl Default for Metrics {
         let queries = Family::<QueryLabels, Counter>::default();
         registry.register(
             "queries",
-            "Queries answered, by type, response code, region answered and transport",
+            "Queries answered, by type, response code, region answered, transport and the path that answered (fast or general)",
             queries.clone(),
+        );
+        let dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "messages_dropped",
+            "Messages dropped unanswered, by reason (short: no DNS header; response: QR=1) and transport",
+            dropped.clone(),
         );
         let edge_up = Family::<EdgeLabels, Gauge>::default();
         registry.register(
@@ -77,6 +113,7 @@ impl Default for Metrics {
         Self {
             registry,
             queries,
+            dropped,
             edge_up,
             transitions,
             reloads,
@@ -85,20 +122,41 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A query answered by the general path.
     pub fn query(&self, qtype: RecordType, rcode: ResponseCode, region: &str, tcp: bool) {
-        self.queries(qtype, rcode, region, tcp, 1);
-    }
-
-    /// `n` queries of one kind at once (the UDP loop counts locally, then adds).
-    pub fn queries(&self, qtype: RecordType, rcode: ResponseCode, region: &str, tcp: bool, n: u64) {
         self.queries
             .get_or_create(&QueryLabels {
                 qtype: qtype_label(qtype),
                 rcode: rcode_label(rcode),
                 region: region.to_owned(),
                 transport: if tcp { "tcp" } else { "udp" },
+                path: AnswerPath::General.as_str(),
+            })
+            .inc();
+    }
+
+    /// `n` queries of one type answered by the fast path (UDP, NOERROR) for `region`, at
+    /// once: the UDP loop counts locally, then adds.
+    pub fn fast_answers(&self, qtype: RecordType, region: &str, n: u64) {
+        self.queries
+            .get_or_create(&QueryLabels {
+                qtype: qtype_label(qtype),
+                rcode: rcode_label(ResponseCode::NoError),
+                region: region.to_owned(),
+                transport: "udp",
+                path: AnswerPath::Fast.as_str(),
             })
             .inc_by(n);
+    }
+
+    /// A message dropped without an answer.
+    pub fn dropped(&self, reason: Dropped, tcp: bool) {
+        self.dropped
+            .get_or_create(&DropLabels {
+                reason: reason.as_str(),
+                transport: if tcp { "tcp" } else { "udp" },
+            })
+            .inc();
     }
 
     pub fn edge_state(&self, region: &str, edge: &str, up: bool) {

@@ -1,4 +1,4 @@
-//! The running server: UDP ([`crate::udp`]) and TCP (`hickory-server`) on one port, the
+//! The running server: UDP ([`crate::udp`]) and TCP ([`crate::tcp`]) on one port, the
 //! admin listener, the probe loop, and reloads on SIGHUP or when the config file changes.
 
 use std::net::SocketAddr;
@@ -10,7 +10,6 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::State as Extract;
 use axum::routing::get;
-use hickory_server::Server;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -42,7 +41,6 @@ pub struct GeoDnsServer {
     path: Option<PathBuf>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    dns: Server<Handler>,
     /// Ends the blocking UDP loops (which a dropped task cannot stop).
     stopping: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -92,11 +90,14 @@ impl GeoDnsServer {
             addr: admin_listen,
             source,
         })?;
-        let mut dns = Server::new(handler.clone());
-        dns.register_listener(tcp, tcp_timeout, 64 * 1024);
-
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        tasks.spawn(crate::tcp::serve(
+            tcp,
+            handler.clone(),
+            tcp_timeout,
+            shutdown.subscribe(),
+        ));
         let udp = udp.into_std().map_err(|source| StartError::Bind {
             what: "UDP DNS listener",
             addr: listen,
@@ -151,7 +152,6 @@ impl GeoDnsServer {
             path,
             shutdown,
             tasks,
-            dns,
             stopping,
         })
     }
@@ -178,7 +178,6 @@ impl GeoDnsServer {
         self.stopping
             .store(true, std::sync::atomic::Ordering::Release);
         let _ = self.shutdown.send(true);
-        let _ = self.dns.shutdown_gracefully().await;
         while self.tasks.join_next().await.is_some() {}
     }
 }

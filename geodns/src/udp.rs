@@ -1,25 +1,19 @@
 //! Serving DNS over UDP: one receive loop per core on a shared socket, queries taken and
 //! answered in batches, the common query
-//! answered by [`crate::fast_path`] into a reused buffer, everything else by the same
-//! handler as TCP ([`crate::handler`]) through `hickory-server`'s request decoding, with
-//! its response captured here and sent from this loop.
+//! answered by [`crate::fast_path`] into a reused buffer, everything else (responses
+//! included, which it drops) by the same general path as TCP ([`crate::general`]), with
+//! its response captured and sent from this loop.
 //!
 //! Metrics of the fast path are counted in the loop and added to the registry every
 //! [`FLUSH_EVERY`] queries or second, so the hot path takes no lock and allocates nothing
 //! per query.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{MessageType, ResponseCode};
-use hickory_proto::rr::{Record, RecordType};
-use hickory_proto::serialize::binary::BinEncoder;
-use hickory_server::net::NetError;
-use hickory_server::net::runtime::TokioTime;
+use hickory_proto::rr::RecordType;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
 use nix::libc;
 
 use crate::fast_path;
@@ -38,77 +32,17 @@ fn flush(handler: &Handler, counts: &mut [[u64; 2]]) {
             .map_or("-", |r| r.name.as_str());
         for (qtype, n) in [RecordType::A, RecordType::AAAA].into_iter().zip(by_type) {
             if *n > 0 {
-                handler
-                    .metrics
-                    .queries(qtype, ResponseCode::NoError, name, false, *n);
+                handler.metrics.fast_answers(qtype, name, *n);
                 *n = 0;
             }
         }
     }
 }
 
-/// The general path: hickory decodes, [`Handler`] answers, the response is captured into
-/// `out`. `false` when there is nothing to send (too short to be a DNS header). Public for
-/// the fuzz target (`fuzz/fuzz_targets/geodns_request.rs`).
+/// The general path for a UDP query ([`crate::general::answer`]): `false` when there is
+/// nothing to send. Public for the fuzz target (`fuzz/fuzz_targets/geodns_request.rs`).
 pub async fn general(handler: &Handler, packet: &[u8], src: SocketAddr, out: &mut Vec<u8>) -> bool {
-    match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
-        Ok(request) => {
-            let capture = Capture::default();
-            handler
-                .handle_request::<Capture, TokioTime>(&request, capture.clone())
-                .await;
-            let bytes =
-                std::mem::take(&mut *capture.0.lock().unwrap_or_else(PoisonError::into_inner));
-            *out = bytes;
-            !out.is_empty()
-        }
-        // A header we can read but a message we cannot: FORMERR, as RFC 1035 asks.
-        Err(_) if packet.len() >= 12 && packet[2] & 0x80 == 0 => {
-            out.clear();
-            out.extend_from_slice(&packet[..2]);
-            out.push(0x80 | (packet[2] & 0x79)); // QR, the opcode and RD as sent
-            out.push(ResponseCode::FormErr.low());
-            out.extend_from_slice(&[0; 8]);
-            handler
-                .metrics
-                .query(RecordType::NULL, ResponseCode::FormErr, "-", false);
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-/// A response handler that keeps the encoded response for the loop to send, truncated
-/// (TC) to the payload size the response's EDNS allows, 512 without EDNS.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-#[async_trait::async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let max = response
-            .edns()
-            .map_or(512, |edns| edns.max_payload().max(512));
-        debug_assert_eq!(response.metadata().message_type, MessageType::Response);
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(max);
-        let info = response
-            .destructive_emit(&mut encoder)
-            .map_err(|e| NetError::from(format!("cannot encode the response: {e}")))?;
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = bytes;
-        Ok(info)
-    }
+    crate::general::answer(handler, packet, src, Protocol::Udp, out).await
 }
 
 /// Queries received (and answers sent) per system call by [`serve`].

@@ -41,6 +41,87 @@ fn rand_id() -> u16 {
     NEXT.fetch_add(7, Ordering::Relaxed)
 }
 
+/// How long a test listens for an answer that must not come. Silence can only be shown by
+/// waiting, so the wait is bounded here; the tests that use it also send a normal query
+/// that must be answered (matched on its id), which shows the server was up to answer.
+pub const SILENCE: Duration = Duration::from_millis(300);
+
+/// Sends each of `first` over one UDP socket, then `query`. Returns `query`'s answer (the
+/// datagram with its id) and every other datagram that came before it or within
+/// [`SILENCE`] after it.
+pub async fn udp_after(
+    server: SocketAddr,
+    first: &[Vec<u8>],
+    query: &Message,
+) -> (Message, Vec<Vec<u8>>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    for bytes in first {
+        socket.send_to(bytes, server).await.expect("send");
+    }
+    socket
+        .send_to(&query.to_vec().expect("encode"), server)
+        .await
+        .expect("send");
+    let mut strays = Vec::new();
+    let mut buf = vec![0u8; 65_535];
+    let answer = tokio::time::timeout(WAIT, async {
+        loop {
+            let (n, _) = socket.recv_from(&mut buf).await.expect("receive");
+            match Message::from_vec(&buf[..n]) {
+                Ok(m) if m.metadata.id == query.metadata.id => return m,
+                _ => strays.push(buf[..n].to_vec()),
+            }
+        }
+    })
+    .await
+    .expect("the query after them is answered in time");
+    while let Ok(Ok((n, _))) = tokio::time::timeout(SILENCE, socket.recv_from(&mut buf)).await {
+        strays.push(buf[..n].to_vec());
+    }
+    (answer, strays)
+}
+
+/// Writes `first` and then `query` on one TCP connection (each framed). Returns `query`'s
+/// answer, `None` if the server closed the connection first, and every other message that
+/// came back before that. TCP keeps order and the server answers a connection's messages
+/// one after the other, so nothing for `first` can come after `query`'s answer.
+pub async fn tcp_after(
+    server: SocketAddr,
+    first: &[u8],
+    query: &Message,
+) -> (Option<Message>, Vec<Vec<u8>>) {
+    let bytes = query.to_vec().expect("encode");
+    let mut stream = TcpStream::connect(server).await.expect("connect");
+    let mut out = Vec::new();
+    for message in [first, bytes.as_slice()] {
+        out.extend_from_slice(&(message.len() as u16).to_be_bytes());
+        out.extend_from_slice(message);
+    }
+    // The server may close after `first` and before reading the rest: that is an answer too.
+    let _ = stream.write_all(&out).await;
+    let mut strays = Vec::new();
+    let exchange = async {
+        loop {
+            let mut len = [0u8; 2];
+            if stream.read_exact(&mut len).await.is_err() {
+                return None; // closed (or reset)
+            }
+            let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+            if stream.read_exact(&mut reply).await.is_err() {
+                return None;
+            }
+            match Message::from_vec(&reply) {
+                Ok(m) if m.metadata.id == query.metadata.id => return Some(m),
+                _ => strays.push(reply),
+            }
+        }
+    };
+    let answer = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("an answer or a close in time");
+    (answer, strays)
+}
+
 /// Sends `bytes` over UDP and returns the reply's bytes (`None` if none came in time).
 pub async fn udp_raw(server: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
