@@ -378,6 +378,17 @@ mod tests {
         Regions::new(&config.regions, "eu", &HashMap::new())
     }
 
+    /// A client located in Paris: eu is its nearest region.
+    fn paris() -> Located {
+        Located::Point {
+            at: Coordinates {
+                lat: 48.86,
+                lon: 2.35,
+            },
+            prefix_len: 24,
+        }
+    }
+
     fn fail(edge: &Edge) {
         edge.health.record(None, 1, 1);
     }
@@ -385,13 +396,7 @@ mod tests {
     #[test]
     fn a_region_without_healthy_edges_sends_its_clients_to_the_next_nearest() {
         let r = regions();
-        let paris = Located::Point {
-            at: Coordinates {
-                lat: 48.86,
-                lon: 2.35,
-            },
-            prefix_len: 24,
-        };
+        let paris = paris();
         assert_eq!(r.choose(Some(&paris), 0), Some(0));
         for edge in &r.regions[0].edges {
             fail(edge);
@@ -405,13 +410,7 @@ mod tests {
     #[test]
     fn degraded_regions_are_a_last_resort_and_answer_their_ready_edges_first() {
         let r = regions();
-        let paris = Located::Point {
-            at: Coordinates {
-                lat: 48.86,
-                lon: 2.35,
-            },
-            prefix_len: 24,
-        };
+        let paris = paris();
         let degraded = Some(crate::health::Probed {
             load: 0,
             degraded: true,
@@ -438,13 +437,7 @@ mod tests {
 
     #[test]
     fn rankings_are_not_shared_between_configs() {
-        let paris = Located::Point {
-            at: Coordinates {
-                lat: 48.86,
-                lon: 2.35,
-            },
-            prefix_len: 24,
-        };
+        let paris = paris();
         let before = regions();
         assert_eq!(before.choose(Some(&paris), 0), Some(0), "eu is nearer");
         // The reloaded config moves "eu" across the Pacific: the same point must be ranked
