@@ -9,7 +9,6 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use cdn::demo_origin::DemoOrigin;
 use edge::store::Storage;
@@ -425,9 +424,14 @@ async fn a_node_down_during_100_purges_applies_them_all_before_it_serves() {
 
 #[tokio::test]
 async fn a_burst_is_shed_with_retry_after_while_accepted_purges_all_complete() {
+    // A burst of 10 and one request token back every 1,000 s: the test would have to run
+    // for 1,000 s (on any machine, however loaded) before a token came back, so exactly
+    // the burst is accepted and every other request of the 30 is shed.
+    const BURST: usize = 10;
+    const SECS_PER_TOKEN: u64 = 1000;
     let p = Purging::start(
         2,
-        "[publisher.rate]\nrequests_per_second = 2.0\nrequest_burst = 10.0",
+        "[publisher.rate]\nrequests_per_second = 0.001\nrequest_burst = 10.0",
     )
     .await;
     let mut accepted = Vec::new();
@@ -441,21 +445,27 @@ async fn a_burst_is_shed_with_retry_after_while_accepted_purges_all_complete() {
         match reply.status {
             StatusCode::ACCEPTED => accepted.push(json(&reply)["seq"].as_u64().expect("seq")),
             StatusCode::TOO_MANY_REQUESTS => {
+                // Exactly when the next token is back: 1,000 s after the burst was spent,
+                // less the (under a minute) the test has run since.
                 let retry: u64 = reply
                     .header("retry-after")
                     .parse()
                     .expect("Retry-After seconds");
-                assert!((1..=60).contains(&retry), "Retry-After {retry}");
+                assert!(
+                    (SECS_PER_TOKEN - 60..=SECS_PER_TOKEN).contains(&retry),
+                    "Retry-After {retry}"
+                );
                 shed += 1;
             }
             other => panic!("unexpected {other}: {}", reply.text()),
         }
     }
-    assert!(
-        accepted.len() >= 10 && shed >= 15,
-        "{} accepted, {shed} shed",
-        accepted.len()
+    assert_eq!(
+        (accepted.len(), shed),
+        (BURST, 30 - BURST),
+        "the burst accepted, the rest shed"
     );
+    assert_eq!(accepted, (1..=BURST as u64).collect::<Vec<_>>());
     for seq in accepted {
         p.wait_done(seq).await;
     }
@@ -838,27 +848,111 @@ async fn a_retry_while_the_first_request_with_its_key_is_in_flight_gets_409() {
     api.shutdown().await;
 }
 
+/// An origin that answers every request `200`, cacheable for a minute, but holds each
+/// answer until the test opens its gate: a fill through it is in flight for as long as
+/// the test needs. Every request's target is reported as it arrives.
+struct HeldOrigin {
+    addr: SocketAddr,
+    arrived: tokio::sync::mpsc::UnboundedReceiver<String>,
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+impl HeldOrigin {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind(loopback())
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (report, arrived) = tokio::sync::mpsc::unbounded_channel();
+        let (gate, open) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (report, open) = (report.clone(), open.clone());
+                let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                    let (report, mut open) = (report.clone(), open.clone());
+                    async move {
+                        let _ = report.send(req.uri().to_string());
+                        let _ = open.wait_for(|open| *open).await;
+                        http::Response::builder()
+                            .header("cache-control", "max-age=60")
+                            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                b"old bytes",
+                            )))
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            arrived,
+            gate,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_fill_in_flight_when_a_purge_lands_does_not_store_the_old_bytes() {
-    let p = Purging::start(1, "").await;
-    let target = "/race/slow.bin?delay_ms=400";
-    let edge = p.edges[0].public_addr();
+    let mut origin = HeldOrigin::start().await;
+    let edge = EdgeServer::start(edge_config(origin.addr, None, None))
+        .await
+        .expect("edge");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let api = PurgeApiServer::start(api_config(dir.path(), &[edge.admin_addr()], ""))
+        .await
+        .expect("purge API");
+    let target = "/race/held.bin";
+    let public = edge.public_addr();
     let fill =
-        tokio::spawn(async move { send(&client(), edge, Method::GET, target, HOST, &[]).await });
-    // The origin has the request (and is sleeping on it): the fill is in flight.
-    assert!(support::eventually(Duration::from_secs(5), || p.origin.hits(target) == 1).await);
-    p.purge(&format!(
-        r#"{{"site":"assets","urls":["{}"]}}"#,
-        url(target)
-    ))
+        tokio::spawn(async move { send(&client(), public, Method::GET, target, HOST, &[]).await });
+    // The origin has the fill's request and holds its answer: the fill is in flight.
+    assert_eq!(origin.arrived.recv().await.as_deref(), Some(target));
+    let reply = api_call(
+        api.addr(),
+        Method::POST,
+        "/v1/purge",
+        Some(TOKEN),
+        &format!(r#"{{"site":"assets","urls":["{}"]}}"#, url(target)),
+    )
     .await;
-    assert_eq!(fill.await.expect("client").status, StatusCode::OK);
-    let after = p.get(0, target).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+    let seq = json(&reply)["seq"].as_u64().expect("seq");
+    let status = api_call(
+        api.addr(),
+        Method::GET,
+        &format!("/v1/purges/{seq}?wait=10s"),
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(json(&status)["state"], "done", "{}", status.text());
+    // Applied on the edge while the origin still holds the fill's answer: only now does
+    // the old response reach the edge.
+    origin.gate.send_replace(true);
+    let filled = fill.await.expect("client");
+    assert_eq!(filled.status, StatusCode::OK);
+    assert_eq!(
+        &filled.body[..],
+        b"old bytes",
+        "the waiting client is served"
+    );
+    let after = send(&client(), public, Method::GET, target, HOST, &[]).await;
     assert!(
         after.cache_status().contains("fwd=uri-miss"),
         "bytes fetched before the purge were stored: {}",
         after.cache_status()
     );
+    assert_eq!(
+        origin.arrived.try_recv().as_deref(),
+        Ok(target),
+        "fetched again from the origin"
+    );
+    api.shutdown().await;
+    edge.shutdown().await;
 }
 
 #[tokio::test]
@@ -912,4 +1006,284 @@ async fn a_shield_behind_an_edge_on_purges_does_not_refill_it_with_purged_conten
         after.cache_status()
     );
     assert_eq!(origin.hits(target), 2, "the shield went to the origin");
+}
+
+/// A purge of `count` URLs of about `len` bytes each, the first of them `/big/{n}/0.bin`
+/// (an object a test can cache), the others long and unique.
+fn long_urls_purge(n: usize, count: usize, len: usize) -> String {
+    let urls: Vec<String> = (0..count)
+        .map(|j| {
+            if j == 0 {
+                format!("\"{}\"", url(&format!("/big/{n}/0.bin")))
+            } else {
+                let path = format!("/big/{n}/{j}/");
+                format!("\"{}{}\"", url(&path), "p".repeat(len - path.len() - 20))
+            }
+        })
+        .collect();
+    format!(r#"{{"site":"assets","urls":[{}]}}"#, urls.join(","))
+}
+
+/// A series of the purge API's `/metrics` (0 when absent).
+async fn api_metric(api: SocketAddr, series: &str) -> f64 {
+    let metrics = api_call(api, Method::GET, "/metrics", None, "")
+        .await
+        .text();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}
+
+#[tokio::test]
+async fn a_backlog_of_purges_over_4_mib_reaches_every_node_in_batches_the_node_reads() {
+    // 20 purges of 900 URLs (~245 KiB each, under the 256 KiB body limit): 4.8 MiB of
+    // backlog for the node that was away, over the 2 MiB a node used to read and over the
+    // 4 MiB it reads now, so it must come in several batches.
+    const PURGES: usize = 20;
+    let mut p = Purging::start(
+        2,
+        "[publisher.rate]\nobjects_per_second = 100000.0\nobject_burst = 100000.0",
+    )
+    .await;
+    let checked: Vec<String> = (1..=PURGES).map(|n| format!("/big/{n}/0.bin")).collect();
+    for target in &checked {
+        cache_everywhere(&p, target).await;
+    }
+    let down = p.edges.remove(1);
+    let (public, admin) = (down.public_addr(), down.admin_addr());
+    down.shutdown().await;
+    let mut backlog = 0;
+    for n in 1..=PURGES {
+        let body = long_urls_purge(n, 900, 270);
+        assert!(body.len() <= 256 * 1024, "{} bytes", body.len());
+        backlog += body.len();
+        let reply = p.call(Method::POST, "/v1/purge", Some(TOKEN), &body).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+    }
+    assert!(backlog > 4 << 20, "{backlog} bytes of backlog");
+    // Back on the same addresses without a purge API to read from: the API's push task
+    // finds it at watermark 0 and pushes the whole backlog.
+    let store = p.stores[1].clone();
+    assert_eq!(store.purge_watermark(), 0);
+    let back = EdgeServer::start_with_store(
+        edge_config(p.origin.addr(), None, Some((public, admin))),
+        store.clone(),
+    )
+    .await
+    .expect("edge restarts");
+    p.edges.insert(1, back);
+    p.wait_done(PURGES as u64).await;
+    assert_eq!(store.purge_watermark(), PURGES as u64);
+    for target in &checked {
+        gone_everywhere(&p, target, false).await;
+    }
+    assert_eq!(
+        api_metric(p.api.addr(), "purge_push_too_large_total{node=\"edge-1\"}").await,
+        0.0,
+        "every batch fitted the node's limit: none was refused with 413"
+    );
+}
+
+/// A purge batch head for a node's admin listener, with `extra` header lines.
+fn node_head(path: &str, extra: &str) -> String {
+    format!("POST {path} HTTP/1.1\r\nhost: node\r\ncontent-type: application/json\r\n{extra}\r\n")
+}
+
+#[tokio::test]
+async fn a_node_refuses_an_unauthenticated_purge_post_before_reading_its_body() {
+    let p = Purging::start(1, "").await;
+    let admin = p.edges[0].admin_addr();
+    let huge = format!("content-length: {}\r\n", 1u64 << 30);
+    let small = "content-length: 1000\r\n".to_owned();
+    for path in ["/v1/purge", "/v1/purge/reset"] {
+        for (headers, why) in [
+            (huge.clone(), "no token, 1 GiB declared"),
+            (
+                format!("{huge}cdn-node-token: wrong-token-0123456789\r\n"),
+                "wrong token",
+            ),
+            // Under the limit: a node that read before checking would wait for it.
+            (small.clone(), "no token, 1000 bytes declared"),
+            (
+                "transfer-encoding: chunked\r\n".to_owned(),
+                "no token, chunked",
+            ),
+        ] {
+            // Only the head is sent, and the connection left open: the answer must come
+            // without a body byte.
+            let upload =
+                support::upload(admin, &node_head(path, &headers), 0, false, |_| true).await;
+            assert_eq!(upload.status(), 401, "{path}, {why}: {}", upload.answer);
+        }
+    }
+    // With the token, a declared length over the limit is refused at once too.
+    let token = format!("cdn-node-token: {NODE_TOKEN}\r\n");
+    for (path, limit) in [
+        ("/v1/purge", edge::purge::MAX_BATCH_BYTES),
+        ("/v1/purge/reset", edge::purge::MAX_RESET_BYTES),
+    ] {
+        let head = node_head(path, &format!("{token}content-length: {}\r\n", limit + 1));
+        let upload = support::upload(admin, &head, 0, false, |_| true).await;
+        assert_eq!(upload.status(), 413, "{path}: {}", upload.answer);
+        assert!(
+            upload.body().contains(&limit.to_string()),
+            "{}",
+            upload.answer
+        );
+    }
+    assert_eq!(p.stores[0].purge_watermark(), 0, "nothing was applied");
+}
+
+/// A stand-in for a node's admin API (another version, or behind a proxy) that reads at
+/// most `limit` bytes of a batch (`413` past it) and answers `503` while `limit` is 0.
+#[derive(Debug, Default)]
+struct SmallNode {
+    limit: std::sync::atomic::AtomicUsize,
+    applied: std::sync::atomic::AtomicU64,
+    /// Batches refused with 413.
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl SmallNode {
+    async fn start(self: &Arc<Self>) -> SocketAddr {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = tokio::net::TcpListener::bind(loopback())
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let node = self.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let node = node.clone();
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let node = node.clone();
+                        async move {
+                            let limit = node.limit.load(SeqCst);
+                            let reply = |status: StatusCode, applied: u64| {
+                                let body = format!(r#"{{"applied":{applied}}}"#);
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                            };
+                            let applied = node.applied.load(SeqCst);
+                            if limit == 0 {
+                                return reply(StatusCode::SERVICE_UNAVAILABLE, applied);
+                            }
+                            if req.method() == Method::GET {
+                                return reply(StatusCode::OK, applied);
+                            }
+                            let body = http_body_util::Limited::new(req.into_body(), limit);
+                            let Ok(body) = http_body_util::BodyExt::collect(body).await else {
+                                node.refused.fetch_add(1, SeqCst);
+                                return reply(StatusCode::PAYLOAD_TOO_LARGE, applied);
+                            };
+                            let batch: edge::purge::PurgeBatch =
+                                serde_json::from_slice(&body.to_bytes()).expect("a purge batch");
+                            let first = batch.purges.first().map_or(0, |p| p.seq);
+                            if first != applied + 1 {
+                                return reply(StatusCode::CONFLICT, applied);
+                            }
+                            let last = batch.purges.last().map_or(applied, |p| p.seq);
+                            node.applied.store(last, SeqCst);
+                            reply(StatusCode::OK, last)
+                        }
+                    });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+}
+
+#[tokio::test]
+async fn a_node_answering_413_gets_smaller_batches_and_one_that_refuses_a_single_purge_is_shown_stuck()
+ {
+    use std::sync::atomic::Ordering::SeqCst;
+    let node = Arc::new(SmallNode::default());
+    let addr = node.start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let api = PurgeApiServer::start(api_config(
+        dir.path(),
+        &[addr],
+        "[publisher.rate]\nobjects_per_second = 100000.0\nobject_burst = 100000.0",
+    ))
+    .await
+    .expect("purge API");
+    let at = api.addr();
+    let submit = |n: usize| async move {
+        let reply = api_call(
+            at,
+            Method::POST,
+            "/v1/purge",
+            Some(TOKEN),
+            &long_urls_purge(n, 900, 270),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+        json(&reply)["seq"].as_u64().expect("seq")
+    };
+    let status = |seq: u64, wait: &'static str| async move {
+        json(
+            &api_call(
+                at,
+                Method::GET,
+                &format!("/v1/purges/{seq}?wait={wait}"),
+                Some(TOKEN),
+                "",
+            )
+            .await,
+        )
+    };
+    // A backlog of 12 purges (~2.9 MiB) while the node is unavailable...
+    let mut last = 0;
+    for n in 1..=12 {
+        last = submit(n).await;
+    }
+    // ... then it takes batches of at most 1 MiB: the API must split what it sends.
+    node.limit.store(1 << 20, SeqCst);
+    let done = status(last, "10s").await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(node.applied.load(SeqCst), last);
+    let refused = node.refused.load(SeqCst);
+    assert!(refused >= 1, "the first batch was over the node's limit");
+    let stuck = "purge_node_stuck{node=\"edge-0\"}";
+    assert_eq!(
+        api_metric(api.addr(), "purge_push_too_large_total{node=\"edge-0\"}").await,
+        refused as f64
+    );
+    assert_eq!(api_metric(api.addr(), stuck).await, 0.0);
+
+    // A node that refuses a single purge (its limit under the purge's size) cannot be
+    // split for: it is shown stuck, and retried, not skipped.
+    node.limit.store(100 * 1024, SeqCst);
+    let seq = submit(13).await;
+    let mut shown = serde_json::Value::Null;
+    for _ in 0..100 {
+        shown = status(seq, "100ms").await;
+        if shown["nodes"]["stuck"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty())
+        {
+            break;
+        }
+    }
+    assert_eq!(shown["state"], "in_progress", "{shown}");
+    assert_eq!(shown["nodes"]["stuck"][0]["node"], "edge-0", "{shown}");
+    let why = shown["nodes"]["stuck"][0]["error"].as_str().unwrap_or("");
+    assert!(why.contains("413") && why.contains("alone"), "{why}");
+    assert_eq!(api_metric(api.addr(), stuck).await, 1.0);
+    // Fixed, it gets the purge and is no longer stuck.
+    node.limit.store(1 << 20, SeqCst);
+    let done = status(seq, "10s").await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["nodes"]["stuck"], serde_json::json!([]), "{done}");
+    assert_eq!(api_metric(api.addr(), stuck).await, 0.0);
+    assert_eq!(node.applied.load(SeqCst), seq);
+    api.shutdown().await;
 }

@@ -1,19 +1,25 @@
 //! The admin listener: `/healthz` and `/metrics`, kept off the public port so clients can
-//! neither see nor load them.
+//! neither see nor load them, and the node commands (purges, drain, hot objects), which
+//! need the node token: it is checked from the head before any body is read, and bodies
+//! are read only up to an explicit limit per endpoint.
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::{Bytes, HttpBody};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use node_api::{HealthReport, NodeState};
 
 use crate::proxy::Edge;
-use crate::purge::{NODE_TOKEN_HEADER, PurgeAck, PurgeBatch, tokens_match};
+use crate::purge::{
+    MAX_BATCH_BYTES, MAX_RESET_BYTES, NODE_TOKEN_HEADER, PurgeAck, PurgeBatch, tokens_match,
+};
 
 /// The admin routes of a node.
 pub fn router(edge: Arc<Edge>) -> Router {
@@ -32,14 +38,20 @@ pub fn router(edge: Arc<Edge>) -> Router {
 /// A batch of purges from the purge API, applied in order before the answer: `200` with
 /// the new watermark, or `409` with the current one when the batch does not continue from
 /// it (the API then resends from there).
-async fn purge(
-    State(edge): State<Arc<Edge>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Some(refused) = refusal(&edge, &headers) {
+///
+/// The node token is checked from the head before a byte of the body is read (`401`/`403`
+/// for a body never taken), then the body is read up to [`MAX_BATCH_BYTES`] (`413` past
+/// it, at once when the declared length says so), the size the purge API keeps every
+/// batch within.
+async fn purge(State(edge): State<Arc<Edge>>, request: axum::extract::Request) -> Response {
+    let (head, body) = request.into_parts();
+    if let Some(refused) = refusal(&edge, &head.headers) {
         return refused;
     }
+    let body = match read_body(body, MAX_BATCH_BYTES).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let batch: PurgeBatch = match serde_json::from_slice(&body) {
         Ok(batch) => batch,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("not a purge batch: {e}")),
@@ -60,6 +72,28 @@ async fn purge(
     }
 }
 
+/// A request body, read only while it stays within `limit` bytes: `413` for a declared
+/// `Content-Length` over it before a byte is read, and as soon as a body goes over it.
+async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, Response> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is over {limit} bytes, the most this endpoint reads"),
+        )
+    };
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("the body could not be read: {e}"),
+        )),
+    }
+}
+
 async fn applied(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Response {
     if let Some(refused) = refusal(&edge, &headers) {
         return refused;
@@ -69,15 +103,17 @@ async fn applied(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Response 
 }
 
 /// The purge API's answer to a node whose position fell out of the log's retention: the
-/// node forgets its content and continues from the given sequence number.
-async fn reset(
-    State(edge): State<Arc<Edge>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Some(refused) = refusal(&edge, &headers) {
+/// node forgets its content and continues from the given sequence number. The token is
+/// checked before the body is read, which is read up to [`MAX_RESET_BYTES`].
+async fn reset(State(edge): State<Arc<Edge>>, request: axum::extract::Request) -> Response {
+    let (head, body) = request.into_parts();
+    if let Some(refused) = refusal(&edge, &head.headers) {
         return refused;
     }
+    let body = match read_body(body, MAX_RESET_BYTES).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let Ok(PurgeAck { applied }) = serde_json::from_slice(&body) else {
         return error(StatusCode::BAD_REQUEST, "expected {\"applied\": N}");
     };

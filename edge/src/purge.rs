@@ -104,6 +104,130 @@ pub struct PurgeBatch {
     pub purges: Vec<SequencedPurge>,
 }
 
+/// Most bytes a node reads of a batch's body (`POST /v1/purge` on its admin listener);
+/// a longer one is answered `413` (before a byte is read when its `Content-Length` says
+/// so). The purge API never sends more: [`BatchBuilder`] closes a batch before it would
+/// pass this, and a batch always has room for one purge, since no purge encodes to more
+/// than [`MAX_PURGE_BYTES`].
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Most bytes one purge may take in a batch (its [`SequencedPurge`] JSON, with the
+/// largest sequence number): a quarter of [`MAX_BATCH_BYTES`], so one purge plus the
+/// batch's framing always fits. The purge API refuses (`413`) a purge that encodes to
+/// more, and its request body limit (`limits.max_body_bytes`) may not exceed
+/// [`MAX_PURGE_BODY_BYTES`], so no request it reads can become such a purge.
+pub const MAX_PURGE_BYTES: usize = 1 << 20;
+
+/// What encoding a purge request as a [`SequencedPurge`] may add to it, at most: the
+/// sequence number and the `purge`/`selector`/`kind`/`values`/`mode` members (under 150
+/// bytes). Every string is written with no more escapes than JSON required of the
+/// request, so the targets themselves never grow.
+pub const PURGE_ENCODING_OVERHEAD: usize = 4096;
+
+/// The largest request body limit a purge API may set (`limits.max_body_bytes`): any
+/// purge read from a body this long fits in [`MAX_PURGE_BYTES`], hence in a batch.
+pub const MAX_PURGE_BODY_BYTES: usize = MAX_PURGE_BYTES - PURGE_ENCODING_OVERHEAD;
+
+/// Most bytes of a `POST /v1/purge/reset` body (`{"applied": N}`) a node reads.
+pub const MAX_RESET_BYTES: usize = 1024;
+
+/// Builds the body of a [`PurgeBatch`] from purges in order, up to a size: the purge API's
+/// side of [`MAX_BATCH_BYTES`]. The body is exactly what serializing a `PurgeBatch` of the
+/// purges taken would give.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    body: Vec<u8>,
+    limit: usize,
+    purges: usize,
+    last: u64,
+}
+
+/// `{"purges":[` and `]}`.
+const BATCH_FRAMING: usize = 13;
+const _: () = assert!(MAX_PURGE_BYTES + BATCH_FRAMING <= MAX_BATCH_BYTES);
+
+impl BatchBuilder {
+    /// An empty batch whose body will stay within `limit` bytes (clamped to
+    /// [`MAX_BATCH_BYTES`]), except that the first purge is always taken.
+    pub fn new(limit: usize) -> Self {
+        let mut body = Vec::with_capacity(limit.min(MAX_BATCH_BYTES).min(64 * 1024));
+        body.extend_from_slice(br#"{"purges":["#);
+        Self {
+            body,
+            limit: limit.min(MAX_BATCH_BYTES),
+            purges: 0,
+            last: 0,
+        }
+    }
+
+    /// Adds `purge` (already encoded as JSON) if the batch stays within its limit, or if
+    /// the batch is empty; `false` when it is full and `purge` was not taken.
+    pub fn push_encoded(&mut self, seq: u64, encoded: &[u8]) -> bool {
+        let comma = usize::from(self.purges > 0);
+        if self.purges > 0 && self.body.len() + comma + encoded.len() + 2 > self.limit {
+            return false;
+        }
+        if comma == 1 {
+            self.body.push(b',');
+        }
+        self.body.extend_from_slice(encoded);
+        self.purges += 1;
+        self.last = seq;
+        true
+    }
+
+    /// How many purges were taken.
+    pub fn len(&self) -> usize {
+        self.purges
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.purges == 0
+    }
+
+    /// The sequence number of the last purge taken (0 when empty).
+    pub fn last_seq(&self) -> u64 {
+        self.last
+    }
+
+    /// The body: a [`PurgeBatch`] in JSON.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.body.extend_from_slice(b"]}");
+        self.body
+    }
+}
+
+/// The length of `purge` in a batch: its [`SequencedPurge`] JSON, with the longest
+/// sequence number, as the purge API checks it against [`MAX_PURGE_BYTES`].
+pub fn encoded_len(purge: &Purge) -> usize {
+    /// A [`SequencedPurge`] by reference: the same JSON without copying the purge.
+    #[derive(Serialize)]
+    struct Sequenced<'a> {
+        seq: u64,
+        purge: &'a Purge,
+    }
+    /// Counts what is written.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let sequenced = Sequenced {
+        seq: u64::MAX,
+        purge,
+    };
+    match serde_json::to_writer(&mut count, &sequenced) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
+}
+
 /// A node's answer to a batch (and to `GET /v1/purge/applied`): the highest sequence
 /// number it has applied together with every one before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +276,60 @@ pub struct StreamRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn url_purge(seq: u64, len: usize) -> SequencedPurge {
+        SequencedPurge {
+            seq,
+            purge: Purge {
+                site: "assets".into(),
+                selector: Selector::Urls(vec![format!("https://a.example/{}", "x".repeat(len))]),
+                mode: Mode::Hard,
+            },
+        }
+    }
+
+    #[test]
+    fn a_built_batch_is_a_purge_batch_within_its_limit_and_takes_at_least_one_purge() {
+        let purges: Vec<SequencedPurge> = (1..=50).map(|seq| url_purge(seq, 1000)).collect();
+        let limit = 10_000;
+        let mut builder = BatchBuilder::new(limit);
+        for purge in &purges {
+            if !builder.push_encoded(purge.seq, &serde_json::to_vec(purge).unwrap()) {
+                break;
+            }
+        }
+        let taken = builder.len();
+        assert_eq!(builder.last_seq(), taken as u64);
+        let body = builder.finish();
+        assert!(body.len() <= limit, "{} bytes", body.len());
+        let batch = PurgeBatch {
+            purges: purges[..taken].to_vec(),
+        };
+        assert_eq!(
+            body,
+            serde_json::to_vec(&batch).unwrap(),
+            "same JSON as serde's"
+        );
+        // One more would not have fitted: the batch is as full as the limit allows.
+        let next = serde_json::to_vec(&purges[taken]).unwrap();
+        assert!(body.len() + 1 + next.len() > limit);
+        // A purge larger than the limit still goes, alone.
+        let mut builder = BatchBuilder::new(100);
+        let big = url_purge(1, 500);
+        assert!(builder.push_encoded(1, &serde_json::to_vec(&big).unwrap()));
+        assert!(!builder.push_encoded(2, &serde_json::to_vec(&url_purge(2, 1)).unwrap()));
+        let alone: PurgeBatch = serde_json::from_slice(&builder.finish()).unwrap();
+        assert_eq!(alone.purges, vec![big]);
+    }
+
+    #[test]
+    fn encoded_len_is_the_length_in_a_batch_with_the_longest_sequence_number() {
+        let purge = url_purge(u64::MAX, 100);
+        assert_eq!(
+            encoded_len(&purge.purge),
+            serde_json::to_vec(&purge).unwrap().len()
+        );
+    }
 
     #[test]
     fn the_wire_format_is_stable_json() {

@@ -148,7 +148,10 @@ pub struct PublisherConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Largest request body.
+    /// Largest request body, which is also what bounds one purge: at most
+    /// `edge::purge::MAX_PURGE_BODY_BYTES` (1 MiB - 4 KiB), so that any purge read from a
+    /// body this long fits in one batch a node reads (`edge::purge::MAX_BATCH_BYTES`,
+    /// 4 MiB). The fan-out bounds every batch by those bytes as well as by count.
     pub max_body_bytes: usize,
     /// Most targets (URLs, tags, prefixes, hosts) in one purge.
     pub max_targets: usize,
@@ -304,6 +307,15 @@ impl PurgeApiConfig {
             }
             _ => {}
         }
+        if self.limits.max_body_bytes > edge::purge::MAX_PURGE_BODY_BYTES {
+            return bad(format!(
+                "limits.max_body_bytes is {}, over {}: a purge that large would not fit in a \
+                 batch a node reads ({} bytes); lower it",
+                self.limits.max_body_bytes,
+                edge::purge::MAX_PURGE_BODY_BYTES,
+                edge::purge::MAX_BATCH_BYTES
+            ));
+        }
         if self.limits.max_targets == 0 {
             return bad("limits.max_targets must be at least 1".into());
         }
@@ -334,6 +346,21 @@ mod tests {
         assert!(err.to_string().contains("path is required"), "{err}");
         let err = config("[log]\npath = \"/tmp/p.redb\"", "").unwrap_err();
         assert!(err.to_string().contains("admin"), "{err}");
+    }
+
+    #[test]
+    fn the_body_limit_may_not_let_a_purge_outgrow_a_nodes_batch() {
+        let node = "admin = \"http://127.0.0.1:9080\"";
+        let limit = |bytes: usize| {
+            config(
+                &format!("[log]\npath = \"/tmp/p.redb\"\n[limits]\nmax_body_bytes = {bytes}"),
+                node,
+            )
+        };
+        let largest = edge::purge::MAX_PURGE_BODY_BYTES;
+        assert_eq!(limit(largest).unwrap().limits.max_body_bytes, largest);
+        let err = limit(largest + 1).unwrap_err();
+        assert!(err.to_string().contains("max_body_bytes"), "{err}");
     }
 
     #[test]

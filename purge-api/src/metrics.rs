@@ -1,5 +1,6 @@
-//! The purge API's metrics: purges accepted and shed, and how long accepted purges take
-//! to be applied on every node.
+//! The purge API's metrics: purges accepted and shed, how long accepted purges take to be
+//! applied on every node, and nodes that refuse what is pushed to them. Node labels are
+//! the configured node names, so they stay bounded.
 
 use std::time::Duration;
 
@@ -15,6 +16,11 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    node: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -23,6 +29,8 @@ pub struct Metrics {
     propagation: Histogram,
     head: Gauge,
     lag: Gauge,
+    too_large: Family<NodeLabel, Counter>,
+    stuck: Family<NodeLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -54,6 +62,19 @@ impl Default for Metrics {
             "Purges the most lagging node has not applied yet",
             lag.clone(),
         );
+        let too_large = Family::<NodeLabel, Counter>::default();
+        registry.register(
+            "push_too_large",
+            "Batches a node refused as too large (413); the API then sends smaller ones",
+            too_large.clone(),
+        );
+        let stuck = Family::<NodeLabel, Gauge>::default();
+        registry.register(
+            "node_stuck",
+            "1 while a node refuses the next purge itself (a 4xx even for a batch of one): \
+             it gets no further purges until an operator fixes it",
+            stuck.clone(),
+        );
         Self {
             registry,
             accepted,
@@ -61,6 +82,8 @@ impl Default for Metrics {
             propagation,
             head,
             lag,
+            too_large,
+            stuck,
         }
     }
 }
@@ -76,6 +99,24 @@ impl Metrics {
 
     pub fn propagated(&self, took: Duration) {
         self.propagation.observe(took.as_secs_f64());
+    }
+
+    /// `node` answered `413` to a batch.
+    pub fn push_too_large(&self, node: &str) {
+        self.too_large
+            .get_or_create(&NodeLabel {
+                node: node.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Whether `node` refuses the next purge outright.
+    pub fn set_stuck(&self, node: &str, stuck: bool) {
+        self.stuck
+            .get_or_create(&NodeLabel {
+                node: node.to_owned(),
+            })
+            .set(i64::from(stuck));
     }
 
     pub fn render(&self, head: u64, lag: u64) -> String {

@@ -458,6 +458,61 @@ mod tests {
         );
     }
 
+    /// A body of exactly `len` bytes: `{"site":"assets","<selector>":[...]}` with as
+    /// many targets of `target(i)` as fit, the last one padded.
+    fn body_of(len: usize, selector: &str, target: impl Fn(usize) -> String) -> String {
+        let open = format!(r#"{{"site":"assets","{selector}":["#);
+        let mut body = open.clone();
+        let mut i = 0;
+        loop {
+            let next = target(i);
+            if body.len() + next.len() + 8 > len {
+                break;
+            }
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&format!("\"{next}\""));
+            i += 1;
+        }
+        // Pad the last target (a tag or a path segment) up to the length.
+        body.insert_str(body.len() - 1, &"x".repeat(len - body.len() - 2));
+        body.push_str("]}");
+        assert_eq!(body.len(), len);
+        body
+    }
+
+    #[test]
+    fn a_purge_from_the_largest_body_allowed_fits_in_a_batch() {
+        let len = edge::purge::MAX_PURGE_BODY_BYTES;
+        let site = site();
+        for body in [
+            // Many one-byte tags: the most framing per byte of the request.
+            body_of(len, "tags", |_| "t".into()),
+            // URLs with escapes that decode shorter (`\/` is `/`).
+            body_of(len, "urls", |_| r"https:\/\/assets.example.com\/a".into()),
+            // Long URLs (a URI may have at most 64 KiB).
+            body_of(len, "urls", |_| {
+                format!("https://assets.example.com/{}", "a".repeat(30_000))
+            }),
+            // Many short prefixes: the longest selector name in the encoding.
+            body_of(len, "prefixes", |i| {
+                format!("http://assets.example.com/{i}")
+            }),
+        ] {
+            let request: PurgeRequest = serde_json::from_str(&body).expect(&body[..80]);
+            let Ok(purge) = request.into_purge(&site, usize::MAX) else {
+                panic!("not a valid purge: {}", &body[..80]);
+            };
+            let encoded = edge::purge::encoded_len(&purge);
+            assert!(
+                encoded <= edge::purge::MAX_PURGE_BYTES,
+                "{encoded} bytes from a {len}-byte {} body",
+                purge.selector.kind()
+            );
+        }
+    }
+
     #[test]
     fn bad_requests_say_what_is_wrong() {
         for (json, why) in [

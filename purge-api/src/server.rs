@@ -7,7 +7,7 @@
 //! fan-out task pushes the log to the node from the node's own watermark until the node
 //! acknowledges it, whatever happens to either side in between.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -19,8 +19,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use edge::purge::{
-    LogTruncated, NODE_TOKEN_HEADER, PurgeAck, PurgeBatch, PurgeLogPage, SequencedPurge,
-    tokens_match,
+    BatchBuilder, LogTruncated, MAX_BATCH_BYTES, MAX_PURGE_BYTES, NODE_TOKEN_HEADER, PurgeAck,
+    PurgeLogPage, SequencedPurge, encoded_len, tokens_match,
 };
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
@@ -67,7 +67,8 @@ enum FanOut {
     },
 }
 
-/// Most purges pushed to a node in one request.
+/// Most purges pushed to a node in one request. A batch is also bounded by bytes:
+/// [`MAX_BATCH_BYTES`], what a node reads, so it always fits.
 const PUSH_BATCH: usize = 500;
 
 /// A purge waiting for the committer.
@@ -86,6 +87,10 @@ struct Node {
     admin: String,
     /// Highest sequence number the node acknowledged as applied (with all before it).
     acked: std::sync::atomic::AtomicU64,
+    /// Why the node is stuck: it refuses the next purge itself (a `4xx` other than `409`,
+    /// even to a batch of that purge alone), so retrying alone will not move it. Shown by
+    /// `GET /v1/purges/{id}` and the `purge_node_stuck` metric; cleared when it acks.
+    stuck: Mutex<Option<String>>,
 }
 
 /// Everything the handlers share.
@@ -196,6 +201,7 @@ impl PurgeApiServer {
                         .trim_end_matches('/')
                         .to_owned(),
                     acked: Default::default(),
+                    stuck: Mutex::default(),
                 })
             })
             .collect();
@@ -218,6 +224,7 @@ impl PurgeApiServer {
         match fan_out {
             FanOut::Push => {
                 for node in &api.nodes {
+                    api.metrics.set_stuck(&node.name, false);
                     tasks.spawn(push_forever(
                         api.clone(),
                         node.clone(),
@@ -598,6 +605,19 @@ async fn submit(
         Ok(p) => p,
         Err(invalid) => return error(StatusCode::BAD_REQUEST, &invalid.to_string()),
     };
+    // Every purge must fit in a batch a node reads. A body within `max_body_bytes` always
+    // does (see `LimitsConfig::max_body_bytes`); a `PURGE` target's length is bounded only
+    // by the request head, so this is checked here.
+    let size = encoded_len(&purge);
+    if size > MAX_PURGE_BYTES {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "this purge takes {size} bytes as nodes receive it, over the {MAX_PURGE_BYTES} \
+                 a purge may have; split it into smaller ones"
+            ),
+        );
+    }
     // The claim first, then the log: a request finds its key either still claimed by the
     // request that used it or in the log, never in between (see `idempotency`).
     let mut keyed: Option<(Claim, Fingerprint)> = None;
@@ -769,12 +789,21 @@ async fn status(
         })
         .await;
     }
-    let lagging: Vec<&str> = api
+    let lagging: Vec<&Node> = api
         .nodes
         .iter()
         .filter(|n| acked(n) < seq)
-        .map(|n| n.name.as_str())
+        .map(|n| &**n)
         .collect();
+    // Lagging nodes that refuse the next purge themselves: they need an operator.
+    let stuck: Vec<serde_json::Value> = lagging
+        .iter()
+        .filter_map(|n| {
+            let why = stuck_reason(n)?;
+            Some(serde_json::json!({ "node": n.name, "error": why }))
+        })
+        .collect();
+    let lagging: Vec<&str> = lagging.iter().map(|n| n.name.as_str()).collect();
     let body = serde_json::json!({
         "id": id,
         "seq": seq,
@@ -786,6 +815,7 @@ async fn status(
             "expected": api.nodes.len(),
             "applied": api.nodes.len() - lagging.len(),
             "lagging": lagging,
+            "stuck": stuck,
         },
     });
     (StatusCode::OK, axum::Json(body)).into_response()
@@ -909,10 +939,15 @@ async fn commit_forever(
 
 /// Pushes the log to one node, from the node's watermark, until it has everything; then
 /// waits for the log to grow. Failures back off and retry: a purge in the log reaches
-/// every node in the end.
+/// every node in the end. A node that answers `413` gets smaller batches, down to one
+/// purge; one that refuses even that is marked stuck (see [`Node::stuck`]) and retried
+/// with backoff, never skipped: a purge is never lost.
 async fn push_forever(api: Arc<Api>, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut pusher = Pusher {
+        client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+        outbox: VecDeque::new(),
+        batch_limit: MAX_BATCH_BYTES,
+    };
     let mut heads = api.log.subscribe();
     let mut backoff = Duration::from_millis(20);
     let mut known = false;
@@ -921,13 +956,22 @@ async fn push_forever(api: Arc<Api>, node: Arc<Node>, mut stop: watch::Receiver<
             return;
         }
         let result = if known {
-            push_once(&api, &node, &client).await
+            push_once(&api, &node, &mut pusher).await
         } else {
-            ask_applied(&api, &node, &client).await.map(|applied| {
-                known = true;
-                set_acked(&api, &node, applied);
-                false
-            })
+            // Whatever is past the node's watermark is pushed now, not at the next append:
+            // after a failed push the append that woke this task is long consumed.
+            ask_applied(&api, &node, &pusher.client)
+                .await
+                .map(|applied| {
+                    known = true;
+                    set_acked(&api, &node, applied);
+                    let more = applied < api.log.head();
+                    if !more {
+                        // Nothing left to refuse.
+                        unstick(&api, &node);
+                    }
+                    more
+                })
         };
         match result {
             Ok(more) => {
@@ -955,57 +999,70 @@ async fn push_forever(api: Arc<Api>, node: Arc<Node>, mut stop: watch::Receiver<
     }
 }
 
+/// What one node's push task keeps between pushes.
+struct Pusher {
+    client: Client<HttpConnector, Full<Bytes>>,
+    /// Purges read from the log and not yet acknowledged by the node, in order, each
+    /// encoded as in a batch: a page of the log is read (and encoded) once, however many
+    /// batches it takes.
+    outbox: VecDeque<(u64, Vec<u8>)>,
+    /// Largest batch body sent to this node: [`MAX_BATCH_BYTES`], what a node of this
+    /// version reads; halved by each `413` to a batch of more than one purge (a node with
+    /// a smaller limit, or a proxy in front of it).
+    batch_limit: usize,
+}
+
 /// Sends the next batch; `Ok(true)` when more is waiting.
-async fn push_once(
-    api: &Api,
-    node: &Node,
-    client: &Client<HttpConnector, Full<Bytes>>,
-) -> Result<bool, String> {
+async fn push_once(api: &Api, node: &Node, pusher: &mut Pusher) -> Result<bool, String> {
     let after = acked(node);
     if after >= api.log.head() {
         return Ok(false);
     }
-    let entries = match api.log.read_after(after, PUSH_BATCH).await {
-        Ok(entries) => entries,
-        Err(LogError::Truncated { oldest }) => {
-            // The purges this node missed are gone: it must forget its content and go on
-            // from the oldest purge still kept.
-            tracing::warn!(node = %node.name, after, oldest, "node fell out of the log's retention: resetting it");
-            let body = serde_json::to_vec(&PurgeAck {
-                applied: oldest - 1,
-            })
-            .map_err(|e| e.to_string())?;
-            let (status, ack) = call(
-                api,
-                node,
-                client,
-                Method::POST,
-                "/v1/purge/reset",
-                Bytes::from(body),
-            )
-            .await?;
-            if status != StatusCode::OK {
-                return Err(format!("node answered {status} to a reset"));
+    while pusher.outbox.front().is_some_and(|(seq, _)| *seq <= after) {
+        pusher.outbox.pop_front();
+    }
+    if pusher
+        .outbox
+        .front()
+        .is_some_and(|(seq, _)| *seq != after + 1)
+    {
+        // The node is elsewhere in the log (it restarted, or was reset): read again.
+        pusher.outbox.clear();
+    }
+    if pusher.outbox.is_empty() {
+        match api.log.read_after(after, PUSH_BATCH).await {
+            Ok(entries) => {
+                for entry in entries {
+                    let purge = SequencedPurge {
+                        seq: entry.seq,
+                        purge: entry.purge,
+                    };
+                    let encoded = serde_json::to_vec(&purge).map_err(|e| e.to_string())?;
+                    pusher.outbox.push_back((purge.seq, encoded));
+                }
             }
-            set_acked(api, node, ack.applied);
-            return Ok(true);
+            Err(LogError::Truncated { oldest }) => {
+                return reset_node(api, node, pusher, after, oldest).await;
+            }
+            Err(e) => return Err(e.to_string()),
         }
-        Err(e) => return Err(e.to_string()),
-    };
-    let batch = PurgeBatch {
-        purges: entries
-            .into_iter()
-            .map(|e| SequencedPurge {
-                seq: e.seq,
-                purge: e.purge,
-            })
-            .collect(),
-    };
-    let body = serde_json::to_vec(&batch).map_err(|e| e.to_string())?;
-    let (status, ack) = call(
+    }
+    let mut batch = BatchBuilder::new(pusher.batch_limit);
+    for (seq, encoded) in &pusher.outbox {
+        if !batch.push_encoded(*seq, encoded) {
+            break;
+        }
+    }
+    let (purges, last) = (batch.len(), batch.last_seq());
+    if purges == 0 {
+        return Err(format!("the log has nothing after {after} below its head"));
+    }
+    let body = batch.finish();
+    let bytes = body.len();
+    let (status, answer) = call(
         api,
         node,
-        client,
+        &pusher.client,
         Method::POST,
         "/v1/purge",
         Bytes::from(body),
@@ -1013,11 +1070,104 @@ async fn push_once(
     .await?;
     match status {
         StatusCode::OK | StatusCode::CONFLICT => {
-            set_acked(api, node, ack.applied);
-            Ok(ack.applied < api.log.head())
+            let applied = ack(status, &answer)?;
+            unstick(api, node);
+            set_acked(api, node, applied);
+            Ok(applied < api.log.head())
         }
-        other => Err(format!("node answered {other}")),
+        StatusCode::PAYLOAD_TOO_LARGE if purges > 1 => {
+            api.metrics.push_too_large(&node.name);
+            pusher.batch_limit = bytes / 2;
+            tracing::warn!(
+                node = %node.name, purges, bytes, limit = pusher.batch_limit,
+                "node refused a batch as too large (413): sending it smaller batches"
+            );
+            Ok(true)
+        }
+        refused if refused.is_client_error() => {
+            if refused == StatusCode::PAYLOAD_TOO_LARGE {
+                api.metrics.push_too_large(&node.name);
+            }
+            let what = if purges == 1 {
+                format!("purge {last} alone")
+            } else {
+                format!("purges {} to {last}", after + 1)
+            };
+            let why = format!(
+                "the node answers {refused} to {what} ({bytes} bytes): {}",
+                String::from_utf8_lossy(&answer)
+            );
+            stick(api, node, &why);
+            Err(why)
+        }
+        other => Err(format!(
+            "node answered {other} to purges {} to {last}",
+            after + 1
+        )),
     }
+}
+
+/// The purges this node missed are gone from the log: it must forget its content and go
+/// on from the oldest purge still kept.
+async fn reset_node(
+    api: &Api,
+    node: &Node,
+    pusher: &mut Pusher,
+    after: u64,
+    oldest: u64,
+) -> Result<bool, String> {
+    tracing::warn!(node = %node.name, after, oldest, "node fell out of the log's retention: resetting it");
+    pusher.outbox.clear();
+    let body = serde_json::to_vec(&PurgeAck {
+        applied: oldest - 1,
+    })
+    .map_err(|e| e.to_string())?;
+    let (status, answer) = call(
+        api,
+        node,
+        &pusher.client,
+        Method::POST,
+        "/v1/purge/reset",
+        Bytes::from(body),
+    )
+    .await?;
+    if status != StatusCode::OK {
+        return Err(format!(
+            "node answered {status} to a reset: {}",
+            String::from_utf8_lossy(&answer)
+        ));
+    }
+    set_acked(api, node, ack(status, &answer)?);
+    Ok(true)
+}
+
+/// Marks `node` stuck: loudly, once per reason.
+fn stick(api: &Api, node: &Node, why: &str) {
+    let mut stuck = node.stuck.lock().unwrap_or_else(PoisonError::into_inner);
+    if stuck.as_deref() != Some(why) {
+        tracing::error!(
+            node = %node.name, error = %why,
+            "purge fan-out stuck: the node refuses the next purge and gets no more until it \
+             takes it; retrying with backoff"
+        );
+        api.metrics.set_stuck(&node.name, true);
+        *stuck = Some(why.to_owned());
+    }
+}
+
+fn unstick(api: &Api, node: &Node) {
+    let mut stuck = node.stuck.lock().unwrap_or_else(PoisonError::into_inner);
+    if stuck.take().is_some() {
+        tracing::info!(node = %node.name, "purge fan-out moving again");
+        api.metrics.set_stuck(&node.name, false);
+    }
+}
+
+fn stuck_reason(node: &Node) -> Option<String> {
+    node.stuck
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
 }
 
 async fn ask_applied(
@@ -1025,7 +1175,7 @@ async fn ask_applied(
     node: &Node,
     client: &Client<HttpConnector, Full<Bytes>>,
 ) -> Result<u64, String> {
-    let (status, ack) = call(
+    let (status, answer) = call(
         api,
         node,
         client,
@@ -1035,12 +1185,27 @@ async fn ask_applied(
     )
     .await?;
     if status == StatusCode::OK {
-        Ok(ack.applied)
-    } else {
-        Err(format!("node answered {status}"))
+        return ack(status, &answer);
     }
+    let why = format!(
+        "the node answers {status} to GET /v1/purge/applied: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    if status.is_client_error() {
+        // A wrong node token, or not a node of ours: no retry alone will help.
+        stick(api, node, &why);
+    }
+    Err(why)
 }
 
+/// The watermark in a node's answer.
+fn ack(status: StatusCode, body: &[u8]) -> Result<u64, String> {
+    serde_json::from_slice::<PurgeAck>(body)
+        .map(|ack| ack.applied)
+        .map_err(|_| format!("node answered {status}: {}", String::from_utf8_lossy(body)))
+}
+
+/// One request to a node's admin API: its status and body.
 async fn call(
     api: &Api,
     node: &Node,
@@ -1048,7 +1213,7 @@ async fn call(
     method: Method,
     path: &str,
     body: Bytes,
-) -> Result<(StatusCode, PurgeAck), String> {
+) -> Result<(StatusCode, Bytes), String> {
     let uri: Uri = format!("{}{path}", node.admin)
         .parse()
         .map_err(|e| format!("bad node address: {e}"))?;
@@ -1068,15 +1233,13 @@ async fn call(
         .map_err(|_| "no answer within 10 s".to_owned())?
         .map_err(|e| e.to_string())?;
     let status = response.status();
-    let body = response
-        .into_body()
+    // A node's answers are small; more than this is not a node of ours.
+    let body = Limited::new(response.into_body(), 64 * 1024)
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("node answered {status} with an unreadable body: {e}"))?
         .to_bytes();
-    let ack: PurgeAck = serde_json::from_slice(&body)
-        .map_err(|_| format!("node answered {status}: {}", String::from_utf8_lossy(&body)))?;
-    Ok((status, ack))
+    Ok((status, body))
 }
 
 /// Records a node's watermark, wakes status polls, and times purges now applied everywhere.
