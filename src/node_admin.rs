@@ -11,7 +11,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::Deserialize;
 
 use node_api::headers::NODE_TOKEN;
 
@@ -44,18 +43,8 @@ pub enum AdminError {
     },
 }
 
-/// One object of a node's `GET /v1/hot`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct HotObject {
-    /// Absolute URL (`http://host/path?query`).
-    pub url: String,
-    pub hits: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct HotList {
-    objects: Vec<HotObject>,
-}
+use node_api::hot::HotList;
+pub use node_api::hot::HotObject;
 
 /// An answer: status, `Cache-Status`, body length.
 #[derive(Debug, Clone)]

@@ -149,7 +149,7 @@ impl Purging {
     }
 
     /// The whole purge log, as a node reads it.
-    async fn log(&self) -> edge::purge::PurgeLogPage {
+    async fn log(&self) -> node_api::purge::PurgeLogPage {
         log_page(self.api.addr()).await
     }
 
@@ -515,11 +515,11 @@ async fn the_log_survives_a_restart_and_idempotent_retries_get_the_same_purge() 
 }
 
 /// The purge log from its start, as a node reads it from the API at `api`.
-async fn log_page(api: SocketAddr) -> edge::purge::PurgeLogPage {
+async fn log_page(api: SocketAddr) -> node_api::purge::PurgeLogPage {
     let page = support::send_with(
         api,
         "/v1/purge-log?after=0&limit=1000",
-        &[(edge::purge::NODE_TOKEN_HEADER, NODE_TOKEN)],
+        &[(node_api::headers::NODE_TOKEN, NODE_TOKEN)],
     )
     .await;
     serde_json::from_slice(&page.body).expect("log page")
@@ -993,7 +993,7 @@ async fn a_shield_behind_an_edge_on_purges_does_not_refill_it_with_purged_conten
     let request = http::Request::builder()
         .method(Method::POST)
         .uri(format!("http://{}/v1/purge", edge.admin_addr()))
-        .header(edge::purge::NODE_TOKEN_HEADER, NODE_TOKEN)
+        .header(node_api::headers::NODE_TOKEN, NODE_TOKEN)
         .body(http_body_util::Full::new(bytes::Bytes::from(batch)))
         .expect("request");
     let applied = client().request(request).await.expect("answer");
@@ -1120,8 +1120,8 @@ async fn a_node_refuses_an_unauthenticated_purge_post_before_reading_its_body() 
     // With the token, a declared length over the limit is refused at once too.
     let token = format!("cdn-node-token: {NODE_TOKEN}\r\n");
     for (path, limit) in [
-        ("/v1/purge", edge::purge::MAX_BATCH_BYTES),
-        ("/v1/purge/reset", edge::purge::MAX_RESET_BYTES),
+        ("/v1/purge", node_api::purge::MAX_BATCH_BYTES),
+        ("/v1/purge/reset", node_api::purge::MAX_RESET_BYTES),
     ] {
         let head = node_head(path, &format!("{token}content-length: {}\r\n", limit + 1));
         let upload = support::upload(admin, &head, 0, false, |_| true).await;
@@ -1179,7 +1179,7 @@ impl SmallNode {
                                 node.refused.fetch_add(1, SeqCst);
                                 return reply(StatusCode::PAYLOAD_TOO_LARGE, applied);
                             };
-                            let batch: edge::purge::PurgeBatch =
+                            let batch: node_api::purge::PurgeBatch =
                                 serde_json::from_slice(&body.to_bytes()).expect("a purge batch");
                             let first = batch.purges.first().map_or(0, |p| p.seq);
                             if first != applied + 1 {

@@ -273,7 +273,7 @@ async fn two_apis_six_nodes_and_a_nats_server_killed_mid_stream_lose_no_accepted
             .unwrap_or_else(|| panic!("accepted purge {seq} ({target}) is not in the stream"));
         assert_eq!(
             entry.purge.selector,
-            edge::purge::Selector::Urls(vec![format!("https://{HOST}{target}")]),
+            node_api::purge::Selector::Urls(vec![format!("https://{HOST}{target}")]),
             "purge {seq}"
         );
     }
@@ -283,7 +283,7 @@ async fn two_apis_six_nodes_and_a_nats_server_killed_mid_stream_lose_no_accepted
 }
 
 /// The purge log as nodes may read it, through API `api`.
-async fn log_page(d: &Deployment, api: usize, after: u64) -> edge::purge::PurgeLogPage {
+async fn log_page(d: &Deployment, api: usize, after: u64) -> node_api::purge::PurgeLogPage {
     let reply = support::send(
         &client(),
         d.apis[api].addr(),

@@ -14,12 +14,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use node_api::hot::{HotList, HotObject};
 use node_api::{HealthReport, NodeState};
 
 use crate::proxy::Edge;
-use crate::purge::{
-    MAX_BATCH_BYTES, MAX_RESET_BYTES, NODE_TOKEN_HEADER, PurgeAck, PurgeBatch, tokens_match,
-};
+use node_api::headers::NODE_TOKEN;
+use node_api::purge::{MAX_BATCH_BYTES, MAX_RESET_BYTES, PurgeAck, PurgeBatch, tokens_match};
 
 /// The admin routes of a node.
 pub fn router(edge: Arc<Edge>) -> Router {
@@ -184,15 +184,17 @@ async fn hot(
     else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "the scan failed; retry");
     };
-    let objects: Vec<_> = hottest
-        .iter()
-        .map(|(key, hits)| serde_json::json!({ "url": key.locator(), "hits": hits }))
-        .collect();
-    (
-        StatusCode::OK,
-        axum::Json(serde_json::json!({ "node": edge.name(), "objects": objects })),
-    )
-        .into_response()
+    let list = HotList {
+        node: edge.name().to_owned(),
+        objects: hottest
+            .iter()
+            .map(|(key, hits)| HotObject {
+                url: key.locator().to_owned(),
+                hits: *hits,
+            })
+            .collect(),
+    };
+    (StatusCode::OK, axum::Json(list)).into_response()
 }
 
 /// Purge endpoints need the node token: a purge API of another CDN, or anyone who can reach
@@ -204,7 +206,7 @@ fn refusal(edge: &Edge, headers: &HeaderMap) -> Option<Response> {
             "this node takes no admin commands (purges, drain, hot objects): set [purge] node_token in its config",
         ));
     };
-    let given = headers.get(NODE_TOKEN_HEADER).map(|v| v.as_bytes());
+    let given = headers.get(NODE_TOKEN).map(|v| v.as_bytes());
     if given.is_some_and(|given| tokens_match(given, expected.as_bytes())) {
         None
     } else {

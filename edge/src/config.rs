@@ -199,16 +199,6 @@ impl Default for LimitsConfig {
     }
 }
 
-/// A site's certificate for HTTPS: PEM files, re-read when they change on disk.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SiteTlsConfig {
-    /// The certificate chain, leaf first (PEM).
-    pub cert: std::path::PathBuf,
-    /// The leaf's private key (PEM: PKCS#8, PKCS#1 or SEC1).
-    pub key: std::path::PathBuf,
-}
-
 /// One site: the hosts it answers for and where its content comes from.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -264,7 +254,7 @@ pub struct SiteConfig {
     /// The site's certificate on the HTTPS listener; without one the site is HTTP-only
     /// and a TLS client asking for its name is refused during the handshake.
     #[serde(default)]
-    pub tls: Option<SiteTlsConfig>,
+    pub tls: Option<tls_certs::CertFiles>,
     /// Request fields that select different content from the upstream and so must be part
     /// of the cache key (each response is keyed as if it said `Vary` on them). Fields that
     /// change responses without being keyed (`X-Forwarded-Host`, `X-Original-URL`,
@@ -630,9 +620,7 @@ pub fn probe_url(url: &str) -> Result<http::Uri, String> {
 }
 
 /// Lower-cases a host name and strips a trailing dot, as site lookup does.
-pub fn normalize_host(host: &str) -> String {
-    host.trim_end_matches('.').to_ascii_lowercase()
-}
+pub use tls_certs::normalize_host;
 
 fn is_token(s: &str) -> bool {
     !s.is_empty()

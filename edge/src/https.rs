@@ -1,4 +1,4 @@
-//! The HTTPS listener: TLS (certificate by SNI, see [`crate::tls`]), then HTTP/2 or
+//! The HTTPS listener: TLS (certificate by SNI, see [`tls_certs`]), then HTTP/2 or
 //! HTTP/1.1 as ALPN decided.
 //!
 //! Each accepted connection is handshaken in its own task under

@@ -24,9 +24,9 @@ use http::HeaderMap;
 
 use crate::cache_key::{CacheKey, normalize_target};
 use crate::config::normalize_host;
-use crate::purge::{Mode, Purge, PurgeBatch, Selector, SequencedPurge};
 use crate::site::Site;
 use crate::store::Storage;
+use node_api::purge::{Mode, Purge, PurgeBatch, Selector, SequencedPurge};
 
 /// Purges remembered for the fill check.
 pub const RECENT: usize = 4096;

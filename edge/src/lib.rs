@@ -33,7 +33,6 @@ pub mod node_auth;
 pub mod overload;
 pub mod pool;
 pub mod proxy;
-pub mod purge;
 pub mod purge_stream;
 pub mod range;
 pub mod retry_budget;
@@ -41,7 +40,6 @@ pub mod server;
 pub mod site;
 pub mod slice;
 pub mod store;
-pub mod tls;
 pub mod upstream;
 pub mod vary;
 

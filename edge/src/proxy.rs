@@ -595,7 +595,7 @@ impl Edge {
     /// Applies a batch of purges (see [`crate::invalidation`]); returns the watermark.
     pub fn apply_purges(
         &self,
-        batch: &crate::purge::PurgeBatch,
+        batch: &node_api::purge::PurgeBatch,
     ) -> Result<u64, crate::invalidation::Gap> {
         let applied = self
             .invalidation

@@ -19,10 +19,10 @@ use crate::config::{ConfigError, EdgeConfig, LimitsConfig};
 use crate::connection::{self, ConnLimits, Ending};
 use crate::limits::{ConnectionsPerIp, TOO_MANY_CONNECTIONS, WriteTimeout};
 use crate::proxy::Edge;
-use crate::purge::{LogTruncated, PurgeBatch, PurgeLogPage};
 use crate::site::TlsName;
 use crate::store::{MemoryStore, Storage};
-use crate::tls::{Certificates, TlsError};
+use node_api::purge::{LogTruncated, PurgeBatch, PurgeLogPage};
+use tls_certs::{Certificates, Source, TlsError};
 
 /// The node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +78,7 @@ impl EdgeServer {
         let admin_addr = local_addr(&admin, config.node.admin_listen)?;
         let https = match config.node.https_listen {
             Some(addr) => {
-                let certificates = Arc::new(Certificates::load(&config)?);
+                let certificates = Arc::new(site_certificates(&config)?);
                 let tls = Arc::new(certificates.server_config()?);
                 let listener = bind(addr, "HTTPS listener").await?;
                 let https_addr = local_addr(&listener, addr)?;
@@ -181,6 +181,20 @@ impl EdgeServer {
             let _ = task.await;
         }
     }
+}
+
+/// Every site's certificate; one that does not load stops the node from starting, with
+/// the reason.
+fn site_certificates(config: &EdgeConfig) -> Result<Certificates, TlsError> {
+    let sources = config
+        .sites
+        .iter()
+        .filter_map(|site| {
+            let tls = site.tls.as_ref()?;
+            Some(Source::new(&site.name, &site.hosts, &tls.cert, &tls.key))
+        })
+        .collect();
+    Certificates::from_sources(sources)
 }
 
 fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
@@ -390,7 +404,7 @@ async fn follow_stream(
     nats: &crate::purge_stream::NatsPurgeConfig,
     stop: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, StartError> {
-    let client = crate::purge_stream::connect(&nats.servers, edge.name())
+    let client = node_api::nats::connect(&nats.servers, edge.name())
         .await
         .map_err(|e| StartError::Config(ConfigError::Purge(e)))?;
     let mut follower = crate::purge_stream::Follower::new(edge.clone(), client, &nats.stream);
@@ -432,7 +446,7 @@ async fn read_log(
     if let Ok(token) = http::HeaderValue::from_str(token) {
         request
             .headers_mut()
-            .insert(crate::purge::NODE_TOKEN_HEADER, token);
+            .insert(node_api::headers::NODE_TOKEN, token);
     }
     let response = edge
         .upstream

@@ -7,8 +7,17 @@
 //!   are internal (honoured only from a proven node, removed from client requests).
 //! - [`health`]: the typed `/healthz` report every edge and shield serves and GeoDNS and
 //!   upstream pools read.
+//! - [`purge`]: purges as the API logs and pushes them and nodes apply them, batches,
+//!   acknowledgements and log pages, and the limits that keep a batch within what a node
+//!   reads.
+//! - [`hot`]: a node's most requested objects, for warming another region.
+//! - [`nats`]: the purge stream's subject, bucket and key names on NATS JetStream, and
+//!   (feature `nats`) the client both sides connect with.
 
 pub mod headers;
 pub mod health;
+pub mod hot;
+pub mod nats;
+pub mod purge;
 
 pub use health::{HealthReport, NodeState};

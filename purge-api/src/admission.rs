@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use edge::purge::{Purge, Selector};
+use node_api::purge::{Purge, Selector};
 
 /// Objects one URL costs: one cache lookup per `Vary` variant on each node.
 pub const URL_COST: u64 = 1;
@@ -611,7 +611,7 @@ impl QueueGate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edge::purge::Mode;
+    use node_api::purge::Mode;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

@@ -22,7 +22,7 @@ pub struct PurgeApiConfig {
     pub https_listen: Option<SocketAddr>,
     /// The certificate of `https_listen`: PEM files, re-read when they change.
     #[serde(default)]
-    pub tls: Option<edge::config::SiteTlsConfig>,
+    pub tls: Option<tls_certs::CertFiles>,
     pub log: LogConfig,
     /// Shared secret between the API and the nodes (`cdn-node-token`).
     pub node_token: String,
@@ -104,7 +104,7 @@ pub struct NatsLogConfig {
 }
 
 fn default_stream() -> String {
-    edge::purge_stream::DEFAULT_STREAM.to_owned()
+    node_api::nats::DEFAULT_STREAM.to_owned()
 }
 fn default_replicas() -> usize {
     1
@@ -149,8 +149,8 @@ pub struct PublisherConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest request body, which is also what bounds one purge: at most
-    /// `edge::purge::MAX_PURGE_BODY_BYTES` (1 MiB - 4 KiB), so that any purge read from a
-    /// body this long fits in one batch a node reads (`edge::purge::MAX_BATCH_BYTES`,
+    /// `node_api::purge::MAX_PURGE_BODY_BYTES` (1 MiB - 4 KiB), so that any purge read from a
+    /// body this long fits in one batch a node reads (`node_api::purge::MAX_BATCH_BYTES`,
     /// 4 MiB). The fan-out bounds every batch by those bytes as well as by count.
     pub max_body_bytes: usize,
     /// Most targets (URLs, tags, prefixes, hosts) in one purge.
@@ -260,8 +260,8 @@ impl PurgeApiConfig {
                         "[log] engine = \"nats\" needs a [log.nats] table with servers".into(),
                     );
                 };
-                edge::purge_stream::validate_servers(&nats.servers)
-                    .and_then(|()| edge::purge_stream::validate_stream_name(&nats.stream))
+                node_api::nats::validate_servers(&nats.servers)
+                    .and_then(|()| node_api::nats::validate_stream_name(&nats.stream))
                     .map_err(|e| ConfigError::Invalid(format!("[log.nats] {e}")))?;
                 if !(1..=5).contains(&nats.replicas) {
                     return bad(format!(
@@ -307,13 +307,13 @@ impl PurgeApiConfig {
             }
             _ => {}
         }
-        if self.limits.max_body_bytes > edge::purge::MAX_PURGE_BODY_BYTES {
+        if self.limits.max_body_bytes > node_api::purge::MAX_PURGE_BODY_BYTES {
             return bad(format!(
                 "limits.max_body_bytes is {}, over {}: a purge that large would not fit in a \
                  batch a node reads ({} bytes); lower it",
                 self.limits.max_body_bytes,
-                edge::purge::MAX_PURGE_BODY_BYTES,
-                edge::purge::MAX_BATCH_BYTES
+                node_api::purge::MAX_PURGE_BODY_BYTES,
+                node_api::purge::MAX_BATCH_BYTES
             ));
         }
         if self.limits.max_targets == 0 {
@@ -357,7 +357,7 @@ mod tests {
                 node,
             )
         };
-        let largest = edge::purge::MAX_PURGE_BODY_BYTES;
+        let largest = node_api::purge::MAX_PURGE_BODY_BYTES;
         assert_eq!(limit(largest).unwrap().limits.max_body_bytes, largest);
         let err = limit(largest + 1).unwrap_err();
         assert!(err.to_string().contains("max_body_bytes"), "{err}");

@@ -160,7 +160,7 @@ impl Drop for Claim {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edge::purge::{Mode, Purge, Selector};
+    use node_api::purge::{Mode, Purge, Selector};
 
     fn purge(url: &str) -> Purge {
         Purge {

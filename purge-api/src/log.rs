@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use edge::purge::Purge;
+use node_api::purge::Purge;
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -603,7 +603,7 @@ storage_failures!(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edge::purge::{Mode, Selector};
+    use node_api::purge::{Mode, Selector};
 
     fn purge(n: u64) -> Purge {
         Purge {

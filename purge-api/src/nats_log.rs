@@ -3,7 +3,7 @@
 //! Why JetStream: a replicated, ordered, durable stream with deduplication and resumable
 //! readers is exactly the purge log; running an existing engine beats inventing a
 //! replication protocol. Any number of purge API instances publish to one stream and are
-//! interchangeable; nodes read it themselves ([`edge::purge_stream`]) and report their
+//! interchangeable; nodes read it themselves (`edge::purge_stream`) and report their
 //! watermarks in a KV bucket ([`crate::watermarks`]).
 //!
 //! Invariants:
@@ -32,8 +32,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
-use edge::purge::StreamRecord;
-use edge::purge_stream::{keyed_subject, purge_subject, stream_subjects, watermark_bucket};
+use node_api::nats::{keyed_subject, purge_subject, stream_subjects, watermark_bucket};
+use node_api::purge::StreamRecord;
 use tokio::sync::{OnceCell, watch};
 
 use crate::config::NatsLogConfig;
@@ -69,7 +69,7 @@ impl NatsLog {
         config: &NatsLogConfig,
         retention: Retention,
     ) -> Result<Arc<Self>, LogError> {
-        let client = edge::purge_stream::connect(&config.servers, "cdn-purge-api")
+        let client = node_api::nats::connect(&config.servers, "cdn-purge-api")
             .await
             .map_err(|reason| LogError::Unavailable {
                 op: "connecting",

@@ -2,8 +2,8 @@
 //! inside the site, nothing half-valid; its `Idempotency-Key`, and the [`Fingerprint`]
 //! that tells a retry of a request from another request reusing its key.
 
-use edge::purge::{Mode, Purge, Selector};
 use http::HeaderMap;
+use node_api::purge::{Mode, Purge, Selector};
 use serde::{Deserialize, Serialize};
 
 use crate::config::SiteConfig;
@@ -484,7 +484,7 @@ mod tests {
 
     #[test]
     fn a_purge_from_the_largest_body_allowed_fits_in_a_batch() {
-        let len = edge::purge::MAX_PURGE_BODY_BYTES;
+        let len = node_api::purge::MAX_PURGE_BODY_BYTES;
         let site = site();
         for body in [
             // Many one-byte tags: the most framing per byte of the request.
@@ -504,9 +504,9 @@ mod tests {
             let Ok(purge) = request.into_purge(&site, usize::MAX) else {
                 panic!("not a valid purge: {}", &body[..80]);
             };
-            let encoded = edge::purge::encoded_len(&purge);
+            let encoded = node_api::purge::encoded_len(&purge);
             assert!(
-                encoded <= edge::purge::MAX_PURGE_BYTES,
+                encoded <= node_api::purge::MAX_PURGE_BYTES,
                 "{encoded} bytes from a {len}-byte {} body",
                 purge.selector.kind()
             );

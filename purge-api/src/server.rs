@@ -18,13 +18,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use edge::purge::{
-    BatchBuilder, LogTruncated, MAX_BATCH_BYTES, MAX_PURGE_BYTES, NODE_TOKEN_HEADER, PurgeAck,
-    PurgeLogPage, SequencedPurge, encoded_len, tokens_match,
-};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use node_api::headers::NODE_TOKEN;
+use node_api::purge::{
+    BatchBuilder, LogTruncated, MAX_BATCH_BYTES, MAX_PURGE_BYTES, PurgeAck, PurgeLogPage,
+    SequencedPurge, encoded_len, tokens_match,
+};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -48,7 +49,7 @@ pub enum StartError {
     #[error("cannot open the purge log: {0}")]
     Log(#[from] LogError),
     #[error(transparent)]
-    Tls(#[from] edge::tls::TlsError),
+    Tls(#[from] tls_certs::TlsError),
     #[error("cannot bind the purge API on {addr}: {source}; is another server using it?")]
     Bind {
         addr: SocketAddr,
@@ -236,7 +237,7 @@ impl PurgeApiServer {
                 let by_key: HashMap<String, Arc<Node>> = api
                     .nodes
                     .iter()
-                    .map(|n| (edge::purge_stream::watermark_key(&n.name), n.clone()))
+                    .map(|n| (node_api::nats::watermark_key(&n.name), n.clone()))
                     .collect();
                 let (watcher, lagging) = (api.clone(), api.clone());
                 tasks.spawn(crate::watermarks::watch_forever(
@@ -256,7 +257,7 @@ impl PurgeApiServer {
                             .nodes
                             .iter()
                             .filter(|n| acked(n) < head)
-                            .map(|n| edge::purge_stream::watermark_key(&n.name))
+                            .map(|n| node_api::nats::watermark_key(&n.name))
                             .collect()
                     },
                     shutdown.subscribe(),
@@ -265,8 +266,8 @@ impl PurgeApiServer {
         }
         let app = router(api.clone());
         if let (Some(https_listen), Some(tls)) = (api.config.https_listen, &api.config.tls) {
-            let certificates = Arc::new(edge::tls::Certificates::from_sources(vec![
-                edge::tls::Source::new("purge-api", &[], &tls.cert, &tls.key),
+            let certificates = Arc::new(tls_certs::Certificates::from_sources(vec![
+                tls_certs::Source::new("purge-api", &[], &tls.cert, &tls.key),
             ])?);
             let mut server = certificates.server_config()?;
             server.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -842,7 +843,7 @@ async fn read_log(
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let token = headers.get(NODE_TOKEN_HEADER).map(|v| v.as_bytes());
+    let token = headers.get(NODE_TOKEN).map(|v| v.as_bytes());
     if !token.is_some_and(|t| tokens_match(t, api.config.node_token.as_bytes())) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong cdn-node-token");
     }
@@ -1226,7 +1227,7 @@ async fn call(
         HeaderValue::from_static("application/json"),
     );
     if let Ok(token) = HeaderValue::from_str(&api.config.node_token) {
-        headers.insert(NODE_TOKEN_HEADER, token);
+        headers.insert(NODE_TOKEN, token);
     }
     let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
         .await

@@ -2,7 +2,7 @@
 //!
 //! Why a KV bucket: with the NATS log no API instance talks to the nodes; each node reads
 //! the stream and puts its watermark (the highest purge it applied with all before it) in
-//! the stream's JetStream KV bucket under its name ([`edge::purge_stream::watermark_key`]).
+//! the stream's JetStream KV bucket under its name ([`node_api::nats::watermark_key`]).
 //! Every instance watches the bucket, so any of them answers `GET /v1/purges/{id}` for any
 //! purge, whichever instance accepted it. The bucket keeps one value per node and is
 //! replicated like the stream.
@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use edge::purge_stream::watermark_bucket;
 use futures_util::StreamExt;
+use node_api::nats::watermark_bucket;
 use tokio::sync::watch;
 
 /// With no report for this long while some nodes are behind the log's head, their

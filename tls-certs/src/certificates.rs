@@ -26,7 +26,21 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
 
-use crate::config::{EdgeConfig, normalize_host};
+/// A site's certificate files (`tls = { cert = ..., key = ... }` in a site's config):
+/// PEM, re-read when they change on disk.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    /// The certificate chain, leaf first (PEM).
+    pub cert: PathBuf,
+    /// The leaf's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// A host name as certificates are matched on it: lower case, without a trailing dot.
+pub fn normalize_host(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
 
 /// ALPN protocols offered, in the server's order of preference.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -117,20 +131,6 @@ impl Source {
 const ANY_NAME: &str = "";
 
 impl Certificates {
-    /// Loads every site's certificate; any that fails stops the node from starting, with
-    /// the reason.
-    pub fn load(config: &EdgeConfig) -> Result<Self, TlsError> {
-        let sources = config
-            .sites
-            .iter()
-            .filter_map(|site| {
-                let tls = site.tls.as_ref()?;
-                Some(Source::new(&site.name, &site.hosts, &tls.cert, &tls.key))
-            })
-            .collect();
-        Self::from_sources(sources)
-    }
-
     /// Loads the given certificates.
     pub fn from_sources(mut sources: Vec<Source>) -> Result<Self, TlsError> {
         let mut by_host = HashMap::new();

@@ -11,8 +11,6 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use node_api::headers::{NODE_TOKEN as NODE_TOKEN_HEADER, PURGE_SEQ as PURGE_SEQ_HEADER};
-
 /// Whether a secret presented (a node token, a publisher's bearer token) is the expected
 /// one, in time that does not depend on where they first differ.
 pub fn tokens_match(given: &[u8], expected: &[u8]) -> bool {

@@ -1,0 +1,146 @@
+//! The purge log on NATS JetStream as both sides name it: the stream's subjects, the
+//! watermark bucket and its keys, the stream name rules, and (with the `nats` feature) the
+//! client every node and purge API instance connects with. The API publishes and reads
+//! purges under these names; each node reads the stream and reports its watermark under
+//! them, so the two can never disagree on a name.
+
+#[cfg(feature = "nats")]
+use std::time::Duration;
+
+/// The stream purges go to unless configured otherwise.
+pub const DEFAULT_STREAM: &str = "CDN_PURGES";
+
+/// At least one server, each a `nats://host:port` (or `host:port`) address.
+#[cfg(feature = "nats")]
+pub fn validate_servers(servers: &[String]) -> Result<(), String> {
+    if servers.is_empty() {
+        return Err("nats.servers lists no NATS server (e.g. [\"nats://10.0.0.1:4222\"])".into());
+    }
+    for server in servers {
+        if server.parse::<async_nats::ServerAddr>().is_err() {
+            return Err(format!(
+                "nats.servers: {server:?} is not a NATS address such as nats://10.0.0.1:4222"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A JetStream stream name usable in subjects and bucket names: letters, digits, `-`, `_`.
+pub fn validate_stream_name(stream: &str) -> Result<(), String> {
+    let ok = !stream.is_empty()
+        && stream.len() <= 64
+        && stream
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "nats.stream {stream:?} must be 1 to 64 letters, digits, '-' or '_'"
+        ))
+    }
+}
+
+/// The subjects the stream holds: every purge is published under the stream's name.
+pub fn stream_subjects(stream: &str) -> String {
+    format!("{stream}.>")
+}
+
+/// The subject of a purge without an `Idempotency-Key`.
+pub fn purge_subject(stream: &str) -> String {
+    format!("{stream}.p")
+}
+
+/// The subject of a purge with an `Idempotency-Key`: one subject per (publisher, key), so
+/// the API finds the purge a key created with one last-by-subject lookup. Both parts are
+/// hex-encoded, since subject tokens may not hold `.`, `*`, `>` or spaces.
+pub fn keyed_subject(stream: &str, publisher: &str, key: &str) -> String {
+    format!("{stream}.k.{}.{}", hex(publisher), hex(key))
+}
+
+/// The KV bucket where nodes report their watermarks.
+pub fn watermark_bucket(stream: &str) -> String {
+    format!("{stream}_WATERMARKS")
+}
+
+/// A node's key in the watermark bucket: its name with every byte outside
+/// `[A-Za-z0-9_-]` written as `=XX` (KV keys allow few characters), so any node name maps
+/// to one key and back.
+pub fn watermark_key(node: &str) -> String {
+    let mut key = String::with_capacity(node.len());
+    for b in node.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            key.push(char::from(b));
+        } else {
+            key.push_str(&format!("={b:02X}"));
+        }
+    }
+    key
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A NATS client that keeps (re)connecting in the background, to any of `servers`, so a
+/// node or an API instance starts while NATS is down and resumes when it returns.
+/// Reconnect attempts are at most 1 s apart.
+#[cfg(feature = "nats")]
+pub async fn connect(servers: &[String], name: &str) -> Result<async_nats::Client, String> {
+    validate_servers(servers)?;
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(1))
+        .ping_interval(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis(50u64.saturating_mul(1 << attempts.min(5)))
+                .min(Duration::from_secs(1))
+        })
+        .connect(servers)
+        .await
+        .map_err(|e| format!("cannot set up the NATS client for {servers:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_keys_are_valid_kv_keys_and_distinct() {
+        assert_eq!(watermark_key("edge-eu-1"), "edge-eu-1");
+        assert_eq!(watermark_key("edge.eu_1"), "edge=2Eeu_1");
+        assert_ne!(watermark_key("a.b"), watermark_key("a_b"));
+        assert!(
+            watermark_key("x!#$%&'*+.^`|~")
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b))
+        );
+    }
+
+    #[test]
+    fn keyed_subjects_are_single_tokens_per_part() {
+        assert_eq!(purge_subject("P"), "P.p");
+        assert_eq!(
+            keyed_subject("P", "acme", "a.b c"),
+            "P.k.61636d65.612e622063"
+        );
+        assert_eq!(stream_subjects("P"), "P.>");
+        assert_eq!(watermark_bucket("P"), "P_WATERMARKS");
+    }
+
+    #[test]
+    fn stream_names_and_servers_are_checked() {
+        assert!(validate_stream_name("CDN_PURGES-eu").is_ok());
+        for bad in ["", "a.b", "a b", "a>"] {
+            assert!(validate_stream_name(bad).is_err(), "{bad}");
+        }
+        #[cfg(feature = "nats")]
+        {
+            assert!(validate_servers(&[]).is_err());
+            assert!(validate_servers(&["nats://127.0.0.1:4222".into()]).is_ok());
+        }
+    }
+}
