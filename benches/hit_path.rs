@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use edge::cache_control::CacheControl;
-use edge::cache_key::{CacheKey, QueryPolicy, normalize_target};
-use edge::freshness::{Exchange, Freshness};
-use edge::store::StoredResponse;
+use edge::cache::control::CacheControl;
+use edge::cache::freshness::{Exchange, Freshness};
+use edge::cache::key::{CacheKey, QueryPolicy, normalize_target};
+use edge::cache::store::StoredResponse;
 use edge::{Edge, EdgeConfig, MemoryStore, Storage};
 use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
@@ -92,7 +92,7 @@ fn pieces(c: &mut Criterion) {
         b.iter(|| normalize_target(std::hint::black_box("/static/app.3f2a9c.js"), &policy))
     });
     let sorting = QueryPolicy {
-        mode: edge::config::QueryMode::Sort,
+        mode: edge::cache::key::QueryMode::Sort,
         drop: vec!["utm_source".into()],
     };
     c.bench_function("normalize_target/sort_and_drop", |b| {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edge::store::Storage;
+use edge::Storage;
 use edge::{EdgeConfig, EdgeServer, MemoryStore};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use cdn::demo_origin::DemoOrigin;
-use edge::store::Storage;
+use edge::Storage;
 use edge::{EdgeServer, MemoryStore};
 use http::{Method, StatusCode};
 use purge_api::log::{FileLog, LogEntry, LogError, NewEntry, PurgeLog, Retention};

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cdn::demo_origin::DemoOrigin;
-use edge::store::Storage;
+use edge::Storage;
 use edge::{EdgeServer, MemoryStore};
 use http::{Method, StatusCode};
 use purge_api::{PurgeApiConfig, PurgeApiServer};

@@ -7,47 +7,23 @@
 //! RFC 9111 for a shared cache; every response says what the cache did in an RFC 9211
 //! `Cache-Status` header.
 //!
+//! The crate is four layers, each importing only the ones above it in this list (checked
+//! by `tests/layers.rs`):
+//! - [`cache`]: the cache core (keys, freshness, variants, the store, coalescing), with no
+//!   network in sight;
+//! - [`upstream`]: the client of origins and shields, pools, balancing, health, retries;
+//! - [`front`]: client connections (HTTP/1.1 with the hit fast path, HTTP/2, TLS, limits);
+//! - [`node`]: what composes them into a running node.
+//!
 //! [`EdgeServer`] runs a node from an [`EdgeConfig`]; [`Edge`] is the request handler
 //! itself, usable without sockets.
 
-pub mod balance;
-pub mod body;
-pub mod cache_control;
-pub mod cache_key;
-pub mod cache_status;
-pub mod client_body;
-pub mod coalesce;
-pub mod conditional;
-pub mod config;
-pub mod connection;
-pub mod fill;
-pub mod freshness;
-pub mod growing_body;
-pub mod h2;
-pub mod health;
-pub mod https;
-pub mod invalidation;
-pub mod limits;
-pub mod metrics;
-pub mod node_auth;
-pub mod overload;
-pub mod pool;
-pub mod proxy;
-pub mod purge_stream;
-pub mod range;
-pub mod retry_budget;
-pub mod server;
-pub mod site;
-pub mod slice;
-pub mod store;
+pub mod cache;
+pub mod front;
+pub mod node;
 pub mod upstream;
-pub mod vary;
 
-mod admin;
-#[cfg(test)]
-mod test_headers;
-
-pub use config::EdgeConfig;
-pub use proxy::Edge;
-pub use server::{EdgeServer, StartError};
-pub use store::{MemoryStore, Storage};
+pub use cache::store::{MemoryStore, Storage};
+pub use node::config::EdgeConfig;
+pub use node::proxy::Edge;
+pub use node::server::{EdgeServer, StartError};

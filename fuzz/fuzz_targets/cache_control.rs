@@ -2,7 +2,7 @@
 //! ignored), without panicking.
 #![no_main]
 
-use edge::cache_control::CacheControl;
+use edge::cache::control::CacheControl;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

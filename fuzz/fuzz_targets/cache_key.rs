@@ -2,8 +2,7 @@
 //! normalizing it again changes nothing (so the key and the upstream request agree).
 #![no_main]
 
-use edge::cache_key::{QueryPolicy, normalize_target};
-use edge::config::QueryMode;
+use edge::cache::key::{QueryMode, QueryPolicy, normalize_target};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

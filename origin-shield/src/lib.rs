@@ -9,7 +9,7 @@
 //! balances across origin servers (round robin, weighted round robin, least connections,
 //! consistent hash, EWMA latency), keeps them honest with active probes and passive
 //! ejection, retries idempotent fetches on another origin within a budget, and serves
-//! stale (`stale-if-error`) when every origin fails. See `edge::pool`.
+//! stale (`stale-if-error`) when every origin fails. See `edge::upstream::pool`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,34 @@
+//! The cache core: what a shared HTTP cache decides and keeps, with no network in sight.
+//!
+//! Keys and the normalized targets they are built from ([`key`]), `Cache-Control`
+//! ([`control`]), freshness and storability ([`freshness`]), variants ([`vary`], and the
+//! request fields a shared fill forwards, [`fields`]), ranges ([`range`]) and
+//! conditionals ([`conditional`]) answered from a stored object, the enums behind
+//! `Cache-Status`, logs and metric labels ([`status`]), the store and its entry kinds
+//! ([`store`]), one fetch per key ([`coalesce`]), bodies still arriving
+//! ([`growing_body`]) and how an object too large to store whole is sliced ([`slice`]).
+//!
+//! This layer is the bottom one: it imports nothing from `upstream`, `front` or `node`.
+//! It knows nothing of nodes, sockets, config files or upstream servers; what it needs of
+//! them comes in as plain values (a `QueryPolicy`, a `FreshnessPolicy`, the request's
+//! headers), so every rule here can be tested without a runtime.
+
+pub mod coalesce;
+pub mod conditional;
+pub mod control;
+pub mod fields;
+pub mod freshness;
+pub mod growing_body;
+pub mod key;
+pub mod range;
+pub mod slice;
+pub mod status;
+pub mod store;
+pub mod vary;
+
+#[cfg(test)]
+pub(crate) mod test_headers;
+
+/// The error of a body that failed mid-way (a growing fill, an upstream stream, a client's
+/// request body): boxed, since each source fails in its own way.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

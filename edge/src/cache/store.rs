@@ -1,0 +1,524 @@
+//! Where responses live: the [`Storage`] trait and its in-memory implementation.
+//!
+//! Stored bodies are `Bytes` copied to their exact size at fill time, so a hit clones a
+//! reference count and never copies, and the weigher counts what is really held. Header
+//! values are copied too: hyper parses them as slices of its connection read buffer, and
+//! one stored slice would pin that whole buffer (measured: 2.4x RSS per cached byte at
+//! 16 KiB objects before, see BENCHMARKS.md).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use bytesize::ByteSize;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use moka::policy::EvictionPolicy;
+use serde::Deserialize;
+
+use crate::cache::freshness::{Freshness, is_targeted};
+use crate::cache::key::CacheKey;
+use crate::cache::slice::SliceInfo;
+use crate::cache::status::NoCacheReason;
+use crate::cache::vary::{Selection, VaryIndex};
+
+/// Fixed bytes charged per entry for the bookkeeping around it (the entry struct, the
+/// key, moka's node and indexes, allocator overhead). Measured, not guessed: RSS growth
+/// per entry beyond head and body was ~630 B at 1 KiB objects and ~1.6 KB at 16 KiB
+/// (`benches/load/memory.sh`, BENCHMARKS.md), so that a configured capacity is close to
+/// the memory really used.
+const ENTRY_OVERHEAD: usize = 1024;
+/// Bytes charged per header field beyond its name and value.
+const HEADER_OVERHEAD: usize = 32;
+
+/// A response as the cache keeps it.
+///
+/// The headers are kept in one form only: serialized as the HTTP/1.1 head a hit sends,
+/// which is also the most compact. The full path parses a header map from it when it
+/// needs one ([`StoredResponse::headers`]); the hit path never does.
+#[derive(Debug)]
+pub struct StoredResponse {
+    pub status: StatusCode,
+    /// The upstream's `Cache-Status` members, which this node's member follows.
+    pub upstream_cache_status: Option<HeaderValue>,
+    pub body: Bytes,
+    pub freshness: Freshness,
+    /// Set on the entry under a primary key whose responses vary: it holds no response,
+    /// only the index for finding the variant a request selects. Never served.
+    pub variants: Option<VaryIndex>,
+    /// Set on a variant: which index and signature it was stored under.
+    pub selected_by: Option<Selection>,
+    /// Set on a hit-for-pass marker: the URL's last response could not be stored, so
+    /// until this entry goes stale requests pass straight through. Never served.
+    pub pass: Option<NoCacheReason>,
+    /// Set on the index of an object cached in slices (whose body is empty: see
+    /// [`crate::cache::slice`]) and on each of its slices. Never served as it is.
+    pub sliced: Option<Arc<SliceInfo>>,
+    /// The status line and every header a client may see, each line ending in CRLF;
+    /// without `Age` and `Cache-Status`, which are computed per response.
+    head: Bytes,
+    /// Fields for this cache alone (`CDN-Cache-Control`, `Surrogate-Control`): kept for
+    /// revalidation, never sent.
+    cache_only: Vec<(HeaderName, HeaderValue)>,
+    /// Requests answered from this entry: what `cdn warm` ranks a node's objects by.
+    hits: AtomicU64,
+}
+
+impl StoredResponse {
+    /// Stores a response; `headers` are the end-to-end headers to send (with `Via`
+    /// already including this node) plus any fields meant for this cache alone.
+    pub fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        upstream_cache_status: Option<HeaderValue>,
+        body: Bytes,
+        freshness: Freshness,
+    ) -> Self {
+        let cache_only = headers
+            .iter()
+            .filter(|(name, _)| is_targeted(name))
+            .map(|(name, value)| (name.clone(), owned_value(value)))
+            .collect();
+        Self {
+            status,
+            upstream_cache_status: upstream_cache_status.map(|v| owned_value(&v)),
+            body,
+            freshness,
+            variants: None,
+            selected_by: None,
+            pass: None,
+            sliced: None,
+            head: serialize_head(status, &headers),
+            cache_only,
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    /// The entry that stands under a primary key for a URL whose responses vary.
+    pub fn vary_index(index: VaryIndex, freshness: Freshness) -> Self {
+        Self {
+            variants: Some(index),
+            ..Self::empty(freshness)
+        }
+    }
+
+    /// A hit-for-pass marker, fresh for `freshness.lifetime`.
+    pub fn pass_marker(reason: NoCacheReason, freshness: Freshness) -> Self {
+        Self {
+            pass: Some(reason),
+            ..Self::empty(freshness)
+        }
+    }
+
+    /// One slice of a sliced object: its bytes, nothing else.
+    pub fn slice(info: Arc<SliceInfo>, body: Bytes, freshness: Freshness) -> Self {
+        Self {
+            status: StatusCode::PARTIAL_CONTENT,
+            body,
+            sliced: Some(info),
+            ..Self::empty(freshness)
+        }
+    }
+
+    /// This response marked stale (a soft purge): the next request revalidates it, and it
+    /// can still be served when the origin fails (`stale-if-error`).
+    pub fn marked_stale(&self) -> Self {
+        Self {
+            status: self.status,
+            upstream_cache_status: self.upstream_cache_status.clone(),
+            body: self.body.clone(),
+            freshness: Freshness {
+                lifetime: 0,
+                ..self.freshness
+            },
+            variants: self.variants.clone(),
+            selected_by: self.selected_by.clone(),
+            pass: self.pass,
+            sliced: self.sliced.clone(),
+            head: self.head.clone(),
+            cache_only: self.cache_only.clone(),
+            hits: AtomicU64::new(self.hits()),
+        }
+    }
+
+    /// An entry with no headers and no body, the base of the markers.
+    fn empty(freshness: Freshness) -> Self {
+        Self::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            None,
+            Bytes::new(),
+            freshness,
+        )
+    }
+
+    /// Counts one request answered from this entry.
+    pub fn record_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests answered from this entry since it was stored.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Whether this entry holds a whole response (not a variant index, a pass marker or
+    /// part of a sliced object).
+    pub fn is_response(&self) -> bool {
+        self.variants.is_none() && self.pass.is_none() && self.sliced.is_none()
+    }
+
+    /// The serialized status line and client-visible headers, each line ending in CRLF.
+    pub fn head(&self) -> &Bytes {
+        &self.head
+    }
+
+    /// The headers a client may see, as a map (parsed from the head).
+    pub fn client_headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in self.header_lines() {
+            // Both halves were valid when serialized, so neither fails here.
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            {
+                headers.append(name, value);
+            }
+        }
+        headers
+    }
+
+    /// The `(name, value)` of every header line of the stored head.
+    fn header_lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.head.split(|b| *b == b'\n').skip(1).filter_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line.iter().position(|b| *b == b':')?;
+            Some((&line[..colon], line[colon + 1..].trim_ascii_start()))
+        })
+    }
+
+    /// Every stored header, the fields for this cache alone included.
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = self.client_headers();
+        for (name, value) in &self.cache_only {
+            headers.append(name.clone(), value.clone());
+        }
+        headers
+    }
+
+    /// One client-visible header's value, found in the head without building a map.
+    pub fn header(&self, name: &HeaderName) -> Option<&str> {
+        let name = name.as_str().as_bytes();
+        self.header_lines()
+            .find(|(line_name, _)| *line_name == name)
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+    }
+
+    /// Bytes of memory this entry holds, for the byte-weighted capacity.
+    pub fn weight(&self) -> usize {
+        let cache_only: usize = self
+            .cache_only
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + HEADER_OVERHEAD)
+            .sum();
+        let upstream = self.upstream_cache_status.as_ref().map_or(0, |v| v.len());
+        ENTRY_OVERHEAD + self.head.len() + cache_only + upstream + self.body.len()
+    }
+}
+
+fn owned_value(value: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    copy
+}
+
+/// `HTTP/1.1 <status>\r\n` followed by `name: value\r\n` for every header a client may see
+/// (the targeted cache fields are kept apart and never sent).
+pub fn serialize_head(status: StatusCode, headers: &HeaderMap) -> Bytes {
+    let mut head = Vec::with_capacity(64 + headers.len() * 48);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in headers.iter().filter(|(name, _)| !is_targeted(name)) {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    Bytes::from(head)
+}
+
+/// Size of the in-memory cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Total bytes of cached responses (bodies, headers and keys), e.g. `"512 MiB"`.
+    pub capacity: ByteSize,
+    /// Responses larger than this are not stored whole: they are cached in slices when
+    /// the upstream serves byte ranges, else streamed to the client and not stored.
+    pub max_object_size: ByteSize,
+    /// Size of the slices an object above `max_object_size` is cached in (fetched with
+    /// `Range` as requests need them); `"0 B"` turns slicing off. A size above
+    /// `max_object_size` is lowered to it.
+    pub slice_size: ByteSize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity: ByteSize::mib(512),
+            max_object_size: ByteSize::mib(32),
+            slice_size: ByteSize::mib(1),
+        }
+    }
+}
+
+/// What a store holds right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes charged against the capacity, keys included.
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+/// A cache store. Implementations must be cheap to call from every request and must
+/// never block on I/O: a hit is served from whatever `get` returns.
+pub trait Storage: Send + Sync + 'static {
+    /// The response stored under `key`, fresh or not; freshness is the caller's business.
+    fn get(&self, key: &CacheKey) -> Option<Arc<StoredResponse>>;
+
+    /// Stores `value` under `key`, replacing any previous entry. The store may evict other
+    /// entries, or refuse this one, to stay within its capacity.
+    fn insert(&self, key: CacheKey, value: Arc<StoredResponse>);
+
+    /// Removes the entry under `key`, if any.
+    fn remove(&self, key: &CacheKey);
+
+    /// Current usage, with pending evictions applied first so it never reads over capacity
+    /// once the store has settled.
+    fn usage(&self) -> Usage;
+
+    /// Every key starting with `prefix`: a full scan, for the purges that cannot use an
+    /// index (URL prefixes, hosts, soft purges of a whole site).
+    fn keys_with_prefix(&self, prefix: &str) -> Vec<CacheKey>;
+
+    /// Up to `limit` whole responses under primary keys (no variants, slices or
+    /// markers), most hits first: a full scan, for cache warming (`GET /v1/hot`).
+    fn hottest(&self, limit: usize) -> Vec<(CacheKey, u64)>;
+
+    /// The purge sequence number up to which the stored content reflects every purge (see
+    /// `node_api::purge`); kept with the store so a node that restarts over the same store
+    /// knows where to catch up from.
+    fn purge_watermark(&self) -> u64;
+
+    fn set_purge_watermark(&self, seq: u64);
+}
+
+/// The in-memory store: `moka` with a byte weigher and LRU eviction.
+#[derive(Clone)]
+pub struct MemoryStore {
+    cache: moka::sync::Cache<CacheKey, Arc<StoredResponse>>,
+    capacity: u64,
+    watermark: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("capacity", &self.capacity)
+            .field("entries", &self.cache.entry_count())
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// A store that holds at most `capacity` bytes.
+    pub fn new(capacity: u64) -> Self {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .eviction_policy(EvictionPolicy::lru())
+            .weigher(|key: &CacheKey, value: &Arc<StoredResponse>| {
+                u32::try_from(key.len() + value.weight()).unwrap_or(u32::MAX)
+            })
+            .build();
+        Self {
+            cache,
+            capacity,
+            watermark: Arc::default(),
+        }
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+}
+
+impl Storage for MemoryStore {
+    fn get(&self, key: &CacheKey) -> Option<Arc<StoredResponse>> {
+        self.cache.get(key)
+    }
+
+    fn insert(&self, key: CacheKey, value: Arc<StoredResponse>) {
+        self.cache.insert(key, value);
+    }
+
+    fn remove(&self, key: &CacheKey) {
+        self.cache.invalidate(key);
+    }
+
+    fn usage(&self) -> Usage {
+        self.cache.run_pending_tasks();
+        Usage {
+            bytes: self.cache.weighted_size(),
+            entries: self.cache.entry_count(),
+        }
+    }
+
+    fn keys_with_prefix(&self, prefix: &str) -> Vec<CacheKey> {
+        self.cache
+            .iter()
+            .filter(|(key, _)| key.as_str().starts_with(prefix))
+            .map(|(key, _)| (*key).clone())
+            .collect()
+    }
+
+    fn hottest(&self, limit: usize) -> Vec<(CacheKey, u64)> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        // A min-heap of the best `limit` so far: one pass, memory bounded by `limit`.
+        let mut best: BinaryHeap<Reverse<(u64, CacheKey)>> = BinaryHeap::new();
+        for (key, entry) in self.cache.iter() {
+            if !entry.is_response() || key.as_str().contains('\n') {
+                continue;
+            }
+            let candidate = Reverse((entry.hits(), (*key).clone()));
+            if best.len() < limit {
+                best.push(candidate);
+            } else if best.peek().is_some_and(|worst| candidate < *worst) {
+                best.pop();
+                best.push(candidate);
+            }
+        }
+        let mut hottest: Vec<(CacheKey, u64)> = best
+            .into_iter()
+            .map(|Reverse((hits, key))| (key, hits))
+            .collect();
+        hottest.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.as_str().cmp(b.0.as_str())));
+        hottest
+    }
+
+    fn purge_watermark(&self) -> u64 {
+        self.watermark.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_purge_watermark(&self, seq: u64) {
+        self.watermark
+            .store(seq, std::sync::atomic::Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::freshness::Exchange;
+
+    fn stored(headers: HeaderMap, body_len: usize) -> StoredResponse {
+        StoredResponse::new(
+            StatusCode::OK,
+            headers,
+            None,
+            Bytes::from(vec![7u8; body_len]),
+            Freshness {
+                initial_age: 0,
+                lifetime: 60,
+                received: Exchange::now().received,
+                must_revalidate: false,
+                stale_while_revalidate: 0,
+                stale_if_error: 0,
+                shared_with_authorization: false,
+            },
+        )
+    }
+
+    fn response(body_len: usize) -> Arc<StoredResponse> {
+        Arc::new(stored(HeaderMap::new(), body_len))
+    }
+
+    fn key(i: usize) -> CacheKey {
+        CacheKey::new(1, "http", "h", &format!("/{i}"))
+    }
+
+    #[test]
+    fn a_hit_shares_the_stored_body() {
+        let store = MemoryStore::new(1 << 20);
+        let r = response(1000);
+        store.insert(key(1), r.clone());
+        let got = store.get(&key(1)).unwrap();
+        assert_eq!(got.body.as_ptr(), r.body.as_ptr());
+        assert!(store.get(&key(2)).is_none());
+    }
+
+    #[test]
+    fn twice_the_capacity_stays_under_capacity() {
+        let capacity = 256 * 1024;
+        let store = MemoryStore::new(capacity);
+        for i in 0..64 {
+            store.insert(key(i), response(8 * 1024));
+        }
+        let usage = store.usage();
+        assert!(usage.bytes <= capacity, "{usage:?}");
+        assert!(usage.entries > 0 && usage.entries < 64, "{usage:?}");
+    }
+
+    #[test]
+    fn lru_keeps_what_is_read() {
+        let store = MemoryStore::new(64 * 1024);
+        store.insert(key(0), response(8 * 1024));
+        store.usage();
+        for i in 1..40 {
+            assert!(store.get(&key(0)).is_some(), "hot entry evicted at {i}");
+            store.insert(key(i), response(8 * 1024));
+            store.usage();
+        }
+    }
+
+    #[test]
+    fn weight_counts_body_and_serialized_head() {
+        let base = stored(HeaderMap::new(), 100);
+        assert_eq!(base.weight(), ENTRY_OVERHEAD + base.head().len() + 100);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-test", HeaderValue::from_static("abcdef"));
+        let with = stored(headers, 100);
+        assert_eq!(with.weight(), base.weight() + "x-test: abcdef\r\n".len());
+    }
+
+    #[test]
+    fn headers_round_trip_through_the_head_and_cache_only_fields_stay_private() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/css"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        headers.insert("cdn-cache-control", HeaderValue::from_static("max-age=60"));
+        let r = stored(headers.clone(), 0);
+        assert_eq!(r.headers(), headers);
+        let client = r.client_headers();
+        assert!(!client.contains_key("cdn-cache-control"));
+        assert_eq!(client.get_all("x-a").iter().count(), 2);
+        assert_eq!(r.header(&http::header::CONTENT_TYPE), Some("text/css"));
+        assert_eq!(r.header(&http::header::ETAG), None);
+    }
+
+    #[test]
+    fn the_head_is_serialized_once_in_http1_form() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/css"));
+        headers.insert("cdn-cache-control", HeaderValue::from_static("max-age=60"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        let r = stored(headers, 0);
+        assert_eq!(
+            &r.head()[..],
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/css\r\nx-a: 1\r\nx-a: 2\r\n"
+        );
+    }
+}

@@ -1,0 +1,95 @@
+//! The front door: client connections, from the accepted socket to the response's last
+//! byte.
+//!
+//! The public listeners ([`listener`], [`https`] with TLS and ALPN), the HTTP/1.1 loop
+//! with the hit fast path ([`connection`]), HTTP/2 ([`h2`]), the limits enforced around
+//! the socket ([`limits`]), the body of every response ([`body`]) and of every client
+//! request that streams upstream ([`client_body`]), and the server name a TLS connection
+//! was set up for ([`TlsName`]).
+//!
+//! This layer imports the cache core (stored responses, `Cache-Status`) and the upstream
+//! layer (the error a response body can break off with) below it, never the node. What it
+//! needs of the node is the [`Handler`] trait, which the node's `Edge` implements: every
+//! listener is generic over it, so each is compiled for the one handler it serves and the
+//! hit path calls it without dynamic dispatch or boxing.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+
+use crate::cache::BoxError;
+use crate::cache::status::Outcome;
+use crate::cache::store::StoredResponse;
+
+pub mod body;
+pub mod client_body;
+pub mod connection;
+pub mod h2;
+pub mod https;
+pub mod limits;
+pub mod listener;
+
+use body::EdgeBody;
+
+/// What the front door asks of the node behind it, in the order a request meets it.
+///
+/// Modelled on Pingora's `ProxyHttp`: each method says when it runs, what its default does
+/// and what its answer means. Implementations are shared by every connection (`Arc`), so
+/// they must be cheap to call concurrently.
+pub trait Handler: Send + Sync + 'static {
+    /// The hit fast path. Runs on the HTTP/1.1 loop for every GET or HEAD whose head it
+    /// parsed without finding anything the full path must see first (a body, `Via`,
+    /// `Authorization`, request `Cache-Control`, conditionals, ranges, any `cdn-*` field):
+    /// `host` is its one `Host`, `target` its origin-form target as sent, `tls` the server
+    /// name of a TLS connection.
+    ///
+    /// `Some((response, now))`: the stored response answers the request as it is; the loop
+    /// writes its pre-serialized head, `Age` (at `now`) and `Cache-Status` (a hit, named
+    /// with [`Handler::name`]) and its body in one `writev`, and counts an
+    /// [`Outcome::Hit`]. `None`: take the full path ([`Handler::handle`]), which also makes
+    /// every refusal. The default answers `None` for every request.
+    ///
+    /// Called once per request on the hottest path: it must not block, and should not
+    /// allocate more than the lookup itself needs.
+    fn fresh_hit(
+        &self,
+        host: &str,
+        target: &str,
+        tls: Option<&TlsName>,
+    ) -> Option<(Arc<StoredResponse>, Instant)> {
+        let _ = (host, target, tls);
+        None
+    }
+
+    /// The full path: every request the fast path declined, every request hyper parsed
+    /// (bodies, HTTP/1.0, upgrades) and every HTTP/2 stream, with `client`'s address.
+    /// A TLS connection's requests carry their [`TlsName`] as a request extension. The
+    /// response is written as it is; the front door adds only framing (`Content-Length`
+    /// or chunked, `Connection: close`) and `Date` when missing.
+    fn handle<B>(
+        self: &Arc<Self>,
+        request: Request<B>,
+        client: SocketAddr,
+    ) -> impl Future<Output = Response<EdgeBody>> + Send
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>;
+
+    /// The node's name, as its member of `Cache-Status` on fast-path hits.
+    fn name(&self) -> &str;
+
+    /// Counts a request the front door answered without [`Handler::handle`]: a fast-path
+    /// hit, or a refusal (a malformed head, a client over its connection limit).
+    fn count(&self, outcome: Outcome);
+}
+
+/// The server name (SNI) a client's TLS connection was set up for. It travels with each
+/// request of the connection (as a request extension) so the host asked for can be
+/// checked against the certificate the client was shown.
+#[derive(Debug, Clone)]
+pub struct TlsName(pub Arc<str>);

@@ -1,0 +1,322 @@
+//! Applying purges on a node, in sequence order, and keeping fills from undoing them.
+//!
+//! Purges are applied eagerly, when they arrive: a URL is one removal (its variant index
+//! and slice index with it, so every variant and slice becomes unreachable), a tag is a
+//! lookup in the tag index learnt at fill time (`Surrogate-Key`, `Cache-Tag`), a prefix or
+//! a host is one scan of the store's keys, and everything is a bump of the site's
+//! generation (O(1): every old key becomes unreachable and is evicted in time). Eager
+//! application keeps the hit path free of purge checks; the scans are why prefix and host
+//! purges cost more at admission.
+//!
+//! Invariants:
+//! - The watermark (kept in the store) is `n` only when purges `1..=n` are all in effect.
+//!   Purges are applied one at a time, in order; a batch with a gap is refused.
+//! - A fill that started before a purge and finishes after it does not store what it
+//!   fetched if the purge matches it (the bytes may predate the purge): every fill records
+//!   the watermark it started at and checks the purges applied since (the last
+//!   [`RECENT`] are kept; a fill older than that does not store at all).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use http::HeaderMap;
+
+use crate::cache::key::{CacheKey, normalize_target};
+use crate::cache::store::Storage;
+use crate::node::config::normalize_host;
+use crate::node::site::{Site, SiteTable};
+use node_api::purge::{Mode, Purge, PurgeBatch, Selector, SequencedPurge};
+
+/// Purges remembered for the fill check.
+pub const RECENT: usize = 4096;
+
+/// Registrations of tagged responses between two checks for evicted keys in the index.
+const PRUNE_EVERY: usize = 1024;
+
+/// `Surrogate-Key` (space-separated, Fastly) and `Cache-Tag` (comma-separated, Cloudflare).
+const TAG_FIELDS: [(&str, char); 2] = [("surrogate-key", ' '), ("cache-tag", ',')];
+
+/// A batch could not be applied: it does not continue from the node's watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("purge {first} does not follow this node's watermark {applied}: send from {next}", next = applied + 1)]
+pub struct Gap {
+    pub applied: u64,
+    pub first: u64,
+}
+
+/// A node's purge state: the tag index and the recently applied purges.
+#[derive(Debug, Default)]
+pub struct Invalidation {
+    /// Serializes batches, so purges apply one at a time in order.
+    apply: Mutex<()>,
+    recent: Mutex<VecDeque<SequencedPurge>>,
+    /// `"{site}\n{tag}"` -> keys of responses that carried the tag.
+    tags: Mutex<HashMap<String, HashSet<CacheKey>>>,
+    /// Tagged responses registered, for pruning the tag index now and then.
+    registered: AtomicUsize,
+}
+
+/// What a purge matches, resolved against the node's sites.
+enum Target {
+    /// A URL's key without its generation (`http://host/target`).
+    Url(String),
+    /// A prefix of keys without their generation.
+    Prefix(String),
+    Tag(String),
+    Everything,
+}
+
+impl Invalidation {
+    /// The tags a response carries, for [`Invalidation::register`].
+    pub fn tags_of(headers: &HeaderMap) -> Vec<String> {
+        let mut tags = Vec::new();
+        for (field, separator) in TAG_FIELDS {
+            for value in headers
+                .get_all(field)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+            {
+                tags.extend(
+                    value
+                        .split(separator)
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned),
+                );
+            }
+        }
+        tags
+    }
+
+    /// Remembers that `key` of `site` carries `tags`.
+    pub fn register(&self, site: &str, key: &CacheKey, tags: &[String], store: &dyn Storage) {
+        if tags.is_empty() {
+            return;
+        }
+        let mut index = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
+        for tag in tags {
+            index
+                .entry(format!("{site}\n{tag}"))
+                .or_default()
+                .insert(key.clone());
+        }
+        // Evicted keys linger in the index; once it holds far more keys than the store has
+        // entries, drop the ones that are gone. Counting both costs a walk of the index and
+        // a settling of the store, so it is done once every `PRUNE_EVERY` registrations,
+        // not on every fill.
+        let registered = self.registered.fetch_add(1, Ordering::Relaxed) + 1;
+        if !registered.is_multiple_of(PRUNE_EVERY) {
+            return;
+        }
+        let held: usize = index.values().map(HashSet::len).sum();
+        let entries = usize::try_from(store.usage().entries).unwrap_or(usize::MAX);
+        if held > 1024 && held > entries.saturating_mul(4) {
+            for keys in index.values_mut() {
+                keys.retain(|k| store.get(k).is_some());
+            }
+            index.retain(|_, keys| !keys.is_empty());
+        }
+    }
+
+    /// Applies a batch in order: purges at or below the watermark are skipped (a resend),
+    /// the rest must continue from it. Returns the new watermark.
+    pub fn apply_batch(
+        &self,
+        batch: &PurgeBatch,
+        sites: &SiteTable,
+        store: &dyn Storage,
+    ) -> Result<u64, Gap> {
+        let _one_at_a_time = self.apply.lock().unwrap_or_else(PoisonError::into_inner);
+        for purge in &batch.purges {
+            let applied = store.purge_watermark();
+            if purge.seq <= applied {
+                continue;
+            }
+            if purge.seq != applied + 1 {
+                return Err(Gap {
+                    applied,
+                    first: purge.seq,
+                });
+            }
+            self.apply(&purge.purge, sites, store);
+            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(purge.clone());
+            store.set_purge_watermark(purge.seq);
+        }
+        Ok(store.purge_watermark())
+    }
+
+    /// Makes every site forget everything (a node whose purge position fell out of the
+    /// log's retention cannot know what it missed), then sets the watermark to `seq`.
+    pub fn reset(&self, sites: &SiteTable, store: &dyn Storage, seq: u64) {
+        let _one_at_a_time = self.apply.lock().unwrap_or_else(PoisonError::into_inner);
+        for site in sites.sites() {
+            site.bump_generation();
+        }
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        store.set_purge_watermark(seq);
+    }
+
+    fn apply(&self, purge: &Purge, sites: &SiteTable, store: &dyn Storage) {
+        let Some(site) = sites.by_name(&purge.site) else {
+            tracing::warn!(site = %purge.site, "purge for a site this node does not serve: ignored");
+            return;
+        };
+        for target in targets(purge, sites) {
+            match target {
+                Target::Url(locator) => {
+                    let key = CacheKey::from_locator(site.generation(), &locator);
+                    self.purge_key(&key, purge.mode, store);
+                }
+                Target::Prefix(prefix) => {
+                    let prefix = format!("{} {prefix}", site.generation());
+                    for key in store.keys_with_prefix(&prefix) {
+                        self.purge_key(&key, purge.mode, store);
+                    }
+                }
+                Target::Tag(tag) => {
+                    let keys = self
+                        .tags
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&format!("{}\n{tag}", site.name))
+                        .unwrap_or_default();
+                    for key in keys {
+                        self.purge_key(&key, purge.mode, store);
+                    }
+                }
+                Target::Everything if purge.mode == Mode::Hard => {
+                    site.bump_generation();
+                }
+                Target::Everything => {
+                    for host in sites.hosts_of(&site.name) {
+                        let prefix = format!("{} http://{host}/", site.generation());
+                        for key in store.keys_with_prefix(&prefix) {
+                            self.purge_key(&key, Mode::Soft, store);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes (hard) or marks stale (soft) one entry, with what hangs off it.
+    fn purge_key(&self, key: &CacheKey, mode: Mode, store: &dyn Storage) {
+        let Some(entry) = store.get(key) else {
+            return;
+        };
+        if let Some(info) = &entry.sliced
+            && mode == Mode::Hard
+            && entry.body.is_empty()
+        {
+            for n in 0..info.count() {
+                store.remove(&key.slice(n));
+            }
+        }
+        // A variant index cannot be marked stale for its variants: it goes, and with it
+        // every variant (the next fill starts a new index epoch).
+        if mode == Mode::Hard || entry.variants.is_some() || entry.pass.is_some() {
+            store.remove(key);
+        } else {
+            store.insert(key.clone(), std::sync::Arc::new(entry.marked_stale()));
+        }
+    }
+
+    /// Whether a fill that started at watermark `since` may store its response under `key`
+    /// (with `tags`): not if a purge applied since then matches it.
+    pub fn may_store(
+        &self,
+        since: u64,
+        site: &Site,
+        key: &CacheKey,
+        tags: &[String],
+        sites: &SiteTable,
+        store: &dyn Storage,
+    ) -> bool {
+        let now = store.purge_watermark();
+        if now == since {
+            return true;
+        }
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.front().is_none_or(|oldest| oldest.seq > since + 1) {
+            return false; // purges were applied that this node no longer remembers
+        }
+        let locator = key.locator();
+        !recent
+            .iter()
+            .filter(|p| p.seq > since && p.purge.site == site.name)
+            .flat_map(|p| targets(&p.purge, sites))
+            .any(|target| match target {
+                Target::Url(url) => locator == url || locator.starts_with(&format!("{url}\n")),
+                Target::Prefix(prefix) => locator.starts_with(&prefix),
+                Target::Tag(tag) => tags.contains(&tag),
+                Target::Everything => true,
+            })
+    }
+}
+
+/// A purge's targets as key locators (keys without their generation), for the hosts of its
+/// site only: a target naming another site's host is ignored.
+fn targets(purge: &Purge, sites: &SiteTable) -> Vec<Target> {
+    let mine = |host: &str| {
+        sites
+            .resolve(host)
+            .filter(|m| m.site.name == purge.site)
+            .map(|m| (m.host.to_owned(), m.site.clone()))
+    };
+    match &purge.selector {
+        Selector::Urls(urls) => urls
+            .iter()
+            .filter_map(|url| {
+                let uri: http::Uri = url.parse().ok()?;
+                let (host, site) = mine(uri.host()?)?;
+                let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+                let target = normalize_target(target, &site.query).ok()?;
+                Some(Target::Url(format!("http://{host}{target}")))
+            })
+            .collect(),
+        Selector::Prefixes(prefixes) => prefixes
+            .iter()
+            .filter_map(|prefix| {
+                let uri: http::Uri = prefix.parse().ok()?;
+                let (host, _) = mine(uri.host()?)?;
+                let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+                Some(Target::Prefix(format!("http://{host}{path}")))
+            })
+            .collect(),
+        Selector::Hosts(hosts) => hosts
+            .iter()
+            .filter_map(|host| {
+                let (host, _) = mine(&normalize_host(host))?;
+                Some(Target::Prefix(format!("http://{host}/")))
+            })
+            .collect(),
+        Selector::Tags(tags) => tags.iter().cloned().map(Target::Tag).collect(),
+        Selector::Everything => vec![Target::Everything],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::test_headers::headers;
+
+    #[test]
+    fn tags_come_from_surrogate_key_and_cache_tag() {
+        let h = headers(&[
+            ("surrogate-key", "product-1  home"),
+            ("cache-tag", "blue, green"),
+        ]);
+        assert_eq!(
+            Invalidation::tags_of(&h),
+            vec!["product-1", "home", "blue", "green"]
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! The node's Prometheus metrics.
+//!
+//! Labels are bounded by construction: cache outcomes, error kinds and no-cache reasons
+//! come from enums, never from URLs or hosts. Counters used on every request are resolved
+//! once at start-up, so the hot path pays one atomic add.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use http::StatusCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::cache::status::{NoCacheReason, Outcome};
+use crate::cache::store::Usage;
+use crate::upstream::health::State;
+use crate::upstream::pool::PoolObserver;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    cache_status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabel {
+    site: String,
+    server: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerResultLabel {
+    site: String,
+    server: String,
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerStateLabel {
+    site: String,
+    server: String,
+    state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabel {
+    result: String,
+}
+
+/// Every metric of one node.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    by_outcome: [Counter; Outcome::ALL.len()],
+    upstream_errors: Family<KindLabel, Counter>,
+    not_stored: Family<ReasonLabel, Counter>,
+    upstream_seconds: Histogram,
+    coalesced: Counter,
+    stored: Counter,
+    cache_bytes: Gauge,
+    cache_entries: Gauge,
+    hit_ratio: Gauge<f64, AtomicU64>,
+    server_requests: Family<ServerResultLabel, Counter>,
+    server_seconds: Family<ServerLabel, Histogram>,
+    server_state: Family<ServerStateLabel, Gauge>,
+    server_ejections: Family<ServerLabel, Counter>,
+    retries: Family<RetryLabel, Counter>,
+    purges: Family<KindLabel, Counter>,
+    purge_watermark: Gauge,
+}
+
+impl Metrics {
+    pub fn new(capacity: u64) -> Self {
+        let mut registry = Registry::with_prefix("edge");
+        let requests = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "requests",
+            "Client requests by what the cache did (hit, miss, stale, pass, refused, error)",
+            requests.clone(),
+        );
+        let by_outcome = Outcome::ALL.map(|o| {
+            requests
+                .get_or_create(&OutcomeLabel {
+                    cache_status: o.as_str().to_owned(),
+                })
+                .clone()
+        });
+        let upstream_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Failed upstream exchanges by kind",
+            upstream_errors.clone(),
+        );
+        let not_stored = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "not_stored",
+            "Upstream responses not stored, by reason",
+            not_stored.clone(),
+        );
+        let upstream_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
+        registry.register(
+            "upstream_response_seconds",
+            "Time from sending an upstream request to its response head",
+            upstream_seconds.clone(),
+        );
+        let coalesced = Counter::default();
+        registry.register(
+            "coalesced",
+            "Requests that waited on another request's upstream fetch",
+            coalesced.clone(),
+        );
+        let stored = Counter::default();
+        registry.register("stored", "Responses stored in the cache", stored.clone());
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "cache_bytes",
+            "Bytes held by the cache (bodies, headers, keys)",
+            cache_bytes.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "cache_entries",
+            "Responses held by the cache",
+            cache_entries.clone(),
+        );
+        let cache_capacity: Gauge = Gauge::default();
+        cache_capacity.set(i64::try_from(capacity).unwrap_or(i64::MAX));
+        registry.register(
+            "cache_capacity_bytes",
+            "Configured cache capacity",
+            cache_capacity,
+        );
+        let hit_ratio = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "cache_hit_ratio",
+            "Hits over cacheable lookups (hit + miss + stale) since start",
+            hit_ratio.clone(),
+        );
+        let server_requests = Family::<ServerResultLabel, Counter>::default();
+        registry.register(
+            "upstream_server_requests",
+            "Upstream exchanges per pool server, by result (status class or error kind)",
+            server_requests.clone(),
+        );
+        let server_seconds =
+            Family::<ServerLabel, Histogram>::new_with_constructor(server_histogram as fn() -> _);
+        registry.register(
+            "upstream_server_response_seconds",
+            "Time to the response head, per pool server",
+            server_seconds.clone(),
+        );
+        let server_state = Family::<ServerStateLabel, Gauge>::default();
+        registry.register(
+            "upstream_server_state",
+            "1 for each pool server's current health state (up, down, ejected)",
+            server_state.clone(),
+        );
+        let server_ejections = Family::<ServerLabel, Counter>::default();
+        registry.register(
+            "upstream_server_ejections",
+            "Passive ejections of a pool server after consecutive failures",
+            server_ejections.clone(),
+        );
+        let retries = Family::<RetryLabel, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Retries on another server, allowed or refused by the retry budget",
+            retries.clone(),
+        );
+        let purges = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "purges_applied",
+            "Purges applied on this node, by selector kind",
+            purges.clone(),
+        );
+        let purge_watermark = Gauge::default();
+        registry.register(
+            "purge_watermark",
+            "Highest purge sequence number applied together with every earlier one",
+            purge_watermark.clone(),
+        );
+        Self {
+            purges,
+            purge_watermark,
+            server_requests,
+            server_seconds,
+            server_state,
+            server_ejections,
+            retries,
+            registry,
+            by_outcome,
+            upstream_errors,
+            not_stored,
+            upstream_seconds,
+            coalesced,
+            stored,
+            cache_bytes,
+            cache_entries,
+            hit_ratio,
+        }
+    }
+
+    pub fn request(&self, outcome: Outcome) {
+        self.by_outcome[outcome as usize].inc();
+    }
+
+    pub fn requests(&self, outcome: Outcome) -> u64 {
+        self.by_outcome[outcome as usize].get()
+    }
+
+    pub fn upstream_response(&self, elapsed: Duration) {
+        self.upstream_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn not_stored(&self, reason: NoCacheReason) {
+        self.not_stored
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn coalesced(&self) {
+        self.coalesced.inc();
+    }
+
+    pub fn stored(&self) {
+        self.stored.inc();
+    }
+
+    pub fn purge_applied(&self, kind: &str) {
+        self.purges
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn purge_watermark(&self, seq: u64) {
+        self.purge_watermark
+            .set(i64::try_from(seq).unwrap_or(i64::MAX));
+    }
+
+    /// Renders the Prometheus text exposition, with cache gauges refreshed from `usage`.
+    pub fn render(&self, usage: Usage) -> String {
+        self.cache_bytes
+            .set(i64::try_from(usage.bytes).unwrap_or(i64::MAX));
+        self.cache_entries
+            .set(i64::try_from(usage.entries).unwrap_or(i64::MAX));
+        let hits = self.requests(Outcome::Hit) as f64;
+        let lookups = hits + (self.requests(Outcome::Miss) + self.requests(Outcome::Stale)) as f64;
+        self.hit_ratio
+            .set(if lookups > 0.0 { hits / lookups } else { 0.0 });
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Per-server metrics of upstream pools. Labels are the configured site and server URLs,
+/// so their number is bounded by the config.
+impl PoolObserver for Metrics {
+    fn server_response(&self, site: &str, server: &str, status: StatusCode, took: Duration) {
+        let result = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.server_requests
+            .get_or_create(&ServerResultLabel {
+                site: site.to_owned(),
+                server: server.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+        self.server_seconds
+            .get_or_create(&ServerLabel {
+                site: site.to_owned(),
+                server: server.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    fn server_error(&self, site: &str, server: &str, kind: &str) {
+        self.server_requests
+            .get_or_create(&ServerResultLabel {
+                site: site.to_owned(),
+                server: server.to_owned(),
+                result: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    fn server_ejected(&self, site: &str, server: &str) {
+        self.server_ejections
+            .get_or_create(&ServerLabel {
+                site: site.to_owned(),
+                server: server.to_owned(),
+            })
+            .inc();
+    }
+
+    fn server_state(&self, site: &str, server: &str, state: State) {
+        for each in State::ALL {
+            self.server_state
+                .get_or_create(&ServerStateLabel {
+                    site: site.to_owned(),
+                    server: server.to_owned(),
+                    state: each.as_str().to_owned(),
+                })
+                .set(i64::from(each == state));
+        }
+    }
+
+    fn retry(&self, allowed: bool) {
+        let result = if allowed { "allowed" } else { "refused" };
+        self.retries
+            .get_or_create(&RetryLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+}
+
+fn server_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_gauges_and_histogram_buckets() {
+        let m = Metrics::new(1000);
+        m.request(Outcome::Hit);
+        m.request(Outcome::Hit);
+        m.request(Outcome::Hit);
+        m.request(Outcome::Miss);
+        m.upstream_response(Duration::from_millis(3));
+        m.upstream_error("connect");
+        m.not_stored(NoCacheReason::NoStore);
+        let text = m.render(Usage {
+            bytes: 512,
+            entries: 2,
+        });
+        for want in [
+            r#"edge_requests_total{cache_status="hit"} 3"#,
+            r#"edge_requests_total{cache_status="miss"} 1"#,
+            r#"edge_requests_total{cache_status="error"} 0"#,
+            "edge_cache_bytes 512",
+            "edge_cache_entries 2",
+            "edge_cache_capacity_bytes 1000",
+            "edge_cache_hit_ratio 0.75",
+            r#"edge_upstream_errors_total{kind="connect"} 1"#,
+            r#"edge_not_stored_total{reason="no-store"} 1"#,
+            "edge_upstream_response_seconds_bucket{le=",
+            "edge_upstream_response_seconds_count 1",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+}

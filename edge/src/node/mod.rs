@@ -1,0 +1,23 @@
+//! The node: what composes the cache core, the upstream layer and the front door into an
+//! edge or a shield that runs.
+//!
+//! The request handler and its phases ([`proxy`]: `Edge`, which implements the front
+//! door's `Handler`), the miss path ([`fill`]) and answers from sliced objects
+//! ([`slices`]), purges ([`invalidation`], [`purge_stream`]), the proof on headers between
+//! tiers ([`node_auth`]), the site table ([`site`]), the config file ([`config`], which
+//! composes each layer's own section), the metrics ([`metrics`]), the admin listener and
+//! the server that binds and runs everything ([`server`]).
+//!
+//! This is the top layer: it may import every layer below, and nothing imports it.
+
+mod admin;
+pub mod config;
+pub mod fill;
+pub mod invalidation;
+pub mod metrics;
+pub mod node_auth;
+pub mod proxy;
+pub mod purge_stream;
+pub mod server;
+pub mod site;
+pub mod slices;

@@ -1,0 +1,1104 @@
+//! The request handler: from a client request to a response, through the cache.
+//!
+//! The life of a request:
+//! 1. The host resolves to a configured site, or the request is refused (`421`) before
+//!    anything is fetched. A request that already passed through this node (its `Via`
+//!    names us) is refused (`508`) instead of looping.
+//! 2. GET and HEAD without `Authorization` are looked up under their cache key; every
+//!    other request passes through to the site's upstream unchanged.
+//! 3. A fresh entry is served from memory. A stale or missing one is filled by one shared
+//!    fetch per key (see [`crate::cache::coalesce`] and [`crate::node::fill`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::cache::BoxError;
+use crate::cache::coalesce::{Coalescer, Role};
+use crate::cache::conditional::not_modified;
+use crate::cache::control::CacheControl;
+use crate::cache::freshness::strip_targeted;
+use crate::cache::key::{CacheKey, normalize_target};
+use crate::cache::range::{self, RangeAnswer};
+use crate::cache::status::{CACHE_STATUS, CacheStatus, Forward, NoCacheReason, Outcome};
+use crate::cache::store::{Storage, StoredResponse};
+use crate::cache::vary::VaryIndex;
+use crate::front::body::EdgeBody;
+use crate::front::client_body::ClientBody;
+use crate::front::listener::OpenConnections;
+use crate::front::{Handler, TlsName};
+use crate::node::config::{ConfigError, EdgeConfig};
+use crate::node::fill::{Fill, FillRequest};
+use crate::node::metrics::Metrics;
+use crate::node::node_auth::{NodeClaims, NodeKey, take_claims};
+use crate::node::site::{Misdirected, Site, SiteMatch, SiteTable};
+use crate::node::slices::SliceSource;
+use crate::upstream::client::{UpstreamBody, UpstreamClient, UpstreamError};
+use crate::upstream::fault::ClientFault;
+use crate::upstream::headers::{
+    Purpose, append_list, forward_request_headers, strip_hop_by_hop, via_names,
+};
+use crate::upstream::overload::Admission;
+
+/// Where a request's response is stored, or would be, and what is stored there now: the
+/// one lookup both the fast path ([`Edge::fresh_hit`]) and the full path share.
+#[derive(Debug)]
+struct Lookup {
+    /// The primary key, or the key of the variant the request selects.
+    key: CacheKey,
+    /// The URL's variant index, when its responses vary.
+    index: Option<VaryIndex>,
+    /// The `fwd` reason when nothing is stored under `key`.
+    miss: Forward,
+    /// The entry under `key` the request may be answered from (any kind: a response, a
+    /// pass marker, a slice index), fresh or not.
+    found: Option<Arc<StoredResponse>>,
+}
+
+/// What answering from an object cached in slices needs to fetch the slices it lacks.
+#[derive(Debug, Clone, Copy)]
+struct FetchContext<'a> {
+    site: SiteMatch<'a>,
+    primary: &'a CacheKey,
+    target: &'a str,
+    client: SocketAddr,
+}
+
+/// Which bytes of a stored object an answer carries, once conditionals and `Range` are
+/// read.
+#[derive(Debug)]
+enum Cut {
+    /// None: the head is the whole answer (`304`, `416`, HEAD).
+    Done,
+    Whole,
+    /// One inclusive range.
+    One(u64, u64),
+    /// Several ranges, as `multipart/byteranges` with this boundary.
+    Many(Vec<(u64, u64)>, String),
+}
+
+/// One edge node's request handling state, shared by every connection.
+pub struct Edge {
+    pub(crate) name: String,
+    /// `1.1 <name>`, this node's `Via` member.
+    pub(crate) via: HeaderValue,
+    pub(crate) sites: SiteTable,
+    pub(crate) store: Arc<dyn Storage>,
+    pub(crate) fills: Coalescer<CacheKey, Fill>,
+    pub(crate) upstream: UpstreamClient,
+    pub(crate) metrics: Metrics,
+    pub(crate) max_object_size: u64,
+    /// Slice size of objects above `max_object_size`; 0 when slicing is off.
+    pub(crate) slice_size: u64,
+    /// Largest object cached in slices: a quarter of the cache.
+    pub(crate) max_sliced_size: u64,
+    max_header_bytes: usize,
+    /// `[limits] max_uri_bytes`: longer targets get `414`.
+    max_uri_bytes: usize,
+    /// `[limits] max_body_bytes`: a larger declared body gets `413`, a longer streamed one
+    /// is cut off (the upstream request fails).
+    max_body_bytes: u64,
+    /// `[limits] body_read_timeout`: longest pause inside a request body (`408`).
+    body_read_timeout: std::time::Duration,
+    ready: AtomicBool,
+    /// Open client connections of the public listener.
+    pub(crate) open: Arc<OpenConnections>,
+    pub(crate) invalidation: crate::node::invalidation::Invalidation,
+    /// The secret purge pushes must carry; purges are refused while unset.
+    pub(crate) node_token: Option<String>,
+    /// The node token as the key of the proofs on internal headers ([`crate::node::node_auth`]).
+    node_key: Option<NodeKey>,
+    /// Slots for upstream work: misses beyond them are shed.
+    pub(crate) admission: Admission,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge")
+            .field("name", &self.name)
+            .field("sites", &self.sites.sites().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Edge {
+    /// Builds the handler for a validated config, storing into `store`.
+    pub fn new(config: &EdgeConfig, store: Arc<dyn Storage>) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let via = HeaderValue::from_str(&format!("1.1 {}", config.node.name))
+            .map_err(|_| ConfigError::NodeName(config.node.name.clone()))?;
+        Ok(Self {
+            name: config.node.name.clone(),
+            via,
+            sites: SiteTable::new(&config.sites)?,
+            store,
+            fills: Coalescer::new(),
+            upstream: UpstreamClient::new(&config.upstream),
+            metrics: Metrics::new(config.cache.capacity.as_u64()),
+            max_object_size: config.cache.max_object_size.as_u64(),
+            slice_size: config
+                .cache
+                .slice_size
+                .min(config.cache.max_object_size)
+                .as_u64(),
+            max_sliced_size: config.cache.capacity.as_u64() / 4,
+            max_header_bytes: usize::try_from(config.limits.max_header_bytes.as_u64())
+                .unwrap_or(usize::MAX),
+            max_uri_bytes: config.limits.max_uri_bytes,
+            max_body_bytes: config.limits.max_body_bytes.as_u64(),
+            body_read_timeout: config.limits.body_read_timeout,
+            ready: AtomicBool::new(false),
+            open: Arc::default(),
+            invalidation: Default::default(),
+            node_token: config.purge.node_token.clone(),
+            node_key: config.purge.node_token.as_deref().map(NodeKey::new),
+            admission: Admission::new(&config.overload),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn sites(&self) -> &SiteTable {
+        &self.sites
+    }
+
+    pub fn store(&self) -> &Arc<dyn Storage> {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether the node accepts traffic (readiness, as `/healthz` reports it).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Client connections open now: the node's load as `/healthz` reports it.
+    pub fn connections(&self) -> usize {
+        self.open.count()
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// The fresh entry answering a GET or HEAD of `target` (origin-form) on `host`, if the
+    /// cache can answer without contacting anyone. `None` means "take the full path",
+    /// which also produces every refusal.
+    ///
+    /// The caller guarantees the request carries no internal header (`cdn-*`), no field
+    /// that selects a variant or changes the answer (see `connection::parse`): those take
+    /// the full path, which makes the same [`Edge::lookup`] with what they say.
+    pub fn fresh_hit(
+        &self,
+        host: &str,
+        target: &str,
+        tls: Option<&TlsName>,
+    ) -> Option<(Arc<StoredResponse>, Instant)> {
+        let site = self.sites.resolve_on(host, tls).ok()?;
+        let target = normalize_target(target, &site.site.query).ok()?;
+        let primary = CacheKey::new(site.site.generation(), "http", site.host, &target);
+        let entry = self.lookup(site, &primary, None, NodeClaims::NONE).found?;
+        if !entry.is_response() {
+            return None; // a pass marker or a slice index: the full path handles it
+        }
+        let now = Instant::now();
+        if !entry.freshness.is_fresh(now) {
+            return None;
+        }
+        entry.record_hit();
+        Some((entry, now))
+    }
+
+    /// Handles one client request from `client`.
+    pub async fn handle<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        client: SocketAddr,
+    ) -> Response<EdgeBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (response, outcome) = self.route(req, client).await;
+        self.metrics.request(outcome);
+        response
+    }
+
+    async fn route<B>(
+        self: &Arc<Self>,
+        mut req: Request<B>,
+        client: SocketAddr,
+    ) -> (Response<EdgeBody>, Outcome)
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        // Before anything reads the request: what only a node may say is removed, and
+        // believed only with the node's proof.
+        let claims = take_claims(self.node_key.as_ref(), &mut req);
+        if head_size(&req) > self.max_header_bytes {
+            return refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &format!(
+                    "the request line and headers exceed this node's limit of {} bytes",
+                    self.max_header_bytes
+                ),
+            );
+        }
+        if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > self.max_uri_bytes {
+            return refuse(
+                StatusCode::URI_TOO_LONG,
+                &format!(
+                    "the request target is longer than this node's limit of {} bytes",
+                    self.max_uri_bytes
+                ),
+            );
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.max_body_bytes) {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "the request body is larger than this node's limit of {} bytes",
+                    self.max_body_bytes
+                ),
+            );
+        }
+        let host = match request_host(&req) {
+            Ok(host) => host,
+            Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+        };
+        let tls = req.extensions().get::<TlsName>();
+        let site = match self.sites.resolve_on(host, tls) {
+            Ok(site) => site,
+            Err(Misdirected::UnknownHost) => {
+                return refuse(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    &format!("no site is configured for host {host:?} on this CDN"),
+                );
+            }
+            Err(Misdirected::OtherCertificate) => {
+                let name = tls.map_or("", |t| &t.0);
+                return refuse(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    &format!(
+                        "this TLS connection was set up for {name:?}, whose certificate does not \
+                         cover host {host:?}: open a new connection naming that host"
+                    ),
+                );
+            }
+        };
+        if via_names(req.headers(), &self.name) {
+            return refuse(
+                StatusCode::LOOP_DETECTED,
+                "this request already passed through this node: the site's upstream points back at the CDN",
+            );
+        }
+        if matches!(*req.method(), Method::CONNECT | Method::TRACE) {
+            return refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{} is not supported by this CDN", req.method()),
+            );
+        }
+        let raw_target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let target = match normalize_target(raw_target, &site.site.query) {
+            Ok(target) => target,
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        let head = match *req.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => {
+                let target = target.into_owned();
+                return self
+                    .pass(site, req, &target, (Forward::Method, None), client)
+                    .await;
+            }
+        };
+
+        let primary = CacheKey::new(site.site.generation(), "http", site.host, &target);
+        let fetch = FetchContext {
+            site,
+            primary: &primary,
+            target: &target,
+            client,
+        };
+        let mut lookup = self.lookup(site, &primary, Some(req.headers()), claims);
+        let found = lookup.found.take();
+        if let Some(marker) = found.as_ref().filter(|e| e.pass.is_some())
+            && marker.freshness.is_fresh(Instant::now())
+        {
+            let detail = marker.pass.map(NoCacheReason::as_str);
+            let target = target.into_owned();
+            return self
+                .pass(site, req, &target, (lookup.miss, detail), client)
+                .await;
+        }
+        // A stale pass marker is no entry at all: the next fill tries again.
+        let found = found.filter(|e| e.pass.is_none());
+        // A request with credentials is answered from the cache only by a fresh response
+        // that said it may be (RFC 9111 3.5); otherwise it goes to the origin as it is.
+        if req.headers().contains_key(header::AUTHORIZATION) {
+            let now = Instant::now();
+            if let Some(entry) =
+                found.filter(|e| e.freshness.is_fresh(now) && e.freshness.shared_with_authorization)
+            {
+                entry.record_hit();
+                let status = CacheStatus::hit(entry.freshness.ttl(now));
+                let response = self
+                    .answer(fetch, req.headers(), &entry, head, &status, now)
+                    .await;
+                return (response, Outcome::Hit);
+            }
+            let target = target.into_owned();
+            return self
+                .pass(site, req, &target, (Forward::Request, None), client)
+                .await;
+        }
+        let mut stale = match found {
+            Some(entry) => {
+                let now = Instant::now();
+                if entry.freshness.is_fresh(now) {
+                    entry.record_hit();
+                    let status = CacheStatus::hit(entry.freshness.ttl(now));
+                    let response = self
+                        .answer(fetch, req.headers(), &entry, head, &status, now)
+                        .await;
+                    return (response, Outcome::Hit);
+                }
+                if entry.freshness.may_serve_while_revalidating(now) {
+                    let refresh = self.fill_request(
+                        site,
+                        &lookup,
+                        &primary,
+                        &target,
+                        req.headers(),
+                        client,
+                        Some(entry.clone()),
+                    );
+                    let edge = self.clone();
+                    let refresh_key = lookup.key.clone();
+                    tokio::spawn(async move {
+                        edge.fills
+                            .run(&refresh_key, move |publisher| refresh.run(publisher))
+                            .await
+                    });
+                    entry.record_hit();
+                    let mut status = CacheStatus::hit(entry.freshness.ttl(now));
+                    status.detail = Some("stale-while-revalidate");
+                    let response = self
+                        .answer(fetch, req.headers(), &entry, head, &status, now)
+                        .await;
+                    return (response, Outcome::Stale);
+                }
+                Some(entry)
+            }
+            None => None,
+        };
+        if req.headers().contains_key(header::CACHE_CONTROL)
+            && CacheControl::from_headers(req.headers()).only_if_cached
+        {
+            let response = text_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "504 Gateway Timeout: the request said only-if-cached and this edge holds no fresh copy\n",
+            );
+            return (response, Outcome::Refused);
+        }
+        let outcome = if stale.is_some() {
+            Outcome::Stale
+        } else {
+            Outcome::Miss
+        };
+
+        let mut retried = false;
+        loop {
+            let (fill, role) = self
+                .fills
+                .run(&lookup.key, |publisher| {
+                    self.fill_request(
+                        site,
+                        &lookup,
+                        &primary,
+                        &target,
+                        req.headers(),
+                        client,
+                        stale.take(),
+                    )
+                    .run(publisher)
+                })
+                .await;
+            if role == Role::Follower {
+                self.metrics.coalesced();
+            }
+            return match fill {
+                Ok(Fill::Stored { entry, mut status }) => {
+                    // The first fill of a URL that turned out to vary may have stored another
+                    // variant than this request selects: fetch this request's own, once.
+                    if let Some(selection) = entry
+                        .selected_by
+                        .as_ref()
+                        .filter(|s| !retried && !s.matches(req.headers(), &site.site.key_headers))
+                    {
+                        let (key, _) = selection.index.variant_key(
+                            &primary,
+                            req.headers(),
+                            &site.site.key_headers,
+                        );
+                        lookup = Lookup {
+                            key,
+                            index: Some(selection.index.clone()),
+                            miss: Forward::VaryMiss,
+                            found: None,
+                        };
+                        retried = true;
+                        continue;
+                    }
+                    status.collapsed = role == Role::Follower;
+                    let response = self
+                        .answer(fetch, req.headers(), &entry, head, &status, Instant::now())
+                        .await;
+                    (response, outcome)
+                }
+                Ok(Fill::Streaming {
+                    entry,
+                    body,
+                    mut status,
+                }) => {
+                    status.collapsed = role == Role::Follower;
+                    let mut response = self.serve_stored(&entry, head, &status, Instant::now());
+                    if !head {
+                        *response.body_mut() = EdgeBody::Growing(body.reader());
+                    }
+                    (response, outcome)
+                }
+                Ok(Fill::Handoff { response, status }) => {
+                    // A range of an object too large to store is the origin's to cut: the
+                    // whole object is not what this client asked for.
+                    let ranged_too_large = status.detail == Some(NoCacheReason::TooLarge.as_str())
+                        && req.headers().contains_key(header::RANGE);
+                    let taken = match role {
+                        Role::Leader if !ranged_too_large => response
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .take(),
+                        _ => None,
+                    };
+                    match taken {
+                        Some(mut response) => {
+                            let upstream = response.headers_mut().remove(&CACHE_STATUS);
+                            response.headers_mut().insert(
+                                CACHE_STATUS.clone(),
+                                status.render(&self.name, upstream_str(upstream.as_ref())),
+                            );
+                            if head {
+                                *response.body_mut() = EdgeBody::empty();
+                            }
+                            (response, outcome)
+                        }
+                        // Not shareable: this client asks the upstream itself.
+                        None => {
+                            let target = target.into_owned();
+                            let (response, _) = self
+                                .pass(
+                                    site,
+                                    req,
+                                    &target,
+                                    (Forward::UriMiss, status.detail),
+                                    client,
+                                )
+                                .await;
+                            (response, outcome)
+                        }
+                    }
+                }
+                Ok(Fill::Failed { error, status }) => {
+                    (self.upstream_failure(&error, &status), Outcome::Error)
+                }
+                Err(_lost) => {
+                    let error = UpstreamError::Lost;
+                    let status = CacheStatus::forwarded(Forward::UriMiss);
+                    (self.upstream_failure(&error, &status), Outcome::Error)
+                }
+            };
+        }
+    }
+
+    /// The fill of a lookup for a client request (its headers filtered for sharing).
+    #[allow(clippy::too_many_arguments)]
+    fn fill_request(
+        self: &Arc<Self>,
+        site: SiteMatch<'_>,
+        lookup: &Lookup,
+        primary: &CacheKey,
+        target: &str,
+        request: &http::HeaderMap,
+        client: SocketAddr,
+        stale: Option<Arc<StoredResponse>>,
+    ) -> FillRequest {
+        FillRequest {
+            edge: self.clone(),
+            site: site.site.clone(),
+            key: lookup.key.clone(),
+            primary: primary.clone(),
+            index: lookup.index.clone(),
+            miss: lookup.miss,
+            target: target.to_owned(),
+            headers: self.fill_headers(site, target, request, client),
+            request_cc: CacheControl::from_headers(request),
+            stale,
+            purge_seq: self.store.purge_watermark(),
+        }
+    }
+
+    /// A client's request headers as a shared fill sends them upstream.
+    fn fill_headers(
+        &self,
+        site: SiteMatch<'_>,
+        target: &str,
+        request: &http::HeaderMap,
+        client: SocketAddr,
+    ) -> http::HeaderMap {
+        let mut headers = forward_request_headers(
+            request,
+            Purpose::Fill,
+            site.site.upstream_host.as_ref().unwrap_or(site.host_value),
+            &self.via,
+            client.ip(),
+            &site.site.key_headers,
+        );
+        let applied = self.store.purge_watermark();
+        if let Some(key) = self.node_key.as_ref().filter(|_| applied > 0) {
+            let claims = NodeClaims {
+                purge_seq: Some(applied),
+            };
+            key.sign(&mut headers, &Method::GET, target, claims);
+        }
+        headers
+    }
+
+    /// Applies a batch of purges (see [`crate::node::invalidation`]); returns the watermark.
+    pub fn apply_purges(
+        &self,
+        batch: &node_api::purge::PurgeBatch,
+    ) -> Result<u64, crate::node::invalidation::Gap> {
+        let applied = self
+            .invalidation
+            .apply_batch(batch, &self.sites, self.store.as_ref())?;
+        for purge in &batch.purges {
+            self.metrics.purge_applied(purge.purge.selector.kind());
+        }
+        self.metrics.purge_watermark(applied);
+        Ok(applied)
+    }
+
+    /// Forgets every site's content and sets the watermark to `seq` (see
+    /// [`crate::node::invalidation::Invalidation::reset`]).
+    pub fn reset_purges(&self, seq: u64) {
+        self.invalidation
+            .reset(&self.sites, self.store.as_ref(), seq);
+        self.metrics.purge_watermark(seq);
+    }
+
+    /// What is stored for a request of `primary` on `site`: the variant its `request`
+    /// fields select when the URL's responses vary (none is selected without them), and
+    /// nothing when a proven node asking has applied purges this one has not, since then
+    /// this node's copy may be one the asker purged: it is fetched afresh (and the fresh
+    /// copy stored).
+    fn lookup(
+        &self,
+        site: SiteMatch<'_>,
+        primary: &CacheKey,
+        request: Option<&http::HeaderMap>,
+        claims: NodeClaims,
+    ) -> Lookup {
+        let mut lookup = Lookup {
+            key: primary.clone(),
+            index: None,
+            miss: Forward::UriMiss,
+            found: self.store.get(primary),
+        };
+        if let Some(index) = lookup.found.as_ref().and_then(|e| e.variants.clone()) {
+            lookup.found = None;
+            if let Some(request) = request {
+                let (key, _) = index.variant_key(primary, request, &site.site.key_headers);
+                lookup.found = self.store.get(&key);
+                lookup.key = key;
+            }
+            lookup.index = Some(index);
+            lookup.miss = Forward::VaryMiss;
+        }
+        if claims
+            .purge_seq
+            .is_some_and(|theirs| theirs > self.store.purge_watermark())
+        {
+            lookup.found = None;
+        }
+        lookup
+    }
+
+    /// A stored entry as the answer to a request: `304` when the client's conditionals
+    /// show its copy is current, the entry itself (or the ranges asked for) otherwise.
+    /// An object cached in slices gets its bytes from its slices.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer(
+        self: &Arc<Self>,
+        fetch: FetchContext<'_>,
+        request: &http::HeaderMap,
+        entry: &StoredResponse,
+        head: bool,
+        status: &CacheStatus,
+        now: Instant,
+    ) -> Response<EdgeBody> {
+        let Some(info) = entry.sliced.clone() else {
+            return self.answer_from_cache(request, entry, head, status, now);
+        };
+        let total = info.total;
+        let (mut response, cut) = self.answer_head(request, entry, total, head, status, now, false);
+        let (first, last) = match cut {
+            Cut::Done => return response,
+            Cut::One(first, last) => (first, last),
+            Cut::Whole | Cut::Many(..) => (0, total - 1),
+        };
+        let source = SliceSource {
+            edge: self.clone(),
+            site: fetch.site.site.clone(),
+            primary: fetch.primary.clone(),
+            target: fetch.target.to_owned(),
+            headers: self.fill_headers(fetch.site, fetch.target, request, fetch.client),
+            info,
+            freshness: entry.freshness,
+        };
+        match source.body(first, last).await {
+            Ok(body) => {
+                response.headers_mut().remove(header::CONTENT_LENGTH);
+                *response.body_mut() = EdgeBody::Sliced(body);
+                response
+            }
+            Err(error) => self.upstream_failure(&error, status),
+        }
+    }
+
+    /// [`Edge::answer`] for an entry holding its whole body.
+    fn answer_from_cache(
+        &self,
+        request: &http::HeaderMap,
+        entry: &StoredResponse,
+        head: bool,
+        status: &CacheStatus,
+        now: Instant,
+    ) -> Response<EdgeBody> {
+        let len = entry.body.len() as u64;
+        let (mut response, cut) = self.answer_head(request, entry, len, head, status, now, true);
+        *response.body_mut() = match cut {
+            Cut::Done => return response,
+            Cut::Whole => EdgeBody::full(entry.body.clone()),
+            Cut::One(first, last) => {
+                EdgeBody::full(entry.body.slice(first as usize..=last as usize))
+            }
+            Cut::Many(ranges, boundary) => {
+                let content_type = entry.header(&header::CONTENT_TYPE);
+                let parts = range::multipart(&entry.body, &ranges, content_type, &boundary);
+                EdgeBody::Chunks(parts.into())
+            }
+        };
+        response
+    }
+
+    /// The head of the answer from a stored entry whose object is `len` bytes, with no
+    /// body yet, and which bytes the body is to hold. Several ranges get a multipart
+    /// answer when `multipart` allows, else the whole object.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_head(
+        &self,
+        request: &http::HeaderMap,
+        entry: &StoredResponse,
+        len: u64,
+        head: bool,
+        status: &CacheStatus,
+        now: Instant,
+        multipart: bool,
+    ) -> (Response<EdgeBody>, Cut) {
+        let mut response = self.serve_stored(entry, true, status, now);
+        // The validators the checks below need are client-visible, so the response's own
+        // header map (parsed once from the stored head) serves them.
+        let conditional = request.contains_key(header::IF_NONE_MATCH)
+            || request.contains_key(header::IF_MODIFIED_SINCE);
+        if conditional
+            && entry.status == StatusCode::OK
+            && not_modified(request, response.headers())
+        {
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            return (response, Cut::Done);
+        }
+        if head {
+            return (response, Cut::Done);
+        }
+        if entry.status != StatusCode::OK || !request.contains_key(header::RANGE) {
+            return (response, Cut::Whole);
+        }
+        let ranges = match range::evaluate(request, response.headers(), len) {
+            RangeAnswer::Full => return (response, Cut::Whole),
+            RangeAnswer::Unsatisfiable => {
+                *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                let headers = response.headers_mut();
+                headers.remove(header::CONTENT_LENGTH);
+                headers.insert(header::CONTENT_RANGE, content_range(&format!("*/{len}")));
+                return (response, Cut::Done);
+            }
+            RangeAnswer::Partial(ranges) => ranges,
+        };
+        if ranges.len() > 1 && !multipart {
+            return (response, Cut::Whole);
+        }
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+        if let [(start, end)] = ranges[..] {
+            response.headers_mut().insert(
+                header::CONTENT_RANGE,
+                content_range(&format!("{start}-{end}/{len}")),
+            );
+            return (response, Cut::One(start, end));
+        }
+        let boundary = multipart_boundary();
+        if let Ok(value) =
+            HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
+        {
+            response.headers_mut().insert(header::CONTENT_TYPE, value);
+        }
+        (response, Cut::Many(ranges, boundary))
+    }
+
+    /// Removes the entry for `target` on `site` (RFC 9111 4.4).
+    fn invalidate(&self, site: SiteMatch<'_>, target: &str) {
+        if let Ok(target) = normalize_target(target, &site.site.query) {
+            self.store.remove(&CacheKey::new(
+                site.site.generation(),
+                "http",
+                site.host,
+                &target,
+            ));
+        }
+    }
+
+    /// After a successful unsafe request: the target and the same-host URIs in
+    /// `Location` and `Content-Location` are invalidated (RFC 9111 4.4).
+    fn invalidate_after_unsafe(
+        &self,
+        site: SiteMatch<'_>,
+        target: &str,
+        response: &http::HeaderMap,
+    ) {
+        self.invalidate(site, target);
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(uri) = response
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<Uri>().ok())
+            else {
+                continue;
+            };
+            let same_host = uri
+                .host()
+                .is_none_or(|host| crate::node::config::normalize_host(host) == site.host);
+            if let Some(pq) = uri.path_and_query().filter(|_| same_host) {
+                self.invalidate(site, pq.as_str());
+            }
+        }
+    }
+
+    /// Builds a response from a stored entry: one header map clone and a shared body.
+    fn serve_stored(
+        &self,
+        entry: &StoredResponse,
+        head: bool,
+        status: &CacheStatus,
+        now: Instant,
+    ) -> Response<EdgeBody> {
+        let body = if head {
+            EdgeBody::empty()
+        } else {
+            EdgeBody::full(entry.body.clone())
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = entry.status;
+        let headers = response.headers_mut();
+        *headers = entry.client_headers();
+        headers.insert(header::AGE, HeaderValue::from(entry.freshness.age(now)));
+        headers.insert(
+            CACHE_STATUS.clone(),
+            status.render(
+                &self.name,
+                upstream_str(entry.upstream_cache_status.as_ref()),
+            ),
+        );
+        response
+    }
+
+    /// Forwards one client's request as it is and streams the answer back.
+    async fn pass<B>(
+        &self,
+        site: SiteMatch<'_>,
+        req: Request<B>,
+        target: &str,
+        (fwd, detail): (Forward, Option<&'static str>),
+        client: SocketAddr,
+    ) -> (Response<EdgeBody>, Outcome)
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = req.into_parts();
+        let unsafe_method = !matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        );
+        let headers = forward_request_headers(
+            &parts.headers,
+            Purpose::Pass,
+            site.site.upstream_host.as_ref().unwrap_or(site.host_value),
+            &self.via,
+            client.ip(),
+            &site.site.key_headers,
+        );
+        // A request that declares no body is sent without one, which lets it be retried.
+        // HTTP/2 frames bodies without either field: there, the stream says.
+        let bodiless = !parts.headers.contains_key(header::CONTENT_LENGTH)
+            && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+            && (parts.version < http::Version::HTTP_2 || body.is_end_stream());
+        let body = (!bodiless).then(|| {
+            ClientBody::new(body, self.max_body_bytes, self.body_read_timeout).boxed_unsync()
+        });
+        let mut status = CacheStatus::forwarded(fwd);
+        status.detail = detail;
+        let started = Instant::now();
+        let key = CacheKey::new(site.site.generation(), "http", site.host, target);
+        let sent = self
+            .send_upstream(site.site, &key, &parts.method, target, &headers, body)
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(UpstreamError::Client(fault)) => {
+                return (client_failure(&fault, parts.version), Outcome::Refused);
+            }
+            Err(error) => {
+                self.metrics.upstream_error(error.kind());
+                return (self.upstream_failure(&error, &status), Outcome::Error);
+            }
+        };
+        self.metrics.upstream_response(started.elapsed());
+        let (mut parts, body) = response.into_parts();
+        if unsafe_method && (parts.status.is_success() || parts.status.is_redirection()) {
+            self.invalidate_after_unsafe(site, target, &parts.headers);
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        strip_targeted(&mut parts.headers);
+        append_list(&mut parts.headers, header::VIA, &self.via);
+        status.fwd_status = Some(parts.status.as_u16());
+        let upstream = parts.headers.remove(&CACHE_STATUS);
+        parts.headers.insert(
+            CACHE_STATUS.clone(),
+            status.render(&self.name, upstream_str(upstream.as_ref())),
+        );
+        let response = Response::from_parts(parts, EdgeBody::stream(Default::default(), body));
+        (response, Outcome::Pass)
+    }
+
+    /// Sends a request to the site's upstream pool; `key` picks the server under
+    /// consistent hashing. Only a request without a body (`None`) may be retried.
+    pub(crate) async fn send_upstream(
+        &self,
+        site: &Site,
+        key: &CacheKey,
+        method: &Method,
+        target: &str,
+        headers: &http::HeaderMap,
+        body: Option<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let _slot = self
+            .admission
+            .admit()
+            .await
+            .map_err(UpstreamError::Overloaded)?;
+        site.pool
+            .send(
+                &self.upstream,
+                &self.metrics,
+                key.locator().as_bytes(),
+                (method, target, headers),
+                body,
+            )
+            .await
+            .map(|sent| sent.response)
+    }
+
+    fn upstream_failure(&self, error: &UpstreamError, status: &CacheStatus) -> Response<EdgeBody> {
+        if let UpstreamError::Overloaded(_) = error {
+            // Counted in the metrics; a line per shed request would flood the log exactly
+            // when the node has least time to spare for it.
+            tracing::debug!(node = %self.name, %error, "shed");
+        } else {
+            tracing::warn!(node = %self.name, kind = error.kind(), %error, "upstream failure");
+        }
+        let code = error.status();
+        let mut status = status.clone();
+        status.detail = Some(error.kind());
+        let mut response = text_response(
+            code,
+            &format!(
+                "{} {}: {error}\n",
+                code.as_u16(),
+                code.canonical_reason().unwrap_or("")
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(CACHE_STATUS.clone(), status.render(&self.name, None));
+        if let UpstreamError::Overloaded(shed) = error {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(shed.retry_after.as_secs().max(1)),
+            );
+        }
+        response
+    }
+}
+
+/// The front door's view of a node: the fast path and the full path above, monomorphized
+/// into every listener.
+impl Handler for Edge {
+    fn fresh_hit(
+        &self,
+        host: &str,
+        target: &str,
+        tls: Option<&TlsName>,
+    ) -> Option<(Arc<StoredResponse>, Instant)> {
+        Edge::fresh_hit(self, host, target, tls)
+    }
+
+    fn handle<B>(
+        self: &Arc<Self>,
+        request: Request<B>,
+        client: SocketAddr,
+    ) -> impl Future<Output = Response<EdgeBody>> + Send
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Edge::handle(self, request, client)
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn count(&self, outcome: Outcome) {
+        self.metrics.request(outcome);
+    }
+}
+
+/// Bytes of the request head as sent (request line and header lines).
+fn head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri
+            .authority()
+            .map_or(0, |a| a.as_str().len() + "https://".len());
+    let line = req.method().as_str().len() + target + " HTTP/1.1\r\n ".len();
+    req.headers().iter().fold(line, |n, (name, value)| {
+        n + name.as_str().len() + value.len() + 4
+    })
+}
+
+/// The host a request is for: the absolute-form authority if any, else the one `Host`.
+fn request_host<B>(req: &Request<B>) -> Result<&str, &'static str> {
+    if let Some(authority) = req.uri().authority() {
+        return Ok(authority.as_str());
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts
+        .next()
+        .ok_or("missing Host header: say which site you want")?;
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    host.to_str()
+        .ok()
+        .filter(|h| !h.is_empty())
+        .ok_or("Host header is empty or not ASCII")
+}
+
+fn content_range(spec: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("bytes {spec}")).unwrap_or(HeaderValue::from_static("bytes */0"))
+}
+
+/// A boundary that no stored body can be expected to contain.
+fn multipart_boundary() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("cdn-byteranges-{nanos:x}-{n:x}")
+}
+
+fn upstream_str(value: Option<&HeaderValue>) -> Option<&str> {
+    value.and_then(|v| v.to_str().ok())
+}
+
+/// The answer to a client whose request body failed: its own status, and on HTTP/1.1 the
+/// end of the connection, whose framing can no longer be trusted.
+fn client_failure(fault: &ClientFault, version: http::Version) -> Response<EdgeBody> {
+    let status = fault.status();
+    let text = format!(
+        "{} {}: {fault}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut response = text_response(status, &text);
+    if version < http::Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+fn refuse(status: StatusCode, message: &str) -> (Response<EdgeBody>, Outcome) {
+    let text = format!(
+        "{} {}: {message}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    (text_response(status, &text), Outcome::Refused)
+}
+
+/// A short plain-text answer that no cache may keep.
+pub(crate) fn text_response(status: StatusCode, text: &str) -> Response<EdgeBody> {
+    let mut response = Response::new(EdgeBody::full(Bytes::copy_from_slice(text.as_bytes())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

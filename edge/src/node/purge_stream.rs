@@ -1,0 +1,341 @@
+//! A node reading purges straight from the NATS JetStream purge stream.
+//!
+//! Why: with the embedded log, one purge API pushes every purge to every node. A CDN with
+//! many API instances and nodes in many regions instead shares one replicated stream: the
+//! API instances publish to it, and each node reads it from its own position with an
+//! *ordered consumer* (ephemeral, created by the node, starting after the node's
+//! watermark). No durable consumer per node is kept on the servers: the position lives in
+//! the node's store, which is also what says which purges are in effect, so the two
+//! cannot disagree.
+//!
+//! Invariants:
+//! - The stream's sequence numbers are the purge sequence numbers (every message in the
+//!   stream is a purge), and purges are applied in that order through
+//!   [`Edge::apply_purges`]. The watermark is `n` only when purges `1..=n` are in effect.
+//! - Entries the node needs but the stream no longer has (retention dropped them, or the
+//!   stream was recreated and is now behind the node) cannot be known: the node forgets
+//!   its content ([`Edge::reset_purges`], every site's generation bumps) and reads on from
+//!   what the stream has. A message that does not decode is handled the same way, never
+//!   skipped.
+//! - The node serves while NATS is away; it resumes from its watermark when NATS returns.
+//!   At start it reads everything up to the stream's last sequence before it serves
+//!   ([`Follower::catch_up`]); if it cannot, it forgets its content instead, exactly as a
+//!   node of the embedded log does.
+//! - The watermark is reported in the stream's KV bucket ([`watermark_bucket`], key
+//!   [`watermark_key`] of the node name), so every purge API instance can say which nodes
+//!   applied a purge. Reports are best effort: a lost one is repeated by the next.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, kv};
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::watch;
+
+use node_api::nats::{watermark_bucket, watermark_key};
+use node_api::purge::{PurgeBatch, SequencedPurge, StreamRecord};
+
+use crate::node::proxy::Edge;
+
+/// With no message for this long while the stream has more than the node applied, the
+/// consumer is considered stalled and created anew from the watermark.
+pub const STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// Longest a new ordered consumer may take to start before the follower tries again.
+const CONSUMER_START: Duration = Duration::from_secs(3);
+
+/// Longest one request to NATS (stream state, watermark report) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Most purges applied in one batch (one blocking-thread hop, one watermark report).
+const BATCH: usize = 500;
+
+/// Longest a node waits between two watermark reports while purges keep arriving.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// Why following the stream stopped; the follower then starts over from its watermark.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// NATS (or the stream) cannot be reached, or an operation failed. Nothing is lost:
+    /// the node keeps serving and reads on from its watermark once NATS answers.
+    #[error(
+        "the NATS purge stream is unavailable while {op}: {reason}; the node keeps serving \
+         and resumes from its watermark when NATS answers (check [purge.nats] servers and \
+         that the purge API created stream {stream:?})"
+    )]
+    Unavailable {
+        op: &'static str,
+        stream: String,
+        reason: String,
+    },
+    /// The consumer delivered nothing for [`STALL_CHECK`] while the stream had purges
+    /// beyond the watermark; it is created anew.
+    #[error(
+        "the purge consumer stalled at {watermark} while the stream reaches {last}; \
+         recreating it"
+    )]
+    Stalled { watermark: u64, last: u64 },
+    /// Applying a batch failed: a purge did not continue from the watermark.
+    #[error("applying purges failed: {0}; reading again from the watermark")]
+    Apply(String),
+}
+
+/// A node's reader of the purge stream.
+#[derive(Debug)]
+pub struct Follower {
+    edge: Arc<Edge>,
+    js: jetstream::Context,
+    stream: String,
+    watermarks: Option<kv::Store>,
+    /// The last watermark reported, and when.
+    reported: Option<(u64, Instant)>,
+}
+
+impl Follower {
+    pub fn new(edge: Arc<Edge>, client: async_nats::Client, stream: &str) -> Self {
+        let js = jetstream::ContextBuilder::new()
+            .timeout(REQUEST_TIMEOUT)
+            .build(client);
+        Follower {
+            edge,
+            js,
+            stream: stream.to_owned(),
+            watermarks: None,
+            reported: None,
+        }
+    }
+
+    /// Reads and applies everything up to the stream's last sequence number at the time
+    /// of the call: what a starting node does before it serves. A node with an empty
+    /// store has nothing to purge and just takes the stream's last sequence number.
+    /// Returns the watermark reached.
+    pub async fn catch_up(&mut self) -> Result<u64, FollowError> {
+        let (_, last) = self.bounds().await?;
+        let watermark = self.edge.store().purge_watermark();
+        if self.edge.store().usage().entries == 0 && last > watermark {
+            self.edge.store().set_purge_watermark(last);
+            self.report(true).await;
+            return Ok(last);
+        }
+        self.run(Some(last)).await
+    }
+
+    /// Follows the stream until `stop`: applies purges as they are published, reports the
+    /// watermark, and starts over from the watermark after any failure (backing off up to
+    /// 500 ms). Runs as a task for the life of the node.
+    pub async fn follow(mut self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let result = tokio::select! {
+                result = self.run(None) => result,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            if let Err(error) = result {
+                match error {
+                    FollowError::Stalled { .. } => {
+                        tracing::info!(node = %self.edge.name(), %error, "purge stream");
+                    }
+                    _ => tracing::warn!(node = %self.edge.name(), %error, "purge stream"),
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            } else {
+                backoff = Duration::from_millis(50);
+            }
+        }
+    }
+
+    /// The stream's first and last sequence numbers.
+    async fn bounds(&self) -> Result<(u64, u64), FollowError> {
+        // One request: the lookup answers with the stream's state.
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| self.unavailable("reading the stream's state", e))?;
+        let state = &stream.cached_info().state;
+        Ok((state.first_sequence, state.last_sequence))
+    }
+
+    fn unavailable(&self, op: &'static str, e: impl std::fmt::Display) -> FollowError {
+        FollowError::Unavailable {
+            op,
+            stream: self.stream.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Makes the node consistent with what the stream still has, before reading it: a
+    /// node ahead of the stream (recreated stream) or behind its first entry (retention)
+    /// forgets its content and continues from what the stream has.
+    async fn resync(&mut self) -> Result<u64, FollowError> {
+        let (first, last) = self.bounds().await?;
+        let watermark = self.edge.store().purge_watermark();
+        if watermark > last {
+            tracing::warn!(node = %self.edge.name(), watermark, last,
+                "the purge stream is behind this node (was it recreated?): forgetting its content");
+            self.reset(last);
+            return Ok(last);
+        }
+        // `first` is `last + 1` when the stream holds nothing.
+        if watermark < last && watermark + 1 < first {
+            tracing::warn!(node = %self.edge.name(), watermark, first,
+                "purges this node missed were dropped by the stream's retention: forgetting its content");
+            self.reset(first - 1);
+            return Ok(first - 1);
+        }
+        Ok(watermark)
+    }
+
+    fn reset(&self, seq: u64) {
+        self.edge.reset_purges(seq);
+    }
+
+    /// One consumer's life: from the watermark until `until` (if given) or a failure.
+    async fn run(&mut self, until: Option<u64>) -> Result<u64, FollowError> {
+        let mut watermark = self.resync().await?;
+        self.report(true).await;
+        if until.is_some_and(|until| watermark >= until) {
+            return Ok(watermark);
+        }
+        // Bounded as a whole: while the stream's replicas elect a new leader the steps
+        // can each wait for their own timeout, and a node must retry rather than hang.
+        let start = async {
+            let stream = self
+                .js
+                .get_stream_no_info(&self.stream)
+                .await
+                .map_err(|e| self.unavailable("looking up the stream", e))?;
+            let consumer = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: watermark + 1,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| self.unavailable("creating the ordered consumer", e))?;
+            consumer
+                .messages()
+                .await
+                .map_err(|e| self.unavailable("starting the ordered consumer", e))
+        };
+        let mut messages = tokio::time::timeout(CONSUMER_START, start)
+            .await
+            .map_err(|_| {
+                self.unavailable(
+                    "starting the ordered consumer",
+                    format!("not started within {CONSUMER_START:?}"),
+                )
+            })??;
+        loop {
+            let first = match tokio::time::timeout(STALL_CHECK, messages.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(e))) => return Err(self.unavailable("reading the stream", e)),
+                Ok(None) => return Err(self.unavailable("reading the stream", "consumer ended")),
+                Err(_) => {
+                    let (_, last) = self.bounds().await?;
+                    if last > watermark {
+                        return Err(FollowError::Stalled { watermark, last });
+                    }
+                    self.report(true).await;
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    Some(Some(Err(e))) => {
+                        tracing::debug!(error = %e, "purge stream read ended a batch early");
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            let pending = batch
+                .last()
+                .and_then(|m| m.info().ok().map(|i| i.pending))
+                .unwrap_or(0);
+            let mut purges = Vec::with_capacity(batch.len());
+            for message in &batch {
+                let seq = message
+                    .info()
+                    .map_err(|e| self.unavailable("reading a message's sequence", e))?
+                    .stream_sequence;
+                match serde_json::from_slice::<StreamRecord>(&message.payload) {
+                    Ok(record) => purges.push(SequencedPurge {
+                        seq,
+                        purge: record.purge,
+                    }),
+                    Err(e) => {
+                        // What it purged cannot be known: apply what came before it, then
+                        // forget everything and go on after it.
+                        tracing::error!(node = %self.edge.name(), seq, error = %e,
+                            "a purge in the stream does not decode: forgetting this node's content");
+                        self.apply(std::mem::take(&mut purges), watermark).await?;
+                        self.reset(seq);
+                        watermark = seq;
+                    }
+                }
+            }
+            watermark = self.apply(purges, watermark).await?;
+            self.report(pending == 0).await;
+            if until.is_some_and(|until| watermark >= until) {
+                return Ok(watermark);
+            }
+        }
+    }
+
+    /// Applies purges in order on a blocking thread (prefix and host purges scan the
+    /// store). A gap before the first one means the stream dropped entries between: the
+    /// node forgets its content and continues from the purge before the gap's end.
+    async fn apply(&self, purges: Vec<SequencedPurge>, watermark: u64) -> Result<u64, FollowError> {
+        let Some(first) = purges.first().map(|p| p.seq) else {
+            return Ok(watermark);
+        };
+        if first > watermark + 1 {
+            tracing::warn!(node = %self.edge.name(), watermark, first,
+                "purges between were dropped from the stream: forgetting this node's content");
+            self.reset(first - 1);
+        }
+        let edge = self.edge.clone();
+        let batch = PurgeBatch { purges };
+        tokio::task::spawn_blocking(move || edge.apply_purges(&batch))
+            .await
+            .map_err(|e| FollowError::Apply(e.to_string()))?
+            .map_err(|gap| FollowError::Apply(gap.to_string()))
+    }
+
+    /// Puts the node's watermark in the KV bucket if it changed, when `now` or when the
+    /// last report is older than [`REPORT_EVERY`]. Failures are logged and retried by the
+    /// next report.
+    async fn report(&mut self, now: bool) {
+        let watermark = self.edge.store().purge_watermark();
+        if let Some((reported, at)) = self.reported
+            && (reported == watermark || (!now && at.elapsed() < REPORT_EVERY))
+        {
+            return;
+        }
+        if self.watermarks.is_none() {
+            match self.js.get_key_value(watermark_bucket(&self.stream)).await {
+                Ok(store) => self.watermarks = Some(store),
+                Err(e) => {
+                    tracing::debug!(error = %e, "watermark bucket not reachable yet");
+                    return;
+                }
+            }
+        }
+        let Some(store) = &self.watermarks else {
+            return;
+        };
+        let key = watermark_key(self.edge.name());
+        match store.put(key, watermark.to_string().into()).await {
+            Ok(_) => self.reported = Some((watermark, Instant::now())),
+            Err(e) => tracing::debug!(error = %e, "watermark report failed; the next one retries"),
+        }
+    }
+}

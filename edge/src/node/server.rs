@@ -1,0 +1,337 @@
+//! A running node: its listeners (the front door's public HTTP and HTTPS ones, and the
+//! admin port) bound from the config, the purge catch-up before it serves, the probe and
+//! purge-stream tasks, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::cache::store::{MemoryStore, Storage};
+use crate::node::admin;
+use crate::node::config::{ConfigError, EdgeConfig, NatsPurgeConfig};
+use crate::node::proxy::Edge;
+use crate::node::purge_stream::{FollowError, Follower};
+use crate::upstream::client::empty_body;
+use node_api::purge::{LogTruncated, PurgeBatch, PurgeLogPage};
+use tls_certs::{Certificates, Source, TlsError};
+
+/// The node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr} ({what}): {source}; is another process using it?")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// A running edge node.
+#[derive(Debug)]
+pub struct EdgeServer {
+    edge: Arc<Edge>,
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
+    certificates: Option<Arc<Certificates>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl EdgeServer {
+    /// Binds both listeners and starts serving, with an in-memory store sized from config.
+    pub async fn start(config: EdgeConfig) -> Result<Self, StartError> {
+        let store = Arc::new(MemoryStore::new(config.cache.capacity.as_u64()));
+        Self::start_with_store(config, store).await
+    }
+
+    /// As [`EdgeServer::start`], with a given store.
+    pub async fn start_with_store(
+        config: EdgeConfig,
+        store: Arc<dyn Storage>,
+    ) -> Result<Self, StartError> {
+        let edge = Arc::new(Edge::new(&config, store)?);
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, what, source })
+        };
+        let public = bind(config.node.listen, "public listener").await?;
+        let admin = bind(config.node.admin_listen, "admin listener").await?;
+        let public_addr = local_addr(&public, config.node.listen)?;
+        let admin_addr = local_addr(&admin, config.node.admin_listen)?;
+        let https = match config.node.https_listen {
+            Some(addr) => {
+                let certificates = Arc::new(site_certificates(&config)?);
+                let tls = Arc::new(certificates.server_config()?);
+                let listener = bind(addr, "HTTPS listener").await?;
+                let https_addr = local_addr(&listener, addr)?;
+                Some((listener, https_addr, certificates, tls))
+            }
+            None => None,
+        };
+        if let Some(api) = &config.purge.api {
+            catch_up(&edge, api, config.purge.node_token.as_deref().unwrap_or("")).await;
+        }
+        let (shutdown, _) = watch::channel(false);
+        let follower = match &config.purge.nats {
+            Some(nats) => Some(follow_stream(&edge, nats, shutdown.subscribe()).await?),
+            None => None,
+        };
+
+        let mut tasks = vec![
+            tokio::spawn(crate::front::listener::serve(
+                public,
+                edge.clone(),
+                edge.open.clone(),
+                config.limits.clone(),
+                shutdown.subscribe(),
+            )),
+            tokio::spawn(serve_admin(admin, edge.clone(), shutdown.subscribe())),
+        ];
+        let (https_addr, certificates) = match https {
+            Some((listener, addr, certificates, tls)) => {
+                tasks.push(tokio::spawn(crate::front::https::serve(
+                    listener,
+                    tokio_rustls::TlsAcceptor::from(tls),
+                    edge.clone(),
+                    edge.open.clone(),
+                    config.limits.clone(),
+                    shutdown.subscribe(),
+                )));
+                tasks.push(tokio::spawn(
+                    certificates
+                        .clone()
+                        .watch(config.node.tls_reload_interval, shutdown.subscribe()),
+                ));
+                (Some(addr), Some(certificates))
+            }
+            None => (None, None),
+        };
+        for (site, site_config) in edge.sites().sites().iter().zip(&config.sites) {
+            let host = site_config
+                .upstream_host
+                .as_deref()
+                .or(site_config.hosts.first().map(String::as_str))
+                .and_then(|h| http::HeaderValue::from_str(h).ok())
+                .unwrap_or(http::HeaderValue::from_static("localhost"));
+            let (site, edge, mut stop) = (site.clone(), edge.clone(), shutdown.subscribe());
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    () = site.pool.probe_forever(&edge.upstream, &edge.metrics, host) => {}
+                    _ = stop.wait_for(|stop| *stop) => {}
+                }
+            }));
+        }
+        tasks.extend(follower);
+        edge.set_ready(true);
+        tracing::info!(node = %edge.name(), %public_addr, %admin_addr, ?https_addr, "edge listening");
+        Ok(Self {
+            edge,
+            public_addr,
+            admin_addr,
+            https_addr,
+            certificates,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The HTTPS listener's address, when `node.https_listen` is set.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// The sites' certificates served on the HTTPS listener (to watch reloads).
+    pub fn certificates(&self) -> Option<&Arc<Certificates>> {
+        self.certificates.as_ref()
+    }
+
+    pub fn edge(&self) -> &Arc<Edge> {
+        &self.edge
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to a bound), and returns.
+    pub async fn shutdown(self) {
+        self.edge.set_ready(false);
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Every site's certificate; one that does not load stops the node from starting, with
+/// the reason.
+fn site_certificates(config: &EdgeConfig) -> Result<Certificates, TlsError> {
+    let sources = config
+        .sites
+        .iter()
+        .filter_map(|site| {
+            let tls = site.tls.as_ref()?;
+            Some(Source::new(&site.name, &site.hosts, &tls.cert, &tls.key))
+        })
+        .collect();
+    Certificates::from_sources(sources)
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        addr,
+        what: "local address",
+        source,
+    })
+}
+
+/// How long a starting node tries to read the purge log before it gives up on it.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads and applies every purge after the store's watermark before the node serves, so
+/// content purged while it was away is never served. A store with nothing in it has
+/// nothing to purge and just takes the log's head. When the log cannot be read (or no
+/// longer has what this node missed), the node forgets its content instead.
+async fn catch_up(edge: &Arc<Edge>, api: &str, token: &str) {
+    let fresh = edge.store().usage().entries == 0;
+    let result = tokio::time::timeout(CATCH_UP_TIMEOUT, async {
+        loop {
+            let after = edge.store().purge_watermark();
+            let limit = if fresh { 0 } else { 1000 };
+            match read_log(edge, api, token, after, limit).await? {
+                Ok(page) if fresh => {
+                    edge.store().set_purge_watermark(page.head.max(after));
+                    return Ok(page.head);
+                }
+                Ok(page) => {
+                    if page.purges.is_empty() {
+                        return Ok(page.head);
+                    }
+                    let batch = PurgeBatch {
+                        purges: page.purges,
+                    };
+                    edge.apply_purges(&batch).map_err(|gap| gap.to_string())?;
+                }
+                Err(truncated) => {
+                    tracing::warn!(
+                        after,
+                        oldest = truncated.oldest,
+                        "purges this node missed are no longer in the log: forgetting its content"
+                    );
+                    edge.reset_purges(truncated.head);
+                    return Ok(truncated.head);
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("no answer within {CATCH_UP_TIMEOUT:?}")));
+    match result {
+        Ok(head) => tracing::info!(node = %edge.name(), head, "purges caught up"),
+        Err(error) => {
+            tracing::error!(node = %edge.name(), %error, "cannot read the purge log: forgetting this node's content");
+            edge.reset_purges(edge.store().purge_watermark());
+        }
+    }
+}
+
+/// Catches up from the NATS purge stream before the node serves (forgetting its content
+/// if that fails, as [`catch_up`] does), then starts the task that follows the stream.
+async fn follow_stream(
+    edge: &Arc<Edge>,
+    nats: &NatsPurgeConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, StartError> {
+    let client = node_api::nats::connect(&nats.servers, edge.name())
+        .await
+        .map_err(|e| StartError::Config(ConfigError::Purge(e)))?;
+    let mut follower = Follower::new(edge.clone(), client, &nats.stream);
+    let result = tokio::time::timeout(CATCH_UP_TIMEOUT, follower.catch_up())
+        .await
+        .unwrap_or_else(|_| {
+            Err(FollowError::Unavailable {
+                op: "catching up",
+                stream: nats.stream.clone(),
+                reason: format!("not done within {CATCH_UP_TIMEOUT:?}"),
+            })
+        });
+    match result {
+        Ok(head) => tracing::info!(node = %edge.name(), head, "purges caught up from NATS"),
+        Err(error) => {
+            tracing::error!(node = %edge.name(), %error, "cannot read the purge stream: forgetting this node's content");
+            edge.reset_purges(edge.store().purge_watermark());
+        }
+    }
+    Ok(tokio::spawn(follower.follow(stop)))
+}
+
+/// One page of the log: `Ok(Err(..))` when it was truncated past `after`.
+async fn read_log(
+    edge: &Edge,
+    api: &str,
+    token: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Result<PurgeLogPage, LogTruncated>, String> {
+    let uri: http::Uri = format!(
+        "{}/v1/purge-log?after={after}&limit={limit}",
+        api.trim_end_matches('/')
+    )
+    .parse()
+    .map_err(|e| format!("purge.api {api:?} is not a URL: {e}"))?;
+    let mut request = http::Request::new(empty_body());
+    *request.uri_mut() = uri;
+    if let Ok(token) = http::HeaderValue::from_str(token) {
+        request
+            .headers_mut()
+            .insert(node_api::headers::NODE_TOKEN, token);
+    }
+    let response = edge
+        .upstream
+        .send(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    match status {
+        http::StatusCode::OK => serde_json::from_slice(&body)
+            .map(Ok)
+            .map_err(|e| format!("bad purge log page: {e}")),
+        http::StatusCode::GONE => serde_json::from_slice(&body)
+            .map(Err)
+            .map_err(|e| format!("bad truncation answer: {e}")),
+        other => Err(format!(
+            "the purge API answered {other}: {}",
+            String::from_utf8_lossy(&body)
+        )),
+    }
+}
+
+async fn serve_admin(listener: TcpListener, edge: Arc<Edge>, mut shutdown: watch::Receiver<bool>) {
+    let app = admin::router(edge);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::warn!(%error, "admin listener failed");
+    }
+}

@@ -1,0 +1,313 @@
+//! Sites: which host names this node answers for, and where each one's content comes from.
+//!
+//! The table is the node's whole answer to "is this an open proxy?": a request whose host
+//! is not in it is refused before anything is fetched, and a site only ever fetches from
+//! its own configured upstream, whatever the request says.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{HeaderName, HeaderValue};
+
+use crate::cache::freshness::FreshnessPolicy;
+use crate::cache::key::QueryPolicy;
+use crate::front::TlsName;
+use crate::node::config::{ConfigError, SiteConfig, normalize_host};
+use crate::upstream::pool::{PoolConfig, UpstreamPool};
+
+/// One configured site.
+#[derive(Debug)]
+pub struct Site {
+    pub name: String,
+    /// Where the site's content comes from: one server, or a balanced pool.
+    pub pool: UpstreamPool,
+    /// `Host` sent upstream instead of the client's host, when configured.
+    pub upstream_host: Option<HeaderValue>,
+    pub query: QueryPolicy,
+    pub freshness: FreshnessPolicy,
+    /// Drop `Set-Cookie` from fills so they can be stored and shared.
+    pub strip_set_cookie: bool,
+    /// Request fields the site keys on (`key_headers`): forwarded even when they are
+    /// [`crate::cache::fields::UNKEYED`], and part of every variant key. Lower-case, sorted.
+    pub key_headers: Vec<HeaderName>,
+    generation: AtomicU64,
+}
+
+impl Site {
+    fn from_config(config: &SiteConfig) -> Result<Self, ConfigError> {
+        let fail = |message: String| ConfigError::Site {
+            site: config.name.clone(),
+            message,
+        };
+        let pool = match (&config.pool, &config.upstream) {
+            (Some(pool), _) => UpstreamPool::new(&config.name, pool),
+            (None, Some(url)) => UpstreamPool::new(&config.name, &PoolConfig::single(url)),
+            (None, None) => Err("no upstream configured".into()),
+        }
+        .map_err(fail)?;
+        let upstream_host = config
+            .upstream_host
+            .as_deref()
+            .map(HeaderValue::from_str)
+            .transpose()
+            .map_err(|_| ConfigError::Site {
+                site: config.name.clone(),
+                message: "upstream_host is not a valid Host value".into(),
+            })?;
+        Ok(Self {
+            name: config.name.clone(),
+            pool,
+            upstream_host,
+            query: QueryPolicy {
+                mode: config.query,
+                drop: config.drop_params.clone(),
+            },
+            freshness: FreshnessPolicy {
+                heuristic_fraction: config.heuristic_fraction,
+                heuristic_max: config.heuristic_max,
+                negative_ttl: config.negative_ttl,
+                stale_while_revalidate: config.stale_while_revalidate,
+                stale_if_error: config.stale_if_error,
+            },
+            strip_set_cookie: config.strip_set_cookie,
+            key_headers: {
+                let mut names = config
+                    .key_headers
+                    .iter()
+                    .map(|name| HeaderName::from_bytes(name.as_bytes()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| ConfigError::Site {
+                        site: config.name.clone(),
+                        message: "key_headers must be header field names".into(),
+                    })?;
+                names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                names.dedup();
+                names
+            },
+            generation: AtomicU64::new(config.generation),
+        })
+    }
+
+    /// The generation every key of this site starts with.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Raises the generation, making every entry of the site unreachable at once.
+    /// Returns the new generation.
+    pub fn bump_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
+
+/// A host resolved to its site.
+#[derive(Debug, Clone, Copy)]
+pub struct SiteMatch<'a> {
+    pub site: &'a Arc<Site>,
+    /// The configured (normalized) host name, as used in cache keys.
+    pub host: &'a str,
+    /// The same, ready to send as `Host` upstream.
+    pub host_value: &'a HeaderValue,
+}
+
+/// Why a host is not answered here (`421 Misdirected Request` either way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Misdirected {
+    /// No site is configured for the host: this node is no open proxy.
+    UnknownHost,
+    /// The host is another site's than the one whose certificate the TLS connection was
+    /// set up for (or a site with no certificate at all).
+    OtherCertificate,
+}
+
+#[derive(Debug)]
+struct HostEntry {
+    site: Arc<Site>,
+    host: Box<str>,
+    host_value: HeaderValue,
+}
+
+/// Host name -> site.
+#[derive(Debug, Default)]
+pub struct SiteTable {
+    by_host: HashMap<Box<str>, HostEntry>,
+    sites: Vec<Arc<Site>>,
+}
+
+impl SiteTable {
+    pub fn new(configs: &[SiteConfig]) -> Result<Self, ConfigError> {
+        let mut table = SiteTable::default();
+        for config in configs {
+            let site = Arc::new(Site::from_config(config)?);
+            for host in &config.hosts {
+                let host = normalize_host(host);
+                let host_value = HeaderValue::from_str(&host).map_err(|_| ConfigError::Site {
+                    site: config.name.clone(),
+                    message: format!("host {host:?} is not a valid Host value"),
+                })?;
+                table.by_host.insert(
+                    host.clone().into_boxed_str(),
+                    HostEntry {
+                        site: site.clone(),
+                        host: host.into_boxed_str(),
+                        host_value,
+                    },
+                );
+            }
+            table.sites.push(site);
+        }
+        Ok(table)
+    }
+
+    /// Resolves a `Host` value (`name`, `name:port`, `[v6]:port`, any case, trailing dot).
+    pub fn resolve(&self, raw: &str) -> Option<SiteMatch<'_>> {
+        let name = strip_port(raw);
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let entry = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_host.get(name.to_ascii_lowercase().as_str())
+        } else {
+            self.by_host.get(name)
+        }?;
+        Some(SiteMatch {
+            site: &entry.site,
+            host: &entry.host,
+            host_value: &entry.host_value,
+        })
+    }
+
+    /// Resolves the host of a request that arrived over a TLS connection set up for `tls`
+    /// (`None`: plain HTTP, where any configured host is answered). Each site has one
+    /// certificate for its own hosts, so over TLS the host must belong to the same site
+    /// as the connection's server name: a client is never answered for a site whose
+    /// certificate it was not shown, nor for a site that has none (RFC 9110 15.5.20).
+    pub fn resolve_on(
+        &self,
+        raw: &str,
+        tls: Option<&TlsName>,
+    ) -> Result<SiteMatch<'_>, Misdirected> {
+        let site = self.resolve(raw).ok_or(Misdirected::UnknownHost)?;
+        match tls {
+            None => Ok(site),
+            Some(TlsName(name)) => match self.resolve(name) {
+                Some(shown) if Arc::ptr_eq(shown.site, site.site) => Ok(site),
+                _ => Err(Misdirected::OtherCertificate),
+            },
+        }
+    }
+
+    /// Every site, in config order.
+    pub fn sites(&self) -> &[Arc<Site>] {
+        &self.sites
+    }
+
+    /// The site configured under `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Site>> {
+        self.sites.iter().find(|site| site.name == name)
+    }
+
+    /// The (normalized) host names of the site called `name`.
+    pub fn hosts_of(&self, name: &str) -> Vec<&str> {
+        self.by_host
+            .values()
+            .filter(|entry| entry.site.name == name)
+            .map(|entry| &*entry.host)
+            .collect()
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::config::EdgeConfig;
+
+    fn table() -> SiteTable {
+        let config = EdgeConfig::from_toml(
+            r#"
+            [[site]]
+            name = "assets"
+            hosts = ["assets.example.com", "static.example.com"]
+            upstream = "http://127.0.0.1:8081"
+            [[site]]
+            name = "v6"
+            hosts = ["[::1]"]
+            upstream = "http://127.0.0.1:8082"
+            "#,
+        )
+        .unwrap();
+        SiteTable::new(&config.sites).unwrap()
+    }
+
+    #[test]
+    fn resolves_hosts_with_ports_case_and_trailing_dots() {
+        let t = table();
+        for raw in [
+            "assets.example.com",
+            "assets.example.com:8080",
+            "ASSETS.Example.COM",
+            "assets.example.com.",
+            "assets.example.com.:443",
+        ] {
+            let m = t
+                .resolve(raw)
+                .unwrap_or_else(|| panic!("{raw} not resolved"));
+            assert_eq!(m.site.name, "assets");
+            assert_eq!(m.host, "assets.example.com");
+        }
+        assert_eq!(t.resolve("[::1]:80").unwrap().site.name, "v6");
+    }
+
+    #[test]
+    fn unknown_hosts_resolve_to_nothing() {
+        let t = table();
+        for raw in [
+            "evil.example",
+            "example.com",
+            "",
+            ":80",
+            "assets.example.com.evil",
+        ] {
+            assert!(t.resolve(raw).is_none(), "{raw} resolved");
+        }
+    }
+
+    #[test]
+    fn over_tls_only_the_hosts_of_the_connection_s_site_are_answered() {
+        let t = table();
+        let tls = TlsName("static.example.com".into());
+        let same = t.resolve_on("ASSETS.example.com:443", Some(&tls));
+        assert_eq!(same.expect("same site").site.name, "assets");
+        assert_eq!(
+            t.resolve_on("[::1]", Some(&tls)).err(),
+            Some(Misdirected::OtherCertificate)
+        );
+        assert_eq!(
+            t.resolve_on("evil.example", Some(&tls)).err(),
+            Some(Misdirected::UnknownHost)
+        );
+        assert!(t.resolve_on("[::1]", None).is_ok(), "plain HTTP: any site");
+    }
+
+    #[test]
+    fn generation_bumps_are_per_site() {
+        let t = table();
+        let site = t.resolve("assets.example.com").unwrap().site;
+        assert_eq!(site.generation(), 1);
+        assert_eq!(site.bump_generation(), 2);
+        assert_eq!(
+            t.resolve("static.example.com").unwrap().site.generation(),
+            2
+        );
+        assert_eq!(t.resolve("[::1]").unwrap().site.generation(), 1);
+    }
+}
