@@ -10,7 +10,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use edge::cache::control::CacheControl;
 use edge::cache::freshness::{Exchange, Freshness};
 use edge::cache::key::{CacheKey, QueryPolicy, normalize_target};
-use edge::cache::store::StoredResponse;
+use edge::cache::store::{Entry, StoredResponse};
 use edge::{Edge, EdgeConfig, MemoryStore, Storage};
 use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
@@ -67,7 +67,7 @@ fn hit_path(c: &mut Criterion) {
         let target = format!("/obj/{label}.bin");
         store.insert(
             CacheKey::new(1, "http", "bench.example", &target),
-            stored(size),
+            Entry::Response(stored(size)),
         );
         group.throughput(Throughput::Elements(1));
         group.bench_with_input(BenchmarkId::from_parameter(label), &target, |b, target| {

@@ -98,6 +98,15 @@ pub struct Freshness {
 }
 
 impl Freshness {
+    /// The same freshness with no lifetime left (a soft purge): stale from now on, and
+    /// still usable for `stale-if-error` and revalidation.
+    pub fn expired(self) -> Self {
+        Self {
+            lifetime: 0,
+            ..self
+        }
+    }
+
     /// Current age in seconds (RFC 9111 4.2.3 `current_age`).
     pub fn age(&self, now: Instant) -> u64 {
         let resident = now.saturating_duration_since(self.received).as_secs();

@@ -30,6 +30,153 @@ const ENTRY_OVERHEAD: usize = 1024;
 /// Bytes charged per header field beyond its name and value.
 const HEADER_OVERHEAD: usize = 32;
 
+/// What the store holds under a key: one of five kinds, so every reader says which kinds
+/// it handles (and a new kind shows every place that must learn about it).
+///
+/// Each kind sits behind its own `Arc`: a lookup clones one reference count, whatever the
+/// kind, and a hit reaches its response without another indirection.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// A whole response, served as it is: under a URL's primary key, or under a variant's
+    /// key (then [`StoredResponse::selected_by`] says which variant).
+    Response(Arc<StoredResponse>),
+    /// An object cached in slices (see [`crate::cache::slice`]): its response head, with no
+    /// body, and its slicing. Answered from its slices, each an [`Entry::Slice`].
+    SliceIndex(Arc<SliceIndex>),
+    /// One slice of a sliced object: its bytes, used only under the index it was stored
+    /// for. Never served as it is.
+    Slice(Arc<Slice>),
+    /// Under the primary key of a URL whose responses vary: the index for finding the
+    /// variant a request selects. Never served.
+    Variants(Arc<Variants>),
+    /// A hit-for-pass marker: the URL's last response could not be stored, so until this
+    /// entry goes stale requests pass straight through. Never served.
+    Pass(Arc<PassMarker>),
+}
+
+/// The head of an object cached in slices, and how it is sliced.
+#[derive(Debug)]
+pub struct SliceIndex {
+    /// The object's status and headers; its body is empty.
+    pub head: StoredResponse,
+    pub info: Arc<SliceInfo>,
+}
+
+/// One slice of a sliced object.
+#[derive(Debug)]
+pub struct Slice {
+    /// The slicing of the index this slice was stored for.
+    pub info: Arc<SliceInfo>,
+    pub body: Bytes,
+    /// The index's freshness when the slice was stored.
+    pub freshness: Freshness,
+}
+
+/// The variant index under a varying URL's primary key.
+#[derive(Debug)]
+pub struct Variants {
+    pub index: VaryIndex,
+    pub freshness: Freshness,
+}
+
+/// A hit-for-pass marker: why the URL's last response was not stored.
+#[derive(Debug)]
+pub struct PassMarker {
+    pub reason: NoCacheReason,
+    /// Fresh while requests are to pass.
+    pub freshness: Freshness,
+}
+
+/// An entry a request can be answered from: a whole response, or the head of an object
+/// cached in slices (whose bytes then come from its slices).
+#[derive(Debug, Clone)]
+pub enum Cached {
+    Whole(Arc<StoredResponse>),
+    Sliced(Arc<SliceIndex>),
+}
+
+impl Entry {
+    /// The entry's freshness: every kind has one, and a stale marker or index counts for
+    /// nothing.
+    pub fn freshness(&self) -> &Freshness {
+        match self {
+            Entry::Response(response) => &response.freshness,
+            Entry::SliceIndex(index) => &index.head.freshness,
+            Entry::Slice(slice) => &slice.freshness,
+            Entry::Variants(variants) => &variants.freshness,
+            Entry::Pass(marker) => &marker.freshness,
+        }
+    }
+
+    /// The entry as an answer to a request, if it is of a kind requests are answered from.
+    pub fn cached(&self) -> Option<Cached> {
+        match self {
+            Entry::Response(response) => Some(Cached::Whole(response.clone())),
+            Entry::SliceIndex(index) => Some(Cached::Sliced(index.clone())),
+            Entry::Slice(_) | Entry::Variants(_) | Entry::Pass(_) => None,
+        }
+    }
+
+    /// A hit-for-pass marker for `reason`, fresh as `freshness` says.
+    pub fn pass_marker(reason: NoCacheReason, freshness: Freshness) -> Self {
+        Entry::Pass(Arc::new(PassMarker { reason, freshness }))
+    }
+
+    /// Bytes of memory this entry holds, for the byte-weighted capacity.
+    pub fn weight(&self) -> usize {
+        match self {
+            Entry::Response(response) => response.weight(),
+            Entry::SliceIndex(index) => index.head.weight(),
+            Entry::Slice(slice) => ENTRY_OVERHEAD + slice.body.len(),
+            Entry::Variants(variants) => {
+                ENTRY_OVERHEAD
+                    + variants
+                        .index
+                        .names
+                        .iter()
+                        .map(|n| n.as_str().len())
+                        .sum::<usize>()
+            }
+            Entry::Pass(_) => ENTRY_OVERHEAD,
+        }
+    }
+}
+
+impl From<Cached> for Entry {
+    fn from(cached: Cached) -> Self {
+        match cached {
+            Cached::Whole(response) => Entry::Response(response),
+            Cached::Sliced(index) => Entry::SliceIndex(index),
+        }
+    }
+}
+
+impl Cached {
+    /// The response a request is answered with: the whole of it, or (sliced) its head.
+    pub fn response(&self) -> &StoredResponse {
+        match self {
+            Cached::Whole(response) => response,
+            Cached::Sliced(index) => &index.head,
+        }
+    }
+
+    pub fn freshness(&self) -> &Freshness {
+        &self.response().freshness
+    }
+
+    /// This entry with its response's head replaced by `head` (a revalidation): the same
+    /// kind, the same slicing.
+    pub fn with_head(&self, head: StoredResponse) -> Cached {
+        match self {
+            Cached::Whole(_) => Cached::Whole(Arc::new(head)),
+            Cached::Sliced(index) => Cached::Sliced(Arc::new(SliceIndex {
+                head,
+                info: index.info.clone(),
+            })),
+        }
+    }
+}
+
 /// A response as the cache keeps it.
 ///
 /// The headers are kept in one form only: serialized as the HTTP/1.1 head a hit sends,
@@ -42,17 +189,8 @@ pub struct StoredResponse {
     pub upstream_cache_status: Option<HeaderValue>,
     pub body: Bytes,
     pub freshness: Freshness,
-    /// Set on the entry under a primary key whose responses vary: it holds no response,
-    /// only the index for finding the variant a request selects. Never served.
-    pub variants: Option<VaryIndex>,
     /// Set on a variant: which index and signature it was stored under.
     pub selected_by: Option<Selection>,
-    /// Set on a hit-for-pass marker: the URL's last response could not be stored, so
-    /// until this entry goes stale requests pass straight through. Never served.
-    pub pass: Option<NoCacheReason>,
-    /// Set on the index of an object cached in slices (whose body is empty: see
-    /// [`crate::cache::slice`]) and on each of its slices. Never served as it is.
-    pub sliced: Option<Arc<SliceInfo>>,
     /// The status line and every header a client may see, each line ending in CRLF;
     /// without `Age` and `Cache-Status`, which are computed per response.
     head: Bytes,
@@ -83,39 +221,10 @@ impl StoredResponse {
             upstream_cache_status: upstream_cache_status.map(|v| owned_value(&v)),
             body,
             freshness,
-            variants: None,
             selected_by: None,
-            pass: None,
-            sliced: None,
             head: serialize_head(status, &headers),
             cache_only,
             hits: AtomicU64::new(0),
-        }
-    }
-
-    /// The entry that stands under a primary key for a URL whose responses vary.
-    pub fn vary_index(index: VaryIndex, freshness: Freshness) -> Self {
-        Self {
-            variants: Some(index),
-            ..Self::empty(freshness)
-        }
-    }
-
-    /// A hit-for-pass marker, fresh for `freshness.lifetime`.
-    pub fn pass_marker(reason: NoCacheReason, freshness: Freshness) -> Self {
-        Self {
-            pass: Some(reason),
-            ..Self::empty(freshness)
-        }
-    }
-
-    /// One slice of a sliced object: its bytes, nothing else.
-    pub fn slice(info: Arc<SliceInfo>, body: Bytes, freshness: Freshness) -> Self {
-        Self {
-            status: StatusCode::PARTIAL_CONTENT,
-            body,
-            sliced: Some(info),
-            ..Self::empty(freshness)
         }
     }
 
@@ -126,29 +235,12 @@ impl StoredResponse {
             status: self.status,
             upstream_cache_status: self.upstream_cache_status.clone(),
             body: self.body.clone(),
-            freshness: Freshness {
-                lifetime: 0,
-                ..self.freshness
-            },
-            variants: self.variants.clone(),
+            freshness: self.freshness.expired(),
             selected_by: self.selected_by.clone(),
-            pass: self.pass,
-            sliced: self.sliced.clone(),
             head: self.head.clone(),
             cache_only: self.cache_only.clone(),
             hits: AtomicU64::new(self.hits()),
         }
-    }
-
-    /// An entry with no headers and no body, the base of the markers.
-    fn empty(freshness: Freshness) -> Self {
-        Self::new(
-            StatusCode::OK,
-            HeaderMap::new(),
-            None,
-            Bytes::new(),
-            freshness,
-        )
     }
 
     /// Counts one request answered from this entry.
@@ -159,12 +251,6 @@ impl StoredResponse {
     /// Requests answered from this entry since it was stored.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
-    }
-
-    /// Whether this entry holds a whole response (not a variant index, a pass marker or
-    /// part of a sliced object).
-    pub fn is_response(&self) -> bool {
-        self.variants.is_none() && self.pass.is_none() && self.sliced.is_none()
     }
 
     /// The serialized status line and client-visible headers, each line ending in CRLF.
@@ -284,12 +370,12 @@ pub struct Usage {
 /// A cache store. Implementations must be cheap to call from every request and must
 /// never block on I/O: a hit is served from whatever `get` returns.
 pub trait Storage: Send + Sync + 'static {
-    /// The response stored under `key`, fresh or not; freshness is the caller's business.
-    fn get(&self, key: &CacheKey) -> Option<Arc<StoredResponse>>;
+    /// The entry stored under `key`, fresh or not; freshness is the caller's business.
+    fn get(&self, key: &CacheKey) -> Option<Entry>;
 
     /// Stores `value` under `key`, replacing any previous entry. The store may evict other
     /// entries, or refuse this one, to stay within its capacity.
-    fn insert(&self, key: CacheKey, value: Arc<StoredResponse>);
+    fn insert(&self, key: CacheKey, value: Entry);
 
     /// Removes the entry under `key`, if any.
     fn remove(&self, key: &CacheKey);
@@ -317,7 +403,7 @@ pub trait Storage: Send + Sync + 'static {
 /// The in-memory store: `moka` with a byte weigher and LRU eviction.
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: moka::sync::Cache<CacheKey, Arc<StoredResponse>>,
+    cache: moka::sync::Cache<CacheKey, Entry>,
     capacity: u64,
     watermark: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -337,7 +423,7 @@ impl MemoryStore {
         let cache = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .eviction_policy(EvictionPolicy::lru())
-            .weigher(|key: &CacheKey, value: &Arc<StoredResponse>| {
+            .weigher(|key: &CacheKey, value: &Entry| {
                 u32::try_from(key.len() + value.weight()).unwrap_or(u32::MAX)
             })
             .build();
@@ -354,11 +440,11 @@ impl MemoryStore {
 }
 
 impl Storage for MemoryStore {
-    fn get(&self, key: &CacheKey) -> Option<Arc<StoredResponse>> {
+    fn get(&self, key: &CacheKey) -> Option<Entry> {
         self.cache.get(key)
     }
 
-    fn insert(&self, key: CacheKey, value: Arc<StoredResponse>) {
+    fn insert(&self, key: CacheKey, value: Entry) {
         self.cache.insert(key, value);
     }
 
@@ -388,10 +474,14 @@ impl Storage for MemoryStore {
         // A min-heap of the best `limit` so far: one pass, memory bounded by `limit`.
         let mut best: BinaryHeap<Reverse<(u64, CacheKey)>> = BinaryHeap::new();
         for (key, entry) in self.cache.iter() {
-            if !entry.is_response() || key.as_str().contains('\n') {
+            // Whole responses under primary keys: a variant's key holds a newline.
+            let Entry::Response(response) = entry else {
+                continue;
+            };
+            if key.as_str().contains('\n') {
                 continue;
             }
-            let candidate = Reverse((entry.hits(), (*key).clone()));
+            let candidate = Reverse((response.hits(), (*key).clone()));
             if best.len() < limit {
                 best.push(candidate);
             } else if best.peek().is_some_and(|worst| candidate < *worst) {
@@ -440,8 +530,8 @@ mod tests {
         )
     }
 
-    fn response(body_len: usize) -> Arc<StoredResponse> {
-        Arc::new(stored(HeaderMap::new(), body_len))
+    fn response(body_len: usize) -> Entry {
+        Entry::Response(Arc::new(stored(HeaderMap::new(), body_len)))
     }
 
     fn key(i: usize) -> CacheKey {
@@ -453,7 +543,9 @@ mod tests {
         let store = MemoryStore::new(1 << 20);
         let r = response(1000);
         store.insert(key(1), r.clone());
-        let got = store.get(&key(1)).unwrap();
+        let (Some(Entry::Response(got)), Entry::Response(r)) = (store.get(&key(1)), r) else {
+            panic!("a response was stored");
+        };
         assert_eq!(got.body.as_ptr(), r.body.as_ptr());
         assert!(store.get(&key(2)).is_none());
     }

@@ -32,7 +32,7 @@ use crate::cache::growing_body::GrowingBody;
 use crate::cache::key::CacheKey;
 use crate::cache::slice::SliceInfo;
 use crate::cache::status::{CACHE_STATUS, CacheStatus, Forward, NoCacheReason};
-use crate::cache::store::StoredResponse;
+use crate::cache::store::{Cached, Entry, SliceIndex, StoredResponse, Variants};
 use crate::cache::vary::{Selection, Vary, VaryIndex, signature, vary_of, with_keyed};
 use crate::front::body::EdgeBody;
 use crate::node::invalidation::Invalidation;
@@ -46,10 +46,7 @@ use crate::upstream::headers::{append_list, strip_hop_by_hop};
 pub enum Fill {
     /// Stored or refreshed, or a stale entry served because the upstream failed
     /// (`stale-if-error`); every waiter serves it.
-    Stored {
-        entry: Arc<StoredResponse>,
-        status: CacheStatus,
-    },
+    Stored { entry: Cached, status: CacheStatus },
     /// Not storable: the live response, for the request that started the fill only.
     Handoff {
         response: Arc<Mutex<Option<Response<EdgeBody>>>>,
@@ -89,7 +86,7 @@ pub struct FillRequest {
     /// The starting request's `Cache-Control` (its `no-store` forbids storing).
     pub request_cc: CacheControl,
     /// The stale entry being replaced, if any; its validators make the fetch conditional.
-    pub stale: Option<Arc<StoredResponse>>,
+    pub stale: Option<Cached>,
     /// The node's purge watermark when the fill started: a purge applied after it that
     /// matches the response keeps it from being stored.
     pub purge_seq: u64,
@@ -116,7 +113,7 @@ impl FillRequest {
         }
         let mut headers = self.headers.clone();
         if let Some(stale) = &self.stale {
-            add_validators(&mut headers, &stale.headers());
+            add_validators(&mut headers, &stale.response().headers());
         }
         let request_time = SystemTime::now();
         let started = Instant::now();
@@ -212,19 +209,22 @@ impl FillRequest {
         if let Some(info) = sliced {
             // The slices are fetched as requests need them; this whole body is not read.
             drop(body);
-            let mut index = StoredResponse::new(
+            let head = StoredResponse::new(
                 parts.status,
                 parts.headers,
                 upstream_cache_status,
                 Bytes::new(),
                 freshness,
             );
-            index.sliced = Some(Arc::new(info));
-            let index = Arc::new(index);
-            edge.store.insert(self.primary.clone(), index.clone());
+            let index = Arc::new(SliceIndex {
+                head,
+                info: Arc::new(info),
+            });
+            edge.store
+                .insert(self.primary.clone(), Entry::SliceIndex(index.clone()));
             status.stored = true;
             return Fill::Stored {
-                entry: index,
+                entry: Cached::Sliced(index),
                 status,
             };
         }
@@ -374,8 +374,12 @@ impl FillRequest {
                 let signature = signature(&index.names, &self.headers, &self.site.key_headers);
                 let key = self.primary.variant(index.epoch, &signature);
                 if self.index.as_ref() != Some(&index) {
-                    let marker = StoredResponse::vary_index(index.clone(), freshness);
-                    edge.store.insert(self.primary.clone(), Arc::new(marker));
+                    let variants = Variants {
+                        index: index.clone(),
+                        freshness,
+                    };
+                    edge.store
+                        .insert(self.primary.clone(), Entry::Variants(Arc::new(variants)));
                 }
                 entry.selected_by = Some(Selection { index, signature });
                 key
@@ -385,14 +389,20 @@ impl FillRequest {
         };
         let entry = Arc::new(entry);
         if !self.may_store(&key, &tags) {
-            return Fill::Stored { entry, status };
+            return Fill::Stored {
+                entry: Cached::Whole(entry),
+                status,
+            };
         }
         edge.invalidation
             .register(&self.site.name, &key, &tags, edge.store.as_ref());
-        edge.store.insert(key, entry.clone());
+        edge.store.insert(key, Entry::Response(entry.clone()));
         edge.metrics.stored();
         status.stored = true;
-        Fill::Stored { entry, status }
+        Fill::Stored {
+            entry: Cached::Whole(entry),
+            status,
+        }
     }
 
     /// Whether no purge applied since this fill started matches what it fetched.
@@ -412,11 +422,12 @@ impl FillRequest {
     /// (RFC 9111 4.3.4) and store the result with its new freshness.
     fn revalidated(
         &self,
-        stale: &StoredResponse,
+        cached: &Cached,
         update: &HeaderMap,
         exchange: Exchange,
         mut status: CacheStatus,
     ) -> Fill {
+        let stale = cached.response();
         let mut headers = stale.headers();
         let mut fresh = update.clone();
         strip_hop_by_hop(&mut fresh);
@@ -466,16 +477,17 @@ impl FillRequest {
                     freshness,
                 );
                 entry.selected_by = stale.selected_by.clone();
-                entry.sliced = stale.sliced.clone();
-                let entry = Arc::new(entry);
+                let entry = cached.with_head(entry);
                 if !self.may_store(&self.key, &[]) {
                     return Fill::Stored { entry, status };
                 }
-                self.edge.store.insert(self.key.clone(), entry.clone());
+                self.edge
+                    .store
+                    .insert(self.key.clone(), Entry::from(entry.clone()));
                 status.stored = true;
                 Fill::Stored { entry, status }
             }
-            Err(reason) if stale.sliced.is_some() => {
+            Err(reason) if matches!(cached, Cached::Sliced(_)) => {
                 // The index holds no bytes to hand over: the client asks the upstream itself.
                 self.edge.store.remove(&self.key);
                 status.detail = Some(reason.as_str());
@@ -498,7 +510,7 @@ impl FillRequest {
     /// The stale entry, if the upstream failed and the entry allows `stale-if-error`.
     fn stale_on_error(&self, status: &CacheStatus) -> Option<Fill> {
         let stale = self.stale.as_ref()?;
-        if !stale.freshness.may_serve_on_error(Instant::now()) {
+        if !stale.freshness().may_serve_on_error(Instant::now()) {
             return None;
         }
         let mut status = status.clone();
@@ -521,8 +533,8 @@ impl FillRequest {
         // Remember that this URL cannot be shared, so the next requests do not queue behind
         // a fill they cannot use. Never for 5xx: an outage must not turn caching off.
         if !parts.status.is_server_error() {
-            let marker = StoredResponse::pass_marker(reason, pass_freshness());
-            self.edge.store.insert(self.key.clone(), Arc::new(marker));
+            let marker = Entry::pass_marker(reason, pass_freshness());
+            self.edge.store.insert(self.key.clone(), marker);
         }
         status.detail = Some(reason.as_str());
         Fill::Handoff {

@@ -18,12 +18,12 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use http::HeaderMap;
 
 use crate::cache::key::{CacheKey, normalize_target};
-use crate::cache::store::Storage;
+use crate::cache::store::{Entry, Slice, SliceIndex, Storage};
 use crate::node::config::normalize_host;
 use crate::node::site::{Site, SiteTable};
 use node_api::purge::{Mode, Purge, PurgeBatch, Selector, SequencedPurge};
@@ -212,20 +212,36 @@ impl Invalidation {
         let Some(entry) = store.get(key) else {
             return;
         };
-        if let Some(info) = &entry.sliced
-            && mode == Mode::Hard
-            && entry.body.is_empty()
-        {
-            for n in 0..info.count() {
-                store.remove(&key.slice(n));
+        let stale = match (&entry, mode) {
+            (Entry::SliceIndex(index), Mode::Hard) => {
+                for n in 0..index.info.count() {
+                    store.remove(&key.slice(n));
+                }
+                None
             }
-        }
-        // A variant index cannot be marked stale for its variants: it goes, and with it
-        // every variant (the next fill starts a new index epoch).
-        if mode == Mode::Hard || entry.variants.is_some() || entry.pass.is_some() {
-            store.remove(key);
-        } else {
-            store.insert(key.clone(), std::sync::Arc::new(entry.marked_stale()));
+            (_, Mode::Hard) => None,
+            // A variant index cannot be marked stale for its variants: it goes, and with it
+            // every variant (the next fill starts a new index epoch). A stale pass marker
+            // is no marker at all.
+            (Entry::Variants(_) | Entry::Pass(_), Mode::Soft) => None,
+            (Entry::Response(response), Mode::Soft) => {
+                Some(Entry::Response(Arc::new(response.marked_stale())))
+            }
+            (Entry::SliceIndex(index), Mode::Soft) => {
+                Some(Entry::SliceIndex(Arc::new(SliceIndex {
+                    head: index.head.marked_stale(),
+                    info: index.info.clone(),
+                })))
+            }
+            (Entry::Slice(slice), Mode::Soft) => Some(Entry::Slice(Arc::new(Slice {
+                info: slice.info.clone(),
+                body: slice.body.clone(),
+                freshness: slice.freshness.expired(),
+            }))),
+        };
+        match stale {
+            Some(stale) => store.insert(key.clone(), stale),
+            None => store.remove(key),
         }
     }
 

@@ -30,7 +30,7 @@ use crate::cache::freshness::strip_targeted;
 use crate::cache::key::{CacheKey, normalize_target};
 use crate::cache::range::{self, RangeAnswer};
 use crate::cache::status::{CACHE_STATUS, CacheStatus, Forward, NoCacheReason, Outcome};
-use crate::cache::store::{Storage, StoredResponse};
+use crate::cache::store::{Cached, Entry, Storage, StoredResponse};
 use crate::cache::vary::VaryIndex;
 use crate::front::body::EdgeBody;
 use crate::front::client_body::ClientBody;
@@ -41,7 +41,7 @@ use crate::node::fill::{Fill, FillRequest};
 use crate::node::metrics::Metrics;
 use crate::node::node_auth::{NodeClaims, NodeKey, take_claims};
 use crate::node::site::{Misdirected, Site, SiteMatch, SiteTable};
-use crate::node::slices::SliceSource;
+use crate::node::slices::{SliceFill, SliceSource};
 use crate::upstream::client::{UpstreamBody, UpstreamClient, UpstreamError};
 use crate::upstream::fault::ClientFault;
 use crate::upstream::headers::{
@@ -59,9 +59,9 @@ struct Lookup {
     index: Option<VaryIndex>,
     /// The `fwd` reason when nothing is stored under `key`.
     miss: Forward,
-    /// The entry under `key` the request may be answered from (any kind: a response, a
-    /// pass marker, a slice index), fresh or not.
-    found: Option<Arc<StoredResponse>>,
+    /// The entry under `key` (a response, a pass marker, a slice index...), fresh or
+    /// not.
+    found: Option<Entry>,
 }
 
 /// What answering from an object cached in slices needs to fetch the slices it lacks.
@@ -94,6 +94,8 @@ pub struct Edge {
     pub(crate) sites: SiteTable,
     pub(crate) store: Arc<dyn Storage>,
     pub(crate) fills: Coalescer<CacheKey, Fill>,
+    /// One fetch per slice of a sliced object (see [`crate::node::slices`]).
+    pub(crate) slice_fills: Coalescer<CacheKey, SliceFill>,
     pub(crate) upstream: UpstreamClient,
     pub(crate) metrics: Metrics,
     pub(crate) max_object_size: u64,
@@ -142,6 +144,7 @@ impl Edge {
             sites: SiteTable::new(&config.sites)?,
             store,
             fills: Coalescer::new(),
+            slice_fills: Coalescer::new(),
             upstream: UpstreamClient::new(&config.upstream),
             metrics: Metrics::new(config.cache.capacity.as_u64()),
             max_object_size: config.cache.max_object_size.as_u64(),
@@ -211,10 +214,10 @@ impl Edge {
         let site = self.sites.resolve_on(host, tls).ok()?;
         let target = normalize_target(target, &site.site.query).ok()?;
         let primary = CacheKey::new(site.site.generation(), "http", site.host, &target);
-        let entry = self.lookup(site, &primary, None, NodeClaims::NONE).found?;
-        if !entry.is_response() {
+        let Entry::Response(entry) = self.lookup(site, &primary, None, NodeClaims::NONE).found?
+        else {
             return None; // a pass marker or a slice index: the full path handles it
-        }
+        };
         let now = Instant::now();
         if !entry.freshness.is_fresh(now) {
             return None;
@@ -343,26 +346,26 @@ impl Edge {
         };
         let mut lookup = self.lookup(site, &primary, Some(req.headers()), claims);
         let found = lookup.found.take();
-        if let Some(marker) = found.as_ref().filter(|e| e.pass.is_some())
+        if let Some(Entry::Pass(marker)) = &found
             && marker.freshness.is_fresh(Instant::now())
         {
-            let detail = marker.pass.map(NoCacheReason::as_str);
+            let detail = Some(marker.reason.as_str());
             let target = target.into_owned();
             return self
                 .pass(site, req, &target, (lookup.miss, detail), client)
                 .await;
         }
         // A stale pass marker is no entry at all: the next fill tries again.
-        let found = found.filter(|e| e.pass.is_none());
+        let found = found.as_ref().and_then(Entry::cached);
         // A request with credentials is answered from the cache only by a fresh response
         // that said it may be (RFC 9111 3.5); otherwise it goes to the origin as it is.
         if req.headers().contains_key(header::AUTHORIZATION) {
             let now = Instant::now();
-            if let Some(entry) =
-                found.filter(|e| e.freshness.is_fresh(now) && e.freshness.shared_with_authorization)
+            if let Some(entry) = found
+                .filter(|e| e.freshness().is_fresh(now) && e.freshness().shared_with_authorization)
             {
-                entry.record_hit();
-                let status = CacheStatus::hit(entry.freshness.ttl(now));
+                entry.response().record_hit();
+                let status = CacheStatus::hit(entry.freshness().ttl(now));
                 let response = self
                     .answer(fetch, req.headers(), &entry, head, &status, now)
                     .await;
@@ -376,15 +379,15 @@ impl Edge {
         let mut stale = match found {
             Some(entry) => {
                 let now = Instant::now();
-                if entry.freshness.is_fresh(now) {
-                    entry.record_hit();
-                    let status = CacheStatus::hit(entry.freshness.ttl(now));
+                if entry.freshness().is_fresh(now) {
+                    entry.response().record_hit();
+                    let status = CacheStatus::hit(entry.freshness().ttl(now));
                     let response = self
                         .answer(fetch, req.headers(), &entry, head, &status, now)
                         .await;
                     return (response, Outcome::Hit);
                 }
-                if entry.freshness.may_serve_while_revalidating(now) {
+                if entry.freshness().may_serve_while_revalidating(now) {
                     let refresh = self.fill_request(
                         site,
                         &lookup,
@@ -401,8 +404,8 @@ impl Edge {
                             .run(&refresh_key, move |publisher| refresh.run(publisher))
                             .await
                     });
-                    entry.record_hit();
-                    let mut status = CacheStatus::hit(entry.freshness.ttl(now));
+                    entry.response().record_hit();
+                    let mut status = CacheStatus::hit(entry.freshness().ttl(now));
                     status.detail = Some("stale-while-revalidate");
                     let response = self
                         .answer(fetch, req.headers(), &entry, head, &status, now)
@@ -452,10 +455,10 @@ impl Edge {
                 Ok(Fill::Stored { entry, mut status }) => {
                     // The first fill of a URL that turned out to vary may have stored another
                     // variant than this request selects: fetch this request's own, once.
-                    if let Some(selection) = entry
-                        .selected_by
-                        .as_ref()
-                        .filter(|s| !retried && !s.matches(req.headers(), &site.site.key_headers))
+                    if let Some(selection) =
+                        entry.response().selected_by.as_ref().filter(|s| {
+                            !retried && !s.matches(req.headers(), &site.site.key_headers)
+                        })
                     {
                         let (key, _) = selection.index.variant_key(
                             &primary,
@@ -551,7 +554,7 @@ impl Edge {
         target: &str,
         request: &http::HeaderMap,
         client: SocketAddr,
-        stale: Option<Arc<StoredResponse>>,
+        stale: Option<Cached>,
     ) -> FillRequest {
         FillRequest {
             edge: self.clone(),
@@ -635,7 +638,8 @@ impl Edge {
             miss: Forward::UriMiss,
             found: self.store.get(primary),
         };
-        if let Some(index) = lookup.found.as_ref().and_then(|e| e.variants.clone()) {
+        if let Some(Entry::Variants(variants)) = &lookup.found {
+            let index = variants.index.clone();
             lookup.found = None;
             if let Some(request) = request {
                 let (key, _) = index.variant_key(primary, request, &site.site.key_headers);
@@ -662,14 +666,18 @@ impl Edge {
         self: &Arc<Self>,
         fetch: FetchContext<'_>,
         request: &http::HeaderMap,
-        entry: &StoredResponse,
+        entry: &Cached,
         head: bool,
         status: &CacheStatus,
         now: Instant,
     ) -> Response<EdgeBody> {
-        let Some(info) = entry.sliced.clone() else {
-            return self.answer_from_cache(request, entry, head, status, now);
+        let index = match entry {
+            Cached::Whole(response) => {
+                return self.answer_from_cache(request, response, head, status, now);
+            }
+            Cached::Sliced(index) => index,
         };
+        let (entry, info) = (&index.head, index.info.clone());
         let total = info.total;
         let (mut response, cut) = self.answer_head(request, entry, total, head, status, now, false);
         let (first, last) = match cut {

@@ -32,13 +32,16 @@ use tokio::sync::mpsc;
 use crate::cache::freshness::Freshness;
 use crate::cache::key::CacheKey;
 use crate::cache::slice::SliceInfo;
-use crate::cache::status::{CacheStatus, Forward, NoCacheReason};
-use crate::cache::store::StoredResponse;
+use crate::cache::status::NoCacheReason;
+use crate::cache::store::{Entry, Slice};
 use crate::front::body::SliceBody;
-use crate::node::fill::{Fill, ReadBody, pass_freshness, read_body};
+use crate::node::fill::{ReadBody, pass_freshness, read_body};
 use crate::node::proxy::Edge;
 use crate::node::site::Site;
 use crate::upstream::client::UpstreamError;
+
+/// What the one fetch of a slice gives every request waiting on it.
+pub type SliceFill = Result<Bytes, Arc<UpstreamError>>;
 
 /// Where a sliced object's slices come from: the cache, else one coalesced ranged fetch
 /// per slice.
@@ -92,47 +95,38 @@ impl SliceSource {
     }
 
     /// Slice `n`, from the cache or from the upstream.
-    async fn slice(&self, n: u64) -> Result<Bytes, Arc<UpstreamError>> {
+    async fn slice(&self, n: u64) -> SliceFill {
         let key = self.primary.slice(n);
-        if let Some(entry) = self.edge.store.get(&key)
-            && entry.sliced.as_deref() == Some(&*self.info)
+        if let Some(Entry::Slice(slice)) = self.edge.store.get(&key)
+            && slice.info == self.info
         {
-            return Ok(entry.body.clone());
+            return Ok(slice.body.clone());
         }
         let source = self.clone();
         let slice_key = key.clone();
         let (fill, _) = self
             .edge
-            .fills
+            .slice_fills
             .run(&key, move |_| source.fill(n, slice_key))
             .await;
-        match fill {
-            Ok(Fill::Stored { entry, .. }) => Ok(entry.body.clone()),
-            Ok(Fill::Failed { error, .. }) => Err(error),
-            _ => Err(Arc::new(UpstreamError::Lost)),
-        }
+        fill.unwrap_or_else(|_lost| Err(Arc::new(UpstreamError::Lost)))
     }
 
-    async fn fill(self, n: u64, key: CacheKey) -> Fill {
-        let mut status = CacheStatus::forwarded(Forward::UriMiss);
+    async fn fill(self, n: u64, key: CacheKey) -> SliceFill {
         match self.fetch(n).await {
             Ok(body) => {
-                let entry = Arc::new(StoredResponse::slice(
-                    self.info.clone(),
-                    body,
-                    self.freshness,
-                ));
-                self.edge.store.insert(key, entry.clone());
+                let slice = Slice {
+                    info: self.info.clone(),
+                    body: body.clone(),
+                    freshness: self.freshness,
+                };
+                self.edge.store.insert(key, Entry::Slice(Arc::new(slice)));
                 self.edge.metrics.stored();
-                status.stored = true;
-                Fill::Stored { entry, status }
+                Ok(body)
             }
             Err(error) => {
                 self.edge.metrics.upstream_error(error.kind());
-                Fill::Failed {
-                    error: Arc::new(error),
-                    status,
-                }
+                Err(Arc::new(error))
             }
         }
     }
@@ -194,9 +188,7 @@ impl SliceSource {
 
     /// The upstream will not serve this object's slices: pass the URL through for a while.
     fn give_up(&self) {
-        let marker = StoredResponse::pass_marker(NoCacheReason::TooLarge, pass_freshness());
-        self.edge
-            .store
-            .insert(self.primary.clone(), Arc::new(marker));
+        let marker = Entry::pass_marker(NoCacheReason::TooLarge, pass_freshness());
+        self.edge.store.insert(self.primary.clone(), marker);
     }
 }
