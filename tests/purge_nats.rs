@@ -17,6 +17,8 @@ use cdn::demo_origin::DemoOrigin;
 use edge::Storage;
 use edge::{EdgeServer, MemoryStore};
 use http::{Method, StatusCode};
+use purge_api::log::{PurgeLog, Retention};
+use purge_api::nats_log::NatsLog;
 use purge_api::{PurgeApiConfig, PurgeApiServer};
 use support::nats::{NatsCluster, NatsServer};
 use support::{HOST, Reply, api_call, api_call_with, client, json, loopback, send};
@@ -468,4 +470,40 @@ async fn an_idempotency_key_reused_for_another_purge_gets_422_from_any_instance(
         "{}",
         posted.text()
     );
+}
+
+#[tokio::test]
+async fn the_nats_log_keeps_the_purge_log_contract() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = NatsServer::start("battery", dir.path(), None).await;
+    server.wait_ready().await;
+    let url = server.url();
+    let mut n = 0;
+    // Each check gets a log on a stream of its own, so each starts empty.
+    purge_api::log_battery::run(|| {
+        n += 1;
+        let config = purge_api::config::NatsLogConfig {
+            servers: vec![url.clone()],
+            stream: format!("BATTERY_{n}"),
+            replicas: 1,
+            cluster: None,
+            ack_timeout: Duration::from_secs(5),
+        };
+        async move {
+            let log = NatsLog::connect(&config, Retention::default())
+                .await
+                .expect("a NATS log");
+            // The client connects in the background: wait until the stream answers.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while log.read_after(0, 1).await.is_err() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no stream within 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            log as Arc<dyn PurgeLog>
+        }
+    })
+    .await;
 }

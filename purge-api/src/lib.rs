@@ -15,6 +15,8 @@ pub mod admission;
 pub mod config;
 pub mod idempotency;
 pub mod log;
+#[cfg(any(test, feature = "test-support"))]
+pub mod log_battery;
 pub mod metrics;
 pub mod nats_log;
 pub mod request;

@@ -907,6 +907,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_file_log_keeps_the_purge_log_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = 0;
+        crate::log_battery::run(|| {
+            n += 1;
+            let path = dir.path().join(format!("battery-{n}.redb"));
+            async move {
+                Arc::new(FileLog::open(&path, Retention::default()).unwrap()) as Arc<dyn PurgeLog>
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn the_async_trait_does_the_same_on_blocking_threads() {
         let dir = tempfile::tempdir().unwrap();
         let log: std::sync::Arc<dyn PurgeLog> = std::sync::Arc::new(open(&dir));
