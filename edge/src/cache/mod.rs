@@ -5,8 +5,10 @@
 //! request fields a shared fill forwards, [`fields`]), ranges ([`range`]) and
 //! conditionals ([`conditional`]) answered from a stored object, the enums behind
 //! `Cache-Status`, logs and metric labels ([`status`]), the store and its entry kinds
-//! ([`store`]), one fetch per key ([`coalesce`]), bodies still arriving
-//! ([`growing_body`]) and how an object too large to store whole is sliced ([`slice`]).
+//! ([`store`]), the one decision on what a request finds there ([`lookup`]: hit, stale
+//! while revalidating, fill, pass or refuse), one fetch per key ([`coalesce`]), bodies
+//! still arriving ([`growing_body`]) and how an object too large to store whole is sliced
+//! ([`slice`]).
 //!
 //! This layer is the bottom one: it imports nothing from `upstream`, `front` or `node`.
 //! It knows nothing of nodes, sockets, config files or upstream servers; what it needs of
@@ -20,6 +22,7 @@ pub mod fields;
 pub mod freshness;
 pub mod growing_body;
 pub mod key;
+pub mod lookup;
 pub mod range;
 pub mod slice;
 pub mod status;

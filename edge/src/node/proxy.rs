@@ -1,18 +1,25 @@
 //! The request handler: from a client request to a response, through the cache.
 //!
-//! The life of a request:
-//! 1. The host resolves to a configured site, or the request is refused (`421`) before
-//!    anything is fetched. A request that already passed through this node (its `Via`
-//!    names us) is refused (`508`) instead of looping.
-//! 2. GET and HEAD without `Authorization` are looked up under their cache key; every
-//!    other request passes through to the site's upstream unchanged.
-//! 3. A fresh entry is served from memory. A stale or missing one is filled by one shared
-//!    fetch per key (see [`crate::cache::coalesce`] and [`crate::node::fill`]).
+//! `Edge::route` is the life of a request on the full path, as a sequence of phases:
+//! 1. Trust: internal headers are taken off the request, believed only with a node's
+//!    proof ([`crate::node::node_auth`]).
+//! 2. Limits (`within_limits`): head, target and declared body sizes.
+//! 3. Site (`site_for`): the host resolves to a configured site, or the request is refused
+//!    (`421`) before anything is fetched; a request that already passed through this node
+//!    is refused (`508`) instead of looping.
+//! 4. Method: GET and HEAD go on; every other request passes through to the site's
+//!    upstream unchanged.
+//! 5. Lookup and decision (`Edge::lookup`, [`decide`]): the one the fast path
+//!    ([`Edge::fresh_hit`]) makes too.
+//! 6. The answer the decision calls for: a hit or a stale answer from memory
+//!    (`serve_cached`, with a background refresh for the latter), a pass, a refusal, or a
+//!    fill shared by every request for the key (`fill`, see [`crate::cache::coalesce`] and
+//!    [`crate::node::fill`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -28,6 +35,7 @@ use crate::cache::conditional::not_modified;
 use crate::cache::control::CacheControl;
 use crate::cache::freshness::strip_targeted;
 use crate::cache::key::{CacheKey, normalize_target};
+use crate::cache::lookup::{Ask, Decision, decide};
 use crate::cache::range::{self, RangeAnswer};
 use crate::cache::status::{CACHE_STATUS, CacheStatus, Forward, NoCacheReason, Outcome};
 use crate::cache::store::{Cached, Entry, Storage, StoredResponse};
@@ -49,29 +57,45 @@ use crate::upstream::headers::{
 };
 use crate::upstream::overload::Admission;
 
-/// Where a request's response is stored, or would be, and what is stored there now: the
-/// one lookup both the fast path ([`Edge::fresh_hit`]) and the full path share.
+/// Where a request's response is stored, or would be: the URL's primary key, or the key of
+/// the variant the request selects.
 #[derive(Debug)]
-struct Lookup {
-    /// The primary key, or the key of the variant the request selects.
-    key: CacheKey,
+struct Lookup<'a> {
+    primary: &'a CacheKey,
+    /// The key of the variant the request selects, when the URL's responses vary.
+    variant: Option<CacheKey>,
     /// The URL's variant index, when its responses vary.
     index: Option<VaryIndex>,
-    /// The `fwd` reason when nothing is stored under `key`.
+    /// The `fwd` reason when nothing usable is stored under the key.
     miss: Forward,
-    /// The entry under `key` (a response, a pass marker, a slice index...), fresh or
-    /// not.
-    found: Option<Entry>,
 }
 
-/// What answering from an object cached in slices needs to fetch the slices it lacks.
+impl Lookup<'_> {
+    /// The key the request's response is stored under.
+    fn key(&self) -> &CacheKey {
+        self.variant.as_ref().unwrap_or(self.primary)
+    }
+}
+
+/// A GET or HEAD on its way through the cache: what every phase after the lookup reads.
 #[derive(Debug, Clone, Copy)]
-struct FetchContext<'a> {
+struct Fetch<'a> {
     site: SiteMatch<'a>,
     primary: &'a CacheKey,
+    /// The normalized target (origin-form): the key's and what the upstream is asked.
     target: &'a str,
+    /// A HEAD: the answer has no body.
+    head: bool,
     client: SocketAddr,
 }
+
+/// A response and what the cache did to produce it.
+type Answered = (Response<EdgeBody>, Outcome);
+
+/// Why a request is refused before anything is fetched: its status, and what to tell the
+/// client.
+#[derive(Debug)]
+struct Refusal(StatusCode, String);
 
 /// Which bytes of a stored object an answer carries, once conditionals and `Range` are
 /// read.
@@ -204,7 +228,9 @@ impl Edge {
     ///
     /// The caller guarantees the request carries no internal header (`cdn-*`), no field
     /// that selects a variant or changes the answer (see `connection::parse`): those take
-    /// the full path, which makes the same [`Edge::lookup`] with what they say.
+    /// the full path, which makes the same [`Edge::lookup`] with what they say. The
+    /// decision is the full path's too ([`decide`]); only a hit of a whole response is
+    /// acted on here.
     pub fn fresh_hit(
         &self,
         host: &str,
@@ -214,16 +240,16 @@ impl Edge {
         let site = self.sites.resolve_on(host, tls).ok()?;
         let target = normalize_target(target, &site.site.query).ok()?;
         let primary = CacheKey::new(site.site.generation(), "http", site.host, &target);
-        let Entry::Response(entry) = self.lookup(site, &primary, None, NodeClaims::NONE).found?
-        else {
-            return None; // a pass marker or a slice index: the full path handles it
-        };
         let now = Instant::now();
-        if !entry.freshness.is_fresh(now) {
-            return None;
+        let (_, decision) = self.lookup(site, &primary, None, NodeClaims::NONE, Ask::NOTHING, now);
+        match decision {
+            Decision::Hit(Cached::Whole(response)) => {
+                response.record_hit();
+                Some((response, now))
+            }
+            // A slice index, a stale entry, a marker, a miss: the full path acts on them.
+            _ => None,
         }
-        entry.record_hit();
-        Some((entry, now))
     }
 
     /// Handles one client request from `client`.
@@ -241,11 +267,9 @@ impl Edge {
         response
     }
 
-    async fn route<B>(
-        self: &Arc<Self>,
-        mut req: Request<B>,
-        client: SocketAddr,
-    ) -> (Response<EdgeBody>, Outcome)
+    /// A request through its phases: trust (internal headers), limits, site, method,
+    /// lookup and decision, then the answer the decision calls for.
+    async fn route<B>(self: &Arc<Self>, mut req: Request<B>, client: SocketAddr) -> Answered
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -253,74 +277,13 @@ impl Edge {
         // Before anything reads the request: what only a node may say is removed, and
         // believed only with the node's proof.
         let claims = take_claims(self.node_key.as_ref(), &mut req);
-        if head_size(&req) > self.max_header_bytes {
-            return refuse(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                &format!(
-                    "the request line and headers exceed this node's limit of {} bytes",
-                    self.max_header_bytes
-                ),
-            );
+        if let Err(Refusal(status, why)) = self.within_limits(&req) {
+            return refuse(status, &why);
         }
-        if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > self.max_uri_bytes {
-            return refuse(
-                StatusCode::URI_TOO_LONG,
-                &format!(
-                    "the request target is longer than this node's limit of {} bytes",
-                    self.max_uri_bytes
-                ),
-            );
-        }
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > self.max_body_bytes) {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!(
-                    "the request body is larger than this node's limit of {} bytes",
-                    self.max_body_bytes
-                ),
-            );
-        }
-        let host = match request_host(&req) {
-            Ok(host) => host,
-            Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
-        };
-        let tls = req.extensions().get::<TlsName>();
-        let site = match self.sites.resolve_on(host, tls) {
+        let site = match self.site_for(&req) {
             Ok(site) => site,
-            Err(Misdirected::UnknownHost) => {
-                return refuse(
-                    StatusCode::MISDIRECTED_REQUEST,
-                    &format!("no site is configured for host {host:?} on this CDN"),
-                );
-            }
-            Err(Misdirected::OtherCertificate) => {
-                let name = tls.map_or("", |t| &t.0);
-                return refuse(
-                    StatusCode::MISDIRECTED_REQUEST,
-                    &format!(
-                        "this TLS connection was set up for {name:?}, whose certificate does not \
-                         cover host {host:?}: open a new connection naming that host"
-                    ),
-                );
-            }
+            Err(Refusal(status, why)) => return refuse(status, &why),
         };
-        if via_names(req.headers(), &self.name) {
-            return refuse(
-                StatusCode::LOOP_DETECTED,
-                "this request already passed through this node: the site's upstream points back at the CDN",
-            );
-        }
-        if matches!(*req.method(), Method::CONNECT | Method::TRACE) {
-            return refuse(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &format!("{} is not supported by this CDN", req.method()),
-            );
-        }
         let raw_target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let target = match normalize_target(raw_target, &site.site.query) {
             Ok(target) => target,
@@ -336,116 +299,196 @@ impl Edge {
                     .await;
             }
         };
-
         let primary = CacheKey::new(site.site.generation(), "http", site.host, &target);
-        let fetch = FetchContext {
+        let fetch = Fetch {
             site,
             primary: &primary,
             target: &target,
+            head,
             client,
         };
-        let mut lookup = self.lookup(site, &primary, Some(req.headers()), claims);
-        let found = lookup.found.take();
-        if let Some(Entry::Pass(marker)) = &found
-            && marker.freshness.is_fresh(Instant::now())
-        {
-            let detail = Some(marker.reason.as_str());
-            let target = target.into_owned();
-            return self
-                .pass(site, req, &target, (lookup.miss, detail), client)
-                .await;
-        }
-        // A stale pass marker is no entry at all: the next fill tries again.
-        let found = found.as_ref().and_then(Entry::cached);
-        // A request with credentials is answered from the cache only by a fresh response
-        // that said it may be (RFC 9111 3.5); otherwise it goes to the origin as it is.
-        if req.headers().contains_key(header::AUTHORIZATION) {
-            let now = Instant::now();
-            if let Some(entry) = found
-                .filter(|e| e.freshness().is_fresh(now) && e.freshness().shared_with_authorization)
-            {
-                entry.response().record_hit();
-                let status = CacheStatus::hit(entry.freshness().ttl(now));
+        let now = Instant::now();
+        let ask = Ask::of(req.headers());
+        let (lookup, decision) = self.lookup(site, &primary, Some(req.headers()), claims, ask, now);
+        match decision {
+            Decision::Hit(cached) => {
                 let response = self
-                    .answer(fetch, req.headers(), &entry, head, &status, now)
+                    .serve_cached(fetch, req.headers(), &cached, None, now)
                     .await;
-                return (response, Outcome::Hit);
+                (response, Outcome::Hit)
             }
-            let target = target.into_owned();
-            return self
-                .pass(site, req, &target, (Forward::Request, None), client)
-                .await;
+            Decision::StaleWhileRevalidate(cached) => {
+                self.refresh_in_background(fetch, req.headers(), &lookup, cached.clone());
+                let detail = Some("stale-while-revalidate");
+                let response = self
+                    .serve_cached(fetch, req.headers(), &cached, detail, now)
+                    .await;
+                (response, Outcome::Stale)
+            }
+            Decision::Pass { fwd, detail } => {
+                let target = target.into_owned();
+                self.pass(site, req, &target, (fwd, detail), client).await
+            }
+            Decision::Refuse => {
+                let response = text_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "504 Gateway Timeout: the request said only-if-cached and this edge holds no fresh copy\n",
+                );
+                (response, Outcome::Refused)
+            }
+            Decision::Fill { stale } => {
+                let target = target.into_owned();
+                let fetch = Fetch {
+                    site,
+                    primary: &primary,
+                    target: &target,
+                    head,
+                    client,
+                };
+                self.fill(fetch, lookup, stale, req).await
+            }
         }
-        let mut stale = match found {
-            Some(entry) => {
-                let now = Instant::now();
-                if entry.freshness().is_fresh(now) {
-                    entry.response().record_hit();
-                    let status = CacheStatus::hit(entry.freshness().ttl(now));
-                    let response = self
-                        .answer(fetch, req.headers(), &entry, head, &status, now)
-                        .await;
-                    return (response, Outcome::Hit);
-                }
-                if entry.freshness().may_serve_while_revalidating(now) {
-                    let refresh = self.fill_request(
-                        site,
-                        &lookup,
-                        &primary,
-                        &target,
-                        req.headers(),
-                        client,
-                        Some(entry.clone()),
-                    );
-                    let edge = self.clone();
-                    let refresh_key = lookup.key.clone();
-                    tokio::spawn(async move {
-                        edge.fills
-                            .run(&refresh_key, move |publisher| refresh.run(publisher))
-                            .await
-                    });
-                    entry.response().record_hit();
-                    let mut status = CacheStatus::hit(entry.freshness().ttl(now));
-                    status.detail = Some("stale-while-revalidate");
-                    let response = self
-                        .answer(fetch, req.headers(), &entry, head, &status, now)
-                        .await;
-                    return (response, Outcome::Stale);
-                }
-                Some(entry)
+    }
+
+    /// The limits on a request's head, target and declared body (`431`, `414`, `413`),
+    /// checked again here for requests hyper parsed.
+    fn within_limits<B>(&self, req: &Request<B>) -> Result<(), Refusal> {
+        if head_size(req) > self.max_header_bytes {
+            return Err(Refusal(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!(
+                    "the request line and headers exceed this node's limit of {} bytes",
+                    self.max_header_bytes
+                ),
+            ));
+        }
+        if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > self.max_uri_bytes {
+            return Err(Refusal(
+                StatusCode::URI_TOO_LONG,
+                format!(
+                    "the request target is longer than this node's limit of {} bytes",
+                    self.max_uri_bytes
+                ),
+            ));
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.max_body_bytes) {
+            return Err(Refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than this node's limit of {} bytes",
+                    self.max_body_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The site a request is for, or its refusal: a host no site has or another site's
+    /// over TLS (`421`), a loop back to this node (`508`), a method this CDN never
+    /// forwards (`405`).
+    fn site_for<B>(&self, req: &Request<B>) -> Result<SiteMatch<'_>, Refusal> {
+        let host = request_host(req)
+            .map_err(|message| Refusal(StatusCode::BAD_REQUEST, message.into()))?;
+        let tls = req.extensions().get::<TlsName>();
+        let site = match self.sites.resolve_on(host, tls) {
+            Ok(site) => site,
+            Err(Misdirected::UnknownHost) => {
+                return Err(Refusal(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    format!("no site is configured for host {host:?} on this CDN"),
+                ));
             }
-            None => None,
+            Err(Misdirected::OtherCertificate) => {
+                let name = tls.map_or("", |t| &t.0);
+                return Err(Refusal(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    format!(
+                        "this TLS connection was set up for {name:?}, whose certificate does not \
+                         cover host {host:?}: open a new connection naming that host"
+                    ),
+                ));
+            }
         };
-        if req.headers().contains_key(header::CACHE_CONTROL)
-            && CacheControl::from_headers(req.headers()).only_if_cached
-        {
-            let response = text_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                "504 Gateway Timeout: the request said only-if-cached and this edge holds no fresh copy\n",
-            );
-            return (response, Outcome::Refused);
+        if via_names(req.headers(), &self.name) {
+            return Err(Refusal(
+                StatusCode::LOOP_DETECTED,
+                "this request already passed through this node: the site's upstream points back at the CDN"
+                    .into(),
+            ));
         }
+        if matches!(*req.method(), Method::CONNECT | Method::TRACE) {
+            return Err(Refusal(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} is not supported by this CDN", req.method()),
+            ));
+        }
+        Ok(site)
+    }
+
+    /// A stored entry as the answer to a request, counted as a hit of it; `detail` goes
+    /// into `Cache-Status` (`stale-while-revalidate`).
+    async fn serve_cached(
+        self: &Arc<Self>,
+        fetch: Fetch<'_>,
+        request: &http::HeaderMap,
+        cached: &Cached,
+        detail: Option<&'static str>,
+        now: Instant,
+    ) -> Response<EdgeBody> {
+        cached.response().record_hit();
+        let mut status = CacheStatus::hit(cached.freshness().ttl(now));
+        status.detail = detail;
+        self.answer(fetch, request, cached, &status, now).await
+    }
+
+    /// Refreshes a stale entry in the background, through the coalescer (so once).
+    fn refresh_in_background(
+        self: &Arc<Self>,
+        fetch: Fetch<'_>,
+        request: &http::HeaderMap,
+        lookup: &Lookup<'_>,
+        stale: Cached,
+    ) {
+        let refresh = self.fill_request(fetch, lookup, request, Some(stale));
+        let edge = self.clone();
+        let key = lookup.key().clone();
+        tokio::spawn(async move {
+            edge.fills
+                .run(&key, move |publisher| refresh.run(publisher))
+                .await
+        });
+    }
+
+    /// Fills the request's key (one fetch, however many requests wait on it) and answers
+    /// from what the fill produced.
+    async fn fill<B>(
+        self: &Arc<Self>,
+        fetch: Fetch<'_>,
+        mut lookup: Lookup<'_>,
+        mut stale: Option<Cached>,
+        req: Request<B>,
+    ) -> Answered
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let outcome = if stale.is_some() {
             Outcome::Stale
         } else {
             Outcome::Miss
         };
-
         let mut retried = false;
         loop {
             let (fill, role) = self
                 .fills
-                .run(&lookup.key, |publisher| {
-                    self.fill_request(
-                        site,
-                        &lookup,
-                        &primary,
-                        &target,
-                        req.headers(),
-                        client,
-                        stale.take(),
-                    )
-                    .run(publisher)
+                .run(lookup.key(), |publisher| {
+                    self.fill_request(fetch, &lookup, req.headers(), stale.take())
+                        .run(publisher)
                 })
                 .await;
             if role == Role::Follower {
@@ -453,30 +496,14 @@ impl Edge {
             }
             return match fill {
                 Ok(Fill::Stored { entry, mut status }) => {
-                    // The first fill of a URL that turned out to vary may have stored another
-                    // variant than this request selects: fetch this request's own, once.
-                    if let Some(selection) =
-                        entry.response().selected_by.as_ref().filter(|s| {
-                            !retried && !s.matches(req.headers(), &site.site.key_headers)
-                        })
-                    {
-                        let (key, _) = selection.index.variant_key(
-                            &primary,
-                            req.headers(),
-                            &site.site.key_headers,
-                        );
-                        lookup = Lookup {
-                            key,
-                            index: Some(selection.index.clone()),
-                            miss: Forward::VaryMiss,
-                            found: None,
-                        };
+                    if !retried && let Some(own) = own_variant(fetch, &entry, req.headers()) {
+                        lookup = own;
                         retried = true;
                         continue;
                     }
                     status.collapsed = role == Role::Follower;
                     let response = self
-                        .answer(fetch, req.headers(), &entry, head, &status, Instant::now())
+                        .answer(fetch, req.headers(), &entry, &status, Instant::now())
                         .await;
                     (response, outcome)
                 }
@@ -486,6 +513,7 @@ impl Edge {
                     mut status,
                 }) => {
                     status.collapsed = role == Role::Follower;
+                    let head = fetch.head;
                     let mut response = self.serve_stored(&entry, head, &status, Instant::now());
                     if !head {
                         *response.body_mut() = EdgeBody::Growing(body.reader());
@@ -493,44 +521,8 @@ impl Edge {
                     (response, outcome)
                 }
                 Ok(Fill::Handoff { response, status }) => {
-                    // A range of an object too large to store is the origin's to cut: the
-                    // whole object is not what this client asked for.
-                    let ranged_too_large = status.detail == Some(NoCacheReason::TooLarge.as_str())
-                        && req.headers().contains_key(header::RANGE);
-                    let taken = match role {
-                        Role::Leader if !ranged_too_large => response
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .take(),
-                        _ => None,
-                    };
-                    match taken {
-                        Some(mut response) => {
-                            let upstream = response.headers_mut().remove(&CACHE_STATUS);
-                            response.headers_mut().insert(
-                                CACHE_STATUS.clone(),
-                                status.render(&self.name, upstream_str(upstream.as_ref())),
-                            );
-                            if head {
-                                *response.body_mut() = EdgeBody::empty();
-                            }
-                            (response, outcome)
-                        }
-                        // Not shareable: this client asks the upstream itself.
-                        None => {
-                            let target = target.into_owned();
-                            let (response, _) = self
-                                .pass(
-                                    site,
-                                    req,
-                                    &target,
-                                    (Forward::UriMiss, status.detail),
-                                    client,
-                                )
-                                .await;
-                            (response, outcome)
-                        }
-                    }
+                    let response = self.handed_off(fetch, role, &response, status, req).await;
+                    (response, outcome)
                 }
                 Ok(Fill::Failed { error, status }) => {
                     (self.upstream_failure(&error, &status), Outcome::Error)
@@ -544,27 +536,66 @@ impl Edge {
         }
     }
 
+    /// The answer to a request whose fill got a response the cache may not keep: the
+    /// request that started the fill gets that response; every other waiter (and a range
+    /// of an object too large to store, which is the origin's to cut) asks the upstream
+    /// itself.
+    async fn handed_off<B>(
+        &self,
+        fetch: Fetch<'_>,
+        role: Role,
+        response: &Mutex<Option<Response<EdgeBody>>>,
+        status: CacheStatus,
+        req: Request<B>,
+    ) -> Response<EdgeBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let ranged_too_large = status.detail == Some(NoCacheReason::TooLarge.as_str())
+            && req.headers().contains_key(header::RANGE);
+        let taken = match role {
+            Role::Leader if !ranged_too_large => response
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+            _ => None,
+        };
+        let Some(mut response) = taken else {
+            let fwd = (Forward::UriMiss, status.detail);
+            let (response, _) = self
+                .pass(fetch.site, req, fetch.target, fwd, fetch.client)
+                .await;
+            return response;
+        };
+        let upstream = response.headers_mut().remove(&CACHE_STATUS);
+        response.headers_mut().insert(
+            CACHE_STATUS.clone(),
+            status.render(&self.name, upstream_str(upstream.as_ref())),
+        );
+        if fetch.head {
+            *response.body_mut() = EdgeBody::empty();
+        }
+        response
+    }
+
     /// The fill of a lookup for a client request (its headers filtered for sharing).
-    #[allow(clippy::too_many_arguments)]
     fn fill_request(
         self: &Arc<Self>,
-        site: SiteMatch<'_>,
-        lookup: &Lookup,
-        primary: &CacheKey,
-        target: &str,
+        fetch: Fetch<'_>,
+        lookup: &Lookup<'_>,
         request: &http::HeaderMap,
-        client: SocketAddr,
         stale: Option<Cached>,
     ) -> FillRequest {
         FillRequest {
             edge: self.clone(),
-            site: site.site.clone(),
-            key: lookup.key.clone(),
-            primary: primary.clone(),
+            site: fetch.site.site.clone(),
+            key: lookup.key().clone(),
+            primary: fetch.primary.clone(),
             index: lookup.index.clone(),
             miss: lookup.miss,
-            target: target.to_owned(),
-            headers: self.fill_headers(site, target, request, client),
+            target: fetch.target.to_owned(),
+            headers: self.fill_headers(fetch.site, fetch.target, request, fetch.client),
             request_cc: CacheControl::from_headers(request),
             stale,
             purge_seq: self.store.purge_watermark(),
@@ -620,31 +651,37 @@ impl Edge {
         self.metrics.purge_watermark(seq);
     }
 
-    /// What is stored for a request of `primary` on `site`: the variant its `request`
-    /// fields select when the URL's responses vary (none is selected without them), and
-    /// nothing when a proven node asking has applied purges this one has not, since then
-    /// this node's copy may be one the asker purged: it is fetched afresh (and the fresh
-    /// copy stored).
-    fn lookup(
+    /// The one lookup, and the one decision on it, of both the fast path and the full
+    /// path: what is stored for a request of `primary` on `site` (the variant its
+    /// `request` fields select when the URL's responses vary; none is selected without
+    /// them), and what to do about it ([`decide`]).
+    ///
+    /// Nothing counts as stored when a proven node asking has applied purges this one has
+    /// not: this node's copy may be one the asker purged, so it is fetched afresh (and the
+    /// fresh copy stored).
+    fn lookup<'k>(
         &self,
         site: SiteMatch<'_>,
-        primary: &CacheKey,
+        primary: &'k CacheKey,
         request: Option<&http::HeaderMap>,
         claims: NodeClaims,
-    ) -> Lookup {
+        ask: Ask,
+        now: Instant,
+    ) -> (Lookup<'k>, Decision) {
         let mut lookup = Lookup {
-            key: primary.clone(),
+            primary,
+            variant: None,
             index: None,
             miss: Forward::UriMiss,
-            found: self.store.get(primary),
         };
-        if let Some(Entry::Variants(variants)) = &lookup.found {
+        let mut found = self.store.get(primary);
+        if let Some(Entry::Variants(variants)) = &found {
             let index = variants.index.clone();
-            lookup.found = None;
+            found = None;
             if let Some(request) = request {
                 let (key, _) = index.variant_key(primary, request, &site.site.key_headers);
-                lookup.found = self.store.get(&key);
-                lookup.key = key;
+                found = self.store.get(&key);
+                lookup.variant = Some(key);
             }
             lookup.index = Some(index);
             lookup.miss = Forward::VaryMiss;
@@ -653,34 +690,40 @@ impl Edge {
             .purge_seq
             .is_some_and(|theirs| theirs > self.store.purge_watermark())
         {
-            lookup.found = None;
+            found = None;
         }
-        lookup
+        let decision = decide(found, lookup.miss, ask, now);
+        (lookup, decision)
     }
 
     /// A stored entry as the answer to a request: `304` when the client's conditionals
     /// show its copy is current, the entry itself (or the ranges asked for) otherwise.
     /// An object cached in slices gets its bytes from its slices.
-    #[allow(clippy::too_many_arguments)]
     async fn answer(
         self: &Arc<Self>,
-        fetch: FetchContext<'_>,
+        fetch: Fetch<'_>,
         request: &http::HeaderMap,
         entry: &Cached,
-        head: bool,
         status: &CacheStatus,
         now: Instant,
     ) -> Response<EdgeBody> {
         let index = match entry {
             Cached::Whole(response) => {
-                return self.answer_from_cache(request, response, head, status, now);
+                return self.answer_from_cache(request, response, fetch.head, status, now);
             }
             Cached::Sliced(index) => index,
         };
         let (entry, info) = (&index.head, index.info.clone());
         let total = info.total;
-        let (mut response, cut) = self.answer_head(request, entry, total, head, status, now, false);
-        let (first, last) = match cut {
+        let mut response = self.serve_stored(entry, true, status, now);
+        let (first, last) = match cut(
+            request,
+            entry.status,
+            &mut response,
+            total,
+            fetch.head,
+            false,
+        ) {
             Cut::Done => return response,
             Cut::One(first, last) => (first, last),
             Cut::Whole | Cut::Many(..) => (0, total - 1),
@@ -714,8 +757,8 @@ impl Edge {
         now: Instant,
     ) -> Response<EdgeBody> {
         let len = entry.body.len() as u64;
-        let (mut response, cut) = self.answer_head(request, entry, len, head, status, now, true);
-        *response.body_mut() = match cut {
+        let mut response = self.serve_stored(entry, true, status, now);
+        *response.body_mut() = match cut(request, entry.status, &mut response, len, head, true) {
             Cut::Done => return response,
             Cut::Whole => EdgeBody::full(entry.body.clone()),
             Cut::One(first, last) => {
@@ -728,70 +771,6 @@ impl Edge {
             }
         };
         response
-    }
-
-    /// The head of the answer from a stored entry whose object is `len` bytes, with no
-    /// body yet, and which bytes the body is to hold. Several ranges get a multipart
-    /// answer when `multipart` allows, else the whole object.
-    #[allow(clippy::too_many_arguments)]
-    fn answer_head(
-        &self,
-        request: &http::HeaderMap,
-        entry: &StoredResponse,
-        len: u64,
-        head: bool,
-        status: &CacheStatus,
-        now: Instant,
-        multipart: bool,
-    ) -> (Response<EdgeBody>, Cut) {
-        let mut response = self.serve_stored(entry, true, status, now);
-        // The validators the checks below need are client-visible, so the response's own
-        // header map (parsed once from the stored head) serves them.
-        let conditional = request.contains_key(header::IF_NONE_MATCH)
-            || request.contains_key(header::IF_MODIFIED_SINCE);
-        if conditional
-            && entry.status == StatusCode::OK
-            && not_modified(request, response.headers())
-        {
-            *response.status_mut() = StatusCode::NOT_MODIFIED;
-            return (response, Cut::Done);
-        }
-        if head {
-            return (response, Cut::Done);
-        }
-        if entry.status != StatusCode::OK || !request.contains_key(header::RANGE) {
-            return (response, Cut::Whole);
-        }
-        let ranges = match range::evaluate(request, response.headers(), len) {
-            RangeAnswer::Full => return (response, Cut::Whole),
-            RangeAnswer::Unsatisfiable => {
-                *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-                let headers = response.headers_mut();
-                headers.remove(header::CONTENT_LENGTH);
-                headers.insert(header::CONTENT_RANGE, content_range(&format!("*/{len}")));
-                return (response, Cut::Done);
-            }
-            RangeAnswer::Partial(ranges) => ranges,
-        };
-        if ranges.len() > 1 && !multipart {
-            return (response, Cut::Whole);
-        }
-        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        response.headers_mut().remove(header::CONTENT_LENGTH);
-        if let [(start, end)] = ranges[..] {
-            response.headers_mut().insert(
-                header::CONTENT_RANGE,
-                content_range(&format!("{start}-{end}/{len}")),
-            );
-            return (response, Cut::One(start, end));
-        }
-        let boundary = multipart_boundary();
-        if let Ok(value) =
-            HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
-        {
-            response.headers_mut().insert(header::CONTENT_TYPE, value);
-        }
-        (response, Cut::Many(ranges, boundary))
     }
 
     /// Removes the entry for `target` on `site` (RFC 9111 4.4).
@@ -1020,6 +999,85 @@ impl Handler for Edge {
     fn count(&self, outcome: Outcome) {
         self.metrics.request(outcome);
     }
+}
+
+/// Which bytes of a stored object of `len` bytes (stored with status `stored`) answer
+/// `request`, with `response` (the stored head, no body yet) turned into `304`, `416` or
+/// `206` as the request's conditionals and `Range` call for. Several ranges get a
+/// multipart answer when `multipart` allows, else the whole object.
+fn cut(
+    request: &http::HeaderMap,
+    stored: StatusCode,
+    response: &mut Response<EdgeBody>,
+    len: u64,
+    head: bool,
+    multipart: bool,
+) -> Cut {
+    // The validators the checks below need are client-visible, so the response's own
+    // header map (parsed once from the stored head) serves them.
+    let conditional = request.contains_key(header::IF_NONE_MATCH)
+        || request.contains_key(header::IF_MODIFIED_SINCE);
+    if conditional && stored == StatusCode::OK && not_modified(request, response.headers()) {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        return Cut::Done;
+    }
+    if head {
+        return Cut::Done;
+    }
+    if stored != StatusCode::OK || !request.contains_key(header::RANGE) {
+        return Cut::Whole;
+    }
+    let ranges = match range::evaluate(request, response.headers(), len) {
+        RangeAnswer::Full => return Cut::Whole,
+        RangeAnswer::Unsatisfiable => {
+            *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            let headers = response.headers_mut();
+            headers.remove(header::CONTENT_LENGTH);
+            headers.insert(header::CONTENT_RANGE, content_range(&format!("*/{len}")));
+            return Cut::Done;
+        }
+        RangeAnswer::Partial(ranges) => ranges,
+    };
+    if ranges.len() > 1 && !multipart {
+        return Cut::Whole;
+    }
+    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    response.headers_mut().remove(header::CONTENT_LENGTH);
+    if let [(start, end)] = ranges[..] {
+        response.headers_mut().insert(
+            header::CONTENT_RANGE,
+            content_range(&format!("{start}-{end}/{len}")),
+        );
+        return Cut::One(start, end);
+    }
+    let boundary = multipart_boundary();
+    if let Ok(value) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
+    {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    Cut::Many(ranges, boundary)
+}
+
+/// The lookup of this request's own variant when the fill it waited on stored another
+/// one: the first fill of a URL that turned out to vary is coalesced on the primary key
+/// before anyone knows it varies.
+fn own_variant<'k>(
+    fetch: Fetch<'k>,
+    stored: &Cached,
+    request: &http::HeaderMap,
+) -> Option<Lookup<'k>> {
+    let keyed = &fetch.site.site.key_headers;
+    let selection = stored.response().selected_by.as_ref()?;
+    if selection.matches(request, keyed) {
+        return None;
+    }
+    let (key, _) = selection.index.variant_key(fetch.primary, request, keyed);
+    Some(Lookup {
+        primary: fetch.primary,
+        variant: Some(key),
+        index: Some(selection.index.clone()),
+        miss: Forward::VaryMiss,
+    })
 }
 
 /// Bytes of the request head as sent (request line and header lines).
