@@ -1,13 +1,18 @@
 //! The shield tier: edges hash each object to one shield, shields collapse every edge's
 //! miss into one origin fetch and balance, health-check and fail over across origins.
+//! What a shield does differently from an edge (its role) is at the end.
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
-use support::topology::{OriginPool, Topology};
+use edge::node::node_auth::{NodeClaims, NodeKey};
+use http::{Method, StatusCode};
+use node_api::purge::{Mode, Purge, PurgeBatch, Selector, SequencedPurge};
+use support::topology::{NODE_TOKEN, OriginPool, Topology};
+use support::{HOST, Reply, api_call_with};
 
 fn pool(pool: &str) -> OriginPool {
     OriginPool {
@@ -266,4 +271,133 @@ async fn removing_a_shield_moves_only_its_share_of_keys() {
         (0.18..=0.32).contains(&share),
         "moved share {share}, expected 1/4"
     );
+}
+
+/// One origin, one shield and one edge hashing over it: every node shares the node token.
+async fn tiers() -> Topology {
+    Topology::start(1, 1, 1, OriginPool::default()).await
+}
+
+/// Pushes purge `seq` (the objects tagged `tag`) to the node whose admin listener is
+/// `admin`, as the purge API does.
+async fn push_tag_purge(admin: SocketAddr, seq: u64, tag: &str) {
+    let batch = PurgeBatch {
+        purges: vec![SequencedPurge {
+            seq,
+            purge: Purge {
+                site: "assets".into(),
+                selector: Selector::Tags(vec![tag.into()]),
+                mode: Mode::Hard,
+            },
+        }],
+    };
+    let body = serde_json::to_string(&batch).expect("a batch encodes");
+    let token = [("cdn-node-token", NODE_TOKEN)];
+    let reply = api_call_with(admin, Method::POST, "/v1/purge", None, &token, &body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+fn tags(reply: &Reply) -> (&str, &str) {
+    (reply.header("surrogate-key"), reply.header("cache-tag"))
+}
+
+#[tokio::test]
+async fn tags_reach_the_edges_but_never_leave_the_cdn() {
+    let t = tiers().await;
+    let tagged = "/tags/1k.bin?h.surrogate-key=grp-1%20grp-2&h.cache-tag=blue";
+    // The edge, the last hop, answers without them: the miss, a hit on the fast path and
+    // a range on the full path.
+    let miss = t.get(0, tagged).await;
+    let hit = t.get(0, tagged).await;
+    let ranged = t.edge_send(0, tagged, &[("range", "bytes=0-9")]).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    for reply in [&miss, &hit, &ranged] {
+        assert!(reply.status.is_success(), "{}", reply.status);
+        assert_eq!(tags(reply), ("", ""), "{}", reply.cache_status());
+    }
+    // Nor a response it may not store (handed to the request that fetched it), nor the
+    // next request for it, passed through by the hit-for-pass marker.
+    let private = "/tags/private.bin?cc=private&h.surrogate-key=grp-3";
+    for _ in 0..2 {
+        let reply = t.get(0, private).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(tags(&reply), ("", ""), "{}", reply.cache_status());
+    }
+    // The shield, whose clients are edges, passes them on.
+    let from_shield = t.shield_get(0, tagged).await.expect("an answer");
+    assert!(from_shield.cache_status().contains("hit"));
+    assert_eq!(tags(&from_shield), ("grp-1 grp-2", "blue"));
+    // And the edge learnt them before removing them: a purge of one tag reaches its copy.
+    push_tag_purge(t.edges[0].admin_addr(), 1, "grp-2").await;
+    let after = t.get(0, tagged).await;
+    assert!(
+        after.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        after.cache_status()
+    );
+}
+
+/// A request signed with the node token, claiming purge position `seq`: what an edge's
+/// fill sends its shield.
+fn signed_claim(target: &str, seq: u64) -> Vec<(String, String)> {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::HOST, http::HeaderValue::from_static(HOST));
+    let claims = NodeClaims {
+        purge_seq: Some(seq),
+    };
+    NodeKey::new(NODE_TOKEN).sign(&mut headers, &Method::GET, target, claims);
+    headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("cdn-"))
+        .map(|(name, value)| (name.to_string(), value.to_str().expect("ASCII").to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_proven_purge_position_counts_at_a_shield_and_is_ignored_at_an_edge() {
+    let t = tiers().await;
+    let target = "/claims/signed.bin";
+    assert_eq!(t.get(0, target).await.status, StatusCode::OK);
+    let claim = signed_claim(target, 99_999_999);
+    let claim: Vec<(&str, &str)> = claim
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    // An edge's clients are browsers: no claim counts there, proof or not.
+    let at_edge = t.edge_send(0, target, &claim).await;
+    assert!(
+        at_edge.cache_status().contains("hit"),
+        "{}",
+        at_edge.cache_status()
+    );
+    assert_eq!(t.origins[0].hits(target), 1);
+    // A shield's clients are edges: one that applied purges the shield has not gets a
+    // fresh copy, not the shield's.
+    let at_shield = t.shield_send(0, target, &claim).await;
+    assert!(
+        at_shield.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        at_shield.cache_status()
+    );
+    assert_eq!(t.origins[0].hits(target), 2);
+}
+
+#[tokio::test]
+async fn a_shield_s_fills_carry_no_internal_header_to_the_origin() {
+    let t = tiers().await;
+    // Both nodes have applied a purge, so both have a position to claim.
+    for admin in [
+        t.edges[0].admin_addr(),
+        t.shields[0].as_ref().expect("shield").admin_addr(),
+    ] {
+        push_tag_purge(admin, 1, "nothing-tagged").await;
+    }
+    for field in ["cdn-purge-seq", "cdn-node-proof"] {
+        let echoed = t.get(0, &format!("/claims/echo.bin?vary={field}")).await;
+        assert!(
+            echoed.text().starts_with(&format!("{field}=-\n")),
+            "the origin received {}",
+            echoed.text()
+        );
+    }
 }

@@ -10,10 +10,14 @@
 //! consistent hash, EWMA latency), keeps them honest with active probes and passive
 //! ejection, retries idempotent fetches on another origin within a budget, and serves
 //! stale (`stale-if-error`) when every origin fails. See `edge::upstream::pool`.
+//!
+//! What a shield does differently from an edge is the engine's `edge::node::role::Role`,
+//! which [`ShieldServer::start`] sets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use edge::node::role::Role;
 use edge::{Edge, EdgeConfig, EdgeServer, StartError};
 
 /// A running shield node.
@@ -24,7 +28,11 @@ pub struct ShieldServer {
 
 impl ShieldServer {
     /// Binds the shield's listeners and starts serving and probing its origin pools.
-    pub async fn start(config: EdgeConfig) -> Result<Self, StartError> {
+    /// The node runs as [`Role::Shield`], whatever `config.node.role` said: it believes
+    /// the edges' proven claims, signs nothing toward the origin, and passes the tags
+    /// purges name objects by on to the edges.
+    pub async fn start(mut config: EdgeConfig) -> Result<Self, StartError> {
+        config.node.role = Role::Shield;
         let server = EdgeServer::start(config).await?;
         tracing::info!(node = %server.edge().name(), "serving as origin shield");
         Ok(Self { server })

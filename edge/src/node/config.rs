@@ -18,6 +18,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::cache::key::QueryMode;
+use crate::node::role::Role;
 use node_api::nats::{DEFAULT_STREAM, validate_servers, validate_stream_name};
 
 pub use crate::cache::store::CacheConfig;
@@ -105,6 +106,10 @@ pub struct NodeConfig {
     /// How often certificate and key files are checked for changes (hot reload).
     #[serde(with = "humantime_serde")]
     pub tls_reload_interval: Duration,
+    /// Whether the node is an edge or a shield: not read from the file, but set by what
+    /// runs the node (`origin_shield::ShieldServer` makes it a shield).
+    #[serde(skip)]
+    pub role: Role,
 }
 
 impl Default for NodeConfig {
@@ -115,6 +120,7 @@ impl Default for NodeConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
             https_listen: None,
             tls_reload_interval: Duration::from_secs(1),
+            role: Role::Edge,
         }
     }
 }

@@ -66,6 +66,17 @@ pub enum Fill {
     },
 }
 
+/// A response head as a fill stores it.
+#[derive(Debug)]
+struct Head {
+    code: StatusCode,
+    headers: HeaderMap,
+    upstream_cache_status: Option<HeaderValue>,
+    /// The tags purges name the response by, read before the node's role removed them
+    /// from `headers`.
+    tags: Vec<String>,
+}
+
 /// Everything a fill needs, owned, so it can run in its own task.
 #[derive(Debug)]
 pub struct FillRequest {
@@ -148,6 +159,10 @@ impl FillRequest {
         if self.site.strip_set_cookie {
             parts.headers.remove(header::SET_COOKIE);
         }
+        // The tags purges name the object by are learnt before the node's role removes
+        // what must not go further downstream (an edge: the tags themselves).
+        let tags = Invalidation::tags_of(&parts.headers);
+        edge.role.strip_downstream(&mut parts.headers);
 
         if parts.status == StatusCode::NOT_MODIFIED
             && let Some(stale) = &self.stale
@@ -231,7 +246,12 @@ impl FillRequest {
         if let Some(len) = declared.filter(|len| *len >= STREAM_AT)
             && with_keyed(vary_of(&parts.headers), &self.site.key_headers) == Vary::None
         {
-            let head = (parts.status, parts.headers, upstream_cache_status);
+            let head = Head {
+                code: parts.status,
+                headers: parts.headers,
+                upstream_cache_status,
+                tags,
+            };
             return self
                 .stream(head, body, len, freshness, status, publisher)
                 .await;
@@ -263,12 +283,13 @@ impl FillRequest {
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        self.store(
-            (parts.status, parts.headers, upstream_cache_status),
-            body,
-            freshness,
-            status,
-        )
+        let head = Head {
+            code: parts.status,
+            headers: parts.headers,
+            upstream_cache_status,
+            tags,
+        };
+        self.store(head, body, freshness, status)
     }
 
     /// How a storable response of `total` bytes, too large to store whole, is sliced;
@@ -290,7 +311,7 @@ impl FillRequest {
     /// is not stored.
     async fn stream(
         &self,
-        head: (StatusCode, HeaderMap, Option<HeaderValue>),
+        head: Head,
         mut body: Incoming,
         len: u64,
         freshness: Freshness,
@@ -300,9 +321,9 @@ impl FillRequest {
         let edge = &self.edge;
         let growing = GrowingBody::new(len);
         let shell = StoredResponse::new(
-            head.0,
-            head.1.clone(),
-            head.2.clone(),
+            head.code,
+            head.headers.clone(),
+            head.upstream_cache_status.clone(),
             Bytes::new(),
             freshness,
         );
@@ -356,14 +377,18 @@ impl FillRequest {
     /// Stores a complete response under its key (a variant's, when it varies).
     fn store(
         &self,
-        (code, headers, upstream_cache_status): (StatusCode, HeaderMap, Option<HeaderValue>),
+        Head {
+            code,
+            headers,
+            upstream_cache_status,
+            tags,
+        }: Head,
         body: Bytes,
         freshness: Freshness,
         mut status: CacheStatus,
     ) -> Fill {
         let edge = &self.edge;
         let vary = with_keyed(vary_of(&headers), &self.site.key_headers);
-        let tags = Invalidation::tags_of(&headers);
         let mut entry = StoredResponse::new(code, headers, upstream_cache_status, body, freshness);
         let key = match vary {
             Vary::Fields(names) => {

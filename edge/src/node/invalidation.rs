@@ -34,8 +34,9 @@ pub const RECENT: usize = 4096;
 /// Registrations of tagged responses between two checks for evicted keys in the index.
 const PRUNE_EVERY: usize = 1024;
 
-/// `Surrogate-Key` (space-separated, Fastly) and `Cache-Tag` (comma-separated, Cloudflare).
-const TAG_FIELDS: [(&str, char); 2] = [("surrogate-key", ' '), ("cache-tag", ',')];
+/// The response fields tags are read from, with their separators: `Surrogate-Key`
+/// (space-separated, Fastly) and `Cache-Tag` (comma-separated, Cloudflare).
+pub const TAG_FIELDS: [(&str, char); 2] = [("surrogate-key", ' '), ("cache-tag", ',')];
 
 /// A batch could not be applied: it does not continue from the node's watermark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod node_auth;
 pub mod proxy;
 pub mod purge_stream;
+pub mod role;
 pub mod server;
 pub mod site;
 pub mod slices;

@@ -30,7 +30,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::cache::BoxError;
-use crate::cache::coalesce::{Coalescer, Role};
+use crate::cache::coalesce::{self, Coalescer};
 use crate::cache::conditional::not_modified;
 use crate::cache::control::CacheControl;
 use crate::cache::freshness::strip_targeted;
@@ -48,6 +48,7 @@ use crate::node::config::{ConfigError, EdgeConfig};
 use crate::node::fill::{Fill, FillRequest};
 use crate::node::metrics::Metrics;
 use crate::node::node_auth::{NodeClaims, NodeKey, take_claims};
+use crate::node::role::Role;
 use crate::node::site::{Misdirected, Site, SiteMatch, SiteTable};
 use crate::node::slices::{SliceFill, SliceSource};
 use crate::upstream::client::{UpstreamBody, UpstreamClient, UpstreamError};
@@ -141,6 +142,8 @@ pub struct Edge {
     pub(crate) invalidation: crate::node::invalidation::Invalidation,
     /// The secret purge pushes must carry; purges are refused while unset.
     pub(crate) node_token: Option<String>,
+    /// Edge or shield: what differs between them ([`crate::node::role`]).
+    pub(crate) role: Role,
     /// The node token as the key of the proofs on internal headers ([`crate::node::node_auth`]).
     node_key: Option<NodeKey>,
     /// Slots for upstream work: misses beyond them are shed.
@@ -187,6 +190,7 @@ impl Edge {
             open: Arc::default(),
             invalidation: Default::default(),
             node_token: config.purge.node_token.clone(),
+            role: config.node.role,
             node_key: config.purge.node_token.as_deref().map(NodeKey::new),
             admission: Admission::new(&config.overload),
         })
@@ -194,6 +198,11 @@ impl Edge {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether this node is an edge or a shield.
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     pub fn sites(&self) -> &SiteTable {
@@ -275,8 +284,12 @@ impl Edge {
         B::Error: Into<BoxError>,
     {
         // Before anything reads the request: what only a node may say is removed, and
-        // believed only with the node's proof.
-        let claims = take_claims(self.node_key.as_ref(), &mut req);
+        // believed only with the node's proof, by a node whose clients are nodes.
+        let believer = self
+            .node_key
+            .as_ref()
+            .filter(|_| self.role.believes_node_claims());
+        let claims = take_claims(believer, &mut req);
         if let Err(Refusal(status, why)) = self.within_limits(&req) {
             return refuse(status, &why);
         }
@@ -491,7 +504,7 @@ impl Edge {
                         .run(publisher)
                 })
                 .await;
-            if role == Role::Follower {
+            if role == coalesce::Role::Follower {
                 self.metrics.coalesced();
             }
             return match fill {
@@ -501,7 +514,7 @@ impl Edge {
                         retried = true;
                         continue;
                     }
-                    status.collapsed = role == Role::Follower;
+                    status.collapsed = role == coalesce::Role::Follower;
                     let response = self
                         .answer(fetch, req.headers(), &entry, &status, Instant::now())
                         .await;
@@ -512,7 +525,7 @@ impl Edge {
                     body,
                     mut status,
                 }) => {
-                    status.collapsed = role == Role::Follower;
+                    status.collapsed = role == coalesce::Role::Follower;
                     let head = fetch.head;
                     let mut response = self.serve_stored(&entry, head, &status, Instant::now());
                     if !head {
@@ -543,7 +556,7 @@ impl Edge {
     async fn handed_off<B>(
         &self,
         fetch: Fetch<'_>,
-        role: Role,
+        role: coalesce::Role,
         response: &Mutex<Option<Response<EdgeBody>>>,
         status: CacheStatus,
         req: Request<B>,
@@ -555,7 +568,7 @@ impl Edge {
         let ranged_too_large = status.detail == Some(NoCacheReason::TooLarge.as_str())
             && req.headers().contains_key(header::RANGE);
         let taken = match role {
-            Role::Leader if !ranged_too_large => response
+            coalesce::Role::Leader if !ranged_too_large => response
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take(),
@@ -619,7 +632,8 @@ impl Edge {
             &site.site.key_headers,
         );
         let applied = self.store.purge_watermark();
-        if let Some(key) = self.node_key.as_ref().filter(|_| applied > 0) {
+        let signer = self.node_key.as_ref().filter(|_| self.role.signs_fills());
+        if let Some(key) = signer.filter(|_| applied > 0) {
             let claims = NodeClaims {
                 purge_seq: Some(applied),
             };
@@ -897,6 +911,7 @@ impl Edge {
         }
         strip_hop_by_hop(&mut parts.headers);
         strip_targeted(&mut parts.headers);
+        self.role.strip_downstream(&mut parts.headers);
         append_list(&mut parts.headers, header::VIA, &self.via);
         status.fwd_status = Some(parts.status.as_u16());
         let upstream = parts.headers.remove(&CACHE_STATUS);

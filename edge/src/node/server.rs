@@ -133,7 +133,7 @@ impl EdgeServer {
         }
         tasks.extend(follower);
         edge.set_ready(true);
-        tracing::info!(node = %edge.name(), %public_addr, %admin_addr, ?https_addr, "edge listening");
+        tracing::info!(node = %edge.name(), role = edge.role().as_str(), %public_addr, %admin_addr, ?https_addr, "listening");
         Ok(Self {
             edge,
             public_addr,
