@@ -8,7 +8,7 @@
 //! ([`store`]), the one decision on what a request finds there ([`lookup`]: hit, stale
 //! while revalidating, fill, pass or refuse), one fetch per key ([`coalesce`]), bodies
 //! still arriving ([`growing_body`]) and how an object too large to store whole is sliced
-//! ([`slice`]).
+//! ([`slice`](mod@slice)).
 //!
 //! This layer is the bottom one: it imports nothing from `upstream`, `front` or `node`.
 //! It knows nothing of nodes, sockets, config files or upstream servers; what it needs of

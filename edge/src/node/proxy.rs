@@ -236,7 +236,7 @@ impl Edge {
     /// which also produces every refusal.
     ///
     /// The caller guarantees the request carries no internal header (`cdn-*`), no field
-    /// that selects a variant or changes the answer (see `connection::parse`): those take
+    /// that selects a variant or changes the answer (see `front::connection`): those take
     /// the full path, which makes the same [`Edge::lookup`] with what they say. The
     /// decision is the full path's too ([`decide`]); only a hit of a whole response is
     /// acted on here.
