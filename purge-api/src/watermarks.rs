@@ -74,13 +74,26 @@ async fn watch_once(
             Ok(Some(entry)) => entry.map_err(|e| format!("watch broke off: {e}"))?,
             Ok(None) => return Err("watch ended".into()),
             Err(_) => {
+                // Read the lagging nodes' keys directly, all at once under one bound: a
+                // watch that went quiet after a server failover, or a read that fails or
+                // hangs, means the watch may be dead, and it is made anew (which delivers
+                // every key's latest value). Only reads that all answer with nothing new
+                // show the nodes really are behind.
+                let keys = lagging();
+                let reads = futures_util::future::join_all(keys.iter().map(|key| store.get(key)));
+                let Ok(values) = tokio::time::timeout(STALL_CHECK, reads).await else {
+                    return Err("reading lagging nodes' watermarks timed out; watching anew".into());
+                };
                 let mut news = false;
-                for key in lagging() {
-                    let value = tokio::time::timeout(STALL_CHECK, store.get(&key)).await;
-                    if let Ok(Ok(Some(value))) = value
-                        && let Some(watermark) = parse(&value)
-                    {
-                        news |= seen(&key, watermark);
+                for (key, value) in keys.iter().zip(values) {
+                    match value {
+                        Ok(Some(value)) => {
+                            if let Some(watermark) = parse(&value) {
+                                news |= seen(key, watermark);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Err(format!("reading {key}'s watermark failed: {e}")),
                     }
                 }
                 if news {
