@@ -25,10 +25,10 @@ pub const STALL_CHECK: Duration = Duration::from_secs(2);
 
 /// Watches the watermark bucket of `stream` until `stop`, calling `seen(key, watermark)`
 /// (which says whether that was news) for every node's current value and then for every
-/// new report. Restarts the watch
-/// (backing off up to 1 s) when NATS goes away or the bucket does not exist yet. After
-/// [`STALL_CHECK`] without a report, the keys `lagging()` names (nodes behind the log's
-/// head) are read directly, so status never depends on the watch alone.
+/// new report. Restarts the watch (backing off up to 1 s) when NATS goes away or the
+/// bucket does not exist yet. After [`STALL_CHECK`] without a report, and whenever the
+/// watch cannot be made, the keys `lagging()` names (nodes behind the log's head) are read
+/// directly, so status never depends on the watch alone.
 pub async fn watch_forever(
     js: jetstream::Context,
     stream: String,
@@ -65,25 +65,25 @@ async fn watch_once(
         .get_key_value(bucket)
         .await
         .map_err(|e| format!("bucket not reachable: {e}"))?;
-    let mut watch = store
-        .watch_all()
-        .await
-        .map_err(|e| format!("cannot watch: {e}"))?;
+    let mut watch = match store.watch_all().await {
+        Ok(watch) => watch,
+        Err(e) => {
+            // After a server failover, creating the watch's consumer can fail for a while
+            // when reading keys already works again (seen with nats-server 2.9): the
+            // lagging nodes' keys are read directly meanwhile, so status goes on.
+            let _ = read_lagging(&store, seen, lagging).await;
+            return Err(format!("cannot watch: {e}"));
+        }
+    };
     loop {
         let entry = match tokio::time::timeout(STALL_CHECK, watch.next()).await {
             Ok(Some(entry)) => entry.map_err(|e| format!("watch broke off: {e}"))?,
             Ok(None) => return Err("watch ended".into()),
             Err(_) => {
-                let mut news = false;
-                for key in lagging() {
-                    let value = tokio::time::timeout(STALL_CHECK, store.get(&key)).await;
-                    if let Ok(Ok(Some(value))) = value
-                        && let Some(watermark) = parse(&value)
-                    {
-                        news |= seen(&key, watermark);
-                    }
-                }
-                if news {
+                // A quiet watch while nodes lag may be a dead one (a server failover): the
+                // keys are read directly, and news there, or a read that fails or hangs,
+                // makes the watch anew (which delivers every key's latest value).
+                if read_lagging(&store, seen, lagging).await? {
                     return Err("the watch missed reports; watching anew".into());
                 }
                 continue;
@@ -103,7 +103,33 @@ async fn watch_once(
     }
 }
 
-/// A watermark as nodes write it: decimal ASCII.
+/// Reads the keys `lagging()` names, all at once under one [`STALL_CHECK`], and passes
+/// each value to `seen`; whether any was news. An error when a read failed or hung.
+async fn read_lagging(
+    store: &kv::Store,
+    seen: &impl Fn(&str, u64) -> bool,
+    lagging: &impl Fn() -> Vec<String>,
+) -> Result<bool, String> {
+    let keys = lagging();
+    let reads = futures_util::future::join_all(keys.iter().map(|key| store.get(key)));
+    let values = tokio::time::timeout(STALL_CHECK, reads)
+        .await
+        .map_err(|_| "reading lagging nodes' watermarks timed out".to_owned())?;
+    let mut news = false;
+    for (key, value) in keys.iter().zip(values) {
+        match value {
+            Ok(Some(value)) => {
+                if let Some(watermark) = parse(&value) {
+                    news |= seen(key, watermark);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("reading {key}'s watermark failed: {e}")),
+        }
+    }
+    Ok(news)
+}
+
 fn parse(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
