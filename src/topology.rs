@@ -6,9 +6,11 @@
 //! API. [`Topology`] validates it as a whole (names unique, edges on distinct addresses,
 //! sites and publishers referring to each other), then hands each component the config it
 //! would read from its own file: edges and shields an [`EdgeConfig`], GeoDNS a
-//! [`GeoDnsConfig`], the purge API a [`PurgeApiConfig`]. Those are built as TOML and
-//! parsed by the components' own parsers, so every rule a component enforces on its file
-//! holds for its part of the topology too.
+//! [`GeoDnsConfig`], the purge API a [`PurgeApiConfig`]. Those are built as the
+//! components' own typed config structs (the topology's `[defaults.*]` tables and site
+//! `options` are parsed into them too) and checked by each component's own `validate`, so
+//! every rule a component enforces on its file holds for its part of the topology too.
+//! `cdn config NODE` serializes a node's config back to the file format.
 //!
 //! Addresses of other components come from a [`Placement`]: the addresses planned in the
 //! file, or those actually bound when the file asks for port 0.
@@ -18,10 +20,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use edge::EdgeConfig;
+use edge::cache::store::CacheConfig;
+use edge::front::limits::LimitsConfig;
+use edge::node::config::{NodeConfig, PurgeConfig, SiteConfig};
+use edge::upstream::balance::Policy;
+use edge::upstream::client::UpstreamConfig;
+use edge::upstream::overload::OverloadConfig;
+use edge::upstream::pool::{PoolConfig, ServerConfig};
 use geodns::GeoDnsConfig;
+use geodns::config as dns;
 use purge_api::PurgeApiConfig;
+use purge_api::config as api;
 use serde::{Deserialize, Serialize};
-use toml::{Table, Value};
 
 /// The embedded default topology of `cdn up`.
 pub const DEFAULT_TOPOLOGY: &str = include_str!("../config/topology.toml");
@@ -84,9 +94,9 @@ pub struct GeoDnsSection {
     /// A MaxMind-format City database, to locate clients outside the regions' networks.
     #[serde(default)]
     pub database: Option<PathBuf>,
-    /// GeoDNS's `[health]` table (interval, timeout, rise, fall).
+    /// GeoDNS's `[health]` settings (interval, timeout, rise, fall).
     #[serde(default)]
-    pub health: Table,
+    pub health: dns::HealthConfig,
 }
 
 /// `[purge_api]`.
@@ -99,15 +109,36 @@ pub struct PurgeApiSection {
     pub log: Option<PathBuf>,
 }
 
-/// `[defaults.edge]` and `[defaults.shield]`: tables of the node config format applied to
-/// every edge or shield (`cache`, `upstream`, `limits`, `overload` ...).
+/// `[defaults.edge]` and `[defaults.shield]`: the node config's tables every edge or
+/// shield takes (`cache`, `upstream`, `limits`, `overload`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
     #[serde(default)]
-    pub edge: Table,
+    pub edge: NodeDefaults,
     #[serde(default)]
-    pub shield: Table,
+    pub shield: NodeDefaults,
+}
+
+/// The settings of one kind of node, in the node config's own types.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDefaults {
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub overload: OverloadConfig,
+    /// The node's own tables, which the topology sets: refused with that reason.
+    #[serde(default)]
+    node: Option<toml::Value>,
+    #[serde(default)]
+    site: Option<toml::Value>,
+    #[serde(default)]
+    purge: Option<toml::Value>,
 }
 
 /// A region of edges.
@@ -153,9 +184,10 @@ pub struct Site {
     pub hosts: Vec<String>,
     /// Origin URLs (`http://host:port`), or `"demo"` for the demo origin.
     pub origins: Vec<String>,
-    /// More keys of the node config's `[[site]]` (`query`, `drop_params`, ...).
+    /// More keys of the node config's `[[site]]` (`query`, `drop_params`, ...), in its own
+    /// type; `name`, `hosts`, `upstream` and `pool` are the topology's to set.
     #[serde(default)]
-    pub options: Table,
+    pub options: SiteConfig,
 }
 
 /// A publisher of the purge API.
@@ -302,23 +334,16 @@ impl Topology {
     /// The config of edge `name`, its sites pooled over the shields (or over the origins
     /// when there is no shield).
     pub fn edge_config(&self, name: &str, at: &Placement) -> Result<EdgeConfig, TopologyError> {
-        let config = self.edge_table(name, at)?;
-        parse_component(&format!("edge {name}"), &config, EdgeConfig::from_toml)
-    }
-
-    fn edge_table(&self, name: &str, at: &Placement) -> Result<Table, TopologyError> {
         let (public, admin) = *at
             .edges
             .get(name)
             .ok_or_else(|| TopologyError::Invalid(format!("no edge {name:?} in the placement")))?;
-        let shields: Vec<Value> = at
+        let shields: Vec<ServerConfig> = at
             .shields
             .iter()
-            .map(|(public, admin)| {
-                server(
-                    &format!("http://{public}"),
-                    Some(format!("http://{admin}/healthz")),
-                )
+            .map(|(public, admin)| ServerConfig {
+                probe: Some(format!("http://{admin}/healthz")),
+                ..ServerConfig::new(format!("http://{public}"))
             })
             .collect();
         let mut sites = Vec::new();
@@ -326,44 +351,37 @@ impl Topology {
             let pool = if shields.is_empty() {
                 origin_pool(site, at)?
             } else {
-                table([
-                    ("balance", "consistent_hash".into()),
-                    ("servers", Value::Array(shields.clone())),
-                ])
+                PoolConfig {
+                    balance: Policy::ConsistentHash,
+                    ..PoolConfig::new(shields.clone())
+                }
             };
             sites.push(self.node_site(site, pool));
         }
-        Ok(self.node_config(name, public, admin, &self.defaults.edge, sites))
+        let config = self.node_config(name, public, admin, &self.defaults.edge, sites);
+        checked(&format!("edge {name}"), config)
     }
 
     /// The config of shield number `n` (file order), its sites pooled over their origins.
     pub fn shield_config(&self, n: usize, at: &Placement) -> Result<EdgeConfig, TopologyError> {
-        let config = self.shield_table(n, at)?;
-        parse_component(
-            &format!("shield {}", self.shields[n].name),
-            &config,
-            EdgeConfig::from_toml,
-        )
-    }
-
-    fn shield_table(&self, n: usize, at: &Placement) -> Result<Table, TopologyError> {
         let shield = &self.shields[n];
         let (public, admin) = at.shields[n];
         let mut sites = Vec::new();
         for site in &self.sites {
             sites.push(self.node_site(site, origin_pool(site, at)?));
         }
-        Ok(self.node_config(&shield.name, public, admin, &self.defaults.shield, sites))
+        let config = self.node_config(&shield.name, public, admin, &self.defaults.shield, sites);
+        checked(&format!("shield {}", shield.name), config)
     }
 
     /// The TOML config file of node `name` (an edge or a shield), as `cdn edge --config`
     /// or `cdn shield --config` reads it: how to run one node of the topology as a
-    /// process of its own. Checked by the node's own parser before it is returned.
+    /// process of its own. Read back by the node's own parser before it is returned.
     pub fn node_config_toml(&self, name: &str, at: &Placement) -> Result<String, TopologyError> {
         let (component, config) = if at.edges.contains_key(name) {
-            (format!("edge {name}"), self.edge_table(name, at)?)
+            (format!("edge {name}"), self.edge_config(name, at)?)
         } else if let Some(n) = self.shields.iter().position(|s| s.name == name) {
-            (format!("shield {name}"), self.shield_table(n, at)?)
+            (format!("shield {name}"), self.shield_config(n, at)?)
         } else {
             let mut known: Vec<&str> = at.edges.keys().map(String::as_str).collect();
             known.extend(self.shields.iter().map(|s| s.name.as_str()));
@@ -372,7 +390,7 @@ impl Topology {
                 known.join(", ")
             )));
         };
-        let text = component_file(&component, &config)?;
+        let text = toml::to_string(&config).map_err(|e| refused(&component, e))?;
         EdgeConfig::from_toml(&text).map_err(|e| refused(&component, e))?;
         Ok(text)
     }
@@ -387,35 +405,25 @@ impl Topology {
         at: &Placement,
     ) -> Result<GeoDnsConfig, TopologyError> {
         let zone = &self.topology.zone;
-        let nameserver = table([
-            ("name", format!("ns1.{zone}").into()),
-            ("addresses", strings(vec![listen.ip().to_string()])),
-        ]);
-        let mut zone_table = table([
-            ("name", zone.clone().into()),
-            ("nameservers", Value::Array(vec![Value::Table(nameserver)])),
-        ]);
+        let nameserver = dns::NameServerConfig {
+            name: format!("ns1.{zone}"),
+            addresses: vec![listen.ip()],
+        };
+        let mut zone_config = dns::ZoneConfig::new(zone.clone(), vec![nameserver]);
         if let Some(ttl) = self.geodns.ttl {
-            zone_table.insert("ttl".into(), i64::from(ttl).into());
+            zone_config.ttl = ttl;
         }
-        let overrides = self
+        let mut geo = dns::GeoConfig::new(self.geodns.default_region.clone());
+        geo.database = self.geodns.database.clone();
+        geo.overrides = self
             .regions
             .iter()
             .flat_map(|r| r.clients.iter().map(move |cidr| (r, cidr)))
-            .map(|(region, cidr)| {
-                Value::Table(table([
-                    ("cidr", cidr.to_string().into()),
-                    ("region", region.name.clone().into()),
-                ]))
+            .map(|(region, cidr)| dns::OverrideConfig {
+                cidr: *cidr,
+                region: region.name.clone(),
             })
             .collect();
-        let mut geo = table([
-            ("default_region", self.geodns.default_region.clone().into()),
-            ("overrides", Value::Array(overrides)),
-        ]);
-        if let Some(database) = &self.geodns.database {
-            geo.insert("database".into(), database.display().to_string().into());
-        }
         let regions = self
             .regions
             .iter()
@@ -425,53 +433,39 @@ impl Topology {
                     .iter()
                     .map(|edge| {
                         let (public, admin) = at.edges[&edge.name];
-                        Value::Table(table([
-                            ("address", public.ip().to_string().into()),
-                            ("probe", format!("http://{admin}/healthz").into()),
-                        ]))
+                        dns::EdgeConfig::new(public.ip(), format!("http://{admin}/healthz"))
                     })
                     .collect();
-                let mut t = table([
-                    ("name", region.name.clone().into()),
-                    ("lat", region.lat.into()),
-                    ("lon", region.lon.into()),
-                    ("edge", Value::Array(edges)),
-                ]);
-                if let Some(capacity) = region.capacity {
-                    t.insert(
-                        "capacity".into(),
-                        i64::try_from(capacity).unwrap_or(i64::MAX).into(),
-                    );
-                }
+                let mut config =
+                    dns::RegionConfig::new(region.name.clone(), region.lat, region.lon, edges);
+                config.capacity = region.capacity;
                 if let Some(spill) = region.spill {
-                    t.insert("spill".into(), spill.into());
+                    config.spill = spill;
                 }
-                Value::Table(t)
+                config
             })
             .collect();
         let customers = self
             .sites
             .iter()
-            .map(|site| {
-                let label = site.cname.as_deref().unwrap_or(&site.name);
-                Value::Table(table([("name", label.into())]))
+            .map(|site| dns::CustomerConfig {
+                name: site.cname.as_deref().unwrap_or(&site.name).to_owned(),
             })
             .collect();
-        let config = table([
-            (
-                "node",
-                Value::Table(table([
-                    ("listen", listen.to_string().into()),
-                    ("admin_listen", admin.to_string().into()),
-                ])),
-            ),
-            ("zone", Value::Table(zone_table)),
-            ("geo", Value::Table(geo)),
-            ("health", Value::Table(self.geodns.health.clone())),
-            ("region", Value::Array(regions)),
-            ("customer", Value::Array(customers)),
-        ]);
-        parse_component("geodns", &config, GeoDnsConfig::from_toml)
+        let config = GeoDnsConfig {
+            node: dns::NodeConfig {
+                listen,
+                admin_listen: admin,
+                ..Default::default()
+            },
+            zone: zone_config,
+            geo,
+            health: self.geodns.health.clone(),
+            regions,
+            customers,
+        };
+        config.validate().map_err(|e| refused("geodns", e))?;
+        Ok(config)
     }
 
     /// The purge API's config: every edge and shield as a node to push purges to.
@@ -481,13 +475,11 @@ impl Topology {
         log: &Path,
         at: &Placement,
     ) -> Result<PurgeApiConfig, TopologyError> {
-        let node = |name: &str, admin: SocketAddr| {
-            Value::Table(table([
-                ("name", name.into()),
-                ("admin", format!("http://{admin}").into()),
-            ]))
+        let node = |name: &str, admin: SocketAddr| api::NodeConfig {
+            name: name.to_owned(),
+            admin: Some(format!("http://{admin}")),
         };
-        let mut nodes: Vec<Value> = self
+        let mut nodes: Vec<api::NodeConfig> = self
             .edges()
             .map(|(_, e)| node(&e.name, at.edges[&e.name].1))
             .collect();
@@ -497,39 +489,37 @@ impl Topology {
                 .zip(&at.shields)
                 .map(|(s, (_, admin))| node(&s.name, *admin)),
         );
-        let sites = self
-            .sites
-            .iter()
-            .map(|site| {
-                Value::Table(table([
-                    ("name", site.name.clone().into()),
-                    ("hosts", strings(self.site_hosts(site))),
-                ]))
-            })
-            .collect();
-        let publishers = self
-            .publishers
-            .iter()
-            .map(|p| {
-                Value::Table(table([
-                    ("name", p.name.clone().into()),
-                    ("token", p.token.clone().into()),
-                    ("sites", strings(p.sites.clone())),
-                ]))
-            })
-            .collect();
-        let config = table([
-            ("listen", listen.to_string().into()),
-            ("node_token", self.topology.node_token.clone().into()),
-            (
-                "log",
-                Value::Table(table([("path", log.display().to_string().into())])),
-            ),
-            ("node", Value::Array(nodes)),
-            ("site", Value::Array(sites)),
-            ("publisher", Value::Array(publishers)),
-        ]);
-        parse_component("purge API", &config, PurgeApiConfig::from_toml)
+        let config = PurgeApiConfig {
+            listen,
+            https_listen: None,
+            tls: None,
+            log: api::LogConfig::file(log),
+            node_token: self.topology.node_token.clone(),
+            nodes,
+            sites: self
+                .sites
+                .iter()
+                .map(|site| api::SiteConfig {
+                    name: site.name.clone(),
+                    hosts: self.site_hosts(site),
+                })
+                .collect(),
+            publishers: self
+                .publishers
+                .iter()
+                .map(|p| api::PublisherConfig {
+                    name: p.name.clone(),
+                    token: p.token.clone(),
+                    sites: p.sites.clone(),
+                    rate: None,
+                })
+                .collect(),
+            limits: Default::default(),
+            rate: Default::default(),
+            queue: Default::default(),
+        };
+        config.validate().map_err(|e| refused("purge API", e))?;
+        Ok(config)
     }
 
     fn node_config(
@@ -537,28 +527,35 @@ impl Topology {
         name: &str,
         public: SocketAddr,
         admin: SocketAddr,
-        defaults: &Table,
-        sites: Vec<Value>,
-    ) -> Table {
-        let mut config = defaults.clone();
-        let node = table([
-            ("name", name.into()),
-            ("listen", public.to_string().into()),
-            ("admin_listen", admin.to_string().into()),
-        ]);
-        let purge = table([("node_token", self.topology.node_token.clone().into())]);
-        config.insert("node".into(), Value::Table(node));
-        config.insert("purge".into(), Value::Table(purge));
-        config.insert("site".into(), Value::Array(sites));
-        config
+        defaults: &NodeDefaults,
+        sites: Vec<SiteConfig>,
+    ) -> EdgeConfig {
+        EdgeConfig {
+            node: NodeConfig {
+                name: name.to_owned(),
+                listen: public,
+                admin_listen: admin,
+                ..Default::default()
+            },
+            cache: defaults.cache.clone(),
+            upstream: defaults.upstream.clone(),
+            limits: defaults.limits.clone(),
+            purge: PurgeConfig {
+                node_token: Some(self.topology.node_token.clone()),
+                ..Default::default()
+            },
+            overload: defaults.overload.clone(),
+            sites,
+        }
     }
 
-    fn node_site(&self, site: &Site, pool: Table) -> Value {
-        let mut t = site.options.clone();
-        t.insert("name".into(), site.name.clone().into());
-        t.insert("hosts".into(), strings(self.site_hosts(site)));
-        t.insert("pool".into(), Value::Table(pool));
-        Value::Table(t)
+    fn node_site(&self, site: &Site, pool: PoolConfig) -> SiteConfig {
+        SiteConfig {
+            name: site.name.clone(),
+            hosts: self.site_hosts(site),
+            pool: Some(pool),
+            ..site.options.clone()
+        }
     }
 
     fn validate(&self) -> Result<(), TopologyError> {
@@ -634,8 +631,14 @@ impl Topology {
                     site.name
                 ));
             }
-            for reserved in ["name", "hosts", "pool", "upstream"] {
-                if site.options.contains_key(reserved) {
+            let options = &site.options;
+            for (reserved, set) in [
+                ("name", !options.name.is_empty()),
+                ("hosts", !options.hosts.is_empty()),
+                ("pool", options.pool.is_some()),
+                ("upstream", options.upstream.is_some()),
+            ] {
+                if set {
                     return invalid(format!(
                         "site {:?}: options.{reserved} is set by the topology itself",
                         site.name
@@ -644,8 +647,12 @@ impl Topology {
             }
         }
         for defaults in [&self.defaults.edge, &self.defaults.shield] {
-            for reserved in ["node", "site", "purge"] {
-                if defaults.contains_key(reserved) {
+            for (reserved, set) in [
+                ("node", defaults.node.is_some()),
+                ("site", defaults.site.is_some()),
+                ("purge", defaults.purge.is_some()),
+            ] {
+                if set {
                     return invalid(format!(
                         "defaults.*.{reserved} is set by the topology itself"
                     ));
@@ -669,7 +676,7 @@ impl Topology {
 }
 
 /// A site's pool of origins.
-fn origin_pool(site: &Site, at: &Placement) -> Result<Table, TopologyError> {
+fn origin_pool(site: &Site, at: &Placement) -> Result<PoolConfig, TopologyError> {
     let mut servers = Vec::new();
     for origin in &site.origins {
         let url = if origin == DEMO_ORIGIN {
@@ -683,45 +690,15 @@ fn origin_pool(site: &Site, at: &Placement) -> Result<Table, TopologyError> {
         } else {
             origin.clone()
         };
-        servers.push(server(&url, None));
+        servers.push(ServerConfig::new(url));
     }
-    Ok(table([("servers", Value::Array(servers))]))
+    Ok(PoolConfig::new(servers))
 }
 
-fn server(url: &str, probe: Option<String>) -> Value {
-    let mut t = table([("url", url.into())]);
-    if let Some(probe) = probe {
-        t.insert("probe".into(), probe.into());
-    }
-    Value::Table(t)
-}
-
-/// A TOML table of `entries`.
-fn table<const N: usize>(entries: [(&str, Value); N]) -> Table {
-    entries
-        .into_iter()
-        .map(|(key, value)| (key.to_owned(), value))
-        .collect()
-}
-
-fn strings(values: Vec<String>) -> Value {
-    Value::Array(values.into_iter().map(Value::from).collect())
-}
-
-/// A component's config from its part of the topology, through the component's own
-/// parser (and so its own validation).
-fn parse_component<T, E: std::fmt::Display>(
-    component: &str,
-    config: &Table,
-    parse: impl FnOnce(&str) -> Result<T, E>,
-) -> Result<T, TopologyError> {
-    let text = component_file(component, config)?;
-    parse(&text).map_err(|e| refused(component, e))
-}
-
-/// The text of a component's config file, as the component reads it.
-fn component_file(component: &str, config: &Table) -> Result<String, TopologyError> {
-    toml::to_string(config).map_err(|e| refused(component, e))
+/// A node's config once its own `validate` accepts it (the rules it enforces on its file).
+fn checked(component: &str, config: EdgeConfig) -> Result<EdgeConfig, TopologyError> {
+    config.validate().map_err(|e| refused(component, e))?;
+    Ok(config)
 }
 
 fn refused(component: &str, error: impl std::fmt::Display) -> TopologyError {
@@ -756,6 +733,9 @@ mod tests {
                 .expect("pooled over the shield");
             assert_eq!(pool.servers.len(), 1);
             assert_eq!(pool.servers[0].url, "http://127.0.0.1:8082");
+            // The site's options, typed as the node reads them.
+            assert_eq!(config.sites[0].query, edge::cache::key::QueryMode::Sort);
+            assert_eq!(config.sites[0].drop_params.len(), 3);
         }
         let shield = topology.shield_config(0, &at).expect("shield config");
         assert_eq!(
@@ -831,6 +811,20 @@ mod tests {
         let text = DEFAULT_TOPOLOGY.replace("[defaults.edge.cache]", "[defaults.edge.node]");
         let err = Topology::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("defaults.*.node"), "{err}");
+        let text = DEFAULT_TOPOLOGY.replace(
+            r#"query = "sort""#,
+            r#"query = "sort"
+hosts = ["x.example"]"#,
+        );
+        let err = Topology::from_toml(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("options.hosts is set by the topology"),
+            "{err}"
+        );
+        // A typo in a site's options or a default is an error, as in the node's own file.
+        let text = DEFAULT_TOPOLOGY.replace(r#"query = "sort""#, r#"qeury = "sort""#);
+        let err = Topology::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("qeury"), "{err}");
     }
 
     #[test]

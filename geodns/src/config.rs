@@ -178,6 +178,59 @@ pub struct CustomerConfig {
     pub name: String,
 }
 
+impl ZoneConfig {
+    /// The zone `name` served by `nameservers`, every other setting at its default.
+    pub fn new(name: impl Into<String>, nameservers: Vec<NameServerConfig>) -> Self {
+        Self {
+            name: name.into(),
+            ttl: default_ttl(),
+            max_answers: default_max_answers(),
+            nameservers,
+            hostmaster: None,
+            serial: default_serial(),
+            negative_ttl: default_negative_ttl(),
+        }
+    }
+}
+
+impl GeoConfig {
+    /// Clients that cannot be located go to `default_region`; ECS on, no database, no
+    /// overrides.
+    pub fn new(default_region: impl Into<String>) -> Self {
+        Self {
+            database: None,
+            default_region: default_region.into(),
+            overrides: Vec::new(),
+            ecs: default_true(),
+        }
+    }
+}
+
+impl RegionConfig {
+    /// A region at (`lat`, `lon`) with `edges`, no capacity, the default spill share.
+    pub fn new(name: impl Into<String>, lat: f64, lon: f64, edges: Vec<EdgeConfig>) -> Self {
+        Self {
+            name: name.into(),
+            lat,
+            lon,
+            edges,
+            capacity: None,
+            spill: default_spill(),
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// An edge answered as `address`, probed at `probe`, weight 1.
+    pub fn new(address: IpAddr, probe: impl Into<String>) -> Self {
+        Self {
+            address,
+            probe: probe.into(),
+            weight: default_weight(),
+        }
+    }
+}
+
 fn default_ttl() -> u32 {
     20
 }

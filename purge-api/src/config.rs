@@ -170,6 +170,19 @@ impl Default for LimitsConfig {
     }
 }
 
+impl LogConfig {
+    /// The embedded log in the redb file at `path`, with the default retention.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self {
+            engine: LogEngine::Embedded,
+            path: Some(path.into()),
+            nats: None,
+            retain_entries: default_retain_entries(),
+            retain_for: default_retain_for(),
+        }
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9100))
 }

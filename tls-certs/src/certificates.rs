@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 /// A site's certificate files (`tls = { cert = ..., key = ... }` in a site's config):
 /// PEM, re-read when they change on disk.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertFiles {
     /// The certificate chain, leaf first (PEM).

@@ -93,7 +93,7 @@ impl fmt::Display for CacheKey {
 }
 
 /// Treatment of the query string.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueryMode {
     /// Keep the query as sent (after dropping `drop_params`).

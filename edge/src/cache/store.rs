@@ -335,7 +335,7 @@ pub fn serialize_head(status: StatusCode, headers: &HeaderMap) -> Bytes {
 }
 
 /// Size of the in-memory cache.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Total bytes of cached responses (bodies, headers and keys), e.g. `"512 MiB"`.

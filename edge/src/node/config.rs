@@ -29,7 +29,7 @@ use crate::upstream::pool::base_url;
 pub use crate::upstream::pool::{PoolConfig, ServerConfig};
 
 /// The whole configuration of one edge node.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
     #[serde(default)]
@@ -49,7 +49,7 @@ pub struct EdgeConfig {
 }
 
 /// How the node takes part in purges.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PurgeConfig {
     /// Shared secret the purge API sends (header `cdn-node-token`) when it pushes purges
@@ -67,7 +67,7 @@ pub struct PurgeConfig {
 }
 
 /// How a node reaches the purge stream (`[purge.nats]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsPurgeConfig {
     /// NATS servers of the node's region (`nats://host:4222`); the client reconnects to
@@ -91,7 +91,7 @@ impl NatsPurgeConfig {
 }
 
 /// Identity and listeners of the node.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// The node's name in `Via` and `Cache-Status`; an RFC 9110 token.
@@ -126,12 +126,15 @@ impl Default for NodeConfig {
 }
 
 /// One site: the hosts it answers for and where its content comes from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
-    /// Short name for logs and metric labels.
+    /// Short name for logs and metric labels (required; checked by `validate`).
+    #[serde(default)]
     pub name: String,
-    /// Host names (no port) this site answers for; matched case-insensitively.
+    /// Host names (no port) this site answers for; matched case-insensitively (at least
+    /// one; checked by `validate`).
+    #[serde(default)]
     pub hosts: Vec<String>,
     /// Base URL of the one upstream, `http://host:port`: an origin or a shield. A site
     /// names either this or a `pool`.
@@ -187,6 +190,31 @@ pub struct SiteConfig {
     /// `X-HTTP-Method-Override`, ...) are only forwarded when listed here.
     #[serde(default)]
     pub key_headers: Vec<String>,
+}
+
+/// A site with no name, hosts or upstream yet and every policy at its default: what a
+/// `[[site]]` table without keys means (the topology's site `options` start from it).
+impl Default for SiteConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            hosts: Vec::new(),
+            upstream: None,
+            pool: None,
+            upstream_host: None,
+            generation: default_generation(),
+            query: QueryMode::default(),
+            drop_params: Vec::new(),
+            heuristic_fraction: None,
+            heuristic_max: default_heuristic_max(),
+            negative_ttl: default_negative_ttl(),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: default_stale_if_error(),
+            strip_set_cookie: false,
+            tls: None,
+            key_headers: Vec::new(),
+        }
+    }
 }
 
 fn default_negative_ttl() -> Duration {
@@ -434,6 +462,14 @@ fn is_token(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_default_site_is_what_an_empty_site_table_means() {
+        let parsed: SiteConfig = toml::from_str("").expect("an empty table");
+        let text = |site: &SiteConfig| toml::to_string(site).expect("serializes");
+        assert_eq!(text(&SiteConfig::default()), text(&parsed));
+    }
+
     use super::*;
     use crate::upstream::balance::Policy;
 

@@ -148,7 +148,7 @@ fn error_chain(e: &dyn StdError) -> String {
 }
 
 /// How the node talks to its upstreams (origins or shields).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// Time allowed to open a TCP connection.

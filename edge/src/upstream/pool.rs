@@ -32,7 +32,7 @@ use crate::upstream::health::{Health, HealthConfig, State, Transition};
 use crate::upstream::retry_budget::{RetryBudget, RetryBudgetConfig};
 
 /// A site's upstream servers and how requests are spread over them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// `round_robin`, `weighted_round_robin`, `least_connections`, `consistent_hash` (by
@@ -50,7 +50,7 @@ pub struct PoolConfig {
 }
 
 /// One upstream server of a pool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// `http://host:port`.
@@ -64,6 +64,31 @@ pub struct ServerConfig {
     /// URL probed instead of `url` + `health.path` (e.g. a shield's admin `/healthz`).
     #[serde(default)]
     pub probe: Option<String>,
+}
+
+impl PoolConfig {
+    /// A pool of `servers` with every other setting at its default.
+    pub fn new(servers: Vec<ServerConfig>) -> Self {
+        Self {
+            balance: Policy::default(),
+            servers,
+            probes: default_true(),
+            health: HealthConfig::default(),
+            retry: RetryBudgetConfig::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The server at `url`, weight 1, no connection cap, probed at `url` + `health.path`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            weight: default_weight(),
+            max_connections: 0,
+            probe: None,
+        }
+    }
 }
 
 fn default_true() -> bool {

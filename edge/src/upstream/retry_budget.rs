@@ -31,7 +31,7 @@ pub const WINDOW_SECS: usize = 10;
 const PPM: u128 = 1_000_000;
 
 /// The `retry` section of an upstream pool's configuration.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryBudgetConfig {
     /// Retries allowed per request in the window, beyond the floor (0.2 = one in five).
