@@ -5,7 +5,7 @@
 //! refused before they are read (no token, or over the limit) and an `Idempotency-Key`
 //! returns its purge only to the same request.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
