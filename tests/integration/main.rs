@@ -6,7 +6,9 @@
 //! process-wide state another could change: listeners bind port 0 (NATS servers, which
 //! cannot, a port found free a moment before), child processes are signalled by their own
 //! pid, nothing sets environment variables or a global tracing subscriber, and nothing
-//! signals this process (GeoDNS servers install a SIGHUP handler here, harmlessly).
+//! signals this process (GeoDNS servers install a SIGHUP handler here, harmlessly). A test
+//! that measures the process itself (its peak memory) runs alone in a child process:
+//! `support::memory::alone`.
 
 mod support;
 
