@@ -1,6 +1,6 @@
 //! Variants: responses that vary by request fields are stored and served per variant.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

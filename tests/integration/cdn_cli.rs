@@ -1,7 +1,7 @@
 //! The `cdn` binary as an operator runs it: `cdn up` in one process, `cdn drill` and
 //! `cdn warm` in others, found through the endpoints file; Ctrl-C stops it cleanly.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,7 @@
 //! The purge API over HTTPS: publishers purge over TLS with the certificate from `[tls]`,
 //! re-read when it changes; the plain listener stays for the nodes.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};

@@ -5,7 +5,7 @@
 //! refused before they are read (no token, or over the limit) and an `Idempotency-Key`
 //! returns its purge only to the same request.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -594,6 +594,9 @@ fn grown(base: u64) -> u64 {
 
 #[tokio::test]
 async fn a_flood_of_unauthenticated_300_mib_bodies_is_refused_unread_and_memory_stays_flat() {
+    if memory::alone() {
+        return;
+    }
     let p = Purging::start(0, "").await;
     const LEN: u64 = 300 << 20;
     let base = memory::reset_peak();
@@ -670,6 +673,9 @@ async fn a_declared_body_over_the_limit_gets_413_before_it_is_sent() {
 
 #[tokio::test]
 async fn an_authenticated_chunked_body_over_the_limit_gets_413_once_the_limit_is_read() {
+    if memory::alone() {
+        return;
+    }
     let p = Purging::start(0, "").await;
     const LEN: u64 = 300 << 20;
     let base = memory::reset_peak();

@@ -1,6 +1,5 @@
 //! TLS for tests: a certificate authority made at test time with `rcgen`, leaf
 //! certificates for host names written as PEM files, and a real rustls client.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! conditional requests answered from cache, only-if-cached, and invalidation by unsafe
 //! methods.
 
-mod support;
+use crate::support;
 
 use http::{Method, StatusCode};
 use support::{HOST, Harness};

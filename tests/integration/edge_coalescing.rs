@@ -1,6 +1,6 @@
 //! Concurrent misses for one object reach the upstream once.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,6 +1,5 @@
 //! Shared setup for the cross-component tests: a demo origin and an edge on port 0 of
 //! 127.0.0.1, an HTTP client, and a raw-socket helper for malformed input.
-#![allow(dead_code)] // each test binary uses its own part of the harness
 
 pub mod dns;
 pub mod local_cdn;

@@ -1,7 +1,7 @@
 //! Serving stale: while refreshing (`stale-while-revalidate`) and when the upstream fails
 //! (`stale-if-error`), never when the response forbids it.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

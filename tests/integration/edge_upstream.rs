@@ -1,6 +1,6 @@
 //! Upstreams that answer in unusual but legal ways.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

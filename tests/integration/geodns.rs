@@ -3,7 +3,7 @@
 //! and back, RFC answers for every kind of name, and bad packets answered with the right
 //! error codes.
 
-mod support;
+use crate::support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

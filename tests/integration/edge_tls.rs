@@ -1,7 +1,7 @@
 //! HTTPS on the edge: a certificate per site chosen by SNI, refused unknown names, hot
 //! reload of certificates from disk, HTTP/2 and HTTP/1.1 by ALPN.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -1,6 +1,6 @@
 //! Range requests: cut from the stored object, fetched whole once on a miss.
 
-mod support;
+use crate::support;
 
 use http::{Method, StatusCode};
 use support::{HOST, Harness};

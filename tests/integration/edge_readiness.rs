@@ -2,7 +2,7 @@
 //! degraded, GeoDNS sends its clients to a region that can fill misses, and with every
 //! upstream down (even frozen, answering nothing) a stale copy is served at once.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};

@@ -8,7 +8,7 @@
 //!
 //! Needs `nats-server` (`apt-get install -y nats-server`; `.ci/run` installs it).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The edge's HTTP/1.1 connection handling: keep-alive, pipelining, closing, timeouts, and
 //! the hand-over to hyper for what the hot path does not handle itself.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Objects above `max_object_size` cached in slices: a range costs only the slices it
 //! covers, each slice is fetched once, and two versions are never stitched together.
 
-mod support;
+use crate::support;
 
 use http::{Method, StatusCode};
 use support::Harness;

@@ -1,6 +1,6 @@
 //! The edge refuses what it must, fails clearly, and keeps serving.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

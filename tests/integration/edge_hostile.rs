@@ -1,7 +1,7 @@
 //! Hostile and malformed input over raw TCP: each gets its exact status, the connection
 //! is closed where the rest of it cannot be trusted, and the node keeps serving others.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Large objects stream to every waiting client while they fill, and a client that joins
 //! mid-fill is served from the partial object rather than by a second origin fetch.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,7 +2,7 @@
 //! miss into one origin fetch and balance, health-check and fail over across origins.
 //! What a shield does differently from an edge (its role) is at the end.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! What the edge stores, for how long, and what it says about it.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! shield, the demo origin, GeoDNS, the purge API) on loopback, driven the way its users
 //! drive it: browsers resolve and fetch, publishers purge, operators drill and warm.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;
