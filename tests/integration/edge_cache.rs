@@ -308,3 +308,80 @@ async fn client_conditionals_and_ranges_do_not_leak_into_shared_fills() {
     assert!(hit.cache_status().contains("hit"));
     assert_eq!(hit.body.len(), 1024);
 }
+
+#[tokio::test]
+async fn expires_is_read_in_all_three_date_forms_whatever_their_case() {
+    let h = Harness::start().await;
+    let later = std::time::SystemTime::now() + Duration::from_secs(600);
+    let imf = httpdate::fmt_http_date(later);
+    for (i, expires) in [
+        support::asctime(later),
+        support::asctime(later).to_uppercase(),
+        support::rfc850(later).to_lowercase(),
+        imf.to_lowercase(),
+        imf.replace("GMT", "gmt"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // No Cache-Control and no validators: Expires alone says how long to keep it.
+        let target = format!(
+            "/expires-{i}.bin?cc=none&etag=0&h.expires={}",
+            support::query_value(&expires)
+        );
+        let before = h.origin.total_hits();
+        h.get(&target).await;
+        let second = h.get(&target).await;
+        assert!(
+            second.cache_status().contains("; hit"),
+            "Expires: {expires} -> {}",
+            second.cache_status()
+        );
+        assert_eq!(h.origin.total_hits() - before, 1, "Expires: {expires}");
+    }
+}
+
+#[tokio::test]
+async fn responses_with_only_last_modified_are_fresh_by_the_default_heuristic() {
+    // The demo origin's Last-Modified is weeks old: 10 % of that, capped at a day.
+    let h = Harness::start().await;
+    for status in ["200", "203", "405", "501"] {
+        let target = format!("/heuristic.bin?cc=none&status={status}");
+        h.get(&target).await;
+        let second = h.get(&target).await;
+        assert!(
+            second.cache_status().contains("; hit"),
+            "{status}: {}",
+            second.cache_status()
+        );
+        assert!(
+            second.cache_status().contains("ttl="),
+            "{}",
+            second.cache_status()
+        );
+        assert_eq!(h.origin.hits(&target), 1, "{status}");
+    }
+    // `public` makes a status outside the heuristic list cacheable the same way.
+    let target = "/heuristic-public.bin?cc=public&status=302&h.location=%2Fx";
+    h.get(target).await;
+    assert!(h.get(target).await.cache_status().contains("; hit"));
+    // Without Last-Modified there is nothing to base a heuristic on.
+    let target = "/heuristic-none.bin?cc=none&etag=0";
+    h.get(target).await;
+    h.get(target).await;
+    assert_eq!(h.origin.hits(target), 2);
+}
+
+#[tokio::test]
+async fn the_heuristic_can_be_turned_off_per_site() {
+    let h = Harness::start_with("", "heuristic_fraction = 0").await;
+    let target = "/no-heuristic.bin?cc=none";
+    h.get(target).await;
+    let second = h.get(target).await;
+    assert!(
+        !second.cache_status().contains("; hit"),
+        "{}",
+        second.cache_status()
+    );
+    assert_eq!(h.origin.hits(target), 2);
+}

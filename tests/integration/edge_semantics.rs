@@ -191,3 +191,87 @@ async fn an_outage_does_not_mark_urls_uncacheable() {
     );
     assert!(h.get("/o.bin").await.cache_status().contains("; hit"));
 }
+
+#[tokio::test]
+async fn a_cdn_cache_control_that_is_not_a_structured_dictionary_is_ignored() {
+    let h = Harness::start().await;
+    // RFC 9213 2.1: a targeted field that fails to parse is ignored, so the
+    // Cache-Control beside it applies; so is one whose only directive has the wrong type.
+    for (i, targeted) in ["max-age=10000, &&&&&", "max-age=\"10000\"", "max-age=1.5"]
+        .into_iter()
+        .enumerate()
+    {
+        let target = format!(
+            "/tcc-bad-{i}.bin?cc=no-store&h.cdn-cache-control={}",
+            support::query_value(targeted)
+        );
+        let before = h.origin.total_hits();
+        for _ in 0..2 {
+            let reply = h.get(&target).await;
+            assert_eq!(reply.status, StatusCode::OK);
+            assert!(
+                reply.cache_status().contains("fwd=uri-miss")
+                    && !reply.cache_status().contains("stored"),
+                "{targeted}: {}",
+                reply.cache_status()
+            );
+        }
+        assert_eq!(h.origin.total_hits() - before, 2, "{targeted} was obeyed");
+    }
+    // A valid one still wins over Cache-Control.
+    let target = format!(
+        "/tcc-good.bin?cc=no-store&h.cdn-cache-control={}",
+        support::query_value("max-age=60, must-revalidate")
+    );
+    let before = h.origin.total_hits();
+    h.get(&target).await;
+    assert!(h.get(&target).await.cache_status().contains("; hit"));
+    assert_eq!(h.origin.total_hits() - before, 1);
+}
+
+#[tokio::test]
+async fn if_modified_since_is_compared_with_date_when_there_is_no_last_modified() {
+    let h = Harness::start().await;
+    // `etag=0`: no ETag and no Last-Modified; the stored response's Date stands in.
+    let target = "/ims-date.bin?etag=0";
+    let first = h.get(target).await;
+    assert_eq!(first.header("last-modified"), "");
+    let date = first.header("date").to_owned();
+    assert!(!date.is_empty());
+    let reply = h
+        .send(Method::GET, target, HOST, &[("if-modified-since", &date)])
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::NOT_MODIFIED,
+        "{:?}",
+        reply.headers
+    );
+    assert!(reply.body.is_empty());
+    assert!(
+        reply.cache_status().contains("; hit"),
+        "{}",
+        reply.cache_status()
+    );
+    // The same instant in the obsolete asctime form a recipient must accept (RFC 9110
+    // 5.6.7), and in another case.
+    let time = httpdate::parse_http_date(&date).expect("Date is an IMF-fixdate");
+    let imf = httpdate::fmt_http_date(time);
+    for form in [support::asctime(time), imf.to_uppercase()] {
+        let reply = h
+            .send(Method::GET, target, HOST, &[("if-modified-since", &form)])
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::NOT_MODIFIED,
+            "If-Modified-Since: {form}"
+        );
+    }
+    // A date before the response's Date is not a match.
+    let earlier = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let reply = h
+        .send(Method::GET, target, HOST, &[("if-modified-since", earlier)])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(h.origin.hits(target), 1);
+}

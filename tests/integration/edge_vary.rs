@@ -126,3 +126,36 @@ async fn invalidating_a_url_drops_every_variant() {
     }
     assert_eq!(h.origin.hits(target), 5, "2 GETs, 1 PUT, 2 GETs");
 }
+
+#[tokio::test]
+async fn list_valued_fields_are_normalized_before_variants_are_compared() {
+    let h = Harness::start().await;
+    let target = "/lang.html?vary=accept-language";
+    let first = h
+        .send(Method::GET, target, HOST, &[("accept-language", "en, fr")])
+        .await;
+    for same in ["fr,en", "FR , En", "en,fr;q=1", " en ,, fr "] {
+        let reply = h
+            .send(Method::GET, target, HOST, &[("accept-language", same)])
+            .await;
+        assert!(
+            reply.cache_status().contains("; hit"),
+            "{same:?}: {}",
+            reply.cache_status()
+        );
+        assert_eq!(reply.body, first.body, "{same:?}");
+    }
+    assert_eq!(h.origin.hits(target), 1);
+    // Different weights or members are different variants.
+    for other in ["en;q=0.5, fr", "en-gb, fr"] {
+        let reply = h
+            .send(Method::GET, target, HOST, &[("accept-language", other)])
+            .await;
+        assert!(
+            reply.cache_status().contains("fwd=vary-miss"),
+            "{other:?}: {}",
+            reply.cache_status()
+        );
+    }
+    assert_eq!(h.origin.hits(target), 3);
+}

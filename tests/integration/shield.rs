@@ -234,6 +234,24 @@ async fn with_every_origin_down_the_shield_serves_stale() {
 }
 
 #[tokio::test]
+async fn stale_if_error_is_labelled_at_every_tier() {
+    let t = Topology::start(1, 1, 1, pool("")).await;
+    let target = "/stale/tiers.bin?cc=max-age%3D0%2C%20stale-if-error%3D600";
+    let first = t.get(0, target).await;
+    assert_eq!(first.status, StatusCode::OK);
+    t.origins[0].fail_with(StatusCode::SERVICE_UNAVAILABLE);
+    let stale = t.get(0, target).await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert!(stale.body == first.body);
+    let all = stale.header("cache-status");
+    let members: Vec<&str> = all.split(", ").collect();
+    assert_eq!(members.len(), 2, "{all}");
+    for member in members {
+        assert!(member.contains("detail=stale-if-error"), "{all}");
+    }
+}
+
+#[tokio::test]
 async fn removing_a_shield_moves_only_its_share_of_keys() {
     let mut t = Topology::start(1, 4, 1, pool("")).await;
     let targets: Vec<String> = (0..400)

@@ -9,6 +9,8 @@ use std::time::SystemTime;
 use http::HeaderMap;
 use http::header::{DATE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
 
+use crate::cache::http_date;
+
 /// Whether a request's conditionals say the client's copy of `stored` is current.
 pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     let mut inm = request.get_all(IF_NONE_MATCH).iter().peekable();
@@ -40,7 +42,7 @@ fn weak_eq(a: &str, b: &str) -> bool {
 }
 
 fn date(headers: &HeaderMap, name: &http::HeaderName) -> Option<SystemTime> {
-    httpdate::parse_http_date(headers.get(name)?.to_str().ok()?).ok()
+    http_date::header(headers, name)
 }
 
 #[cfg(test)]

@@ -4,6 +4,14 @@
 //! unknown directives. Invalid or conflicting freshness values are kept as
 //! [`Seconds::Invalid`] so that freshness can treat the response as stale (RFC 9111 4.2.1)
 //! instead of guessing.
+//!
+//! Targeted fields (`CDN-Cache-Control`, RFC 9213) are different: they are Structured
+//! Field Dictionaries (RFC 9651), and a line that does not parse as one makes the whole
+//! field count as absent, so the `Cache-Control` beside it applies. A directive whose value
+//! has the wrong type (`max-age="60"`, `max-age=1.5`, `no-store=5`) is not consumed (RFC
+//! 9213 2.1); a field left with no directive this cache could consume counts as absent too,
+//! so a malformed targeted field can never switch off the `no-store` or `private` of the
+//! field it overrides.
 
 use http::HeaderMap;
 use http::header::{CACHE_CONTROL, HeaderName};
@@ -82,6 +90,60 @@ impl CacheControl {
             }
         }
         cc
+    }
+
+    /// Parses every line of a targeted field (RFC 9213) as one Structured Field
+    /// Dictionary. `None` when the field is absent, empty, does not parse, or holds no
+    /// directive with a value of the type it needs: then the field is ignored.
+    pub fn from_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
+        let mut lines = headers.get_all(name).iter();
+        let first = lines.next()?;
+        let mut joined = first.as_bytes().to_vec();
+        for line in lines {
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(line.as_bytes());
+        }
+        let dictionary: sfv::Dictionary = sfv::Parser::new(&joined).parse().ok()?;
+        let mut cc = CacheControl::default();
+        for (key, member) in &dictionary {
+            let sfv::ListEntry::Item(item) = member else {
+                continue;
+            };
+            cc.consume_targeted(key.as_str(), &item.bare_item);
+        }
+        (!cc.is_empty()).then_some(cc)
+    }
+
+    /// Applies one Dictionary member if its value has the type the directive needs:
+    /// an Integer for delta-seconds, Boolean true for flags, also a String (a field list,
+    /// treated as unqualified) for `no-cache` and `private`. Parameters are ignored.
+    fn consume_targeted(&mut self, name: &str, value: &sfv::BareItem) {
+        let seconds = || match value {
+            sfv::BareItem::Integer(i) => u64::try_from(i64::from(*i))
+                .ok()
+                .map(|v| Seconds::Valid(v.min(DELTA_SECONDS_MAX))),
+            _ => None,
+        };
+        let flag = matches!(value, sfv::BareItem::Boolean(true));
+        let flag_or_list = flag || matches!(value, sfv::BareItem::String(_));
+        match name {
+            "max-age" => self.max_age = seconds().unwrap_or(self.max_age),
+            "s-maxage" => self.s_maxage = seconds().unwrap_or(self.s_maxage),
+            "stale-while-revalidate" => {
+                self.stale_while_revalidate = seconds().unwrap_or(self.stale_while_revalidate)
+            }
+            "stale-if-error" => self.stale_if_error = seconds().unwrap_or(self.stale_if_error),
+            "no-store" => self.no_store |= flag,
+            "no-cache" => self.no_cache |= flag_or_list,
+            "private" => self.private |= flag_or_list,
+            "public" => self.public |= flag,
+            "must-revalidate" => self.must_revalidate |= flag,
+            "proxy-revalidate" => self.proxy_revalidate |= flag,
+            "must-understand" => self.must_understand |= flag,
+            "immutable" => self.immutable |= flag,
+            "no-transform" => self.no_transform |= flag,
+            _ => {}
+        }
     }
 
     /// Parses one field value, e.g. `public, max-age=60`.
@@ -250,6 +312,63 @@ mod tests {
         let cc = CacheControl::parse(r#"private="set-cookie, x-foo", no-cache="a,b", max-age="7""#);
         assert!(cc.private && cc.no_cache);
         assert_eq!(cc.max_age, Seconds::Valid(7));
+    }
+
+    fn targeted(lines: &[&str]) -> Option<CacheControl> {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append("cdn-cache-control", HeaderValue::from_str(line).unwrap());
+        }
+        CacheControl::from_targeted(&headers, &HeaderName::from_static("cdn-cache-control"))
+    }
+
+    #[test]
+    fn targeted_fields_are_structured_dictionaries() {
+        let cc = targeted(&["max-age=60, must-revalidate", "stale-if-error=30"]).unwrap();
+        assert_eq!(cc.max_age, Seconds::Valid(60));
+        assert_eq!(cc.stale_if_error, Seconds::Valid(30));
+        assert!(cc.must_revalidate && !cc.no_store);
+        assert!(targeted(&["no-store"]).unwrap().no_store);
+        assert!(targeted(&[r#"private="set-cookie""#]).unwrap().private);
+        assert!(targeted(&["max-age=60;foo=bar"]).unwrap().max_age == Seconds::Valid(60));
+        assert_eq!(
+            targeted(&["max-age=9999999999999"]).unwrap().max_age,
+            Seconds::Valid(DELTA_SECONDS_MAX)
+        );
+        assert_eq!(targeted(&[]), None);
+    }
+
+    #[test]
+    fn a_targeted_field_that_is_not_a_dictionary_is_ignored_whole() {
+        for bad in [
+            "max-age=10000, &&&&&",
+            "max-age=10000,",
+            "MAX-AGE=10",
+            "max-age=10 no-store",
+            "",
+        ] {
+            assert_eq!(targeted(&[bad]), None, "{bad:?}");
+        }
+        // One bad line spoils the field: lines are one Dictionary.
+        assert_eq!(targeted(&["max-age=60", "&&"]), None);
+    }
+
+    #[test]
+    fn targeted_directives_of_the_wrong_type_are_not_consumed() {
+        for bad in [
+            r#"max-age="10000""#,
+            "max-age=1.5",
+            "max-age=-1",
+            "max-age=?1",
+            "no-store=5",
+            "no-store=?0",
+            "foo=1",
+        ] {
+            assert_eq!(targeted(&[bad]), None, "{bad:?}");
+        }
+        let cc = targeted(&[r#"max-age="10000", no-store"#]).unwrap();
+        assert!(cc.no_store);
+        assert_eq!(cc.max_age, Seconds::Absent);
     }
 
     #[test]

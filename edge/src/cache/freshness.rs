@@ -9,6 +9,7 @@ use http::header::{AGE, DATE, ETAG, EXPIRES, HeaderName, LAST_MODIFIED, SET_COOK
 use http::{HeaderMap, StatusCode};
 
 use crate::cache::control::{CacheControl, DELTA_SECONDS_MAX, Seconds};
+use crate::cache::http_date;
 use crate::cache::status::NoCacheReason;
 
 /// A site's freshness options.
@@ -42,13 +43,18 @@ pub fn is_targeted(name: &HeaderName) -> bool {
     name == CDN_CACHE_CONTROL || name == SURROGATE_CONTROL
 }
 
-/// The directives this cache obeys: a targeted field (RFC 9213) when the response has
-/// one, else `Cache-Control`. Returns whether a targeted field was used.
+/// The directives this cache obeys: a targeted field (RFC 9213) when the response has a
+/// usable one, else `Cache-Control`. Returns whether a targeted field was used.
+///
+/// `CDN-Cache-Control` is a Structured Field and is ignored when it does not parse as a
+/// Dictionary (see [`CacheControl::from_targeted`]); `Surrogate-Control` predates
+/// Structured Fields and is read with the lenient `Cache-Control` grammar.
 pub fn effective_cache_control(headers: &HeaderMap) -> (CacheControl, bool) {
-    for name in [&CDN_CACHE_CONTROL, &SURROGATE_CONTROL] {
-        if headers.contains_key(name) {
-            return (CacheControl::from_named(headers, name), true);
-        }
+    if let Some(cc) = CacheControl::from_targeted(headers, &CDN_CACHE_CONTROL) {
+        return (cc, true);
+    }
+    if headers.contains_key(&SURROGATE_CONTROL) {
+        return (CacheControl::from_named(headers, &SURROGATE_CONTROL), true);
     }
     (CacheControl::from_headers(headers), false)
 }
@@ -202,11 +208,7 @@ pub fn evaluate(
             }
             headers.get(EXPIRES).map(|v| {
                 // An invalid Expires means "already expired" (RFC 9111 5.3).
-                let Some(expires) = v
-                    .to_str()
-                    .ok()
-                    .and_then(|s| httpdate::parse_http_date(s).ok())
-                else {
+                let Some(expires) = v.to_str().ok().and_then(http_date::parse) else {
                     return 0;
                 };
                 expires
@@ -300,11 +302,7 @@ pub fn age_value(headers: &HeaderMap) -> u64 {
 }
 
 fn header_date(headers: &HeaderMap, name: &http::HeaderName) -> Option<SystemTime> {
-    headers
-        .get(name)?
-        .to_str()
-        .ok()
-        .and_then(|s| httpdate::parse_http_date(s).ok())
+    http_date::header(headers, name)
 }
 
 #[cfg(test)]

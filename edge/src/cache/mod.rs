@@ -3,12 +3,12 @@
 //! Keys and the normalized targets they are built from ([`key`]), `Cache-Control`
 //! ([`control`]), freshness and storability ([`freshness`]), variants ([`vary`], and the
 //! request fields a shared fill forwards, [`fields`]), ranges ([`range`]) and
-//! conditionals ([`conditional`]) answered from a stored object, the enums behind
-//! `Cache-Status`, logs and metric labels ([`status`]), the store and its entry kinds
-//! ([`store`]), the one decision on what a request finds there ([`lookup`]: hit, stale
-//! while revalidating, fill, pass or refuse), one fetch per key ([`coalesce`]), bodies
-//! still arriving ([`growing_body`]) and how an object too large to store whole is sliced
-//! ([`slice`](mod@slice)).
+//! conditionals ([`conditional`]) answered from a stored object, HTTP-dates in all three
+//! forms ([`http_date`]), the enums behind `Cache-Status`, logs and metric labels
+//! ([`status`]), the store and its entry kinds ([`store`]), the one decision on what a
+//! request finds there ([`lookup`]: hit, stale while revalidating, fill, pass or refuse),
+//! one fetch per key ([`coalesce`]), bodies still arriving ([`growing_body`]) and how an
+//! object too large to store whole is sliced ([`slice`](mod@slice)).
 //!
 //! This layer is the bottom one: it imports nothing from `upstream`, `front` or `node`.
 //! It knows nothing of nodes, sockets, config files or upstream servers; what it needs of
@@ -21,6 +21,7 @@ pub mod control;
 pub mod fields;
 pub mod freshness;
 pub mod growing_body;
+pub mod http_date;
 pub mod key;
 pub mod lookup;
 pub mod range;

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
 
+use crate::cache::http_date;
+
 /// More ranges than this in one request are ignored (a cheap defence against requests
 /// for thousands of tiny overlapping ranges).
 pub const MAX_RANGES: usize = 32;
@@ -52,14 +54,10 @@ fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|etag| !etag.starts_with("W/") && etag == condition);
     }
-    let Ok(date) = httpdate::parse_http_date(condition) else {
+    let Some(date) = http_date::parse(condition) else {
         return false;
     };
-    stored
-        .get(LAST_MODIFIED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-        .is_some_and(|modified| modified == date)
+    http_date::header(stored, &LAST_MODIFIED).is_some_and(|modified| modified == date)
 }
 
 /// Parses `bytes=...` into satisfiable inclusive ranges, sorted and merged. `None` means

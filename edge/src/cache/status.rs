@@ -1,10 +1,40 @@
 //! What the cache did with a request, in one place: the RFC 9211 `Cache-Status` header,
 //! the logs and the metric labels all come from these enums, so they cannot disagree.
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The `Cache-Status` field (RFC 9211).
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// `detail` of an answer served stale because the upstream failed.
+pub const STALE_IF_ERROR: &str = "stale-if-error";
+
+/// Whether the nearest cache upstream (the last member of the response's `Cache-Status`)
+/// says it served this response stale because its own upstream failed: then this node's
+/// answer is stale-if-error too, whatever its own entry says, and is labelled so.
+pub fn upstream_served_stale_on_error(headers: &HeaderMap) -> bool {
+    let mut joined = Vec::new();
+    for line in headers.get_all(&CACHE_STATUS) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(line.as_bytes());
+    }
+    let Ok(list) = sfv::Parser::new(&joined).parse::<sfv::List>() else {
+        return false;
+    };
+    let Some(sfv::ListEntry::Item(last)) = list.last() else {
+        return false;
+    };
+    last.params.iter().any(|(key, value)| {
+        key.as_str() == "detail"
+            && match value {
+                sfv::BareItem::Token(t) => t.as_str() == STALE_IF_ERROR,
+                sfv::BareItem::String(s) => s.as_str() == STALE_IF_ERROR,
+                _ => false,
+            }
+    })
+}
 
 /// Outcome of a request, as a bounded metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -191,6 +221,26 @@ impl CacheStatus {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_nearest_upstream_cache_s_stale_if_error_counts() {
+        use crate::cache::test_headers::headers;
+        let says = |value: &str| {
+            super::upstream_served_stale_on_error(&headers(&[("cache-status", value)]))
+        };
+        assert!(says(
+            "shield; fwd=stale; fwd-status=503; detail=stale-if-error"
+        ));
+        assert!(says(
+            "origin-cache; hit, shield; fwd=stale; detail=\"stale-if-error\""
+        ));
+        assert!(!says(
+            "shield; fwd=stale; detail=stale-if-error, nearer; hit"
+        ));
+        assert!(!says("shield; fwd=stale; fwd-status=304"));
+        assert!(!says("shield; detail=stale-if-error; &&"));
+        assert!(!super::upstream_served_stale_on_error(&headers(&[])));
+    }
+
     use super::*;
 
     #[test]

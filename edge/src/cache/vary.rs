@@ -9,11 +9,23 @@
 //! Invariant: a signature is computed from what the upstream saw for a fill (fields not
 //! forwarded count as absent, `Accept-Encoding` as normalized), so a lookup matches a
 //! variant only if the upstream would have been asked the same question.
+//!
+//! Values are normalized where the field's definition makes two spellings mean the same
+//! (RFC 9111 4.1 permits it): every field's lines are combined and runs of whitespace
+//! folded; the list-valued, case-insensitive content negotiation fields (`Accept`,
+//! `Accept-Language`, `Accept-Charset`) are also split into members, spaces around `,`,
+//! `;` and `=` dropped, lower-cased, `q` weights written canonically (`q=0.50` is
+//! `q=0.5`, `q=1.000` is dropped), empty members dropped, and the members sorted and
+//! deduplicated: a member's weight travels with it, so order carries no meaning. So
+//! `Accept-Language: en, fr` and `fr,EN` share a variant.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::header::{ACCEPT_ENCODING, HeaderMap, HeaderName, HeaderValue, VARY};
+use http::header::{
+    ACCEPT, ACCEPT_CHARSET, ACCEPT_ENCODING, ACCEPT_LANGUAGE, HeaderMap, HeaderName, HeaderValue,
+    VARY,
+};
 
 use crate::cache::fields::forwarded_on_fill;
 use crate::cache::key::CacheKey;
@@ -126,6 +138,8 @@ pub fn signature(names: &[HeaderName], request: &HeaderMap, keyed: &[HeaderName]
             out.push('\u{0}');
         } else if *name == ACCEPT_ENCODING {
             out.push_str(normalize_accept_encoding(request).unwrap_or("identity"));
+        } else if is_negotiation_list(name) && request.contains_key(name) {
+            out.push_str(&normalize_negotiation_list(request, name));
         } else {
             let mut values = request.get_all(name).iter().peekable();
             if values.peek().is_none() {
@@ -142,6 +156,79 @@ pub fn signature(names: &[HeaderName], request: &HeaderMap, keyed: &[HeaderName]
         out.push('\n');
     }
     out.into_boxed_str()
+}
+
+/// Content negotiation fields whose value is a comma-separated list of case-insensitive
+/// members with optional weights, where order carries no meaning.
+fn is_negotiation_list(name: &HeaderName) -> bool {
+    *name == ACCEPT_LANGUAGE || *name == ACCEPT || *name == ACCEPT_CHARSET
+}
+
+/// The members of every line of `name`, normalized, sorted and joined with `,`.
+fn normalize_negotiation_list(request: &HeaderMap, name: &HeaderName) -> String {
+    let mut members: Vec<String> = request
+        .get_all(name)
+        .iter()
+        .flat_map(|value| {
+            String::from_utf8_lossy(value.as_bytes())
+                .split(',')
+                .map(normalize_member)
+                .collect::<Vec<_>>()
+        })
+        .filter(|member| !member.is_empty())
+        .collect();
+    members.sort_unstable();
+    members.dedup();
+    members.join(",")
+}
+
+/// `EN-us ; Q=0.50` -> `en-us;q=0.5`.
+fn normalize_member(member: &str) -> String {
+    let mut parts = member.split(';').map(|p| p.trim().to_ascii_lowercase());
+    let mut out = parts.next().unwrap_or_default();
+    for param in parts {
+        let (key, value) = match param.split_once('=') {
+            Some((k, v)) => (k.trim().to_owned(), v.trim().to_owned()),
+            None => (param, String::new()),
+        };
+        if key == "q" {
+            match canonical_weight(&value) {
+                Some(q) if q == "1" => continue,
+                Some(q) => {
+                    out.push_str(";q=");
+                    out.push_str(&q);
+                    continue;
+                }
+                None => {}
+            }
+        }
+        out.push(';');
+        out.push_str(&key);
+        if !value.is_empty() {
+            out.push('=');
+            out.push_str(&value);
+        }
+    }
+    out
+}
+
+/// A `qvalue` (RFC 9110 12.4.2: `0[.ddd]` or `1[.000]`) without trailing zeros, or
+/// `None` when it is not one (then it is kept as written).
+fn canonical_weight(q: &str) -> Option<String> {
+    let (int, frac) = q.split_once('.').unwrap_or((q, ""));
+    let valid = matches!(int, "0" | "1")
+        && frac.len() <= 3
+        && frac.bytes().all(|b| b.is_ascii_digit())
+        && (int == "0" || frac.bytes().all(|b| b == b'0'));
+    if !valid {
+        return None;
+    }
+    let frac = frac.trim_end_matches('0');
+    Some(if frac.is_empty() {
+        int.to_owned()
+    } else {
+        format!("{int}.{frac}")
+    })
 }
 
 /// The content coding a fill asks for: `br` if acceptable, else `gzip`, else none.
@@ -241,6 +328,42 @@ mod tests {
         assert_eq!(
             signature(&names, &map(&[("accept-language", "en,  fr")]), &[]),
             signature(&names, &map(&[("accept-language", "en, fr")]), &[])
+        );
+    }
+
+    #[test]
+    fn negotiation_lists_are_compared_as_sets_of_normalized_members() {
+        let names = [ACCEPT_LANGUAGE];
+        let sig = |value: &str| signature(&names, &map(&[("accept-language", value)]), &[]);
+        let base = sig("en, fr");
+        for same in ["fr,en", "FR , En", " en ,, fr, en ", "en;q=1, fr;q=1.000"] {
+            assert_eq!(sig(same), base, "{same:?}");
+        }
+        assert_eq!(sig("en;q=0.50, fr"), sig("fr, EN ; Q=0.5"));
+        assert_ne!(sig("en;q=0.5, fr"), base);
+        assert_ne!(sig("en"), base);
+        assert_ne!(sig("en-gb, fr"), base);
+        // Two lines are one list.
+        let two = signature(
+            &names,
+            &map(&[("accept-language", "fr"), ("accept-language", "en")]),
+            &[],
+        );
+        assert_eq!(two, base);
+        // Absent still differs from empty.
+        assert_ne!(signature(&names, &map(&[]), &[]), sig(""));
+        let accept = [ACCEPT];
+        assert_eq!(
+            signature(
+                &accept,
+                &map(&[("accept", "text/html, image/webp;q=0.9")]),
+                &[]
+            ),
+            signature(
+                &accept,
+                &map(&[("accept", "image/WEBP; q=0.90,Text/Html")]),
+                &[]
+            )
         );
     }
 

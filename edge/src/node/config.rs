@@ -157,9 +157,11 @@ pub struct SiteConfig {
     #[serde(default)]
     pub drop_params: Vec<String>,
     /// Heuristic freshness (RFC 9111 4.2.2) for responses without explicit freshness:
-    /// this fraction of the time since `Last-Modified`. Off when unset.
-    #[serde(default)]
-    pub heuristic_fraction: Option<f64>,
+    /// this fraction of the time since `Last-Modified` (0.1 by default, as RFC 9111
+    /// suggests and browsers and Squid do), for the statuses RFC 9110 15.1 calls
+    /// heuristically cacheable and for any response that says `public`. `0` turns it off.
+    #[serde(default = "default_heuristic_fraction")]
+    pub heuristic_fraction: f64,
     /// Upper bound of a heuristic freshness lifetime.
     #[serde(default = "default_heuristic_max", with = "humantime_serde")]
     pub heuristic_max: Duration,
@@ -205,7 +207,7 @@ impl Default for SiteConfig {
             generation: default_generation(),
             query: QueryMode::default(),
             drop_params: Vec::new(),
-            heuristic_fraction: None,
+            heuristic_fraction: default_heuristic_fraction(),
             heuristic_max: default_heuristic_max(),
             negative_ttl: default_negative_ttl(),
             stale_while_revalidate: Duration::ZERO,
@@ -227,6 +229,10 @@ fn default_stale_if_error() -> Duration {
 
 fn default_generation() -> u64 {
     1
+}
+
+fn default_heuristic_fraction() -> f64 {
+    0.1
 }
 
 fn default_heuristic_max() -> Duration {
@@ -440,11 +446,10 @@ impl SiteConfig {
                 )));
             }
         }
-        if let Some(f) = self.heuristic_fraction
-            && !(f > 0.0 && f <= 1.0)
-        {
+        let f = self.heuristic_fraction;
+        if !(0.0..=1.0).contains(&f) {
             return Err(fail(format!(
-                "heuristic_fraction must be in (0, 1], got {f}; RFC 9111 suggests 0.1"
+                "heuristic_fraction must be in [0, 1] (0 is off), got {f}; RFC 9111 suggests 0.1"
             )));
         }
         Ok(())

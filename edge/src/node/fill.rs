@@ -31,7 +31,10 @@ use crate::cache::freshness::{Exchange, Freshness, evaluate, strip_targeted};
 use crate::cache::growing_body::GrowingBody;
 use crate::cache::key::CacheKey;
 use crate::cache::slice::SliceInfo;
-use crate::cache::status::{CACHE_STATUS, CacheStatus, Forward, NoCacheReason};
+use crate::cache::status::{
+    CACHE_STATUS, CacheStatus, Forward, NoCacheReason, STALE_IF_ERROR,
+    upstream_served_stale_on_error,
+};
 use crate::cache::store::{Cached, Entry, SliceIndex, StoredResponse, Variants};
 use crate::cache::vary::{Selection, Vary, VaryIndex, signature, vary_of, with_keyed};
 use crate::front::body::EdgeBody;
@@ -156,6 +159,9 @@ impl FillRequest {
         };
         let (mut parts, body) = response.into_parts();
         status.fwd_status = Some(parts.status.as_u16());
+        if upstream_served_stale_on_error(&parts.headers) {
+            status.detail = Some(STALE_IF_ERROR);
+        }
         if self.site.strip_set_cookie {
             parts.headers.remove(header::SET_COOKIE);
         }
@@ -539,7 +545,7 @@ impl FillRequest {
             return None;
         }
         let mut status = status.clone();
-        status.detail = Some("stale-if-error");
+        status.detail = Some(STALE_IF_ERROR);
         Some(Fill::Stored {
             entry: stale.clone(),
             status,

@@ -64,7 +64,8 @@ impl Site {
                 drop: config.drop_params.clone(),
             },
             freshness: FreshnessPolicy {
-                heuristic_fraction: config.heuristic_fraction,
+                heuristic_fraction: (config.heuristic_fraction > 0.0)
+                    .then_some(config.heuristic_fraction),
                 heuristic_max: config.heuristic_max,
                 negative_ttl: config.negative_ttl,
                 stale_while_revalidate: config.stale_while_revalidate,

@@ -491,3 +491,45 @@ pub async fn upload(
         complete,
     }
 }
+
+/// `value` percent-encoded for the demo origin's query parameters (`h.NAME=VALUE`, `cc=`).
+pub fn query_value(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// `time` in the obsolete asctime form, e.g. `Sun Nov  6 08:49:37 1994`.
+pub fn asctime(time: std::time::SystemTime) -> String {
+    // IMF-fixdate `Sun, 06 Nov 1994 08:49:37 GMT` rearranged.
+    let imf = httpdate::fmt_http_date(time);
+    let parts: Vec<&str> = imf.split([' ', ',']).filter(|p| !p.is_empty()).collect();
+    let day: u32 = parts[1].parse().unwrap();
+    format!(
+        "{} {} {day:>2} {} {}",
+        parts[0], parts[2], parts[4], parts[3]
+    )
+}
+
+/// `time` in the obsolete RFC 850 form, e.g. `Sunday, 06-Nov-94 08:49:37 GMT`.
+pub fn rfc850(time: std::time::SystemTime) -> String {
+    let imf = httpdate::fmt_http_date(time);
+    let parts: Vec<&str> = imf.split([' ', ',']).filter(|p| !p.is_empty()).collect();
+    let long = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ]
+    .into_iter()
+    .find(|d| d.starts_with(parts[0]))
+    .unwrap();
+    format!(
+        "{long}, {}-{}-{} {} GMT",
+        parts[1],
+        parts[2],
+        &parts[3][2..],
+        parts[4]
+    )
+}
