@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use http::HeaderMap;
 
 use crate::cache::key::{CacheKey, normalize_target};
+use crate::cache::partial::PartialObject;
 use crate::cache::store::{Entry, Slice, SliceIndex, Storage};
 use crate::node::config::normalize_host;
 use crate::node::site::{Site, SiteTable};
@@ -232,6 +233,14 @@ impl Invalidation {
                 Some(Entry::SliceIndex(Arc::new(SliceIndex {
                     head: index.head.marked_stale(),
                     info: index.info.clone(),
+                })))
+            }
+            (Entry::Partial(partial), Mode::Soft) => {
+                Some(Entry::Partial(Arc::new(PartialObject {
+                    head: partial.head.marked_stale(),
+                    total: partial.total,
+                    validator: partial.validator.clone(),
+                    spans: partial.spans.clone(),
                 })))
             }
             (Entry::Slice(slice), Mode::Soft) => Some(Entry::Slice(Arc::new(Slice {

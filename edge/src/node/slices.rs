@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::cache::freshness::Freshness;
 use crate::cache::key::CacheKey;
+use crate::cache::range::ContentRange;
 use crate::cache::slice::SliceInfo;
 use crate::cache::status::NoCacheReason;
 use crate::cache::store::{Entry, Slice};
@@ -157,13 +158,18 @@ impl SliceSource {
                 parts.status
             )));
         }
-        let expected = format!("bytes {start}-{end}/{}", self.info.total);
-        let range = parts.headers.get(header::CONTENT_RANGE);
-        if range.is_none_or(|r| r.as_bytes() != expected.as_bytes()) {
+        let expected = ContentRange {
+            first: start,
+            last: end,
+            total: self.info.total,
+        };
+        if ContentRange::of(&parts.headers) != Some(expected) {
             self.give_up();
             return Err(UpstreamError::Protocol(format!(
-                "asked for {expected} of a sliced object, the upstream sent Content-Range {:?}",
-                range
+                "asked for bytes {start}-{end}/{} of a sliced object, the upstream sent \
+                 Content-Range {:?}",
+                self.info.total,
+                parts.headers.get(header::CONTENT_RANGE)
             )));
         }
         if let Some(etag) = &self.info.etag
