@@ -127,8 +127,14 @@ fn answer(state: &OriginState, req: &Request<Incoming>) -> Response<Full<Bytes>>
     } else {
         LEN.to_string()
     };
+    let vary = if req.uri().path().contains("vary") {
+        "accept-language"
+    } else {
+        "accept-encoding"
+    };
     Response::builder()
         .status(StatusCode::PARTIAL_CONTENT)
+        .header("vary", vary)
         .header("cache-control", "max-age=60")
         .header("etag", format!("\"v{version}\""))
         .header("accept-ranges", "bytes")
@@ -463,4 +469,41 @@ async fn a_206_of_unknown_length_is_passed_through_and_not_stored() {
         );
         assert_eq!(p.origin.requests(), n);
     }
+}
+
+#[tokio::test]
+async fn partial_objects_are_kept_per_variant_and_purged_with_their_url() {
+    let p = Partial::forwarding().await;
+    let target = "/vary/part.bin";
+    let ranged = |lang: &'static str, range: &'static str| {
+        let p = &p;
+        async move {
+            p.get(target, &[("accept-language", lang), ("range", range)])
+                .await
+        }
+    };
+    let en = ranged("en", "bytes=0-999").await;
+    assert_eq!(en.status, StatusCode::PARTIAL_CONTENT);
+    assert!(
+        en.cache_status().contains("stored"),
+        "{}",
+        en.cache_status()
+    );
+    assert!(is_hit(&ranged("en", "bytes=0-99").await));
+    // Another variant is not answered from the first one's bytes.
+    let fr = ranged("fr", "bytes=0-99").await;
+    assert!(
+        fr.cache_status().contains("fwd=vary-miss"),
+        "{}",
+        fr.cache_status()
+    );
+    assert!(is_hit(&ranged("fr", "bytes=0-99").await));
+    assert_eq!(p.origin.requests(), 2);
+    // A purge of the URL reaches every variant.
+    p.purge(1, Selector::Urls(vec![format!("http://{HOST}{target}")]));
+    for lang in ["en", "fr"] {
+        let after = ranged(lang, "bytes=0-99").await;
+        assert!(!is_hit(&after), "{lang}: {}", after.cache_status());
+    }
+    assert_eq!(p.origin.requests(), 4);
 }

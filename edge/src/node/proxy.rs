@@ -571,7 +571,17 @@ impl Edge {
                         Some(response) => (response, outcome),
                         None if partial_fills < MAX_PARTIAL_FILLS => {
                             partial_fills += 1;
-                            held = Some((partial, true));
+                            // The next fill goes where this one stored: the variant's key
+                            // when the response varies, and only the request's own
+                            // variant's bytes are built on.
+                            let entry = Cached::Partial(partial.clone());
+                            let own = entry.response().selected_by.as_ref().is_none_or(|s| {
+                                s.matches(req.headers(), &fetch.site.site.key_headers)
+                            });
+                            if let Some(variant) = variant_lookup(fetch, &entry, req.headers()) {
+                                lookup = variant;
+                            }
+                            held = own.then_some((partial, true));
                             continue;
                         }
                         None => {
@@ -1208,6 +1218,24 @@ fn own_variant<'k>(
     if selection.matches(request, keyed) {
         return None;
     }
+    let (key, _) = selection.index.variant_key(fetch.primary, request, keyed);
+    Some(Lookup {
+        primary: fetch.primary,
+        variant: Some(key),
+        index: Some(selection.index.clone()),
+        miss: Forward::VaryMiss,
+    })
+}
+
+/// The lookup of this request's variant of a URL whose fill stored `stored` (a variant,
+/// which says which index it belongs to); `None` when the URL does not vary.
+fn variant_lookup<'k>(
+    fetch: Fetch<'k>,
+    stored: &Cached,
+    request: &http::HeaderMap,
+) -> Option<Lookup<'k>> {
+    let keyed = &fetch.site.site.key_headers;
+    let selection = stored.response().selected_by.as_ref()?;
     let (key, _) = selection.index.variant_key(fetch.primary, request, keyed);
     Some(Lookup {
         primary: fetch.primary,
