@@ -1,9 +1,11 @@
 //! Range requests answered from a stored object (RFC 9110 14).
 //!
-//! Fills never forward `Range` (see [`crate::cache::fields`]), so a range miss fetches the
-//! whole object once, and every later range of it is cut from memory: a single range is a
-//! zero-copy slice of the stored body, several ranges a `multipart/byteranges` body of
-//! slices. A `Range` this cache cannot or will not honour is ignored (the whole object is
+//! Fills never forward the client's `Range` (see [`crate::cache::fields`]): by default a
+//! range miss fetches the whole object once, and every later range of it is cut from
+//! memory: a single range is a zero-copy slice of the stored body, several ranges a
+//! `multipart/byteranges` body of slices. A fill may ask for a range of its own (a partial
+//! object's missing bytes, or a site's forwarded ranges, see [`crate::cache::partial`]):
+//! [`Spec`] and [`covering_spec`] say what it asks for, [`ContentRange`] reads the answer. A `Range` this cache cannot or will not honour is ignored (the whole object is
 //! sent, as RFC 9110 allows); one no byte of the object satisfies gets `416`.
 
 use bytes::Bytes;

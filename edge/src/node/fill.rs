@@ -10,7 +10,7 @@
 //! A fill may ask for a range ([`FillRequest::range`], decided by
 //! [`crate::cache::partial::plan`]); a `206`, asked for or not, is stored as a partial
 //! object, combined with the spans already held when they share its validator, and stored
-//! as a complete `200` once every byte is held ([`FillRequest::partial`]).
+//! as a complete `200` once every byte is held (`FillRequest::partial`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,8 @@
 //! Applying purges on a node, in sequence order, and keeping fills from undoing them.
 //!
 //! Purges are applied eagerly, when they arrive: a URL is one removal (its variant index
-//! and slice index with it, so every variant and slice becomes unreachable), a tag is a
+//! and slice index with it, so every variant and slice becomes unreachable; a partial
+//! object holds its spans itself), a tag is a
 //! lookup in the tag index learnt at fill time (`Surrogate-Key`, `Cache-Tag`), a prefix or
 //! a host is one scan of the store's keys, and everything is a bump of the site's
 //! generation (O(1): every old key becomes unreachable and is evicted in time). Eager

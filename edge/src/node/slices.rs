@@ -7,8 +7,9 @@
 //! [`Entry::SliceIndex`]) and its bytes as slices of `slice_size` under keys of
 //! their own ([`CacheKey::slice`]), each fetched with `Range` the first time a request needs
 //! it. A client's range costs only the slices it covers; each `206` from the upstream is
-//! stored as a partial object that every later request it covers reuses, and the object is
-//! complete once its last slice has arrived (RFC 9111 3.3-3.4).
+//! stored as a slice that every later request it covers reuses, and the object is complete
+//! once its last slice has arrived (RFC 9111 3.3-3.4). (`206`s of objects small enough to
+//! store whole are kept as partial objects instead: [`crate::cache::partial`].)
 //!
 //! Invariants:
 //! - A slice is fetched with `If-Range` holding the index's validator and is accepted only
