@@ -220,3 +220,38 @@ async fn an_object_above_a_quarter_of_the_cache_is_not_sliced() {
     }
     assert_eq!(h.origin.ranged_hits(), 0);
 }
+
+#[tokio::test]
+async fn a_forwarded_range_of_a_large_object_makes_it_sliced() {
+    let h = Harness::start_with(
+        r#"capacity = "64 MiB"
+        max_object_size = "1 MiB"
+        slice_size = "256 KiB""#,
+        r#"range_miss = "forward""#,
+    )
+    .await;
+    let whole = h.origin_body(TARGET).await;
+    let reply = h
+        .try_send(Method::GET, TARGET, &[("range", &range(100, 199))])
+        .await
+        .expect("ranged answer");
+    assert_eq!(reply.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        reply.header("content-range"),
+        format!("bytes 100-199/{LEN}")
+    );
+    assert_eq!(&reply.body[..], &whole[100..200]);
+    // The forwarded range showed the size: a slice index, then slice 0 of it.
+    assert_eq!(h.origin.ranged_hits(), 2);
+    let inside = h
+        .try_send(Method::GET, TARGET, &[("range", &range(1000, 1999))])
+        .await
+        .expect("ranged answer");
+    assert!(
+        inside.cache_status().contains("; hit"),
+        "{}",
+        inside.cache_status()
+    );
+    assert_eq!(&inside.body[..], &whole[1000..2000]);
+    assert_eq!(h.origin.hits(TARGET), 2, "never a whole 4 MiB fetch");
+}

@@ -20,7 +20,9 @@ pub const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Request fields that would make a shared fill answer one client's question instead of
-/// fetching the whole object: conditionals and ranges are answered by the cache itself.
+/// fetching the whole object: conditionals and ranges are answered by the cache itself. (A
+/// fill that asks for a range sets its own `Range`/`If-Range`, see
+/// [`crate::cache::partial::plan`].)
 pub const CLIENT_SPECIFIC: [HeaderName; 6] = [
     header::IF_MATCH,
     header::IF_NONE_MATCH,

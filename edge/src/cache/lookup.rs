@@ -47,7 +47,10 @@ impl Ask {
     }
 }
 
-/// What to do with a request, given what the store holds for it.
+/// What to do with a request, given what the store holds for it. A hit of a partial object
+/// ([`Cached::Partial`]) answers only a request whose ranges it holds: the caller checks,
+/// and fills the rest (`fwd=partial`); a `Fill` whose `stale` is a partial object asks for
+/// ranges under its validator rather than revalidating it.
 #[derive(Debug, Clone)]
 pub enum Decision {
     /// A fresh entry answers it.
@@ -82,6 +85,7 @@ pub fn decide(found: Option<Entry>, miss: Forward, ask: Ask, now: Instant) -> De
         }
         Some(Entry::Response(response)) => Some(Cached::Whole(response)),
         Some(Entry::SliceIndex(index)) => Some(Cached::Sliced(index)),
+        Some(Entry::Partial(partial)) => Some(Cached::Partial(partial)),
         // A stale pass marker is no entry at all: the next fill tries again. A variant
         // index is never an answer (the caller selects the variant), nor is a slice (read
         // only through its index).
@@ -103,6 +107,12 @@ pub fn decide(found: Option<Entry>, miss: Forward, ask: Ask, now: Instant) -> De
     }
     match cached {
         Some(cached) if cached.freshness().is_fresh(now) => Decision::Hit(cached),
+        // A stale partial object is never served: what it holds is asked for again
+        // (under its validator, so its spans are kept when they are still current).
+        Some(Cached::Partial(_)) if ask.only_if_cached => Decision::Refuse,
+        Some(Cached::Partial(partial)) => Decision::Fill {
+            stale: Some(Cached::Partial(partial)),
+        },
         Some(cached) if cached.freshness().may_serve_while_revalidating(now) => {
             Decision::StaleWhileRevalidate(cached)
         }
@@ -120,6 +130,7 @@ mod tests {
 
     use super::*;
     use crate::cache::freshness::Freshness;
+    use crate::cache::partial::{PartialObject, Spans};
     use crate::cache::slice::SliceInfo;
     use crate::cache::status::NoCacheReason;
     use crate::cache::store::{Slice, SliceIndex, StoredResponse, Variants};
@@ -148,6 +159,10 @@ mod tests {
         match decision {
             Decision::Hit(Cached::Whole(_)) => "hit",
             Decision::Hit(Cached::Sliced(_)) => "hit-sliced",
+            Decision::Hit(Cached::Partial(_)) => "hit-partial",
+            Decision::Fill {
+                stale: Some(Cached::Partial(_)),
+            } => "complete-partial",
             Decision::StaleWhileRevalidate(_) => "swr",
             Decision::Fill { stale: None } => "miss",
             Decision::Fill { stale: Some(_) } => "revalidate",
@@ -279,5 +294,44 @@ mod tests {
         );
         let other = headers(&[("cache-control", "no-cache")]);
         assert_eq!(Ask::of(&other), Ask::NOTHING);
+    }
+
+    #[test]
+    fn a_partial_object_is_a_hit_while_fresh_and_never_served_stale() {
+        let now = Instant::now();
+        let partial = |freshness| {
+            let head =
+                StoredResponse::new(StatusCode::OK, headers(&[]), None, Bytes::new(), freshness);
+            Entry::Partial(Arc::new(PartialObject {
+                head,
+                total: 10,
+                validator: None,
+                spans: Spans::new(0, Bytes::from_static(b"01234")),
+            }))
+        };
+        let fresh = partial(freshness(now, 0, 60, 0, false));
+        assert_eq!(
+            kind(&decide(Some(fresh), Forward::UriMiss, Ask::NOTHING, now)),
+            "hit-partial"
+        );
+        let in_window = partial(freshness(now, 100, 60, 60, false));
+        assert_eq!(
+            kind(&decide(
+                Some(in_window),
+                Forward::UriMiss,
+                Ask::NOTHING,
+                now
+            )),
+            "complete-partial"
+        );
+        let only = Ask {
+            only_if_cached: true,
+            ..Ask::NOTHING
+        };
+        let stale = partial(freshness(now, 100, 60, 60, false));
+        assert_eq!(
+            kind(&decide(Some(stale), Forward::UriMiss, only, now)),
+            "refuse"
+        );
     }
 }

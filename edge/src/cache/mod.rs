@@ -7,8 +7,9 @@
 //! forms ([`http_date`]), the enums behind `Cache-Status`, logs and metric labels
 //! ([`status`]), the store and its entry kinds ([`store`]), the one decision on what a
 //! request finds there ([`lookup`]: hit, stale while revalidating, fill, pass or refuse),
-//! one fetch per key ([`coalesce`]), bodies still arriving ([`growing_body`]) and how an
-//! object too large to store whole is sliced ([`slice`](mod@slice)).
+//! one fetch per key ([`coalesce`]), bodies still arriving ([`growing_body`]), how an
+//! object too large to store whole is sliced ([`slice`](mod@slice)) and how `206`s are
+//! kept and completed ([`partial`]).
 //!
 //! This layer is the bottom one: it imports nothing from `upstream`, `front` or `node`.
 //! It knows nothing of nodes, sockets, config files or upstream servers; what it needs of
@@ -24,6 +25,7 @@ pub mod growing_body;
 pub mod http_date;
 pub mod key;
 pub mod lookup;
+pub mod partial;
 pub mod range;
 pub mod slice;
 pub mod status;

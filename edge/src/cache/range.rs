@@ -1,14 +1,16 @@
 //! Range requests answered from a stored object (RFC 9110 14).
 //!
-//! Fills never forward `Range` (see [`crate::cache::fields`]), so a range miss fetches the
-//! whole object once, and every later range of it is cut from memory: a single range is a
-//! zero-copy slice of the stored body, several ranges a `multipart/byteranges` body of
-//! slices. A `Range` this cache cannot or will not honour is ignored (the whole object is
+//! Fills never forward the client's `Range` (see [`crate::cache::fields`]): by default a
+//! range miss fetches the whole object once, and every later range of it is cut from
+//! memory: a single range is a zero-copy slice of the stored body, several ranges a
+//! `multipart/byteranges` body of slices. A fill may ask for a range of its own (a partial
+//! object's missing bytes, or a site's forwarded ranges, see [`crate::cache::partial`]):
+//! [`Spec`] and [`covering_spec`] say what it asks for, [`ContentRange`] reads the answer. A `Range` this cache cannot or will not honour is ignored (the whole object is
 //! sent, as RFC 9110 allows); one no byte of the object satisfies gets `416`.
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http::header::{ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
+use http::header::{CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
 
 use crate::cache::http_date;
 
@@ -116,7 +118,22 @@ pub fn multipart(
     content_type: Option<&str>,
     boundary: &str,
 ) -> Vec<Bytes> {
-    let len = body.len();
+    let len = body.len() as u64;
+    multipart_of(ranges, len, content_type, boundary, |start, end| {
+        vec![body.slice(start as usize..=end as usize)]
+    })
+}
+
+/// The body of a multi-range answer for an object of `len` bytes, whose bytes
+/// `start..=end` are the pieces `bytes(start, end)` gives (the caller has checked they are
+/// all held).
+pub fn multipart_of(
+    ranges: &[(u64, u64)],
+    len: u64,
+    content_type: Option<&str>,
+    boundary: &str,
+    mut bytes: impl FnMut(u64, u64) -> Vec<Bytes>,
+) -> Vec<Bytes> {
     let mut parts = Vec::with_capacity(ranges.len() * 2 + 1);
     for (start, end) in ranges {
         let mut head = format!("\r\n--{boundary}\r\n");
@@ -127,10 +144,142 @@ pub fn multipart(
         }
         head.push_str(&format!("content-range: bytes {start}-{end}/{len}\r\n\r\n"));
         parts.push(Bytes::from(head));
-        parts.push(body.slice(*start as usize..=*end as usize));
+        parts.extend(bytes(*start, *end));
     }
     parts.push(Bytes::from(format!("\r\n--{boundary}--\r\n")));
     parts
+}
+
+/// One byte-range spec as a request names it, before the object's length is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spec {
+    /// `first-last`, inclusive.
+    FromTo(u64, u64),
+    /// `first-`: from `first` to the end.
+    From(u64),
+    /// `-n`: the last `n` bytes.
+    Suffix(u64),
+}
+
+impl Spec {
+    /// The `Range` field value asking for this span.
+    pub fn header(self) -> String {
+        match self {
+            Spec::FromTo(first, last) => format!("bytes={first}-{last}"),
+            Spec::From(first) => format!("bytes={first}-"),
+            Spec::Suffix(n) => format!("bytes=-{n}"),
+        }
+    }
+
+    /// Whether a `206` carrying `got` is an answer to this spec: it starts where asked
+    /// (or, for a suffix, ends the object) and ends no later than asked. A server may send
+    /// less than asked, never other bytes.
+    pub fn answered_by(self, got: ContentRange) -> bool {
+        match self {
+            Spec::FromTo(first, last) => got.first == first && got.last <= last,
+            Spec::From(first) => got.first == first,
+            Spec::Suffix(n) => got.last + 1 == got.total && got.len() <= n,
+        }
+    }
+}
+
+/// The one span a fill may ask for on behalf of a `Range` field value whose object length
+/// is not known yet: the span covering every spec of it (`None` when the field is to be
+/// ignored, or mixes suffixes with other specs, which cannot be covered without the
+/// length). Several specs become one covering span, so the answer is a single part, never
+/// `multipart/byteranges`.
+pub fn covering_spec(value: &str) -> Option<Spec> {
+    let (unit, specs) = value.split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let digits = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let mut covering: Option<Spec> = None;
+    for (i, spec) in specs
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .enumerate()
+    {
+        if i >= MAX_RANGES {
+            return None;
+        }
+        let (first, last) = spec.split_once('-')?;
+        let spec = match (first.trim(), last.trim()) {
+            ("", suffix) => Spec::Suffix(digits(suffix)?),
+            (first, "") => Spec::From(digits(first)?),
+            (first, last) => {
+                let (first, last) = (digits(first)?, digits(last)?);
+                if last < first {
+                    return None;
+                }
+                Spec::FromTo(first, last)
+            }
+        };
+        covering = Some(match (covering, spec) {
+            (None, spec) => spec,
+            (Some(Spec::Suffix(_)), _) | (Some(_), Spec::Suffix(_)) => return None,
+            (Some(Spec::FromTo(a, b)), Spec::FromTo(c, d)) => Spec::FromTo(a.min(c), b.max(d)),
+            (Some(Spec::From(a) | Spec::FromTo(a, _)), Spec::From(c) | Spec::FromTo(c, _)) => {
+                Spec::From(a.min(c))
+            }
+        });
+    }
+    match covering {
+        Some(Spec::Suffix(0)) => None,
+        covering => covering,
+    }
+}
+
+/// A `Content-Range` of a single-part `206`: bytes `first..=last` of `total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRange {
+    pub first: u64,
+    pub last: u64,
+    pub total: u64,
+}
+
+impl ContentRange {
+    /// Bytes in the span.
+    pub fn len(self) -> u64 {
+        self.last - self.first + 1
+    }
+
+    /// Always false: a valid span holds at least one byte.
+    pub fn is_empty(self) -> bool {
+        false
+    }
+
+    /// The one `Content-Range` of `headers`, read strictly: exactly one field, `bytes
+    /// first-last/total` with plain digits, `first <= last < total`. An unknown total
+    /// (`*`), an unsatisfied-range form, another unit or anything else is `None`: such a
+    /// response is not stored.
+    pub fn of(headers: &HeaderMap) -> Option<Self> {
+        let mut fields = headers.get_all(CONTENT_RANGE).iter();
+        let value = fields.next()?;
+        if fields.next().is_some() {
+            return None;
+        }
+        Self::parse(value.to_str().ok()?)
+    }
+
+    /// Parses one `Content-Range` value strictly (see [`ContentRange::of`]).
+    pub fn parse(value: &str) -> Option<Self> {
+        let rest = value.strip_prefix("bytes ")?;
+        let (span, total) = rest.split_once('/')?;
+        let (first, last) = span.split_once('-')?;
+        let number = |s: &str| -> Option<u64> {
+            (!s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
+        };
+        let (first, last, total) = (number(first)?, number(last)?, number(total)?);
+        (first <= last && last < total).then_some(Self { first, last, total })
+    }
 }
 
 #[cfg(test)]
@@ -214,5 +363,68 @@ mod tests {
              \r\n--B\r\ncontent-type: text/plain\r\ncontent-range: bytes 8-9/10\r\n\r\n89\
              \r\n--B--\r\n"
         );
+    }
+
+    #[test]
+    fn content_range_is_read_strictly() {
+        let ok = ContentRange::parse("bytes 0-99/1000").expect("valid");
+        assert_eq!((ok.first, ok.last, ok.total, ok.len()), (0, 99, 1000, 100));
+        assert!(ContentRange::parse("bytes 999-999/1000").is_some());
+        for bad in [
+            "bytes 0-99/*",
+            "bytes */1000",
+            "bytes 100-99/1000",
+            "bytes 0-1000/1000",
+            "bytes 0-99/99",
+            "bytes  0-99/1000",
+            "bytes 0-99/1000 ",
+            "bytes +0-99/1000",
+            "bytes 0x0-99/1000",
+            "items 0-99/1000",
+            "Bytes 0-99/1000",
+            "bytes 0-99",
+            "bytes 0-99/100000000000000000000",
+            "",
+        ] {
+            assert_eq!(ContentRange::parse(bad), None, "{bad:?}");
+        }
+        let mut two = HeaderMap::new();
+        two.append(CONTENT_RANGE, HeaderValue::from_static("bytes 0-1/10"));
+        assert!(ContentRange::of(&two).is_some());
+        two.append(CONTENT_RANGE, HeaderValue::from_static("bytes 0-1/10"));
+        assert_eq!(ContentRange::of(&two), None, "two fields");
+    }
+
+    #[test]
+    fn a_fill_asks_for_the_span_covering_the_request() {
+        assert_eq!(covering_spec("bytes=0-99"), Some(Spec::FromTo(0, 99)));
+        assert_eq!(covering_spec("bytes=500-"), Some(Spec::From(500)));
+        assert_eq!(covering_spec("bytes=-100"), Some(Spec::Suffix(100)));
+        assert_eq!(
+            covering_spec("bytes=200-299, 0-9"),
+            Some(Spec::FromTo(0, 299))
+        );
+        assert_eq!(covering_spec("bytes=200-299, 50-"), Some(Spec::From(50)));
+        assert_eq!(covering_spec("bytes=0-9, -5"), None, "mixes a suffix");
+        assert_eq!(covering_spec("bytes=-0"), None);
+        assert_eq!(covering_spec("bytes=9-0"), None);
+        assert_eq!(covering_spec("items=0-9"), None);
+        assert_eq!(Spec::FromTo(0, 99).header(), "bytes=0-99");
+        assert_eq!(Spec::Suffix(7).header(), "bytes=-7");
+    }
+
+    #[test]
+    fn a_206_answers_a_spec_only_with_the_bytes_asked_for() {
+        let got = |first, last, total| ContentRange { first, last, total };
+        assert!(Spec::FromTo(0, 99).answered_by(got(0, 99, 1000)));
+        assert!(Spec::FromTo(0, 99).answered_by(got(0, 49, 1000)), "less");
+        assert!(!Spec::FromTo(0, 99).answered_by(got(0, 100, 1000)), "more");
+        assert!(
+            !Spec::FromTo(10, 99).answered_by(got(0, 99, 1000)),
+            "elsewhere"
+        );
+        assert!(Spec::From(10).answered_by(got(10, 999, 1000)));
+        assert!(Spec::Suffix(10).answered_by(got(990, 999, 1000)));
+        assert!(!Spec::Suffix(10).answered_by(got(980, 989, 1000)));
     }
 }

@@ -16,6 +16,8 @@
 
 use http::header::{self, HeaderMap, HeaderValue};
 
+use crate::cache::partial::{stitch_validator, strong_etag};
+
 #[cfg(doc)]
 use crate::cache::key::CacheKey;
 
@@ -49,13 +51,8 @@ impl SliceInfo {
         if !ranges {
             return None;
         }
-        let etag = headers
-            .get(header::ETAG)
-            .filter(|etag| !etag.as_bytes().starts_with(b"W/"))
-            .cloned();
-        let validator = etag
-            .clone()
-            .or_else(|| headers.get(header::LAST_MODIFIED).cloned())?;
+        let validator = stitch_validator(headers)?;
+        let etag = strong_etag(headers);
         Some(Self {
             total,
             size,

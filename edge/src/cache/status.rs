@@ -88,6 +88,9 @@ pub enum Forward {
     Request,
     /// The method is never served from cache.
     Method,
+    /// A partial object was stored, but it did not hold every byte the request needs: the
+    /// missing ones were asked for (see [`crate::cache::partial`]).
+    Partial,
 }
 
 impl Forward {
@@ -98,6 +101,7 @@ impl Forward {
             Forward::Stale => "stale",
             Forward::Request => "request",
             Forward::Method => "method",
+            Forward::Partial => "partial",
         }
     }
 }
@@ -112,7 +116,7 @@ pub enum NoCacheReason {
     SetCookie,
     /// `Vary: *`: no later request can be known to match.
     Vary,
-    /// The status code is never stored (e.g. 206, 304, 1xx).
+    /// The status code is never stored (e.g. 304, 1xx; a 206 only as a partial object).
     Status,
     /// Larger than `cache.max_object_size`.
     TooLarge,
@@ -122,6 +126,9 @@ pub enum NoCacheReason {
     MustUnderstand,
     /// Not a GET.
     Method,
+    /// A `206` whose `Content-Range` is missing, malformed, of unknown length, or not the
+    /// span asked for (or whose body is not that many bytes).
+    ContentRange,
 }
 
 impl NoCacheReason {
@@ -137,6 +144,7 @@ impl NoCacheReason {
             NoCacheReason::Authorization => "authorization",
             NoCacheReason::MustUnderstand => "must-understand",
             NoCacheReason::Method => "method",
+            NoCacheReason::ContentRange => "content-range",
         }
     }
 }

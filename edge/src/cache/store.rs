@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::cache::freshness::{Freshness, is_targeted};
 use crate::cache::key::CacheKey;
+use crate::cache::partial::PartialObject;
 use crate::cache::slice::SliceInfo;
 use crate::cache::status::NoCacheReason;
 use crate::cache::vary::{Selection, VaryIndex};
@@ -30,7 +31,7 @@ const ENTRY_OVERHEAD: usize = 1024;
 /// Bytes charged per header field beyond its name and value.
 const HEADER_OVERHEAD: usize = 32;
 
-/// What the store holds under a key: one of five kinds, so every reader says which kinds
+/// What the store holds under a key: one of six kinds, so every reader says which kinds
 /// it handles (and a new kind shows every place that must learn about it).
 ///
 /// Each kind sits behind its own `Arc`: a lookup clones one reference count, whatever the
@@ -46,6 +47,10 @@ pub enum Entry {
     /// One slice of a sliced object: its bytes, used only under the index it was stored
     /// for. Never served as it is.
     Slice(Arc<Slice>),
+    /// An object of which only some byte spans are held, from `206` responses (see
+    /// [`crate::cache::partial`]): answers ranges inside its spans; under the URL's key, or
+    /// a variant's.
+    Partial(Arc<PartialObject>),
     /// Under the primary key of a URL whose responses vary: the index for finding the
     /// variant a request selects. Never served.
     Variants(Arc<Variants>),
@@ -87,12 +92,14 @@ pub struct PassMarker {
     pub freshness: Freshness,
 }
 
-/// An entry a request can be answered from: a whole response, or the head of an object
-/// cached in slices (whose bytes then come from its slices).
+/// An entry a request can be answered from: a whole response, the head of an object
+/// cached in slices (whose bytes then come from its slices), or a partial object (which
+/// answers only the ranges it holds).
 #[derive(Debug, Clone)]
 pub enum Cached {
     Whole(Arc<StoredResponse>),
     Sliced(Arc<SliceIndex>),
+    Partial(Arc<PartialObject>),
 }
 
 impl Entry {
@@ -103,6 +110,7 @@ impl Entry {
             Entry::Response(response) => &response.freshness,
             Entry::SliceIndex(index) => &index.head.freshness,
             Entry::Slice(slice) => &slice.freshness,
+            Entry::Partial(partial) => &partial.head.freshness,
             Entry::Variants(variants) => &variants.freshness,
             Entry::Pass(marker) => &marker.freshness,
         }
@@ -113,6 +121,7 @@ impl Entry {
         match self {
             Entry::Response(response) => Some(Cached::Whole(response.clone())),
             Entry::SliceIndex(index) => Some(Cached::Sliced(index.clone())),
+            Entry::Partial(partial) => Some(Cached::Partial(partial.clone())),
             Entry::Slice(_) | Entry::Variants(_) | Entry::Pass(_) => None,
         }
     }
@@ -128,6 +137,7 @@ impl Entry {
             Entry::Response(response) => response.weight(),
             Entry::SliceIndex(index) => index.head.weight(),
             Entry::Slice(slice) => ENTRY_OVERHEAD + slice.body.len(),
+            Entry::Partial(partial) => partial.weight(),
             Entry::Variants(variants) => {
                 ENTRY_OVERHEAD
                     + variants
@@ -147,16 +157,19 @@ impl From<Cached> for Entry {
         match cached {
             Cached::Whole(response) => Entry::Response(response),
             Cached::Sliced(index) => Entry::SliceIndex(index),
+            Cached::Partial(partial) => Entry::Partial(partial),
         }
     }
 }
 
 impl Cached {
-    /// The response a request is answered with: the whole of it, or (sliced) its head.
+    /// The response a request is answered with: the whole of it, or (sliced, partial) its
+    /// head.
     pub fn response(&self) -> &StoredResponse {
         match self {
             Cached::Whole(response) => response,
             Cached::Sliced(index) => &index.head,
+            Cached::Partial(partial) => &partial.head,
         }
     }
 
@@ -165,13 +178,19 @@ impl Cached {
     }
 
     /// This entry with its response's head replaced by `head` (a revalidation): the same
-    /// kind, the same slicing.
+    /// kind, the same slicing or spans.
     pub fn with_head(&self, head: StoredResponse) -> Cached {
         match self {
             Cached::Whole(_) => Cached::Whole(Arc::new(head)),
             Cached::Sliced(index) => Cached::Sliced(Arc::new(SliceIndex {
                 head,
                 info: index.info.clone(),
+            })),
+            Cached::Partial(partial) => Cached::Partial(Arc::new(PartialObject {
+                head,
+                total: partial.total,
+                validator: partial.validator.clone(),
+                spans: partial.spans.clone(),
             })),
         }
     }

@@ -18,6 +18,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::cache::key::QueryMode;
+pub use crate::cache::partial::RangeMiss;
 use crate::node::role::Role;
 use node_api::nats::{DEFAULT_STREAM, validate_servers, validate_stream_name};
 
@@ -192,6 +193,12 @@ pub struct SiteConfig {
     /// `X-HTTP-Method-Override`, ...) are only forwarded when listed here.
     #[serde(default)]
     pub key_headers: Vec<String>,
+    /// What a range request for an object nothing is held of asks the upstream for:
+    /// `"whole"` (the whole object, so later ranges are hits) or `"forward"` (the
+    /// requested span, for upstreams that answer only ranges). Either way `206`s are
+    /// stored as partial objects and completed with ranged requests (`cache::partial`).
+    #[serde(default)]
+    pub range_miss: RangeMiss,
 }
 
 /// A site with no name, hosts or upstream yet and every policy at its default: what a
@@ -215,6 +222,7 @@ impl Default for SiteConfig {
             strip_set_cookie: false,
             tls: None,
             key_headers: Vec::new(),
+            range_miss: RangeMiss::Whole,
         }
     }
 }

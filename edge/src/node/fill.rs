@@ -6,6 +6,11 @@
 //! Only a stored response is shared between waiters; one that may not be stored is handed
 //! to the request that started the fill, and every other waiter asks the upstream itself,
 //! because a response the cache may not keep is not one it may give to someone else.
+//!
+//! A fill may ask for a range ([`FillRequest::range`], decided by
+//! [`crate::cache::partial::plan`]); a `206`, asked for or not, is stored as a partial
+//! object, combined with the spans already held when they share its validator, and stored
+//! as a complete `200` once every byte is held (`FillRequest::partial`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -30,6 +35,8 @@ use crate::cache::control::CacheControl;
 use crate::cache::freshness::{Exchange, Freshness, evaluate, strip_targeted};
 use crate::cache::growing_body::GrowingBody;
 use crate::cache::key::CacheKey;
+use crate::cache::partial::{PartialObject, RangeFill, stitch, stitch_validator};
+use crate::cache::range::ContentRange;
 use crate::cache::slice::SliceInfo;
 use crate::cache::status::{
     CACHE_STATUS, CacheStatus, Forward, NoCacheReason, STALE_IF_ERROR,
@@ -104,6 +111,9 @@ pub struct FillRequest {
     /// The node's purge watermark when the fill started: a purge applied after it that
     /// matches the response keeps it from being stored.
     pub purge_seq: u64,
+    /// The range asked for instead of the whole object (with `If-Range` when it completes
+    /// a partial object); never together with `stale`.
+    pub range: Option<RangeFill>,
 }
 
 impl FillRequest {
@@ -111,6 +121,8 @@ impl FillRequest {
     pub async fn run(self, publisher: Publisher<Fill>) -> Fill {
         let fwd = if self.stale.is_some() {
             Forward::Stale
+        } else if self.range.as_ref().is_some_and(|range| range.completes) {
+            Forward::Partial
         } else {
             self.miss
         };
@@ -128,6 +140,12 @@ impl FillRequest {
         let mut headers = self.headers.clone();
         if let Some(stale) = &self.stale {
             add_validators(&mut headers, &stale.response().headers());
+        }
+        if let Some(range) = &self.range {
+            headers.insert(header::RANGE, range.range());
+            if let Some(validator) = &range.if_range {
+                headers.insert(header::IF_RANGE, validator.clone());
+            }
         }
         let request_time = SystemTime::now();
         let started = Instant::now();
@@ -179,6 +197,9 @@ impl FillRequest {
             && let Some(fill) = self.stale_on_error(&status)
         {
             return fill;
+        }
+        if parts.status == StatusCode::PARTIAL_CONTENT {
+            return self.partial(parts, body, exchange, tags, status).await;
         }
 
         let decision = evaluate(
@@ -237,17 +258,7 @@ impl FillRequest {
                 Bytes::new(),
                 freshness,
             );
-            let index = Arc::new(SliceIndex {
-                head,
-                info: Arc::new(info),
-            });
-            edge.store
-                .insert(self.primary.clone(), Entry::SliceIndex(index.clone()));
-            status.stored = true;
-            return Fill::Stored {
-                entry: Cached::Sliced(index),
-                status,
-            };
+            return self.store_sliced(head, info, status);
         }
         if let Some(len) = declared.filter(|len| *len >= STREAM_AT)
             && with_keyed(vary_of(&parts.headers), &self.site.key_headers) == Vary::None
@@ -296,6 +307,22 @@ impl FillRequest {
             tags,
         };
         self.store(head, body, freshness, status)
+    }
+
+    /// Stores the slice index of an object cached in slices (`head` has no body).
+    fn store_sliced(&self, head: StoredResponse, info: SliceInfo, mut status: CacheStatus) -> Fill {
+        let index = Arc::new(SliceIndex {
+            head,
+            info: Arc::new(info),
+        });
+        self.edge
+            .store
+            .insert(self.primary.clone(), Entry::SliceIndex(index.clone()));
+        status.stored = true;
+        Fill::Stored {
+            entry: Cached::Sliced(index),
+            status,
+        }
     }
 
     /// How a storable response of `total` bytes, too large to store whole, is sliced;
@@ -380,23 +407,149 @@ impl FillRequest {
         }
     }
 
-    /// Stores a complete response under its key (a variant's, when it varies).
-    fn store(
+    /// A `206`: stored as a partial object (combined with the spans held for the URL when
+    /// it may be, see [`crate::cache::partial`]), or as a complete `200` when every byte is
+    /// then held. One whose `Content-Range` is not strictly a single span of a known
+    /// length, the span asked for, is passed through and not stored. One of an object over
+    /// `max_object_size` makes it a sliced object (when it can be sliced; passed through
+    /// otherwise), as a `200` of it would.
+    async fn partial(
         &self,
-        Head {
-            code,
-            headers,
-            upstream_cache_status,
-            tags,
-        }: Head,
-        body: Bytes,
-        freshness: Freshness,
+        parts: http::response::Parts,
+        body: Incoming,
+        exchange: Exchange,
+        tags: Vec<String>,
         mut status: CacheStatus,
     ) -> Fill {
         let edge = &self.edge;
-        let vary = with_keyed(vary_of(&headers), &self.site.key_headers);
-        let mut entry = StoredResponse::new(code, headers, upstream_cache_status, body, freshness);
-        let key = match vary {
+        let asked = self.range.as_ref().map(|range| range.spec);
+        let got = ContentRange::of(&parts.headers)
+            .filter(|got| asked.is_none_or(|spec| spec.answered_by(*got)))
+            .filter(|got| content_length(&parts.headers).is_none_or(|len| len == got.len()));
+        let stream = |body| EdgeBody::stream(VecDeque::new(), body);
+        let Some(got) = got else {
+            return self.handoff(parts, stream(body), NoCacheReason::ContentRange, status);
+        };
+        // A 206 carries the representation's metadata and its own freshness (RFC 9111
+        // 3.3-3.4), decided as for the 200 it is part of.
+        let decision = evaluate(
+            StatusCode::OK,
+            &parts.headers,
+            &self.request_cc,
+            false,
+            &self.site.freshness,
+            exchange,
+        );
+        let freshness = match decision {
+            Ok(freshness) => freshness,
+            Err(reason) => return self.handoff(parts, stream(body), reason, status),
+        };
+        // An object over `max_object_size` is cached in slices, whichever answer showed
+        // its size; this 206's bytes are not read (its slices are fetched as needed).
+        let mut sliced = None;
+        if got.total > edge.max_object_size {
+            let mut whole = parts.headers.clone();
+            whole.remove(header::CONTENT_RANGE);
+            sliced = self.slicing(StatusCode::OK, &whole, got.total);
+            if sliced.is_none() {
+                return self.handoff(parts, stream(body), NoCacheReason::TooLarge, status);
+            }
+        }
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        append_list(&mut headers, header::VIA, &edge.via);
+        let upstream_cache_status = headers.remove(&CACHE_STATUS);
+        headers.remove(header::AGE);
+        headers.remove(header::CONTENT_RANGE);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(got.total));
+        if !headers.contains_key(header::DATE)
+            && let Ok(date) =
+                HeaderValue::from_str(&httpdate::fmt_http_date(exchange.response_time))
+        {
+            headers.insert(header::DATE, date);
+        }
+        if let Some(info) = sliced {
+            drop(body);
+            let head = StoredResponse::new(
+                StatusCode::OK,
+                headers,
+                upstream_cache_status,
+                Bytes::new(),
+                freshness,
+            );
+            return self.store_sliced(head, info, status);
+        }
+        let len = got.len();
+        let timeout = edge.upstream.body_timeout();
+        let read = match tokio::time::timeout(timeout, read_body(body, len)).await {
+            Err(_) => Err(UpstreamError::BodyTimeout(timeout)),
+            Ok(Ok(ReadBody::Complete(bytes))) if bytes.len() as u64 == len => Ok(bytes),
+            Ok(Ok(_)) => Err(UpstreamError::Protocol(format!(
+                "a 206's body is not the {len} bytes its Content-Range says"
+            ))),
+            Ok(Err(error)) => Err(error),
+        };
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                edge.metrics.upstream_error(error.kind());
+                return Fill::Failed {
+                    error: Arc::new(error),
+                    status,
+                };
+            }
+        };
+        let validator = stitch_validator(&headers);
+        let (key, selected_by) = self.key_for(&headers, freshness);
+        let held = match edge.store.get(&key) {
+            Some(Entry::Partial(held)) => Some(held),
+            _ => None,
+        };
+        let spans = stitch(held.as_deref(), validator.as_ref(), got, bytes);
+        let head = Head {
+            code: StatusCode::OK,
+            headers,
+            upstream_cache_status,
+            tags,
+        };
+        if let Some(body) = spans.whole(got.total) {
+            // Every byte is held: from now on a complete 200 like any other.
+            return self.store_at(key, selected_by, head, body, freshness, status);
+        }
+        let mut entry = StoredResponse::new(
+            head.code,
+            head.headers,
+            head.upstream_cache_status,
+            Bytes::new(),
+            freshness,
+        );
+        entry.selected_by = selected_by;
+        let partial = Arc::new(PartialObject {
+            head: entry,
+            total: got.total,
+            validator,
+            spans,
+        });
+        if self.may_store(&key, &head.tags) {
+            edge.invalidation
+                .register(&self.site.name, &key, &head.tags, edge.store.as_ref());
+            edge.store.insert(key, Entry::Partial(partial.clone()));
+            edge.metrics.stored();
+            status.stored = true;
+        }
+        Fill::Stored {
+            entry: Cached::Partial(partial),
+            status,
+        }
+    }
+
+    /// The key a response with `headers` is stored under: a variant's when it varies (the
+    /// URL's variant index is stored first when it is new), with the selection that says
+    /// which; the URL's own otherwise.
+    fn key_for(&self, headers: &HeaderMap, freshness: Freshness) -> (CacheKey, Option<Selection>) {
+        let edge = &self.edge;
+        let vary = with_keyed(vary_of(headers), &self.site.key_headers);
+        match vary {
             Vary::Fields(names) => {
                 let index = match &self.index {
                     Some(index) if *index.names == names[..] => index.clone(),
@@ -412,12 +565,37 @@ impl FillRequest {
                     edge.store
                         .insert(self.primary.clone(), Entry::Variants(Arc::new(variants)));
                 }
-                entry.selected_by = Some(Selection { index, signature });
-                key
+                (key, Some(Selection { index, signature }))
             }
             // `Vary: *` was refused by `evaluate`; no Vary replaces any index there was.
-            Vary::None | Vary::Any => self.primary.clone(),
-        };
+            Vary::None | Vary::Any => (self.primary.clone(), None),
+        }
+    }
+
+    /// Stores a complete response under its key (a variant's, when it varies).
+    fn store(&self, head: Head, body: Bytes, freshness: Freshness, status: CacheStatus) -> Fill {
+        let (key, selected_by) = self.key_for(&head.headers, freshness);
+        self.store_at(key, selected_by, head, body, freshness, status)
+    }
+
+    /// Stores a complete response under `key`, the variant `selected_by` says.
+    fn store_at(
+        &self,
+        key: CacheKey,
+        selected_by: Option<Selection>,
+        Head {
+            code,
+            headers,
+            upstream_cache_status,
+            tags,
+        }: Head,
+        body: Bytes,
+        freshness: Freshness,
+        mut status: CacheStatus,
+    ) -> Fill {
+        let edge = &self.edge;
+        let mut entry = StoredResponse::new(code, headers, upstream_cache_status, body, freshness);
+        entry.selected_by = selected_by;
         let entry = Arc::new(entry);
         if !self.may_store(&key, &tags) {
             return Fill::Stored {
@@ -562,8 +740,10 @@ impl FillRequest {
         strip_targeted(&mut parts.headers);
         self.edge.metrics.not_stored(reason);
         // Remember that this URL cannot be shared, so the next requests do not queue behind
-        // a fill they cannot use. Never for 5xx: an outage must not turn caching off.
-        if !parts.status.is_server_error() {
+        // a fill they cannot use. Never for 5xx: an outage must not turn caching off; nor
+        // for a ranged fill's answer other than 2xx (a 416 is about the range asked for).
+        let about_the_range = self.range.is_some() && !parts.status.is_success();
+        if !parts.status.is_server_error() && !about_the_range {
             let marker = Entry::pass_marker(reason, pass_freshness());
             self.edge.store.insert(self.key.clone(), marker);
         }

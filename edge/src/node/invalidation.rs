@@ -1,7 +1,8 @@
 //! Applying purges on a node, in sequence order, and keeping fills from undoing them.
 //!
 //! Purges are applied eagerly, when they arrive: a URL is one removal (its variant index
-//! and slice index with it, so every variant and slice becomes unreachable), a tag is a
+//! and slice index with it, so every variant and slice becomes unreachable; a partial
+//! object holds its spans itself), a tag is a
 //! lookup in the tag index learnt at fill time (`Surrogate-Key`, `Cache-Tag`), a prefix or
 //! a host is one scan of the store's keys, and everything is a bump of the site's
 //! generation (O(1): every old key becomes unreachable and is evicted in time). Eager
@@ -23,6 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use http::HeaderMap;
 
 use crate::cache::key::{CacheKey, normalize_target};
+use crate::cache::partial::PartialObject;
 use crate::cache::store::{Entry, Slice, SliceIndex, Storage};
 use crate::node::config::normalize_host;
 use crate::node::site::{Site, SiteTable};
@@ -232,6 +234,14 @@ impl Invalidation {
                 Some(Entry::SliceIndex(Arc::new(SliceIndex {
                     head: index.head.marked_stale(),
                     info: index.info.clone(),
+                })))
+            }
+            (Entry::Partial(partial), Mode::Soft) => {
+                Some(Entry::Partial(Arc::new(PartialObject {
+                    head: partial.head.marked_stale(),
+                    total: partial.total,
+                    validator: partial.validator.clone(),
+                    spans: partial.spans.clone(),
                 })))
             }
             (Entry::Slice(slice), Mode::Soft) => Some(Entry::Slice(Arc::new(Slice {

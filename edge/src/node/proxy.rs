@@ -36,6 +36,7 @@ use crate::cache::control::CacheControl;
 use crate::cache::freshness::strip_targeted;
 use crate::cache::key::{CacheKey, normalize_target};
 use crate::cache::lookup::{Ask, Decision, decide};
+use crate::cache::partial::{self, PartialObject, RangeFill};
 use crate::cache::range::{self, RangeAnswer};
 use crate::cache::status::{CACHE_STATUS, CacheStatus, Forward, NoCacheReason, Outcome};
 use crate::cache::store::{Cached, Entry, Storage, StoredResponse};
@@ -89,6 +90,9 @@ struct Fetch<'a> {
     head: bool,
     client: SocketAddr,
 }
+
+/// Fills one request may make for bytes a partial object lacks before it passes.
+const MAX_PARTIAL_FILLS: u32 = 2;
 
 /// A response and what the cache did to produce it.
 type Answered = (Response<EdgeBody>, Outcome);
@@ -324,6 +328,32 @@ impl Edge {
         let ask = Ask::of(req.headers());
         let (lookup, decision) = self.lookup(site, &primary, Some(req.headers()), claims, ask, now);
         match decision {
+            Decision::Hit(Cached::Partial(partial)) => {
+                // A partial object answers only what it holds; the rest is filled.
+                let status = CacheStatus::hit(partial.head.freshness.ttl(now));
+                if let Some(response) =
+                    self.answer_partial(req.headers(), &partial, head, &status, now)
+                {
+                    partial.head.record_hit();
+                    return (response, Outcome::Hit);
+                }
+                if ask.only_if_cached {
+                    return refuse(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the request said only-if-cached and this edge holds only part of it",
+                    );
+                }
+                let target = target.into_owned();
+                let fetch = Fetch {
+                    site,
+                    primary: &primary,
+                    target: &target,
+                    head,
+                    client,
+                };
+                self.fill(fetch, lookup, None, Some((partial, true)), req)
+                    .await
+            }
             Decision::Hit(cached) => {
                 let response = self
                     .serve_cached(fetch, req.headers(), &cached, None, now)
@@ -358,7 +388,12 @@ impl Edge {
                     head,
                     client,
                 };
-                self.fill(fetch, lookup, stale, req).await
+                // A stale partial object is not revalidated: its ranges are asked for.
+                let (stale, held) = match stale {
+                    Some(Cached::Partial(partial)) => (None, Some((partial, false))),
+                    stale => (stale, None),
+                };
+                self.fill(fetch, lookup, stale, held, req).await
             }
         }
     }
@@ -467,7 +502,7 @@ impl Edge {
         lookup: &Lookup<'_>,
         stale: Cached,
     ) {
-        let refresh = self.fill_request(fetch, lookup, request, Some(stale));
+        let refresh = self.fill_request(fetch, lookup, request, Some(stale), None);
         let edge = self.clone();
         let key = lookup.key().clone();
         tokio::spawn(async move {
@@ -478,12 +513,15 @@ impl Edge {
     }
 
     /// Fills the request's key (one fetch, however many requests wait on it) and answers
-    /// from what the fill produced.
+    /// from what the fill produced. `held` is the partial object stored for the key, and
+    /// whether it is fresh: the fill then asks for the bytes it lacks
+    /// ([`crate::cache::partial::plan`]).
     async fn fill<B>(
         self: &Arc<Self>,
         fetch: Fetch<'_>,
         mut lookup: Lookup<'_>,
         mut stale: Option<Cached>,
+        mut held: Option<(Arc<PartialObject>, bool)>,
         req: Request<B>,
     ) -> Answered
     where
@@ -496,11 +534,26 @@ impl Edge {
             Outcome::Miss
         };
         let mut retried = false;
+        // Fills that stored a partial object not holding this request's bytes (another
+        // request's range, or a 206 the upstream sent unasked): each next one asks for
+        // what is missing. Bounded; past it the request passes.
+        let mut partial_fills = 0;
         loop {
+            let range = partial::plan(
+                fetch.site.site.range_miss,
+                req.headers(),
+                fetch.head,
+                held.as_ref().map(|(partial, fresh)| (&**partial, *fresh)),
+            );
+            // A live answer to a fill asking for another range than the client's own is
+            // not the client's answer.
+            let own = range
+                .as_ref()
+                .is_none_or(|range| req.headers().get(header::RANGE) == Some(&range.range()));
             let (fill, role) = self
                 .fills
                 .run(lookup.key(), |publisher| {
-                    self.fill_request(fetch, &lookup, req.headers(), stale.take())
+                    self.fill_request(fetch, &lookup, req.headers(), stale.take(), range)
                         .run(publisher)
                 })
                 .await;
@@ -508,6 +561,38 @@ impl Edge {
                 self.metrics.coalesced();
             }
             return match fill {
+                Ok(Fill::Stored {
+                    entry: Cached::Partial(partial),
+                    mut status,
+                }) => {
+                    status.collapsed = role == coalesce::Role::Follower;
+                    let now = Instant::now();
+                    match self.answer_partial(req.headers(), &partial, fetch.head, &status, now) {
+                        Some(response) => (response, outcome),
+                        None if partial_fills < MAX_PARTIAL_FILLS => {
+                            partial_fills += 1;
+                            // The next fill goes where this one stored: the variant's key
+                            // when the response varies, and only the request's own
+                            // variant's bytes are built on.
+                            let entry = Cached::Partial(partial.clone());
+                            let own = entry.response().selected_by.as_ref().is_none_or(|s| {
+                                s.matches(req.headers(), &fetch.site.site.key_headers)
+                            });
+                            if let Some(variant) = variant_lookup(fetch, &entry, req.headers()) {
+                                lookup = variant;
+                            }
+                            held = own.then_some((partial, true));
+                            continue;
+                        }
+                        None => {
+                            let fwd = (Forward::Partial, None);
+                            let target = fetch.target;
+                            let (response, _) =
+                                self.pass(fetch.site, req, target, fwd, fetch.client).await;
+                            (response, outcome)
+                        }
+                    }
+                }
                 Ok(Fill::Stored { entry, mut status }) => {
                     if !retried && let Some(own) = own_variant(fetch, &entry, req.headers()) {
                         lookup = own;
@@ -534,6 +619,7 @@ impl Edge {
                     (response, outcome)
                 }
                 Ok(Fill::Handoff { response, status }) => {
+                    let role = if own { role } else { coalesce::Role::Follower };
                     let response = self.handed_off(fetch, role, &response, status, req).await;
                     (response, outcome)
                 }
@@ -599,6 +685,7 @@ impl Edge {
         lookup: &Lookup<'_>,
         request: &http::HeaderMap,
         stale: Option<Cached>,
+        range: Option<RangeFill>,
     ) -> FillRequest {
         FillRequest {
             edge: self.clone(),
@@ -612,6 +699,7 @@ impl Edge {
             request_cc: CacheControl::from_headers(request),
             stale,
             purge_seq: self.store.purge_watermark(),
+            range,
         }
     }
 
@@ -725,6 +813,17 @@ impl Edge {
             Cached::Whole(response) => {
                 return self.answer_from_cache(request, response, fetch.head, status, now);
             }
+            Cached::Partial(partial) => {
+                // Callers answer from a partial object only what it holds; this is a guard.
+                return self
+                    .answer_partial(request, partial, fetch.head, status, now)
+                    .unwrap_or_else(|| {
+                        let error = UpstreamError::Protocol(
+                            "the partial object does not hold the range asked for".into(),
+                        );
+                        self.upstream_failure(&error, status)
+                    });
+            }
             Cached::Sliced(index) => index,
         };
         let (entry, info) = (&index.head, index.info.clone());
@@ -759,6 +858,39 @@ impl Edge {
             }
             Err(error) => self.upstream_failure(&error, status),
         }
+    }
+
+    /// A partial object's answer to `request`, when it holds every byte the answer needs:
+    /// ranges inside its spans, or none at all (`304`, `416`, HEAD). `None` when bytes are
+    /// missing (the whole object, a failed `If-Range`, a range across a gap).
+    fn answer_partial(
+        &self,
+        request: &http::HeaderMap,
+        partial: &PartialObject,
+        head: bool,
+        status: &CacheStatus,
+        now: Instant,
+    ) -> Option<Response<EdgeBody>> {
+        let total = partial.total;
+        let mut response = self.serve_stored(&partial.head, true, status, now);
+        let body = match cut(request, StatusCode::OK, &mut response, total, head, true) {
+            Cut::Done => return Some(response),
+            Cut::Whole => return None,
+            Cut::One(first, last) => EdgeBody::full(partial.spans.slice(first, last)?),
+            Cut::Many(ranges, boundary) => {
+                let spans = &partial.spans;
+                if ranges.iter().any(|(a, b)| spans.slice(*a, *b).is_none()) {
+                    return None;
+                }
+                let content_type = partial.head.header(&header::CONTENT_TYPE);
+                let parts = range::multipart_of(&ranges, total, content_type, &boundary, |a, b| {
+                    spans.slice(a, b).into_iter().collect()
+                });
+                EdgeBody::Chunks(parts.into())
+            }
+        };
+        *response.body_mut() = body;
+        Some(response)
     }
 
     /// [`Edge::answer`] for an entry holding its whole body.
@@ -1086,6 +1218,24 @@ fn own_variant<'k>(
     if selection.matches(request, keyed) {
         return None;
     }
+    let (key, _) = selection.index.variant_key(fetch.primary, request, keyed);
+    Some(Lookup {
+        primary: fetch.primary,
+        variant: Some(key),
+        index: Some(selection.index.clone()),
+        miss: Forward::VaryMiss,
+    })
+}
+
+/// The lookup of this request's variant of a URL whose fill stored `stored` (a variant,
+/// which says which index it belongs to); `None` when the URL does not vary.
+fn variant_lookup<'k>(
+    fetch: Fetch<'k>,
+    stored: &Cached,
+    request: &http::HeaderMap,
+) -> Option<Lookup<'k>> {
+    let keyed = &fetch.site.site.key_headers;
+    let selection = stored.response().selected_by.as_ref()?;
     let (key, _) = selection.index.variant_key(fetch.primary, request, keyed);
     Some(Lookup {
         primary: fetch.primary,

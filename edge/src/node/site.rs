@@ -12,6 +12,7 @@ use http::{HeaderName, HeaderValue};
 
 use crate::cache::freshness::FreshnessPolicy;
 use crate::cache::key::QueryPolicy;
+use crate::cache::partial::RangeMiss;
 use crate::front::TlsName;
 use crate::node::config::{ConfigError, SiteConfig, normalize_host};
 use crate::upstream::pool::{PoolConfig, UpstreamPool};
@@ -31,6 +32,8 @@ pub struct Site {
     /// Request fields the site keys on (`key_headers`): forwarded even when they are
     /// [`crate::cache::fields::UNKEYED`], and part of every variant key. Lower-case, sorted.
     pub key_headers: Vec<HeaderName>,
+    /// What a range miss with nothing held asks the upstream for (`range_miss`).
+    pub range_miss: RangeMiss,
     generation: AtomicU64,
 }
 
@@ -86,6 +89,7 @@ impl Site {
                 names.dedup();
                 names
             },
+            range_miss: config.range_miss,
             generation: AtomicU64::new(config.generation),
         })
     }

@@ -7,8 +7,9 @@
 //! [`Entry::SliceIndex`]) and its bytes as slices of `slice_size` under keys of
 //! their own ([`CacheKey::slice`]), each fetched with `Range` the first time a request needs
 //! it. A client's range costs only the slices it covers; each `206` from the upstream is
-//! stored as a partial object that every later request it covers reuses, and the object is
-//! complete once its last slice has arrived (RFC 9111 3.3-3.4).
+//! stored as a slice that every later request it covers reuses, and the object is complete
+//! once its last slice has arrived (RFC 9111 3.3-3.4). (`206`s of objects small enough to
+//! store whole are kept as partial objects instead: [`crate::cache::partial`].)
 //!
 //! Invariants:
 //! - A slice is fetched with `If-Range` holding the index's validator and is accepted only
@@ -31,6 +32,7 @@ use tokio::sync::mpsc;
 
 use crate::cache::freshness::Freshness;
 use crate::cache::key::CacheKey;
+use crate::cache::range::ContentRange;
 use crate::cache::slice::SliceInfo;
 use crate::cache::status::NoCacheReason;
 use crate::cache::store::{Entry, Slice};
@@ -157,13 +159,18 @@ impl SliceSource {
                 parts.status
             )));
         }
-        let expected = format!("bytes {start}-{end}/{}", self.info.total);
-        let range = parts.headers.get(header::CONTENT_RANGE);
-        if range.is_none_or(|r| r.as_bytes() != expected.as_bytes()) {
+        let expected = ContentRange {
+            first: start,
+            last: end,
+            total: self.info.total,
+        };
+        if ContentRange::of(&parts.headers) != Some(expected) {
             self.give_up();
             return Err(UpstreamError::Protocol(format!(
-                "asked for {expected} of a sliced object, the upstream sent Content-Range {:?}",
-                range
+                "asked for bytes {start}-{end}/{} of a sliced object, the upstream sent \
+                 Content-Range {:?}",
+                self.info.total,
+                parts.headers.get(header::CONTENT_RANGE)
             )));
         }
         if let Some(etag) = &self.info.etag
