@@ -54,7 +54,8 @@ pub enum Forward {
     VaryMiss,
     /// An entry existed but was stale.
     Stale,
-    /// The request asked to bypass the cache (e.g. carried `Authorization`).
+    /// The request made the cache forward it: it carried `Authorization` and what is
+    /// stored was stored for requests without credentials.
     Request,
     /// The method is never served from cache.
     Method,

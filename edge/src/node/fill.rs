@@ -6,6 +6,13 @@
 //! Only a stored response is shared between waiters; one that may not be stored is handed
 //! to the request that started the fill, and every other waiter asks the upstream itself,
 //! because a response the cache may not keep is not one it may give to someone else.
+//!
+//! The fill of a request with credentials ([`FillFor::Credentialed`]) has no other
+//! waiters: it is run alone, sends the request's `Authorization`, stores only what may
+//! answer requests with credentials (RFC 9111 3.5), serves nothing stale on error, is
+//! never sliced (its slices would be fetched without the credentials), and a response it
+//! may not store changes nothing in the store: no hit-for-pass marker, no stale entry
+//! removed, since the refusal may concern these credentials alone.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -30,6 +37,7 @@ use crate::cache::control::CacheControl;
 use crate::cache::freshness::{Exchange, Freshness, evaluate, strip_targeted};
 use crate::cache::growing_body::GrowingBody;
 use crate::cache::key::CacheKey;
+use crate::cache::lookup::FillFor;
 use crate::cache::slice::SliceInfo;
 use crate::cache::status::{CACHE_STATUS, CacheStatus, Forward, NoCacheReason};
 use crate::cache::store::{Cached, Entry, SliceIndex, StoredResponse, Variants};
@@ -92,8 +100,11 @@ pub struct FillRequest {
     pub miss: Forward,
     /// The normalized target (origin-form) asked of the upstream.
     pub target: String,
-    /// Headers to send upstream, already filtered for a shared fill.
+    /// Headers to send upstream, already filtered for the fill (`Authorization` only on a
+    /// credentialed one).
     pub headers: HeaderMap,
+    /// For whom the fill fetches: every waiter on the key, or one request with credentials.
+    pub fill: FillFor,
     /// The starting request's `Cache-Control` (its `no-store` forbids storing).
     pub request_cc: CacheControl,
     /// The stale entry being replaced, if any; its validators make the fetch conditional.
@@ -179,7 +190,7 @@ impl FillRequest {
             parts.status,
             &parts.headers,
             &self.request_cc,
-            false,
+            self.credentialed(),
             &self.site.freshness,
             exchange,
         );
@@ -188,7 +199,7 @@ impl FillRequest {
         let freshness = match decision {
             Ok(freshness) => freshness,
             Err(reason) => {
-                if self.stale.is_some() && !parts.status.is_server_error() {
+                if self.stale.is_some() && !parts.status.is_server_error() && !self.credentialed() {
                     edge.store.remove(&self.key);
                 }
                 return self.handoff(
@@ -297,6 +308,7 @@ impl FillRequest {
     fn slicing(&self, code: StatusCode, headers: &HeaderMap, total: u64) -> Option<SliceInfo> {
         let edge = &self.edge;
         if code != StatusCode::OK
+            || self.credentialed()
             || total > edge.max_sliced_size
             || with_keyed(vary_of(headers), &self.site.key_headers) != Vary::None
         {
@@ -489,7 +501,7 @@ impl FillRequest {
             stale.status,
             &for_age,
             &self.request_cc,
-            false,
+            self.credentialed(),
             &self.site.freshness,
             exchange,
         ) {
@@ -514,7 +526,9 @@ impl FillRequest {
             }
             Err(reason) if matches!(cached, Cached::Sliced(_)) => {
                 // The index holds no bytes to hand over: the client asks the upstream itself.
-                self.edge.store.remove(&self.key);
+                if !self.credentialed() {
+                    self.edge.store.remove(&self.key);
+                }
                 status.detail = Some(reason.as_str());
                 Fill::Handoff {
                     response: Arc::new(Mutex::new(None)),
@@ -522,7 +536,9 @@ impl FillRequest {
                 }
             }
             Err(reason) => {
-                self.edge.store.remove(&self.key);
+                if !self.credentialed() {
+                    self.edge.store.remove(&self.key);
+                }
                 let mut response = Response::new(EdgeBody::full(stale.body.clone()));
                 *response.status_mut() = stale.status;
                 *response.headers_mut() = headers;
@@ -532,8 +548,17 @@ impl FillRequest {
         }
     }
 
-    /// The stale entry, if the upstream failed and the entry allows `stale-if-error`.
+    /// Whether this fill fetches for one request with credentials.
+    fn credentialed(&self) -> bool {
+        self.fill == FillFor::Credentialed
+    }
+
+    /// The stale entry, if the upstream failed and the entry allows `stale-if-error`;
+    /// never for a request with credentials (see [`crate::cache::lookup`]).
     fn stale_on_error(&self, status: &CacheStatus) -> Option<Fill> {
+        if self.credentialed() {
+            return None;
+        }
         let stale = self.stale.as_ref()?;
         if !stale.freshness().may_serve_on_error(Instant::now()) {
             return None;
@@ -556,8 +581,9 @@ impl FillRequest {
         strip_targeted(&mut parts.headers);
         self.edge.metrics.not_stored(reason);
         // Remember that this URL cannot be shared, so the next requests do not queue behind
-        // a fill they cannot use. Never for 5xx: an outage must not turn caching off.
-        if !parts.status.is_server_error() {
+        // a fill they cannot use. Never for 5xx: an outage must not turn caching off. Never
+        // for a credentialed fill: a request without credentials may well be storable.
+        if !parts.status.is_server_error() && !self.credentialed() {
             let marker = Entry::pass_marker(reason, pass_freshness());
             self.edge.store.insert(self.key.clone(), marker);
         }

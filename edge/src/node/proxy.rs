@@ -35,7 +35,7 @@ use crate::cache::conditional::not_modified;
 use crate::cache::control::CacheControl;
 use crate::cache::freshness::strip_targeted;
 use crate::cache::key::{CacheKey, normalize_target};
-use crate::cache::lookup::{Ask, Decision, decide};
+use crate::cache::lookup::{Ask, Decision, FillFor, decide};
 use crate::cache::range::{self, RangeAnswer};
 use crate::cache::status::{CACHE_STATUS, CacheStatus, Forward, NoCacheReason, Outcome};
 use crate::cache::store::{Cached, Entry, Storage, StoredResponse};
@@ -349,7 +349,7 @@ impl Edge {
                 );
                 (response, Outcome::Refused)
             }
-            Decision::Fill { stale } => {
+            Decision::Fill { stale, fill } => {
                 let target = target.into_owned();
                 let fetch = Fetch {
                     site,
@@ -358,7 +358,7 @@ impl Edge {
                     head,
                     client,
                 };
-                self.fill(fetch, lookup, stale, req).await
+                self.fill(fetch, lookup, stale, fill, req).await
             }
         }
     }
@@ -467,7 +467,8 @@ impl Edge {
         lookup: &Lookup<'_>,
         stale: Cached,
     ) {
-        let refresh = self.fill_request(fetch, lookup, request, Some(stale));
+        // Made by the cache for whoever asks next: sent without any client's credentials.
+        let refresh = self.fill_request(fetch, lookup, request, Some(stale), FillFor::Anyone);
         let edge = self.clone();
         let key = lookup.key().clone();
         tokio::spawn(async move {
@@ -477,13 +478,15 @@ impl Edge {
         });
     }
 
-    /// Fills the request's key (one fetch, however many requests wait on it) and answers
-    /// from what the fill produced.
+    /// Fills the request's key (one fetch, however many requests wait on it; a request with
+    /// credentials fetches alone, [`FillFor::Credentialed`]) and answers from what the fill
+    /// produced.
     async fn fill<B>(
         self: &Arc<Self>,
         fetch: Fetch<'_>,
         mut lookup: Lookup<'_>,
         mut stale: Option<Cached>,
+        fill_for: FillFor,
         req: Request<B>,
     ) -> Answered
     where
@@ -497,13 +500,16 @@ impl Edge {
         };
         let mut retried = false;
         loop {
-            let (fill, role) = self
-                .fills
-                .run(lookup.key(), |publisher| {
-                    self.fill_request(fetch, &lookup, req.headers(), stale.take())
-                        .run(publisher)
-                })
-                .await;
+            let fetcher = |publisher| {
+                self.fill_request(fetch, &lookup, req.headers(), stale.take(), fill_for)
+                    .run(publisher)
+            };
+            let (fill, role) = match fill_for {
+                FillFor::Anyone => self.fills.run(lookup.key(), fetcher).await,
+                // Nobody joins it before its response is known to be shareable, and it
+                // joins nobody's: it is run outside the coalescer's table altogether.
+                FillFor::Credentialed => (self.fills.alone(fetcher).await, coalesce::Role::Leader),
+            };
             if role == coalesce::Role::Follower {
                 self.metrics.coalesced();
             }
@@ -592,14 +598,19 @@ impl Edge {
         response
     }
 
-    /// The fill of a lookup for a client request (its headers filtered for sharing).
+    /// The fill of a lookup for a client request (its headers filtered for the fill).
     fn fill_request(
         self: &Arc<Self>,
         fetch: Fetch<'_>,
         lookup: &Lookup<'_>,
         request: &http::HeaderMap,
         stale: Option<Cached>,
+        fill: FillFor,
     ) -> FillRequest {
+        let purpose = match fill {
+            FillFor::Anyone => Purpose::Fill,
+            FillFor::Credentialed => Purpose::CredentialedFill,
+        };
         FillRequest {
             edge: self.clone(),
             site: fetch.site.site.clone(),
@@ -608,24 +619,28 @@ impl Edge {
             index: lookup.index.clone(),
             miss: lookup.miss,
             target: fetch.target.to_owned(),
-            headers: self.fill_headers(fetch.site, fetch.target, request, fetch.client),
+            headers: self.fill_headers(fetch.site, fetch.target, request, fetch.client, purpose),
+            fill,
             request_cc: CacheControl::from_headers(request),
             stale,
             purge_seq: self.store.purge_watermark(),
         }
     }
 
-    /// A client's request headers as a shared fill sends them upstream.
+    /// A client's request headers as a fill sends them upstream: a shared fill (or a fetch
+    /// the cache makes on its own) with `Purpose::Fill`, a credentialed fill with
+    /// `Purpose::CredentialedFill`.
     fn fill_headers(
         &self,
         site: SiteMatch<'_>,
         target: &str,
         request: &http::HeaderMap,
         client: SocketAddr,
+        purpose: Purpose,
     ) -> http::HeaderMap {
         let mut headers = forward_request_headers(
             request,
-            Purpose::Fill,
+            purpose,
             site.site.upstream_host.as_ref().unwrap_or(site.host_value),
             &self.via,
             client.ip(),
@@ -747,7 +762,15 @@ impl Edge {
             site: fetch.site.site.clone(),
             primary: fetch.primary.clone(),
             target: fetch.target.to_owned(),
-            headers: self.fill_headers(fetch.site, fetch.target, request, fetch.client),
+            // Slices are fetched once for every request they answer: never with the
+            // credentials of the one that happened to need them first.
+            headers: self.fill_headers(
+                fetch.site,
+                fetch.target,
+                request,
+                fetch.client,
+                Purpose::Fill,
+            ),
             info,
             freshness: entry.freshness,
         };
