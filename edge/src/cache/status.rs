@@ -93,6 +93,8 @@ pub enum NoCacheReason {
     MustUnderstand,
     /// Not a GET.
     Method,
+    /// A response to a POST whose `Content-Location` does not name the POST's target.
+    ContentLocation,
 }
 
 impl NoCacheReason {
@@ -108,6 +110,7 @@ impl NoCacheReason {
             NoCacheReason::Authorization => "authorization",
             NoCacheReason::MustUnderstand => "must-understand",
             NoCacheReason::Method => "method",
+            NoCacheReason::ContentLocation => "content-location",
         }
     }
 }
