@@ -442,6 +442,29 @@ impl FillRequest {
         }
     }
 
+    /// Stores a complete response this fill did not fetch itself (a POST's answer that
+    /// names its target, [`crate::node::post`]) as it would store its own: under the key
+    /// of the variant `self.headers` select when it varies, unless a purge since
+    /// `self.purge_seq` matches it. Returns whether it was stored.
+    pub(crate) fn store_complete(
+        &self,
+        code: StatusCode,
+        headers: HeaderMap,
+        upstream_cache_status: Option<HeaderValue>,
+        tags: Vec<String>,
+        body: Bytes,
+        freshness: Freshness,
+    ) -> bool {
+        let head = Head {
+            code,
+            headers,
+            upstream_cache_status,
+            tags,
+        };
+        let status = CacheStatus::forwarded(self.miss);
+        matches!(self.store(head, body, freshness, status), Fill::Stored { status, .. } if status.stored)
+    }
+
     /// Whether no purge applied since this fill started matches what it fetched.
     fn may_store(&self, key: &CacheKey, tags: &[String]) -> bool {
         let edge = &self.edge;

@@ -33,7 +33,7 @@ use crate::cache::BoxError;
 use crate::cache::coalesce::{self, Coalescer};
 use crate::cache::conditional::not_modified;
 use crate::cache::control::CacheControl;
-use crate::cache::freshness::strip_targeted;
+use crate::cache::freshness::{Exchange, strip_targeted};
 use crate::cache::key::{CacheKey, normalize_target};
 use crate::cache::lookup::{Ask, Decision, FillFor, decide};
 use crate::cache::range::{self, RangeAnswer};
@@ -48,6 +48,7 @@ use crate::node::config::{ConfigError, EdgeConfig};
 use crate::node::fill::{Fill, FillRequest};
 use crate::node::metrics::Metrics;
 use crate::node::node_auth::{NodeClaims, NodeKey, take_claims};
+use crate::node::post::Post;
 use crate::node::role::Role;
 use crate::node::site::{Misdirected, Site, SiteMatch, SiteTable};
 use crate::node::slices::{SliceFill, SliceSource};
@@ -560,7 +561,7 @@ impl Edge {
     /// of an object too large to store, which is the origin's to cut) asks the upstream
     /// itself.
     async fn handed_off<B>(
-        &self,
+        self: &Arc<Self>,
         fetch: Fetch<'_>,
         role: coalesce::Role,
         response: &Mutex<Option<Response<EdgeBody>>>,
@@ -876,9 +877,10 @@ impl Edge {
         response
     }
 
-    /// Forwards one client's request as it is and streams the answer back.
+    /// Forwards one client's request as it is and streams the answer back. A POST's answer
+    /// that names its own target may also be kept for later GETs ([`crate::node::post`]).
     async fn pass<B>(
-        &self,
+        self: &Arc<Self>,
         site: SiteMatch<'_>,
         req: Request<B>,
         target: &str,
@@ -889,13 +891,15 @@ impl Edge {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let (parts, body) = req.into_parts();
+        let keeps_post = *req.method() == Method::POST && site.site.store_post_content_location;
+        let origin = keeps_post.then(|| target_origin(&req));
+        let (request, body) = req.into_parts();
         let unsafe_method = !matches!(
-            parts.method,
+            request.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         );
         let headers = forward_request_headers(
-            &parts.headers,
+            &request.headers,
             Purpose::Pass,
             site.site.upstream_host.as_ref().unwrap_or(site.host_value),
             &self.via,
@@ -904,23 +908,25 @@ impl Edge {
         );
         // A request that declares no body is sent without one, which lets it be retried.
         // HTTP/2 frames bodies without either field: there, the stream says.
-        let bodiless = !parts.headers.contains_key(header::CONTENT_LENGTH)
-            && !parts.headers.contains_key(header::TRANSFER_ENCODING)
-            && (parts.version < http::Version::HTTP_2 || body.is_end_stream());
+        let bodiless = !request.headers.contains_key(header::CONTENT_LENGTH)
+            && !request.headers.contains_key(header::TRANSFER_ENCODING)
+            && (request.version < http::Version::HTTP_2 || body.is_end_stream());
         let body = (!bodiless).then(|| {
             ClientBody::new(body, self.max_body_bytes, self.body_read_timeout).boxed_unsync()
         });
         let mut status = CacheStatus::forwarded(fwd);
         status.detail = detail;
+        let purge_seq = self.store.purge_watermark();
+        let request_time = std::time::SystemTime::now();
         let started = Instant::now();
         let key = CacheKey::new(site.site.generation(), "http", site.host, target);
         let sent = self
-            .send_upstream(site.site, &key, &parts.method, target, &headers, body)
+            .send_upstream(site.site, &key, &request.method, target, &headers, body)
             .await;
         let response = match sent {
             Ok(response) => response,
             Err(UpstreamError::Client(fault)) => {
-                return (client_failure(&fault, parts.version), Outcome::Refused);
+                return (client_failure(&fault, request.version), Outcome::Refused);
             }
             Err(error) => {
                 self.metrics.upstream_error(error.kind());
@@ -928,22 +934,51 @@ impl Edge {
             }
         };
         self.metrics.upstream_response(started.elapsed());
+        let exchange = Exchange {
+            request_time,
+            response_time: std::time::SystemTime::now(),
+            received: Instant::now(),
+        };
         let (mut parts, body) = response.into_parts();
         if unsafe_method && (parts.status.is_success() || parts.status.is_redirection()) {
             self.invalidate_after_unsafe(site, target, &parts.headers);
         }
+        status.fwd_status = Some(parts.status.as_u16());
+        let body = match origin {
+            Some((scheme, authority)) => {
+                let post = Post {
+                    site,
+                    target,
+                    scheme,
+                    authority: &authority,
+                    request: &request.headers,
+                    forwarded: &headers,
+                    exchange,
+                    purge_seq,
+                };
+                match self
+                    .keep_post_response(post, &parts, body, &mut status)
+                    .await
+                {
+                    Ok(body) => body,
+                    Err(error) => {
+                        self.metrics.upstream_error(error.kind());
+                        return (self.upstream_failure(&error, &status), Outcome::Error);
+                    }
+                }
+            }
+            None => EdgeBody::stream(Default::default(), body),
+        };
         strip_hop_by_hop(&mut parts.headers);
         strip_targeted(&mut parts.headers);
         self.role.strip_downstream(&mut parts.headers);
         append_list(&mut parts.headers, header::VIA, &self.via);
-        status.fwd_status = Some(parts.status.as_u16());
         let upstream = parts.headers.remove(&CACHE_STATUS);
         parts.headers.insert(
             CACHE_STATUS.clone(),
             status.render(&self.name, upstream_str(upstream.as_ref())),
         );
-        let response = Response::from_parts(parts, EdgeBody::stream(Default::default(), body));
-        (response, Outcome::Pass)
+        (Response::from_parts(parts, body), Outcome::Pass)
     }
 
     /// Sends a request to the site's upstream pool; `key` picks the server under
@@ -1129,6 +1164,17 @@ fn head_size<B>(req: &Request<B>) -> usize {
     req.headers().iter().fold(line, |n, (name, value)| {
         n + name.as_str().len() + value.len() + 4
     })
+}
+
+/// The scheme and authority of a request's target URI (RFC 9110 7.1): `https` on a TLS
+/// connection, the authority its host came from (see [`request_host`]).
+fn target_origin<B>(req: &Request<B>) -> (&'static str, String) {
+    let scheme = if req.extensions().get::<TlsName>().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    (scheme, request_host(req).unwrap_or_default().to_owned())
 }
 
 /// The host a request is for: the absolute-form authority if any, else the one `Host`.
