@@ -261,10 +261,20 @@ async fn authorized_requests_are_served_from_cache_only_when_the_response_allows
         reply.cache_status()
     );
     assert_eq!(h.origin.hits(public), 1);
-    // A miss with credentials is passed through and not stored.
+    // A miss with credentials is filled for that request alone; its response (`public`,
+    // the demo origin's default) may be shared (RFC 9111 3.5), so it is stored for
+    // everyone. (Before issue 19 it passed and was never stored.)
     let cold = "/auth-cold.bin";
-    h.send(Method::GET, cold, HOST, &auth).await;
-    assert!(h.get(cold).await.cache_status().contains("fwd=uri-miss"));
+    let reply = h.send(Method::GET, cold, HOST, &auth).await;
+    assert!(
+        reply
+            .cache_status()
+            .ends_with("fwd=uri-miss; fwd-status=200; stored"),
+        "{}",
+        reply.cache_status()
+    );
+    assert!(h.get(cold).await.cache_status().contains("; hit"));
+    assert_eq!(h.origin.hits(cold), 1);
 }
 
 #[tokio::test]

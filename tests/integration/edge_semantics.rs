@@ -1,11 +1,12 @@
 //! HTTP caching semantics beyond freshness: targeted cache fields, negative caching,
-//! conditional requests answered from cache, only-if-cached, and invalidation by unsafe
-//! methods.
+//! conditional requests answered from cache, only-if-cached, invalidation by unsafe
+//! methods, and POST responses kept for later GETs (RFC 9110 9.3.3).
 
 use crate::support;
 
 use http::{Method, StatusCode};
-use support::{HOST, Harness};
+use support::scripted::{Scripted, response};
+use support::{HOST, Harness, NODE};
 
 #[tokio::test]
 async fn cdn_cache_control_takes_precedence_and_is_not_forwarded() {
@@ -274,4 +275,167 @@ async fn if_modified_since_is_compared_with_date_when_there_is_no_last_modified(
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(h.origin.hits(target), 1);
+}
+
+/// The `Content-Location` the POST origin answers each target with.
+fn content_location(target: &str) -> Option<&'static str> {
+    Some(match target {
+        "/form" => "/form",
+        "/vary" => "/vary",
+        "/big" => "/big",
+        "/dir/page?v=1" => "page?v=1",
+        "/abs" => "http://ASSETS.test./abs",
+        "/dots" => "./x/../dots",
+        "/other" => "/elsewhere",
+        "/other-host" => "http://other.example/other-host",
+        "/other-scheme" => "https://assets.test/other-scheme",
+        "/dir/up" => "../up",
+        "/other-query?v=1" => "/other-query?v=2",
+        _ => return None,
+    })
+}
+
+/// An origin whose POSTs answer `posted <body>` with a minute of freshness and the
+/// target's [`content_location`] (`/vary` varies on `Accept-Language`; `/big` is 100
+/// times longer), and whose GETs answer `fetched`.
+async fn post_origin(cache_extra: &str, site_extra: &str) -> Scripted {
+    Scripted::start(cache_extra, site_extra, |seen| {
+        if seen.method != Method::POST {
+            return response(200, &[("cache-control", "max-age=60")], "fetched");
+        }
+        let mut fields = vec![("cache-control", "max-age=60")];
+        if let Some(location) = content_location(&seen.target) {
+            fields.push(("content-location", location));
+        }
+        if seen.target == "/vary" {
+            fields.push(("vary", "accept-language"));
+        }
+        let mut body = format!("posted {}", String::from_utf8_lossy(&seen.body));
+        if let Some(language) = seen.header("accept-language") {
+            body = format!("{body} in {language}");
+        }
+        if seen.target == "/big" {
+            body = body.repeat(200);
+        }
+        response(200, &fields, &body)
+    })
+    .await
+}
+
+const KEEP_POSTS: &str = "store_post_content_location = true";
+
+/// POSTs `body` to `target`; whether the edge says it stored the answer.
+async fn post(h: &Scripted, target: &str, headers: &[(&str, &str)], body: &str) -> bool {
+    let posted = h.send(Method::POST, target, headers, body).await;
+    assert_eq!(posted.status, StatusCode::OK, "{target}");
+    assert!(posted.text().starts_with("posted "), "{target}");
+    posted.cache_status().ends_with("; stored")
+}
+
+#[tokio::test]
+async fn a_post_response_naming_its_target_answers_later_gets() {
+    let h = post_origin("", KEEP_POSTS).await;
+    // Content-Location as the target itself, as a relative reference, as an absolute URI
+    // with the host in another case, and with dot segments: all name the target.
+    for target in ["/form", "/dir/page?v=1", "/abs", "/dots"] {
+        let posted = h.send(Method::POST, target, &[], "x=1").await;
+        assert_eq!(posted.text(), "posted x=1");
+        assert_eq!(
+            posted.cache_status(),
+            format!("{NODE}; fwd=method; fwd-status=200; stored"),
+            "{target}"
+        );
+        let hit = h.get(target, &[]).await;
+        assert!(
+            hit.cache_status().starts_with(&format!("{NODE}; hit")),
+            "{target}: {}",
+            hit.cache_status()
+        );
+        assert_eq!(hit.text(), "posted x=1", "{target}");
+    }
+    // The POSTs went through with their bodies; no GET reached the origin.
+    let seen = h.origin.seen();
+    assert!(
+        seen.iter()
+            .all(|s| s.method == Method::POST && &s.body[..] == b"x=1")
+    );
+    assert_eq!(seen.len(), 4);
+    // A later POST replaces the kept answer (after invalidating it, RFC 9111 4.4).
+    assert!(post(&h, "/form", &[], "x=2").await);
+    assert_eq!(h.get("/form", &[]).await.text(), "posted x=2");
+}
+
+#[tokio::test]
+async fn a_post_response_naming_another_uri_stores_nothing() {
+    let h = post_origin("", KEEP_POSTS).await;
+    for target in [
+        "/other",
+        "/other-host",
+        "/other-scheme",
+        "/dir/up",
+        "/other-query?v=1",
+    ] {
+        assert!(!post(&h, target, &[], "x=1").await, "{target}");
+        let reply = h.get(target, &[]).await;
+        assert_eq!(reply.text(), "fetched", "{target}");
+        assert_eq!(
+            reply.cache_status(),
+            format!("{NODE}; fwd=uri-miss; fwd-status=200; stored"),
+            "{target}"
+        );
+    }
+    // Nor under the URI it named.
+    for named in ["/elsewhere", "/up", "/other-query?v=2"] {
+        assert_eq!(h.get(named, &[]).await.text(), "fetched", "{named}");
+    }
+    // The control: the same origin, naming the target, is kept.
+    assert!(post(&h, "/form", &[], "x=1").await);
+}
+
+#[tokio::test]
+async fn post_responses_are_kept_only_when_the_site_says_so() {
+    for (site, kept) in [
+        ("", false),
+        ("store_post_content_location = false", false),
+        (KEEP_POSTS, true),
+    ] {
+        let h = post_origin("", site).await;
+        assert_eq!(post(&h, "/form", &[], "x=1").await, kept, "{site:?}");
+        let reply = h.get("/form", &[]).await;
+        let want = if kept { "posted x=1" } else { "fetched" };
+        assert_eq!(reply.text(), want, "{site:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_kept_post_response_is_its_requests_variant_and_only_if_it_fits() {
+    let h = post_origin(
+        "max_object_size = \"1 KiB\"\nslice_size = \"0 B\"",
+        KEEP_POSTS,
+    )
+    .await;
+    // Vary: the variant the POST's own request fields select.
+    assert!(post(&h, "/vary", &[("accept-language", "fr")], "x=1").await);
+    let french = h.get("/vary", &[("accept-language", "fr")]).await;
+    assert!(
+        french.cache_status().contains("; hit"),
+        "{}",
+        french.cache_status()
+    );
+    assert_eq!(french.text(), "posted x=1 in fr");
+    let german = h.get("/vary", &[("accept-language", "de")]).await;
+    assert_eq!(german.text(), "fetched");
+    assert!(
+        german.cache_status().contains("fwd=vary-miss"),
+        "{}",
+        german.cache_status()
+    );
+    // Over max_object_size: the client gets it all, nothing is kept.
+    let posted = h.send(Method::POST, "/big", &[], "x=1").await;
+    assert_eq!(posted.body.len(), "posted x=1".len() * 200);
+    assert_eq!(
+        posted.cache_status(),
+        format!("{NODE}; fwd=method; fwd-status=200; detail=too-large")
+    );
+    assert_eq!(h.get("/big", &[]).await.text(), "fetched");
 }

@@ -17,6 +17,7 @@ mod cdn_up;
 mod edge_cache;
 mod edge_coalescing;
 mod edge_connection;
+mod edge_credentials;
 mod edge_hostile;
 mod edge_partial;
 mod edge_range;

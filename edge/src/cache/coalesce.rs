@@ -121,6 +121,28 @@ where
         (result, role)
     }
 
+    /// Runs `fetch` as [`Coalescer::run`] runs a leader's (in its own task, to completion,
+    /// the first published value or its output as the answer) but outside the table: no
+    /// request joins it, and it joins none. For a fetch whose answer may belong to one
+    /// client alone until it is known (a request with credentials).
+    pub async fn alone<F, Fut>(&self, fetch: F) -> Result<V, FetchLost>
+    where
+        F: FnOnce(Publisher<V>) -> Fut,
+        Fut: Future<Output = V> + Send + 'static,
+    {
+        let (tx, mut rx) = watch::channel(None);
+        let tx = Arc::new(tx);
+        let fut = fetch(Publisher { tx: tx.clone() });
+        tokio::spawn(async move {
+            let value = fut.await;
+            tx.send_replace(Some(value));
+        });
+        match rx.wait_for(Option::is_some).await {
+            Ok(value) => value.clone().ok_or(FetchLost),
+            Err(_) => Err(FetchLost),
+        }
+    }
+
     /// Number of fetches in flight.
     pub fn in_flight(&self) -> usize {
         self.inflight
@@ -232,5 +254,43 @@ mod tests {
         assert_eq!(coalescer.in_flight(), 0);
         let (v, role) = coalescer.run(&1, |_| async { 3 }).await;
         assert_eq!((v, role), (Ok(3), Role::Leader));
+    }
+
+    #[tokio::test]
+    async fn a_fetch_run_alone_is_never_joined_and_joins_nothing() {
+        let coalescer = Arc::new(Coalescer::<u8, &'static str>::new());
+        let release = Arc::new(Notify::new());
+        let r = release.clone();
+        let c = coalescer.clone();
+        let shared = tokio::spawn(async move {
+            c.run(&1, |_| async move {
+                r.notified().await;
+                "shared"
+            })
+            .await
+        });
+        while coalescer.in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // A shared fetch of the key is in flight: the lone one does not join it...
+        assert_eq!(coalescer.alone(|_| async { "mine" }).await, Ok("mine"));
+        // ...and while a lone one runs, the table does not know it.
+        let hold = Arc::new(Notify::new());
+        let h = hold.clone();
+        let c = coalescer.clone();
+        let lone = tokio::spawn(async move {
+            c.alone(|_| async move {
+                h.notified().await;
+                "lone"
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(coalescer.in_flight(), 1);
+        release.notify_one();
+        assert_eq!(shared.await.unwrap(), (Ok("shared"), Role::Leader));
+        hold.notify_one();
+        assert_eq!(lone.await.unwrap(), Ok("lone"));
+        assert_eq!(coalescer.in_flight(), 0);
     }
 }

@@ -197,25 +197,7 @@ pub fn evaluate(
     }
 
     let date = header_date(headers, &DATE).unwrap_or(exchange.response_time);
-    let explicit = cc
-        .s_maxage
-        .stale_if_invalid()
-        .or_else(|| cc.max_age.stale_if_invalid())
-        .or_else(|| {
-            // A targeted field replaces Cache-Control and Expires alike.
-            if targeted {
-                return None;
-            }
-            headers.get(EXPIRES).map(|v| {
-                // An invalid Expires means "already expired" (RFC 9111 5.3).
-                let Some(expires) = v.to_str().ok().and_then(http_date::parse) else {
-                    return 0;
-                };
-                expires
-                    .duration_since(date)
-                    .map_or(0, |d| d.as_secs().min(DELTA_SECONDS_MAX))
-            })
-        });
+    let explicit = explicit_lifetime(headers, &cc, targeted, date);
     let heuristic = || {
         let fraction = policy.heuristic_fraction?;
         if !(heuristically_cacheable(status) || cc.public) {
@@ -258,6 +240,71 @@ pub fn evaluate(
             || cc.must_revalidate
             || cc.s_maxage != Default::default(),
     })
+}
+
+/// Decides whether a response to a POST may be stored as the answer to later GETs and
+/// HEADs of its target (RFC 9110 9.3.3 and 8.7), and if so how fresh it is: a `200` or
+/// `203` with explicit freshness (RFC 9111 4.2.1: `s-maxage`, `max-age` or `Expires`;
+/// never a heuristic or negative lifetime), whose `Content-Location` names the POST's own
+/// target (`names_target`, resolved by the caller: [`crate::cache::key::resolve_reference`]),
+/// and which [`evaluate`] would store, with the POST's `Cache-Control` and credentials.
+pub fn evaluate_post(
+    status: StatusCode,
+    headers: &HeaderMap,
+    names_target: bool,
+    request_cc: &CacheControl,
+    request_authorized: bool,
+    policy: &FreshnessPolicy,
+    exchange: Exchange,
+) -> Result<Freshness, NoCacheReason> {
+    if !matches!(status.as_u16(), 200 | 203) {
+        return Err(NoCacheReason::Status);
+    }
+    if !names_target {
+        return Err(NoCacheReason::ContentLocation);
+    }
+    let (cc, targeted) = effective_cache_control(headers);
+    let date = header_date(headers, &DATE).unwrap_or(exchange.response_time);
+    if explicit_lifetime(headers, &cc, targeted, date).is_none() {
+        return Err(NoCacheReason::NoFreshness);
+    }
+    evaluate(
+        status,
+        headers,
+        request_cc,
+        request_authorized,
+        policy,
+        exchange,
+    )
+}
+
+/// The lifetime a response states itself (RFC 9111 4.2.1): `s-maxage`, else `max-age`,
+/// else `Expires` relative to `date` (not with a targeted field, which replaces both).
+/// `None` when it states none.
+fn explicit_lifetime(
+    headers: &HeaderMap,
+    cc: &CacheControl,
+    targeted: bool,
+    date: SystemTime,
+) -> Option<u64> {
+    cc.s_maxage
+        .stale_if_invalid()
+        .or_else(|| cc.max_age.stale_if_invalid())
+        .or_else(|| {
+            // A targeted field replaces Cache-Control and Expires alike.
+            if targeted {
+                return None;
+            }
+            headers.get(EXPIRES).map(|v| {
+                // An invalid Expires means "already expired" (RFC 9111 5.3).
+                let Some(expires) = v.to_str().ok().and_then(http_date::parse) else {
+                    return 0;
+                };
+                expires
+                    .duration_since(date)
+                    .map_or(0, |d| d.as_secs().min(DELTA_SECONDS_MAX))
+            })
+        })
 }
 
 /// A response's own stale window, else the site's default; an invalid value allows none.
@@ -618,5 +665,52 @@ mod tests {
         assert_eq!(eval_auth("max-age=60"), Err(NoCacheReason::Authorization));
         assert!(eval_auth("public, max-age=60").is_ok());
         assert!(eval_auth("s-maxage=60").is_ok());
+    }
+
+    #[test]
+    fn a_post_response_is_stored_only_with_explicit_freshness_and_its_own_location() {
+        let post = |status: u16, pairs: &[(&'static str, &str)], names_target: bool| {
+            evaluate_post(
+                StatusCode::from_u16(status).unwrap(),
+                &headers(pairs),
+                names_target,
+                &CacheControl::default(),
+                false,
+                &FreshnessPolicy {
+                    heuristic_fraction: Some(0.1),
+                    heuristic_max: Duration::from_secs(3600),
+                    negative_ttl: Duration::from_secs(10),
+                    ..FreshnessPolicy::default()
+                },
+                Exchange::now(),
+            )
+        };
+        let max_age = [("cache-control", "max-age=60")];
+        assert_eq!(post(200, &max_age, true).unwrap().lifetime, 60);
+        assert_eq!(post(203, &max_age, true).unwrap().lifetime, 60);
+        let expires = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(100));
+        assert!(post(200, &[("expires", &expires)], true).is_ok());
+        assert_eq!(
+            post(200, &max_age, false),
+            Err(NoCacheReason::ContentLocation)
+        );
+        for status in [201, 204, 301, 404] {
+            assert_eq!(
+                post(status, &max_age, true),
+                Err(NoCacheReason::Status),
+                "{status}"
+            );
+        }
+        // Heuristic freshness (which the policy would give a GET) is not enough.
+        let modified = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(9999));
+        assert_eq!(
+            post(200, &[("last-modified", &modified)], true),
+            Err(NoCacheReason::NoFreshness)
+        );
+        // Whatever a GET's response could not do, neither can it.
+        assert_eq!(
+            post(200, &[("cache-control", "private, max-age=60")], true),
+            Err(NoCacheReason::Private)
+        );
     }
 }

@@ -175,6 +175,95 @@ pub fn normalize_target<'a>(
     Ok(Cow::Owned(out))
 }
 
+/// Resolves a URI reference (a `Content-Location` value, say) against the target URI
+/// `{scheme}://{authority}{target}` (RFC 3986 5.2) and returns the path and query it names
+/// when it names the same origin: same scheme, same host (any case, trailing dot or not),
+/// same port (the scheme's default when none is given). Another origin, userinfo, or a
+/// value that is no URI reference gives `None`. The fragment is dropped; the result is not
+/// normalized (the caller normalizes it as it does request targets, [`normalize_target`],
+/// which also removes the dot segments a relative reference leaves).
+pub fn resolve_reference(
+    reference: &str,
+    scheme: &str,
+    authority: &str,
+    target: &str,
+) -> Option<String> {
+    let reference = reference.trim_matches([' ', '\t']);
+    let reference = reference.split_once('#').map_or(reference, |(r, _)| r);
+    if reference.bytes().any(|b| !b.is_ascii_graphic()) {
+        return None;
+    }
+    let rest = match scheme_of(reference) {
+        Some((named, rest)) => {
+            if !named.eq_ignore_ascii_case(scheme) || !rest.starts_with("//") {
+                return None;
+            }
+            rest
+        }
+        None => reference,
+    };
+    if let Some(after) = rest.strip_prefix("//") {
+        let end = after.find(['/', '?']).unwrap_or(after.len());
+        let (named, path) = after.split_at(end);
+        if !same_authority(named, authority, scheme) {
+            return None;
+        }
+        return Some(if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("/{path}")
+        });
+    }
+    let base_path = target.split_once('?').map_or(target, |(path, _)| path);
+    Some(if rest.starts_with('/') {
+        rest.to_owned()
+    } else if rest.is_empty() {
+        target.to_owned()
+    } else if rest.starts_with('?') {
+        format!("{base_path}{rest}")
+    } else {
+        // A relative path: merged with the target's directory (RFC 3986 5.2.3).
+        let directory = base_path.rfind('/').map_or("/", |i| &base_path[..=i]);
+        format!("{directory}{rest}")
+    })
+}
+
+/// A reference's scheme and what follows its colon, if it starts with one (RFC 3986 3.1).
+fn scheme_of(reference: &str) -> Option<(&str, &str)> {
+    let colon = reference.find(':')?;
+    let (scheme, rest) = (&reference[..colon], &reference[colon + 1..]);
+    let mut bytes = scheme.bytes();
+    let valid = bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    valid.then_some((scheme, rest))
+}
+
+/// Whether two authorities name the same host and port under `scheme`.
+fn same_authority(a: &str, b: &str, scheme: &str) -> bool {
+    let default = if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    };
+    let split = |authority: &str| -> Option<(String, u16)> {
+        if authority.contains('@') {
+            return None;
+        }
+        let (host, port) = match authority.rfind(':') {
+            Some(i) if !authority[i..].contains(']') => (&authority[..i], &authority[i + 1..]),
+            _ => (authority, ""),
+        };
+        let port = if port.is_empty() {
+            default
+        } else {
+            port.parse().ok()?
+        };
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        (!host.is_empty()).then_some((host, port))
+    };
+    matches!((split(a), split(b)), (Some(a), Some(b)) if a == b)
+}
+
 /// Decodes percent-encoded unreserved characters and upper-cases the hex of the rest.
 fn normalize_percent(s: &str) -> Result<Cow<'_, str>, TargetError> {
     if !s.contains('%') {
@@ -386,5 +475,63 @@ mod tests {
         assert_ne!(a, CacheKey::new(2, "http", "a.example", "/x"));
         assert_ne!(a, CacheKey::new(1, "https", "a.example", "/x"));
         assert_ne!(a, CacheKey::new(1, "http", "b.example", "/x"));
+    }
+
+    #[test]
+    fn references_resolve_against_the_target_and_name_only_the_same_origin() {
+        let resolve =
+            |reference: &str| resolve_reference(reference, "http", "assets.test", "/docs/page?x=1");
+        for (reference, want) in [
+            ("/docs/page?x=1", "/docs/page?x=1"),
+            ("http://assets.test/docs/page?x=1", "/docs/page?x=1"),
+            ("HTTP://Assets.Test.:80/docs/page?x=1#top", "/docs/page?x=1"),
+            ("//assets.test/a", "/a"),
+            ("http://assets.test", "/"),
+            ("http://assets.test?q", "/?q"),
+            ("page?x=1", "/docs/page?x=1"),
+            ("../docs/./page?x=1", "/docs/../docs/./page?x=1"),
+            ("?y=2", "/docs/page?y=2"),
+            ("", "/docs/page?x=1"),
+            ("#frag", "/docs/page?x=1"),
+            ("other", "/docs/other"),
+        ] {
+            assert_eq!(resolve(reference).as_deref(), Some(want), "{reference:?}");
+        }
+        for reference in [
+            "http://other.test/docs/page?x=1",
+            "https://assets.test/docs/page?x=1",
+            "http://assets.test:8080/docs/page?x=1",
+            "//other.test/docs/page",
+            "http://user@assets.test/docs/page?x=1",
+            "http:/docs/page",
+            "mailto:someone@assets.test",
+            "/docs/pa ge",
+            "/d\u{e9}",
+        ] {
+            assert_eq!(resolve(reference), None, "{reference:?}");
+        }
+        // Ports: explicit on either side, defaulted by the scheme.
+        assert_eq!(
+            resolve_reference("http://a.test/x", "http", "a.test:80", "/").as_deref(),
+            Some("/x")
+        );
+        assert_eq!(
+            resolve_reference("https://a.test:443/x", "https", "A.test", "/").as_deref(),
+            Some("/x")
+        );
+        assert_eq!(
+            resolve_reference("http://[::1]:81/x", "http", "[::1]:81", "/").as_deref(),
+            Some("/x")
+        );
+        assert_eq!(
+            resolve_reference("http://[::1]/x", "http", "[::1]:81", "/"),
+            None
+        );
+        // Dot segments are left to the target's normalization, which removes them.
+        let resolved = resolve("../docs/./page?x=1").unwrap();
+        assert_eq!(
+            normalize_target(&resolved, &QueryPolicy::default()).unwrap(),
+            "/docs/page?x=1"
+        );
     }
 }

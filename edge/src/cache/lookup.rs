@@ -9,6 +9,14 @@
 //! response may answer. What the store holds for the request comes in as an [`Entry`] (the
 //! caller has already selected the variant), what the request asks beyond its key as an
 //! [`Ask`].
+//!
+//! A request with `Authorization` (RFC 9111 3.5) is answered from the cache only by a
+//! fresh response that said it may be (`public`, `s-maxage`, `must-revalidate`); such a
+//! response, once stale, is revalidated with the request's own credentials, never served
+//! stale (neither `stale-while-revalidate` nor `stale-if-error`: 3.5 lets a shared cache
+//! reuse the response only "in conformance with" those directives, and 4.2.4 leaves
+//! serving stale to the cache; this cache reads that conservatively). Without a usable
+//! entry it fills, but alone ([`FillFor::Credentialed`]).
 
 use std::time::Instant;
 
@@ -23,7 +31,9 @@ use crate::cache::store::{Cached, Entry};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ask {
     /// The request carries `Authorization`: only a fresh response that said it may be
-    /// shared with such requests answers it (RFC 9111 3.5); anything else passes.
+    /// shared with such requests answers it (RFC 9111 3.5), a stale one is revalidated, a
+    /// miss is filled alone ([`FillFor::Credentialed`]); an entry stored for requests
+    /// without credentials passes (`fwd=request`).
     pub authorization: bool,
     /// `Cache-Control: only-if-cached`: without a usable entry, refuse rather than fetch.
     pub only_if_cached: bool,
@@ -58,18 +68,39 @@ pub enum Decision {
     /// A stale entry within its `stale-while-revalidate` window answers it now, while one
     /// background fill refreshes it.
     StaleWhileRevalidate(Cached),
-    /// Fetch it through the coalescer: a miss (`stale` is `None`), or the revalidation of
-    /// a stale entry, which is also what `stale-if-error` serves when the upstream fails.
-    Fill { stale: Option<Cached> },
+    /// Fetch it: a miss (`stale` is `None`), or the revalidation of a stale entry, which is
+    /// also what `stale-if-error` serves when the upstream fails (for anyone, not for a
+    /// credentialed fill). `fill` says for whom, and so whether it is coalesced.
+    Fill {
+        stale: Option<Cached>,
+        fill: FillFor,
+    },
     /// Forward the request as it is, with this `fwd` and `detail` in `Cache-Status`: the
     /// URL has a fresh hit-for-pass marker (`detail` says why it is not stored), or the
-    /// request has credentials no stored response may answer (`fwd=request`).
+    /// request has credentials and what is stored was stored for requests without them
+    /// (`fwd=request`).
     Pass {
         fwd: Forward,
         detail: Option<&'static str>,
     },
     /// `only-if-cached` and nothing usable is stored: refuse (`504`), fetch nothing.
     Refuse,
+}
+
+/// Who a fill fetches for, which decides how it is shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillFor {
+    /// Every request for the key: one fetch through the coalescer, sent without any
+    /// client's credentials; a response it may not store leaves a hit-for-pass marker.
+    Anyone,
+    /// One request with `Authorization`: sent with the request's own credentials and never
+    /// coalesced, in either direction. Until the response is known, nobody may be handed
+    /// it (it may be this client's alone), and this client may not be handed a fetch made
+    /// without its credentials. Its response is stored only when it may answer requests
+    /// with credentials (`Freshness::shared_with_authorization`), it is never served stale
+    /// on error, and a refusal leaves nothing behind (no marker: the refusal may be about
+    /// these credentials, and a request without them may still be storable).
+    Credentialed,
 }
 
 /// The decision for a request asking `ask` whose key holds `found` at `now`. `miss` is the
@@ -93,15 +124,31 @@ pub fn decide(found: Option<Entry>, miss: Forward, ask: Ask, now: Instant) -> De
     };
     if ask.authorization {
         return match cached {
-            Some(cached)
-                if cached.freshness().is_fresh(now)
-                    && cached.freshness().shared_with_authorization =>
-            {
-                Decision::Hit(cached)
+            Some(cached) if cached.freshness().shared_with_authorization => {
+                if cached.freshness().is_fresh(now) {
+                    Decision::Hit(cached)
+                } else if ask.only_if_cached {
+                    Decision::Refuse
+                } else {
+                    Decision::Fill {
+                        stale: Some(cached),
+                        fill: FillFor::Credentialed,
+                    }
+                }
             }
-            _ => Decision::Pass {
+            // Stored for requests without credentials: it answers none with them, fresh or
+            // stale, and a revalidation with these credentials could not refresh it (a
+            // `304` to them says nothing about what others get). The credentials made it
+            // pass.
+            Some(_) if ask.only_if_cached => Decision::Refuse,
+            Some(_) => Decision::Pass {
                 fwd: Forward::Request,
                 detail: None,
+            },
+            None if ask.only_if_cached => Decision::Refuse,
+            None => Decision::Fill {
+                stale: None,
+                fill: FillFor::Credentialed,
             },
         };
     }
@@ -112,12 +159,16 @@ pub fn decide(found: Option<Entry>, miss: Forward, ask: Ask, now: Instant) -> De
         Some(Cached::Partial(_)) if ask.only_if_cached => Decision::Refuse,
         Some(Cached::Partial(partial)) => Decision::Fill {
             stale: Some(Cached::Partial(partial)),
+            fill: FillFor::Anyone,
         },
         Some(cached) if cached.freshness().may_serve_while_revalidating(now) => {
             Decision::StaleWhileRevalidate(cached)
         }
         _ if ask.only_if_cached => Decision::Refuse,
-        stale => Decision::Fill { stale },
+        stale => Decision::Fill {
+            stale,
+            fill: FillFor::Anyone,
+        },
     }
 }
 
@@ -162,10 +213,25 @@ mod tests {
             Decision::Hit(Cached::Partial(_)) => "hit-partial",
             Decision::Fill {
                 stale: Some(Cached::Partial(_)),
+                ..
             } => "complete-partial",
             Decision::StaleWhileRevalidate(_) => "swr",
-            Decision::Fill { stale: None } => "miss",
-            Decision::Fill { stale: Some(_) } => "revalidate",
+            Decision::Fill {
+                stale: None,
+                fill: FillFor::Anyone,
+            } => "miss",
+            Decision::Fill {
+                stale: Some(_),
+                fill: FillFor::Anyone,
+            } => "revalidate",
+            Decision::Fill {
+                stale: None,
+                fill: FillFor::Credentialed,
+            } => "miss-alone",
+            Decision::Fill {
+                stale: Some(_),
+                fill: FillFor::Credentialed,
+            } => "revalidate-alone",
             Decision::Pass { .. } => "pass",
             Decision::Refuse => "refuse",
         }
@@ -231,17 +297,81 @@ mod tests {
             kind(&decide(Some(shared), Forward::UriMiss, ask, now)),
             "hit"
         );
-        let private = response(freshness(now, 0, 60, 0, false));
-        match decide(Some(private), Forward::UriMiss, ask, now) {
-            Decision::Pass { fwd, detail } => assert_eq!((fwd, detail), (Forward::Request, None)),
-            other => panic!("{other:?}"),
+        // Stored for requests without credentials: fresh or stale, it passes, and it is the
+        // credentials that made it pass.
+        for private in [
+            response(freshness(now, 0, 60, 0, false)),
+            response(freshness(now, 100, 60, 600, false)),
+        ] {
+            match decide(Some(private), Forward::UriMiss, ask, now) {
+                Decision::Pass { fwd, detail } => {
+                    assert_eq!((fwd, detail), (Forward::Request, None));
+                }
+                other => panic!("{other:?}"),
+            }
         }
-        let stale_shared = response(freshness(now, 100, 60, 60, true));
+    }
+
+    #[test]
+    fn credentials_fill_alone_and_never_get_a_stale_answer() {
+        let now = Instant::now();
+        let ask = Ask {
+            authorization: true,
+            ..Ask::NOTHING
+        };
         assert_eq!(
-            kind(&decide(Some(stale_shared), Forward::UriMiss, ask, now)),
+            kind(&decide(None, Forward::UriMiss, ask, now)),
+            "miss-alone"
+        );
+        // Within its stale-while-revalidate window, a shared entry is still revalidated
+        // first for a request with credentials, by that request's own fill.
+        let stale_shared = response(freshness(now, 100, 60, 600, true));
+        assert_eq!(
+            kind(&decide(
+                Some(stale_shared.clone()),
+                Forward::UriMiss,
+                ask,
+                now
+            )),
+            "revalidate-alone"
+        );
+        // The same entry for a request without credentials: served while revalidating.
+        assert_eq!(
+            kind(&decide(
+                Some(stale_shared.clone()),
+                Forward::UriMiss,
+                Ask::NOTHING,
+                now
+            )),
+            "swr"
+        );
+        // A stale marker is nothing; a fresh one passes, credentials or not.
+        let stale_marker =
+            Entry::pass_marker(NoCacheReason::Private, freshness(now, 100, 60, 0, false));
+        assert_eq!(
+            kind(&decide(Some(stale_marker), Forward::UriMiss, ask, now)),
+            "miss-alone"
+        );
+        let marker = Entry::pass_marker(NoCacheReason::Private, freshness(now, 0, 60, 0, false));
+        assert_eq!(
+            kind(&decide(Some(marker), Forward::UriMiss, ask, now)),
             "pass"
         );
-        assert_eq!(kind(&decide(None, Forward::UriMiss, ask, now)), "pass");
+        // only-if-cached refuses rather than fetch, with credentials too.
+        let only = Ask {
+            only_if_cached: true,
+            ..ask
+        };
+        assert_eq!(kind(&decide(None, Forward::UriMiss, only, now)), "refuse");
+        assert_eq!(
+            kind(&decide(Some(stale_shared), Forward::UriMiss, only, now)),
+            "refuse"
+        );
+        let private = response(freshness(now, 0, 60, 0, false));
+        assert_eq!(
+            kind(&decide(Some(private), Forward::UriMiss, only, now)),
+            "refuse"
+        );
     }
 
     #[test]

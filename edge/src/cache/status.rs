@@ -84,7 +84,8 @@ pub enum Forward {
     VaryMiss,
     /// An entry existed but was stale.
     Stale,
-    /// The request asked to bypass the cache (e.g. carried `Authorization`).
+    /// The request made the cache forward it: it carried `Authorization` and what is
+    /// stored was stored for requests without credentials.
     Request,
     /// The method is never served from cache.
     Method,
@@ -129,6 +130,8 @@ pub enum NoCacheReason {
     /// A `206` whose `Content-Range` is missing, malformed, of unknown length, or not the
     /// span asked for (or whose body is not that many bytes).
     ContentRange,
+    /// A response to a POST whose `Content-Location` does not name the POST's target.
+    ContentLocation,
 }
 
 impl NoCacheReason {
@@ -145,6 +148,7 @@ impl NoCacheReason {
             NoCacheReason::MustUnderstand => "must-understand",
             NoCacheReason::Method => "method",
             NoCacheReason::ContentRange => "content-range",
+            NoCacheReason::ContentLocation => "content-location",
         }
     }
 }

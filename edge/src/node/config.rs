@@ -183,6 +183,12 @@ pub struct SiteConfig {
     /// then never handed to anyone). Off by default: such responses are not stored.
     #[serde(default)]
     pub strip_set_cookie: bool,
+    /// Store a `200`/`203` response to a POST as the answer to later GETs of the POST's
+    /// target when it has explicit freshness and a `Content-Location` naming that very
+    /// target (RFC 9110 9.3.3, a MAY). Off by default: most applications never mean a
+    /// POST's answer for anyone else, and few CDNs do this.
+    #[serde(default)]
+    pub store_post_content_location: bool,
     /// The site's certificate on the HTTPS listener; without one the site is HTTP-only
     /// and a TLS client asking for its name is refused during the handshake.
     #[serde(default)]
@@ -220,6 +226,7 @@ impl Default for SiteConfig {
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: default_stale_if_error(),
             strip_set_cookie: false,
+            store_post_content_location: false,
             tls: None,
             key_headers: Vec::new(),
             range_miss: RangeMiss::Whole,

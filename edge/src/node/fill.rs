@@ -11,6 +11,13 @@
 //! [`crate::cache::partial::plan`]); a `206`, asked for or not, is stored as a partial
 //! object, combined with the spans already held when they share its validator, and stored
 //! as a complete `200` once every byte is held (`FillRequest::partial`).
+//!
+//! The fill of a request with credentials ([`FillFor::Credentialed`]) has no other
+//! waiters: it is run alone, sends the request's `Authorization`, stores only what may
+//! answer requests with credentials (RFC 9111 3.5), serves nothing stale on error, is
+//! never sliced (its slices would be fetched without the credentials), and a response it
+//! may not store changes nothing in the store: no hit-for-pass marker, no stale entry
+//! removed, since the refusal may concern these credentials alone.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -35,6 +42,7 @@ use crate::cache::control::CacheControl;
 use crate::cache::freshness::{Exchange, Freshness, evaluate, strip_targeted};
 use crate::cache::growing_body::GrowingBody;
 use crate::cache::key::CacheKey;
+use crate::cache::lookup::FillFor;
 use crate::cache::partial::{PartialObject, RangeFill, stitch, stitch_validator};
 use crate::cache::range::ContentRange;
 use crate::cache::slice::SliceInfo;
@@ -102,8 +110,11 @@ pub struct FillRequest {
     pub miss: Forward,
     /// The normalized target (origin-form) asked of the upstream.
     pub target: String,
-    /// Headers to send upstream, already filtered for a shared fill.
+    /// Headers to send upstream, already filtered for the fill (`Authorization` only on a
+    /// credentialed one).
     pub headers: HeaderMap,
+    /// For whom the fill fetches: every waiter on the key, or one request with credentials.
+    pub fill: FillFor,
     /// The starting request's `Cache-Control` (its `no-store` forbids storing).
     pub request_cc: CacheControl,
     /// The stale entry being replaced, if any; its validators make the fetch conditional.
@@ -206,7 +217,7 @@ impl FillRequest {
             parts.status,
             &parts.headers,
             &self.request_cc,
-            false,
+            self.credentialed(),
             &self.site.freshness,
             exchange,
         );
@@ -215,7 +226,7 @@ impl FillRequest {
         let freshness = match decision {
             Ok(freshness) => freshness,
             Err(reason) => {
-                if self.stale.is_some() && !parts.status.is_server_error() {
+                if self.stale.is_some() && !parts.status.is_server_error() && !self.credentialed() {
                     edge.store.remove(&self.key);
                 }
                 return self.handoff(
@@ -330,6 +341,7 @@ impl FillRequest {
     fn slicing(&self, code: StatusCode, headers: &HeaderMap, total: u64) -> Option<SliceInfo> {
         let edge = &self.edge;
         if code != StatusCode::OK
+            || self.credentialed()
             || total > edge.max_sliced_size
             || with_keyed(vary_of(headers), &self.site.key_headers) != Vary::None
         {
@@ -436,7 +448,7 @@ impl FillRequest {
             StatusCode::OK,
             &parts.headers,
             &self.request_cc,
-            false,
+            self.credentialed(),
             &self.site.freshness,
             exchange,
         );
@@ -614,6 +626,29 @@ impl FillRequest {
         }
     }
 
+    /// Stores a complete response this fill did not fetch itself (a POST's answer that
+    /// names its target, [`crate::node::post`]) as it would store its own: under the key
+    /// of the variant `self.headers` select when it varies, unless a purge since
+    /// `self.purge_seq` matches it. Returns whether it was stored.
+    pub(crate) fn store_complete(
+        &self,
+        code: StatusCode,
+        headers: HeaderMap,
+        upstream_cache_status: Option<HeaderValue>,
+        tags: Vec<String>,
+        body: Bytes,
+        freshness: Freshness,
+    ) -> bool {
+        let head = Head {
+            code,
+            headers,
+            upstream_cache_status,
+            tags,
+        };
+        let status = CacheStatus::forwarded(self.miss);
+        matches!(self.store(head, body, freshness, status), Fill::Stored { status, .. } if status.stored)
+    }
+
     /// Whether no purge applied since this fill started matches what it fetched.
     fn may_store(&self, key: &CacheKey, tags: &[String]) -> bool {
         let edge = &self.edge;
@@ -673,7 +708,7 @@ impl FillRequest {
             stale.status,
             &for_age,
             &self.request_cc,
-            false,
+            self.credentialed(),
             &self.site.freshness,
             exchange,
         ) {
@@ -698,7 +733,9 @@ impl FillRequest {
             }
             Err(reason) if matches!(cached, Cached::Sliced(_)) => {
                 // The index holds no bytes to hand over: the client asks the upstream itself.
-                self.edge.store.remove(&self.key);
+                if !self.credentialed() {
+                    self.edge.store.remove(&self.key);
+                }
                 status.detail = Some(reason.as_str());
                 Fill::Handoff {
                     response: Arc::new(Mutex::new(None)),
@@ -706,7 +743,9 @@ impl FillRequest {
                 }
             }
             Err(reason) => {
-                self.edge.store.remove(&self.key);
+                if !self.credentialed() {
+                    self.edge.store.remove(&self.key);
+                }
                 let mut response = Response::new(EdgeBody::full(stale.body.clone()));
                 *response.status_mut() = stale.status;
                 *response.headers_mut() = headers;
@@ -716,8 +755,17 @@ impl FillRequest {
         }
     }
 
-    /// The stale entry, if the upstream failed and the entry allows `stale-if-error`.
+    /// Whether this fill fetches for one request with credentials.
+    fn credentialed(&self) -> bool {
+        self.fill == FillFor::Credentialed
+    }
+
+    /// The stale entry, if the upstream failed and the entry allows `stale-if-error`;
+    /// never for a request with credentials (see [`crate::cache::lookup`]).
     fn stale_on_error(&self, status: &CacheStatus) -> Option<Fill> {
+        if self.credentialed() {
+            return None;
+        }
         let stale = self.stale.as_ref()?;
         if !stale.freshness().may_serve_on_error(Instant::now()) {
             return None;
@@ -741,9 +789,10 @@ impl FillRequest {
         self.edge.metrics.not_stored(reason);
         // Remember that this URL cannot be shared, so the next requests do not queue behind
         // a fill they cannot use. Never for 5xx: an outage must not turn caching off; nor
-        // for a ranged fill's answer other than 2xx (a 416 is about the range asked for).
+        // for a ranged fill's answer other than 2xx (a 416 is about the range asked for);
+        // nor for a credentialed fill: a request without credentials may well be storable.
         let about_the_range = self.range.is_some() && !parts.status.is_success();
-        if !parts.status.is_server_error() && !about_the_range {
+        if !parts.status.is_server_error() && !about_the_range && !self.credentialed() {
             let marker = Entry::pass_marker(reason, pass_freshness());
             self.edge.store.insert(self.key.clone(), marker);
         }

@@ -2,8 +2,8 @@
 //! edge or a shield that runs.
 //!
 //! The request handler and its phases ([`proxy`]: `Edge`, which implements the front
-//! door's `Handler`), the miss path ([`fill`]) and answers from sliced objects
-//! ([`slices`]), purges ([`invalidation`], [`purge_stream`]), the proof on headers between
+//! door's `Handler`), the miss path ([`fill`]), answers from sliced objects
+//! ([`slices`]), responses to POSTs kept for later GETs ([`post`]), purges ([`invalidation`], [`purge_stream`]), the proof on headers between
 //! tiers ([`node_auth`]), the site table ([`site`]), the config file ([`config`], which
 //! composes each layer's own section), the metrics ([`metrics`]), the admin listener and
 //! the server that binds and runs everything ([`server`]).
@@ -16,6 +16,7 @@ pub mod fill;
 pub mod invalidation;
 pub mod metrics;
 pub mod node_auth;
+pub mod post;
 pub mod proxy;
 pub mod purge_stream;
 pub mod role;

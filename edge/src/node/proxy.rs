@@ -33,9 +33,9 @@ use crate::cache::BoxError;
 use crate::cache::coalesce::{self, Coalescer};
 use crate::cache::conditional::not_modified;
 use crate::cache::control::CacheControl;
-use crate::cache::freshness::strip_targeted;
+use crate::cache::freshness::{Exchange, strip_targeted};
 use crate::cache::key::{CacheKey, normalize_target};
-use crate::cache::lookup::{Ask, Decision, decide};
+use crate::cache::lookup::{Ask, Decision, FillFor, decide};
 use crate::cache::partial::{self, PartialObject, RangeFill};
 use crate::cache::range::{self, RangeAnswer};
 use crate::cache::status::{CACHE_STATUS, CacheStatus, Forward, NoCacheReason, Outcome};
@@ -49,6 +49,7 @@ use crate::node::config::{ConfigError, EdgeConfig};
 use crate::node::fill::{Fill, FillRequest};
 use crate::node::metrics::Metrics;
 use crate::node::node_auth::{NodeClaims, NodeKey, take_claims};
+use crate::node::post::Post;
 use crate::node::role::Role;
 use crate::node::site::{Misdirected, Site, SiteMatch, SiteTable};
 use crate::node::slices::{SliceFill, SliceSource};
@@ -351,7 +352,13 @@ impl Edge {
                     head,
                     client,
                 };
-                self.fill(fetch, lookup, None, Some((partial, true)), req)
+                // Completing it for a request with credentials is that request's own fill.
+                let fill_for = if ask.authorization {
+                    FillFor::Credentialed
+                } else {
+                    FillFor::Anyone
+                };
+                self.fill(fetch, lookup, None, Some((partial, true)), fill_for, req)
                     .await
             }
             Decision::Hit(cached) => {
@@ -379,7 +386,7 @@ impl Edge {
                 );
                 (response, Outcome::Refused)
             }
-            Decision::Fill { stale } => {
+            Decision::Fill { stale, fill } => {
                 let target = target.into_owned();
                 let fetch = Fetch {
                     site,
@@ -393,7 +400,7 @@ impl Edge {
                     Some(Cached::Partial(partial)) => (None, Some((partial, false))),
                     stale => (stale, None),
                 };
-                self.fill(fetch, lookup, stale, held, req).await
+                self.fill(fetch, lookup, stale, held, fill, req).await
             }
         }
     }
@@ -502,7 +509,8 @@ impl Edge {
         lookup: &Lookup<'_>,
         stale: Cached,
     ) {
-        let refresh = self.fill_request(fetch, lookup, request, Some(stale), None);
+        // Made by the cache for whoever asks next: sent without any client's credentials.
+        let refresh = self.fill_request(fetch, lookup, request, Some(stale), None, FillFor::Anyone);
         let edge = self.clone();
         let key = lookup.key().clone();
         tokio::spawn(async move {
@@ -512,16 +520,17 @@ impl Edge {
         });
     }
 
-    /// Fills the request's key (one fetch, however many requests wait on it) and answers
-    /// from what the fill produced. `held` is the partial object stored for the key, and
-    /// whether it is fresh: the fill then asks for the bytes it lacks
-    /// ([`crate::cache::partial::plan`]).
+    /// Fills the request's key (one fetch, however many requests wait on it; a request with
+    /// credentials fetches alone, [`FillFor::Credentialed`]) and answers from what the fill
+    /// produced. `held` is the partial object stored for the key, and whether it is fresh:
+    /// the fill then asks for the bytes it lacks ([`crate::cache::partial::plan`]).
     async fn fill<B>(
         self: &Arc<Self>,
         fetch: Fetch<'_>,
         mut lookup: Lookup<'_>,
         mut stale: Option<Cached>,
         mut held: Option<(Arc<PartialObject>, bool)>,
+        fill_for: FillFor,
         req: Request<B>,
     ) -> Answered
     where
@@ -550,13 +559,16 @@ impl Edge {
             let own = range
                 .as_ref()
                 .is_none_or(|range| req.headers().get(header::RANGE) == Some(&range.range()));
-            let (fill, role) = self
-                .fills
-                .run(lookup.key(), |publisher| {
-                    self.fill_request(fetch, &lookup, req.headers(), stale.take(), range)
-                        .run(publisher)
-                })
-                .await;
+            let fetcher = |publisher| {
+                self.fill_request(fetch, &lookup, req.headers(), stale.take(), range, fill_for)
+                    .run(publisher)
+            };
+            let (fill, role) = match fill_for {
+                FillFor::Anyone => self.fills.run(lookup.key(), fetcher).await,
+                // Nobody joins it before its response is known to be shareable, and it
+                // joins nobody's: it is run outside the coalescer's table altogether.
+                FillFor::Credentialed => (self.fills.alone(fetcher).await, coalesce::Role::Leader),
+            };
             if role == coalesce::Role::Follower {
                 self.metrics.coalesced();
             }
@@ -640,7 +652,7 @@ impl Edge {
     /// of an object too large to store, which is the origin's to cut) asks the upstream
     /// itself.
     async fn handed_off<B>(
-        &self,
+        self: &Arc<Self>,
         fetch: Fetch<'_>,
         role: coalesce::Role,
         response: &Mutex<Option<Response<EdgeBody>>>,
@@ -678,7 +690,7 @@ impl Edge {
         response
     }
 
-    /// The fill of a lookup for a client request (its headers filtered for sharing).
+    /// The fill of a lookup for a client request (its headers filtered for the fill).
     fn fill_request(
         self: &Arc<Self>,
         fetch: Fetch<'_>,
@@ -686,7 +698,12 @@ impl Edge {
         request: &http::HeaderMap,
         stale: Option<Cached>,
         range: Option<RangeFill>,
+        fill: FillFor,
     ) -> FillRequest {
+        let purpose = match fill {
+            FillFor::Anyone => Purpose::Fill,
+            FillFor::Credentialed => Purpose::CredentialedFill,
+        };
         FillRequest {
             edge: self.clone(),
             site: fetch.site.site.clone(),
@@ -695,7 +712,8 @@ impl Edge {
             index: lookup.index.clone(),
             miss: lookup.miss,
             target: fetch.target.to_owned(),
-            headers: self.fill_headers(fetch.site, fetch.target, request, fetch.client),
+            headers: self.fill_headers(fetch.site, fetch.target, request, fetch.client, purpose),
+            fill,
             request_cc: CacheControl::from_headers(request),
             stale,
             purge_seq: self.store.purge_watermark(),
@@ -703,17 +721,20 @@ impl Edge {
         }
     }
 
-    /// A client's request headers as a shared fill sends them upstream.
+    /// A client's request headers as a fill sends them upstream: a shared fill (or a fetch
+    /// the cache makes on its own) with `Purpose::Fill`, a credentialed fill with
+    /// `Purpose::CredentialedFill`.
     fn fill_headers(
         &self,
         site: SiteMatch<'_>,
         target: &str,
         request: &http::HeaderMap,
         client: SocketAddr,
+        purpose: Purpose,
     ) -> http::HeaderMap {
         let mut headers = forward_request_headers(
             request,
-            Purpose::Fill,
+            purpose,
             site.site.upstream_host.as_ref().unwrap_or(site.host_value),
             &self.via,
             client.ip(),
@@ -846,7 +867,15 @@ impl Edge {
             site: fetch.site.site.clone(),
             primary: fetch.primary.clone(),
             target: fetch.target.to_owned(),
-            headers: self.fill_headers(fetch.site, fetch.target, request, fetch.client),
+            // Slices are fetched once for every request they answer: never with the
+            // credentials of the one that happened to need them first.
+            headers: self.fill_headers(
+                fetch.site,
+                fetch.target,
+                request,
+                fetch.client,
+                Purpose::Fill,
+            ),
             info,
             freshness: entry.freshness,
         };
@@ -985,9 +1014,10 @@ impl Edge {
         response
     }
 
-    /// Forwards one client's request as it is and streams the answer back.
+    /// Forwards one client's request as it is and streams the answer back. A POST's answer
+    /// that names its own target may also be kept for later GETs ([`crate::node::post`]).
     async fn pass<B>(
-        &self,
+        self: &Arc<Self>,
         site: SiteMatch<'_>,
         req: Request<B>,
         target: &str,
@@ -998,13 +1028,15 @@ impl Edge {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let (parts, body) = req.into_parts();
+        let keeps_post = *req.method() == Method::POST && site.site.store_post_content_location;
+        let origin = keeps_post.then(|| target_origin(&req));
+        let (request, body) = req.into_parts();
         let unsafe_method = !matches!(
-            parts.method,
+            request.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         );
         let headers = forward_request_headers(
-            &parts.headers,
+            &request.headers,
             Purpose::Pass,
             site.site.upstream_host.as_ref().unwrap_or(site.host_value),
             &self.via,
@@ -1013,23 +1045,25 @@ impl Edge {
         );
         // A request that declares no body is sent without one, which lets it be retried.
         // HTTP/2 frames bodies without either field: there, the stream says.
-        let bodiless = !parts.headers.contains_key(header::CONTENT_LENGTH)
-            && !parts.headers.contains_key(header::TRANSFER_ENCODING)
-            && (parts.version < http::Version::HTTP_2 || body.is_end_stream());
+        let bodiless = !request.headers.contains_key(header::CONTENT_LENGTH)
+            && !request.headers.contains_key(header::TRANSFER_ENCODING)
+            && (request.version < http::Version::HTTP_2 || body.is_end_stream());
         let body = (!bodiless).then(|| {
             ClientBody::new(body, self.max_body_bytes, self.body_read_timeout).boxed_unsync()
         });
         let mut status = CacheStatus::forwarded(fwd);
         status.detail = detail;
+        let purge_seq = self.store.purge_watermark();
+        let request_time = std::time::SystemTime::now();
         let started = Instant::now();
         let key = CacheKey::new(site.site.generation(), "http", site.host, target);
         let sent = self
-            .send_upstream(site.site, &key, &parts.method, target, &headers, body)
+            .send_upstream(site.site, &key, &request.method, target, &headers, body)
             .await;
         let response = match sent {
             Ok(response) => response,
             Err(UpstreamError::Client(fault)) => {
-                return (client_failure(&fault, parts.version), Outcome::Refused);
+                return (client_failure(&fault, request.version), Outcome::Refused);
             }
             Err(error) => {
                 self.metrics.upstream_error(error.kind());
@@ -1037,22 +1071,51 @@ impl Edge {
             }
         };
         self.metrics.upstream_response(started.elapsed());
+        let exchange = Exchange {
+            request_time,
+            response_time: std::time::SystemTime::now(),
+            received: Instant::now(),
+        };
         let (mut parts, body) = response.into_parts();
         if unsafe_method && (parts.status.is_success() || parts.status.is_redirection()) {
             self.invalidate_after_unsafe(site, target, &parts.headers);
         }
+        status.fwd_status = Some(parts.status.as_u16());
+        let body = match origin {
+            Some((scheme, authority)) => {
+                let post = Post {
+                    site,
+                    target,
+                    scheme,
+                    authority: &authority,
+                    request: &request.headers,
+                    forwarded: &headers,
+                    exchange,
+                    purge_seq,
+                };
+                match self
+                    .keep_post_response(post, &parts, body, &mut status)
+                    .await
+                {
+                    Ok(body) => body,
+                    Err(error) => {
+                        self.metrics.upstream_error(error.kind());
+                        return (self.upstream_failure(&error, &status), Outcome::Error);
+                    }
+                }
+            }
+            None => EdgeBody::stream(Default::default(), body),
+        };
         strip_hop_by_hop(&mut parts.headers);
         strip_targeted(&mut parts.headers);
         self.role.strip_downstream(&mut parts.headers);
         append_list(&mut parts.headers, header::VIA, &self.via);
-        status.fwd_status = Some(parts.status.as_u16());
         let upstream = parts.headers.remove(&CACHE_STATUS);
         parts.headers.insert(
             CACHE_STATUS.clone(),
             status.render(&self.name, upstream_str(upstream.as_ref())),
         );
-        let response = Response::from_parts(parts, EdgeBody::stream(Default::default(), body));
-        (response, Outcome::Pass)
+        (Response::from_parts(parts, body), Outcome::Pass)
     }
 
     /// Sends a request to the site's upstream pool; `key` picks the server under
@@ -1256,6 +1319,17 @@ fn head_size<B>(req: &Request<B>) -> usize {
     req.headers().iter().fold(line, |n, (name, value)| {
         n + name.as_str().len() + value.len() + 4
     })
+}
+
+/// The scheme and authority of a request's target URI (RFC 9110 7.1): `https` on a TLS
+/// connection, the authority its host came from (see [`request_host`]).
+fn target_origin<B>(req: &Request<B>) -> (&'static str, String) {
+    let scheme = if req.extensions().get::<TlsName>().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    (scheme, request_host(req).unwrap_or_default().to_owned())
 }
 
 /// The host a request is for: the absolute-form authority if any, else the one `Host`.

@@ -29,6 +29,9 @@ pub struct Site {
     pub freshness: FreshnessPolicy,
     /// Drop `Set-Cookie` from fills so they can be stored and shared.
     pub strip_set_cookie: bool,
+    /// Store responses to POSTs that name their own target in `Content-Location` for later
+    /// GETs (`store_post_content_location`, see [`crate::node::post`]).
+    pub store_post_content_location: bool,
     /// Request fields the site keys on (`key_headers`): forwarded even when they are
     /// [`crate::cache::fields::UNKEYED`], and part of every variant key. Lower-case, sorted.
     pub key_headers: Vec<HeaderName>,
@@ -75,6 +78,7 @@ impl Site {
                 stale_if_error: config.stale_if_error,
             },
             strip_set_cookie: config.strip_set_cookie,
+            store_post_content_location: config.store_post_content_location,
             key_headers: {
                 let mut names = config
                     .key_headers

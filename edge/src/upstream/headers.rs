@@ -25,8 +25,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// What a request forwarded upstream is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
-    /// A fill shared by every client waiting on the key: only what the key covers.
+    /// A fill shared by every client waiting on the key, or a fetch the cache makes on its
+    /// own (a background revalidation, a slice): only what the key covers, and never a
+    /// client's credentials (`Authorization`), since whoever happened to start it is not
+    /// whom its answer is for.
     Fill,
+    /// The fill of one request with credentials, which no other request joins: a fill's
+    /// hygiene, with the request's own `Authorization` kept (see
+    /// [`crate::cache::lookup::FillFor::Credentialed`]).
+    CredentialedFill,
     /// One client's request, passed through as it is.
     Pass,
 }
@@ -53,6 +60,9 @@ pub fn forward_request_headers(
         headers.remove(name);
     }
     if purpose == Purpose::Fill {
+        headers.remove(header::AUTHORIZATION);
+    }
+    if matches!(purpose, Purpose::Fill | Purpose::CredentialedFill) {
         for name in &CLIENT_SPECIFIC {
             headers.remove(name);
         }
@@ -199,5 +209,22 @@ mod tests {
         assert!(via_names(&h, "edge-1"));
         assert!(!via_names(&h, "edge-2"));
         assert!(!via_names(&h, "edge"));
+    }
+
+    #[test]
+    fn credentials_go_only_on_a_credentialed_fill_or_a_pass() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=0-1"));
+        let via = HeaderValue::from_static("1.1 e");
+        let host = HeaderValue::from_static("o");
+        let ip = "10.0.0.1".parse().unwrap();
+        let shared = forward_request_headers(&h, Purpose::Fill, &host, &via, ip, &[]);
+        assert!(!shared.contains_key(header::AUTHORIZATION));
+        let own = forward_request_headers(&h, Purpose::CredentialedFill, &host, &via, ip, &[]);
+        assert_eq!(own[header::AUTHORIZATION], "Bearer a");
+        assert!(!own.contains_key(header::RANGE), "a fill is still a fill");
+        let pass = forward_request_headers(&h, Purpose::Pass, &host, &via, ip, &[]);
+        assert_eq!(pass[header::AUTHORIZATION], "Bearer a");
     }
 }
