@@ -18,6 +18,7 @@ mod edge_cache;
 mod edge_coalescing;
 mod edge_connection;
 mod edge_hostile;
+mod edge_interim;
 mod edge_range;
 mod edge_readiness;
 mod edge_safety;

@@ -40,6 +40,7 @@ use crate::node::proxy::Edge;
 use crate::node::site::Site;
 use crate::upstream::client::UpstreamError;
 use crate::upstream::headers::{append_list, strip_hop_by_hop};
+use crate::upstream::interim::Interim;
 
 /// What a fill produced, as every waiter sees it.
 #[derive(Debug, Clone)]
@@ -101,6 +102,9 @@ pub struct FillRequest {
     /// The node's purge watermark when the fill started: a purge applied after it that
     /// matches the response keeps it from being stored.
     pub purge_seq: u64,
+    /// Where the exchange's 1xx heads go: the request that started the fill, when its
+    /// front door can write them; never a background refresh or a joining request.
+    pub interim: Option<Interim>,
 }
 
 impl FillRequest {
@@ -135,7 +139,7 @@ impl FillRequest {
                 &Method::GET,
                 &self.target,
                 &headers,
-                None,
+                (None, self.interim.as_ref()),
             )
             .await;
         let response = match sent {

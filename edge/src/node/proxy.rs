@@ -56,6 +56,7 @@ use crate::upstream::fault::ClientFault;
 use crate::upstream::headers::{
     Purpose, append_list, forward_request_headers, strip_hop_by_hop, via_names,
 };
+use crate::upstream::interim::{Interim, InterimHead};
 use crate::upstream::overload::Admission;
 
 /// Where a request's response is stored, or would be: the URL's primary key, or the key of
@@ -497,11 +498,14 @@ impl Edge {
         };
         let mut retried = false;
         loop {
+            // Only the request that starts the fill gets the exchange's 1xx heads; one
+            // that joins it gets none (it may join after they were sent).
             let (fill, role) = self
                 .fills
                 .run(lookup.key(), |publisher| {
-                    self.fill_request(fetch, &lookup, req.headers(), stale.take())
-                        .run(publisher)
+                    let mut fill = self.fill_request(fetch, &lookup, req.headers(), stale.take());
+                    fill.interim = req.extensions().get::<Interim>().cloned();
+                    fill.run(publisher)
                 })
                 .await;
             if role == coalesce::Role::Follower {
@@ -612,6 +616,7 @@ impl Edge {
             request_cc: CacheControl::from_headers(request),
             stale,
             purge_seq: self.store.purge_watermark(),
+            interim: None,
         }
     }
 
@@ -892,7 +897,14 @@ impl Edge {
         let started = Instant::now();
         let key = CacheKey::new(site.site.generation(), "http", site.host, target);
         let sent = self
-            .send_upstream(site.site, &key, &parts.method, target, &headers, body)
+            .send_upstream(
+                site.site,
+                &key,
+                &parts.method,
+                target,
+                &headers,
+                (body, parts.extensions.get::<Interim>()),
+            )
             .await;
         let response = match sent {
             Ok(response) => response,
@@ -924,7 +936,9 @@ impl Edge {
     }
 
     /// Sends a request to the site's upstream pool; `key` picks the server under
-    /// consistent hashing. Only a request without a body (`None`) may be retried.
+    /// consistent hashing. Only a request without a body (`None`) may be retried. The
+    /// exchange's 1xx heads go to `interim`: the client whose request caused it, when its
+    /// front door can write them (see [`crate::upstream::interim`]).
     pub(crate) async fn send_upstream(
         &self,
         site: &Site,
@@ -932,7 +946,7 @@ impl Edge {
         method: &Method,
         target: &str,
         headers: &http::HeaderMap,
-        body: Option<UpstreamBody>,
+        (body, interim): (Option<UpstreamBody>, Option<&Interim>),
     ) -> Result<Response<Incoming>, UpstreamError> {
         let _slot = self
             .admission
@@ -946,6 +960,7 @@ impl Edge {
                 key.locator().as_bytes(),
                 (method, target, headers),
                 body,
+                interim,
             )
             .await
             .map(|sent| sent.response)
@@ -1005,6 +1020,13 @@ impl Handler for Edge {
         B::Error: Into<BoxError>,
     {
         Edge::handle(self, request, client)
+    }
+
+    /// A forwarded 1xx head is a message this node forwards: it names the node in `Via`
+    /// (RFC 9110 7.6.3) and loses what the node's role keeps from going downstream.
+    fn interim(&self, head: &mut InterimHead) {
+        self.role.strip_downstream(&mut head.headers);
+        append_list(&mut head.headers, header::VIA, &self.via);
     }
 
     fn name(&self) -> &str {
