@@ -1,6 +1,6 @@
 //! Interim (1xx) responses from the origin reach the client that caused the exchange,
-//! before the final response and in order (RFC 9110 15.2), over HTTP/1.1 and through the
-//! shield tier; never `100 Continue`, never to HTTP/1.0 clients, never from
+//! before the final response and in order (RFC 9110 15.2), over HTTP/1.1, HTTP/2 and
+//! through the shield tier; never `100 Continue`, never to HTTP/1.0 clients, never from
 //! the cache, never more than the node's bound.
 //!
 //! Each origin holds its final response until the test saw what must come first, so "the
@@ -11,8 +11,10 @@ use crate::support;
 use std::sync::Arc;
 
 use edge::{EdgeConfig, EdgeServer};
+use http::StatusCode;
 use origin_shield::ShieldServer;
 use support::scripted::{ScriptedOrigin, Step, heads, read_until};
+use support::tls::TestCa;
 use support::{HOST, NODE, config};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -214,4 +216,119 @@ async fn early_hints_cross_the_shield_tier() {
     let all = read_final(&mut client, &mut got).await;
     assert_eq!(all.len(), 2, "{all:?}");
     assert_eq!(&all[1][9..12], "200");
+}
+
+/// An edge serving the test site over HTTPS in front of `origin`, and a client's h2
+/// connection to it.
+async fn h2_edge(
+    origin: std::net::SocketAddr,
+) -> (
+    EdgeServer,
+    h2::client::SendRequest<bytes::Bytes>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue(&[HOST]).write(dir.path(), "assets");
+    let text = format!(
+        r#"
+        [node]
+        name = "{NODE}"
+        listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
+        https_listen = "127.0.0.1:0"
+
+        [[site]]
+        name = "assets"
+        hosts = ["{HOST}"]
+        upstream = "http://{origin}"
+        tls = {{ cert = {cert:?}, key = {key:?} }}
+        "#
+    );
+    let edge = EdgeServer::start(EdgeConfig::from_toml(&text).unwrap())
+        .await
+        .unwrap();
+    let tls = support::tls::connect(&ca.client(&[b"h2"]), edge.https_addr().unwrap(), HOST)
+        .await
+        .unwrap();
+    let (sender, connection) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    (edge, sender, dir)
+}
+
+/// The whole body of an h2 response.
+async fn h2_body(response: http::Response<h2::RecvStream>) -> Vec<u8> {
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    bytes
+}
+
+#[tokio::test]
+async fn early_hints_reach_an_h2_client_before_the_final_response() {
+    let go = Arc::new(Notify::new());
+    let origin = hinting_origin(&go).await;
+    let (_edge, mut sender, _dir) = h2_edge(origin.addr()).await;
+    let request = http::Request::get(format!("https://{HOST}/early-h2.txt"))
+        .body(())
+        .unwrap();
+    let (mut response, _) = sender.send_request(request, true).expect("stream opens");
+    let interim = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        std::future::poll_fn(|cx| response.poll_informational(cx)),
+    )
+    .await
+    .expect("a 1xx within 10 s")
+    .expect("a 1xx before the response")
+    .expect("a well-formed 1xx");
+    assert_eq!(interim.status(), StatusCode::EARLY_HINTS);
+    assert_eq!(interim.headers()["link"], "</style.css>; rel=preload");
+    assert!(interim.headers().get("x-hop").is_none());
+    assert_eq!(interim.headers()["via"], format!("1.1 {NODE}").as_str());
+    go.notify_one();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+        .await
+        .expect("the response within 10 s")
+        .expect("a response");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get("link").is_none());
+    assert_eq!(h2_body(response).await, b"hello");
+}
+
+#[tokio::test]
+async fn an_h2_request_body_streams_to_the_origin_and_the_answer_back() {
+    let mut origin = ScriptedOrigin::start(vec![
+        Step::ReadBody(11),
+        Step::Write(
+            "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+             3\r\nok!\r\n0\r\n\r\n"
+                .into(),
+        ),
+    ])
+    .await;
+    let (_edge, mut sender, _dir) = h2_edge(origin.addr()).await;
+    let request = http::Request::post(format!("https://{HOST}/upload"))
+        .header("content-length", "11")
+        .body(())
+        .unwrap();
+    let (response, mut body) = sender.send_request(request, false).expect("stream opens");
+    body.send_data(bytes::Bytes::from_static(b"hello "), false)
+        .unwrap();
+    body.send_data(bytes::Bytes::from_static(b"world"), true)
+        .unwrap();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+        .await
+        .expect("the response within 10 s")
+        .expect("a response");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert!(response.headers().get("transfer-encoding").is_none());
+    assert!(response.headers().get("connection").is_none());
+    assert_eq!(h2_body(response).await, b"ok!");
+    let seen = origin.requests();
+    assert!(seen[0].starts_with("POST /upload HTTP/1.1\r\n"), "{seen:?}");
+    assert_eq!(seen[1], "hello world");
 }

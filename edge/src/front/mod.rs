@@ -85,7 +85,7 @@ pub trait Handler: Send + Sync + 'static {
         B::Error: Into<BoxError>;
 
     /// Rewrites a 1xx head from upstream just before the front door writes it to the
-    /// client (HTTP/1.1 on the connection loop). Runs once per forwarded head,
+    /// client (HTTP/1.1 on the connection loop, HTTP/2). Runs once per forwarded head,
     /// which [`crate::upstream::interim`] has already bounded in number and size and
     /// cleared of hop-by-hop fields. The default writes it as it is.
     fn interim(&self, head: &mut InterimHead) {

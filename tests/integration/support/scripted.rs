@@ -19,6 +19,9 @@ pub enum Step {
     Write(String),
     /// Wait for the test's `notify_one` (a permit given before the wait counts).
     Wait(Arc<Notify>),
+    /// Read this many bytes of request body (after the head), and report them as if they
+    /// were a request of their own.
+    ReadBody(usize),
 }
 
 /// An origin on port 0 of 127.0.0.1: on every connection it reads one request head, plays
@@ -46,6 +49,8 @@ impl ScriptedOrigin {
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
                     }
+                    let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+                    let mut body = head.split_off(end);
                     let _ = seen.send(String::from_utf8_lossy(&head).into_owned());
                     for step in script {
                         match step {
@@ -55,6 +60,15 @@ impl ScriptedOrigin {
                                 }
                             }
                             Step::Wait(go) => go.notified().await,
+                            Step::ReadBody(len) => {
+                                while body.len() < len {
+                                    match stream.read(&mut buf).await {
+                                        Ok(0) | Err(_) => return,
+                                        Ok(n) => body.extend_from_slice(&buf[..n]),
+                                    }
+                                }
+                                let _ = seen.send(String::from_utf8_lossy(&body).into_owned());
+                            }
                         }
                     }
                     let _ = stream.shutdown().await;
@@ -68,7 +82,7 @@ impl ScriptedOrigin {
         self.addr
     }
 
-    /// The request heads read so far.
+    /// The request heads (and bodies read by [`Step::ReadBody`]) read so far.
     pub fn requests(&mut self) -> Vec<String> {
         let mut heads = Vec::new();
         while let Ok(head) = self.heads.try_recv() {
