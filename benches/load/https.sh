@@ -3,10 +3,14 @@
 # (proxy_cache, ssl) in front of the same demo origin, in one run, same certificate (ECDSA
 # P-256), TLS 1.2/1.3 on both. Servers pinned to CPU 0, wrk to CPU 1; loopback only.
 #
-# Usage: benches/load/https.sh            (env: DURATION=10 CONNS=64 SIZES="1k 16k" SKIP_BUILD=1)
+# Usage: benches/load/https.sh            (env: DURATION=10 CONNS=64 SIZES="1k 16k" SKIP_BUILD=1
+#                                           H2=0 H2_REQUESTS=200000)
 # Cases: "hit SIZE": keep-alive HTTPS GETs of a cached object (one handshake per connection);
-#        "handshake": Connection: close on every request, so each is a new full handshake.
-# Needs (Debian): nginx-light wrk curl openssl. Every process started is stopped by PID.
+#        "handshake": Connection: close on every request, so each is a new full handshake;
+#        "h2 hit 1k": HTTP/2, 16 connections x 10 streams (h2load), only when h2load is
+#        installed and H2 is not 0.
+# Needs (Debian): nginx-light wrk curl openssl; optional: nghttp2-client (h2load). Every
+# process started is stopped by PID.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -118,3 +122,13 @@ for server in edge nginx; do
   port=$EDGE_HTTPS_PORT; [[ $server == nginx ]] && port=$NGINX_PORT
   run "handshake" "$port" "/obj/1k.bin" "$server" -H "Connection: close"
 done
+if [[ ${H2:-1} != 0 ]] && command -v h2load >/dev/null; then
+  for server in edge nginx; do
+    port=$EDGE_HTTPS_PORT; [[ $server == nginx ]] && port=$NGINX_PORT
+    out=$(timeout 120 taskset -c 1 h2load -n "${H2_REQUESTS:-200000}" -c 16 -m 10 \
+      "https://localhost:$port/obj/1k.bin" 2>&1)
+    grep -q "succeeded, 0 failed" <<<"$out" || die "h2load against $server failed: $out"
+    printf '%s\t%s\t%s\t-\t-\n' "h2 hit 1k" "$server" \
+      "$(awk '/^finished in/{print $4}' <<<"$out")"
+  done
+fi

@@ -19,6 +19,7 @@ mod edge_coalescing;
 mod edge_connection;
 mod edge_credentials;
 mod edge_hostile;
+mod edge_interim;
 mod edge_partial;
 mod edge_range;
 mod edge_readiness;

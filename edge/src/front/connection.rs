@@ -14,7 +14,19 @@
 //! since no node may frame it differently from another. Everything else this loop does not
 //! handle itself is handed, with the bytes already read, to hyper for the rest of the
 //! connection's life: requests with bodies, HTTP/1.0, upgrades and `Expect`.
+//!
+//! Interim responses (RFC 9110 15.2): a request on the full path carries an
+//! [`Interim`](crate::upstream::interim::Interim) in its extensions, and while the handler
+//! works, every 1xx head its upstream exchange forwards (`103 Early Hints`,
+//! `102 Processing`; never `100` or `101`, see [`crate::upstream::interim`]) is written
+//! and flushed at once, in order, before the final head. A fresh hit writes none. Once a
+//! connection is handed to hyper, its requests get no 1xx: hyper's HTTP/1 server has no
+//! way to send one. That is right for HTTP/1.0 clients (which must not get them) and
+//! loses the hints for HTTP/1.1 requests with a body, `Expect`, an upgrade or an
+//! absolute-form target, and for every later request on such a connection: the final
+//! response is unchanged, only the hints are missing.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -36,6 +48,7 @@ use crate::cache::status::{CacheStatus, Outcome};
 use crate::cache::store::StoredResponse;
 use crate::front::body::EdgeBody;
 use crate::front::{Handler, TlsName};
+use crate::upstream::interim::{self, InterimHead, InterimReceiver};
 
 /// Header slots parsed by the fast path; a request with more goes to hyper.
 const MAX_HEADERS: usize = 128;
@@ -249,8 +262,23 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
                 if let Some(tls) = tls {
                     request.extensions_mut().insert(tls.clone());
                 }
-                let response = handler.handle(request, peer).await;
-                write_response(&mut stream, &mut out, response, head.head, close).await
+                let (interim, mut interims) = interim::channel(limits.max_head);
+                request.extensions_mut().insert(interim);
+                let response = handler.handle(request, peer);
+                match interims_then(
+                    &mut stream,
+                    &mut out,
+                    handler.as_ref(),
+                    &mut interims,
+                    response,
+                )
+                .await
+                {
+                    Ok(response) => {
+                        write_response(&mut stream, &mut out, response, head.head, close).await
+                    }
+                    Err(error) => Err(error),
+                }
             }
         };
         // TLS buffers what it could not send yet; plain TCP flushes as a no-op.
@@ -265,6 +293,58 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
         }
         waiting_since = Instant::now();
     }
+}
+
+/// Waits for the final response, writing each 1xx head the handler's upstream exchange
+/// forwards meanwhile, flushed at once: the client sees it before the final response
+/// exists. Heads queued when the response is ready are written first, so the order is
+/// the upstream's. An error is the client's socket failing.
+async fn interims_then<S: AsyncWrite + Unpin, H: Handler>(
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    handler: &H,
+    interims: &mut InterimReceiver,
+    response: impl Future<Output = Response<EdgeBody>>,
+) -> io::Result<Response<EdgeBody>> {
+    tokio::pin!(response);
+    // Bounded: at most `interim::MAX_INTERIM` heads arrive.
+    loop {
+        tokio::select! {
+            biased;
+            response = &mut response => {
+                while let Some(head) = interims.try_recv() {
+                    write_interim(stream, out, handler, head).await?;
+                }
+                return Ok(response);
+            }
+            head = interims.recv() => write_interim(stream, out, handler, head).await?,
+        }
+    }
+}
+
+/// Writes one 1xx head (after the node's rewrite) and flushes it.
+async fn write_interim<S: AsyncWrite + Unpin, H: Handler>(
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    handler: &H,
+    mut head: InterimHead,
+) -> io::Result<()> {
+    handler.interim(&mut head);
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(head.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &head.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    stream.write_all(out).await?;
+    stream.flush().await
 }
 
 fn fresh_hit<H: Handler>(

@@ -1,6 +1,23 @@
-//! HTTP/2 client connections (negotiated by ALPN on the HTTPS listener), served by hyper
-//! with the limits that keep one client from exhausting the node.
+//! HTTP/2 client connections (negotiated by ALPN on the HTTPS listener), served on the
+//! `h2` crate directly, with the limits that keep one client from exhausting the node.
 //!
+//! Why not hyper's HTTP/2 server: it has no way to send an interim (1xx) response, and a
+//! proxy must forward them (RFC 9110 15.2; see [`crate::upstream::interim`]). The `h2`
+//! crate, which hyper uses underneath, has `SendResponse::send_informational`. What
+//! hyper's server did around `h2` is done here, and only that:
+//! - each stream runs in its own task: the request (body streamed, its flow-control
+//!   window released as the node reads it) goes through [`Handler::handle`], whose
+//!   future is dropped at once if the client resets the stream;
+//! - 1xx heads the handler's upstream exchange forwards are sent before the final
+//!   response, in order, as they arrive;
+//! - the final response loses the fields HTTP/2 forbids (`Connection` and what it names,
+//!   `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, `TE`), gains `Date`
+//!   when it has none and `Content-Length` when its body's size is known, and its body is
+//!   sent as the stream's send window allows (trailers too);
+//! - settings are hyper's defaults where the node sets nothing: 1 MiB stream and
+//!   connection windows, 16 KiB frames, 400 KiB send buffer per stream.
+//!
+//! Limits (from `[limits]`):
 //! - `max_concurrent_streams`: streams open at once on a connection.
 //! - `max_header_list_size` (= `limits.max_header_bytes`): a header block, CONTINUATION
 //!   frames included, larger than this ends the stream; the h2 crate stops buffering
@@ -9,35 +26,68 @@
 //!   were served; past it the connection is closed (rapid reset, CVE-2023-44487).
 //! - `max_local_error_reset_streams`: streams this node had to reset for protocol errors
 //!   of the client; past it the connection is closed.
-//! - keep-alive PINGs at `header_read_timeout` intervals close a connection whose peer is
-//!   gone.
+//! - keep-alive: a PING every `header_read_timeout`; no PONG within as long again closes
+//!   the connection (its peer is gone). The connection preface must arrive within that
+//!   time too.
+//! - shutdown: GOAWAY, and the streams in flight finish.
 
-use std::convert::Infallible;
+use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime};
 
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
+use crate::front::body::EdgeBody;
 use crate::front::limits::LimitsConfig;
 use crate::front::{Handler, TlsName};
+use crate::upstream::interim::{self, InterimHead, InterimReceiver};
+
+/// hyper's defaults, kept when the server moved onto `h2` directly.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+const MAX_SEND_BUFFER: usize = 400 * 1024;
 
 /// The HTTP/2 server settings of a listener, from `[limits]`.
-pub fn builder(limits: &LimitsConfig) -> http2::Builder<TokioExecutor> {
-    let header_list = u32::try_from(limits.max_header_bytes.as_u64()).unwrap_or(u32::MAX);
-    let mut builder = http2::Builder::new(TokioExecutor::new());
+#[derive(Debug, Clone)]
+pub struct Http2 {
+    builder: h2::server::Builder,
+    /// Interval between keep-alive PINGs, time allowed for the PONG, and for the preface.
+    keep_alive: Duration,
+    /// `limits.max_header_bytes`: also the largest 1xx head forwarded.
+    max_head: usize,
+}
+
+/// The HTTP/2 server settings of a listener, from `[limits]`.
+pub fn builder(limits: &LimitsConfig) -> Http2 {
+    let max_head = usize::try_from(limits.max_header_bytes.as_u64()).unwrap_or(usize::MAX);
+    let header_list = u32::try_from(max_head).unwrap_or(u32::MAX);
+    let mut builder = h2::server::Builder::new();
     builder
-        .timer(TokioTimer::new())
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(header_list)
         .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
-        .keep_alive_interval(limits.header_read_timeout)
-        .keep_alive_timeout(limits.header_read_timeout);
-    builder
+        .max_local_error_reset_streams(Some(limits.h2_max_local_error_reset_streams));
+    Http2 {
+        builder,
+        keep_alive: limits.header_read_timeout,
+        max_head,
+    }
 }
 
 /// Serves one HTTP/2 connection until the client leaves or the node shuts down (then
@@ -48,30 +98,321 @@ pub async fn serve<I, H>(
     peer: SocketAddr,
     tls: TlsName,
     handler: Arc<H>,
-    builder: &http2::Builder<TokioExecutor>,
+    settings: &Http2,
     mut shutdown: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
-    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(tls.clone());
-        let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
-    });
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    if !*shutdown.borrow() {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%peer, %error, "HTTP/2 connection ended with an error");
-                }
+    let handshake = settings.builder.handshake::<_, Bytes>(io);
+    let mut conn = tokio::select! {
+        done = tokio::time::timeout(settings.keep_alive, handshake) => match done {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "HTTP/2 handshake failed");
                 return;
             }
-            _ = shutdown.changed() => {}
+            Err(_) => {
+                tracing::debug!(%peer, "HTTP/2 preface timed out");
+                return;
+            }
+        },
+        _ = shutdown.changed() => return,
+    };
+    let Some(mut pings) = conn.ping_pong() else {
+        return; // taken only here, so always there
+    };
+    let keep_alive = keep_alive(&mut pings, settings.keep_alive);
+    tokio::pin!(keep_alive);
+    let mut alive = true;
+    let mut draining = *shutdown.borrow();
+    if draining {
+        conn.graceful_shutdown();
+    }
+    // Ends when the connection does: `accept` drives it, and answers `None` once it is
+    // closed (by the client, or after GOAWAY when the streams in flight are done).
+    loop {
+        tokio::select! {
+            accepted = conn.accept() => match accepted {
+                Some(Ok((request, respond))) => {
+                    let stream = Stream {
+                        handler: handler.clone(),
+                        peer,
+                        tls: tls.clone(),
+                        max_head: settings.max_head,
+                    };
+                    tokio::spawn(stream.serve(request, respond));
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(%peer, %error, "HTTP/2 connection ended with an error");
+                    return;
+                }
+                None => return,
+            },
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            () = &mut keep_alive, if alive => {
+                alive = false;
+                tracing::debug!(%peer, "HTTP/2 keep-alive timed out, closing the connection");
+                conn.abrupt_shutdown(Reason::NO_ERROR);
+            }
         }
     }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+}
+
+/// Returns when the peer stops answering PINGs: one every `interval`, each answered
+/// within `interval`. PONGs arrive while the connection is driven (by `accept`).
+async fn keep_alive(pings: &mut PingPong, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(interval, pings.ping(Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
+}
+
+/// What one stream's task needs of its connection.
+struct Stream<H> {
+    handler: Arc<H>,
+    peer: SocketAddr,
+    tls: TlsName,
+    max_head: usize,
+}
+
+impl<H: Handler> Stream<H> {
+    /// Answers one request: 1xx heads as they arrive, then the final response and its body.
+    async fn serve(self, request: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+        let (interim, mut interims) = interim::channel(self.max_head);
+        let (mut parts, body) = request.into_parts();
+        parts.extensions.insert(self.tls);
+        parts.extensions.insert(interim);
+        let body = RequestBody::new(body, &parts.headers);
+        let response = self
+            .handler
+            .handle(Request::from_parts(parts, body), self.peer);
+        tokio::pin!(response);
+        // Bounded: at most `interim::MAX_INTERIM` heads arrive.
+        let response = loop {
+            tokio::select! {
+                biased;
+                response = &mut response => break response,
+                reset = poll_fn(|cx| respond.poll_reset(cx)) => {
+                    // The handler's future is dropped: the client no longer wants it.
+                    tracing::debug!(peer = %self.peer, ?reset, "HTTP/2 stream reset by the client");
+                    return;
+                }
+                head = interims.recv() => {
+                    if !send_interim(&mut respond, self.handler.as_ref(), head) {
+                        return;
+                    }
+                }
+            }
+        };
+        if !flush_interims(&mut respond, self.handler.as_ref(), &mut interims) {
+            return;
+        }
+        drop(interims);
+        let (mut parts, body) = response.into_parts();
+        strip_connection_fields(&mut parts.headers);
+        if !parts.headers.contains_key(header::DATE)
+            && let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
+        {
+            parts.headers.insert(header::DATE, date);
+        }
+        let end = body.is_end_stream();
+        if !end
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+            && let Some(length) = body.size_hint().exact()
+        {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        let send = match respond.send_response(Response::from_parts(parts, ()), end) {
+            Ok(send) => send,
+            Err(error) => {
+                tracing::debug!(peer = %self.peer, %error, "HTTP/2 response not sent");
+                respond.send_reset(Reason::INTERNAL_ERROR);
+                return;
+            }
+        };
+        if !end && let Err(error) = pipe(body, send).await {
+            tracing::debug!(peer = %self.peer, %error, "HTTP/2 response body not sent whole");
+        }
+    }
+}
+
+/// Sends what is queued of the 1xx heads; `false` when the stream is broken.
+fn flush_interims<H: Handler>(
+    respond: &mut SendResponse<Bytes>,
+    handler: &H,
+    interims: &mut InterimReceiver,
+) -> bool {
+    while let Some(head) = interims.try_recv() {
+        if !send_interim(respond, handler, head) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Sends one 1xx head (after the node's rewrite); `false` when the stream is broken.
+fn send_interim<H: Handler>(
+    respond: &mut SendResponse<Bytes>,
+    handler: &H,
+    mut head: InterimHead,
+) -> bool {
+    handler.interim(&mut head);
+    strip_connection_fields(&mut head.headers);
+    let mut response = Response::new(());
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    match respond.send_informational(response) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::debug!(%error, "HTTP/2 interim response not sent");
+            false
+        }
+    }
+}
+
+/// Removes the fields HTTP/2 forbids in a response (RFC 9113 8.2.2).
+fn strip_connection_fields(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.remove(header::CONNECTION)
+        && let Ok(names) = connection.to_str()
+    {
+        for name in names.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in [
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::TE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Sends a response body as the stream's window allows, ending the stream with the last
+/// frame (or trailers). Stops when the client resets the stream.
+async fn pipe(mut body: EdgeBody, mut send: SendStream<Bytes>) -> Result<(), h2::Error> {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            reset = poll_fn(|cx| send.poll_reset(cx)) => return Err(reset?.into()),
+            frame = body.frame() => frame,
+        };
+        let frame = match frame {
+            None => return send.send_data(Bytes::new(), true),
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => {
+                tracing::debug!(%error, "response body failed");
+                send.send_reset(Reason::INTERNAL_ERROR);
+                return Ok(());
+            }
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    send.reserve_capacity(0);
+                    return send.send_trailers(trailers);
+                }
+                continue;
+            }
+        };
+        let end = body.is_end_stream();
+        if !data.is_empty() {
+            // A claim of one byte, not the chunk's length: h2 raises it to what is
+            // buffered in `send_data`, and a large claim held while waiting would pin the
+            // connection's window against other streams (as hyper does, hyper#4003).
+            send.reserve_capacity(1);
+            while send.capacity() == 0 {
+                match poll_fn(|cx| send.poll_capacity(cx)).await {
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => return Err(error),
+                    None => return Ok(()), // reset, or otherwise no longer open
+                }
+            }
+        }
+        if !data.is_empty() || end {
+            send.send_data(data, end)?;
+        }
+        if end {
+            return Ok(());
+        }
+    }
+}
+
+/// A request body as the handler reads it: DATA frames (their window released to the
+/// client as they are read), then trailers.
+#[derive(Debug)]
+struct RequestBody {
+    recv: RecvStream,
+    data_done: bool,
+    /// What the declared `Content-Length` says is left (h2 enforces the length itself).
+    remaining: Option<u64>,
+}
+
+impl RequestBody {
+    fn new(recv: RecvStream, headers: &HeaderMap) -> Self {
+        let remaining = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Self {
+            recv,
+            data_done: false,
+            remaining,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if let Some(remaining) = &mut this.remaining {
+                        *remaining = remaining.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(error) => Poll::Ready(Some(Err(error))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(remaining) => SizeHint::with_exact(remaining),
+            None => SizeHint::default(),
+        }
+    }
 }

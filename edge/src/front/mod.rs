@@ -25,6 +25,7 @@ use http_body::Body;
 use crate::cache::BoxError;
 use crate::cache::status::Outcome;
 use crate::cache::store::StoredResponse;
+use crate::upstream::interim::InterimHead;
 
 pub mod body;
 pub mod client_body;
@@ -68,9 +69,12 @@ pub trait Handler: Send + Sync + 'static {
 
     /// The full path: every request the fast path declined, every request hyper parsed
     /// (bodies, HTTP/1.0, upgrades) and every HTTP/2 stream, with `client`'s address.
-    /// A TLS connection's requests carry their [`TlsName`] as a request extension. The
-    /// response is written as it is; the front door adds only framing (`Content-Length`
-    /// or chunked, `Connection: close`) and `Date` when missing.
+    /// A TLS connection's requests carry their [`TlsName`] as a request extension, and
+    /// those whose client can be sent 1xx heads an
+    /// [`Interim`](crate::upstream::interim::Interim) (the front door writes what
+    /// arrives there before the response). The response is written as it is; the front
+    /// door adds only framing (`Content-Length` or chunked, `Connection: close`) and
+    /// `Date` when missing.
     fn handle<B>(
         self: &Arc<Self>,
         request: Request<B>,
@@ -79,6 +83,14 @@ pub trait Handler: Send + Sync + 'static {
     where
         B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>;
+
+    /// Rewrites a 1xx head from upstream just before the front door writes it to the
+    /// client (HTTP/1.1 on the connection loop, HTTP/2). Runs once per forwarded head,
+    /// which [`crate::upstream::interim`] has already bounded in number and size and
+    /// cleared of hop-by-hop fields. The default writes it as it is.
+    fn interim(&self, head: &mut InterimHead) {
+        let _ = head;
+    }
 
     /// The node's name, as its member of `Cache-Status` on fast-path hits.
     fn name(&self) -> &str;

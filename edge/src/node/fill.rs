@@ -58,6 +58,7 @@ use crate::node::proxy::Edge;
 use crate::node::site::Site;
 use crate::upstream::client::UpstreamError;
 use crate::upstream::headers::{append_list, strip_hop_by_hop};
+use crate::upstream::interim::Interim;
 
 /// What a fill produced, as every waiter sees it.
 #[derive(Debug, Clone)]
@@ -125,6 +126,9 @@ pub struct FillRequest {
     /// The range asked for instead of the whole object (with `If-Range` when it completes
     /// a partial object); never together with `stale`.
     pub range: Option<RangeFill>,
+    /// Where the exchange's 1xx heads go: the request that started the fill, when its
+    /// front door can write them; never a background refresh or a joining request.
+    pub interim: Option<Interim>,
 }
 
 impl FillRequest {
@@ -167,7 +171,7 @@ impl FillRequest {
                 &Method::GET,
                 &self.target,
                 &headers,
-                None,
+                (None, self.interim.as_ref()),
             )
             .await;
         let response = match sent {

@@ -165,6 +165,7 @@ impl Edge {
             stale: None,
             purge_seq: post.purge_seq,
             range: None,
+            interim: None,
         };
         status.stored = keeper.store_complete(
             head.status,

@@ -58,6 +58,7 @@ use crate::upstream::fault::ClientFault;
 use crate::upstream::headers::{
     Purpose, append_list, forward_request_headers, strip_hop_by_hop, via_names,
 };
+use crate::upstream::interim::{Interim, InterimHead};
 use crate::upstream::overload::Admission;
 
 /// Where a request's response is stored, or would be: the URL's primary key, or the key of
@@ -559,9 +560,13 @@ impl Edge {
             let own = range
                 .as_ref()
                 .is_none_or(|range| req.headers().get(header::RANGE) == Some(&range.range()));
+            // Only the request that starts the fill gets the exchange's 1xx heads; one
+            // that joins it gets none (it may join after they were sent).
             let fetcher = |publisher| {
-                self.fill_request(fetch, &lookup, req.headers(), stale.take(), range, fill_for)
-                    .run(publisher)
+                let mut fill =
+                    self.fill_request(fetch, &lookup, req.headers(), stale.take(), range, fill_for);
+                fill.interim = req.extensions().get::<Interim>().cloned();
+                fill.run(publisher)
             };
             let (fill, role) = match fill_for {
                 FillFor::Anyone => self.fills.run(lookup.key(), fetcher).await,
@@ -718,6 +723,7 @@ impl Edge {
             stale,
             purge_seq: self.store.purge_watermark(),
             range,
+            interim: None,
         }
     }
 
@@ -1058,7 +1064,14 @@ impl Edge {
         let started = Instant::now();
         let key = CacheKey::new(site.site.generation(), "http", site.host, target);
         let sent = self
-            .send_upstream(site.site, &key, &request.method, target, &headers, body)
+            .send_upstream(
+                site.site,
+                &key,
+                &request.method,
+                target,
+                &headers,
+                (body, request.extensions.get::<Interim>()),
+            )
             .await;
         let response = match sent {
             Ok(response) => response,
@@ -1119,7 +1132,9 @@ impl Edge {
     }
 
     /// Sends a request to the site's upstream pool; `key` picks the server under
-    /// consistent hashing. Only a request without a body (`None`) may be retried.
+    /// consistent hashing. Only a request without a body (`None`) may be retried. The
+    /// exchange's 1xx heads go to `interim`: the client whose request caused it, when its
+    /// front door can write them (see [`crate::upstream::interim`]).
     pub(crate) async fn send_upstream(
         &self,
         site: &Site,
@@ -1127,7 +1142,7 @@ impl Edge {
         method: &Method,
         target: &str,
         headers: &http::HeaderMap,
-        body: Option<UpstreamBody>,
+        (body, interim): (Option<UpstreamBody>, Option<&Interim>),
     ) -> Result<Response<Incoming>, UpstreamError> {
         let _slot = self
             .admission
@@ -1141,6 +1156,7 @@ impl Edge {
                 key.locator().as_bytes(),
                 (method, target, headers),
                 body,
+                interim,
             )
             .await
             .map(|sent| sent.response)
@@ -1200,6 +1216,13 @@ impl Handler for Edge {
         B::Error: Into<BoxError>,
     {
         Edge::handle(self, request, client)
+    }
+
+    /// A forwarded 1xx head is a message this node forwards: it names the node in `Via`
+    /// (RFC 9110 7.6.3) and loses what the node's role keeps from going downstream.
+    fn interim(&self, head: &mut InterimHead) {
+        self.role.strip_downstream(&mut head.headers);
+        append_list(&mut head.headers, header::VIA, &self.via);
     }
 
     fn name(&self) -> &str {

@@ -145,7 +145,14 @@ impl SliceSource {
         let key = self.primary.slice(n);
         let response = self
             .edge
-            .send_upstream(&self.site, &key, &Method::GET, &self.target, &headers, None)
+            .send_upstream(
+                &self.site,
+                &key,
+                &Method::GET,
+                &self.target,
+                &headers,
+                (None, None),
+            )
             .await?;
         self.edge.metrics.upstream_response(started.elapsed());
         let (parts, body) = response.into_parts();

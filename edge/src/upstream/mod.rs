@@ -2,7 +2,8 @@
 //! tier) and decides which of them gets each request.
 //!
 //! The pooled HTTP client and the error every exchange fails with ([`client`], with the
-//! client's own failures in [`fault`]), the header hygiene of a proxy ([`headers`]), a
+//! client's own failures in [`fault`]), the 1xx heads an exchange forwards to the client
+//! that caused it ([`interim`]), the header hygiene of a proxy ([`headers`]), a
 //! site's servers ([`pool`]) with their balancing [`balance`] policies, [`health`]
 //! (active probes, passive ejection) and [`retry_budget`], and the node's limit on
 //! upstream work in flight ([`overload`]).
@@ -23,6 +24,7 @@ pub mod client;
 pub mod fault;
 pub mod headers;
 pub mod health;
+pub mod interim;
 pub mod overload;
 pub mod pool;
 pub mod retry_budget;

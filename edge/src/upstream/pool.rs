@@ -29,6 +29,7 @@ use serde::Deserialize;
 use crate::upstream::balance::{Balancer, Policy};
 use crate::upstream::client::{UpstreamBody, UpstreamClient, UpstreamError, empty_body};
 use crate::upstream::health::{Health, HealthConfig, State, Transition};
+use crate::upstream::interim::Interim;
 use crate::upstream::retry_budget::{RetryBudget, RetryBudgetConfig};
 
 /// A site's upstream servers and how requests are spread over them.
@@ -299,7 +300,8 @@ impl UpstreamPool {
 
     /// Sends a request for `target` (origin-form) to a server chosen for `key`, retrying on
     /// another server where that is safe (see the module doc). `body` is `None` for a
-    /// request without one, which alone may be retried.
+    /// request without one, which alone may be retried. The 1xx heads of every attempt go
+    /// to `interim`, when a client waits for them.
     pub async fn send<O: PoolObserver + ?Sized>(
         &self,
         client: &UpstreamClient,
@@ -307,6 +309,7 @@ impl UpstreamPool {
         key: &[u8],
         (method, target, headers): (&Method, &str, &HeaderMap),
         mut body: Option<UpstreamBody>,
+        interim: Option<&Interim>,
     ) -> Result<Sent, UpstreamError> {
         self.retry.record_request(Instant::now());
         let retryable = body.is_none() && method.is_idempotent();
@@ -329,6 +332,9 @@ impl UpstreamPool {
             *request.method_mut() = method.clone();
             *request.uri_mut() = server.uri(target);
             *request.headers_mut() = headers.clone();
+            if let Some(interim) = interim {
+                interim.attach(&mut request);
+            }
             let started = Instant::now();
             let result = client.send(request).await;
             let elapsed = started.elapsed();
