@@ -298,8 +298,12 @@ impl Index {
             return Verdict::Gone;
         }
         for &length in index.prefix_lengths.keys() {
-            let Some(prefix) = locator.get(..length) else {
+            if length > locator.len() {
                 break;
+            }
+            // A prefix ending inside a character of the locator is not one of its prefixes.
+            let Some(prefix) = locator.get(..length) else {
+                continue;
             };
             if worst(index.prefixes.get(prefix)) {
                 return Verdict::Gone;
@@ -797,6 +801,27 @@ mod tests {
             Verdict::Fresh,
             "another site's purges"
         );
+    }
+
+    #[test]
+    fn a_prefix_is_found_past_a_length_that_splits_a_character() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = NodeState::open(dir.path()).expect("state");
+        // Keys are ASCII today (targets are percent-encoded), but the index must not
+        // depend on it: the first prefix's length falls inside the locator's `é`.
+        let split = "http://a.example/cafx".to_owned();
+        let covering = "http://a.example/caf\u{e9}/".to_owned();
+        let locator = "http://a.example/caf\u{e9}/menu";
+        assert!(!locator.is_char_boundary(split.len()));
+        state.record(
+            1,
+            JournalEntry {
+                site: "assets".into(),
+                mode: Mode::Hard,
+                targets: vec![Target::Prefix(split), Target::Prefix(covering)],
+            },
+        );
+        assert_eq!(state.check("assets", &key(locator), &[], 0), Verdict::Gone);
     }
 
     #[test]
