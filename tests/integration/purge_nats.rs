@@ -4,7 +4,8 @@
 //! API reports them; losing one NATS server of three loses no accepted purge; a node away
 //! for 500 purges catches up before it serves; with NATS gone the API answers 503, nodes
 //! keep serving, and everything resumes when NATS returns; an `Idempotency-Key` reused for
-//! another purge is refused by every instance.
+//! another purge is refused by every instance; a node restarted over its state directory
+//! reads the stream from its persisted watermark, not from the stream's head.
 //!
 //! Needs `nats-server` (`apt-get install -y nats-server`; `.ci/run` installs it).
 
