@@ -4,7 +4,8 @@
 //! API reports them; losing one NATS server of three loses no accepted purge; a node away
 //! for 500 purges catches up before it serves; with NATS gone the API answers 503, nodes
 //! keep serving, and everything resumes when NATS returns; an `Idempotency-Key` reused for
-//! another purge is refused by every instance.
+//! another purge is refused by every instance; a node restarted over its state directory
+//! reads the stream from its persisted watermark, not from the stream's head.
 //!
 //! Needs `nats-server` (`apt-get install -y nats-server`; `.ci/run` installs it).
 
@@ -506,4 +507,74 @@ async fn the_nats_log_keeps_the_purge_log_contract() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_over_its_state_dir_reads_the_stream_from_its_persisted_watermark() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nats = NatsServer::start("solo", dir.path(), None).await;
+    // One purge (the setup's) is in the stream before the node first starts.
+    let d = Deployment::start(vec![nats.url()], 1, 1, 0).await;
+    let state_dir = dir.path().join("edge-state");
+    let config = || {
+        let mut config = edge_config("edge-0", d.origin.addr(), &d.servers);
+        config.cache.state_dir = Some(state_dir.clone());
+        config
+    };
+    let edge = EdgeServer::start_with_store(config(), Arc::new(MemoryStore::new(64 << 20)))
+        .await
+        .expect("edge");
+    let state = edge.edge().state().expect("a state").clone();
+    let joined_at = state.floor();
+    assert!(joined_at >= 1, "a fresh node takes the head: {joined_at}");
+    let stored_at = d.purge_until_accepted(0, "/n/early.bin").await;
+    assert!(
+        support::eventually(Duration::from_secs(10), || state.watermark() == stored_at).await,
+        "persisted {} of {stored_at}",
+        state.watermark()
+    );
+    drop(state);
+    let held = Arc::downgrade(edge.edge());
+    edge.shutdown().await;
+    assert!(
+        support::eventually(Duration::from_secs(10), || held.strong_count() == 0).await,
+        "the stopped edge is still held: its state stays open"
+    );
+
+    let gone = d.purge_until_accepted(0, "/n/gone.bin").await;
+    let last = d.purge_until_accepted(0, "/n/also.bin").await;
+    // Back with an empty memory over the same state: it reads what it missed.
+    let back = EdgeServer::start_with_store(config(), Arc::new(MemoryStore::new(64 << 20)))
+        .await
+        .expect("edge restarts");
+    let state = back.edge().state().expect("a state");
+    assert!(back.edge().store().purge_watermark() >= last);
+    assert_eq!(
+        state.floor(),
+        joined_at,
+        "resumed, not restarted at the stream's head"
+    );
+    assert!(
+        state.journal_len() >= last - joined_at,
+        "the missed purges are in the journal: {}",
+        state.journal_len()
+    );
+    let generation = back
+        .edge()
+        .sites()
+        .by_name("assets")
+        .expect("site")
+        .generation();
+    let key = edge::cache::key::CacheKey::new(generation, "http", HOST, "/n/gone.bin");
+    assert!(gone > stored_at);
+    assert_eq!(
+        state.check("assets", &key, &[], stored_at),
+        edge::node::state::Verdict::Gone
+    );
+    let kept = edge::cache::key::CacheKey::new(generation, "http", HOST, "/n/kept.bin");
+    assert_eq!(
+        state.check("assets", &kept, &[], stored_at),
+        edge::node::state::Verdict::Fresh
+    );
+    back.shutdown().await;
 }

@@ -366,6 +366,11 @@ pub struct CacheConfig {
     /// `Range` as requests need them); `"0 B"` turns slicing off. A size above
     /// `max_object_size` is lowered to it.
     pub slice_size: ByteSize,
+    /// Where the node keeps what it must remember across restarts (its purge watermark,
+    /// its sites' generations and a journal of applied purges, in `state.redb`; see
+    /// `node::state`). Unset: nothing is kept and a restarted node starts empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for CacheConfig {
@@ -374,6 +379,7 @@ impl Default for CacheConfig {
             capacity: ByteSize::mib(512),
             max_object_size: ByteSize::mib(32),
             slice_size: ByteSize::mib(1),
+            state_dir: None,
         }
     }
 }

@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use node_api::hot::{HotList, HotObject};
 use node_api::{HealthReport, NodeState};
 
+use crate::node::invalidation::ApplyError;
 use crate::node::proxy::Edge;
 use node_api::headers::NODE_TOKEN;
 use node_api::purge::{MAX_BATCH_BYTES, MAX_RESET_BYTES, PurgeAck, PurgeBatch, tokens_match};
@@ -61,9 +62,13 @@ async fn purge(State(edge): State<Arc<Edge>>, request: axum::extract::Request) -
     let result = tokio::task::spawn_blocking(move || applying.apply_purges(&batch)).await;
     match result {
         Ok(Ok(applied)) => (StatusCode::OK, axum::Json(PurgeAck { applied })).into_response(),
-        Ok(Err(gap)) => {
+        Ok(Err(ApplyError::Gap(gap))) => {
             let body = serde_json::json!({ "applied": gap.applied, "error": gap.to_string() });
             (StatusCode::CONFLICT, axum::Json(body)).into_response()
+        }
+        Ok(Err(ApplyError::Persist(e))) => {
+            tracing::error!(node = %edge.name(), error = %e, "purges applied but not persisted");
+            error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
         }
         Err(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -98,7 +103,7 @@ async fn applied(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Response 
     if let Some(refused) = refusal(&edge, &headers) {
         return refused;
     }
-    let applied = edge.store().purge_watermark();
+    let applied = edge.acknowledged_watermark();
     (StatusCode::OK, axum::Json(PurgeAck { applied })).into_response()
 }
 
@@ -117,7 +122,10 @@ async fn reset(State(edge): State<Arc<Edge>>, request: axum::extract::Request) -
     let Ok(PurgeAck { applied }) = serde_json::from_slice(&body) else {
         return error(StatusCode::BAD_REQUEST, "expected {\"applied\": N}");
     };
-    edge.reset_purges(applied);
+    if let Err(e) = edge.reset_purges(applied) {
+        tracing::error!(node = %edge.name(), error = %e, "reset applied but not persisted");
+        return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    }
     (StatusCode::OK, axum::Json(PurgeAck { applied })).into_response()
 }
 
@@ -263,6 +271,10 @@ async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
 
 async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
     let usage = edge.store().usage();
+    if let Some(state) = edge.state() {
+        edge.metrics()
+            .persisted_state(state.watermark(), state.journal_len(), state.floor());
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -302,6 +302,8 @@ pub enum ConfigError {
         "site {0:?} has a [site.tls] certificate but node.https_listen is unset: set it to serve HTTPS"
     )]
     CertificateWithoutHttps(String),
+    #[error("cache.state_dir: {0}")]
+    State(#[from] crate::node::state::StateError),
 }
 
 impl EdgeConfig {

@@ -16,6 +16,13 @@
 //!   fetched if the purge matches it (the bytes may predate the purge): every fill records
 //!   the watermark it started at and checks the purges applied since (the last
 //!   [`RECENT`] are kept; a fill older than that does not store at all).
+//! - With a persisted state ([`NodeState`], `[cache] state_dir`), every applied purge is
+//!   recorded in its journal with the targets it was applied as, and each batch (or reset)
+//!   is committed with the watermark and the generations before [`Invalidation::apply_batch`]
+//!   returns: the watermark it returns is durable, so it may be acknowledged.
+//! - A purge matches an entry in one place, [`Target::matches`]: a fill's check
+//!   ([`Invalidation::may_store`]) uses it, and the state's lazy check
+//!   ([`NodeState::check`]) reaches the same answer from its index (tested against it).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +35,7 @@ use crate::cache::partial::PartialObject;
 use crate::cache::store::{Entry, Slice, SliceIndex, Storage};
 use crate::node::config::normalize_host;
 use crate::node::site::{Site, SiteTable};
+use crate::node::state::{JournalEntry, NodeState, StateError};
 use node_api::purge::{Mode, Purge, PurgeBatch, Selector, SequencedPurge};
 
 /// Purges remembered for the fill check.
@@ -48,7 +56,20 @@ pub struct Gap {
     pub first: u64,
 }
 
-/// A node's purge state: the tag index and the recently applied purges.
+/// A batch was not (wholly) applied, or its watermark could not be made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The batch does not continue from the watermark: resend from `applied + 1`.
+    #[error(transparent)]
+    Gap(#[from] Gap),
+    /// The purges were applied in memory but the state could not be committed: the new
+    /// watermark is not acknowledged; a resend commits them.
+    #[error(transparent)]
+    Persist(#[from] StateError),
+}
+
+/// A node's purge state: the tag index, the recently applied purges and, when the node
+/// keeps one, its persisted state.
 #[derive(Debug, Default)]
 pub struct Invalidation {
     /// Serializes batches, so purges apply one at a time in order.
@@ -58,19 +79,54 @@ pub struct Invalidation {
     tags: Mutex<HashMap<String, HashSet<CacheKey>>>,
     /// Tagged responses registered, for pruning the tag index now and then.
     registered: AtomicUsize,
+    /// The node's persisted state, when it keeps one.
+    state: Option<Arc<NodeState>>,
 }
 
-/// What a purge matches, resolved against the node's sites.
-enum Target {
-    /// A URL's key without its generation (`http://host/target`).
+/// What a purge matches within its site, resolved against the node's sites: the form
+/// purges are applied in, kept in the state's journal and matched in.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Target {
+    /// A URL's key without its generation (`http://host/target`, normalized as keys are):
+    /// the URL, its variants and its slices.
     Url(String),
-    /// A prefix of keys without their generation.
+    /// A prefix of keys without their generation (a prefix purge, or a host purge as
+    /// `http://host/`).
     Prefix(String),
     Tag(String),
     Everything,
 }
 
+impl Target {
+    /// Whether this target covers the entry whose key has `locator` (the key without its
+    /// generation) and which carries `tags`, within the purge's site.
+    pub fn matches(&self, locator: &str, tags: &[String]) -> bool {
+        match self {
+            Target::Url(url) => locator
+                .strip_prefix(url.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('\n')),
+            Target::Prefix(prefix) => locator.starts_with(prefix.as_str()),
+            Target::Tag(tag) => tags.contains(tag),
+            Target::Everything => true,
+        }
+    }
+}
+
 impl Invalidation {
+    /// Purge state that records every applied purge in `state`, when given.
+    pub fn new(state: Option<Arc<NodeState>>) -> Self {
+        Self {
+            state,
+            ..Self::default()
+        }
+    }
+
+    /// The node's persisted state, when it keeps one.
+    pub fn state(&self) -> Option<&Arc<NodeState>> {
+        self.state.as_ref()
+    }
+
     /// The tags a response carries, for [`Invalidation::register`].
     pub fn tags_of(headers: &HeaderMap) -> Vec<String> {
         let mut tags = Vec::new();
@@ -123,26 +179,40 @@ impl Invalidation {
     }
 
     /// Applies a batch in order: purges at or below the watermark are skipped (a resend),
-    /// the rest must continue from it. Returns the new watermark.
+    /// the rest must continue from it. Returns the new watermark, committed to the state
+    /// first when the node keeps one (also when the batch stops at a gap: what was
+    /// applied before it is committed).
     pub fn apply_batch(
         &self,
         batch: &PurgeBatch,
         sites: &SiteTable,
         store: &dyn Storage,
-    ) -> Result<u64, Gap> {
+    ) -> Result<u64, ApplyError> {
         let _one_at_a_time = self.apply.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut outcome = Ok(());
         for purge in &batch.purges {
             let applied = store.purge_watermark();
             if purge.seq <= applied {
                 continue;
             }
             if purge.seq != applied + 1 {
-                return Err(Gap {
+                outcome = Err(Gap {
                     applied,
                     first: purge.seq,
                 });
+                break;
             }
-            self.apply(&purge.purge, sites, store);
+            let targets = self.apply(&purge.purge, sites, store);
+            if let Some(state) = &self.state {
+                state.record(
+                    purge.seq,
+                    JournalEntry {
+                        site: purge.purge.site.clone(),
+                        mode: purge.purge.mode,
+                        targets,
+                    },
+                );
+            }
             let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
             if recent.len() == RECENT {
                 recent.pop_front();
@@ -150,12 +220,22 @@ impl Invalidation {
             recent.push_back(purge.clone());
             store.set_purge_watermark(purge.seq);
         }
+        if let Some(state) = &self.state {
+            state.commit(store.purge_watermark(), &generations(sites))?;
+        }
+        outcome?;
         Ok(store.purge_watermark())
     }
 
     /// Makes every site forget everything (a node whose purge position fell out of the
-    /// log's retention cannot know what it missed), then sets the watermark to `seq`.
-    pub fn reset(&self, sites: &SiteTable, store: &dyn Storage, seq: u64) {
+    /// log's retention cannot know what it missed), then sets the watermark to `seq`; the
+    /// state forgets its journal and keeps the new generations, its floor at `seq`.
+    pub fn reset(
+        &self,
+        sites: &SiteTable,
+        store: &dyn Storage,
+        seq: u64,
+    ) -> Result<(), StateError> {
         let _one_at_a_time = self.apply.lock().unwrap_or_else(PoisonError::into_inner);
         for site in sites.sites() {
             site.bump_generation();
@@ -165,17 +245,45 @@ impl Invalidation {
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
         store.set_purge_watermark(seq);
+        match &self.state {
+            Some(state) => state.restart_at(seq, &generations(sites)),
+            None => Ok(()),
+        }
     }
 
-    fn apply(&self, purge: &Purge, sites: &SiteTable, store: &dyn Storage) {
+    /// Takes `seq` as the watermark of a node that holds nothing (a fresh node joining at
+    /// the log's head): nothing is forgotten, since nothing is held; the state's floor
+    /// rises to `seq`, so anything stored before would count as gone.
+    pub fn start_at(
+        &self,
+        sites: &SiteTable,
+        store: &dyn Storage,
+        seq: u64,
+    ) -> Result<(), StateError> {
+        let _one_at_a_time = self.apply.lock().unwrap_or_else(PoisonError::into_inner);
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        store.set_purge_watermark(seq);
+        match &self.state {
+            Some(state) => state.restart_at(seq, &generations(sites)),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies one purge to memory; returns the targets it was applied as (none for a
+    /// site this node does not serve).
+    fn apply(&self, purge: &Purge, sites: &SiteTable, store: &dyn Storage) -> Vec<Target> {
         let Some(site) = sites.by_name(&purge.site) else {
             tracing::warn!(site = %purge.site, "purge for a site this node does not serve: ignored");
-            return;
+            return Vec::new();
         };
-        for target in targets(purge, sites) {
+        let targets = targets(purge, sites);
+        for target in &targets {
             match target {
                 Target::Url(locator) => {
-                    let key = CacheKey::from_locator(site.generation(), &locator);
+                    let key = CacheKey::from_locator(site.generation(), locator);
                     self.purge_key(&key, purge.mode, store);
                 }
                 Target::Prefix(prefix) => {
@@ -208,6 +316,7 @@ impl Invalidation {
                 }
             }
         }
+        targets
     }
 
     /// Removes (hard) or marks stale (soft) one entry, with what hangs off it.
@@ -215,44 +324,48 @@ impl Invalidation {
         let Some(entry) = store.get(key) else {
             return;
         };
-        let stale = match (&entry, mode) {
-            (Entry::SliceIndex(index), Mode::Hard) => {
-                for n in 0..index.info.count() {
-                    store.remove(&key.slice(n));
+        let stale = match mode {
+            Mode::Hard => {
+                if let Entry::SliceIndex(index) = &entry {
+                    for n in 0..index.info.count() {
+                        store.remove(&key.slice(n));
+                    }
                 }
                 None
             }
-            (_, Mode::Hard) => None,
-            // A variant index cannot be marked stale for its variants: it goes, and with it
-            // every variant (the next fill starts a new index epoch). A stale pass marker
-            // is no marker at all.
-            (Entry::Variants(_) | Entry::Pass(_), Mode::Soft) => None,
-            (Entry::Response(response), Mode::Soft) => {
-                Some(Entry::Response(Arc::new(response.marked_stale())))
-            }
-            (Entry::SliceIndex(index), Mode::Soft) => {
-                Some(Entry::SliceIndex(Arc::new(SliceIndex {
-                    head: index.head.marked_stale(),
-                    info: index.info.clone(),
-                })))
-            }
-            (Entry::Partial(partial), Mode::Soft) => {
-                Some(Entry::Partial(Arc::new(PartialObject {
-                    head: partial.head.marked_stale(),
-                    total: partial.total,
-                    validator: partial.validator.clone(),
-                    spans: partial.spans.clone(),
-                })))
-            }
-            (Entry::Slice(slice), Mode::Soft) => Some(Entry::Slice(Arc::new(Slice {
-                info: slice.info.clone(),
-                body: slice.body.clone(),
-                freshness: slice.freshness.expired(),
-            }))),
+            Mode::Soft => Self::soft_purged(&entry),
         };
         match stale {
             Some(stale) => store.insert(key.clone(), stale),
             None => store.remove(key),
+        }
+    }
+
+    /// What a soft purge leaves of an entry: the entry marked stale, or nothing when it
+    /// cannot be marked (it goes). The one answer for memory and for an entry read later
+    /// that [`NodeState::check`] finds [`Stale`](crate::node::state::Verdict::Stale).
+    pub fn soft_purged(entry: &Entry) -> Option<Entry> {
+        match entry {
+            // A variant index cannot be marked stale for its variants: it goes, and with it
+            // every variant (the next fill starts a new index epoch). A stale pass marker
+            // is no marker at all.
+            Entry::Variants(_) | Entry::Pass(_) => None,
+            Entry::Response(response) => Some(Entry::Response(Arc::new(response.marked_stale()))),
+            Entry::SliceIndex(index) => Some(Entry::SliceIndex(Arc::new(SliceIndex {
+                head: index.head.marked_stale(),
+                info: index.info.clone(),
+            }))),
+            Entry::Partial(partial) => Some(Entry::Partial(Arc::new(PartialObject {
+                head: partial.head.marked_stale(),
+                total: partial.total,
+                validator: partial.validator.clone(),
+                spans: partial.spans.clone(),
+            }))),
+            Entry::Slice(slice) => Some(Entry::Slice(Arc::new(Slice {
+                info: slice.info.clone(),
+                body: slice.body.clone(),
+                freshness: slice.freshness.expired(),
+            }))),
         }
     }
 
@@ -280,13 +393,17 @@ impl Invalidation {
             .iter()
             .filter(|p| p.seq > since && p.purge.site == site.name)
             .flat_map(|p| targets(&p.purge, sites))
-            .any(|target| match target {
-                Target::Url(url) => locator == url || locator.starts_with(&format!("{url}\n")),
-                Target::Prefix(prefix) => locator.starts_with(&prefix),
-                Target::Tag(tag) => tags.contains(&tag),
-                Target::Everything => true,
-            })
+            .any(|target| target.matches(locator, tags))
     }
+}
+
+/// Every site's current generation, as the state keeps them.
+fn generations(sites: &SiteTable) -> Vec<(&str, u64)> {
+    sites
+        .sites()
+        .iter()
+        .map(|site| (site.name.as_str(), site.generation()))
+        .collect()
 }
 
 /// A purge's targets as key locators (keys without their generation), for the hosts of its

@@ -80,6 +80,16 @@ pub struct Metrics {
     retries: Family<RetryLabel, Counter>,
     purges: Family<KindLabel, Counter>,
     purge_watermark: Gauge,
+    /// Registered only on a node that keeps a persisted state ([`Metrics::track_state`]).
+    state: Option<StateGauges>,
+}
+
+/// The persisted purge state's gauges (`node::state`).
+#[derive(Debug, Clone, Default)]
+struct StateGauges {
+    watermark: Gauge,
+    journal: Gauge,
+    floor: Gauge,
 }
 
 impl Metrics {
@@ -195,6 +205,7 @@ impl Metrics {
         Self {
             purges,
             purge_watermark,
+            state: None,
             server_requests,
             server_seconds,
             server_state,
@@ -260,6 +271,40 @@ impl Metrics {
     pub fn purge_watermark(&self, seq: u64) {
         self.purge_watermark
             .set(i64::try_from(seq).unwrap_or(i64::MAX));
+    }
+
+    /// Registers the gauges of the persisted purge state: for a node that keeps one.
+    pub fn track_state(&mut self) {
+        let gauges = StateGauges::default();
+        self.registry.register(
+            "purge_persisted_watermark",
+            "Purge watermark committed to the node state: what the node acknowledges and resumes from",
+            gauges.watermark.clone(),
+        );
+        self.registry.register(
+            "purge_journal_entries",
+            "Applied purges kept in the node state's journal, for entries stored before a restart",
+            gauges.journal.clone(),
+        );
+        self.registry.register(
+            "purge_journal_floor",
+            "Entries stored at a watermark below this are gone: the journal no longer has what purged them",
+            gauges.floor.clone(),
+        );
+        self.state = Some(gauges);
+    }
+
+    /// Sets the persisted state's gauges (no-op unless [`Metrics::track_state`] was called).
+    pub fn persisted_state(&self, watermark: u64, journal: u64, floor: u64) {
+        if let Some(gauges) = &self.state {
+            for (gauge, value) in [
+                (&gauges.watermark, watermark),
+                (&gauges.journal, journal),
+                (&gauges.floor, floor),
+            ] {
+                gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// Renders the Prometheus text exposition, with cache gauges refreshed from `usage`.
@@ -380,6 +425,28 @@ mod tests {
             r#"edge_not_stored_total{reason="no-store"} 1"#,
             "edge_upstream_response_seconds_bucket{le=",
             "edge_upstream_response_seconds_count 1",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("edge_purge_journal_entries"),
+            "no state gauges without a state"
+        );
+    }
+
+    #[test]
+    fn a_node_with_a_state_renders_its_persisted_watermark_journal_and_floor() {
+        let mut m = Metrics::new(1000);
+        m.track_state();
+        m.persisted_state(42, 7, 30);
+        let text = m.render(Usage {
+            bytes: 0,
+            entries: 0,
+        });
+        for want in [
+            "edge_purge_persisted_watermark 42",
+            "edge_purge_journal_entries 7",
+            "edge_purge_journal_floor 30",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

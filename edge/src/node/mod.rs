@@ -3,7 +3,7 @@
 //!
 //! The request handler and its phases ([`proxy`]: `Edge`, which implements the front
 //! door's `Handler`), the miss path ([`fill`]), answers from sliced objects
-//! ([`slices`]), responses to POSTs kept for later GETs ([`post`]), purges ([`invalidation`], [`purge_stream`]), the proof on headers between
+//! ([`slices`]), responses to POSTs kept for later GETs ([`post`]), purges ([`invalidation`], [`purge_stream`]), what the node remembers across restarts ([`state`]), the proof on headers between
 //! tiers ([`node_auth`]), the site table ([`site`]), the config file ([`config`], which
 //! composes each layer's own section), the metrics ([`metrics`]), the admin listener and
 //! the server that binds and runs everything ([`server`]).
@@ -23,3 +23,4 @@ pub mod role;
 pub mod server;
 pub mod site;
 pub mod slices;
+pub mod state;

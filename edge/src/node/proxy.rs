@@ -47,12 +47,14 @@ use crate::front::listener::OpenConnections;
 use crate::front::{Handler, TlsName};
 use crate::node::config::{ConfigError, EdgeConfig};
 use crate::node::fill::{Fill, FillRequest};
+use crate::node::invalidation::{ApplyError, Invalidation};
 use crate::node::metrics::Metrics;
 use crate::node::node_auth::{NodeClaims, NodeKey, take_claims};
 use crate::node::post::Post;
 use crate::node::role::Role;
 use crate::node::site::{Misdirected, Site, SiteMatch, SiteTable};
 use crate::node::slices::{SliceFill, SliceSource};
+use crate::node::state::{NodeState, StateError};
 use crate::upstream::client::{UpstreamBody, UpstreamClient, UpstreamError};
 use crate::upstream::fault::ClientFault;
 use crate::upstream::headers::{
@@ -145,7 +147,7 @@ pub struct Edge {
     ready: AtomicBool,
     /// Open client connections of the public listener.
     pub(crate) open: Arc<OpenConnections>,
-    pub(crate) invalidation: crate::node::invalidation::Invalidation,
+    pub(crate) invalidation: Invalidation,
     /// The secret purge pushes must carry; purges are refused while unset.
     pub(crate) node_token: Option<String>,
     /// Edge or shield: what differs between them ([`crate::node::role`]).
@@ -171,15 +173,35 @@ impl Edge {
         config.validate()?;
         let via = HeaderValue::from_str(&format!("1.1 {}", config.node.name))
             .map_err(|_| ConfigError::NodeName(config.node.name.clone()))?;
+        let sites = SiteTable::new(&config.sites)?;
+        let state = match &config.cache.state_dir {
+            Some(dir) => Some(Arc::new(NodeState::open(dir)?)),
+            None => None,
+        };
+        let mut metrics = Metrics::new(config.cache.capacity.as_u64());
+        if let Some(state) = &state {
+            // Warm restart: the sites with their persisted generations (an everything-hard
+            // purge or a reset stays in effect), the watermark the node resumes from.
+            for site in sites.sites() {
+                if let Some(generation) = state.generation(&site.name) {
+                    site.raise_generation(generation);
+                }
+            }
+            if state.resumes() {
+                store.set_purge_watermark(state.watermark());
+            }
+            metrics.track_state();
+        }
+        metrics.purge_watermark(store.purge_watermark());
         Ok(Self {
             name: config.node.name.clone(),
             via,
-            sites: SiteTable::new(&config.sites)?,
+            sites,
             store,
             fills: Coalescer::new(),
             slice_fills: Coalescer::new(),
             upstream: UpstreamClient::new(&config.upstream),
-            metrics: Metrics::new(config.cache.capacity.as_u64()),
+            metrics,
             max_object_size: config.cache.max_object_size.as_u64(),
             slice_size: config
                 .cache
@@ -194,7 +216,7 @@ impl Edge {
             body_read_timeout: config.limits.body_read_timeout,
             ready: AtomicBool::new(false),
             open: Arc::default(),
-            invalidation: Default::default(),
+            invalidation: Invalidation::new(state),
             node_token: config.purge.node_token.clone(),
             role: config.node.role,
             node_key: config.purge.node_token.as_deref().map(NodeKey::new),
@@ -757,27 +779,61 @@ impl Edge {
         headers
     }
 
-    /// Applies a batch of purges (see [`crate::node::invalidation`]); returns the watermark.
-    pub fn apply_purges(
-        &self,
-        batch: &node_api::purge::PurgeBatch,
-    ) -> Result<u64, crate::node::invalidation::Gap> {
-        let applied = self
+    /// Applies a batch of purges (see [`crate::node::invalidation`]); returns the watermark,
+    /// durable when the node keeps a state.
+    pub fn apply_purges(&self, batch: &node_api::purge::PurgeBatch) -> Result<u64, ApplyError> {
+        let result = self
             .invalidation
-            .apply_batch(batch, &self.sites, self.store.as_ref())?;
-        for purge in &batch.purges {
-            self.metrics.purge_applied(purge.purge.selector.kind());
+            .apply_batch(batch, &self.sites, self.store.as_ref());
+        if result.is_ok() {
+            for purge in &batch.purges {
+                self.metrics.purge_applied(purge.purge.selector.kind());
+            }
         }
-        self.metrics.purge_watermark(applied);
-        Ok(applied)
+        self.metrics.purge_watermark(self.store.purge_watermark());
+        result
     }
 
     /// Forgets every site's content and sets the watermark to `seq` (see
-    /// [`crate::node::invalidation::Invalidation::reset`]).
-    pub fn reset_purges(&self, seq: u64) {
-        self.invalidation
+    /// [`crate::node::invalidation::Invalidation::reset`]). In memory the reset is done
+    /// whatever happens; an error says the state could not record it.
+    pub fn reset_purges(&self, seq: u64) -> Result<(), StateError> {
+        let result = self
+            .invalidation
             .reset(&self.sites, self.store.as_ref(), seq);
         self.metrics.purge_watermark(seq);
+        result
+    }
+
+    /// Whether this node holds nothing purges could apply to, so that a catch-up may take
+    /// the log's head instead of reading what it missed: nothing in the store and no
+    /// persisted position to resume from. The one decision of both catch-up paths (the
+    /// purge log and the NATS stream).
+    pub fn starts_fresh(&self) -> bool {
+        self.state().is_none_or(|state| !state.resumes()) && self.store.usage().entries == 0
+    }
+
+    /// Takes `seq` as the watermark of a node that [starts fresh](Edge::starts_fresh)
+    /// (see [`crate::node::invalidation::Invalidation::start_at`]).
+    pub fn start_at(&self, seq: u64) -> Result<(), StateError> {
+        let result = self
+            .invalidation
+            .start_at(&self.sites, self.store.as_ref(), seq);
+        self.metrics.purge_watermark(seq);
+        result
+    }
+
+    /// The watermark this node may report upstream: the persisted one when it keeps a
+    /// state (purges applied in memory are acknowledged only once committed), else the
+    /// store's.
+    pub fn acknowledged_watermark(&self) -> u64 {
+        self.state()
+            .map_or_else(|| self.store.purge_watermark(), |state| state.watermark())
+    }
+
+    /// The node's persisted state (`[cache] state_dir`), when it keeps one.
+    pub fn state(&self) -> Option<&Arc<NodeState>> {
+        self.invalidation.state()
     }
 
     /// The one lookup, and the one decision on it, of both the fast path and the full

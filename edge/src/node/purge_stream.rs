@@ -21,6 +21,9 @@
 //!   At start it reads everything up to the stream's last sequence before it serves
 //!   ([`Follower::catch_up`]); if it cannot, it forgets its content instead, exactly as a
 //!   node of the embedded log does.
+//! - With a persisted state (`[cache] state_dir`), a starting node resumes from its
+//!   persisted watermark even when its memory is empty (what it stored before may still
+//!   be read), and reports only the committed watermark.
 //! - The watermark is reported in the stream's KV bucket ([`watermark_bucket`], key
 //!   [`watermark_key`] of the node name), so every purge API instance can say which nodes
 //!   applied a purge. Reports are best effort: a lost one is repeated by the next.
@@ -106,14 +109,20 @@ impl Follower {
     }
 
     /// Reads and applies everything up to the stream's last sequence number at the time
-    /// of the call: what a starting node does before it serves. A node with an empty
-    /// store has nothing to purge and just takes the stream's last sequence number.
-    /// Returns the watermark reached.
+    /// of the call: what a starting node does before it serves. A node that
+    /// [starts fresh](Edge::starts_fresh) (nothing stored, no persisted position) has
+    /// nothing to purge and just takes the stream's last sequence number; one with a
+    /// persisted state reads on from its persisted watermark. Returns the watermark
+    /// reached.
     pub async fn catch_up(&mut self) -> Result<u64, FollowError> {
         let (_, last) = self.bounds().await?;
         let watermark = self.edge.store().purge_watermark();
-        if self.edge.store().usage().entries == 0 && last > watermark {
-            self.edge.store().set_purge_watermark(last);
+        if self.edge.starts_fresh() && last > watermark {
+            let edge = self.edge.clone();
+            tokio::task::spawn_blocking(move || edge.start_at(last))
+                .await
+                .map_err(|e| FollowError::Apply(e.to_string()))?
+                .map_err(|e| FollowError::Apply(e.to_string()))?;
             self.report(true).await;
             return Ok(last);
         }
@@ -191,7 +200,9 @@ impl Follower {
     }
 
     fn reset(&self, seq: u64) {
-        self.edge.reset_purges(seq);
+        if let Err(error) = self.edge.reset_purges(seq) {
+            tracing::error!(node = %self.edge.name(), %error, "reset not persisted");
+        }
     }
 
     /// One consumer's life: from the watermark until `until` (if given) or a failure.
@@ -307,14 +318,15 @@ impl Follower {
         tokio::task::spawn_blocking(move || edge.apply_purges(&batch))
             .await
             .map_err(|e| FollowError::Apply(e.to_string()))?
-            .map_err(|gap| FollowError::Apply(gap.to_string()))
+            .map_err(|e| FollowError::Apply(e.to_string()))
     }
 
     /// Puts the node's watermark in the KV bucket if it changed, when `now` or when the
     /// last report is older than [`REPORT_EVERY`]. Failures are logged and retried by the
     /// next report.
     async fn report(&mut self, now: bool) {
-        let watermark = self.edge.store().purge_watermark();
+        // What is committed, when the node keeps a state: never more than is durable.
+        let watermark = self.edge.acknowledged_watermark();
         if let Some((reported, at)) = self.reported
             && (reported == watermark || (!now && at.elapsed() < REPORT_EVERY))
         {

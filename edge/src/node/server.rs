@@ -202,19 +202,25 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, St
 /// How long a starting node tries to read the purge log before it gives up on it.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Reads and applies every purge after the store's watermark before the node serves, so
-/// content purged while it was away is never served. A store with nothing in it has
-/// nothing to purge and just takes the log's head. When the log cannot be read (or no
-/// longer has what this node missed), the node forgets its content instead.
+/// Most purges a catch-up asks the log for in one page.
+pub const CATCH_UP_PAGE: usize = 1000;
+
+/// Reads and applies every purge after the node's watermark before the node serves, so
+/// content purged while it was away is never served. A node that
+/// [starts fresh](Edge::starts_fresh) (nothing stored, no persisted position) has nothing
+/// to purge and just takes the log's head (asking for a page of 0 purges); a node with a
+/// persisted state resumes from its persisted watermark even with an empty memory, since
+/// what it stored before may still be read. When the log cannot be read (or no longer
+/// has what this node missed), the node forgets its content instead.
 async fn catch_up(edge: &Arc<Edge>, api: &str, token: &str) {
-    let fresh = edge.store().usage().entries == 0;
+    let fresh = edge.starts_fresh();
     let result = tokio::time::timeout(CATCH_UP_TIMEOUT, async {
         loop {
             let after = edge.store().purge_watermark();
-            let limit = if fresh { 0 } else { 1000 };
+            let limit = if fresh { 0 } else { CATCH_UP_PAGE };
             match read_log(edge, api, token, after, limit).await? {
                 Ok(page) if fresh => {
-                    edge.store().set_purge_watermark(page.head.max(after));
+                    start_at(edge, page.head.max(after)).await?;
                     return Ok(page.head);
                 }
                 Ok(page) => {
@@ -224,7 +230,12 @@ async fn catch_up(edge: &Arc<Edge>, api: &str, token: &str) {
                     let batch = PurgeBatch {
                         purges: page.purges,
                     };
-                    edge.apply_purges(&batch).map_err(|gap| gap.to_string())?;
+                    let applying = edge.clone();
+                    // Committing the state waits for the disk: off the async workers.
+                    tokio::task::spawn_blocking(move || applying.apply_purges(&batch))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())?;
                 }
                 Err(truncated) => {
                     tracing::warn!(
@@ -232,7 +243,7 @@ async fn catch_up(edge: &Arc<Edge>, api: &str, token: &str) {
                         oldest = truncated.oldest,
                         "purges this node missed are no longer in the log: forgetting its content"
                     );
-                    edge.reset_purges(truncated.head);
+                    reset(edge, truncated.head).await;
                     return Ok(truncated.head);
                 }
             }
@@ -244,8 +255,32 @@ async fn catch_up(edge: &Arc<Edge>, api: &str, token: &str) {
         Ok(head) => tracing::info!(node = %edge.name(), head, "purges caught up"),
         Err(error) => {
             tracing::error!(node = %edge.name(), %error, "cannot read the purge log: forgetting this node's content");
-            edge.reset_purges(edge.store().purge_watermark());
+            reset(edge, edge.store().purge_watermark()).await;
         }
+    }
+}
+
+/// [`Edge::start_at`] on a blocking thread (it commits the state).
+async fn start_at(edge: &Arc<Edge>, seq: u64) -> Result<(), String> {
+    let edge = edge.clone();
+    tokio::task::spawn_blocking(move || edge.start_at(seq))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// [`Edge::reset_purges`] on a blocking thread (it commits the state). Memory forgets
+/// whatever happens; a state that cannot record it is logged, and the node then resumes
+/// from its older persisted position after a restart (and resets again).
+async fn reset(edge: &Arc<Edge>, seq: u64) {
+    let resetting = edge.clone();
+    let result = tokio::task::spawn_blocking(move || resetting.reset_purges(seq)).await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::error!(node = %edge.name(), %error, "reset not persisted");
+        }
+        Err(error) => tracing::error!(node = %edge.name(), %error, "reset failed"),
     }
 }
 
@@ -273,7 +308,7 @@ async fn follow_stream(
         Ok(head) => tracing::info!(node = %edge.name(), head, "purges caught up from NATS"),
         Err(error) => {
             tracing::error!(node = %edge.name(), %error, "cannot read the purge stream: forgetting this node's content");
-            edge.reset_purges(edge.store().purge_watermark());
+            reset(edge, edge.store().purge_watermark()).await;
         }
     }
     Ok(tokio::spawn(follower.follow(stop)))

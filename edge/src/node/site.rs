@@ -103,6 +103,11 @@ impl Site {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Raises the generation to at least `generation` (a persisted one, on start).
+    pub fn raise_generation(&self, generation: u64) {
+        self.generation.fetch_max(generation, Ordering::AcqRel);
+    }
+
     /// Raises the generation, making every entry of the site unreachable at once.
     /// Returns the new generation.
     pub fn bump_generation(&self) -> u64 {
