@@ -19,6 +19,7 @@
 pub mod coalesce;
 pub mod conditional;
 pub mod control;
+pub mod disk;
 pub mod fields;
 pub mod freshness;
 pub mod growing_body;
