@@ -4,10 +4,11 @@
 //!
 //! # Why hand-written
 //! foyer 0.22.3 (the last release fitting our MSRV) was measured against this store with
-//! the same harness (BENCHMARKS.md, "Disk tier engine"): its index costs ~90-130 B of RAM
-//! per object held only on disk at 1M objects, against the target of < 64 B; a disk hit
-//! reads and decodes the whole value, so large objects would need a chunking layer; and it
-//! aligns every entry to 4 KiB. This store costs ~34 B per object (the index: 16 B per
+//! the same harness (BENCHMARKS.md, "Disk tier engine"): its index costs ~87-133 B of RAM
+//! per object held only on disk at 1M objects (104 B in a freshly recovered process),
+//! against the target of < 64 B; a disk hit reads and decodes the whole value, so large
+//! objects would need a chunking layer; and it aligns every entry to 4 KiB. This store
+//! costs ~36 B per object (the index: 16 B per
 //! entry in a `hashbrown::HashTable`), streams bodies frame by frame, and aligns to 512 B.
 //!
 //! # Layout ([`format`])

@@ -359,7 +359,8 @@ impl DiskStore {
     /// See [`DiskTier::get`].
     pub async fn get(&self, key: &[u8]) -> Result<Option<DiskRecord>, DiskError> {
         let hash = (self.shared.hash)(key);
-        if let Some(pending) = lock(&self.shared.in_flight).get(&hash).cloned() {
+        let pending = lock(&self.shared.in_flight).get(&hash).cloned();
+        if let Some(pending) = pending {
             if pending.key != key {
                 return Ok(None);
             }
@@ -384,8 +385,9 @@ impl DiskStore {
 impl DiskTier for DiskStore {
     fn may_contain(&self, key: &[u8]) -> bool {
         let hash = (self.shared.hash)(key);
-        lock(&self.shared.in_flight).contains_key(&hash)
-            || self.shared.read_index().get(hash).is_some()
+        // One lock at a time: the writer takes the index's before the in-flight map's.
+        let in_flight = lock(&self.shared.in_flight).contains_key(&hash);
+        in_flight || self.shared.read_index().get(hash).is_some()
     }
 
     fn get<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, Result<Option<DiskRecord>, DiskError>> {
