@@ -9,7 +9,8 @@
 //! request finds there ([`lookup`]: hit, stale while revalidating, fill, pass or refuse),
 //! one fetch per key ([`coalesce`]), bodies still arriving ([`growing_body`]), how an
 //! object too large to store whole is sliced ([`slice`](mod@slice)) and how `206`s are
-//! kept and completed ([`partial`]).
+//! kept and completed ([`partial`]), and the disk tier's storage engine ([`disk`], not yet
+//! wired into the node).
 //!
 //! This layer is the bottom one: it imports nothing from `upstream`, `front` or `node`.
 //! It knows nothing of nodes, sockets, config files or upstream servers; what it needs of
@@ -19,6 +20,7 @@
 pub mod coalesce;
 pub mod conditional;
 pub mod control;
+pub mod disk;
 pub mod fields;
 pub mod freshness;
 pub mod growing_body;
