@@ -1293,3 +1293,55 @@ async fn a_node_answering_413_gets_smaller_batches_and_one_that_refuses_a_single
     assert_eq!(node.applied.load(SeqCst), seq);
     api.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reset_to_a_position_the_node_has_passed_forgets_nothing() {
+    let p = Purging::start(1, "").await;
+    let seq = p
+        .purge(&format!(
+            r#"{{"site":"assets","urls":["{}"]}}"#,
+            url("/other.bin")
+        ))
+        .await;
+    cache_everywhere(&p, "/kept.bin").await;
+    // The purge API's view of a node can be older than the node: a reset to a position
+    // at or before the node's own answers the node's position and changes nothing.
+    let admin = p.edges[0].admin_addr();
+    for stale_view in [0, seq] {
+        let reply = support::api_call_with(
+            admin,
+            Method::POST,
+            "/v1/purge/reset",
+            None,
+            &[("cdn-node-token", NODE_TOKEN)],
+            &format!(r#"{{"applied": {stale_view}}}"#),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(json(&reply)["applied"], seq, "{}", reply.text());
+    }
+    let hit = p.get(0, "/kept.bin").await;
+    assert!(
+        hit.cache_status().contains("; hit"),
+        "{}",
+        hit.cache_status()
+    );
+    assert_eq!(p.stores[0].purge_watermark(), seq);
+    // A reset past the node's position still forgets everything.
+    let reply = support::api_call_with(
+        admin,
+        Method::POST,
+        "/v1/purge/reset",
+        None,
+        &[("cdn-node-token", NODE_TOKEN)],
+        &format!(r#"{{"applied": {}}}"#, seq + 5),
+    )
+    .await;
+    assert_eq!(json(&reply)["applied"], seq + 5);
+    let miss = p.get(0, "/kept.bin").await;
+    assert!(
+        miss.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        miss.cache_status()
+    );
+}

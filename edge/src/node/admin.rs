@@ -122,6 +122,14 @@ async fn reset(State(edge): State<Arc<Edge>>, request: axum::extract::Request) -
     let Ok(PurgeAck { applied }) = serde_json::from_slice(&body) else {
         return error(StatusCode::BAD_REQUEST, "expected {\"applied\": N}");
     };
+    // A reset to a position this node has already reached asks it to forget nothing: the
+    // purge API's view of the node is older than the node (it caught up, or reset itself
+    // when it found the log truncated, since the API last heard from it). Forgetting the
+    // content again, and moving the watermark back, would only cost a refill.
+    let current = edge.acknowledged_watermark();
+    if applied <= current {
+        return (StatusCode::OK, axum::Json(PurgeAck { applied: current })).into_response();
+    }
     if let Err(e) = edge.reset_purges(applied) {
         tracing::error!(node = %edge.name(), error = %e, "reset applied but not persisted");
         return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
