@@ -27,7 +27,10 @@
 #            in memory; each object requested twice, since ATS admits to its RAM cache on
 #            a later read), variant "disk" with DISKONLY_MEM (objects held only on disk; not
 #            for Varnish; that small memory tier adds DISKONLY_MEM / RAM_OBJECTS per
-#            object). A sampled last pass checks how many objects are held.
+#            object). A sampled last pass checks how many objects are held. The "disk"
+#            variant then restarts the server (SIGTERM) and times its first hit among the
+#            RAM_OBJECTS on disk (probes as above, no other load): "first hit with N
+#            objects on disk".
 # Output: zipf.tsv, restart.tsv, ram.tsv, machine.txt and raw/ (wrk output, logs) under
 # $OUT (default bench-results/<time>/), and a summary on stdout.
 #
@@ -36,6 +39,7 @@
 #   ZIPF_S=0.9 DURATION=60 WARMUP=30 CONNS=64 THREADS=1
 #   RESTART_PRE=5 RESTART_WATCH=20 PROBES=2000 EDGE_SIGNALS="TERM KILL" PEER_SIGNALS=TERM
 #   RAM_OBJECTS=200000 RAM_OBJ_SIZE=100 RAM_MEM=1GiB DISKONLY_MEM=4MiB RAM_CHECK=2000
+#   RAM_SETTLE_ATS=65 (wait before the "disk" variant's restart of ATS: its directory sync)
 #   ATS_AVG_OBJ=8000 (proxy.config.cache.min_average_object_size: ATS sizes its directory
 #   as DISK / this, so RAM_OBJECTS must stay below it; lower it for 1M small objects)
 #   EDGE_MEMORY_ONLY=1: if the edge has no disk tier, run it memory-only as a reference
@@ -75,6 +79,7 @@ PEER_SIGNALS=${PEER_SIGNALS:-TERM}
 RAM_OBJECTS=${RAM_OBJECTS:-200000}
 RAM_OBJ_SIZE=${RAM_OBJ_SIZE:-100}
 RAM_CHECK=${RAM_CHECK:-2000}
+RAM_SETTLE_ATS=${RAM_SETTLE_ATS:-65}
 ATS_AVG_OBJ=${ATS_AVG_OBJ:-8000}
 EDGE_MEMORY_ONLY=${EDGE_MEMORY_ONLY:-0}
 PORT_BASE=${PORT_BASE:-19480}
@@ -429,6 +434,33 @@ fill() { # server label: probes and the whole working set, once each
   wrk_run "$OUT/raw/$1-fill.txt" 1800 "$url" ZIPF_MODE=seq ZIPF_N="$WS_N" ZIPF_PREFIX=/z/
 }
 
+# Requests <prefix><id>/<key>.bin for id = first, first+stride, ... (each once), one at a
+# time from CPU 1, until t_start + watch s, max probes or (if > 0) that many answers; a
+# refused connection is retried with the same id. Prints "<path> <epoch s> <status>" lines.
+# Runs in the background: PROBE_PID.
+probe_loop() { # url prefix key first stride t_start watch max stop_after_answers
+  taskset -c 1 bash -c '
+    id=$4; n=0; answered=0; end=$(( ${6/./} + $7 * 1000000 ))
+    while (( n < $8 && ${EPOCHREALTIME/./} < end )); do
+      path=$2$id/$3.bin
+      code=$(curl -s -o /dev/null --max-time 2 -w "%{http_code}" "$1$path" || true)
+      if [[ $code == 000 ]]; then sleep 0.01; continue; fi
+      echo "$path $EPOCHREALTIME $code"; id=$((id + $5)); n=$((n + 1))
+      [[ $code == 200 ]] && answered=$((answered + 1))
+      (( $9 > 0 && answered >= $9 )) && break
+    done' probe "$@" 2>/dev/null &
+  PROBE_PID=$!; BG[$PROBE_PID]=1
+}
+
+# "<up_s> <first_hit_s>" from a probe file: seconds from t_start to the first 200 and to the
+# first 200 whose path the origin did not see after t_start (so it came from the cache).
+probe_result() { # probes_file t_start
+  awk -v a="$2" 'NR == FNR { if ($1 >= a) seen[$2] = 1; next }
+    $3 == 200 { if (up == "") up = $2 - a; if (hit == "" && !($1 in seen)) hit = $2 - a }
+    END { printf "%s %s\n", (up == "" ? "NA" : sprintf("%.3f", up)), (hit == "" ? "none" : sprintf("%.3f", hit)) }' \
+    "$ORIG/access.log" "$1"
+}
+
 # ---------------------------------------------------------------- phases
 ZIPF_TSV=$OUT/zipf.tsv RESTART_TSV=$OUT/restart.tsv RAM_TSV=$OUT/ram.tsv
 
@@ -457,7 +489,7 @@ phase_zipf() { # server label
 
 # Stop under load, start on the same cache, measure. Needs a warm server (phase_zipf).
 phase_restart() { # server label signal
-  local s=$1 label=$2 sig=$3 url="http://127.0.0.1:${PORT[$1]}" wrk_pid probe_pid ds t_stop t_start
+  local s=$1 label=$2 sig=$3 url="http://127.0.0.1:${PORT[$1]}" wrk_pid ds t_stop t_start
   local f=$OUT/raw/$s-restart-$sig
   ds=$f.ds
   rm -f "$ds".*
@@ -472,19 +504,12 @@ phase_restart() { # server label signal
   t_start=$(now)
   launch "$s"
   # Probes: each object cached before the stop, requested once after the start.
-  taskset -c 1 bash -c '
-    i=1; end=$(( ${2/./} + $3 * 1000000 ))
-    while (( i <= $4 && ${EPOCHREALTIME/./} < end )); do
-      code=$(curl -s -o /dev/null --max-time 2 -w "%{http_code}" "$1/p/$i/0.bin" || true)
-      if [[ $code == 000 ]]; then sleep 0.01; continue; fi
-      echo "$i $EPOCHREALTIME $code"; i=$((i + 1))
-    done' probe "$url" "$t_start" "$RESTART_WATCH" "$PROBES" > "$f.probes" 2>/dev/null &
-  probe_pid=$!; BG[$probe_pid]=1
+  probe_loop "$url" /p/ 0 1 1 "$t_start" "$RESTART_WATCH" "$PROBES" 0 > "$f.probes"
   if [[ $s == ats ]]; then wait_port "${PORT[ats]}" 30 && sleep 0.5 && repin ats; fi
-  wait "$probe_pid" || true
+  wait "$PROBE_PID" || true
   kill -INT "$wrk_pid" 2>/dev/null || true
   wait "$wrk_pid" || true
-  unset "BG[$wrk_pid]" "BG[$probe_pid]"
+  unset "BG[$wrk_pid]" "BG[$PROBE_PID]"
   flush_wait
   cat "$ds".* 2>/dev/null | sort -n > "$ds" || true
   [[ -f $RESTART_TSV ]] || printf '#server\tsignal\tup_s\tfirst_disk_hit_s\tprobes_answered\tprobe_hits\tpre_hit_ratio\thr_s0..s9 (per second from process start)\tback_to_90pct_s\n' > "$RESTART_TSV"
@@ -496,13 +521,12 @@ phase_restart() { # server label signal
 import sys
 label, sig, t_stop, t_start, pre, probes, ds, origin, pre_orig = sys.argv[1:10]
 t_stop, t_start, pre, pre_orig = float(t_stop), float(t_start), int(pre), int(pre_orig)
-missed = set()   # probe paths the origin saw after the start
+missed = set()   # paths the origin saw after the start
 z = {}           # second since start -> origin requests for /z/
 for line in open(origin):
     ts, uri = line.split()
-    if uri.startswith("/p/"):
-        missed.add(uri)
-    elif uri.startswith("/z/"):
+    missed.add(uri)
+    if uri.startswith("/z/"):
         sec = int(float(ts) - t_start)
         z[sec] = z.get(sec, 0) + 1
 client_pre, client = 0, {}
@@ -517,14 +541,14 @@ for line in open(ds):
 up = hit = None
 answered = hits = 0
 for line in open(probes):
-    i, t, code = line.split()
+    path, t, code = line.split()
     if code != "200":
         continue
     answered += 1
     t = float(t) - t_start
     if up is None:
         up = t
-    if "/p/%s/0.bin" % i not in missed:
+    if path not in missed:
         hits += 1
         if hit is None:
             hit = t
@@ -569,11 +593,28 @@ phase_ram() { # server label variant mem_mib
   t1=$(now); flush_wait
   n_orig=$(origin_count /r/ "$t0" "$t1")
   head=$(curl -s -D - -o /dev/null "http://127.0.0.1:$ORIGIN_PORT/r/1/small.bin" | wc -c)
-  [[ -f $RAM_TSV ]] || printf '#server\tvariant\tmem_MiB\tobjects\theld_pct\tpss0_MiB\tpss1_MiB\trss1_MiB\tgrowth_B_per_obj\tpayload_B\thead_B\tram_B_per_obj\tpss_total_B_per_obj\n' > "$RAM_TSV"
+  # "disk": restart on the same cache, then time the first hit among objects not requested
+  # since the fill (ids 2, 2+stride, ...), with no other load. ATS keeps what its directory
+  # held at the last sync (every 60 s by default): it gets RAM_SETTLE_ATS s first.
+  local up=- first=- stride=$(( RAM_OBJECTS / RAM_CHECK > 1 ? RAM_OBJECTS / RAM_CHECK : 2 )) t_start
+  if [[ $variant == disk ]]; then
+    [[ $s == ats ]] && sleep "$RAM_SETTLE_ATS"
+    stop_proc "$s" TERM
+    t_start=$(now)
+    launch "$s"
+    probe_loop "$url" /r/ small 2 "$stride" "$t_start" "$RESTART_WATCH" "$RAM_CHECK" 50 \
+      > "$OUT/raw/$s-ram-disk-restart.probes"
+    if [[ $s == ats ]]; then wait_port "${PORT[ats]}" 30 && sleep 0.5 && repin ats; fi
+    wait "$PROBE_PID" || true
+    unset "BG[$PROBE_PID]"
+    flush_wait
+    read -r up first < <(probe_result "$OUT/raw/$s-ram-disk-restart.probes" "$t_start")
+  fi
+  [[ -f $RAM_TSV ]] || printf '#server\tvariant\tmem_MiB\tobjects\theld_pct\tpss0_MiB\tpss1_MiB\trss1_MiB\tgrowth_B_per_obj\tpayload_B\thead_B\tram_B_per_obj\tpss_total_B_per_obj\trestart_up_s\tfirst_hit_s\n' > "$RAM_TSV"
   awk -v OFS='\t' -v l="$label" -v v="$variant" -v m="$mem" -v n="$RAM_OBJECTS" -v chk="$RAM_CHECK" \
       -v req="$(wrk_field "$OUT/raw/$s-ram-$variant-check.txt" requests)" -v o="$n_orig" \
       -v p0="$pss0" -v p1="$pss1" -v r1="$rss1" -v pay="$RAM_OBJ_SIZE" -v h="$head" \
-      -v inproc="$([[ $variant == mem && $s != nginx ]] && echo 1 || echo 0)" 'BEGIN{
+      -v inproc="$([[ $variant == mem && $s != nginx ]] && echo 1 || echo 0)" -v up="$up" -v first="$first" 'BEGIN{
     held = (req > 0) ? 1 - o / req : 0; if (held < 0) held = 0
     nh = n * held; g = (nh > 0) ? (p1 - p0) / nh : 0
     # ram_B_per_obj: growth minus payload and head where the objects are held in the
@@ -581,7 +622,7 @@ phase_ram() { # server label variant mem_mib
     ram = inproc ? g - pay - h : g
     print l, v, m, n, sprintf("%.1f", 100 * held), sprintf("%.1f", p0/1048576), sprintf("%.1f", p1/1048576),
       sprintf("%.1f", r1/1048576), sprintf("%.0f", g), pay, h, sprintf("%.0f", ram),
-      sprintf("%.0f", (nh > 0) ? p1 / nh : 0) }' | tee -a "$RAM_TSV"
+      sprintf("%.0f", (nh > 0) ? p1 / nh : 0), up, first }' | tee -a "$RAM_TSV"
   stop_proc "$s" TERM
 }
 
