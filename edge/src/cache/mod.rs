@@ -25,6 +25,7 @@ pub mod fields;
 pub mod freshness;
 pub mod growing_body;
 pub mod http_date;
+pub mod hybrid;
 pub mod key;
 pub mod lookup;
 pub mod partial;
