@@ -15,6 +15,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use moka::policy::EvictionPolicy;
 use serde::Deserialize;
 
+use crate::cache::disk::DiskConfig;
 use crate::cache::freshness::{Freshness, is_targeted};
 use crate::cache::hybrid::HybridStore;
 use crate::cache::key::CacheKey;
@@ -434,9 +435,24 @@ pub struct CacheConfig {
     pub slice_size: ByteSize,
     /// Where the node keeps what it must remember across restarts (its purge watermark,
     /// its sites' generations and a journal of applied purges, in `state.redb`; see
-    /// `node::state`). Unset: nothing is kept and a restarted node starts empty.
+    /// `node::state`). Unset: nothing is kept and a restarted node starts empty, unless
+    /// the node has a disk tier, whose directory then holds the state too.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<std::path::PathBuf>,
+    /// `[cache.disk]`: a disk tier under the memory tier (see [`crate::cache::hybrid`]).
+    /// Unset: memory only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskConfig>,
+}
+
+impl CacheConfig {
+    /// Where the node state lives: `state_dir`, else the disk tier's directory (the
+    /// generations and purge journal that keep disk records honest live with them).
+    pub fn state_dir(&self) -> Option<&std::path::Path> {
+        self.state_dir
+            .as_deref()
+            .or(self.disk.as_ref().map(|disk| disk.path.as_path()))
+    }
 }
 
 impl Default for CacheConfig {
@@ -446,6 +462,7 @@ impl Default for CacheConfig {
             max_object_size: ByteSize::mib(32),
             slice_size: ByteSize::mib(1),
             state_dir: None,
+            disk: None,
         }
     }
 }
