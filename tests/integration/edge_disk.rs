@@ -549,3 +549,49 @@ async fn a_purge_applied_while_the_edge_was_down_is_honoured_from_disk_after_res
     stop(edge).await;
     api.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_variant_comes_back_from_disk_through_its_variant_index() {
+    let node = InProcess::start(("256 KiB", "64 KiB"), &SMALL_DISK).await;
+    let target = "/varies/16k.bin?vary=accept-language";
+    let ask = |language: &'static str| {
+        let public = node.public();
+        async move {
+            send(
+                &client(),
+                public,
+                Method::GET,
+                target,
+                HOST,
+                &[("accept-language", language)],
+            )
+            .await
+        }
+    };
+    let fr = ask("fr").await;
+    assert!(fr.text().starts_with("accept-language=fr"), "{}", fr.text());
+    assert!(ask("fr").await.cache_status().contains("hit"));
+    for i in 0..48 {
+        get(node.public(), &format!("/filler/{i}/16k.bin")).await;
+    }
+    on_disk(node.admin(), 2).await;
+    node.origin.reset();
+
+    let again = ask("fr").await;
+    assert!(
+        again.cache_status().contains("detail=disk"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(again.body, fr.body);
+    assert_eq!(
+        node.origin.total_hits(),
+        0,
+        "index and variant both from disk"
+    );
+    // Another language was never stored: its own fill.
+    let de = ask("de").await;
+    assert!(de.text().starts_with("accept-language=de"), "{}", de.text());
+    assert_eq!(node.origin.total_hits(), 1);
+    stop(node.edge.expect("running")).await;
+}

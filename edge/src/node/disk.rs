@@ -9,7 +9,8 @@
 //! and promoted into memory, keeping the disk copy, so the lookup that follows finds a hit;
 //! larger ones are answered by streaming frames from disk ([`FromDisk::Large`]) and are
 //! not promoted. A record that fails a check is a miss (the disk store counts it and drops
-//! it from its index).
+//! it from its index). Reads are coalesced per key (`Edge::disk_reads`): requests that
+//! miss memory on the same key while it is being read share one read.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +22,7 @@ use crate::cache::disk::DiskRecord;
 use crate::cache::hybrid::{HybridStore, MAX_INLINE};
 use crate::cache::key::CacheKey;
 use crate::cache::store::{Entry, Storage, StoredResponse};
+use crate::cache::vary::VaryIndex;
 use crate::node::invalidation::Invalidation;
 use crate::node::node_auth::NodeClaims;
 use crate::node::proxy::Edge;
@@ -43,14 +45,27 @@ pub(crate) enum FromDisk {
     },
 }
 
+/// What reading one key found: shared by every request that read the key meanwhile
+/// (reads are coalesced per key, as fills are).
+#[derive(Debug, Clone)]
+pub(crate) enum DiskRead {
+    Nothing,
+    Promoted,
+    /// A variant index, promoted: the variant's key is read next.
+    Index(VaryIndex),
+    Large {
+        head: Arc<StoredResponse>,
+        record: DiskRecord,
+    },
+}
+
 impl Edge {
     /// Reads what the disk tier holds for a request that memory could not answer:
     /// `variant` is the variant key when memory holds the URL's variant index, else the
     /// primary key is read (and, when it holds a variant index, the variant's key next).
     pub(crate) async fn read_disk(
-        &self,
-        hybrid: &HybridStore,
-        site: &Site,
+        self: &Arc<Self>,
+        site: &Arc<Site>,
         primary: &CacheKey,
         variant: Option<&CacheKey>,
         request: &HeaderMap,
@@ -63,44 +78,74 @@ impl Edge {
         {
             return FromDisk::Nothing;
         }
-        let mut key = variant.unwrap_or(primary).clone();
-        let mut hops = 0;
-        loop {
-            if !hybrid.may_contain(&key) {
-                return FromDisk::Nothing;
-            }
-            let Some((entry, record, watermark)) = self.read_checked(hybrid, site, &key).await
-            else {
-                return FromDisk::Nothing;
-            };
-            match entry {
-                Entry::Variants(variants) if hops == 0 && variant.is_none() => {
-                    let (next, _) = variants
-                        .index
-                        .variant_key(primary, request, &site.key_headers);
-                    if !self.promote(hybrid, key, Entry::Variants(variants), watermark) {
-                        return FromDisk::Nothing;
-                    }
-                    if hybrid.get(&next).is_some() {
-                        return FromDisk::Promoted;
-                    }
-                    key = next;
-                    hops += 1;
+        let first = variant.unwrap_or(primary);
+        let read = self.read_key(site, first, variant.is_none()).await;
+        let read = match read {
+            DiskRead::Index(index) => {
+                let (next, _) = index.variant_key(primary, request, &site.key_headers);
+                if self.store.get(&next).is_some() {
+                    return FromDisk::Promoted;
                 }
-                Entry::Response(head) if record.body_len() <= MAX_INLINE => {
-                    let Some(body) = read_whole(&record).await else {
-                        return FromDisk::Nothing;
-                    };
-                    let response = Entry::Response(Arc::new(head.with_body(body)));
-                    return if self.promote(hybrid, key, response, watermark) {
-                        FromDisk::Promoted
-                    } else {
-                        FromDisk::Nothing
-                    };
-                }
-                Entry::Response(head) => return FromDisk::Large { head, record },
-                _ => return FromDisk::Nothing,
+                self.read_key(site, &next, false).await
             }
+            read => read,
+        };
+        match read {
+            DiskRead::Nothing | DiskRead::Index(_) => FromDisk::Nothing,
+            DiskRead::Promoted => FromDisk::Promoted,
+            DiskRead::Large { head, record } => FromDisk::Large { head, record },
+        }
+    }
+
+    /// Reads one key from disk, once for every request that asks meanwhile; a variant
+    /// index is taken only when `index` (the key is a URL's primary key).
+    async fn read_key(self: &Arc<Self>, site: &Arc<Site>, key: &CacheKey, index: bool) -> DiskRead {
+        let Some(hybrid) = self.store.hybrid() else {
+            return DiskRead::Nothing;
+        };
+        if !hybrid.may_contain(key) {
+            return DiskRead::Nothing;
+        }
+        let (edge, site, owned) = (self.clone(), site.clone(), key.clone());
+        let (read, _) = self
+            .disk_reads
+            .run(key, move |_| async move {
+                edge.load_key(&site, owned, index).await
+            })
+            .await;
+        read.unwrap_or(DiskRead::Nothing)
+    }
+
+    /// The leader's read of [`Edge::read_key`].
+    async fn load_key(&self, site: &Site, key: CacheKey, index: bool) -> DiskRead {
+        let Some(hybrid) = self.store.hybrid() else {
+            return DiskRead::Nothing;
+        };
+        let Some((entry, record, watermark)) = self.read_checked(hybrid, site, &key).await else {
+            return DiskRead::Nothing;
+        };
+        match entry {
+            Entry::Variants(variants) if index => {
+                let found = variants.index.clone();
+                if self.promote(hybrid, key, Entry::Variants(variants), watermark) {
+                    DiskRead::Index(found)
+                } else {
+                    DiskRead::Nothing
+                }
+            }
+            Entry::Response(head) if record.body_len() <= MAX_INLINE => {
+                let Some(body) = read_whole(&record).await else {
+                    return DiskRead::Nothing;
+                };
+                let response = Entry::Response(Arc::new(head.with_body(body)));
+                if self.promote(hybrid, key, response, watermark) {
+                    DiskRead::Promoted
+                } else {
+                    DiskRead::Nothing
+                }
+            }
+            Entry::Response(head) => DiskRead::Large { head, record },
+            _ => DiskRead::Nothing,
         }
     }
 

@@ -131,6 +131,8 @@ pub struct Edge {
     pub(crate) fills: Coalescer<CacheKey, Fill>,
     /// One fetch per slice of a sliced object (see [`crate::node::slices`]).
     pub(crate) slice_fills: Coalescer<CacheKey, SliceFill>,
+    /// One read per key of the disk tier (see [`crate::node::disk`]).
+    pub(crate) disk_reads: Coalescer<CacheKey, crate::node::disk::DiskRead>,
     pub(crate) upstream: UpstreamClient,
     pub(crate) metrics: Metrics,
     pub(crate) max_object_size: u64,
@@ -205,6 +207,7 @@ impl Edge {
             store,
             fills: Coalescer::new(),
             slice_fills: Coalescer::new(),
+            disk_reads: Coalescer::new(),
             upstream: UpstreamClient::new(&config.upstream),
             metrics,
             max_object_size: config.cache.max_object_size.as_u64(),
@@ -359,15 +362,14 @@ impl Edge {
             self.lookup(site, &primary, Some(req.headers()), claims, ask, now);
         // A memory miss: the disk tier may hold it (never looked at for a memory hit).
         let mut from_disk = false;
-        if let Some(hybrid) = self.store.hybrid()
-            && matches!(
-                decision,
-                Decision::Fill { stale: None, .. } | Decision::Refuse
-            )
+        if matches!(
+            decision,
+            Decision::Fill { stale: None, .. } | Decision::Refuse
+        ) && self.store.hybrid().is_some()
         {
             let variant = lookup.variant.as_ref();
             match self
-                .read_disk(hybrid, site.site, &primary, variant, req.headers(), claims)
+                .read_disk(site.site, &primary, variant, req.headers(), claims)
                 .await
             {
                 FromDisk::Nothing => {}
