@@ -9,7 +9,7 @@ use cdn::demo_origin::DemoOrigin;
 use cdn::drill::DrillOptions;
 use cdn::endpoints::Endpoints;
 use cdn::topology::Topology;
-use cdn::up::Up;
+use cdn::up::{Disks, Up};
 use cdn::warm::{Source, WarmOptions};
 use clap::{Parser, Subcommand};
 use edge::{EdgeConfig, EdgeServer};
@@ -66,12 +66,17 @@ impl TopologyArgs {
 enum Command {
     /// Run a whole multi-region CDN on this machine: demo origin, shield, edges in three
     /// regions, GeoDNS and the purge API (the embedded default topology, or --config).
+    /// Every edge and shield has a disk tier under a temporary directory (removed on exit).
     Up {
         #[command(flatten)]
         topology: TopologyArgs,
         /// Also write every listener's address (and the default publisher token) here, as JSON.
         #[arg(long)]
         endpoints: Option<PathBuf>,
+        /// Keep the nodes' disk caches in this directory (a subdirectory per node) across
+        /// runs, instead of a temporary one: a later run serves what they hold.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
     },
     /// Rehearse a regional failure on a running topology: drain the region's edges, time
     /// GeoDNS's failover, check no answer holds a drained edge, then restore the region.
@@ -169,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Up {
             topology,
             endpoints,
+            cache_dir,
         } => {
             let args = match (&endpoints, &topology.config, topology.port_base) {
                 (Some(path), _, _) => format!(" --endpoints {}", path.display()),
@@ -184,7 +190,11 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             let topology = topology.load()?;
-            let up = Up::start(&topology).await?;
+            let disks = match cache_dir {
+                Some(dir) => Disks::Keep(dir),
+                None => Disks::Temporary,
+            };
+            let up = Up::start_with_disks(&topology, disks).await?;
             if let Some(path) = &endpoints {
                 std::fs::write(path, up.endpoints().to_json())
                     .with_context(|| format!("cannot write endpoints to {}", path.display()))?;

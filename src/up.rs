@@ -7,9 +7,17 @@
 //! for port 0 anywhere, and [`Up::endpoints`] reports where everything really listens.
 //! Edges start empty, so they have nothing to catch up on: the purge API pushes them every
 //! purge from their watermark once it runs.
+//!
+//! [`Up::start_with_disks`] also gives every edge and shield a disk tier (`[cache.disk]`,
+//! with its node state beside it) in a directory of its own under one root: a temporary
+//! one removed when `Up` is dropped, or a kept one (`cdn up --cache-dir DIR`), whose
+//! contents a later run recovers and serves.
+
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use edge::EdgeServer;
+use edge::cache::disk::DiskConfig;
 use geodns::GeoDnsServer;
 use origin_shield::ShieldServer;
 use purge_api::PurgeApiServer;
@@ -30,11 +38,57 @@ pub struct Up {
     endpoints: Endpoints,
     /// Holds the purge log when the topology names none; removed on drop.
     _scratch: Option<tempfile::TempDir>,
+    /// Where the nodes' disk tiers are, when they have one.
+    disks: Option<PathBuf>,
+    /// Holds the disk tiers when they are temporary; removed on drop.
+    _disks: Option<tempfile::TempDir>,
+}
+
+/// Where `cdn up` puts its nodes' disk tiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disks {
+    /// None: memory only (what the topology's node configs say).
+    None,
+    /// A temporary directory, removed on exit.
+    Temporary,
+    /// This directory, kept across runs (a subdirectory per node).
+    Keep(PathBuf),
+}
+
+/// The disk tier each node of `cdn up` gets: enough for a demo, files grow as needed.
+const UP_DISK_SIZE: bytesize::ByteSize = bytesize::ByteSize::gib(1);
+
+/// `config` with a disk tier in `root/name`, unless its topology gave it one.
+fn with_disk(mut config: edge::EdgeConfig, root: Option<&Path>, name: &str) -> edge::EdgeConfig {
+    if let Some(root) = root
+        && config.cache.disk.is_none()
+    {
+        config.cache.disk = Some(DiskConfig::new(root.join(name), UP_DISK_SIZE));
+    }
+    config
 }
 
 impl Up {
-    /// Starts every component of `topology`, each listening where the topology says.
+    /// Starts every component of `topology`, each listening where the topology says,
+    /// every cache in memory only (unless the topology gives it a disk).
     pub async fn start(topology: &Topology) -> anyhow::Result<Self> {
+        Self::start_with_disks(topology, Disks::None).await
+    }
+
+    /// As [`Up::start`], every edge and shield with a disk tier where `disks` says.
+    pub async fn start_with_disks(topology: &Topology, disks: Disks) -> anyhow::Result<Self> {
+        let (disk_root, disk_scratch) = match disks {
+            Disks::None => (None, None),
+            Disks::Keep(dir) => (Some(dir), None),
+            Disks::Temporary => {
+                let dir = tempfile::Builder::new()
+                    .prefix("cdn-up-cache-")
+                    .tempdir()
+                    .context("cannot create a temporary directory for the disk caches")?;
+                (Some(dir.path().to_owned()), Some(dir))
+            }
+        };
+        let root = disk_root.as_deref();
         let mut at = topology.planned();
         let origin = match at.origin {
             Some(addr) => {
@@ -48,7 +102,11 @@ impl Up {
         };
         let mut shields = Vec::new();
         for n in 0..topology.shields.len() {
-            let config = topology.shield_config(n, &at)?;
+            let config = with_disk(
+                topology.shield_config(n, &at)?,
+                root,
+                &topology.shields[n].name,
+            );
             let shield = ShieldServer::start(config)
                 .await
                 .with_context(|| format!("cannot start shield {}", topology.shields[n].name))?;
@@ -57,7 +115,7 @@ impl Up {
         }
         let mut edges = Vec::new();
         for (_, node) in topology.edges() {
-            let config = topology.edge_config(&node.name, &at)?;
+            let config = with_disk(topology.edge_config(&node.name, &at)?, root, &node.name);
             let edge = EdgeServer::start(config)
                 .await
                 .with_context(|| format!("cannot start edge {}", node.name))?;
@@ -101,6 +159,8 @@ impl Up {
             purge_api,
             endpoints,
             _scratch: scratch,
+            disks: disk_root,
+            _disks: disk_scratch,
         })
     }
 
@@ -117,7 +177,23 @@ impl Up {
     /// What listens where, and a few commands to try; `args` are what `cdn drill` and
     /// `cdn warm` need to find this topology (e.g. `--port-base 9000`).
     pub fn banner(&self, args: &str) -> String {
-        banner(&self.endpoints, args)
+        let mut out = banner(&self.endpoints, args);
+        if let Some(dir) = &self.disks {
+            let kept = if self._disks.is_some() {
+                "temporary, removed on exit; --cache-dir DIR keeps it"
+            } else {
+                "kept across runs"
+            };
+            let line = format!(
+                "\n  disk caches        {} (one directory per node, {UP_DISK_SIZE} each; {kept})",
+                dir.display()
+            );
+            match out.find("\n\nTry:") {
+                Some(at) => out.insert_str(at, &line),
+                None => out.push_str(&line),
+            }
+        }
+        out
     }
 
     /// Stops everything, clients' side first: the purge API and GeoDNS, then the edges

@@ -47,6 +47,8 @@ fn up_drill_warm_and_ctrl_c_as_separate_processes() {
             .arg(&config)
             .arg("--endpoints")
             .arg(&endpoints_file)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -67,6 +69,13 @@ fn up_drill_warm_and_ctrl_c_as_separate_processes() {
     assert!(banner.contains("Ctrl-C stops everything"), "{banner}");
     assert!(
         banner.contains("cdn drill --region eu-west --endpoints"),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!(
+            "disk caches        {}",
+            dir.path().join("cache").display()
+        )) && banner.contains("kept across runs"),
         "{banner}"
     );
     let endpoints = Endpoints::from_file(&endpoints_file).expect("endpoints written");
@@ -146,4 +155,9 @@ fn up_drill_warm_and_ctrl_c_as_separate_processes() {
         Some(true),
         "cdn up exits cleanly on Ctrl-C"
     );
+    // --cache-dir kept every edge's and the shield's disk tier and node state.
+    for node in ["shield-1", "eu-west-1", "us-east-2", "ap-southeast-1"] {
+        let state = dir.path().join("cache").join(node).join("state.redb");
+        assert!(state.exists(), "{} missing", state.display());
+    }
 }

@@ -310,3 +310,38 @@ async fn a_region_over_capacity_spills_a_share_of_its_clients_to_the_next_region
     );
     cdn.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_gets_a_disk_tier_in_a_temporary_directory_removed_on_exit() {
+    let topology = support::local_cdn::topology(&[]);
+    let up = cdn::up::Up::start_with_disks(&topology, cdn::up::Disks::Temporary)
+        .await
+        .expect("cdn up starts");
+    let banner = up.banner("");
+    let line = banner
+        .lines()
+        .find(|l| l.trim_start().starts_with("disk caches"))
+        .unwrap_or_else(|| panic!("no disk line in\n{banner}"));
+    assert!(line.contains("temporary, removed on exit"), "{line}");
+    let root = std::path::PathBuf::from(
+        line.trim_start()
+            .trim_start_matches("disk caches")
+            .trim_start()
+            .split(' ')
+            .next()
+            .expect("a path"),
+    );
+    for edge in &up.edges {
+        assert!(
+            edge.edge().store().hybrid().is_some(),
+            "{}",
+            edge.edge().name()
+        );
+        assert!(root.join(edge.edge().name()).join("state.redb").exists());
+    }
+    for shield in &up.shields {
+        assert!(shield.engine().store().hybrid().is_some());
+    }
+    up.shutdown().await;
+    assert!(!root.exists(), "{} removed on exit", root.display());
+}

@@ -18,6 +18,7 @@ mod edge_cache;
 mod edge_coalescing;
 mod edge_connection;
 mod edge_credentials;
+mod edge_disk;
 mod edge_hostile;
 mod edge_interim;
 mod edge_partial;

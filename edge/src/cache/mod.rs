@@ -9,8 +9,8 @@
 //! request finds there ([`lookup`]: hit, stale while revalidating, fill, pass or refuse),
 //! one fetch per key ([`coalesce`]), bodies still arriving ([`growing_body`]), how an
 //! object too large to store whole is sliced ([`slice`](mod@slice)) and how `206`s are
-//! kept and completed ([`partial`]), and the disk tier's storage engine ([`disk`], not yet
-//! wired into the node).
+//! kept and completed ([`partial`]), the disk tier's storage engine ([`disk`]) and the
+//! store that puts it under memory ([`hybrid`]: admission, disk records of entries).
 //!
 //! This layer is the bottom one: it imports nothing from `upstream`, `front` or `node`.
 //! It knows nothing of nodes, sockets, config files or upstream servers; what it needs of
@@ -25,6 +25,7 @@ pub mod fields;
 pub mod freshness;
 pub mod growing_body;
 pub mod http_date;
+pub mod hybrid;
 pub mod key;
 pub mod lookup;
 pub mod partial;

@@ -15,7 +15,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use moka::policy::EvictionPolicy;
 use serde::Deserialize;
 
+use crate::cache::disk::DiskConfig;
 use crate::cache::freshness::{Freshness, is_targeted};
+use crate::cache::hybrid::HybridStore;
 use crate::cache::key::CacheKey;
 use crate::cache::partial::PartialObject;
 use crate::cache::slice::SliceInfo;
@@ -216,6 +218,10 @@ pub struct StoredResponse {
     /// Fields for this cache alone (`CDN-Cache-Control`, `Surrogate-Control`): kept for
     /// revalidation, never sent.
     cache_only: Vec<(HeaderName, HeaderValue)>,
+    /// The tags purges name it by (`Surrogate-Key`, `Cache-Tag`), read at fill time: kept
+    /// for the disk tier, where purges are checked lazily (an edge removes the tags from
+    /// the head itself).
+    tags: Box<[String]>,
     /// Requests answered from this entry: what `cdn warm` ranks a node's objects by.
     hits: AtomicU64,
 }
@@ -243,7 +249,73 @@ impl StoredResponse {
             selected_by: None,
             head: serialize_head(status, &headers),
             cache_only,
+            tags: Box::default(),
             hits: AtomicU64::new(0),
+        }
+    }
+
+    /// A response rebuilt from its stored parts (the disk tier's records): `head` as
+    /// [`StoredResponse::head`] gives it, `cache_only` as [`StoredResponse::cache_only`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts(
+        status: StatusCode,
+        head: Bytes,
+        cache_only: Vec<(HeaderName, HeaderValue)>,
+        upstream_cache_status: Option<HeaderValue>,
+        body: Bytes,
+        freshness: Freshness,
+        selected_by: Option<Selection>,
+        tags: Vec<String>,
+    ) -> Self {
+        Self {
+            status,
+            upstream_cache_status,
+            body,
+            freshness,
+            selected_by,
+            head,
+            cache_only,
+            tags: tags.into(),
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    /// The same response carrying `tags` (see [`StoredResponse::tags`]).
+    pub fn with_tags(mut self, tags: Vec<String>) -> Self {
+        self.tags = tags.into();
+        self
+    }
+
+    /// The tags purges name this response by, as read at fill time.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+
+    /// The fields kept for this cache alone (`CDN-Cache-Control`, `Surrogate-Control`).
+    pub fn cache_only(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.cache_only
+    }
+
+    /// This response with another body (a disk record's, read whole or not at all).
+    pub fn with_body(&self, body: Bytes) -> Self {
+        Self {
+            body,
+            hits: AtomicU64::new(0),
+            ..self.copy_head()
+        }
+    }
+
+    fn copy_head(&self) -> Self {
+        Self {
+            status: self.status,
+            upstream_cache_status: self.upstream_cache_status.clone(),
+            body: self.body.clone(),
+            freshness: self.freshness,
+            selected_by: self.selected_by.clone(),
+            head: self.head.clone(),
+            cache_only: self.cache_only.clone(),
+            tags: self.tags.clone(),
+            hits: AtomicU64::new(self.hits()),
         }
     }
 
@@ -251,14 +323,8 @@ impl StoredResponse {
     /// can still be served when the origin fails (`stale-if-error`).
     pub fn marked_stale(&self) -> Self {
         Self {
-            status: self.status,
-            upstream_cache_status: self.upstream_cache_status.clone(),
-            body: self.body.clone(),
             freshness: self.freshness.expired(),
-            selected_by: self.selected_by.clone(),
-            head: self.head.clone(),
-            cache_only: self.cache_only.clone(),
-            hits: AtomicU64::new(self.hits()),
+            ..self.copy_head()
         }
     }
 
@@ -325,7 +391,8 @@ impl StoredResponse {
             .map(|(k, v)| k.as_str().len() + v.len() + HEADER_OVERHEAD)
             .sum();
         let upstream = self.upstream_cache_status.as_ref().map_or(0, |v| v.len());
-        ENTRY_OVERHEAD + self.head.len() + cache_only + upstream + self.body.len()
+        let tags: usize = self.tags.iter().map(|t| t.len() + HEADER_OVERHEAD).sum();
+        ENTRY_OVERHEAD + self.head.len() + cache_only + upstream + tags + self.body.len()
     }
 }
 
@@ -368,9 +435,24 @@ pub struct CacheConfig {
     pub slice_size: ByteSize,
     /// Where the node keeps what it must remember across restarts (its purge watermark,
     /// its sites' generations and a journal of applied purges, in `state.redb`; see
-    /// `node::state`). Unset: nothing is kept and a restarted node starts empty.
+    /// `node::state`). Unset: nothing is kept and a restarted node starts empty, unless
+    /// the node has a disk tier, whose directory then holds the state too.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<std::path::PathBuf>,
+    /// `[cache.disk]`: a disk tier under the memory tier (see [`crate::cache::hybrid`]).
+    /// Unset: memory only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskConfig>,
+}
+
+impl CacheConfig {
+    /// Where the node state lives: `state_dir`, else the disk tier's directory (the
+    /// generations and purge journal that keep disk records honest live with them).
+    pub fn state_dir(&self) -> Option<&std::path::Path> {
+        self.state_dir
+            .as_deref()
+            .or(self.disk.as_ref().map(|disk| disk.path.as_path()))
+    }
 }
 
 impl Default for CacheConfig {
@@ -380,6 +462,7 @@ impl Default for CacheConfig {
             max_object_size: ByteSize::mib(32),
             slice_size: ByteSize::mib(1),
             state_dir: None,
+            disk: None,
         }
     }
 }
@@ -423,12 +506,29 @@ pub trait Storage: Send + Sync + 'static {
     fn purge_watermark(&self) -> u64;
 
     fn set_purge_watermark(&self, seq: u64);
+
+    /// The store's disk tier, when it has one ([`HybridStore`]): the full path reads it
+    /// on a memory miss. Never consulted by `get`.
+    fn hybrid(&self) -> Option<&HybridStore> {
+        None
+    }
 }
+
+/// What the memory tier keeps under a key: the entry, and the purge watermark when it was
+/// stored (the purges it reflects), which goes with it to the disk tier when it is evicted.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub entry: Entry,
+    pub valid_as_of: u64,
+}
+
+/// Called with every entry evicted for size (see [`MemoryStore::with_eviction`]).
+pub type EvictionListener = Arc<dyn Fn(&CacheKey, &Held) + Send + Sync>;
 
 /// The in-memory store: `moka` with a byte weigher and LRU eviction.
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: moka::sync::Cache<CacheKey, Entry>,
+    cache: moka::sync::Cache<CacheKey, Held>,
     capacity: u64,
     watermark: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -445,15 +545,32 @@ impl std::fmt::Debug for MemoryStore {
 impl MemoryStore {
     /// A store that holds at most `capacity` bytes.
     pub fn new(capacity: u64) -> Self {
-        let cache = moka::sync::Cache::builder()
+        Self::build(capacity, None)
+    }
+
+    /// As [`MemoryStore::new`], calling `listener` with every entry evicted to stay within
+    /// the capacity (not those replaced, removed or expired). It runs on the thread that
+    /// triggered the eviction and must not block.
+    pub fn with_eviction(capacity: u64, listener: EvictionListener) -> Self {
+        Self::build(capacity, Some(listener))
+    }
+
+    fn build(capacity: u64, listener: Option<EvictionListener>) -> Self {
+        let mut builder = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .eviction_policy(EvictionPolicy::lru())
-            .weigher(|key: &CacheKey, value: &Entry| {
-                u32::try_from(key.len() + value.weight()).unwrap_or(u32::MAX)
-            })
-            .build();
+            .weigher(|key: &CacheKey, value: &Held| {
+                u32::try_from(key.len() + value.entry.weight()).unwrap_or(u32::MAX)
+            });
+        if let Some(listener) = listener {
+            builder = builder.eviction_listener(move |key, value, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    listener(&key, &value);
+                }
+            });
+        }
         Self {
-            cache,
+            cache: builder.build(),
             capacity,
             watermark: Arc::default(),
         }
@@ -462,15 +579,27 @@ impl MemoryStore {
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
+
+    /// The entry under `key` with the watermark it was stored at.
+    pub fn get_held(&self, key: &CacheKey) -> Option<Held> {
+        self.cache.get(key)
+    }
+
+    /// Stores `value` as valid as of `valid_as_of` (an entry read back from the disk tier
+    /// keeps the watermark it was checked at).
+    pub fn insert_held(&self, key: CacheKey, entry: Entry, valid_as_of: u64) {
+        self.cache.insert(key, Held { entry, valid_as_of });
+    }
 }
 
 impl Storage for MemoryStore {
     fn get(&self, key: &CacheKey) -> Option<Entry> {
-        self.cache.get(key)
+        self.cache.get(key).map(|held| held.entry)
     }
 
     fn insert(&self, key: CacheKey, value: Entry) {
-        self.cache.insert(key, value);
+        let valid_as_of = self.purge_watermark();
+        self.insert_held(key, value, valid_as_of);
     }
 
     fn remove(&self, key: &CacheKey) {
@@ -498,9 +627,9 @@ impl Storage for MemoryStore {
         use std::collections::BinaryHeap;
         // A min-heap of the best `limit` so far: one pass, memory bounded by `limit`.
         let mut best: BinaryHeap<Reverse<(u64, CacheKey)>> = BinaryHeap::new();
-        for (key, entry) in self.cache.iter() {
+        for (key, held) in self.cache.iter() {
             // Whole responses under primary keys: a variant's key holds a newline.
-            let Entry::Response(response) = entry else {
+            let Entry::Response(response) = &held.entry else {
                 continue;
             };
             if key.as_str().contains('\n') {

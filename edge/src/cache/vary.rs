@@ -38,15 +38,32 @@ pub struct VaryIndex {
     pub epoch: u64,
 }
 
-static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
+/// The next epoch; 0 until the first index is made, which seeds it from the wall clock.
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(0);
 
 impl VaryIndex {
-    /// A new index with an epoch no earlier index of this process had.
+    /// A new index with an epoch no earlier index had, in this process or in an earlier
+    /// one whose variants the disk tier may still hold: epochs start at the microseconds
+    /// since the Unix epoch when the process made its first index, so a restarted node
+    /// never reuses a variant key of the index it replaced.
     pub fn new(names: Vec<HeaderName>) -> Self {
+        if NEXT_EPOCH.load(Ordering::Relaxed) == 0 {
+            let micros = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+            let _ =
+                NEXT_EPOCH.compare_exchange(0, micros.max(1), Ordering::Relaxed, Ordering::Relaxed);
+        }
         Self {
             names: names.into(),
             epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Notes an index read back from the disk tier: later indexes of this process get
+    /// later epochs (a clock set back cannot make one reuse its variant keys).
+    pub fn note_epoch(epoch: u64) {
+        NEXT_EPOCH.fetch_max(epoch.saturating_add(1), Ordering::Relaxed);
     }
 
     /// The key of the variant a request with `request` headers selects.

@@ -15,8 +15,10 @@ use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
 use crate::cache::BoxError;
+use crate::cache::disk::{DiskBody, DiskError};
 use crate::cache::growing_body::GrowingReader;
 use crate::upstream::client::UpstreamError;
+use futures_util::future::BoxFuture;
 
 /// A response body.
 #[derive(Debug)]
@@ -34,6 +36,8 @@ pub enum EdgeBody {
     },
     /// A range of an object cached in slices, assembled as the slices come.
     Sliced(SliceBody),
+    /// A body (or a range of it) read from the disk tier one checked frame at a time.
+    Disk(DiskStream),
 }
 
 impl EdgeBody {
@@ -64,6 +68,7 @@ impl Body for EdgeBody {
             EdgeBody::Chunks(chunks) => Poll::Ready(chunks.pop_front().map(|b| Ok(Frame::data(b)))),
             EdgeBody::Growing(reader) => Pin::new(reader).poll_frame(cx),
             EdgeBody::Sliced(body) => Pin::new(body).poll_frame(cx),
+            EdgeBody::Disk(body) => body.poll_frame(cx),
             EdgeBody::Stream { prefix, rest } => {
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -81,6 +86,7 @@ impl Body for EdgeBody {
             EdgeBody::Chunks(chunks) => chunks.is_empty(),
             EdgeBody::Growing(reader) => reader.is_end_stream(),
             EdgeBody::Sliced(body) => body.is_end_stream(),
+            EdgeBody::Disk(body) => body.remaining == 0,
             EdgeBody::Stream { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
         }
     }
@@ -95,6 +101,7 @@ impl Body for EdgeBody {
             }
             EdgeBody::Growing(reader) => reader.size_hint(),
             EdgeBody::Sliced(body) => body.size_hint(),
+            EdgeBody::Disk(body) => SizeHint::with_exact(body.remaining),
             EdgeBody::Stream { prefix, rest } => {
                 let buffered: u64 = prefix.iter().map(|b| b.len() as u64).sum();
                 let rest = rest.size_hint();
@@ -105,6 +112,69 @@ impl Body for EdgeBody {
                 }
                 hint
             }
+        }
+    }
+}
+
+/// The next frame of a disk body, with the body to read the one after from.
+type NextFrame = BoxFuture<'static, (DiskBody, Option<Result<Bytes, DiskError>>)>;
+
+/// A body streamed from the disk tier: one frame (at most 64 KiB) read and checked at a
+/// time, so memory stays at a frame whatever the object's size. A frame that fails its
+/// check (or whose segment was reclaimed meanwhile) ends the body with an error, which
+/// aborts the response: the bytes sent so far were right, the rest cannot be had.
+pub struct DiskStream {
+    body: Option<DiskBody>,
+    reading: Option<NextFrame>,
+    remaining: u64,
+}
+
+impl std::fmt::Debug for DiskStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStream")
+            .field("remaining", &self.remaining)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiskStream {
+    pub fn new(body: DiskBody) -> Self {
+        Self {
+            remaining: body.remaining(),
+            body: Some(body),
+            reading: None,
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if let Some(reading) = &mut self.reading {
+                let (body, next) = std::task::ready!(reading.as_mut().poll(cx));
+                self.reading = None;
+                return Poll::Ready(match next {
+                    Some(Ok(bytes)) => {
+                        self.remaining = body.remaining();
+                        self.body = Some(body);
+                        Some(Ok(Frame::data(bytes)))
+                    }
+                    Some(Err(error)) => {
+                        self.remaining = 0;
+                        Some(Err(Box::new(error) as BoxError))
+                    }
+                    None => {
+                        self.remaining = 0;
+                        None
+                    }
+                });
+            }
+            let Some(mut body) = self.body.take().filter(|body| body.remaining() > 0) else {
+                self.remaining = 0;
+                return Poll::Ready(None);
+            };
+            self.reading = Some(Box::pin(async move {
+                let next = body.next_frame().await;
+                (body, next)
+            }));
         }
     }
 }

@@ -283,6 +283,9 @@ async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
         edge.metrics()
             .persisted_state(state.watermark(), state.journal_len(), state.floor());
     }
+    if let Some(hybrid) = edge.store().hybrid() {
+        edge.metrics().disk_snapshot(hybrid);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -304,6 +304,8 @@ pub enum ConfigError {
     CertificateWithoutHttps(String),
     #[error("cache.state_dir: {0}")]
     State(#[from] crate::node::state::StateError),
+    #[error("{0}")]
+    Disk(String),
 }
 
 impl EdgeConfig {
@@ -346,6 +348,9 @@ impl EdgeConfig {
                 max,
                 capacity: self.cache.capacity,
             });
+        }
+        if let Some(disk) = &self.cache.disk {
+            disk.validate().map_err(ConfigError::Disk)?;
         }
         if self.limits.max_header_bytes < ByteSize::kib(8) {
             return Err(ConfigError::HeaderBytes(self.limits.max_header_bytes));

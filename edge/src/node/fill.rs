@@ -610,7 +610,8 @@ impl FillRequest {
         mut status: CacheStatus,
     ) -> Fill {
         let edge = &self.edge;
-        let mut entry = StoredResponse::new(code, headers, upstream_cache_status, body, freshness);
+        let mut entry = StoredResponse::new(code, headers, upstream_cache_status, body, freshness)
+            .with_tags(tags.clone());
         entry.selected_by = selected_by;
         let entry = Arc::new(entry);
         if !self.may_store(&key, &tags) {

@@ -15,6 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::cache::disk::RecoveryReport;
+use crate::cache::hybrid::HybridStore;
 use crate::cache::status::{NoCacheReason, Outcome};
 use crate::cache::store::Usage;
 use crate::upstream::health::State;
@@ -82,6 +84,48 @@ pub struct Metrics {
     purge_watermark: Gauge,
     /// Registered only on a node that keeps a persisted state ([`Metrics::track_state`]).
     state: Option<StateGauges>,
+    /// Registered only on a node with a disk tier ([`Metrics::track_disk`]).
+    disk: Option<DiskMetrics>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabel {
+    tier: &'static str,
+}
+
+/// The disk tier's metrics: counters kept by the disk store and the hybrid store are
+/// brought up to date when `/metrics` is rendered ([`Metrics::disk_snapshot`]).
+#[derive(Debug, Clone)]
+struct DiskMetrics {
+    memory_hits: Counter,
+    disk_hits: Counter,
+    reads: Counter,
+    read_bytes: Counter,
+    read_seconds: Histogram,
+    writes: Counter,
+    write_bytes: Counter,
+    rejects: Family<ReasonLabel, Counter>,
+    corrupt: Counter,
+    reclaimed: Counter,
+    write_errors: Counter,
+    bytes: Gauge,
+    entries: Gauge,
+    index_bytes: Gauge,
+    queued_bytes: Gauge,
+    recovery_seconds: Gauge<f64, AtomicU64>,
+    recovered_objects: Gauge,
+}
+
+/// Raises `counter` to `value` (a total kept elsewhere).
+fn catch_up(counter: &Counter, value: u64) {
+    let current = counter.get();
+    if value > current {
+        counter.inc_by(value - current);
+    }
+}
+
+fn set(gauge: &Gauge, value: u64) {
+    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
 }
 
 /// The persisted purge state's gauges (`node::state`).
@@ -206,6 +250,7 @@ impl Metrics {
             purges,
             purge_watermark,
             state: None,
+            disk: None,
             server_requests,
             server_seconds,
             server_state,
@@ -292,6 +337,169 @@ impl Metrics {
             gauges.floor.clone(),
         );
         self.state = Some(gauges);
+    }
+
+    /// Registers the disk tier's metrics: for a node with one.
+    pub fn track_disk(&mut self) {
+        let hits = Family::<TierLabel, Counter>::default();
+        self.registry.register(
+            "cache_hits",
+            "Cache hits by the tier that held the object (memory, disk)",
+            hits.clone(),
+        );
+        let rejects = Family::<ReasonLabel, Counter>::default();
+        // One at a time: the family's lock is held while its guard lives.
+        let memory_hits = hits.get_or_create(&TierLabel { tier: "memory" }).clone();
+        let disk_hits = hits.get_or_create(&TierLabel { tier: "disk" }).clone();
+        let metrics = DiskMetrics {
+            memory_hits,
+            disk_hits,
+            reads: Counter::default(),
+            read_bytes: Counter::default(),
+            read_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
+            writes: Counter::default(),
+            write_bytes: Counter::default(),
+            rejects: rejects.clone(),
+            corrupt: Counter::default(),
+            reclaimed: Counter::default(),
+            write_errors: Counter::default(),
+            bytes: Gauge::default(),
+            entries: Gauge::default(),
+            index_bytes: Gauge::default(),
+            queued_bytes: Gauge::default(),
+            recovery_seconds: Gauge::default(),
+            recovered_objects: Gauge::default(),
+        };
+        let r = &mut self.registry;
+        r.register(
+            "disk_reads",
+            "Records opened from the disk tier",
+            metrics.reads.clone(),
+        );
+        r.register(
+            "disk_read_bytes",
+            "Body bytes read from the disk tier",
+            metrics.read_bytes.clone(),
+        );
+        r.register(
+            "disk_read_seconds",
+            "Time to open a record on the disk tier (its head read and checked)",
+            metrics.read_seconds.clone(),
+        );
+        r.register(
+            "disk_writes",
+            "Records written to the disk tier",
+            metrics.writes.clone(),
+        );
+        r.register(
+            "disk_write_bytes",
+            "Bytes of records written to the disk tier (aligned)",
+            metrics.write_bytes.clone(),
+        );
+        r.register(
+            "disk_admission_rejects",
+            "Entries evicted from memory and not written to disk, by reason",
+            rejects,
+        );
+        r.register(
+            "disk_corrupt_records",
+            "Disk records that failed a check when read (never served)",
+            metrics.corrupt.clone(),
+        );
+        r.register(
+            "disk_reclaimed_segments",
+            "Disk segments dropped whole to make room",
+            metrics.reclaimed.clone(),
+        );
+        r.register(
+            "disk_write_errors",
+            "Disk writes that failed (their records were not indexed)",
+            metrics.write_errors.clone(),
+        );
+        r.register(
+            "disk_bytes",
+            "Bytes of records in live disk segments",
+            metrics.bytes.clone(),
+        );
+        r.register(
+            "disk_entries",
+            "Objects indexed on the disk tier",
+            metrics.entries.clone(),
+        );
+        r.register(
+            "disk_index_bytes",
+            "Bytes of RAM the disk tier's index holds",
+            metrics.index_bytes.clone(),
+        );
+        r.register(
+            "disk_queued_bytes",
+            "Bytes admitted to the disk tier and not yet written",
+            metrics.queued_bytes.clone(),
+        );
+        r.register(
+            "disk_recovery_seconds",
+            "Time the disk tier took to recover its index when the node started",
+            metrics.recovery_seconds.clone(),
+        );
+        r.register(
+            "disk_recovered_objects",
+            "Objects the disk tier recovered when the node started",
+            metrics.recovered_objects.clone(),
+        );
+        self.disk = Some(metrics);
+    }
+
+    /// What the disk tier's recovery found.
+    pub fn disk_recovered(&self, report: &RecoveryReport) {
+        if let Some(disk) = &self.disk {
+            disk.recovery_seconds.set(report.duration.as_secs_f64());
+            set(&disk.recovered_objects, report.objects);
+        }
+    }
+
+    /// A hit answered from the disk tier, whose record took `opened` to open.
+    pub fn disk_hit(&self) {
+        if let Some(disk) = &self.disk {
+            disk.disk_hits.inc();
+        }
+    }
+
+    /// A record opened from the disk tier in `took`.
+    pub fn disk_read(&self, took: Duration) {
+        if let Some(disk) = &self.disk {
+            disk.read_seconds.observe(took.as_secs_f64());
+        }
+    }
+
+    /// Brings the disk tier's metrics up to date.
+    pub fn disk_snapshot(&self, hybrid: &HybridStore) {
+        let Some(disk) = &self.disk else {
+            return;
+        };
+        let store = hybrid.disk();
+        let counters = store.counters();
+        let usage = store.usage();
+        catch_up(&disk.reads, counters.reads);
+        catch_up(&disk.read_bytes, counters.read_bytes);
+        catch_up(&disk.writes, counters.writes);
+        catch_up(&disk.write_bytes, counters.write_bytes);
+        catch_up(&disk.corrupt, counters.corrupt_records);
+        catch_up(&disk.reclaimed, counters.reclaimed_segments);
+        catch_up(&disk.write_errors, counters.write_errors);
+        for (why, count) in hybrid.rejects() {
+            let label = ReasonLabel {
+                reason: why.as_str().to_owned(),
+            };
+            catch_up(&disk.rejects.get_or_create(&label), count);
+        }
+        set(&disk.bytes, usage.bytes);
+        set(&disk.entries, usage.entries);
+        set(&disk.index_bytes, usage.index_bytes);
+        set(&disk.queued_bytes, usage.queued_bytes);
+        let memory = self
+            .requests(Outcome::Hit)
+            .saturating_sub(disk.disk_hits.get());
+        catch_up(&disk.memory_hits, memory);
     }
 
     /// Sets the persisted state's gauges (no-op unless [`Metrics::track_state`] was called).
@@ -447,6 +655,32 @@ mod tests {
             "edge_purge_persisted_watermark 42",
             "edge_purge_journal_entries 7",
             "edge_purge_journal_floor 30",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_node_with_a_disk_tier_renders_hits_by_tier_and_its_recovery() {
+        let mut m = Metrics::new(1000);
+        m.track_disk();
+        m.request(Outcome::Hit);
+        m.request(Outcome::Hit);
+        m.request(Outcome::Hit);
+        m.disk_hit();
+        m.disk_recovered(&RecoveryReport {
+            objects: 12,
+            duration: Duration::from_millis(250),
+            ..RecoveryReport::default()
+        });
+        let text = m.render(Usage {
+            bytes: 0,
+            entries: 0,
+        });
+        for want in [
+            "edge_cache_hits_total{tier=\"disk\"} 1",
+            "edge_disk_recovered_objects 12",
+            "edge_disk_recovery_seconds 0.25",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

@@ -3,7 +3,7 @@
 //!
 //! The request handler and its phases ([`proxy`]: `Edge`, which implements the front
 //! door's `Handler`), the miss path ([`fill`]), answers from sliced objects
-//! ([`slices`]), responses to POSTs kept for later GETs ([`post`]), purges ([`invalidation`], [`purge_stream`]), what the node remembers across restarts ([`state`]), the proof on headers between
+//! ([`slices`]), reads of the disk tier on a memory miss ([`disk`]), responses to POSTs kept for later GETs ([`post`]), purges ([`invalidation`], [`purge_stream`]), what the node remembers across restarts ([`state`]), the proof on headers between
 //! tiers ([`node_auth`]), the site table ([`site`]), the config file ([`config`], which
 //! composes each layer's own section), the metrics ([`metrics`]), the admin listener and
 //! the server that binds and runs everything ([`server`]).
@@ -12,6 +12,7 @@
 
 mod admin;
 pub mod config;
+mod disk;
 pub mod fill;
 pub mod invalidation;
 pub mod metrics;

@@ -33,6 +33,7 @@ use crate::cache::BoxError;
 use crate::cache::coalesce::{self, Coalescer};
 use crate::cache::conditional::not_modified;
 use crate::cache::control::CacheControl;
+use crate::cache::disk::DiskRecord;
 use crate::cache::freshness::{Exchange, strip_targeted};
 use crate::cache::key::{CacheKey, normalize_target};
 use crate::cache::lookup::{Ask, Decision, FillFor, decide};
@@ -41,11 +42,12 @@ use crate::cache::range::{self, RangeAnswer};
 use crate::cache::status::{CACHE_STATUS, CacheStatus, Forward, NoCacheReason, Outcome};
 use crate::cache::store::{Cached, Entry, Storage, StoredResponse};
 use crate::cache::vary::VaryIndex;
-use crate::front::body::EdgeBody;
+use crate::front::body::{DiskStream, EdgeBody};
 use crate::front::client_body::ClientBody;
 use crate::front::listener::OpenConnections;
 use crate::front::{Handler, TlsName};
 use crate::node::config::{ConfigError, EdgeConfig};
+use crate::node::disk::FromDisk;
 use crate::node::fill::{Fill, FillRequest};
 use crate::node::invalidation::{ApplyError, Invalidation};
 use crate::node::metrics::Metrics;
@@ -129,6 +131,8 @@ pub struct Edge {
     pub(crate) fills: Coalescer<CacheKey, Fill>,
     /// One fetch per slice of a sliced object (see [`crate::node::slices`]).
     pub(crate) slice_fills: Coalescer<CacheKey, SliceFill>,
+    /// One read per key of the disk tier (see [`crate::node::disk`]).
+    pub(crate) disk_reads: Coalescer<CacheKey, crate::node::disk::DiskRead>,
     pub(crate) upstream: UpstreamClient,
     pub(crate) metrics: Metrics,
     pub(crate) max_object_size: u64,
@@ -174,7 +178,7 @@ impl Edge {
         let via = HeaderValue::from_str(&format!("1.1 {}", config.node.name))
             .map_err(|_| ConfigError::NodeName(config.node.name.clone()))?;
         let sites = SiteTable::new(&config.sites)?;
-        let state = match &config.cache.state_dir {
+        let state = match config.cache.state_dir() {
             Some(dir) => Some(Arc::new(NodeState::open(dir)?)),
             None => None,
         };
@@ -192,6 +196,9 @@ impl Edge {
             }
             metrics.track_state();
         }
+        if store.hybrid().is_some() {
+            metrics.track_disk();
+        }
         metrics.purge_watermark(store.purge_watermark());
         Ok(Self {
             name: config.node.name.clone(),
@@ -200,6 +207,7 @@ impl Edge {
             store,
             fills: Coalescer::new(),
             slice_fills: Coalescer::new(),
+            disk_reads: Coalescer::new(),
             upstream: UpstreamClient::new(&config.upstream),
             metrics,
             max_object_size: config.cache.max_object_size.as_u64(),
@@ -348,9 +356,40 @@ impl Edge {
             head,
             client,
         };
-        let now = Instant::now();
+        let mut now = Instant::now();
         let ask = Ask::of(req.headers());
-        let (lookup, decision) = self.lookup(site, &primary, Some(req.headers()), claims, ask, now);
+        let (mut lookup, mut decision) =
+            self.lookup(site, &primary, Some(req.headers()), claims, ask, now);
+        // A memory miss: the disk tier may hold it (never looked at for a memory hit).
+        let mut from_disk = false;
+        if matches!(
+            decision,
+            Decision::Fill { stale: None, .. } | Decision::Refuse
+        ) && self.store.hybrid().is_some()
+        {
+            let variant = lookup.variant.as_ref();
+            match self
+                .read_disk(site.site, &primary, variant, req.headers(), claims)
+                .await
+            {
+                FromDisk::Nothing => {}
+                FromDisk::Promoted => {
+                    now = Instant::now();
+                    (lookup, decision) =
+                        self.lookup(site, &primary, Some(req.headers()), claims, ask, now);
+                    from_disk = true;
+                }
+                FromDisk::Large { head, record } => {
+                    now = Instant::now();
+                    if let Some(response) =
+                        self.answer_large(fetch, req.headers(), ask, &head, record, now)
+                    {
+                        self.metrics.disk_hit();
+                        return (response, Outcome::Hit);
+                    }
+                }
+            }
+        }
         match decision {
             Decision::Hit(Cached::Partial(partial)) => {
                 // A partial object answers only what it holds; the rest is filled.
@@ -385,8 +424,12 @@ impl Edge {
                     .await
             }
             Decision::Hit(cached) => {
+                if from_disk {
+                    self.metrics.disk_hit();
+                }
+                let detail = from_disk.then_some("disk");
                 let response = self
-                    .serve_cached(fetch, req.headers(), &cached, None, now)
+                    .serve_cached(fetch, req.headers(), &cached, detail, now)
                     .await;
                 (response, Outcome::Hit)
             }
@@ -807,10 +850,15 @@ impl Edge {
 
     /// Whether this node holds nothing purges could apply to, so that a catch-up may take
     /// the log's head instead of reading what it missed: nothing in the store and no
-    /// persisted position to resume from. The one decision of both catch-up paths (the
-    /// purge log and the NATS stream).
+    /// persisted position to resume from (a disk tier's objects count as stored). The one
+    /// decision of both catch-up paths (the purge log and the NATS stream).
     pub fn starts_fresh(&self) -> bool {
-        self.state().is_none_or(|state| !state.resumes()) && self.store.usage().entries == 0
+        self.state().is_none_or(|state| !state.resumes())
+            && self.store.usage().entries == 0
+            && self
+                .store
+                .hybrid()
+                .is_none_or(|hybrid| hybrid.disk().usage().entries == 0)
     }
 
     /// Takes `seq` as the watermark of a node that [starts fresh](Edge::starts_fresh)
@@ -981,6 +1029,43 @@ impl Edge {
             }
         };
         *response.body_mut() = body;
+        Some(response)
+    }
+
+    /// A response too large to promote, read from the disk tier, as the answer to a
+    /// request when [`decide`] makes it a hit: its body (or the one range asked for; several
+    /// ranges get the whole body) streamed frame by frame from disk. `None`: not a hit (a
+    /// stale or soft-purged copy, a request with credentials it may not answer), and the
+    /// request is filled as a miss.
+    fn answer_large(
+        &self,
+        fetch: Fetch<'_>,
+        request: &http::HeaderMap,
+        ask: Ask,
+        head: &Arc<StoredResponse>,
+        record: DiskRecord,
+        now: Instant,
+    ) -> Option<Response<EdgeBody>> {
+        let decision = decide(
+            Some(Entry::Response(head.clone())),
+            Forward::UriMiss,
+            ask,
+            now,
+        );
+        if !matches!(decision, Decision::Hit(Cached::Whole(_))) {
+            return None;
+        }
+        head.record_hit();
+        let mut status = CacheStatus::hit(head.freshness.ttl(now));
+        status.detail = Some("disk");
+        let len = record.body_len();
+        let mut response = self.serve_stored(head, true, &status, now);
+        let body = match cut(request, head.status, &mut response, len, fetch.head, false) {
+            Cut::Done => return Some(response),
+            Cut::Whole | Cut::Many(..) => record.body(),
+            Cut::One(first, last) => record.range(first..last + 1),
+        };
+        *response.body_mut() = EdgeBody::Disk(DiskStream::new(body));
         Some(response)
     }
 

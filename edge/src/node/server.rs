@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cache::disk::{DiskError, DiskStore};
+use crate::cache::hybrid::HybridStore;
 use crate::cache::store::{MemoryStore, Storage};
 use crate::node::admin;
 use crate::node::config::{ConfigError, EdgeConfig, NatsPurgeConfig};
@@ -32,6 +34,8 @@ pub enum StartError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot open the disk tier (cache.disk): {0}")]
+    Disk(#[from] DiskError),
 }
 
 /// A running edge node.
@@ -44,13 +48,30 @@ pub struct EdgeServer {
     certificates: Option<Arc<Certificates>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The disk tier, closed (written out and synced) on shutdown.
+    disk: Option<Arc<DiskStore>>,
 }
 
 impl EdgeServer {
-    /// Binds both listeners and starts serving, with an in-memory store sized from config.
+    /// Binds both listeners and starts serving, with the store the config describes: memory
+    /// sized from `cache.capacity`, over a disk tier when `[cache.disk]` is set (its index
+    /// recovered before anything else happens).
     pub async fn start(config: EdgeConfig) -> Result<Self, StartError> {
-        let store = Arc::new(MemoryStore::new(config.cache.capacity.as_u64()));
-        Self::start_with_store(config, store).await
+        let capacity = config.cache.capacity.as_u64();
+        let Some(disk_config) = &config.cache.disk else {
+            return Self::start_with_store(config, Arc::new(MemoryStore::new(capacity))).await;
+        };
+        config.validate()?;
+        let disk = Arc::new(DiskStore::open(disk_config).await?);
+        let store = Arc::new(HybridStore::new(capacity, disk.clone()));
+        let mut server = Self::start_with_store(config, store).await;
+        match &mut server {
+            Ok(server) => server.disk = Some(disk),
+            Err(_) => {
+                let _ = disk.close().await;
+            }
+        }
+        server
     }
 
     /// As [`EdgeServer::start`], with a given store.
@@ -59,6 +80,26 @@ impl EdgeServer {
         store: Arc<dyn Storage>,
     ) -> Result<Self, StartError> {
         let edge = Arc::new(Edge::new(&config, store)?);
+        if let Some(hybrid) = edge.store().hybrid() {
+            let report = hybrid.disk().recovery();
+            edge.metrics().disk_recovered(&report);
+            let resumes = edge.state().is_some_and(|state| state.resumes());
+            let held = hybrid.disk().usage().entries;
+            if !resumes && held > 0 {
+                // Objects with no persisted purge position to check them against: what
+                // purged them cannot be known, so they go.
+                tracing::warn!(node = %edge.name(), objects = held, "disk tier holds objects but no node state: clearing it");
+                hybrid.disk().clear().await?;
+            }
+            if !resumes {
+                // What the disk will hold is checked against this state from now on: it
+                // records where it starts, so a restart resumes (and keeps the disk) even
+                // if no purge ever arrives. A catch-up may still move it to the log's head.
+                start_at(&edge, edge.store().purge_watermark())
+                    .await
+                    .map_err(|e| StartError::Config(ConfigError::Disk(e)))?;
+            }
+        }
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr)
                 .await
@@ -142,6 +183,7 @@ impl EdgeServer {
             certificates,
             shutdown,
             tasks,
+            disk: None,
         })
     }
 
@@ -173,6 +215,11 @@ impl EdgeServer {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(disk) = self.disk
+            && let Err(error) = disk.close().await
+        {
+            tracing::warn!(%error, "closing the disk tier");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The disk tier's storage engine: a log-structured store of opaque objects (key, meta
-//! bytes, body) in fixed-size segment files, with a compact in-memory index. Not yet wired
-//! into the node (issue 20, first part): the hybrid store will put it under moka.
+//! bytes, body) in fixed-size segment files, with a compact in-memory index. The hybrid
+//! store ([`crate::cache::hybrid`]) puts it under moka; the node reads it on a memory miss
+//! (`node::disk`).
 //!
 //! # Why hand-written
 //! foyer 0.22.3 (the last release fitting our MSRV) was measured against this store with

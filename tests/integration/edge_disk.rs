@@ -1,0 +1,597 @@
+//! The disk tier under an edge (`[cache.disk]`): objects evicted from a small memory
+//! after they were hit go to disk and are served from there with no origin request, also
+//! after a restart (a clean stop, SIGTERM and SIGKILL of a `cdn edge` process); a purge
+//! applied while the node was down is honoured after it restarts; bytes flipped on disk
+//! are detected and never served; the files never exceed the configured size; a large
+//! object is streamed from disk with the right bytes.
+//!
+//! Each test fails without the wiring: without admission nothing reaches the disk (the
+//! `edge_disk_entries` waits time out), without disk reads every request after the
+//! eviction reaches the origin, without the purge check the purged URL is a hit.
+
+use crate::support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cdn::demo_origin::DemoOrigin;
+use edge::cache::key::CacheKey;
+use edge::{EdgeConfig, EdgeServer};
+use http::{Method, StatusCode};
+use purge_api::log::Retention;
+use purge_api::{PurgeApiConfig, PurgeApiServer};
+use support::purge_log::RecordingLog;
+use support::{HOST, Reply, api_call, client, json, loopback, send, try_send};
+
+const CDN: &str = env!("CARGO_BIN_EXE_cdn");
+const NODE_TOKEN: &str = "node-secret-0123456789";
+const TOKEN: &str = "publisher-token-0123456789";
+
+/// Objects hit before the eviction: what must come back from disk.
+const HOT: usize = 8;
+
+/// The disk settings of these tests: small segments, so that reclaim happens.
+struct Disk {
+    size: &'static str,
+    segment: &'static str,
+    queue: &'static str,
+}
+
+const SMALL_DISK: Disk = Disk {
+    size: "4 MiB",
+    segment: "1 MiB",
+    queue: "2 MiB",
+};
+
+/// An edge config with a `capacity` memory over a disk tier in `dir`.
+fn config_text(
+    origin: SocketAddr,
+    dir: &Path,
+    (capacity, max_object): (&str, &str),
+    disk: &Disk,
+    listen: (SocketAddr, SocketAddr),
+    api: Option<SocketAddr>,
+) -> String {
+    let api = api.map_or(String::new(), |a| format!("api = \"http://{a}\""));
+    format!(
+        r#"
+        [node]
+        name = "edge-disk"
+        listen = "{public}"
+        admin_listen = "{admin}"
+        [cache]
+        capacity = "{capacity}"
+        max_object_size = "{max_object}"
+        [cache.disk]
+        path = "{dir}"
+        size = "{size}"
+        segment_size = "{segment}"
+        write_buffer = "64 KiB"
+        max_queue = "{queue}"
+        [purge]
+        node_token = "{NODE_TOKEN}"
+        {api}
+        [[site]]
+        name = "assets"
+        hosts = ["{HOST}"]
+        upstream = "http://{origin}"
+        "#,
+        public = listen.0,
+        admin = listen.1,
+        dir = dir.display(),
+        size = disk.size,
+        segment = disk.segment,
+        queue = disk.queue,
+    )
+}
+
+fn any_port() -> (SocketAddr, SocketAddr) {
+    (loopback(), loopback())
+}
+
+async fn get(at: SocketAddr, target: &str) -> Reply {
+    send(&client(), at, Method::GET, target, HOST, &[]).await
+}
+
+/// The value of one series on `admin`'s `/metrics`; 0 when absent.
+async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let text = send(&client(), admin, Method::GET, "/metrics", "admin", &[])
+        .await
+        .text();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().expect("numeric metric"))
+}
+
+/// Waits (bounded) until the disk tier has indexed at least `n` objects and has nothing
+/// left to write: they are then in the segment files.
+async fn on_disk(admin: SocketAddr, n: usize) {
+    for _ in 0..1000 {
+        let entries = metric(admin, "edge_disk_entries").await;
+        let queued = metric(admin, "edge_disk_queued_bytes").await;
+        if entries >= n as f64 && queued == 0.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the disk tier never held {n} objects: {} entries",
+        metric(admin, "edge_disk_entries").await
+    );
+}
+
+fn hot(i: usize) -> String {
+    format!("/hot/{i}/16k.bin")
+}
+
+/// Fills the hot objects and hits each once (so they earn a place on disk), then fills
+/// one-hit fillers until memory evicted them, and waits until they are on disk.
+async fn fill_hit_and_evict(public: SocketAddr, admin: SocketAddr) {
+    for i in 0..HOT {
+        assert_eq!(get(public, &hot(i)).await.status, StatusCode::OK);
+        let hit = get(public, &hot(i)).await;
+        assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    }
+    for i in 0..48 {
+        assert_eq!(
+            get(public, &format!("/filler/{i}/16k.bin")).await.status,
+            StatusCode::OK
+        );
+    }
+    on_disk(admin, HOT).await;
+}
+
+/// Every hot object answers from disk, with the origin's bytes and no origin request.
+async fn all_hot_from_disk(public: SocketAddr, origin: &DemoOrigin) {
+    let before = origin.total_hits();
+    for i in 0..HOT {
+        let reply = get(public, &hot(i)).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(
+            reply.cache_status().contains("hit") && reply.cache_status().contains("detail=disk"),
+            "{}: {}",
+            hot(i),
+            reply.cache_status()
+        );
+        assert_eq!(reply.body.len(), 16 * 1024);
+    }
+    assert_eq!(origin.total_hits(), before, "no request reached the origin");
+}
+
+/// An edge in this process over a disk tier in a temporary directory.
+struct InProcess {
+    origin: DemoOrigin,
+    dir: tempfile::TempDir,
+    edge: Option<EdgeServer>,
+    listen: (SocketAddr, SocketAddr),
+}
+
+impl InProcess {
+    async fn start(sizes: (&str, &str), disk: &Disk) -> Self {
+        let origin = DemoOrigin::start(loopback()).await.expect("origin");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = config_text(origin.addr(), dir.path(), sizes, disk, any_port(), None);
+        let edge = EdgeServer::start(EdgeConfig::from_toml(&text).expect("config"))
+            .await
+            .expect("edge starts");
+        Self {
+            origin,
+            listen: (edge.public_addr(), edge.admin_addr()),
+            edge: Some(edge),
+            dir,
+        }
+    }
+
+    fn public(&self) -> SocketAddr {
+        self.listen.0
+    }
+
+    fn admin(&self) -> SocketAddr {
+        self.listen.1
+    }
+
+    fn disk_files(&self) -> Vec<PathBuf> {
+        segments(self.dir.path())
+    }
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("disk dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("seg-"))
+        })
+        .collect()
+}
+
+/// Stops an edge and waits until nothing holds it, so its state file is closed.
+async fn stop(edge: EdgeServer) {
+    let held = Arc::downgrade(edge.edge());
+    edge.shutdown().await;
+    assert!(
+        support::eventually(Duration::from_secs(10), || held.strong_count() == 0).await,
+        "the stopped edge is still held"
+    );
+}
+
+#[tokio::test]
+async fn objects_hit_then_evicted_are_served_from_disk_with_no_origin_request() {
+    let node = InProcess::start(("256 KiB", "64 KiB"), &SMALL_DISK).await;
+    fill_hit_and_evict(node.public(), node.admin()).await;
+    assert!(
+        metric(
+            node.admin(),
+            "edge_disk_admission_rejects_total{reason=\"one_hit\"}"
+        )
+        .await
+            > 0.0,
+        "fillers hit nowhere are not written"
+    );
+    all_hot_from_disk(node.public(), &node.origin).await;
+    // Promoted: the next hit is a memory hit.
+    let again = get(node.public(), &hot(0)).await;
+    assert!(
+        !again.cache_status().contains("detail=disk"),
+        "{}",
+        again.cache_status()
+    );
+    assert!(metric(node.admin(), "edge_cache_hits_total{tier=\"disk\"}").await >= HOT as f64);
+    assert!(metric(node.admin(), "edge_disk_read_bytes_total").await >= (HOT * 16 * 1024) as f64);
+    stop(node.edge.expect("running")).await;
+}
+
+#[tokio::test]
+async fn after_a_clean_stop_an_edge_serves_hits_from_disk_with_no_origin_request() {
+    let mut node = InProcess::start(("256 KiB", "64 KiB"), &SMALL_DISK).await;
+    fill_hit_and_evict(node.public(), node.admin()).await;
+    stop(node.edge.take().expect("running")).await;
+
+    let text = config_text(
+        node.origin.addr(),
+        node.dir.path(),
+        ("256 KiB", "64 KiB"),
+        &SMALL_DISK,
+        node.listen,
+        None,
+    );
+    let edge = EdgeServer::start(EdgeConfig::from_toml(&text).expect("config"))
+        .await
+        .expect("edge restarts");
+    assert!(metric(node.admin(), "edge_disk_recovered_objects").await >= HOT as f64);
+    all_hot_from_disk(node.public(), &node.origin).await;
+    stop(edge).await;
+}
+
+#[tokio::test]
+async fn flipped_bytes_on_disk_are_detected_and_never_served() {
+    let node = InProcess::start(("256 KiB", "64 KiB"), &SMALL_DISK).await;
+    fill_hit_and_evict(node.public(), node.admin()).await;
+    let target = hot(3);
+    let original = get(node.origin.addr(), &target).await.body;
+    node.origin.reset();
+    // Flip a byte in the middle of the object's body wherever it is in a segment.
+    let needle = &original[8000..8064];
+    let mut flipped = 0;
+    for file in node.disk_files() {
+        let mut bytes = std::fs::read(&file).expect("segment");
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            bytes[at + 10] ^= 0xff;
+            std::fs::write(&file, &bytes).expect("write segment");
+            flipped += 1;
+        }
+    }
+    assert_eq!(flipped, 1, "the object's body is in one segment");
+
+    let reply = get(node.public(), &target).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, original, "the right bytes");
+    assert!(
+        !reply.cache_status().contains("hit"),
+        "a corrupt record is a miss: {}",
+        reply.cache_status()
+    );
+    assert_eq!(node.origin.hits(&target), 1, "the origin was asked");
+    assert_eq!(
+        metric(node.admin(), "edge_disk_corrupt_records_total").await,
+        1.0
+    );
+    // The others are intact.
+    let other = get(node.public(), &hot(4)).await;
+    assert!(
+        other.cache_status().contains("detail=disk"),
+        "{}",
+        other.cache_status()
+    );
+    stop(node.edge.expect("running")).await;
+}
+
+#[tokio::test]
+async fn the_disk_files_never_exceed_the_configured_size() {
+    let node = InProcess::start(("256 KiB", "64 KiB"), &SMALL_DISK).await;
+    // 96 objects of 64 KiB hit once each and evicted: 6 MiB through a 4 MiB disk.
+    for i in 0..96 {
+        let target = format!("/big/{i}/64k.bin");
+        get(node.public(), &target).await;
+        get(node.public(), &target).await;
+        let total: u64 = node
+            .disk_files()
+            .iter()
+            .map(|f| std::fs::metadata(f).expect("meta").len())
+            .sum();
+        assert!(total <= 4 << 20, "{total} bytes of segments after {i}");
+    }
+    on_disk(node.admin(), 1).await;
+    assert!(
+        metric(node.admin(), "edge_disk_reclaimed_segments_total").await > 0.0,
+        "the disk filled up and reclaimed"
+    );
+    assert!(metric(node.admin(), "edge_disk_bytes").await <= (4 << 20) as f64);
+    stop(node.edge.expect("running")).await;
+}
+
+#[tokio::test]
+async fn a_large_object_is_streamed_from_disk_with_the_right_bytes() {
+    let big_disk = Disk {
+        size: "64 MiB",
+        segment: "16 MiB",
+        queue: "32 MiB",
+    };
+    let node = InProcess::start(("12 MiB", "10 MiB"), &big_disk).await;
+    let target = "/large/8m.bin";
+    let original = get(node.origin.addr(), target).await.body;
+    node.origin.reset();
+    assert_eq!(get(node.public(), target).await.status, StatusCode::OK);
+    assert!(
+        get(node.public(), target)
+            .await
+            .cache_status()
+            .contains("hit")
+    );
+    for i in 0..16 {
+        get(node.public(), &format!("/filler/{i}/1m.bin")).await;
+    }
+    on_disk(node.admin(), 1).await;
+    node.origin.reset();
+
+    let reply = get(node.public(), target).await;
+    assert!(
+        reply.cache_status().contains("detail=disk"),
+        "{}",
+        reply.cache_status()
+    );
+    assert_eq!(reply.body.len(), original.len());
+    assert!(
+        reply.body == original,
+        "the bytes streamed from disk are the origin's"
+    );
+    let ranged = send(
+        &client(),
+        node.public(),
+        Method::GET,
+        target,
+        HOST,
+        &[("range", "bytes=5000000-5000099")],
+    )
+    .await;
+    assert_eq!(ranged.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&ranged.body[..], &original[5_000_000..5_000_100]);
+    assert_eq!(node.origin.total_hits(), 0, "no request reached the origin");
+    let store = node.edge.as_ref().expect("running").edge().store().clone();
+    let key = CacheKey::new(1, "http", HOST, target);
+    assert!(store.get(&key).is_none(), "streamed, never promoted whole");
+    stop(node.edge.expect("running")).await;
+}
+
+/// A `cdn edge` process, killed if the test fails before stopping it.
+struct EdgeProcess(Child);
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two addresses free a moment ago, for a process that must keep them across restarts.
+fn free_addresses() -> (SocketAddr, SocketAddr) {
+    let a = std::net::TcpListener::bind(loopback()).expect("bind");
+    let b = std::net::TcpListener::bind(loopback()).expect("bind");
+    (a.local_addr().expect("addr"), b.local_addr().expect("addr"))
+}
+
+async fn spawn_edge(config: &Path, admin: SocketAddr) -> EdgeProcess {
+    let child = Command::new(CDN)
+        .args(["edge", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cdn edge starts");
+    let process = EdgeProcess(child);
+    for _ in 0..3000 {
+        let ready = try_send(&client(), admin, Method::GET, "/healthz", "admin", &[]).await;
+        if ready.is_ok_and(|r| r.status == StatusCode::OK) {
+            return process;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("cdn edge never became ready");
+}
+
+async fn restart_process(signal: &str) {
+    let origin = DemoOrigin::start(loopback()).await.expect("origin");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listen = free_addresses();
+    let text = config_text(
+        origin.addr(),
+        &dir.path().join("disk"),
+        ("256 KiB", "64 KiB"),
+        &SMALL_DISK,
+        listen,
+        None,
+    );
+    let config = dir.path().join("edge.toml");
+    std::fs::write(&config, text).expect("config file");
+
+    let mut first = spawn_edge(&config, listen.1).await;
+    fill_hit_and_evict(listen.0, listen.1).await;
+    let pid = first.0.id().to_string();
+    let killed = Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = first.0.wait().expect("the edge exits");
+    if signal == "-KILL" {
+        assert!(!status.success(), "killed: {status}");
+    }
+
+    let _second = spawn_edge(&config, listen.1).await;
+    assert!(metric(listen.1, "edge_disk_recovered_objects").await >= HOT as f64);
+    all_hot_from_disk(listen.0, &origin).await;
+}
+
+#[tokio::test]
+async fn after_sigterm_a_cdn_edge_process_serves_hits_from_disk() {
+    restart_process("-TERM").await;
+}
+
+#[tokio::test]
+async fn after_sigkill_a_cdn_edge_process_serves_hits_from_disk() {
+    restart_process("-KILL").await;
+}
+
+fn api_config(node: SocketAddr) -> PurgeApiConfig {
+    let text = format!(
+        r#"
+        listen = "127.0.0.1:0"
+        node_token = "{NODE_TOKEN}"
+        [log]
+        path = "/unused/the/test/gives/the/log"
+        [[node]]
+        name = "edge-disk"
+        admin = "http://{node}"
+        [[site]]
+        name = "assets"
+        hosts = ["{HOST}"]
+        [[publisher]]
+        name = "acme"
+        token = "{TOKEN}"
+        sites = ["assets"]
+        "#,
+    );
+    PurgeApiConfig::from_toml(&text).expect("purge API config")
+}
+
+#[tokio::test]
+async fn a_purge_applied_while_the_edge_was_down_is_honoured_from_disk_after_restart() {
+    let mut node = InProcess::start(("256 KiB", "64 KiB"), &SMALL_DISK).await;
+    let log = Arc::new(RecordingLog::open(
+        &node.dir.path().join("purges.redb"),
+        Retention::default(),
+    ));
+    let api = PurgeApiServer::start_with_log(api_config(node.admin()), log)
+        .await
+        .expect("purge API");
+    fill_hit_and_evict(node.public(), node.admin()).await;
+    stop(node.edge.take().expect("running")).await;
+
+    // Purged while the edge is down: one URL hard, one soft.
+    for (target, mode) in [(hot(1), "hard"), (hot(2), "soft")] {
+        let body =
+            format!(r#"{{"site":"assets","urls":["https://{HOST}{target}"],"mode":"{mode}"}}"#);
+        let reply = api_call(api.addr(), Method::POST, "/v1/purge", Some(TOKEN), &body).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+        assert!(json(&reply)["seq"].as_u64().is_some());
+    }
+
+    let text = config_text(
+        node.origin.addr(),
+        node.dir.path(),
+        ("256 KiB", "64 KiB"),
+        &SMALL_DISK,
+        node.listen,
+        Some(api.addr()),
+    );
+    let edge = EdgeServer::start(EdgeConfig::from_toml(&text).expect("config"))
+        .await
+        .expect("edge restarts");
+    node.origin.reset();
+    let purged = get(node.public(), &hot(1)).await;
+    assert_eq!(purged.status, StatusCode::OK);
+    assert!(
+        !purged.cache_status().contains("hit"),
+        "the URL purged while down misses: {}",
+        purged.cache_status()
+    );
+    assert_eq!(node.origin.hits(&hot(1)), 1, "the origin was asked");
+    // Soft: revalidated with the origin (its validator matches: a 304), not served fresh.
+    let soft = get(node.public(), &hot(2)).await;
+    assert_eq!(soft.status, StatusCode::OK);
+    assert_eq!(
+        node.origin.hits(&hot(2)),
+        1,
+        "the soft-purged URL was revalidated"
+    );
+    // Untouched ones still come from disk.
+    let kept = get(node.public(), &hot(5)).await;
+    assert!(
+        kept.cache_status().contains("detail=disk"),
+        "{}",
+        kept.cache_status()
+    );
+    assert_eq!(node.origin.hits(&hot(5)), 0);
+    stop(edge).await;
+    api.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_variant_comes_back_from_disk_through_its_variant_index() {
+    let node = InProcess::start(("256 KiB", "64 KiB"), &SMALL_DISK).await;
+    let target = "/varies/16k.bin?vary=accept-language";
+    let ask = |language: &'static str| {
+        let public = node.public();
+        async move {
+            send(
+                &client(),
+                public,
+                Method::GET,
+                target,
+                HOST,
+                &[("accept-language", language)],
+            )
+            .await
+        }
+    };
+    let fr = ask("fr").await;
+    assert!(fr.text().starts_with("accept-language=fr"), "{}", fr.text());
+    assert!(ask("fr").await.cache_status().contains("hit"));
+    for i in 0..48 {
+        get(node.public(), &format!("/filler/{i}/16k.bin")).await;
+    }
+    on_disk(node.admin(), 2).await;
+    node.origin.reset();
+
+    let again = ask("fr").await;
+    assert!(
+        again.cache_status().contains("detail=disk"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(again.body, fr.body);
+    assert_eq!(
+        node.origin.total_hits(),
+        0,
+        "index and variant both from disk"
+    );
+    // Another language was never stored: its own fill.
+    let de = ask("de").await;
+    assert!(de.text().starts_with("accept-language=de"), "{}", de.text());
+    assert_eq!(node.origin.total_hits(), 1);
+    stop(node.edge.expect("running")).await;
+}
