@@ -2,7 +2,8 @@
 //! server, or a cluster of three with routes between them.
 //!
 //! nats-server cannot take port 0 for its cluster listener (the routes must name every
-//! peer's port up front), so ports are chosen by binding port 0 and releasing it. A server
+//! peer's port up front), so ports are chosen here ([`free_port`]): below the kernel's
+//! ephemeral range, where every other test's `bind(0)` lands, each handed out once. A server
 //! is ready when its monitor port answers `/healthz` with `200` (JetStream enabled and,
 //! in a cluster, a meta leader elected); every wait is bounded in tries and time. The
 //! tests need the `nats-server` binary (`apt-get install -y nats-server`; `.ci/run`
@@ -11,6 +12,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -33,12 +35,39 @@ pub fn binary() -> PathBuf {
     })
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 for a nats-server, free when chosen.
+///
+/// Ports are taken below the kernel's ephemeral range (`ip_local_port_range`), where the
+/// `bind(0)` of every other test in this process lands, and each is handed out once per
+/// process. A port taken from the ephemeral range instead could be given to another test's
+/// listener between the check and nats-server's bind, or while a server killed by a test
+/// is down before its restart on the same ports (the server then exits at start: seen
+/// once in the one-binary suite).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = ephemeral_low().clamp(LOW + 1_000, 32_768);
+    let span = high - LOW;
+    // Another test process (another run, a neighbour worktree) starts elsewhere.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{high} for nats-server");
+}
+
+/// The lowest port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// One nats-server process. Killed when dropped.
