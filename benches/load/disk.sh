@@ -8,7 +8,7 @@
 #   SERVERS="edge ats nginx varnish" PHASES="zipf restart ram" benches/load/disk.sh
 # Phases, per server, one server at a time (its cache is wiped before and after):
 #   zipf     fill (every object of the working set requested once, plus the restart
-#            probes), WARMUP s of Zipf(ZIPF_S) load, then DURATION s measured: req/s,
+#            probes twice), WARMUP s of Zipf(ZIPF_S) load, then DURATION s measured: req/s,
 #            p50/p99, hit ratio = 1 - origin requests / client requests (the origin's
 #            access log, timestamped, counts what reached it: the same meter for every
 #            server), and the server's PSS at the end per object of the working set.
@@ -428,9 +428,13 @@ wrk_field() { # file requests|rps|p50|p99|errors
   esac
 }
 
-fill() { # server label: probes and the whole working set, once each
+fill() { # server label: probes (twice) and the whole working set (once)
   local url="http://127.0.0.1:${PORT[$1]}"
+  # Twice: the edge admits to its disk only objects requested more than once (one-hit
+  # wonders never reach the SSD); for ATS and nginx, which write every object, the second
+  # pass is a hit and changes nothing.
   wrk_run "$OUT/raw/$1-fill-probes.txt" 600 "$url" ZIPF_MODE=seq ZIPF_N="$PROBES" ZIPF_PREFIX=/p/ ZIPF_K=0
+  wrk_run "$OUT/raw/$1-fill-probes-2.txt" 600 "$url" ZIPF_MODE=seq ZIPF_N="$PROBES" ZIPF_PREFIX=/p/ ZIPF_K=0
   wrk_run "$OUT/raw/$1-fill.txt" 1800 "$url" ZIPF_MODE=seq ZIPF_N="$WS_N" ZIPF_PREFIX=/z/
 }
 
