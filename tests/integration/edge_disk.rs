@@ -21,14 +21,12 @@ use cdn::demo_origin::DemoOrigin;
 use edge::cache::key::CacheKey;
 use edge::{EdgeConfig, EdgeServer};
 use http::{Method, StatusCode};
+use purge_api::PurgeApiServer;
 use purge_api::log::Retention;
-use purge_api::{PurgeApiConfig, PurgeApiServer};
-use support::purge_log::RecordingLog;
+use support::purge_log::{NODE_TOKEN, RecordingLog, TOKEN, api_config};
 use support::{HOST, Reply, api_call, client, json, loopback, send, try_send};
 
 const CDN: &str = env!("CARGO_BIN_EXE_cdn");
-const NODE_TOKEN: &str = "node-secret-0123456789";
-const TOKEN: &str = "publisher-token-0123456789";
 
 /// Objects hit before the eviction: what must come back from disk.
 const HOT: usize = 8;
@@ -466,28 +464,6 @@ async fn after_sigkill_a_cdn_edge_process_serves_hits_from_disk() {
     restart_process("-KILL").await;
 }
 
-fn api_config(node: SocketAddr) -> PurgeApiConfig {
-    let text = format!(
-        r#"
-        listen = "127.0.0.1:0"
-        node_token = "{NODE_TOKEN}"
-        [log]
-        path = "/unused/the/test/gives/the/log"
-        [[node]]
-        name = "edge-disk"
-        admin = "http://{node}"
-        [[site]]
-        name = "assets"
-        hosts = ["{HOST}"]
-        [[publisher]]
-        name = "acme"
-        token = "{TOKEN}"
-        sites = ["assets"]
-        "#,
-    );
-    PurgeApiConfig::from_toml(&text).expect("purge API config")
-}
-
 #[tokio::test]
 async fn a_purge_applied_while_the_edge_was_down_is_honoured_from_disk_after_restart() {
     let mut node = InProcess::start(("256 KiB", "64 KiB"), &SMALL_DISK).await;
@@ -495,7 +471,7 @@ async fn a_purge_applied_while_the_edge_was_down_is_honoured_from_disk_after_res
         &node.dir.path().join("purges.redb"),
         Retention::default(),
     ));
-    let api = PurgeApiServer::start_with_log(api_config(node.admin()), log)
+    let api = PurgeApiServer::start_with_log(api_config("edge-disk", Some(node.admin())), log)
         .await
         .expect("purge API");
     fill_hit_and_evict(node.public(), node.admin()).await;

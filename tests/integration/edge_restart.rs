@@ -19,13 +19,10 @@ use edge::node::server::CATCH_UP_PAGE;
 use edge::node::state::Verdict;
 use edge::{EdgeServer, MemoryStore, Storage};
 use http::{Method, StatusCode};
+use purge_api::PurgeApiServer;
 use purge_api::log::Retention;
-use purge_api::{PurgeApiConfig, PurgeApiServer};
-use support::purge_log::RecordingLog;
+use support::purge_log::{NODE_TOKEN, RecordingLog, TOKEN, api_config};
 use support::{HOST, api_call, client, eventually, json, loopback, send, send_with};
-
-const NODE_TOKEN: &str = "node-secret-0123456789";
-const TOKEN: &str = "publisher-token-0123456789";
 
 fn edge_config(
     origin: SocketAddr,
@@ -61,29 +58,6 @@ fn edge_config(
     edge::EdgeConfig::from_toml(&text).expect("edge config")
 }
 
-fn api_config(node: Option<SocketAddr>) -> PurgeApiConfig {
-    let node = node.map_or(String::new(), |a| {
-        format!("[[node]]\nname = \"edge-restart\"\nadmin = \"http://{a}\"\n")
-    });
-    let text = format!(
-        r#"
-        listen = "127.0.0.1:0"
-        node_token = "{NODE_TOKEN}"
-        [log]
-        path = "/unused/the/test/gives/the/log"
-        {node}
-        [[site]]
-        name = "assets"
-        hosts = ["{HOST}"]
-        [[publisher]]
-        name = "acme"
-        token = "{TOKEN}"
-        sites = ["assets"]
-        "#,
-    );
-    PurgeApiConfig::from_toml(&text).expect("purge API config")
-}
-
 /// An origin, an edge with a state directory, and the purge API pushing to it over a log
 /// that records where it is read from.
 struct Restarting {
@@ -111,9 +85,12 @@ impl Restarting {
             &dir.path().join("purges.redb"),
             retention,
         ));
-        let api = PurgeApiServer::start_with_log(api_config(Some(edge.admin_addr())), log.clone())
-            .await
-            .expect("purge API");
+        let api = PurgeApiServer::start_with_log(
+            api_config("edge-restart", Some(edge.admin_addr())),
+            log.clone(),
+        )
+        .await
+        .expect("purge API");
         Self {
             origin,
             state_dir,
@@ -406,7 +383,7 @@ async fn an_empty_edge_without_a_state_dir_still_takes_the_log_head() {
         &dir.path().join("purges.redb"),
         Retention::default(),
     ));
-    let api = PurgeApiServer::start_with_log(api_config(None), log.clone())
+    let api = PurgeApiServer::start_with_log(api_config("edge-restart", None), log.clone())
         .await
         .expect("purge API");
     let mut head = 0;
