@@ -96,13 +96,7 @@ impl CacheControl {
     /// Dictionary. `None` when the field is absent, empty, does not parse, or holds no
     /// directive with a value of the type it needs: then the field is ignored.
     pub fn from_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
-        let mut lines = headers.get_all(name).iter();
-        let first = lines.next()?;
-        let mut joined = first.as_bytes().to_vec();
-        for line in lines {
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(line.as_bytes());
-        }
+        let joined = structured_field(headers, name)?;
         let dictionary: sfv::Dictionary = sfv::Parser::new(&joined).parse().ok()?;
         let mut cc = CacheControl::default();
         for (key, member) in &dictionary {
@@ -185,6 +179,18 @@ impl CacheControl {
             }
         }
     }
+}
+
+/// Every line of a Structured Field, combined as RFC 9651 4.2 parses them: joined with
+/// `, `. `None` when the field is absent.
+pub fn structured_field(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut lines = headers.get_all(name).iter();
+    let mut joined = lines.next()?.as_bytes().to_vec();
+    for line in lines {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(line.as_bytes());
+    }
+    Some(joined)
 }
 
 /// Parses a delta-seconds argument: digits only, clamped, anything else invalid.

@@ -3,6 +3,8 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::cache::control::structured_field;
+
 /// The `Cache-Status` field (RFC 9211).
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -13,13 +15,9 @@ pub const STALE_IF_ERROR: &str = "stale-if-error";
 /// says it served this response stale because its own upstream failed: then this node's
 /// answer is stale-if-error too, whatever its own entry says, and is labelled so.
 pub fn upstream_served_stale_on_error(headers: &HeaderMap) -> bool {
-    let mut joined = Vec::new();
-    for line in headers.get_all(&CACHE_STATUS) {
-        if !joined.is_empty() {
-            joined.extend_from_slice(b", ");
-        }
-        joined.extend_from_slice(line.as_bytes());
-    }
+    let Some(joined) = structured_field(headers, &CACHE_STATUS) else {
+        return false;
+    };
     let Ok(list) = sfv::Parser::new(&joined).parse::<sfv::List>() else {
         return false;
     };
