@@ -19,6 +19,17 @@ use purge_api::{PurgeApiConfig, PurgeApiServer};
 
 mod terminal;
 
+/// jemalloc rather than the C library's allocator: an edge holds millions of small,
+/// long-lived objects allocated between short-lived request buffers, and jemalloc's size
+/// classes (no per-allocation header) and per-thread arenas keep that from fragmenting
+/// (RAM per cached object measured in `BENCHMARKS.md`, "Memory tier per object"). Built
+/// with `disable_cache_oblivious`: by default every allocation of a page or more is
+/// offset by a random fraction of a page, which costs a whole extra page each: 1.25x the
+/// memory for a cache of 16 KiB objects.
+#[cfg(all(unix, not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Where the demo origin listens when run alone.
 const DEFAULT_ORIGIN: &str = "127.0.0.1:8081";
 

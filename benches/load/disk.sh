@@ -25,7 +25,8 @@
 #            PSS growth per object held (ram_B_per_obj: minus payload and head bytes, the
 #            origin's response head, where the process holds them), twice: variant "mem" with a memory budget of RAM_MEM (objects
 #            in memory; each object requested twice, since ATS admits to its RAM cache on
-#            a later read), variant "disk" with DISKONLY_MEM (objects held only on disk; not
+#            a later read), variant "disk" with DISKONLY_MEM (each object requested twice,
+#            1,000 objects apart: the edge keeps one-hit wonders off its disk; objects held only on disk; not
 #            for Varnish; that small memory tier adds DISKONLY_MEM / RAM_OBJECTS per
 #            object). A sampled last pass checks how many objects are held. The "disk"
 #            variant then restarts the server (SIGTERM) and times its first hit among the
@@ -583,7 +584,11 @@ phase_ram() { # server label variant mem_mib
   wrk_run "$OUT/raw/$s-ram-$variant-warm.txt" 600 "$url" ZIPF_MODE=seq ZIPF_N=2000 ZIPF_PREFIX=/w/ ZIPF_K=small
   sleep 1
   read -r pss0 _ < <(pss_of "${SPID[$s]}")
-  wrk_run "$OUT/raw/$s-ram-$variant-fill.txt" 3600 "$url" ZIPF_MODE=seq ZIPF_N="$RAM_OBJECTS" ZIPF_PREFIX=/r/ ZIPF_K=small
+  # "disk": every object requested twice, 1,000 objects apart, as the edge keeps one-hit
+  # wonders off its disk (the peers write on the first request).
+  local again=0
+  [[ $variant == disk ]] && again=1000
+  wrk_run "$OUT/raw/$s-ram-$variant-fill.txt" 3600 "$url" ZIPF_MODE=seq ZIPF_N="$RAM_OBJECTS" ZIPF_PREFIX=/r/ ZIPF_K=small ZIPF_AGAIN=$again
   # "mem": a second pass, as ATS admits an object to its RAM cache on a later read only.
   if [[ $variant == mem ]]; then
     wrk_run "$OUT/raw/$s-ram-$variant-reread.txt" 3600 "$url" ZIPF_MODE=seq ZIPF_N="$RAM_OBJECTS" ZIPF_PREFIX=/r/ ZIPF_K=small

@@ -14,6 +14,8 @@
 --   ZIPF_S=0.9       Zipf exponent
 --   ZIPF_PREFIX=/z/  path prefix; ZIPF_K=NAME forces the file name (e.g. "small")
 --   ZIPF_FIRST=1     first id of a seq pass; ZIPF_STRIDE=1 step between ids of a seq pass
+--   ZIPF_AGAIN=0     seq: also request every id a second time, ZIPF_AGAIN new ids later
+--                    (an object a cache saw twice, without the two requests coalescing)
 --   ZIPF_THREADS=1   wrk's -t, so that seq passes split the ids between threads
 --   ZIPF_SEED=1      xorshift32 seed (each thread adds its index)
 --   ZIPF_LOG=FILE    append "<decisecond since epoch> <count>" lines: responses with status
@@ -33,6 +35,7 @@ local FORCE_K = os.getenv("ZIPF_K")
 local FIRST = tonumber(os.getenv("ZIPF_FIRST") or "1")
 local STRIDE = tonumber(os.getenv("ZIPF_STRIDE") or "1")
 local SEED = tonumber(os.getenv("ZIPF_SEED") or "1")
+local AGAIN = tonumber(os.getenv("ZIPF_AGAIN") or "0")
 local LOG = os.getenv("ZIPF_LOG")
 local DONE = os.getenv("ZIPF_DONE")
 local done_marked = false
@@ -55,7 +58,7 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local cdf, rng_state, seq_next
+local cdf, rng_state, seq_next, seq_first, seq_new, seq_old
 sent = 0 -- global: read by done() through thread:get
 local NTHREADS = tonumber(os.getenv("ZIPF_THREADS") or "1")
 local log_file, bucket, bucket_n, bucket_hits
@@ -78,6 +81,7 @@ function init(args)
   if rng_state == 0 then rng_state = 1 end
   sent = 0
   seq_next = FIRST + tid * STRIDE
+  seq_first, seq_new, seq_old = seq_next, 0, 0
   if MODE == "zipf" then
     cdf = {}
     local sum = 0
@@ -117,8 +121,15 @@ end
 request = function()
   local id
   if MODE == "seq" then
-    id = seq_next
-    seq_next = seq_next + NTHREADS * STRIDE
+    local step = NTHREADS * STRIDE
+    local fresh = seq_first + seq_new * step
+    if AGAIN > 0 and seq_old < seq_new and (seq_new - seq_old >= AGAIN or fresh > N) then
+      id = seq_first + seq_old * step
+      seq_old = seq_old + 1
+    else
+      id = fresh
+      seq_new = seq_new + 1
+    end
     if id > N then
       -- wrk's main thread sleeps out -d whatever the threads do: tell disk.sh, which
       -- then stops wrk with SIGINT (wrk still prints its summary and calls done()).

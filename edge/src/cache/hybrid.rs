@@ -1,4 +1,4 @@
-//! The hybrid store: the memory tier ([`MemoryStore`], moka) is the hot set, the disk tier
+//! The hybrid store: the memory tier ([`MemoryStore`], quick_cache) is the hot set, the disk tier
 //! ([`DiskTier`], [`crate::cache::disk`]) holds what memory evicted after it earned a place.
 //!
 //! - **Reads**: [`Storage::get`] stays memory-only and synchronous (the hit fast path never
@@ -6,7 +6,7 @@
 //!   checks the record against the purges applied since it was stored (the node's
 //!   business: this layer knows nothing of purges), then promotes it into memory
 //!   ([`HybridStore::promote`], keeping the disk copy) or streams a large body from disk.
-//! - **Admission** (moka's eviction listener, on evictions for size only): a response is
+//! - **Admission** (the memory tier's evictions for size): a response is
 //!   written to disk when it was hit at least once in memory, or when the doorkeeper saw
 //!   its key filled twice (a one-hit wonder is neither); a variant index always (it is
 //!   small and its variants need it). Slices, partial objects and pass markers are never
@@ -329,14 +329,14 @@ pub fn encode(entry: &Entry, valid_as_of: u64) -> Option<(Bytes, Bytes)> {
                 meta.bytes(name.as_str().as_bytes());
                 meta.bytes(value.as_bytes());
             }
-            match &response.upstream_cache_status {
+            match response.upstream_cache_status() {
                 Some(value) => {
                     meta.u8(1);
                     meta.bytes(value.as_bytes());
                 }
                 None => meta.u8(0),
             }
-            match &response.selected_by {
+            match response.selected_by() {
                 Some(selection) => {
                     meta.u8(1);
                     meta.index(&selection.index);
@@ -556,22 +556,21 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("text/plain"));
         headers.insert("cdn-cache-control", HeaderValue::from_static("max-age=60"));
-        let mut response = StoredResponse::new(
+        StoredResponse::new(
             StatusCode::OK,
             headers,
             Some(HeaderValue::from_static("shield; hit")),
             Bytes::from_static(body),
             freshness(Instant::now() - Duration::from_secs(10)),
         )
-        .with_tags(vec!["a".into(), "b c".into()]);
-        response.selected_by = Some(Selection {
+        .with_tags(vec!["a".into(), "b c".into()])
+        .selected_as(Some(Selection {
             index: VaryIndex {
                 names: vec![HeaderName::from_static("accept-encoding")].into(),
                 epoch: 42,
             },
             signature: "gzip".into(),
-        });
-        response
+        }))
     }
 
     #[test]
@@ -589,10 +588,10 @@ mod tests {
         assert_eq!(decoded.head(), original.head());
         assert_eq!(decoded.headers(), original.headers());
         assert_eq!(
-            decoded.upstream_cache_status,
-            original.upstream_cache_status
+            decoded.upstream_cache_status(),
+            original.upstream_cache_status()
         );
-        assert_eq!(decoded.selected_by, original.selected_by);
+        assert_eq!(decoded.selected_by(), original.selected_by());
         assert_eq!(decoded.tags(), original.tags());
         assert!(decoded.body.is_empty(), "the body is the record's");
         let (a, b) = (decoded.freshness, original.freshness);
@@ -714,9 +713,11 @@ mod tests {
             freshness(Instant::now()),
         );
         store.insert(key(3), marker);
+        // Pressure that displaces the earlier entries: keys filled twice (the second fill
+        // finds the first in the memory tier's ghost list and goes to its main queue).
         for i in 10..60 {
             store.insert(key(i), body_entry());
-            store.usage();
+            store.insert(key(i), body_entry());
         }
         disk.flush().await.unwrap();
         assert!(store.may_contain(&key(0)), "a hit entry is written");

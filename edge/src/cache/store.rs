@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use bytesize::ByteSize;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use moka::policy::EvictionPolicy;
 use serde::Deserialize;
 
 use crate::cache::disk::DiskConfig;
@@ -25,11 +24,11 @@ use crate::cache::status::NoCacheReason;
 use crate::cache::vary::{Selection, VaryIndex};
 
 /// Fixed bytes charged per entry for the bookkeeping around it (the entry struct, the
-/// key, moka's node and indexes, allocator overhead). Measured, not guessed: RSS growth
-/// per entry beyond head and body was ~630 B at 1 KiB objects and ~1.6 KB at 16 KiB
-/// (`benches/load/memory.sh`, BENCHMARKS.md), so that a configured capacity is close to
-/// the memory really used.
-const ENTRY_OVERHEAD: usize = 1024;
+/// key, the memory tier's slot and index, allocator rounding). Measured, not guessed: RSS
+/// growth per entry beyond head and body, `benches/load/memory.sh` and the RAM phase of
+/// `benches/load/disk.sh` (BENCHMARKS.md, "Memory tier per object"), so that a
+/// configured capacity is close to the memory really used.
+const ENTRY_OVERHEAD: usize = 384;
 /// Bytes charged per header field beyond its name and value.
 const HEADER_OVERHEAD: usize = 32;
 
@@ -203,18 +202,31 @@ impl Cached {
 /// The headers are kept in one form only: serialized as the HTTP/1.1 head a hit sends,
 /// which is also the most compact. The full path parses a header map from it when it
 /// needs one ([`StoredResponse::headers`]); the hit path never does.
+///
+/// Kept small because the memory tier holds one per object: what few responses carry (a
+/// variant's selection, fields for this cache alone, purge tags) sits behind one optional
+/// box, and the upstream's `Cache-Status` shares the head's allocation.
 #[derive(Debug)]
 pub struct StoredResponse {
     pub status: StatusCode,
-    /// The upstream's `Cache-Status` members, which this node's member follows.
-    pub upstream_cache_status: Option<HeaderValue>,
     pub body: Bytes,
     pub freshness: Freshness,
-    /// Set on a variant: which index and signature it was stored under.
-    pub selected_by: Option<Selection>,
     /// The status line and every header a client may see, each line ending in CRLF;
-    /// without `Age` and `Cache-Status`, which are computed per response.
-    head: Bytes,
+    /// without `Age` and `Cache-Status`, which are computed per response. Followed, past
+    /// `head_len`, by the upstream's `Cache-Status` members (which this node's member
+    /// follows), if it sent any. A box, not `Bytes`: never shared, and half the size.
+    head: Box<[u8]>,
+    head_len: u32,
+    rare: Option<Box<Rare>>,
+    /// Requests answered from this entry: what `cdn warm` ranks a node's objects by.
+    hits: AtomicU64,
+}
+
+/// The parts of a stored response most responses do not have.
+#[derive(Debug, Clone, Default)]
+struct Rare {
+    /// Set on a variant: which index and signature it was stored under.
+    selected_by: Option<Selection>,
     /// Fields for this cache alone (`CDN-Cache-Control`, `Surrogate-Control`): kept for
     /// revalidation, never sent.
     cache_only: Vec<(HeaderName, HeaderValue)>,
@@ -222,8 +234,12 @@ pub struct StoredResponse {
     /// for the disk tier, where purges are checked lazily (an edge removes the tags from
     /// the head itself).
     tags: Box<[String]>,
-    /// Requests answered from this entry: what `cdn warm` ranks a node's objects by.
-    hits: AtomicU64,
+}
+
+impl Rare {
+    fn is_empty(&self) -> bool {
+        self.selected_by.is_none() && self.cache_only.is_empty() && self.tags.is_empty()
+    }
 }
 
 impl StoredResponse {
@@ -241,17 +257,20 @@ impl StoredResponse {
             .filter(|(name, _)| is_targeted(name))
             .map(|(name, value)| (name.clone(), owned_value(value)))
             .collect();
+        let (head, head_len) = head_with_upstream(
+            &serialize_head(status, &headers),
+            upstream_cache_status.as_ref(),
+        );
         Self {
             status,
-            upstream_cache_status: upstream_cache_status.map(|v| owned_value(&v)),
             body,
             freshness,
-            selected_by: None,
-            head: serialize_head(status, &headers),
-            cache_only,
-            tags: Box::default(),
+            head,
+            head_len,
+            rare: None,
             hits: AtomicU64::new(0),
         }
+        .with_rare(|rare| rare.cache_only = cache_only)
     }
 
     /// A response rebuilt from its stored parts (the disk tier's records): `head` as
@@ -267,33 +286,63 @@ impl StoredResponse {
         selected_by: Option<Selection>,
         tags: Vec<String>,
     ) -> Self {
+        let (head, head_len) = head_with_upstream(&head, upstream_cache_status.as_ref());
         Self {
             status,
-            upstream_cache_status,
             body,
             freshness,
-            selected_by,
             head,
-            cache_only,
-            tags: tags.into(),
+            head_len,
+            rare: None,
             hits: AtomicU64::new(0),
         }
+        .with_rare(|rare| {
+            rare.cache_only = cache_only;
+            rare.selected_by = selected_by;
+            rare.tags = tags.into();
+        })
+    }
+
+    /// This response with its rare parts changed by `change`; no box is kept for none.
+    fn with_rare(mut self, change: impl FnOnce(&mut Rare)) -> Self {
+        let mut rare = self.rare.take().unwrap_or_default();
+        change(&mut rare);
+        self.rare = (!rare.is_empty()).then_some(rare);
+        self
     }
 
     /// The same response carrying `tags` (see [`StoredResponse::tags`]).
-    pub fn with_tags(mut self, tags: Vec<String>) -> Self {
-        self.tags = tags.into();
-        self
+    pub fn with_tags(self, tags: Vec<String>) -> Self {
+        self.with_rare(|rare| rare.tags = tags.into())
+    }
+
+    /// The same response stored as the variant `selected_by` says (none: the URL's only
+    /// response).
+    pub fn selected_as(self, selected_by: Option<Selection>) -> Self {
+        self.with_rare(|rare| rare.selected_by = selected_by)
+    }
+
+    /// Set on a variant: which index and signature it was stored under.
+    pub fn selected_by(&self) -> Option<&Selection> {
+        self.rare.as_ref()?.selected_by.as_ref()
+    }
+
+    /// The upstream's `Cache-Status` members, which this node's member follows.
+    pub fn upstream_cache_status(&self) -> Option<&str> {
+        let members = &self.head[self.head_len as usize..];
+        (!members.is_empty())
+            .then(|| std::str::from_utf8(members).ok())
+            .flatten()
     }
 
     /// The tags purges name this response by, as read at fill time.
     pub fn tags(&self) -> &[String] {
-        &self.tags
+        self.rare.as_ref().map_or(&[], |rare| &rare.tags)
     }
 
     /// The fields kept for this cache alone (`CDN-Cache-Control`, `Surrogate-Control`).
     pub fn cache_only(&self) -> &[(HeaderName, HeaderValue)] {
-        &self.cache_only
+        self.rare.as_ref().map_or(&[], |rare| &rare.cache_only)
     }
 
     /// This response with another body (a disk record's, read whole or not at all).
@@ -308,13 +357,11 @@ impl StoredResponse {
     fn copy_head(&self) -> Self {
         Self {
             status: self.status,
-            upstream_cache_status: self.upstream_cache_status.clone(),
             body: self.body.clone(),
             freshness: self.freshness,
-            selected_by: self.selected_by.clone(),
             head: self.head.clone(),
-            cache_only: self.cache_only.clone(),
-            tags: self.tags.clone(),
+            head_len: self.head_len,
+            rare: self.rare.clone(),
             hits: AtomicU64::new(self.hits()),
         }
     }
@@ -339,8 +386,8 @@ impl StoredResponse {
     }
 
     /// The serialized status line and client-visible headers, each line ending in CRLF.
-    pub fn head(&self) -> &Bytes {
-        &self.head
+    pub fn head(&self) -> &[u8] {
+        &self.head[..self.head_len as usize]
     }
 
     /// The headers a client may see, as a map (parsed from the head).
@@ -359,17 +406,20 @@ impl StoredResponse {
 
     /// The `(name, value)` of every header line of the stored head.
     fn header_lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.head.split(|b| *b == b'\n').skip(1).filter_map(|line| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let colon = line.iter().position(|b| *b == b':')?;
-            Some((&line[..colon], line[colon + 1..].trim_ascii_start()))
-        })
+        self.head()
+            .split(|b| *b == b'\n')
+            .skip(1)
+            .filter_map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let colon = line.iter().position(|b| *b == b':')?;
+                Some((&line[..colon], line[colon + 1..].trim_ascii_start()))
+            })
     }
 
     /// Every stored header, the fields for this cache alone included.
     pub fn headers(&self) -> HeaderMap {
         let mut headers = self.client_headers();
-        for (name, value) in &self.cache_only {
+        for (name, value) in self.cache_only() {
             headers.append(name.clone(), value.clone());
         }
         headers
@@ -386,13 +436,12 @@ impl StoredResponse {
     /// Bytes of memory this entry holds, for the byte-weighted capacity.
     pub fn weight(&self) -> usize {
         let cache_only: usize = self
-            .cache_only
+            .cache_only()
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + HEADER_OVERHEAD)
             .sum();
-        let upstream = self.upstream_cache_status.as_ref().map_or(0, |v| v.len());
-        let tags: usize = self.tags.iter().map(|t| t.len() + HEADER_OVERHEAD).sum();
-        ENTRY_OVERHEAD + self.head.len() + cache_only + upstream + tags + self.body.len()
+        let tags: usize = self.tags().iter().map(|t| t.len() + HEADER_OVERHEAD).sum();
+        ENTRY_OVERHEAD + self.head.len() + cache_only + tags + self.body.len()
     }
 }
 
@@ -418,6 +467,17 @@ pub fn serialize_head(status: StatusCode, headers: &HeaderMap) -> Bytes {
         head.extend_from_slice(b"\r\n");
     }
     Bytes::from(head)
+}
+
+/// One exact-size allocation holding `head` and then `upstream`'s bytes, and the head's
+/// length: a `Vec` with spare capacity would keep its spare bytes for the entry's life.
+fn head_with_upstream(head: &[u8], upstream: Option<&HeaderValue>) -> (Box<[u8]>, u32) {
+    let upstream = upstream.map_or(&[][..], |value| value.as_bytes());
+    let mut both = Vec::with_capacity(head.len() + upstream.len());
+    both.extend_from_slice(head);
+    both.extend_from_slice(upstream);
+    let head_len = u32::try_from(head.len()).expect("a stored head is under 4 GiB");
+    (both.into_boxed_slice(), head_len)
 }
 
 /// Size of the in-memory cache.
@@ -525,19 +585,66 @@ pub struct Held {
 /// Called with every entry evicted for size (see [`MemoryStore::with_eviction`]).
 pub type EvictionListener = Arc<dyn Fn(&CacheKey, &Held) + Send + Sync>;
 
-/// The in-memory store: `moka` with a byte weigher and LRU eviction.
+/// The in-memory store: a byte-weighted `quick_cache` (S3-FIFO eviction, scan resistant).
+///
+/// Chosen over `moka` for what it costs per object: measured with 1M entries of a cache
+/// key, moka's nodes, deques and indexes take ~370 B per entry and quick_cache's ~64 B
+/// (`BENCHMARKS.md`, "Memory tier per object"), and an edge full of small objects is
+/// mostly that overhead.
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: moka::sync::Cache<CacheKey, Held>,
+    cache: Arc<QuickCache>,
+    listener: Option<EvictionListener>,
     capacity: u64,
     watermark: Arc<std::sync::atomic::AtomicU64>,
+}
+
+type QuickCache =
+    quick_cache::sync::Cache<CacheKey, Held, ByWeight, quick_cache::DefaultHashBuilder, Evictions>;
+
+/// Weighs an entry by the bytes it holds, key included.
+#[derive(Debug, Clone)]
+struct ByWeight;
+
+impl quick_cache::Weighter<CacheKey, Held> for ByWeight {
+    fn weight(&self, key: &CacheKey, held: &Held) -> u64 {
+        // Never zero: a zero-weight entry is never evicted.
+        (key.len() + held.entry.weight()).max(1) as u64
+    }
+}
+
+/// Collects the entries an insert evicts, for the listener to see once the shard's lock
+/// is released (and for their memory to be freed outside it).
+#[derive(Debug, Clone, Default)]
+struct Evictions;
+
+impl quick_cache::Lifecycle<CacheKey, Held> for Evictions {
+    type RequestState = Vec<(CacheKey, Held)>;
+
+    fn on_evict(&self, evicted: &mut Self::RequestState, key: CacheKey, held: Held) {
+        evicted.push((key, held));
+    }
+}
+
+/// The largest object the memory tier is sized to hold: each shard of the cache holds at
+/// least twice this (an entry heavier than its shard's share is not admitted).
+const LARGEST_OBJECT: u64 = 32 << 20;
+
+/// Shards for a store of `capacity` bytes: more shards mean less lock contention, and
+/// each must still hold the largest object; a power of two up to four per core.
+fn shards_for(capacity: u64) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let by_size = (capacity / (2 * LARGEST_OBJECT)).max(1);
+    let shards = by_size.min(4 * cores as u64);
+    // The largest power of two not above `shards`.
+    1 << (63 - shards.leading_zeros())
 }
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
             .field("capacity", &self.capacity)
-            .field("entries", &self.cache.entry_count())
+            .field("entries", &self.cache.len())
             .finish()
     }
 }
@@ -549,28 +656,27 @@ impl MemoryStore {
     }
 
     /// As [`MemoryStore::new`], calling `listener` with every entry evicted to stay within
-    /// the capacity (not those replaced, removed or expired). It runs on the thread that
-    /// triggered the eviction and must not block.
+    /// the capacity (not those replaced or removed), after the store's lock is released.
+    /// It runs on the thread that triggered the eviction and must not block.
     pub fn with_eviction(capacity: u64, listener: EvictionListener) -> Self {
         Self::build(capacity, Some(listener))
     }
 
     fn build(capacity: u64, listener: Option<EvictionListener>) -> Self {
-        let mut builder = moka::sync::Cache::builder()
-            .max_capacity(capacity)
-            .eviction_policy(EvictionPolicy::lru())
-            .weigher(|key: &CacheKey, value: &Held| {
-                u32::try_from(key.len() + value.entry.weight()).unwrap_or(u32::MAX)
-            });
-        if let Some(listener) = listener {
-            builder = builder.eviction_listener(move |key, value, cause| {
-                if cause == moka::notification::RemovalCause::Size {
-                    listener(&key, &value);
-                }
-            });
-        }
+        let options = quick_cache::OptionsBuilder::new()
+            .shards(shards_for(capacity))
+            .estimated_items_capacity(1024)
+            .weight_capacity(capacity)
+            .build()
+            .expect("shards, items and weight are set");
         Self {
-            cache: builder.build(),
+            cache: Arc::new(quick_cache::sync::Cache::with_options(
+                options,
+                ByWeight,
+                quick_cache::DefaultHashBuilder::default(),
+                Evictions,
+            )),
+            listener,
             capacity,
             watermark: Arc::default(),
         }
@@ -585,10 +691,23 @@ impl MemoryStore {
         self.cache.get(key)
     }
 
+    /// Every entry, in no order: for scans (prefix purges, the hot list, writing the
+    /// memory tier out at a stop).
+    pub fn entries(&self) -> impl Iterator<Item = (CacheKey, Held)> + '_ {
+        self.cache.iter()
+    }
+
     /// Stores `value` as valid as of `valid_as_of` (an entry read back from the disk tier
     /// keeps the watermark it was checked at).
     pub fn insert_held(&self, key: CacheKey, entry: Entry, valid_as_of: u64) {
-        self.cache.insert(key, Held { entry, valid_as_of });
+        let mut evicted = Vec::new();
+        self.cache
+            .insert_with_lifecycle(key, Held { entry, valid_as_of }, &mut evicted);
+        if let Some(listener) = &self.listener {
+            for (key, held) in &evicted {
+                listener(key, held);
+            }
+        }
     }
 }
 
@@ -603,14 +722,13 @@ impl Storage for MemoryStore {
     }
 
     fn remove(&self, key: &CacheKey) {
-        self.cache.invalidate(key);
+        self.cache.remove(key);
     }
 
     fn usage(&self) -> Usage {
-        self.cache.run_pending_tasks();
         Usage {
-            bytes: self.cache.weighted_size(),
-            entries: self.cache.entry_count(),
+            bytes: self.cache.weight(),
+            entries: self.cache.len() as u64,
         }
     }
 
@@ -618,7 +736,7 @@ impl Storage for MemoryStore {
         self.cache
             .iter()
             .filter(|(key, _)| key.as_str().starts_with(prefix))
-            .map(|(key, _)| (*key).clone())
+            .map(|(key, _)| key)
             .collect()
     }
 
@@ -635,7 +753,7 @@ impl Storage for MemoryStore {
             if key.as_str().contains('\n') {
                 continue;
             }
-            let candidate = Reverse((response.hits(), (*key).clone()));
+            let candidate = Reverse((response.hits(), key.clone()));
             if best.len() < limit {
                 best.push(candidate);
             } else if best.peek().is_some_and(|worst| candidate < *worst) {
@@ -717,7 +835,7 @@ mod tests {
     }
 
     #[test]
-    fn lru_keeps_what_is_read() {
+    fn an_entry_that_is_read_stays_while_others_come_and_go() {
         let store = MemoryStore::new(64 * 1024);
         store.insert(key(0), response(8 * 1024));
         store.usage();
@@ -763,7 +881,7 @@ mod tests {
         headers.append("x-a", HeaderValue::from_static("2"));
         let r = stored(headers, 0);
         assert_eq!(
-            &r.head()[..],
+            r.head(),
             b"HTTP/1.1 200 OK\r\ncontent-type: text/css\r\nx-a: 1\r\nx-a: 2\r\n"
         );
     }

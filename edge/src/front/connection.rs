@@ -239,14 +239,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
                         .as_bytes(),
                 );
                 out.extend_from_slice(b"\r\ncache-status: ");
-                status.write_to(
-                    &mut out,
-                    handler.name(),
-                    entry
-                        .upstream_cache_status
-                        .as_ref()
-                        .and_then(|v| v.to_str().ok()),
-                );
+                status.write_to(&mut out, handler.name(), entry.upstream_cache_status());
                 out.extend_from_slice(if close {
                     b"\r\nconnection: close\r\n\r\n"
                 } else {

@@ -532,14 +532,14 @@ impl FillRequest {
             // Every byte is held: from now on a complete 200 like any other.
             return self.store_at(key, selected_by, head, body, freshness, status);
         }
-        let mut entry = StoredResponse::new(
+        let entry = StoredResponse::new(
             head.code,
             head.headers,
             head.upstream_cache_status,
             Bytes::new(),
             freshness,
-        );
-        entry.selected_by = selected_by;
+        )
+        .selected_as(selected_by);
         let partial = Arc::new(PartialObject {
             head: entry,
             total: got.total,
@@ -610,9 +610,9 @@ impl FillRequest {
         mut status: CacheStatus,
     ) -> Fill {
         let edge = &self.edge;
-        let mut entry = StoredResponse::new(code, headers, upstream_cache_status, body, freshness)
-            .with_tags(tags.clone());
-        entry.selected_by = selected_by;
+        let entry = StoredResponse::new(code, headers, upstream_cache_status, body, freshness)
+            .with_tags(tags.clone())
+            .selected_as(selected_by);
         let entry = Arc::new(entry);
         if !self.may_store(&key, &tags) {
             return Fill::Stored {
@@ -683,9 +683,11 @@ impl FillRequest {
         for name in [header::CONTENT_LENGTH, header::VIA] {
             fresh.remove(&name);
         }
-        let upstream_cache_status = fresh
-            .remove(&CACHE_STATUS)
-            .or_else(|| stale.upstream_cache_status.clone());
+        let upstream_cache_status = fresh.remove(&CACHE_STATUS).or_else(|| {
+            stale
+                .upstream_cache_status()
+                .and_then(|members| HeaderValue::from_str(members).ok())
+        });
         let mut last = None;
         for (name, value) in fresh {
             // `HeaderMap`'s owned iterator yields a name only for the first of its values.
@@ -718,14 +720,14 @@ impl FillRequest {
             exchange,
         ) {
             Ok(freshness) => {
-                let mut entry = StoredResponse::new(
+                let entry = StoredResponse::new(
                     stale.status,
                     headers,
                     upstream_cache_status,
                     stale.body.clone(),
                     freshness,
-                );
-                entry.selected_by = stale.selected_by.clone();
+                )
+                .selected_as(stale.selected_by().cloned());
                 let entry = cached.with_head(entry);
                 if !self.may_store(&self.key, &[]) {
                     return Fill::Stored { entry, status };

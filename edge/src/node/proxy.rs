@@ -657,7 +657,7 @@ impl Edge {
                             // when the response varies, and only the request's own
                             // variant's bytes are built on.
                             let entry = Cached::Partial(partial.clone());
-                            let own = entry.response().selected_by.as_ref().is_none_or(|s| {
+                            let own = entry.response().selected_by().is_none_or(|s| {
                                 s.matches(req.headers(), &fetch.site.site.key_headers)
                             });
                             if let Some(variant) = variant_lookup(fetch, &entry, req.headers()) {
@@ -1153,10 +1153,7 @@ impl Edge {
         headers.insert(header::AGE, HeaderValue::from(entry.freshness.age(now)));
         headers.insert(
             CACHE_STATUS.clone(),
-            status.render(
-                &self.name,
-                upstream_str(entry.upstream_cache_status.as_ref()),
-            ),
+            status.render(&self.name, entry.upstream_cache_status()),
         );
         response
     }
@@ -1441,7 +1438,7 @@ fn own_variant<'k>(
     request: &http::HeaderMap,
 ) -> Option<Lookup<'k>> {
     let keyed = &fetch.site.site.key_headers;
-    let selection = stored.response().selected_by.as_ref()?;
+    let selection = stored.response().selected_by()?;
     if selection.matches(request, keyed) {
         return None;
     }
@@ -1462,7 +1459,7 @@ fn variant_lookup<'k>(
     request: &http::HeaderMap,
 ) -> Option<Lookup<'k>> {
     let keyed = &fetch.site.site.key_headers;
-    let selection = stored.response().selected_by.as_ref()?;
+    let selection = stored.response().selected_by()?;
     let (key, _) = selection.index.variant_key(fetch.primary, request, keyed);
     Some(Lookup {
         primary: fetch.primary,

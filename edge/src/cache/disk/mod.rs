@@ -1,6 +1,6 @@
 //! The disk tier's storage engine: a log-structured store of opaque objects (key, meta
 //! bytes, body) in fixed-size segment files, with a compact in-memory index. The hybrid
-//! store ([`crate::cache::hybrid`]) puts it under moka; the node reads it on a memory miss
+//! store ([`crate::cache::hybrid`]) puts it under the memory tier; the node reads it on a memory miss
 //! (`node::disk`).
 //!
 //! # Why hand-written
