@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::HeaderMap;
 
 use crate::cache::disk::DiskRecord;
@@ -203,16 +203,9 @@ impl Edge {
 
 /// A record's whole body, every frame checked; `None` when one fails.
 async fn read_whole(record: &DiskRecord) -> Option<Bytes> {
-    let mut body = record.body();
-    let mut bytes = BytesMut::with_capacity(usize::try_from(record.body_len()).ok()?);
-    while let Some(frame) = body.next_frame().await {
-        match frame {
-            Ok(frame) => bytes.extend_from_slice(&frame),
-            Err(error) => {
-                tracing::warn!(%error, "disk tier body not served");
-                return None;
-            }
-        }
-    }
-    Some(bytes.freeze())
+    record
+        .read_whole()
+        .await
+        .inspect_err(|error| tracing::warn!(%error, "disk tier body not served"))
+        .ok()
 }

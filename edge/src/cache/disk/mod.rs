@@ -60,6 +60,7 @@
 mod config;
 pub mod format;
 mod index;
+mod read;
 mod recover;
 mod store;
 

@@ -1,5 +1,6 @@
 //! [`DiskStore`]: the log-structured store. One writer thread appends records; readers
-//! read with `read_at` on tokio's blocking threads.
+//! read from the page cache on their own thread, or on tokio's blocking threads when the
+//! bytes must come from the device ([`super::read`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -22,6 +23,7 @@ use super::format::{
     Trailer, seeded_crc,
 };
 use super::index::Index;
+use super::read::{self, Wait};
 use super::recover::{self, Recovered};
 use super::{
     DiskConfig, DiskCounters, DiskError, DiskTier, DiskUsage, RecoveryReport, Rejected, clip,
@@ -150,6 +152,7 @@ impl Shared {
         hash: u64,
         location: Location,
         key: &[u8],
+        wait: Wait,
     ) -> Result<Option<DiskRecord>, DiskError> {
         let Some(slot) = self.slots.get(location.slot as usize) else {
             return Err(self.corrupt(hash, location, "location"));
@@ -157,8 +160,8 @@ impl Shared {
         let (Some(file), generation) = (slot.file.get(), self.generation(location.slot)) else {
             return Ok(None);
         };
-        let mut first = vec![0u8; location.len.min(HEAD_READ) as usize];
-        file.read_exact_at(&mut first, location.offset)?;
+        let mut first = read::buffer(location.len.min(HEAD_READ) as usize);
+        read::exact_at(file, &mut first, location.offset, wait)?;
         let reclaimed = || self.generation(location.slot) != generation;
         let header = match RecordHeader::decode(&first) {
             Ok(header) => header,
@@ -176,7 +179,12 @@ impl Shared {
         if head_len > first.len() {
             let more = first.len();
             first.resize(head_len, 0);
-            file.read_exact_at(&mut first[more..], location.offset + more as u64)?;
+            read::exact_at(
+                file,
+                &mut first[more..],
+                location.offset + more as u64,
+                wait,
+            )?;
         }
         let first = Bytes::from(first);
         let key_and_meta = &first[format::RECORD_HEADER..head_len - CRC];
@@ -376,9 +384,7 @@ impl DiskStore {
         };
         let shared = Arc::clone(&self.shared);
         let key = key.to_vec();
-        tokio::task::spawn_blocking(move || shared.open_record(hash, location, &key))
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?
+        read::off_runtime(move |wait| shared.open_record(hash, location, &key, wait)).await
     }
 }
 
@@ -523,29 +529,86 @@ struct OnDisk {
 
 impl OnDisk {
     /// Body frame `n`, read and checked.
-    fn read_frame(&self, n: u64) -> Result<Bytes, DiskError> {
+    fn read_frame(&self, n: u64, wait: Wait) -> Result<Bytes, DiskError> {
         let offset = self.header.frame_offset(n);
         let len = self.header.frame_len(n) as usize;
         let end = offset as usize + len + CRC;
         let framed = if end <= self.first.len() {
             self.first.slice(offset as usize..end)
         } else {
-            let slot = &self.shared.slots[self.location.slot as usize];
-            let file = slot.file.get().ok_or(DiskError::Reclaimed)?;
-            let mut bytes = vec![0u8; len + CRC];
-            file.read_exact_at(&mut bytes, self.location.offset + offset)?;
+            let mut bytes = read::buffer(len + CRC);
+            read::exact_at(
+                self.file()?,
+                &mut bytes,
+                self.location.offset + offset,
+                wait,
+            )?;
             Bytes::from(bytes)
         };
-        if seeded_crc(self.header.seq, &[&framed[..len]]).to_le_bytes() != framed[len..] {
-            return Err(
-                if self.shared.generation(self.location.slot) != self.generation {
-                    DiskError::Reclaimed
-                } else {
-                    self.shared.corrupt(self.hash, self.location, "body frame")
-                },
-            );
-        }
+        self.check_frame(&framed[..len], &framed[len..])?;
         Ok(framed.slice(..len))
+    }
+
+    /// The whole body, every frame checked: the frames not read with the record's head
+    /// come in one vectored read, straight into one buffer of the body's size (their
+    /// checksums into another), so a promotion copies nothing.
+    fn read_whole(&self, wait: Wait) -> Result<Bytes, DiskError> {
+        let len = usize::try_from(self.header.body_len).map_err(io::Error::other)?;
+        let frame = self.header.frame_size as usize;
+        let mut body = read::buffer(len);
+        let mut crcs = vec![[0u8; CRC]; len.div_ceil(frame.max(1))];
+        // The frames held whole in the first read; the rest are contiguous after them.
+        let mut from_first = 0;
+        for (n, chunk) in body.chunks_mut(frame).enumerate() {
+            let offset = self.header.frame_offset(n as u64) as usize;
+            let end = offset + chunk.len() + CRC;
+            if end > self.first.len() {
+                break;
+            }
+            chunk.copy_from_slice(&self.first[offset..offset + chunk.len()]);
+            crcs[n].copy_from_slice(&self.first[end - CRC..end]);
+            from_first = n + 1;
+        }
+        let rest = from_first * frame;
+        if rest < len {
+            let mut bufs: Vec<io::IoSliceMut<'_>> = body[rest..]
+                .chunks_mut(frame)
+                .zip(crcs[from_first..].iter_mut())
+                .flat_map(|(chunk, crc)| [io::IoSliceMut::new(chunk), io::IoSliceMut::new(crc)])
+                .collect();
+            let at = self.location.offset + self.header.frame_offset(from_first as u64);
+            // A kernel takes at most IOV_MAX (1,024) buffers per call.
+            let mut at = at;
+            for group in bufs.chunks_mut(1024) {
+                let bytes: usize = group.iter().map(|b| b.len()).sum();
+                read::exact_vectored_at(self.file()?, group, at, wait)?;
+                at += bytes as u64;
+            }
+        }
+        for (chunk, crc) in body.chunks(frame).zip(&crcs) {
+            self.check_frame(chunk, crc)?;
+        }
+        Ok(Bytes::from(body))
+    }
+
+    fn file(&self) -> Result<&File, DiskError> {
+        let slot = &self.shared.slots[self.location.slot as usize];
+        slot.file.get().ok_or(DiskError::Reclaimed)
+    }
+
+    /// Checks one frame's bytes against its checksum: a mismatch is a reclaimed segment
+    /// (its file reused while the record was read) or a corrupt record.
+    fn check_frame(&self, bytes: &[u8], crc: &[u8]) -> Result<(), DiskError> {
+        if seeded_crc(self.header.seq, &[bytes]).to_le_bytes() == crc {
+            return Ok(());
+        }
+        Err(
+            if self.shared.generation(self.location.slot) != self.generation {
+                DiskError::Reclaimed
+            } else {
+                self.shared.corrupt(self.hash, self.location, "body frame")
+            },
+        )
     }
 }
 
@@ -573,9 +636,28 @@ impl DiskRecord {
         self.body_len
     }
 
-    /// The whole body.
+    /// The whole body, as a stream of frames.
     pub fn body(&self) -> DiskBody {
         self.range(0..self.body_len)
+    }
+
+    /// The whole body in one buffer, every frame checked: for bodies to be held in memory.
+    pub async fn read_whole(&self) -> Result<Bytes, DiskError> {
+        let (body, shared) = match &self.source {
+            Source::Memory(body, shared) => (Ok(body.clone()), shared.clone()),
+            Source::Disk(disk) => {
+                let shared = Arc::clone(&disk.shared);
+                let disk = Arc::clone(disk);
+                (
+                    read::off_runtime(move |wait| disk.read_whole(wait)).await,
+                    Some(shared),
+                )
+            }
+        };
+        if let (Ok(body), Some(shared)) = (&body, shared) {
+            bump(&shared.counters.read_bytes, body.len() as u64);
+        }
+        body
     }
 
     /// Bytes `range` of the body (clipped to its length): reading starts at the frame that
@@ -628,9 +710,7 @@ impl DiskBody {
                 let n = self.next / u64::from(disk.header.frame_size);
                 let disk = Arc::clone(disk);
                 let shared = Arc::clone(&disk.shared);
-                let frame = tokio::task::spawn_blocking(move || disk.read_frame(n))
-                    .await
-                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string()).into()));
+                let frame = read::off_runtime(move |wait| disk.read_frame(n, wait)).await;
                 (frame, Some(shared))
             }
         };
@@ -1200,6 +1280,35 @@ mod tests {
             assert_eq!(store.counters().corrupt_records, 1, "{what}");
             assert!(store.get(key).await.unwrap().is_none(), "{what}: unindexed");
             assert!(!store.may_contain(key));
+        }
+    }
+
+    /// A whole body read in one go (a promotion) has the bytes of every frame, those read
+    /// with the head and those after, and a flipped byte in any frame is found.
+    #[tokio::test]
+    async fn a_whole_read_has_every_frame_and_checks_each() {
+        // 300 B: inside the head read; 200,000 B: four frames, the first partly in it.
+        for len in [300usize, 200_000] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = DiskStore::open(&small(dir.path())).await.unwrap();
+            let data = body(len, 5);
+            store.insert(b"k", Bytes::new(), data.clone()).unwrap();
+            store.flush().await.unwrap();
+            let record = store.get(b"k").await.unwrap().unwrap();
+            assert!(matches!(record.source, Source::Disk(_)), "read from disk");
+            assert_eq!(record.read_whole().await.unwrap(), data, "{len}");
+
+            let body_at = format::RECORD_HEADER as u64 + 1 + CRC as u64;
+            let last_frame = (len as u64 - 1) / u64::from(FRAME);
+            let at = body_at + last_frame * (u64::from(FRAME) + CRC as u64) + 7;
+            flip(dir.path(), location(&store, b"k"), at);
+            let record = store.get(b"k").await.unwrap().unwrap();
+            let read = record.read_whole().await;
+            assert!(
+                matches!(read, Err(DiskError::Corrupt("body frame"))),
+                "{len}: {read:?}"
+            );
+            assert_eq!(store.counters().corrupt_records, 1);
         }
     }
 
