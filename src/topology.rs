@@ -659,6 +659,29 @@ impl Topology {
                 }
             }
         }
+        // A cache directory holds one node's disk tier and purge state (the second node
+        // to open it is refused): defaults give every node of their kind the same one.
+        let mut cache_dirs: BTreeMap<&Path, &str> = BTreeMap::new();
+        for (kind, defaults, count) in [
+            ("edge", &self.defaults.edge, self.edges().count()),
+            ("shield", &self.defaults.shield, self.shields.len()),
+        ] {
+            let Some(dir) = defaults.cache.state_dir().filter(|_| count > 0) else {
+                continue;
+            };
+            if count > 1 {
+                return invalid(format!(
+                    "defaults.{kind}.cache gives all {count} {kind}s the one cache directory {}: a disk tier and its purge state belong to one node (`cdn up --cache-dir DIR` gives each node a directory of its own)",
+                    dir.display()
+                ));
+            }
+            if let Some(other) = cache_dirs.insert(dir, kind) {
+                return invalid(format!(
+                    "defaults.{other}.cache and defaults.{kind}.cache name the same cache directory {}: each node needs its own",
+                    dir.display()
+                ));
+            }
+        }
         for publisher in &self.publishers {
             if let Some(unknown) = publisher
                 .sites
@@ -851,6 +874,31 @@ hosts = ["x.example"]"#,
             err.contains("no node \"mars-1\"") && err.contains("shield-1"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_cache_directory_shared_by_several_nodes_is_refused() {
+        let edges = DEFAULT_TOPOLOGY.replace(
+            "[defaults.edge.cache]\n",
+            "[defaults.edge.cache]\nstate_dir = \"/var/cache/cdn\"\n",
+        );
+        let err = Topology::from_toml(&edges).unwrap_err().to_string();
+        assert!(
+            err.contains("all 6 edges the one cache directory /var/cache/cdn"),
+            "{err}"
+        );
+        // One shield may have it, but not the same one as another kind of node.
+        let shield = DEFAULT_TOPOLOGY.replace(
+            "[defaults.shield.cache]\n",
+            "[defaults.shield.cache]\nstate_dir = \"/var/cache/shield\"\n",
+        );
+        Topology::from_toml(&shield).expect("one shield, one directory");
+        let both = shield.replace(
+            "[defaults.edge.cache]\n",
+            "[defaults.edge.cache]\nstate_dir = \"/var/cache/shield\"\n",
+        );
+        let err = Topology::from_toml(&both).unwrap_err().to_string();
+        assert!(err.contains("all 6 edges"), "{err}");
     }
 
     #[test]

@@ -245,6 +245,10 @@ async fn objects_hit_then_evicted_are_served_from_disk_with_no_origin_request() 
             > 0.0,
         "one-hit fillers are not written"
     );
+    assert!(
+        metric(node.admin(), "edge_disk_write_seconds_count").await > 0.0,
+        "each write to the device is timed"
+    );
     all_hot_from_disk(node.public(), &node.origin).await;
     // Promoted: the next hit is a memory hit.
     let again = get(node.public(), &hot(0)).await;
@@ -583,4 +587,32 @@ async fn a_variant_comes_back_from_disk_through_its_variant_index() {
     assert!(de.text().starts_with("accept-language=de"), "{}", de.text());
     assert_eq!(node.origin.total_hits(), 1);
     stop(node.edge.expect("running")).await;
+}
+
+/// A second node on a cache directory in use is refused, saying which directory and why,
+/// and the running node is untouched: two writers would tear each other's segments.
+#[tokio::test]
+async fn a_second_node_on_a_cache_directory_in_use_is_refused() {
+    let node = InProcess::start(("256 KiB", "64 KiB"), &SMALL_DISK).await;
+    assert_eq!(get(node.public(), &hot(0)).await.status, StatusCode::OK);
+    let text = config_text(
+        node.origin.addr(),
+        node.dir.path(),
+        ("256 KiB", "64 KiB"),
+        &SMALL_DISK,
+        any_port(),
+        None,
+    );
+    let error = EdgeServer::start(EdgeConfig::from_toml(&text).expect("config"))
+        .await
+        .expect_err("the second node is refused")
+        .to_string();
+    let dir = node.dir.path().display().to_string();
+    assert!(error.contains(&dir) && error.contains("in use"), "{error}");
+    let again = get(node.public(), &hot(0)).await;
+    assert!(
+        again.cache_status().contains("hit"),
+        "{}",
+        again.cache_status()
+    );
 }

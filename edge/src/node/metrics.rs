@@ -102,6 +102,8 @@ struct DiskMetrics {
     reads: Counter,
     read_bytes: Counter,
     read_seconds: Histogram,
+    /// Time of each write of the disk tier's write buffer to its device.
+    write_seconds: Histogram,
     writes: Counter,
     write_bytes: Counter,
     rejects: Family<ReasonLabel, Counter>,
@@ -357,6 +359,7 @@ impl Metrics {
             reads: Counter::default(),
             read_bytes: Counter::default(),
             read_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
+            write_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
             writes: Counter::default(),
             write_bytes: Counter::default(),
             rejects: rejects.clone(),
@@ -385,6 +388,11 @@ impl Metrics {
             "disk_read_seconds",
             "Time to open a record on the disk tier (its head read and checked)",
             metrics.read_seconds.clone(),
+        );
+        r.register(
+            "disk_write_seconds",
+            "Time of each write of the disk tier's write buffer to its device",
+            metrics.write_seconds.clone(),
         );
         r.register(
             "disk_writes",
@@ -462,6 +470,15 @@ impl Metrics {
         if let Some(disk) = &self.disk {
             disk.disk_hits.inc();
         }
+    }
+
+    /// What the disk tier's writer reports each write's time to (see
+    /// [`crate::cache::disk::DiskTier::observe_writes`]); `None` without a disk tier.
+    pub fn disk_write_observer(&self) -> Option<crate::cache::disk::WriteObserver> {
+        let histogram = self.disk.as_ref()?.write_seconds.clone();
+        Some(std::sync::Arc::new(move |took: Duration| {
+            histogram.observe(took.as_secs_f64());
+        }))
     }
 
     /// A record opened from the disk tier in `took`.

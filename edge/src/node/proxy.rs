@@ -196,8 +196,11 @@ impl Edge {
             }
             metrics.track_state();
         }
-        if store.hybrid().is_some() {
+        if let Some(hybrid) = store.hybrid() {
             metrics.track_disk();
+            if let Some(observer) = metrics.disk_write_observer() {
+                hybrid.disk().observe_writes(observer);
+            }
         }
         metrics.purge_watermark(store.purge_watermark());
         Ok(Self {

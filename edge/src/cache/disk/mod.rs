@@ -109,7 +109,16 @@ pub trait DiskTier: Send + Sync + std::fmt::Debug + 'static {
 
     /// What the store found when it opened.
     fn recovery(&self) -> RecoveryReport;
+
+    /// Calls `observer` with the time each write to the device took (one per write
+    /// buffer), from the writer's thread. Set once; later calls are ignored.
+    fn observe_writes(&self, observer: WriteObserver) {
+        let _ = observer;
+    }
 }
+
+/// Told how long each write to the disk tier's device took ([`DiskTier::observe_writes`]).
+pub type WriteObserver = std::sync::Arc<dyn Fn(Duration) + Send + Sync>;
 
 /// What the disk tier holds right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -200,6 +209,14 @@ pub enum DiskError {
     Reclaimed,
     #[error("the disk store is closed")]
     Closed,
+    /// Another store holds the directory's lock: two writers would tear each other's
+    /// segments.
+    #[error(
+        "the disk tier directory {} is in use by another node (it holds {}/lock): give each node its own [cache.disk] path",
+        .0.display(),
+        .0.display()
+    )]
+    InUse(std::path::PathBuf),
 }
 
 /// A byte range of a body, clipped to its length.

@@ -26,7 +26,8 @@ use super::index::Index;
 use super::read::{self, Wait};
 use super::recover::{self, Recovered};
 use super::{
-    DiskConfig, DiskCounters, DiskError, DiskTier, DiskUsage, RecoveryReport, Rejected, clip,
+    DiskConfig, DiskCounters, DiskError, DiskTier, DiskUsage, RecoveryReport, Rejected,
+    WriteObserver, clip,
 };
 
 /// Bytes read when a record is opened: its header, key and meta, and for small objects the
@@ -66,6 +67,26 @@ struct Shared {
     counters: Counters,
     recovery: RecoveryReport,
     hash: fn(&[u8]) -> u64,
+    write_observer: OnceLock<WriteObserver>,
+    /// The directory's lock file, held (`flock`) while the store lives.
+    lock: File,
+}
+
+/// Takes the directory's lock, creating the directory if need be: one store per directory,
+/// whether the other is in another process or in this one.
+fn lock_dir(dir: &std::path::Path) -> Result<File, DiskError> {
+    use rustix::fs::{FlockOperation, flock};
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(DiskError::InUse(dir.to_owned())),
+        Err(errno) => Err(io::Error::from(errno).into()),
+    }
 }
 
 /// One segment file and the generation of the segment it holds (0: none). The writer bumps
@@ -234,6 +255,7 @@ impl DiskStore {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let dir = config.path.clone();
+        let lock = lock_dir(&dir)?;
         let segment_size = config.segment_size.as_u64();
         let slots = u32::try_from(config.segments()).expect("validated: at most 2^20 segments");
         let started = Instant::now();
@@ -288,6 +310,8 @@ impl DiskStore {
             counters: Counters::default(),
             recovery: report,
             hash,
+            write_observer: OnceLock::new(),
+            lock,
         });
         let writer = Writer {
             active: open.map(|open| Active {
@@ -323,13 +347,24 @@ impl DiskStore {
         self.shared.read_index().bytes() as u64
     }
 
-    /// A clean stop: writes out what is queued, syncs the open segment, stops the writer.
-    /// A restart then recovers everything written.
+    /// A clean stop: writes out what is queued, syncs the open segment, stops the writer
+    /// and lets go of the directory, which another store may then open (a restart, or the
+    /// process taking over), recovering everything written.
     pub async fn close(&self) -> Result<(), DiskError> {
         let result = self.ask(Command::Close).await;
         lock(&self.commands).take();
         self.join().await;
+        self.unlock_dir();
         result
+    }
+
+    /// Lets go of the directory's lock once the writer has stopped; reads of records
+    /// already opened still work.
+    fn unlock_dir(&self) {
+        if let Err(error) = rustix::fs::flock(&self.shared.lock, rustix::fs::FlockOperation::Unlock)
+        {
+            tracing::warn!(%error, dir = %self.shared.dir.display(), "cannot unlock the disk tier directory");
+        }
     }
 
     async fn join(&self) {
@@ -346,6 +381,8 @@ impl DiskStore {
             let _ = tx.send(Command::Abandon);
         }
         self.join().await;
+        // The kernel lets go of a killed process's locks.
+        self.unlock_dir();
     }
 
     async fn ask(
@@ -489,6 +526,10 @@ impl DiskTier for DiskStore {
 
     fn recovery(&self) -> RecoveryReport {
         self.shared.recovery
+    }
+
+    fn observe_writes(&self, observer: WriteObserver) {
+        let _ = self.shared.write_observer.set(observer);
     }
 }
 
@@ -897,7 +938,11 @@ impl Writer {
         if !self.buf.is_empty() {
             let active = self.active.as_ref().expect("a buffer belongs to a segment");
             let (slot, at) = (active.slot, active.buf_start);
+            let started = Instant::now();
             self.file(slot)?.write_all_at(&self.buf, at)?;
+            if let Some(observe) = self.shared.write_observer.get() {
+                observe(started.elapsed());
+            }
             self.active.as_mut().expect("still open").buf_start += self.buf.len() as u64;
             self.buf.clear();
         }
@@ -1312,6 +1357,21 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn one_store_per_directory_until_it_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(&small(dir.path())).await.unwrap();
+        let second = DiskStore::open(&small(dir.path())).await;
+        assert!(
+            matches!(&second, Err(DiskError::InUse(d)) if d == dir.path()),
+            "{second:?}"
+        );
+        store.close().await.unwrap();
+        DiskStore::open(&small(dir.path()))
+            .await
+            .expect("free once closed");
+    }
+
     /// A record cut short (by a crash mid-write) is not indexed on reopen; everything
     /// before it is, and the writer goes on from there.
     #[tokio::test]
@@ -1448,9 +1508,10 @@ mod tests {
             }
             let files: Vec<_> = std::fs::read_dir(dir.path())
                 .unwrap()
-                .map(|e| e.unwrap())
+                .map(|e| e.unwrap().file_name())
+                .filter(|name| name.to_string_lossy().starts_with("seg-"))
                 .collect();
-            assert!(files.len() <= 4);
+            assert!(files.len() <= 4, "{files:?}");
         }
         store.flush().await.unwrap();
         let (mut total, mut allocated) = (0, 0);
