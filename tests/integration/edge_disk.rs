@@ -616,3 +616,49 @@ async fn a_second_node_on_a_cache_directory_in_use_is_refused() {
         again.cache_status()
     );
 }
+
+/// A clean stop writes what memory still holds and earned a place on disk: after a restart
+/// the hot set is served from disk too, not only what memory had evicted. A one-hit wonder
+/// is not written.
+#[tokio::test]
+async fn a_clean_stop_writes_the_hot_set_held_in_memory_to_disk() {
+    let mut node = InProcess::start(("4 MiB", "64 KiB"), &SMALL_DISK).await;
+    for i in 0..HOT {
+        assert_eq!(get(node.public(), &hot(i)).await.status, StatusCode::OK);
+        assert!(
+            get(node.public(), &hot(i))
+                .await
+                .cache_status()
+                .contains("hit")
+        );
+    }
+    assert_eq!(
+        get(node.public(), "/once/1/16k.bin").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        metric(node.admin(), "edge_disk_entries").await,
+        0.0,
+        "nothing was evicted, so nothing is on disk yet"
+    );
+    stop(node.edge.take().expect("running")).await;
+
+    let text = config_text(
+        node.origin.addr(),
+        node.dir.path(),
+        ("4 MiB", "64 KiB"),
+        &SMALL_DISK,
+        node.listen,
+        None,
+    );
+    let edge = EdgeServer::start(EdgeConfig::from_toml(&text).expect("config"))
+        .await
+        .expect("edge restarts");
+    assert_eq!(
+        metric(node.admin(), "edge_disk_recovered_objects").await,
+        HOT as f64,
+        "the hot set and nothing else"
+    );
+    all_hot_from_disk(node.public(), &node.origin).await;
+    stop(edge).await;
+}

@@ -133,6 +133,14 @@ impl Admission {
 
     /// An entry evicted from memory for size: written to disk if it earned it.
     fn evicted(&self, key: &CacheKey, held: &Held) {
+        if let Err(why) = self.offer(key, held) {
+            self.reject(why);
+        }
+    }
+
+    /// Queues `held` for the disk if it earned a place there and the disk does not hold
+    /// this version already: `Ok(true)` queued, `Ok(false)` on disk already.
+    fn offer(&self, key: &CacheKey, held: &Held) -> Result<bool, AdmissionReject> {
         let admit = match &held.entry {
             Entry::Response(response) => {
                 response.hits() > 0
@@ -145,28 +153,20 @@ impl Admission {
             }
             Entry::Variants(_) => true,
             Entry::SliceIndex(_) | Entry::Slice(_) | Entry::Partial(_) | Entry::Pass(_) => {
-                self.reject(AdmissionReject::Kind);
-                return;
+                return Err(AdmissionReject::Kind);
             }
         };
         if !admit {
-            self.reject(AdmissionReject::OneHit);
-            return;
+            return Err(AdmissionReject::OneHit);
         }
         let bytes = key.as_str().as_bytes();
         if self.disk.may_contain(bytes) {
-            return; // promoted from disk: the same version is there already
+            return Ok(false); // promoted from disk: the same version is there already
         }
-        let Some((meta, body)) = encode(&held.entry, held.valid_as_of) else {
-            self.reject(AdmissionReject::Kind);
-            return;
-        };
-        match self.disk.insert(bytes, meta, body) {
-            Ok(()) => {
-                self.admitted.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(rejected) => self.reject(rejected.into()),
-        }
+        let (meta, body) = encode(&held.entry, held.valid_as_of).ok_or(AdmissionReject::Kind)?;
+        self.disk.insert(bytes, meta, body)?;
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
     }
 }
 
@@ -207,6 +207,32 @@ impl HybridStore {
 
     pub fn memory(&self) -> &MemoryStore {
         &self.memory
+    }
+
+    /// At a clean stop: writes to disk what memory holds that earned a place there (the
+    /// rule of an eviction) and the disk does not hold yet, so that a restart finds the
+    /// hot set too, not only what memory had evicted. Waits for the disk's queue when it
+    /// is full; stops at `within`. Returns the entries written.
+    pub async fn write_out(&self, within: Duration) -> u64 {
+        let until = Instant::now() + within;
+        let mut written = 0;
+        for (key, held) in self.memory.entries() {
+            if Instant::now() >= until {
+                tracing::warn!(written, "memory tier not written out whole: out of time");
+                break;
+            }
+            let mut offered = self.admission.offer(&key, &held);
+            if offered == Err(AdmissionReject::QueueFull) {
+                if self.admission.disk.flush().await.is_err() {
+                    break;
+                }
+                offered = self.admission.offer(&key, &held);
+            }
+            if offered == Ok(true) {
+                written += 1;
+            }
+        }
+        written
     }
 
     pub fn disk(&self) -> &Arc<dyn DiskTier> {

@@ -52,6 +52,9 @@ pub struct EdgeServer {
     disk: Option<Arc<DiskStore>>,
 }
 
+/// How long a clean stop may spend writing the memory tier's hot set to the disk tier.
+const WRITE_OUT_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl EdgeServer {
     /// Binds both listeners and starts serving, with the store the config describes: memory
     /// sized from `cache.capacity`, over a disk tier when `[cache.disk]` is set (its index
@@ -209,17 +212,22 @@ impl EdgeServer {
         &self.edge
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to a bound), and returns.
+    /// Stops accepting, lets in-flight requests finish (up to a bound), writes the memory
+    /// tier's hot set to the disk tier (when there is one) and closes it, and returns.
     pub async fn shutdown(self) {
         self.edge.set_ready(false);
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
-        if let Some(disk) = self.disk
-            && let Err(error) = disk.close().await
-        {
-            tracing::warn!(%error, "closing the disk tier");
+        if let Some(disk) = self.disk {
+            if let Some(hybrid) = self.edge.store().hybrid() {
+                let written = hybrid.write_out(WRITE_OUT_WITHIN).await;
+                tracing::info!(written, "memory tier written out to the disk tier");
+            }
+            if let Err(error) = disk.close().await {
+                tracing::warn!(%error, "closing the disk tier");
+            }
         }
     }
 }
