@@ -617,11 +617,10 @@ async fn a_second_node_on_a_cache_directory_in_use_is_refused() {
     );
 }
 
-/// A clean stop writes what memory still holds and earned a place on disk: after a restart
-/// the hot set is served from disk too, not only what memory had evicted. A one-hit wonder
-/// is not written.
+/// After a clean stop the hot set a roomy memory still held (never evicted) is served from
+/// disk, and a one-hit wonder was not written.
 #[tokio::test]
-async fn a_clean_stop_writes_the_hot_set_held_in_memory_to_disk() {
+async fn after_a_clean_stop_the_hot_set_memory_held_is_served_from_disk() {
     let mut node = InProcess::start(("4 MiB", "64 KiB"), &SMALL_DISK).await;
     for i in 0..HOT {
         assert_eq!(get(node.public(), &hot(i)).await.status, StatusCode::OK);
@@ -635,11 +634,6 @@ async fn a_clean_stop_writes_the_hot_set_held_in_memory_to_disk() {
     assert_eq!(
         get(node.public(), "/once/1/16k.bin").await.status,
         StatusCode::OK
-    );
-    assert_eq!(
-        metric(node.admin(), "edge_disk_entries").await,
-        0.0,
-        "nothing was evicted, so nothing is on disk yet"
     );
     stop(node.edge.take().expect("running")).await;
 
@@ -661,4 +655,37 @@ async fn a_clean_stop_writes_the_hot_set_held_in_memory_to_disk() {
     );
     all_hot_from_disk(node.public(), &node.origin).await;
     stop(edge).await;
+}
+
+/// An object's first hit writes it to disk, evicted or not: after `kill -9`, with no
+/// clean stop to write memory out, the hot set a roomy memory still held is served from
+/// disk.
+#[tokio::test]
+async fn after_sigkill_the_hot_set_memory_held_is_served_from_disk() {
+    let origin = DemoOrigin::start(loopback()).await.expect("origin");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listen = free_addresses();
+    let text = config_text(
+        origin.addr(),
+        &dir.path().join("disk"),
+        ("4 MiB", "64 KiB"),
+        &SMALL_DISK,
+        listen,
+        None,
+    );
+    let config = dir.path().join("edge.toml");
+    std::fs::write(&config, text).expect("config file");
+
+    let mut first = spawn_edge(&config, listen.1).await;
+    for i in 0..HOT {
+        assert_eq!(get(listen.0, &hot(i)).await.status, StatusCode::OK);
+        assert!(get(listen.0, &hot(i)).await.cache_status().contains("hit"));
+    }
+    on_disk(listen.1, HOT).await;
+    first.0.kill().expect("kill -9");
+    first.0.wait().expect("the edge exits");
+
+    let _second = spawn_edge(&config, listen.1).await;
+    assert!(metric(listen.1, "edge_disk_recovered_objects").await >= HOT as f64);
+    all_hot_from_disk(listen.0, &origin).await;
 }

@@ -334,6 +334,15 @@ impl Storage for HybridStore {
         self.memory.set_purge_watermark(seq);
     }
 
+    fn first_hit(&self, key: &CacheKey) {
+        if let Some(held) = self.memory.get_held(key)
+            && let Err(why @ AdmissionReject::QueueFull) = self.admission.offer(key, &held)
+        {
+            // Evicted later, it is offered again.
+            self.admission.reject(why);
+        }
+    }
+
     fn hybrid(&self) -> Option<&HybridStore> {
         Some(self)
     }
@@ -720,6 +729,61 @@ mod tests {
         Entry::Response(Arc::new(response(&[7u8; 4096])))
     }
 
+    /// What memory holds and earned a place on disk (filled twice here: never hit, so not
+    /// written at a first hit) is written out at a clean stop; a one-hit wonder is not.
+    #[tokio::test]
+    async fn write_out_writes_what_earned_it_and_is_not_on_disk_yet() {
+        let (_dir, disk, store) = hybrid(1 << 20).await;
+        store.insert(key(1), body_entry());
+        store.insert(key(1), body_entry());
+        store.insert(key(2), body_entry());
+        assert!(
+            !store.may_contain(&key(1)),
+            "nothing evicted, nothing written"
+        );
+        assert_eq!(store.write_out(Duration::from_secs(10)).await, 1);
+        disk.flush().await.unwrap();
+        assert!(store.may_contain(&key(1)), "filled twice: written out");
+        assert!(!store.may_contain(&key(2)), "a one-hit wonder is not");
+        assert_eq!(
+            store.write_out(Duration::from_secs(10)).await,
+            0,
+            "on disk already"
+        );
+    }
+
+    /// A version replaced in memory is not written to disk as if it had been evicted: an
+    /// older version must never come back from disk.
+    #[tokio::test]
+    async fn a_replaced_version_is_not_written() {
+        let (_dir, disk, store) = hybrid(1 << 20).await;
+        store.insert(key(1), body_entry());
+        let Some(Entry::Response(old)) = store.get(&key(1)) else {
+            panic!("stored");
+        };
+        old.record_hit();
+        store.insert(key(1), body_entry());
+        disk.flush().await.unwrap();
+        assert!(
+            !store.may_contain(&key(1)),
+            "the old version is not on disk"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_first_hit_writes_the_entry_to_disk() {
+        let (_dir, disk, store) = hybrid(1 << 20).await;
+        store.insert(key(1), body_entry());
+        let Some(Entry::Response(response)) = store.get(&key(1)) else {
+            panic!("stored");
+        };
+        assert!(response.record_hit(), "the first hit");
+        store.first_hit(&key(1));
+        assert!(!response.record_hit(), "not the first any more");
+        disk.flush().await.unwrap();
+        assert!(store.may_contain(&key(1)));
+    }
+
     #[tokio::test]
     async fn only_entries_that_earned_it_go_to_disk_once() {
         let (_dir, disk, store) = hybrid(64 * 1024).await;
@@ -770,6 +834,9 @@ mod tests {
         let promoted = Arc::new(head.with_body(Bytes::from(vec![7u8; 4096])));
         promoted.record_hit();
         store.promote(key(0), Entry::Response(promoted), loaded.valid_as_of);
+        // Everything else that earned it on disk too: only key 0 could be written below.
+        store.write_out(Duration::from_secs(10)).await;
+        disk.flush().await.unwrap();
         let writes = disk.counters().writes;
         for i in 60..120 {
             store.insert(key(i), body_entry());

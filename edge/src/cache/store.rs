@@ -375,9 +375,9 @@ impl StoredResponse {
         }
     }
 
-    /// Counts one request answered from this entry.
-    pub fn record_hit(&self) {
-        self.hits.fetch_add(1, Ordering::Relaxed);
+    /// Counts one request answered from this entry; `true` for its first.
+    pub fn record_hit(&self) -> bool {
+        self.hits.fetch_add(1, Ordering::Relaxed) == 0
     }
 
     /// Requests answered from this entry since it was stored.
@@ -567,6 +567,13 @@ pub trait Storage: Send + Sync + 'static {
 
     fn set_purge_watermark(&self, seq: u64);
 
+    /// The entry under `key` answered its first request ([`StoredResponse::record_hit`]
+    /// said so): a store with a disk tier writes it there now, so that it survives a crash
+    /// even if memory never evicts it.
+    fn first_hit(&self, key: &CacheKey) {
+        let _ = key;
+    }
+
     /// The store's disk tier, when it has one ([`HybridStore`]): the full path reads it
     /// on a memory miss. Never consulted by `get`.
     fn hybrid(&self) -> Option<&HybridStore> {
@@ -701,12 +708,18 @@ impl MemoryStore {
     /// keeps the watermark it was checked at).
     pub fn insert_held(&self, key: CacheKey, entry: Entry, valid_as_of: u64) {
         let mut evicted = Vec::new();
+        let Some(listener) = &self.listener else {
+            self.cache
+                .insert_with_lifecycle(key, Held { entry, valid_as_of }, &mut evicted);
+            return;
+        };
+        let inserted = key.clone();
         self.cache
             .insert_with_lifecycle(key, Held { entry, valid_as_of }, &mut evicted);
-        if let Some(listener) = &self.listener {
-            for (key, held) in &evicted {
-                listener(key, held);
-            }
+        // quick_cache reports the version an insert replaces as evicted too: that one is
+        // not evicted for size, and must not reach the disk as if it were current.
+        for (key, held) in evicted.iter().filter(|(key, _)| *key != inserted) {
+            listener(key, held);
         }
     }
 }

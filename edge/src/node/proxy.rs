@@ -289,10 +289,13 @@ impl Edge {
         let target = normalize_target(target, &site.site.query).ok()?;
         let primary = CacheKey::new(site.site.generation(), "http", site.host, &target);
         let now = Instant::now();
-        let (_, decision) = self.lookup(site, &primary, None, NodeClaims::NONE, Ask::NOTHING, now);
+        let (lookup, decision) =
+            self.lookup(site, &primary, None, NodeClaims::NONE, Ask::NOTHING, now);
         match decision {
             Decision::Hit(Cached::Whole(response)) => {
-                response.record_hit();
+                if response.record_hit() {
+                    self.store.first_hit(lookup.key());
+                }
                 Some((response, now))
             }
             // A slice index, a stale entry, a marker, a miss: the full path acts on them.
@@ -432,7 +435,7 @@ impl Edge {
                 }
                 let detail = from_disk.then_some("disk");
                 let response = self
-                    .serve_cached(fetch, req.headers(), &cached, detail, now)
+                    .serve_cached(fetch, (req.headers(), lookup.key()), &cached, detail, now)
                     .await;
                 (response, Outcome::Hit)
             }
@@ -440,7 +443,7 @@ impl Edge {
                 self.refresh_in_background(fetch, req.headers(), &lookup, cached.clone());
                 let detail = Some("stale-while-revalidate");
                 let response = self
-                    .serve_cached(fetch, req.headers(), &cached, detail, now)
+                    .serve_cached(fetch, (req.headers(), lookup.key()), &cached, detail, now)
                     .await;
                 (response, Outcome::Stale)
             }
@@ -559,12 +562,14 @@ impl Edge {
     async fn serve_cached(
         self: &Arc<Self>,
         fetch: Fetch<'_>,
-        request: &http::HeaderMap,
+        (request, key): (&http::HeaderMap, &CacheKey),
         cached: &Cached,
         detail: Option<&'static str>,
         now: Instant,
     ) -> Response<EdgeBody> {
-        cached.response().record_hit();
+        if cached.response().record_hit() {
+            self.store.first_hit(key);
+        }
         let mut status = CacheStatus::hit(cached.freshness().ttl(now));
         status.detail = detail;
         self.answer(fetch, request, cached, &status, now).await
