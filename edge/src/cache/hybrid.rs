@@ -335,11 +335,15 @@ impl Storage for HybridStore {
     }
 
     fn first_hit(&self, key: &CacheKey) {
-        if let Some(held) = self.memory.get_held(key)
-            && let Err(why @ AdmissionReject::QueueFull) = self.admission.offer(key, &held)
-        {
-            // Evicted later, it is offered again.
-            self.admission.reject(why);
+        // A variant is found on disk only through its index: the index goes too.
+        let index = key.primary_of_variant();
+        for key in index.iter().chain([key]) {
+            if let Some(held) = self.memory.get_held(key)
+                && let Err(why @ AdmissionReject::QueueFull) = self.admission.offer(key, &held)
+            {
+                // Evicted later, it is offered again.
+                self.admission.reject(why);
+            }
         }
     }
 
@@ -768,6 +772,34 @@ mod tests {
             !store.may_contain(&key(1)),
             "the old version is not on disk"
         );
+    }
+
+    #[tokio::test]
+    async fn a_variant_s_first_hit_writes_its_index_too() {
+        let (_dir, disk, store) = hybrid(1 << 20).await;
+        let index = VaryIndex {
+            names: vec![HeaderName::from_static("accept-language")].into(),
+            epoch: 3,
+        };
+        let variant = key(1).variant(index.epoch, "fr");
+        assert_eq!(variant.primary_of_variant(), Some(key(1)));
+        assert_eq!(key(1).primary_of_variant(), None);
+        store.insert(
+            key(1),
+            Entry::Variants(Arc::new(Variants {
+                index,
+                freshness: freshness(Instant::now()),
+            })),
+        );
+        store.insert(variant.clone(), body_entry());
+        let Some(Entry::Response(response)) = store.get(&variant) else {
+            panic!("stored");
+        };
+        assert!(response.record_hit());
+        store.first_hit(&variant);
+        disk.flush().await.unwrap();
+        assert!(store.may_contain(&variant), "the variant");
+        assert!(store.may_contain(&key(1)), "and its index");
     }
 
     #[tokio::test]

@@ -42,6 +42,12 @@ impl CacheKey {
         CacheKey(key.into_boxed_str())
     }
 
+    /// The primary key of a variant's key ([`CacheKey::variant`]); `None` for any other.
+    pub fn primary_of_variant(&self) -> Option<Self> {
+        let (primary, _) = self.0.split_once("\n#")?;
+        Some(CacheKey(primary.into()))
+    }
+
     /// The key of slice `n` of this (primary) key's object; see [`crate::cache::slice`].
     pub fn slice(&self, n: u64) -> Self {
         let mut key = String::with_capacity(self.0.len() + 22);
