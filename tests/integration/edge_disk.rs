@@ -32,6 +32,7 @@ const CDN: &str = env!("CARGO_BIN_EXE_cdn");
 const HOT: usize = 8;
 
 /// The disk settings of these tests: small segments, so that reclaim happens.
+#[derive(Clone, Copy)]
 struct Disk {
     size: &'static str,
     segment: &'static str,
@@ -128,13 +129,18 @@ fn hot(i: usize) -> String {
 /// Fills the hot objects and hits each once (so they earn a place on disk), then fills
 /// fillers until memory evicted them, and waits until they are on disk.
 async fn fill_hit_and_evict(public: SocketAddr, admin: SocketAddr) {
+    fill_and_hit_hot(public).await;
+    evict_with_fillers(public).await;
+    on_disk(admin, HOT).await;
+}
+
+/// Fills the hot objects and hits each once: they earn a place on disk.
+async fn fill_and_hit_hot(public: SocketAddr) {
     for i in 0..HOT {
         assert_eq!(get(public, &hot(i)).await.status, StatusCode::OK);
         let hit = get(public, &hot(i)).await;
         assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
     }
-    evict_with_fillers(public).await;
-    on_disk(admin, HOT).await;
 }
 
 /// Fills one-hit fillers (which the disk tier must refuse), then fills and hits fillers
@@ -180,10 +186,12 @@ struct InProcess {
     dir: tempfile::TempDir,
     edge: Option<EdgeServer>,
     listen: (SocketAddr, SocketAddr),
+    sizes: (&'static str, &'static str),
+    disk: Disk,
 }
 
 impl InProcess {
-    async fn start(sizes: (&str, &str), disk: &Disk) -> Self {
+    async fn start(sizes: (&'static str, &'static str), disk: &Disk) -> Self {
         let origin = DemoOrigin::start(loopback()).await.expect("origin");
         let dir = tempfile::tempdir().expect("temp dir");
         let text = config_text(origin.addr(), dir.path(), sizes, disk, any_port(), None);
@@ -195,7 +203,34 @@ impl InProcess {
             listen: (edge.public_addr(), edge.admin_addr()),
             edge: Some(edge),
             dir,
+            sizes,
+            disk: *disk,
         }
+    }
+
+    /// Another edge of this node's settings over its directory, listening on `listen`
+    /// (the stopped node's addresses: a restart), pushed to by `api` if given.
+    async fn start_another(
+        &self,
+        listen: (SocketAddr, SocketAddr),
+        api: Option<SocketAddr>,
+    ) -> Result<EdgeServer, edge::StartError> {
+        let text = config_text(
+            self.origin.addr(),
+            self.dir.path(),
+            self.sizes,
+            &self.disk,
+            listen,
+            api,
+        );
+        EdgeServer::start(EdgeConfig::from_toml(&text).expect("config")).await
+    }
+
+    /// This node started again on its directory and addresses.
+    async fn restart(&self, api: Option<SocketAddr>) -> EdgeServer {
+        self.start_another(self.listen, api)
+            .await
+            .expect("edge restarts")
     }
 
     fn public(&self) -> SocketAddr {
@@ -268,17 +303,7 @@ async fn after_a_clean_stop_an_edge_serves_hits_from_disk_with_no_origin_request
     fill_hit_and_evict(node.public(), node.admin()).await;
     stop(node.edge.take().expect("running")).await;
 
-    let text = config_text(
-        node.origin.addr(),
-        node.dir.path(),
-        ("256 KiB", "64 KiB"),
-        &SMALL_DISK,
-        node.listen,
-        None,
-    );
-    let edge = EdgeServer::start(EdgeConfig::from_toml(&text).expect("config"))
-        .await
-        .expect("edge restarts");
+    let edge = node.restart(None).await;
     assert!(metric(node.admin(), "edge_disk_recovered_objects").await >= HOT as f64);
     all_hot_from_disk(node.public(), &node.origin).await;
     stop(edge).await;
@@ -440,14 +465,21 @@ async fn spawn_edge(config: &Path, admin: SocketAddr) -> EdgeProcess {
     panic!("cdn edge never became ready");
 }
 
-async fn restart_process(signal: &str) {
+/// A `cdn edge` process with `capacity` of memory over a disk tier, filled by `fill`
+/// (with its public and admin addresses), stopped with `kill SIGNAL` and started again:
+/// every hot object is then served from disk.
+async fn restart_process(
+    capacity: &str,
+    fill: impl AsyncFnOnce(SocketAddr, SocketAddr),
+    signal: &str,
+) {
     let origin = DemoOrigin::start(loopback()).await.expect("origin");
     let dir = tempfile::tempdir().expect("temp dir");
     let listen = free_addresses();
     let text = config_text(
         origin.addr(),
         &dir.path().join("disk"),
-        ("256 KiB", "64 KiB"),
+        (capacity, "64 KiB"),
         &SMALL_DISK,
         listen,
         None,
@@ -456,7 +488,7 @@ async fn restart_process(signal: &str) {
     std::fs::write(&config, text).expect("config file");
 
     let mut first = spawn_edge(&config, listen.1).await;
-    fill_hit_and_evict(listen.0, listen.1).await;
+    fill(listen.0, listen.1).await;
     let pid = first.0.id().to_string();
     let killed = Command::new("kill")
         .args([signal, &pid])
@@ -475,12 +507,12 @@ async fn restart_process(signal: &str) {
 
 #[tokio::test]
 async fn after_sigterm_a_cdn_edge_process_serves_hits_from_disk() {
-    restart_process("-TERM").await;
+    restart_process("256 KiB", fill_hit_and_evict, "-TERM").await;
 }
 
 #[tokio::test]
 async fn after_sigkill_a_cdn_edge_process_serves_hits_from_disk() {
-    restart_process("-KILL").await;
+    restart_process("256 KiB", fill_hit_and_evict, "-KILL").await;
 }
 
 #[tokio::test]
@@ -505,17 +537,7 @@ async fn a_purge_applied_while_the_edge_was_down_is_honoured_from_disk_after_res
         assert!(json(&reply)["seq"].as_u64().is_some());
     }
 
-    let text = config_text(
-        node.origin.addr(),
-        node.dir.path(),
-        ("256 KiB", "64 KiB"),
-        &SMALL_DISK,
-        node.listen,
-        Some(api.addr()),
-    );
-    let edge = EdgeServer::start(EdgeConfig::from_toml(&text).expect("config"))
-        .await
-        .expect("edge restarts");
+    let edge = node.restart(Some(api.addr())).await;
     node.origin.reset();
     let purged = get(node.public(), &hot(1)).await;
     assert_eq!(purged.status, StatusCode::OK);
@@ -595,15 +617,8 @@ async fn a_variant_comes_back_from_disk_through_its_variant_index() {
 async fn a_second_node_on_a_cache_directory_in_use_is_refused() {
     let node = InProcess::start(("256 KiB", "64 KiB"), &SMALL_DISK).await;
     assert_eq!(get(node.public(), &hot(0)).await.status, StatusCode::OK);
-    let text = config_text(
-        node.origin.addr(),
-        node.dir.path(),
-        ("256 KiB", "64 KiB"),
-        &SMALL_DISK,
-        any_port(),
-        None,
-    );
-    let error = EdgeServer::start(EdgeConfig::from_toml(&text).expect("config"))
+    let error = node
+        .start_another(any_port(), None)
         .await
         .expect_err("the second node is refused")
         .to_string();
@@ -622,32 +637,14 @@ async fn a_second_node_on_a_cache_directory_in_use_is_refused() {
 #[tokio::test]
 async fn after_a_clean_stop_the_hot_set_memory_held_is_served_from_disk() {
     let mut node = InProcess::start(("4 MiB", "64 KiB"), &SMALL_DISK).await;
-    for i in 0..HOT {
-        assert_eq!(get(node.public(), &hot(i)).await.status, StatusCode::OK);
-        assert!(
-            get(node.public(), &hot(i))
-                .await
-                .cache_status()
-                .contains("hit")
-        );
-    }
+    fill_and_hit_hot(node.public()).await;
     assert_eq!(
         get(node.public(), "/once/1/16k.bin").await.status,
         StatusCode::OK
     );
     stop(node.edge.take().expect("running")).await;
 
-    let text = config_text(
-        node.origin.addr(),
-        node.dir.path(),
-        ("4 MiB", "64 KiB"),
-        &SMALL_DISK,
-        node.listen,
-        None,
-    );
-    let edge = EdgeServer::start(EdgeConfig::from_toml(&text).expect("config"))
-        .await
-        .expect("edge restarts");
+    let edge = node.restart(None).await;
     assert_eq!(
         metric(node.admin(), "edge_disk_recovered_objects").await,
         HOT as f64,
@@ -662,30 +659,9 @@ async fn after_a_clean_stop_the_hot_set_memory_held_is_served_from_disk() {
 /// disk.
 #[tokio::test]
 async fn after_sigkill_the_hot_set_memory_held_is_served_from_disk() {
-    let origin = DemoOrigin::start(loopback()).await.expect("origin");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let listen = free_addresses();
-    let text = config_text(
-        origin.addr(),
-        &dir.path().join("disk"),
-        ("4 MiB", "64 KiB"),
-        &SMALL_DISK,
-        listen,
-        None,
-    );
-    let config = dir.path().join("edge.toml");
-    std::fs::write(&config, text).expect("config file");
-
-    let mut first = spawn_edge(&config, listen.1).await;
-    for i in 0..HOT {
-        assert_eq!(get(listen.0, &hot(i)).await.status, StatusCode::OK);
-        assert!(get(listen.0, &hot(i)).await.cache_status().contains("hit"));
-    }
-    on_disk(listen.1, HOT).await;
-    first.0.kill().expect("kill -9");
-    first.0.wait().expect("the edge exits");
-
-    let _second = spawn_edge(&config, listen.1).await;
-    assert!(metric(listen.1, "edge_disk_recovered_objects").await >= HOT as f64);
-    all_hot_from_disk(listen.0, &origin).await;
+    let fill = async |public, admin| {
+        fill_and_hit_hot(public).await;
+        on_disk(admin, HOT).await;
+    };
+    restart_process("4 MiB", fill, "-KILL").await;
 }

@@ -1,12 +1,13 @@
-//! The hybrid store: the memory tier ([`MemoryStore`], quick_cache) is the hot set, the disk tier
-//! ([`DiskTier`], [`crate::cache::disk`]) holds what memory evicted after it earned a place.
+//! The hybrid store: the memory tier ([`MemoryStore`], quick_cache) is the hot set, the disk
+//! tier ([`DiskTier`], [`crate::cache::disk`]) holds what earned a place there.
 //!
 //! - **Reads**: [`Storage::get`] stays memory-only and synchronous (the hit fast path never
 //!   touches the disk). On a memory miss the node's full path asks [`HybridStore::load`],
 //!   checks the record against the purges applied since it was stored (the node's
 //!   business: this layer knows nothing of purges), then promotes it into memory
 //!   ([`HybridStore::promote`], keeping the disk copy) or streams a large body from disk.
-//! - **Admission** (the memory tier's evictions for size): a response is
+//! - **Admission** (at an entry's first hit, at its eviction from memory for size, and at
+//!   a clean stop's [`HybridStore::write_out`]): a response is
 //!   written to disk when it was hit at least once in memory, or when the doorkeeper saw
 //!   its key filled twice (a one-hit wonder is neither); a variant index always (it is
 //!   small and its variants need it). Slices, partial objects and pass markers are never
@@ -413,7 +414,7 @@ pub fn decode(meta: &[u8]) -> Option<(Entry, u64)> {
     let entry = match kind {
         KIND_RESPONSE => {
             let status = StatusCode::from_u16(r.u16()?).ok()?;
-            let head = Bytes::copy_from_slice(r.bytes()?);
+            let head = r.bytes()?;
             let mut cache_only = Vec::new();
             for _ in 0..r.u32()? {
                 let name = HeaderName::from_bytes(r.bytes()?).ok()?;

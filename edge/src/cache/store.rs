@@ -257,20 +257,16 @@ impl StoredResponse {
             .filter(|(name, _)| is_targeted(name))
             .map(|(name, value)| (name.clone(), owned_value(value)))
             .collect();
-        let (head, head_len) = head_with_upstream(
-            &serialize_head(status, &headers),
-            upstream_cache_status.as_ref(),
-        );
-        Self {
+        Self::from_parts(
             status,
+            &serialize_head(status, &headers),
+            cache_only,
+            upstream_cache_status,
             body,
             freshness,
-            head,
-            head_len,
-            rare: None,
-            hits: AtomicU64::new(0),
-        }
-        .with_rare(|rare| rare.cache_only = cache_only)
+            None,
+            Vec::new(),
+        )
     }
 
     /// A response rebuilt from its stored parts (the disk tier's records): `head` as
@@ -278,7 +274,7 @@ impl StoredResponse {
     #[allow(clippy::too_many_arguments)]
     pub fn from_parts(
         status: StatusCode,
-        head: Bytes,
+        head: &[u8],
         cache_only: Vec<(HeaderName, HeaderValue)>,
         upstream_cache_status: Option<HeaderValue>,
         body: Bytes,
@@ -286,7 +282,7 @@ impl StoredResponse {
         selected_by: Option<Selection>,
         tags: Vec<String>,
     ) -> Self {
-        let (head, head_len) = head_with_upstream(&head, upstream_cache_status.as_ref());
+        let (head, head_len) = head_with_upstream(head, upstream_cache_status.as_ref());
         Self {
             status,
             body,

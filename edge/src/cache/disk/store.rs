@@ -617,9 +617,8 @@ impl OnDisk {
                 .zip(crcs[from_first..].iter_mut())
                 .flat_map(|(chunk, crc)| [io::IoSliceMut::new(chunk), io::IoSliceMut::new(crc)])
                 .collect();
-            let at = self.location.offset + self.header.frame_offset(from_first as u64);
+            let mut at = self.location.offset + self.header.frame_offset(from_first as u64);
             // A kernel takes at most IOV_MAX (1,024) buffers per call.
-            let mut at = at;
             for group in bufs.chunks_mut(1024) {
                 let bytes: usize = group.iter().map(|b| b.len()).sum();
                 read::exact_vectored_at(self.file()?, group, at, wait)?;
