@@ -43,7 +43,9 @@
 #   RAM_SETTLE_ATS=65 (wait before the "disk" variant's restart of ATS: its directory sync)
 #   ATS_AVG_OBJ=8000 (proxy.config.cache.min_average_object_size: ATS sizes its directory
 #   as DISK / this, so RAM_OBJECTS must stay below it; lower it for 1M small objects)
-#   EDGE_MEMORY_ONLY=1: if the edge has no disk tier, run it memory-only as a reference
+#   EDGE_MEMORY_ONLY=1: if the edge has no disk tier, run it memory-only as a reference;
+#   EDGE_MEMORY_ONLY=force: run it memory-only anyway (what the memory tier alone costs:
+#   with a disk tier, an object hit once is on disk too, and its index entry counts)
 #   PORT_BASE=19480 (origin, +1 edge, +2 ats, +3 nginx, +4 varnish, +11 edge admin,
 #   +14 varnish admin)  OUT=...  SKIP_BUILD=1  RUN_DIR=/tmp/perf/run/cdn-disk
 # Issue 20's scale: MEM=2GiB DISK=10GiB WS=8GiB RAM_OBJECTS=1000000 ATS_AVG_OBJ=1024
@@ -260,6 +262,7 @@ read -r WS_N WS_BYTES < <(awk -v ws="$((WS_MIB * 1048576))" 'BEGIN{
 # ---------------------------------------------------------------- the servers
 # Each writes its config under $RUN/<name>; "fresh" wipes the cache first.
 EDGE_STATUS=""
+[[ $EDGE_MEMORY_ONLY == force ]] && EDGE_STATUS=memory-only
 config_edge() { # mem_mib disk_mib
   local d=$RUN/edge
   mkdir -p "$d/disk"

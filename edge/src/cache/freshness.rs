@@ -83,21 +83,24 @@ impl Exchange {
 }
 
 /// How long a stored response stays fresh, fixed when it was stored.
+///
+/// Seconds are `u32`: RFC 9111 1.2.2 caps delta-seconds at 2^31, and the memory tier holds
+/// one of these per object (40 B, where `u64`s made it 56 B).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Freshness {
     /// Age of the response when it arrived (RFC 9111 `corrected_initial_age`), seconds.
-    pub initial_age: u64,
+    pub initial_age: u32,
     /// Freshness lifetime, seconds.
-    pub lifetime: u64,
+    pub lifetime: u32,
     /// Monotonic time the response arrived.
     pub received: Instant,
     /// The response may not be served stale under any circumstances
     /// (`must-revalidate`, `proxy-revalidate`, `s-maxage`, or `no-cache`).
     pub must_revalidate: bool,
     /// Seconds past its lifetime during which it may be served while it is refreshed.
-    pub stale_while_revalidate: u64,
+    pub stale_while_revalidate: u32,
     /// Seconds past its lifetime during which it may be served when the upstream fails.
-    pub stale_if_error: u64,
+    pub stale_if_error: u32,
     /// The response said `public`, `s-maxage` or `must-revalidate`: it may answer requests
     /// that carry `Authorization` (RFC 9111 3.5).
     pub shared_with_authorization: bool,
@@ -116,34 +119,39 @@ impl Freshness {
     /// Current age in seconds (RFC 9111 4.2.3 `current_age`).
     pub fn age(&self, now: Instant) -> u64 {
         let resident = now.saturating_duration_since(self.received).as_secs();
-        self.initial_age
+        u64::from(self.initial_age)
             .saturating_add(resident)
             .min(DELTA_SECONDS_MAX)
     }
 
     /// Seconds of freshness left; zero or negative when stale.
     pub fn ttl(&self, now: Instant) -> i64 {
-        self.lifetime as i64 - self.age(now) as i64
+        i64::from(self.lifetime) - self.age(now) as i64
     }
 
     pub fn is_fresh(&self, now: Instant) -> bool {
-        self.age(now) < self.lifetime
+        self.age(now) < u64::from(self.lifetime)
     }
 
     /// Seconds since the response became stale (zero while fresh).
     pub fn staleness(&self, now: Instant) -> u64 {
-        self.age(now).saturating_sub(self.lifetime)
+        self.age(now).saturating_sub(u64::from(self.lifetime))
     }
 
     /// Whether a stale response may be served while a refresh runs in the background.
     pub fn may_serve_while_revalidating(&self, now: Instant) -> bool {
-        !self.must_revalidate && self.staleness(now) < self.stale_while_revalidate
+        !self.must_revalidate && self.staleness(now) < u64::from(self.stale_while_revalidate)
     }
 
     /// Whether a stale response may be served because the upstream failed.
     pub fn may_serve_on_error(&self, now: Instant) -> bool {
-        !self.must_revalidate && self.staleness(now) < self.stale_if_error
+        !self.must_revalidate && self.staleness(now) < u64::from(self.stale_if_error)
     }
+}
+
+/// Seconds as a [`Freshness`] holds them: clamped to `DELTA_SECONDS_MAX` (RFC 9111 1.2.2).
+pub fn delta_seconds(seconds: u64) -> u32 {
+    seconds.min(DELTA_SECONDS_MAX) as u32
 }
 
 /// Status codes RFC 9110 15.1 calls heuristically cacheable.
@@ -224,18 +232,18 @@ pub fn evaluate(
     }
 
     Ok(Freshness {
-        initial_age: initial_age(headers, date, exchange),
-        lifetime,
+        initial_age: delta_seconds(initial_age(headers, date, exchange)),
+        lifetime: delta_seconds(lifetime),
         received: exchange.received,
         must_revalidate: cc.must_revalidate
             || cc.proxy_revalidate
             || cc.no_cache
             || cc.s_maxage != Default::default(),
-        stale_while_revalidate: stale_window(
+        stale_while_revalidate: delta_seconds(stale_window(
             cc.stale_while_revalidate,
             policy.stale_while_revalidate,
-        ),
-        stale_if_error: stale_window(cc.stale_if_error, policy.stale_if_error),
+        )),
+        stale_if_error: delta_seconds(stale_window(cc.stale_if_error, policy.stale_if_error)),
         shared_with_authorization: cc.public
             || cc.must_revalidate
             || cc.s_maxage != Default::default(),

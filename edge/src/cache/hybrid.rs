@@ -32,7 +32,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::cache::disk::{DiskError, DiskRecord, DiskTier, Rejected};
-use crate::cache::freshness::Freshness;
+use crate::cache::freshness::{Freshness, delta_seconds};
 use crate::cache::key::CacheKey;
 use crate::cache::store::{
     Entry, EvictionListener, Held, MemoryStore, Storage, StoredResponse, Usage, Variants,
@@ -388,7 +388,7 @@ pub fn encode(entry: &Entry, valid_as_of: u64) -> Option<(Bytes, Bytes)> {
             for tag in response.tags() {
                 meta.bytes(tag.as_bytes());
             }
-            Some((meta.0.freeze(), response.body.clone()))
+            Some((meta.0.freeze(), response.body_bytes()))
         }
         Entry::Variants(variants) => {
             meta.u8(KIND_VARIANTS);
@@ -501,10 +501,10 @@ impl Writer {
     }
     fn freshness(&mut self, f: &Freshness) {
         self.u64(to_unix_ms(f.received));
-        self.u64(f.initial_age);
-        self.u64(f.lifetime);
-        self.u64(f.stale_while_revalidate);
-        self.u64(f.stale_if_error);
+        self.u64(f.initial_age.into());
+        self.u64(f.lifetime.into());
+        self.u64(f.stale_while_revalidate.into());
+        self.u64(f.stale_if_error.into());
         self.u8(u8::from(f.must_revalidate) | (u8::from(f.shared_with_authorization) << 1));
     }
     fn index(&mut self, index: &VaryIndex) {
@@ -546,9 +546,10 @@ impl<'a> Reader<'a> {
     fn freshness(&mut self) -> Option<Freshness> {
         let unix_ms = self.u64()?;
         let (initial_age, received) = from_unix_ms(unix_ms, self.u64()?);
-        let lifetime = self.u64()?;
-        let stale_while_revalidate = self.u64()?;
-        let stale_if_error = self.u64()?;
+        let initial_age = delta_seconds(initial_age);
+        let lifetime = delta_seconds(self.u64()?);
+        let stale_while_revalidate = delta_seconds(self.u64()?);
+        let stale_if_error = delta_seconds(self.u64()?);
         let flags = self.u8()?;
         Some(Freshness {
             initial_age,
@@ -633,7 +634,7 @@ mod tests {
         );
         assert_eq!(decoded.selected_by(), original.selected_by());
         assert_eq!(decoded.tags(), original.tags());
-        assert!(decoded.body.is_empty(), "the body is the record's");
+        assert!(decoded.body().is_empty(), "the body is the record's");
         let (a, b) = (decoded.freshness, original.freshness);
         assert_eq!(
             (

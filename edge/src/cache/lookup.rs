@@ -189,7 +189,7 @@ mod tests {
     use crate::cache::vary::VaryIndex;
 
     /// `age` seconds old at `now`, fresh for `lifetime`, stale-while-revalidate `swr` after.
-    fn freshness(now: Instant, age: u64, lifetime: u64, swr: u64, shared: bool) -> Freshness {
+    fn freshness(now: Instant, age: u32, lifetime: u32, swr: u32, shared: bool) -> Freshness {
         Freshness {
             initial_age: age,
             lifetime,

@@ -245,7 +245,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
                 } else {
                     b"\r\n\r\n"
                 });
-                let body: &[u8] = if head.head { &[] } else { &entry.body };
+                let body: &[u8] = if head.head { &[] } else { entry.body() };
                 write_all_vectored(&mut stream, &[entry.head(), &out, body]).await
             }
             None => {

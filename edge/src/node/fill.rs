@@ -39,7 +39,7 @@ use hyper::body::Incoming;
 
 use crate::cache::coalesce::Publisher;
 use crate::cache::control::CacheControl;
-use crate::cache::freshness::{Exchange, Freshness, evaluate, strip_targeted};
+use crate::cache::freshness::{Exchange, Freshness, delta_seconds, evaluate, strip_targeted};
 use crate::cache::growing_body::GrowingBody;
 use crate::cache::key::CacheKey;
 use crate::cache::lookup::FillFor;
@@ -724,7 +724,7 @@ impl FillRequest {
                     stale.status,
                     headers,
                     upstream_cache_status,
-                    stale.body.clone(),
+                    stale.body_bytes(),
                     freshness,
                 )
                 .selected_as(stale.selected_by().cloned());
@@ -753,7 +753,7 @@ impl FillRequest {
                 if !self.credentialed() {
                     self.edge.store.remove(&self.key);
                 }
-                let mut response = Response::new(EdgeBody::full(stale.body.clone()));
+                let mut response = Response::new(EdgeBody::full(stale.body_bytes()));
                 *response.status_mut() = stale.status;
                 *response.headers_mut() = headers;
                 let (parts, body) = response.into_parts();
@@ -815,7 +815,7 @@ impl FillRequest {
 pub(crate) fn pass_freshness() -> Freshness {
     Freshness {
         initial_age: 0,
-        lifetime: PASS_TTL.as_secs(),
+        lifetime: delta_seconds(PASS_TTL.as_secs()),
         received: Instant::now(),
         must_revalidate: true,
         stale_while_revalidate: 0,

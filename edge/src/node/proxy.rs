@@ -1086,17 +1086,17 @@ impl Edge {
         status: &CacheStatus,
         now: Instant,
     ) -> Response<EdgeBody> {
-        let len = entry.body.len() as u64;
+        let len = entry.body().len() as u64;
         let mut response = self.serve_stored(entry, true, status, now);
         *response.body_mut() = match cut(request, entry.status, &mut response, len, head, true) {
             Cut::Done => return response,
-            Cut::Whole => EdgeBody::full(entry.body.clone()),
+            Cut::Whole => EdgeBody::full(entry.body_bytes()),
             Cut::One(first, last) => {
-                EdgeBody::full(entry.body.slice(first as usize..=last as usize))
+                EdgeBody::full(entry.body_bytes().slice(first as usize..=last as usize))
             }
             Cut::Many(ranges, boundary) => {
                 let content_type = entry.header(&header::CONTENT_TYPE);
-                let parts = range::multipart(&entry.body, &ranges, content_type, &boundary);
+                let parts = range::multipart(&entry.body_bytes(), &ranges, content_type, &boundary);
                 EdgeBody::Chunks(parts.into())
             }
         };
@@ -1152,7 +1152,7 @@ impl Edge {
         let body = if head {
             EdgeBody::empty()
         } else {
-            EdgeBody::full(entry.body.clone())
+            EdgeBody::full(entry.body_bytes())
         };
         let mut response = Response::new(body);
         *response.status_mut() = entry.status;
