@@ -12,11 +12,14 @@
 //! kept and completed ([`partial`]), the disk tier's storage engine ([`disk`]) and the
 //! store that puts it under memory ([`hybrid`]: admission, disk records of entries).
 //!
+//! What an allocation really costs ([`allocation`]) weighs entries.
+//!
 //! This layer is the bottom one: it imports nothing from `upstream`, `front` or `node`.
 //! It knows nothing of nodes, sockets, config files or upstream servers; what it needs of
 //! them comes in as plain values (a `QueryPolicy`, a `FreshnessPolicy`, the request's
 //! headers), so every rule here can be tested without a runtime.
 
+pub mod allocation;
 pub mod coalesce;
 pub mod conditional;
 pub mod control;

@@ -14,6 +14,7 @@ use bytesize::ByteSize;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Deserialize;
 
+use crate::cache::allocation::{SHARED_BYTES_HEADER, allocation_size};
 use crate::cache::disk::DiskConfig;
 use crate::cache::freshness::{Freshness, is_targeted};
 use crate::cache::hybrid::HybridStore;
@@ -23,12 +24,16 @@ use crate::cache::slice::SliceInfo;
 use crate::cache::status::NoCacheReason;
 use crate::cache::vary::{Selection, VaryIndex};
 
-/// Fixed bytes charged per entry for the bookkeeping around it (the entry struct, the
-/// key, the memory tier's slot and index, allocator rounding). Measured, not guessed: RSS
-/// growth per entry beyond head and body, `benches/load/memory.sh` and the RAM phase of
-/// `benches/load/disk.sh` (BENCHMARKS.md, "Memory tier per object"), so that a
-/// configured capacity is close to the memory really used.
+/// Fixed bytes charged per entry of a kind other than a whole response (a slice, a
+/// variant index, a marker): its struct, the memory tier's slot and allocator rounding,
+/// generously, as these are few beside the responses.
 const ENTRY_OVERHEAD: usize = 384;
+/// What the memory tier's slot and index cost per entry beyond the key's text: quick_cache's
+/// resident entry (key, value, state), its links and hash-table share, measured (RSS
+/// growth at 1M entries, BENCHMARKS.md "Memory tier per object": ~80 B), with a margin
+/// for the slack of its tables, which grow by doubling (just after 2^20 entries, ~30 B
+/// more per entry than just before).
+const SLOT_OVERHEAD: usize = 112;
 /// Bytes charged per header field beyond its name and value.
 const HEADER_OVERHEAD: usize = 32;
 
@@ -224,11 +229,20 @@ pub struct StoredResponse {
     rare: Option<Box<Rare>>,
 }
 
-/// Bodies up to this size are kept inline, in the head's allocation: a separate `Bytes`
-/// costs its own allocation and rounding, and a shared header once the body is cloned
-/// (~60 B per object, a fifth of what a 100 B object costs in memory), while copying a
-/// body this small out for a response that needs a `Bytes` costs less than the lookup.
+/// Bodies up to this size are kept inline, in the head's allocation, when that allocation
+/// is smaller than the two apart (see [`inlines`]): copying a body this small out for a
+/// response that needs a `Bytes` costs less than the lookup.
 pub const INLINE_BODY_MAX: usize = 4096;
+
+/// Whether a body of `body` bytes goes inline after `head` bytes: a separate `Bytes` costs
+/// its own allocation, its rounding and a shared header once it is cloned (a 100 B body
+/// beside a 284 B head: 384 B together, 320 + 112 + 32 B apart), but the size classes
+/// are coarse (a 1 KiB body beside the same head: 1,536 B together, 1,376 B apart).
+fn inlines(head: usize, body: usize) -> bool {
+    body <= INLINE_BODY_MAX
+        && allocation_size(head + body)
+            <= allocation_size(head) + allocation_size(body) + SHARED_BYTES_HEADER
+}
 
 /// The parts of a stored response most responses do not have.
 #[derive(Debug, Clone, Default)]
@@ -310,7 +324,7 @@ impl StoredResponse {
         members: &[u8],
         body: Bytes,
     ) -> Self {
-        let inline = body.len() <= INLINE_BODY_MAX;
+        let inline = inlines(head.len() + members.len(), body.len());
         let mut bytes =
             Vec::with_capacity(head.len() + members.len() + if inline { body.len() } else { 0 });
         bytes.extend_from_slice(head);
@@ -503,7 +517,16 @@ impl StoredResponse {
             .map(|(k, v)| k.as_str().len() + v.len() + HEADER_OVERHEAD)
             .sum();
         let tags: usize = self.tags().iter().map(|t| t.len() + HEADER_OVERHEAD).sum();
-        ENTRY_OVERHEAD + self.bytes.len() + cache_only + tags + self.shared_body.len()
+        let body = match self.shared_body.len() {
+            0 => 0,
+            n => allocation_size(n) + SHARED_BYTES_HEADER,
+        };
+        // The struct and its `Arc` counts, in one allocation.
+        allocation_size(16 + std::mem::size_of::<Self>())
+            + allocation_size(self.bytes.len())
+            + body
+            + cache_only
+            + tags
     }
 }
 
@@ -666,8 +689,7 @@ struct ByWeight;
 
 impl quick_cache::Weighter<CacheKey, Held> for ByWeight {
     fn weight(&self, key: &CacheKey, held: &Held) -> u64 {
-        // Never zero: a zero-weight entry is never evicted.
-        (key.len() + held.entry.weight()).max(1) as u64
+        (SLOT_OVERHEAD + allocation_size(key.len()) + held.entry.weight()) as u64
     }
 }
 
@@ -951,13 +973,33 @@ mod tests {
     }
 
     #[test]
-    fn weight_counts_body_and_serialized_head() {
-        let base = stored(HeaderMap::new(), 100);
-        assert_eq!(base.weight(), ENTRY_OVERHEAD + base.head().len() + 100);
+    fn weight_counts_the_allocations_of_head_and_body() {
+        let struct_size = allocation_size(16 + std::mem::size_of::<StoredResponse>());
+        // 100 B inline after a 284 B head: one 384 B allocation.
         let mut headers = HeaderMap::new();
-        headers.insert("x-test", HeaderValue::from_static("abcdef"));
-        let with = stored(headers, 100);
-        assert_eq!(with.weight(), base.weight() + "x-test: abcdef\r\n".len());
+        let padding = "p".repeat(284 - "HTTP/1.1 200 OK\r\nx-pad: \r\n".len());
+        headers.insert("x-pad", HeaderValue::from_str(&padding).unwrap());
+        let small = stored(headers.clone(), 100);
+        assert_eq!(small.head().len(), 284);
+        assert_eq!(small.weight(), struct_size + 384);
+        // 1 KiB apart: 320 B of head, 1 KiB of body and the body's shared header.
+        let large = stored(headers, 1024);
+        assert_eq!(large.body().len(), 1024);
+        assert_eq!(
+            large.weight(),
+            struct_size + 320 + 1024 + SHARED_BYTES_HEADER
+        );
+    }
+
+    #[test]
+    fn a_body_is_inline_only_where_that_takes_less_memory() {
+        assert!(inlines(284, 100), "384 B together against 464 B apart");
+        assert!(
+            !inlines(284, 1024),
+            "1,536 B together against 1,376 B apart"
+        );
+        assert!(inlines(100, 0));
+        assert!(!inlines(0, INLINE_BODY_MAX + 1));
     }
 
     #[test]
