@@ -595,35 +595,33 @@ impl OnDisk {
     /// checksums into another), so a promotion copies nothing.
     fn read_whole(&self, wait: Wait) -> Result<Bytes, DiskError> {
         let len = usize::try_from(self.header.body_len).map_err(io::Error::other)?;
-        let frame = self.header.frame_size as usize;
-        let mut body = read::buffer(len);
-        let mut crcs = vec![[0u8; CRC]; len.div_ceil(frame.max(1))];
+        let frame = (self.header.frame_size as usize).max(1);
+        let mut body = Vec::with_capacity(len);
+        let mut crcs = vec![[0u8; CRC]; len.div_ceil(frame)];
         // The frames held whole in the first read; the rest are contiguous after them.
         let mut from_first = 0;
-        for (n, chunk) in body.chunks_mut(frame).enumerate() {
-            let offset = self.header.frame_offset(n as u64) as usize;
-            let end = offset + chunk.len() + CRC;
+        while body.len() < len {
+            let chunk = frame.min(len - body.len());
+            let offset = self.header.frame_offset(from_first as u64) as usize;
+            let end = offset + chunk + CRC;
             if end > self.first.len() {
                 break;
             }
-            chunk.copy_from_slice(&self.first[offset..offset + chunk.len()]);
-            crcs[n].copy_from_slice(&self.first[end - CRC..end]);
-            from_first = n + 1;
+            body.extend_from_slice(&self.first[offset..offset + chunk]);
+            crcs[from_first].copy_from_slice(&self.first[end - CRC..end]);
+            from_first += 1;
         }
-        let rest = from_first * frame;
-        if rest < len {
-            let mut bufs: Vec<io::IoSliceMut<'_>> = body[rest..]
-                .chunks_mut(frame)
-                .zip(crcs[from_first..].iter_mut())
-                .flat_map(|(chunk, crc)| [io::IoSliceMut::new(chunk), io::IoSliceMut::new(crc)])
-                .collect();
-            let mut at = self.location.offset + self.header.frame_offset(from_first as u64);
-            // A kernel takes at most IOV_MAX (1,024) buffers per call.
-            for group in bufs.chunks_mut(1024) {
-                let bytes: usize = group.iter().map(|b| b.len()).sum();
-                read::exact_vectored_at(self.file()?, group, at, wait)?;
-                at += bytes as u64;
-            }
+        if body.len() < len {
+            let at = self.location.offset + self.header.frame_offset(from_first as u64);
+            read::frames_at(
+                self.file()?,
+                &mut body,
+                len,
+                frame,
+                &mut crcs[from_first..],
+                at,
+                wait,
+            )?;
         }
         for (chunk, crc) in body.chunks(frame).zip(&crcs) {
             self.check_frame(chunk, crc)?;
