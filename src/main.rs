@@ -36,8 +36,33 @@ const DEFAULT_ORIGIN: &str = "127.0.0.1:8081";
 #[derive(Debug, Parser)]
 #[command(name = "cdn", version, about = "A multi-region edge cache and CDN")]
 struct Cli {
+    /// How the process log (stderr) is written: `text` for people (coloured only when
+    /// stderr is a terminal), `json` (one object per line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The process log on stderr, filtered by `RUST_LOG` (default `info`). No ANSI colour
+/// codes unless stderr is a terminal: a log file or a collector gets plain text.
+fn init_process_log(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
 }
 
 /// Which topology a command acts on.
@@ -175,13 +200,9 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_process_log(cli.log_format);
+    match cli.command {
         Command::Up {
             topology,
             endpoints,

@@ -161,3 +161,63 @@ fn up_drill_warm_and_ctrl_c_as_separate_processes() {
         assert!(state.exists(), "{} missing", state.display());
     }
 }
+
+/// The first line an edge process writes to stderr at `RUST_LOG=info`: its "listening"
+/// log line. The process is killed after.
+fn edge_log_line(log_format: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("edge.toml");
+    std::fs::write(
+        &config,
+        r#"
+        [node]
+        name = "edge-log"
+        listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
+        [[site]]
+        name = "s"
+        hosts = ["s.test"]
+        upstream = "http://127.0.0.1:9"
+        "#,
+    )
+    .expect("config written");
+    let mut edge = UpProcess(
+        Command::new(CDN)
+            .args(["--log-format", log_format, "edge", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env("TERM", "xterm-256color")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cdn edge starts"),
+    );
+    let stderr = edge.0.stderr.take().expect("stderr");
+    let line = BufReader::new(stderr)
+        .lines()
+        .take(20)
+        .map(|line| line.expect("a log line"))
+        .find(|line| line.contains("listening"))
+        .expect("the edge logs that it listens");
+    line
+}
+
+#[test]
+fn the_process_log_is_plain_text_off_a_terminal_and_json_on_request() {
+    let text = edge_log_line("text");
+    assert!(
+        !text.contains('\x1b'),
+        "no ANSI escapes into a pipe: {text:?}"
+    );
+    assert!(
+        text.contains("INFO") && text.contains("node=edge-log"),
+        "{text}"
+    );
+
+    let json = edge_log_line("json");
+    let object: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
+    assert_eq!(object["level"], "INFO", "{json}");
+    assert_eq!(object["fields"]["message"], "listening", "{json}");
+    assert_eq!(object["fields"]["node"], "edge-log", "{json}");
+}
