@@ -193,13 +193,12 @@ fn edge_log_line(log_format: &str) -> String {
             .expect("cdn edge starts"),
     );
     let stderr = edge.0.stderr.take().expect("stderr");
-    let line = BufReader::new(stderr)
+    BufReader::new(stderr)
         .lines()
         .take(20)
         .map(|line| line.expect("a log line"))
         .find(|line| line.contains("listening"))
-        .expect("the edge logs that it listens");
-    line
+        .expect("the edge logs that it listens")
 }
 
 #[test]
