@@ -132,6 +132,11 @@ pub struct NodeDefaults {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub overload: OverloadConfig,
+    /// `[defaults.edge.access_log]`: every such node's access log; `{node}` in its path
+    /// becomes the node's name (`path = "logs/{node}.log"`), else the nodes share the file
+    /// (or stdout) line by line.
+    #[serde(default)]
+    pub access_log: Option<edge::AccessLogConfig>,
     /// The node's own tables, which the topology sets: refused with that reason.
     #[serde(default)]
     node: Option<toml::Value>,
@@ -545,6 +550,13 @@ impl Topology {
                 ..Default::default()
             },
             overload: defaults.overload.clone(),
+            access_log: defaults
+                .access_log
+                .clone()
+                .map(|log| edge::AccessLogConfig {
+                    path: log.path.replace("{node}", name),
+                    ..log
+                }),
             sites,
         }
     }

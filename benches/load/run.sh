@@ -14,6 +14,9 @@
 #
 # Env: PEERS="varnish nginx ats"  SIZES="1k 16k 256k 4m"  SHARED=../shared/bench  OUT=...  SKIP_BUILD=1
 #      EDGE_PORT=19084 EDGE_ADMIN_PORT=19094 SLOW_EDGE_PORT=19085  DURATION=10
+#      EDGE_LOG=1: also "edge-logged" (port 19088), the same edge writing a JSON access log
+#      to a file ($RUN/access.log), measured beside the edge in the hit case: the cost of
+#      logging, same run
 # Needs (Debian): varnish nginx-light trafficserver wrk hey curl. Loopback only.
 set -euo pipefail
 
@@ -41,6 +44,12 @@ admin_listen = "127.0.0.1:$3"
 [cache]
 capacity = "2 GiB"
 max_object_size = "64 MiB"
+TOML
+  if [[ $1 == edge-logged ]]; then
+    rm -f "$RUN/access.log"
+    printf '[access_log]\npath = "%s"\n' "$RUN/access.log" >> "$f"
+  fi
+  cat >> "$f" <<TOML
 [[site]]
 name = "bench"
 hosts = ["127.0.0.1", "localhost"]
@@ -118,13 +127,18 @@ for t in wrk curl taskset varnishd nginx traffic_server; do command -v "$t" >/de
 [[ -f /tmp/perf/origin/ws/10000.bin ]] || "$SHARED/make-origin.sh" >/dev/null
 
 cleanup() {
-  stop_edge edge; stop_edge edge-slow; stop_edge edge-tiered; stop_edge shield
+  stop_edge edge; stop_edge edge-logged; stop_edge edge-slow; stop_edge edge-tiered; stop_edge shield
   [[ -f $PIDFILE ]] && "$SHARED/stop-peers.sh" "$PIDFILE" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 rm -f "$PIDFILE"
 COMPONENTS="origin $PEERS slow" "$SHARED/setup-peers.sh" > "$OUT/setup.log"
 start_edge edge "$EDGE_PORT" "$EDGE_ADMIN_PORT" 19080
+EDGES=edge
+if [[ ${EDGE_LOG:-0} == 1 ]]; then
+  start_edge edge-logged 19088 19098 19080
+  EDGES="edge edge-logged"
+fi
 {
   echo "date: $(date -u +%FT%TZ)"
   echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet || echo -dirty)"
@@ -133,8 +147,8 @@ start_edge edge "$EDGE_PORT" "$EDGE_ADMIN_PORT" 19080
   echo "peers: varnish $(varnishd -V 2>&1 | head -1 | grep -o '[0-9][0-9.]*' | head -1), nginx $(nginx -v 2>&1 | grep -o '[0-9][0-9.]*'), ats $(traffic_server --version 2>&1 | grep -o 'Server [0-9][0-9.]*' | head -1)"
 } > "$OUT/machine.txt"
 
-port_of() { case $1 in edge) echo "$EDGE_PORT";; varnish) echo 19081;; nginx) echo 19082;; ats) echo 19083;; esac; }
-pid_of() { if [[ $1 == edge ]]; then cat "$RUN/edge.pid"; else "$0" peer-pid "$1"; fi; }
+port_of() { case $1 in edge) echo "$EDGE_PORT";; edge-logged) echo 19088;; varnish) echo 19081;; nginx) echo 19082;; ats) echo 19083;; esac; }
+pid_of() { if [[ $1 == edge* ]]; then cat "$RUN/$1.pid"; else "$0" peer-pid "$1"; fi; }
 
 if [[ $CASES == *hit* ]]; then
   # Sizes outer, servers inner: each size is measured for every server back to back, so
@@ -142,7 +156,7 @@ if [[ $CASES == *hit* ]]; then
   : > "$OUT/hit.tsv"
   header=1
   for size in ${SIZES:-1k 16k 256k 4m}; do
-    for s in edge $PEERS; do
+    for s in $EDGES $PEERS; do
       HEADER=$header SIZES=$size SERVER_PIDS="$(pid_of "$s")" RAW_DIR="$OUT/raw" \
         "$SHARED/bench-hit.sh" "http://127.0.0.1:$(port_of "$s")" "$s" | tee -a "$OUT/hit.tsv"
       header=0

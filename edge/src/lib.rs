@@ -24,6 +24,7 @@ pub mod node;
 pub mod upstream;
 
 pub use cache::store::{MemoryStore, Storage};
+pub use node::access_log::AccessLogConfig;
 pub use node::config::EdgeConfig;
 pub use node::proxy::Edge;
 pub use node::server::{EdgeServer, StartError};

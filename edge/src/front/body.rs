@@ -38,6 +38,8 @@ pub enum EdgeBody {
     Sliced(SliceBody),
     /// A body (or a range of it) read from the disk tier one checked frame at a time.
     Disk(DiskStream),
+    /// Another body, its bytes counted for the access log.
+    Tallied(Box<Tallied>),
 }
 
 impl EdgeBody {
@@ -69,6 +71,7 @@ impl Body for EdgeBody {
             EdgeBody::Growing(reader) => Pin::new(reader).poll_frame(cx),
             EdgeBody::Sliced(body) => Pin::new(body).poll_frame(cx),
             EdgeBody::Disk(body) => body.poll_frame(cx),
+            EdgeBody::Tallied(body) => body.poll_frame(cx),
             EdgeBody::Stream { prefix, rest } => {
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -87,6 +90,7 @@ impl Body for EdgeBody {
             EdgeBody::Growing(reader) => reader.is_end_stream(),
             EdgeBody::Sliced(body) => body.is_end_stream(),
             EdgeBody::Disk(body) => body.remaining == 0,
+            EdgeBody::Tallied(body) => body.inner.is_end_stream(),
             EdgeBody::Stream { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
         }
     }
@@ -102,6 +106,7 @@ impl Body for EdgeBody {
             EdgeBody::Growing(reader) => reader.size_hint(),
             EdgeBody::Sliced(body) => body.size_hint(),
             EdgeBody::Disk(body) => SizeHint::with_exact(body.remaining),
+            EdgeBody::Tallied(body) => body.inner.size_hint(),
             EdgeBody::Stream { prefix, rest } => {
                 let buffered: u64 = prefix.iter().map(|b| b.len() as u64).sum();
                 let rest = rest.size_hint();
@@ -113,6 +118,67 @@ impl Body for EdgeBody {
                 hint
             }
         }
+    }
+}
+
+/// What a [`Tallied`] body reports once: body bytes sent, and whether it ended (`false`:
+/// dropped first, the client gone or the body broken off).
+pub type TallyDone = Box<dyn FnOnce(u64, bool) + Send + Sync>;
+
+/// A body whose data bytes are counted and whose end is reported once, when it ends or,
+/// if first, when it is dropped: what the access log learns of a response's body,
+/// whichever protocol writes it.
+pub struct Tallied {
+    inner: EdgeBody,
+    sent: u64,
+    done: Option<TallyDone>,
+}
+
+impl std::fmt::Debug for Tallied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tallied")
+            .field("inner", &self.inner)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tallied {
+    pub fn wrap(inner: EdgeBody, done: TallyDone) -> EdgeBody {
+        EdgeBody::Tallied(Box::new(Tallied {
+            inner,
+            sent: 0,
+            done: Some(done),
+        }))
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if self.inner.is_end_stream() {
+                    self.finish(true);
+                }
+            }
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(done) = self.done.take() {
+            done(self.sent, complete);
+        }
+    }
+}
+
+impl Drop for Tallied {
+    fn drop(&mut self) {
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
     }
 }
 

@@ -47,7 +47,7 @@ use tokio::sync::watch;
 use crate::cache::status::{CacheStatus, Outcome};
 use crate::cache::store::StoredResponse;
 use crate::front::body::EdgeBody;
-use crate::front::{Handler, TlsName};
+use crate::front::{Handler, ServedHit, TlsName};
 use crate::upstream::interim::{self, InterimHead, InterimReceiver};
 
 /// Header slots parsed by the fast path; a request with more goes to hyper.
@@ -138,6 +138,9 @@ struct Head {
     len: usize,
     host_range: Option<(usize, usize)>,
     path_range: (usize, usize),
+    /// `User-Agent` and `Referer`, for the access log.
+    user_agent: Option<(usize, usize)>,
+    referer: Option<(usize, usize)>,
 }
 
 enum Parsed {
@@ -227,6 +230,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
         }
 
         let close = head.close || *shutdown.borrow();
+        let started = handler.logs_access().then(Instant::now);
         let written = match fresh_hit(handler.as_ref(), &buf, &head, tls) {
             Some((entry, now)) => {
                 handler.count(Outcome::Hit);
@@ -239,14 +243,35 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
                         .as_bytes(),
                 );
                 out.extend_from_slice(b"\r\ncache-status: ");
+                let status_at = out.len();
                 status.write_to(&mut out, handler.name(), entry.upstream_cache_status());
+                let status_end = out.len();
                 out.extend_from_slice(if close {
                     b"\r\nconnection: close\r\n\r\n"
                 } else {
                     b"\r\n\r\n"
                 });
                 let body: &[u8] = if head.head { &[] } else { entry.body() };
-                write_all_vectored(&mut stream, &[entry.head(), &out, body]).await
+                let written = write_all_vectored(&mut stream, &[entry.head(), &out, body]).await;
+                if let Some(started) = started {
+                    let range = |r: Option<(usize, usize)>| r.map(|(a, b)| &buf[a..b]);
+                    handler.served_hit(&ServedHit {
+                        client: peer,
+                        host: range(head.host_range).unwrap_or_default(),
+                        target: &buf[head.path_range.0..head.path_range.1],
+                        head: head.head,
+                        status: entry.status,
+                        bytes: (entry.head().len() + out.len() + body.len()) as u64,
+                        body_bytes: body.len() as u64,
+                        started,
+                        cache_status: &out[status_at..status_end],
+                        tls,
+                        user_agent: range(head.user_agent),
+                        referer: range(head.referer),
+                        complete: written.is_ok(),
+                    });
+                }
+                written
             }
             None => {
                 let Some(mut request) = build_request(&buf, &head) else {
@@ -391,6 +416,8 @@ fn parse(buf: &[u8], limits: &ConnLimits) -> Parsed {
             offset(path.as_bytes()),
             offset(path.as_bytes()) + path.len(),
         ),
+        user_agent: None,
+        referer: None,
     };
     let mut hosts = 0;
     let mut content_length: Option<&[u8]> = None;
@@ -469,6 +496,12 @@ fn parse(buf: &[u8], limits: &ConnLimits) -> Parsed {
             parsed.eligible = false;
         } else if name.eq_ignore_ascii_case(b"expect") || name.eq_ignore_ascii_case(b"upgrade") {
             parsed.eligible = false;
+        } else if name.eq_ignore_ascii_case(b"user-agent") {
+            let start = offset(h.value);
+            parsed.user_agent = Some((start, start + h.value.len()));
+        } else if name.eq_ignore_ascii_case(b"referer") {
+            let start = offset(h.value);
+            parsed.referer = Some((start, start + h.value.len()));
         }
     }
     if content_length.is_some() && chunked {

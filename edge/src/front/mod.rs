@@ -98,6 +98,41 @@ pub trait Handler: Send + Sync + 'static {
     /// Counts a request the front door answered without [`Handler::handle`]: a fast-path
     /// hit, or a refusal (a malformed head, a client over its connection limit).
     fn count(&self, outcome: Outcome);
+
+    /// Whether the node keeps an access log: the fast path then times each request and
+    /// reports every hit it writes to [`Handler::served_hit`]. The default says no.
+    fn logs_access(&self) -> bool {
+        false
+    }
+
+    /// A fast-path hit was written (or the client left while it was): what the access log
+    /// needs of it. Called only when [`Handler::logs_access`] says so; must not block.
+    fn served_hit(&self, hit: &ServedHit<'_>) {
+        let _ = hit;
+    }
+}
+
+/// A hit the fast path wrote, for the access log: the request's parts as the client sent
+/// them (bytes, not yet checked as text) and what was sent.
+#[derive(Debug)]
+pub struct ServedHit<'a> {
+    pub client: SocketAddr,
+    pub host: &'a [u8],
+    pub target: &'a [u8],
+    /// A `HEAD` (else a `GET`).
+    pub head: bool,
+    pub status: http::StatusCode,
+    pub bytes: u64,
+    pub body_bytes: u64,
+    /// When the request's head was read.
+    pub started: Instant,
+    /// The `Cache-Status` value sent.
+    pub cache_status: &'a [u8],
+    pub tls: Option<&'a TlsName>,
+    pub user_agent: Option<&'a [u8]>,
+    pub referer: Option<&'a [u8]>,
+    /// Whether every byte was written.
+    pub complete: bool,
 }
 
 /// The server name (SNI) a client's TLS connection was set up for. It travels with each

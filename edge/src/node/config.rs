@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::cache::key::QueryMode;
 pub use crate::cache::partial::RangeMiss;
+use crate::node::access_log::AccessLogConfig;
 use crate::node::role::Role;
 use node_api::nats::{DEFAULT_STREAM, validate_servers, validate_stream_name};
 
@@ -45,6 +46,10 @@ pub struct EdgeConfig {
     pub purge: PurgeConfig,
     #[serde(default)]
     pub overload: OverloadConfig,
+    /// `[access_log]`: one line per request (see [`crate::node::access_log`]); off when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogConfig>,
     #[serde(default, rename = "site")]
     pub sites: Vec<SiteConfig>,
 }
@@ -288,6 +293,8 @@ pub enum ConfigError {
     NoUpstreamSlots,
     #[error("[purge]: {0}")]
     Purge(String),
+    #[error("[access_log]: {0}")]
+    AccessLog(#[from] crate::node::access_log::AccessLogError),
     #[error("limits.{name} must be at least {min} (got {got})")]
     Limit {
         name: &'static str,

@@ -341,6 +341,25 @@ impl Metrics {
         self.state = Some(gauges);
     }
 
+    /// Registers the access log's counters: for a node that keeps one.
+    pub fn track_access_log(&mut self, counts: &crate::node::access_log::LogCounts) {
+        self.registry.register(
+            "access_log_lines",
+            "Access log lines written",
+            counts.written.clone(),
+        );
+        self.registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer was behind (the requests were served)",
+            counts.dropped.clone(),
+        );
+        self.registry.register(
+            "access_log_write_errors",
+            "Access log writes that failed (a full disk, a closed stdout)",
+            counts.write_errors.clone(),
+        );
+    }
+
     /// Registers the disk tier's metrics: for a node with one.
     pub fn track_disk(&mut self) {
         let hits = Family::<TierLabel, Counter>::default();

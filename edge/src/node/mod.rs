@@ -10,6 +10,7 @@
 //!
 //! This is the top layer: it may import every layer below, and nothing imports it.
 
+pub mod access_log;
 mod admin;
 pub mod config;
 mod disk;

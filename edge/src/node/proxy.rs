@@ -20,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -45,7 +45,8 @@ use crate::cache::vary::VaryIndex;
 use crate::front::body::{DiskStream, EdgeBody};
 use crate::front::client_body::ClientBody;
 use crate::front::listener::OpenConnections;
-use crate::front::{Handler, TlsName};
+use crate::front::{Handler, ServedHit, TlsName};
+use crate::node::access_log::{AccessLog, AccessRecord, logged};
 use crate::node::config::{ConfigError, EdgeConfig};
 use crate::node::disk::FromDisk;
 use crate::node::fill::{Fill, FillRequest};
@@ -160,6 +161,8 @@ pub struct Edge {
     node_key: Option<NodeKey>,
     /// Slots for upstream work: misses beyond them are shed.
     pub(crate) admission: Admission,
+    /// `[access_log]`, when on.
+    pub(crate) access_log: Option<AccessLog>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -203,6 +206,14 @@ impl Edge {
             }
         }
         metrics.purge_watermark(store.purge_watermark());
+        let access_log = config
+            .access_log
+            .as_ref()
+            .map(|log| AccessLog::start(log, &config.node.name))
+            .transpose()?;
+        if let Some(log) = &access_log {
+            metrics.track_access_log(log.counts());
+        }
         Ok(Self {
             name: config.node.name.clone(),
             via,
@@ -232,6 +243,7 @@ impl Edge {
             role: config.node.role,
             node_key: config.purge.node_token.as_deref().map(NodeKey::new),
             admission: Admission::new(&config.overload),
+            access_log,
         })
     }
 
@@ -313,9 +325,59 @@ impl Edge {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let Some(log) = &self.access_log else {
+            let (response, outcome) = self.route(req, client).await;
+            self.metrics.request(outcome);
+            return response;
+        };
+        let started = Instant::now();
+        let record = self.access_record(log, &req, client);
         let (response, outcome) = self.route(req, client).await;
         self.metrics.request(outcome);
-        response
+        logged(log.clone(), record, started, response)
+    }
+
+    /// What the access log says of a request, before its answer is known.
+    fn access_record<B>(
+        &self,
+        log: &AccessLog,
+        req: &Request<B>,
+        client: SocketAddr,
+    ) -> AccessRecord {
+        let header = |name: header::HeaderName| {
+            req.headers()
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        let tls = req.extensions().get::<TlsName>();
+        AccessRecord {
+            time: std::time::SystemTime::now(),
+            client,
+            site: self
+                .site_for(req)
+                .ok()
+                .map(|site| site.site.name.as_str().into()),
+            method: req.method().clone(),
+            scheme: if tls.is_some() { "https" } else { "http" },
+            host: request_host(req).unwrap_or("").to_owned(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .to_owned(),
+            status: 0,
+            bytes: 0,
+            body_bytes: 0,
+            ttfb: Duration::ZERO,
+            total: Duration::ZERO,
+            cache_status: String::new(),
+            tls: tls.map(|name| name.0.clone()),
+            version: req.version(),
+            user_agent: header(header::USER_AGENT),
+            referer: header(header::REFERER),
+            request_id: log.next_id(),
+            complete: false,
+        }
     }
 
     /// A request through its phases: trust (internal headers), limits, site, method,
@@ -1362,6 +1424,44 @@ impl Handler for Edge {
         B::Error: Into<BoxError>,
     {
         Edge::handle(self, request, client)
+    }
+
+    fn logs_access(&self) -> bool {
+        self.access_log.is_some()
+    }
+
+    fn served_hit(&self, hit: &ServedHit<'_>) {
+        let Some(log) = &self.access_log else {
+            return;
+        };
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let host = text(hit.host);
+        let elapsed = hit.started.elapsed();
+        log.log(AccessRecord {
+            time: std::time::SystemTime::now(),
+            client: hit.client,
+            site: self
+                .sites
+                .resolve_on(&host, hit.tls)
+                .ok()
+                .map(|site| site.site.name.as_str().into()),
+            method: if hit.head { Method::HEAD } else { Method::GET },
+            scheme: if hit.tls.is_some() { "https" } else { "http" },
+            host,
+            target: text(hit.target),
+            status: hit.status.as_u16(),
+            bytes: hit.bytes,
+            body_bytes: hit.body_bytes,
+            ttfb: elapsed,
+            total: elapsed,
+            cache_status: text(hit.cache_status),
+            tls: hit.tls.map(|name| name.0.clone()),
+            version: http::Version::HTTP_11,
+            user_agent: hit.user_agent.map(text),
+            referer: hit.referer.map(text),
+            request_id: log.next_id(),
+            complete: hit.complete,
+        });
     }
 
     /// A forwarded 1xx head is a message this node forwards: it names the node in `Via`

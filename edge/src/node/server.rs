@@ -175,6 +175,27 @@ impl EdgeServer {
                 }
             }));
         }
+        #[cfg(unix)]
+        if let Some(log) = edge.access_log.clone() {
+            let mut stop = shutdown.subscribe();
+            tasks.push(tokio::spawn(async move {
+                // logrotate moves the file, then sends SIGUSR1: later lines go to a new
+                // file under the configured path.
+                use tokio::signal::unix::{SignalKind, signal};
+                let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+                    tracing::warn!(
+                        "SIGUSR1 cannot be caught: the access log will not be reopened on it"
+                    );
+                    return;
+                };
+                loop {
+                    tokio::select! {
+                        Some(()) = usr1.recv() => log.reopen(),
+                        _ = stop.wait_for(|stop| *stop) => return,
+                    }
+                }
+            }));
+        }
         tasks.extend(follower);
         edge.set_ready(true);
         tracing::info!(node = %edge.name(), role = edge.role().as_str(), %public_addr, %admin_addr, ?https_addr, "listening");

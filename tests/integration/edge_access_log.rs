@@ -1,0 +1,262 @@
+//! Access logs: a line per request with what an operator needs, on every path a request
+//! can take (the hit fast path, the full path, refusals, HTTP/2), and a file that follows
+//! logrotate (renamed, then SIGUSR1).
+
+use crate::support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cdn::demo_origin::DemoOrigin;
+use edge::{EdgeConfig, EdgeServer};
+use http::{Method, StatusCode, Version};
+use serde_json::Value;
+use support::tls::{self, TestCa};
+use support::{HOST, Harness, NODE, loopback};
+
+/// The JSON lines of the log at `path` once it holds `n` of them (bounded wait).
+async fn lines(path: &Path, n: usize) -> Vec<Value> {
+    let read = || {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect::<Vec<Value>>()
+    };
+    let held = support::eventually(Duration::from_secs(10), || read().len() >= n).await;
+    let lines = read();
+    assert!(held, "{} lines of {n}: {lines:#?}", lines.len());
+    assert_eq!(lines.len(), n, "{lines:#?}");
+    lines
+}
+
+fn access_log_table(path: &Path) -> String {
+    format!("[access_log]\npath = {:?}\n", path.to_string_lossy())
+}
+
+#[tokio::test]
+async fn a_line_per_request_for_a_miss_a_hit_a_pass_and_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let h = Harness::start_tables("", "", &access_log_table(&path)).await;
+    let agent = [
+        ("user-agent", "log-test/1.0"),
+        ("referer", "https://pages.test/a"),
+    ];
+
+    let miss = h.send(Method::GET, "/obj/1k.bin", HOST, &agent).await;
+    let hit = h.send(Method::GET, "/obj/1k.bin", HOST, &agent).await;
+    let pass = h
+        .send(Method::GET, "/private.bin?cc=no-store", HOST, &[])
+        .await;
+    let refused = h.send(Method::GET, "/x", "unknown.test", &[]).await;
+    assert_eq!(
+        (miss.status, hit.status, pass.status, refused.status),
+        (
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::MISDIRECTED_REQUEST
+        )
+    );
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+
+    let log = lines(&path, 4).await;
+    let (miss_line, hit_line, pass_line, refused_line) = (&log[0], &log[1], &log[2], &log[3]);
+    for line in &log {
+        assert_eq!(line["node"], NODE);
+        assert_eq!(line["client"], "127.0.0.1");
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["http_version"], "HTTP/1.1");
+        assert_eq!(line["tls"], Value::Null);
+        assert_eq!(line["complete"], true);
+        assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
+        assert!(line["total"].as_f64().unwrap() >= line["ttfb"].as_f64().unwrap());
+    }
+    assert_eq!(miss_line["url"], format!("http://{HOST}/obj/1k.bin"));
+    assert_eq!(miss_line["site"], "assets");
+    assert_eq!(miss_line["status"], 200);
+    assert_eq!(miss_line["body_bytes"], 1024);
+    assert!(
+        miss_line["bytes"].as_u64().unwrap() > 1024 + 100,
+        "{miss_line}"
+    );
+    assert_eq!(miss_line["cache_status"], miss.cache_status());
+    assert_eq!(miss_line["user_agent"], "log-test/1.0");
+    assert_eq!(miss_line["referer"], "https://pages.test/a");
+
+    // The hit came through the fast path: the same facts.
+    assert_eq!(hit_line["url"], format!("http://{HOST}/obj/1k.bin"));
+    assert_eq!(hit_line["site"], "assets");
+    assert_eq!(hit_line["status"], 200);
+    assert_eq!(hit_line["body_bytes"], 1024);
+    assert_eq!(hit_line["cache_status"], hit.cache_status());
+    assert_eq!(hit_line["user_agent"], "log-test/1.0");
+    assert_eq!(hit_line["referer"], "https://pages.test/a");
+    assert_ne!(hit_line["request_id"], miss_line["request_id"]);
+
+    assert_eq!(pass_line["cache_status"], pass.cache_status());
+    assert!(
+        !pass.cache_status().contains("stored") && !pass.cache_status().contains("hit"),
+        "{}",
+        pass.cache_status()
+    );
+    assert_eq!(pass_line["user_agent"], Value::Null);
+
+    assert_eq!(refused_line["status"], 421);
+    assert_eq!(refused_line["site"], Value::Null);
+    assert_eq!(refused_line["url"], "http://unknown.test/x");
+
+    assert_eq!(h.metric("edge_access_log_lines_total").await, 4.0);
+    assert_eq!(h.metric("edge_access_log_dropped_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn an_http2_request_is_logged_with_its_version_and_server_name() {
+    let origin = DemoOrigin::start(loopback()).await.expect("origin starts");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue(&[HOST]).write(dir.path(), "assets");
+    let path = dir.path().join("access.log");
+    let text = format!(
+        r#"
+        [node]
+        name = "edge-h2-log"
+        listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
+        https_listen = "127.0.0.1:0"
+
+        {table}
+
+        [[site]]
+        name = "assets"
+        hosts = ["{HOST}"]
+        upstream = "http://{upstream}"
+        tls = {{ cert = {cert:?}, key = {key:?} }}
+        "#,
+        table = access_log_table(&path),
+        upstream = origin.addr(),
+    );
+    let edge = EdgeServer::start(EdgeConfig::from_toml(&text).unwrap())
+        .await
+        .expect("edge starts");
+    let client = ca.client(&[b"h2"]);
+    let conn = tls::connect(&client, edge.https_addr().unwrap(), HOST)
+        .await
+        .unwrap();
+    let (status, version, body) = tls::get(conn, HOST, "/h2/2k.bin").await;
+    assert_eq!(
+        (status, version, body.len()),
+        (StatusCode::OK, Version::HTTP_2, 2048)
+    );
+
+    let log = lines(&path, 1).await;
+    let line = &log[0];
+    assert_eq!(line["http_version"], "HTTP/2.0");
+    assert_eq!(line["tls"], HOST);
+    assert_eq!(line["url"], format!("https://{HOST}/h2/2k.bin"));
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["body_bytes"], 2048);
+    assert_eq!(line["complete"], true);
+    assert_eq!(line["node"], "edge-h2-log");
+}
+
+/// A `cdn edge` process with an access log at `log`, in front of `origin`; its public
+/// address, read from the line it prints once it listens.
+struct EdgeProcess {
+    child: std::process::Child,
+    public: SocketAddr,
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl EdgeProcess {
+    fn start(dir: &Path, origin: SocketAddr, log: &Path) -> Self {
+        let config: PathBuf = dir.join("edge.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+                [node]
+                name = "edge-rotate"
+                listen = "127.0.0.1:0"
+                admin_listen = "127.0.0.1:0"
+                {table}
+                [[site]]
+                name = "assets"
+                hosts = ["{HOST}"]
+                upstream = "http://{origin}"
+                "#,
+                table = access_log_table(log),
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cdn"))
+            .args(["edge", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cdn edge starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("the edge says where it listens");
+        let public = line
+            .split("serving on http://")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        Self { child, public }
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+    }
+}
+
+#[tokio::test]
+async fn after_logrotate_renames_the_file_sigusr1_reopens_it() {
+    let origin = DemoOrigin::start(loopback()).await.expect("origin starts");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let edge = EdgeProcess::start(dir.path(), origin.addr(), &path);
+    let client = support::client();
+    let get =
+        |target: &'static str| support::send(&client, edge.public, Method::GET, target, HOST, &[]);
+    assert_eq!(get("/before.bin").await.status, StatusCode::OK);
+    lines(&path, 1).await;
+
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    // Written after the rename and before the signal: still the old file (now rotated).
+    assert_eq!(get("/between.bin").await.status, StatusCode::OK);
+    lines(&rotated, 2).await;
+    edge.signal("USR1");
+    let reopened = support::eventually(Duration::from_secs(10), || path.exists()).await;
+    assert!(
+        reopened,
+        "SIGUSR1 reopens the log under its configured path"
+    );
+    assert_eq!(get("/after.bin").await.status, StatusCode::OK);
+
+    let new = lines(&path, 1).await;
+    assert_eq!(new[0]["url"], format!("http://{HOST}/after.bin"));
+    let old = lines(&rotated, 2).await;
+    assert_eq!(old[0]["url"], format!("http://{HOST}/before.bin"));
+    assert_eq!(old[1]["url"], format!("http://{HOST}/between.bin"));
+}
