@@ -71,7 +71,7 @@ async fn a_line_per_request_for_a_miss_a_hit_a_pass_and_a_refusal() {
         assert_eq!(line["client"], "127.0.0.1");
         assert_eq!(line["method"], "GET");
         assert_eq!(line["http_version"], "HTTP/1.1");
-        assert_eq!(line["tls"], Value::Null);
+        assert!(line.get("tls").is_none(), "{line}");
         assert_eq!(line["complete"], true);
         assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
         assert!(line["total"].as_f64().unwrap() >= line["ttfb"].as_f64().unwrap());
@@ -104,10 +104,10 @@ async fn a_line_per_request_for_a_miss_a_hit_a_pass_and_a_refusal() {
         "{}",
         pass.cache_status()
     );
-    assert_eq!(pass_line["user_agent"], Value::Null);
+    assert!(pass_line.get("user_agent").is_none(), "{pass_line}");
 
     assert_eq!(refused_line["status"], 421);
-    assert_eq!(refused_line["site"], Value::Null);
+    assert!(refused_line.get("site").is_none(), "{refused_line}");
     assert_eq!(refused_line["url"], "http://unknown.test/x");
 
     assert_eq!(h.metric("edge_access_log_lines_total").await, 4.0);

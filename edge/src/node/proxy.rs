@@ -46,7 +46,7 @@ use crate::front::body::{DiskStream, EdgeBody};
 use crate::front::client_body::ClientBody;
 use crate::front::listener::OpenConnections;
 use crate::front::{Handler, ServedHit, TlsName};
-use crate::node::access_log::{AccessLog, AccessRecord, logged};
+use crate::node::access_log::{AccessLog, AccessRecord, Line, logged};
 use crate::node::config::{ConfigError, EdgeConfig};
 use crate::node::disk::FromDisk;
 use crate::node::fill::{Fill, FillRequest};
@@ -1434,31 +1434,28 @@ impl Handler for Edge {
         let Some(log) = &self.access_log else {
             return;
         };
-        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-        let host = text(hit.host);
         let elapsed = hit.started.elapsed();
-        log.log(AccessRecord {
+        let site = std::str::from_utf8(hit.host)
+            .ok()
+            .and_then(|host| self.sites.resolve_on(host, hit.tls).ok());
+        log.log(&Line {
             time: std::time::SystemTime::now(),
             client: hit.client,
-            site: self
-                .sites
-                .resolve_on(&host, hit.tls)
-                .ok()
-                .map(|site| site.site.name.as_str().into()),
-            method: if hit.head { Method::HEAD } else { Method::GET },
+            site: site.map(|site| site.site.name.as_str()),
+            method: if hit.head { "HEAD" } else { "GET" },
             scheme: if hit.tls.is_some() { "https" } else { "http" },
-            host,
-            target: text(hit.target),
+            host: hit.host,
+            target: hit.target,
             status: hit.status.as_u16(),
             bytes: hit.bytes,
             body_bytes: hit.body_bytes,
             ttfb: elapsed,
             total: elapsed,
-            cache_status: text(hit.cache_status),
-            tls: hit.tls.map(|name| name.0.clone()),
+            cache_status: hit.cache_status,
+            tls: hit.tls.map(|name| &*name.0),
             version: http::Version::HTTP_11,
-            user_agent: hit.user_agent.map(text),
-            referer: hit.referer.map(text),
+            user_agent: hit.user_agent,
+            referer: hit.referer,
             request_id: log.next_id(),
             complete: hit.complete,
         });
