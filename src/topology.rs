@@ -889,6 +889,24 @@ hosts = ["x.example"]"#,
     }
 
     #[test]
+    fn every_edge_gets_its_own_access_log_from_the_defaults() {
+        let text = format!(
+            "{DEFAULT_TOPOLOGY}\n[defaults.edge.access_log]\npath = \"/var/log/cdn/{{node}}.log\"\nformat = \"combined\"\n"
+        );
+        let topology = Topology::from_toml(&text).expect("valid topology");
+        let at = topology.planned();
+        let edge = topology.edge_config("us-east-2", &at).expect("edge config");
+        let log = edge.access_log.expect("an access log");
+        assert_eq!(log.path, "/var/log/cdn/us-east-2.log");
+        assert_eq!(log.format, edge::node::access_log::LineFormat::Combined);
+        let shield = topology.shield_config(0, &at).expect("shield config");
+        assert!(
+            shield.access_log.is_none(),
+            "[defaults.shield] did not ask for one"
+        );
+    }
+
+    #[test]
     fn a_cache_directory_shared_by_several_nodes_is_refused() {
         let edges = DEFAULT_TOPOLOGY.replace(
             "[defaults.edge.cache]\n",
