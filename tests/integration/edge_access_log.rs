@@ -260,3 +260,27 @@ async fn after_logrotate_renames_the_file_sigusr1_reopens_it() {
     assert_eq!(old[0]["url"], format!("http://{HOST}/before.bin"));
     assert_eq!(old[1]["url"], format!("http://{HOST}/between.bin"));
 }
+
+#[tokio::test]
+async fn a_site_sampled_at_zero_writes_no_line_and_the_others_still_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    // The test site logs nothing; a second site (whose upstream is closed) logs all.
+    let site_extra = r#"access_log_sample = 0.0
+        [[site]]
+        name = "other"
+        hosts = ["other.test"]
+        upstream = "http://127.0.0.1:9"
+        "#;
+    let h = Harness::start_tables("", site_extra, &access_log_table(&path)).await;
+    for _ in 0..3 {
+        assert_eq!(h.get("/obj/1k.bin").await.status, StatusCode::OK);
+    }
+    let other = h.send(Method::GET, "/x", "other.test", &[]).await;
+    assert_eq!(other.status, StatusCode::BAD_GATEWAY);
+    // Lines are written in the order they were logged: had the test site's requests been
+    // logged, they would come first.
+    let log = lines(&path, 1).await;
+    assert_eq!(log[0]["site"], "other");
+    assert_eq!(log[0]["status"], 502);
+}

@@ -400,6 +400,16 @@ impl AccessLog {
         self.ids.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Whether the request `id` is among the `share` (0 to 1) of requests logged: decided
+    /// by a hash of the id, so that consecutive requests are sampled evenly.
+    pub fn sampled(share: f64, id: u64) -> bool {
+        if share >= 1.0 {
+            return true;
+        }
+        let spread = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+        (spread as f64) < share * (1u64 << 53) as f64
+    }
+
     /// Formats `line` and queues it; drops and counts it when the buffer is full. Never
     /// blocks on the writer.
     pub fn log(&self, line: &Line<'_>) {
@@ -969,6 +979,19 @@ mod tests {
         let lines = out.lines();
         assert_eq!(lines.len(), 5);
         assert!(lines[4].contains("/a/4.css"), "{}", lines[4]);
+    }
+
+    #[test]
+    fn a_share_of_requests_is_sampled_evenly() {
+        let logged = |share: f64| {
+            (0..10_000u64)
+                .filter(|id| AccessLog::sampled(share, 1000 + id))
+                .count()
+        };
+        assert_eq!(logged(1.0), 10_000);
+        assert_eq!(logged(0.0), 0);
+        let tenth = logged(0.1);
+        assert!((900..=1100).contains(&tenth), "{tenth} of 10,000 at 0.1");
     }
 
     #[test]

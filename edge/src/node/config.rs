@@ -210,6 +210,14 @@ pub struct SiteConfig {
     /// stored as partial objects and completed with ranged requests (`cache::partial`).
     #[serde(default)]
     pub range_miss: RangeMiss,
+    /// The share of this site's requests the access log writes a line for, 0 to 1 (default
+    /// 1: every one); which requests is decided by their id, evenly.
+    #[serde(default = "default_access_log_sample")]
+    pub access_log_sample: f64,
+}
+
+fn default_access_log_sample() -> f64 {
+    1.0
 }
 
 /// A site with no name, hosts or upstream yet and every policy at its default: what a
@@ -235,6 +243,7 @@ impl Default for SiteConfig {
             tls: None,
             key_headers: Vec::new(),
             range_miss: RangeMiss::Whole,
+            access_log_sample: default_access_log_sample(),
         }
     }
 }

@@ -331,19 +331,23 @@ impl Edge {
             return response;
         };
         let started = Instant::now();
-        let record = self.access_record(log, &req, client);
+        let share = self
+            .site_for(&req)
+            .map_or(1.0, |site| site.site.access_log_sample);
+        let id = log.next_id();
+        if !AccessLog::sampled(share, id) {
+            let (response, outcome) = self.route(req, client).await;
+            self.metrics.request(outcome);
+            return response;
+        }
+        let record = self.access_record(id, &req, client);
         let (response, outcome) = self.route(req, client).await;
         self.metrics.request(outcome);
         logged(log.clone(), record, started, response)
     }
 
     /// What the access log says of a request, before its answer is known.
-    fn access_record<B>(
-        &self,
-        log: &AccessLog,
-        req: &Request<B>,
-        client: SocketAddr,
-    ) -> AccessRecord {
+    fn access_record<B>(&self, id: u64, req: &Request<B>, client: SocketAddr) -> AccessRecord {
         let header = |name: header::HeaderName| {
             req.headers()
                 .get(name)
@@ -375,7 +379,7 @@ impl Edge {
             version: req.version(),
             user_agent: header(header::USER_AGENT),
             referer: header(header::REFERER),
-            request_id: log.next_id(),
+            request_id: id,
             complete: false,
         }
     }
@@ -1438,6 +1442,10 @@ impl Handler for Edge {
         let site = std::str::from_utf8(hit.host)
             .ok()
             .and_then(|host| self.sites.resolve_on(host, hit.tls).ok());
+        let id = log.next_id();
+        if !AccessLog::sampled(site.map_or(1.0, |site| site.site.access_log_sample), id) {
+            return;
+        }
         log.log(&Line {
             time: std::time::SystemTime::now(),
             client: hit.client,
@@ -1456,7 +1464,7 @@ impl Handler for Edge {
             version: http::Version::HTTP_11,
             user_agent: hit.user_agent,
             referer: hit.referer,
-            request_id: log.next_id(),
+            request_id: id,
             complete: hit.complete,
         });
     }

@@ -37,6 +37,8 @@ pub struct Site {
     pub key_headers: Vec<HeaderName>,
     /// What a range miss with nothing held asks the upstream for (`range_miss`).
     pub range_miss: RangeMiss,
+    /// The share of requests the access log writes (`access_log_sample`).
+    pub access_log_sample: f64,
     generation: AtomicU64,
 }
 
@@ -52,6 +54,12 @@ impl Site {
             (None, None) => Err("no upstream configured".into()),
         }
         .map_err(fail)?;
+        if !(0.0..=1.0).contains(&config.access_log_sample) {
+            return Err(fail(format!(
+                "access_log_sample must be between 0 and 1 (got {})",
+                config.access_log_sample
+            )));
+        }
         let upstream_host = config
             .upstream_host
             .as_deref()
@@ -78,6 +86,7 @@ impl Site {
                 stale_if_error: config.stale_if_error,
             },
             strip_set_cookie: config.strip_set_cookie,
+            access_log_sample: config.access_log_sample,
             store_post_content_location: config.store_post_content_location,
             key_headers: {
                 let mut names = config
