@@ -72,6 +72,7 @@ async fn a_line_per_request_for_a_miss_a_hit_a_pass_and_a_refusal() {
         assert_eq!(line["method"], "GET");
         assert_eq!(line["http_version"], "HTTP/1.1");
         assert!(line.get("tls").is_none(), "{line}");
+        assert!(line.get("tls_version").is_none(), "{line}");
         assert_eq!(line["complete"], true);
         assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
         assert!(line["total"].as_f64().unwrap() >= line["ttfb"].as_f64().unwrap());
@@ -157,6 +158,7 @@ async fn an_http2_request_is_logged_with_its_version_and_server_name() {
     let line = &log[0];
     assert_eq!(line["http_version"], "HTTP/2.0");
     assert_eq!(line["tls"], HOST);
+    assert_eq!(line["tls_version"], "TLSv1.3");
     assert_eq!(line["url"], format!("https://{HOST}/h2/2k.bin"));
     assert_eq!(line["status"], 200);
     assert_eq!(line["body_bytes"], 2048);

@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::cache::status::Outcome;
 use crate::front::limits::{ConnectionsPerIp, LimitsConfig, WriteTimeout};
 use crate::front::listener::{Http1, OpenConnections, accept_or_back_off, drain};
-use crate::front::{Handler, TlsName};
+use crate::front::{Handler, TlsName, TlsVersion};
 
 /// Accepts TLS connections until shutdown, then waits (bounded) for them to finish.
 /// Each is counted in `open` for as long as it lasts.
@@ -68,7 +68,12 @@ pub async fn serve<H: Handler>(
             };
             // The resolver gave no certificate without a server name naming a site, so
             // a finished handshake always has one.
-            let Some(name) = tls.get_ref().1.server_name().map(|n| TlsName(n.into())) else {
+            let session = tls.get_ref().1;
+            let version = match session.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_2) => TlsVersion::Tls12,
+                _ => TlsVersion::Tls13,
+            };
+            let Some(name) = session.server_name().map(|n| TlsName(n.into(), version)) else {
                 return;
             };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {

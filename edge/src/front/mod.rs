@@ -135,8 +135,25 @@ pub struct ServedHit<'a> {
     pub complete: bool,
 }
 
-/// The server name (SNI) a client's TLS connection was set up for. It travels with each
-/// request of the connection (as a request extension) so the host asked for can be
-/// checked against the certificate the client was shown.
+/// The server name (SNI) a client's TLS connection was set up for, and the TLS version it
+/// negotiated. It travels with each request of the connection (as a request extension)
+/// so the host asked for can be checked against the certificate the client was shown,
+/// and the access log can say how the client connected.
 #[derive(Debug, Clone)]
-pub struct TlsName(pub Arc<str>);
+pub struct TlsName(pub Arc<str>, pub TlsVersion);
+
+/// The TLS version of a connection (the listener offers 1.2 and 1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "TLSv1.2",
+            TlsVersion::Tls13 => "TLSv1.3",
+        }
+    }
+}

@@ -92,6 +92,8 @@ pub enum Field {
     Node,
     /// The server name of a TLS connection; absent over plain HTTP.
     Tls,
+    /// `TLSv1.3` or `TLSv1.2`; absent over plain HTTP.
+    TlsVersion,
     HttpVersion,
     UserAgent,
     Referer,
@@ -118,6 +120,7 @@ impl Field {
             CacheStatus,
             Node,
             Tls,
+            TlsVersion,
             HttpVersion,
             UserAgent,
             Referer,
@@ -142,6 +145,7 @@ impl Field {
             CacheStatus => "cache_status",
             Node => "node",
             Tls => "tls",
+            TlsVersion => "tls_version",
             HttpVersion => "http_version",
             UserAgent => "user_agent",
             Referer => "referer",
@@ -169,6 +173,7 @@ pub struct Line<'a> {
     pub total: Duration,
     pub cache_status: &'a [u8],
     pub tls: Option<&'a str>,
+    pub tls_version: Option<&'static str>,
     pub version: Version,
     pub user_agent: Option<&'a [u8]>,
     pub referer: Option<&'a [u8]>,
@@ -193,6 +198,7 @@ pub struct AccessRecord {
     pub total: Duration,
     pub cache_status: String,
     pub tls: Option<Arc<str>>,
+    pub tls_version: Option<&'static str>,
     pub version: Version,
     pub user_agent: Option<String>,
     pub referer: Option<String>,
@@ -217,6 +223,7 @@ impl AccessRecord {
             total: self.total,
             cache_status: self.cache_status.as_bytes(),
             tls: self.tls.as_deref(),
+            tls_version: self.tls_version,
             version: self.version,
             user_agent: self.user_agent.as_deref().map(str::as_bytes),
             referer: self.referer.as_deref().map(str::as_bytes),
@@ -505,6 +512,7 @@ fn json_line(out: &mut Vec<u8>, r: &Line<'_>, fields: &[Field], node: &str) {
         let absent = match field {
             Field::Site => r.site.is_none(),
             Field::Tls => r.tls.is_none(),
+            Field::TlsVersion => r.tls_version.is_none(),
             Field::UserAgent => r.user_agent.is_none(),
             Field::Referer => r.referer.is_none(),
             _ => false,
@@ -548,6 +556,7 @@ fn json_line(out: &mut Vec<u8>, r: &Line<'_>, fields: &[Field], node: &str) {
             Field::CacheStatus => json_str(out, r.cache_status),
             Field::Node => json_str(out, node.as_bytes()),
             Field::Tls => json_str(out, r.tls.unwrap_or_default().as_bytes()),
+            Field::TlsVersion => json_str(out, r.tls_version.unwrap_or_default().as_bytes()),
             Field::HttpVersion => json_str(out, version(r.version).as_bytes()),
             Field::UserAgent => json_str(out, r.user_agent.unwrap_or_default()),
             Field::Referer => json_str(out, r.referer.unwrap_or_default()),
@@ -841,6 +850,7 @@ mod tests {
             total: Duration::from_micros(420),
             cache_status: "edge-1; hit; ttl=60".into(),
             tls: Some("static.example".into()),
+            tls_version: Some("TLSv1.3"),
             version: Version::HTTP_2,
             user_agent: Some("curl/8 \"quoted\"\n".into()),
             referer: None,
@@ -892,6 +902,7 @@ mod tests {
         assert_eq!(line["cache_status"], "edge-1; hit; ttl=60");
         assert_eq!(line["node"], "edge-1");
         assert_eq!(line["http_version"], "HTTP/2.0");
+        assert_eq!(line["tls_version"], "TLSv1.3");
         assert_eq!(line["user_agent"], "curl/8 \"quoted\"\n");
         assert!(line.get("referer").is_none(), "absent, not null: {line}");
         assert_eq!(line["request_id"], "0000000000000abc");

@@ -212,7 +212,7 @@ impl SiteTable {
         let site = self.resolve(raw).ok_or(Misdirected::UnknownHost)?;
         match tls {
             None => Ok(site),
-            Some(TlsName(name)) => match self.resolve(name) {
+            Some(TlsName(name, _)) => match self.resolve(name) {
                 Some(shown) if Arc::ptr_eq(shown.site, site.site) => Ok(site),
                 _ => Err(Misdirected::OtherCertificate),
             },
@@ -307,7 +307,7 @@ mod tests {
     #[test]
     fn over_tls_only_the_hosts_of_the_connection_s_site_are_answered() {
         let t = table();
-        let tls = TlsName("static.example.com".into());
+        let tls = TlsName("static.example.com".into(), crate::front::TlsVersion::Tls13);
         let same = t.resolve_on("ASSETS.example.com:443", Some(&tls));
         assert_eq!(same.expect("same site").site.name, "assets");
         assert_eq!(
