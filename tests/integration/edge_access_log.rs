@@ -88,6 +88,9 @@ async fn a_line_per_request_for_a_miss_a_hit_a_pass_and_a_refusal() {
     assert_eq!(miss_line["cache_status"], miss.cache_status());
     assert_eq!(miss_line["user_agent"], "log-test/1.0");
     assert_eq!(miss_line["referer"], "https://pages.test/a");
+    let origin = format!("http://{}", h.origin.addr());
+    assert_eq!(miss_line["upstream"], origin.as_str(), "{miss_line}");
+    assert!(miss_line["upstream_time"].as_f64().unwrap() <= miss_line["ttfb"].as_f64().unwrap());
 
     // The hit came through the fast path: the same facts.
     assert_eq!(hit_line["url"], format!("http://{HOST}/obj/1k.bin"));
@@ -98,6 +101,10 @@ async fn a_line_per_request_for_a_miss_a_hit_a_pass_and_a_refusal() {
     assert_eq!(hit_line["user_agent"], "log-test/1.0");
     assert_eq!(hit_line["referer"], "https://pages.test/a");
     assert_ne!(hit_line["request_id"], miss_line["request_id"]);
+    assert!(
+        hit_line.get("upstream").is_none(),
+        "a hit went nowhere: {hit_line}"
+    );
 
     assert_eq!(pass_line["cache_status"], pass.cache_status());
     assert!(
@@ -106,6 +113,8 @@ async fn a_line_per_request_for_a_miss_a_hit_a_pass_and_a_refusal() {
         pass.cache_status()
     );
     assert!(pass_line.get("user_agent").is_none(), "{pass_line}");
+    assert_eq!(pass_line["upstream"], origin.as_str(), "{pass_line}");
+    assert!(refused_line.get("upstream").is_none(), "{refused_line}");
 
     assert_eq!(refused_line["status"], 421);
     assert!(refused_line.get("site").is_none(), "{refused_line}");

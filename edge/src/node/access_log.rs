@@ -94,6 +94,11 @@ pub enum Field {
     Tls,
     /// `TLSv1.3` or `TLSv1.2`; absent over plain HTTP.
     TlsVersion,
+    /// The upstream server (its configured URL) the request's fetch went to; absent for
+    /// hits and for requests that joined another's fetch.
+    Upstream,
+    /// Seconds the upstream took to its response head.
+    UpstreamTime,
     HttpVersion,
     UserAgent,
     Referer,
@@ -121,6 +126,8 @@ impl Field {
             Node,
             Tls,
             TlsVersion,
+            Upstream,
+            UpstreamTime,
             HttpVersion,
             UserAgent,
             Referer,
@@ -146,6 +153,8 @@ impl Field {
             Node => "node",
             Tls => "tls",
             TlsVersion => "tls_version",
+            Upstream => "upstream",
+            UpstreamTime => "upstream_time",
             HttpVersion => "http_version",
             UserAgent => "user_agent",
             Referer => "referer",
@@ -174,6 +183,7 @@ pub struct Line<'a> {
     pub cache_status: &'a [u8],
     pub tls: Option<&'a str>,
     pub tls_version: Option<&'static str>,
+    pub upstream: Option<(&'a str, Duration)>,
     pub version: Version,
     pub user_agent: Option<&'a [u8]>,
     pub referer: Option<&'a [u8]>,
@@ -199,6 +209,7 @@ pub struct AccessRecord {
     pub cache_status: String,
     pub tls: Option<Arc<str>>,
     pub tls_version: Option<&'static str>,
+    pub upstream: Option<(Arc<str>, Duration)>,
     pub version: Version,
     pub user_agent: Option<String>,
     pub referer: Option<String>,
@@ -224,6 +235,10 @@ impl AccessRecord {
             cache_status: self.cache_status.as_bytes(),
             tls: self.tls.as_deref(),
             tls_version: self.tls_version,
+            upstream: self
+                .upstream
+                .as_ref()
+                .map(|(server, took)| (&**server, *took)),
             version: self.version,
             user_agent: self.user_agent.as_deref().map(str::as_bytes),
             referer: self.referer.as_deref().map(str::as_bytes),
@@ -513,6 +528,7 @@ fn json_line(out: &mut Vec<u8>, r: &Line<'_>, fields: &[Field], node: &str) {
             Field::Site => r.site.is_none(),
             Field::Tls => r.tls.is_none(),
             Field::TlsVersion => r.tls_version.is_none(),
+            Field::Upstream | Field::UpstreamTime => r.upstream.is_none(),
             Field::UserAgent => r.user_agent.is_none(),
             Field::Referer => r.referer.is_none(),
             _ => false,
@@ -557,6 +573,8 @@ fn json_line(out: &mut Vec<u8>, r: &Line<'_>, fields: &[Field], node: &str) {
             Field::Node => json_str(out, node.as_bytes()),
             Field::Tls => json_str(out, r.tls.unwrap_or_default().as_bytes()),
             Field::TlsVersion => json_str(out, r.tls_version.unwrap_or_default().as_bytes()),
+            Field::Upstream => json_str(out, r.upstream.map_or("", |u| u.0).as_bytes()),
+            Field::UpstreamTime => seconds(out, r.upstream.map_or(Duration::ZERO, |u| u.1)),
             Field::HttpVersion => json_str(out, version(r.version).as_bytes()),
             Field::UserAgent => json_str(out, r.user_agent.unwrap_or_default()),
             Field::Referer => json_str(out, r.referer.unwrap_or_default()),
@@ -765,6 +783,40 @@ fn common_log_time(out: &mut Vec<u8>, time: SystemTime) {
     with_second(time, |_, common| out.extend_from_slice(common.as_bytes()));
 }
 
+/// Which upstream server answered a request, and how long its response head took: what
+/// the request's fetch records (see [`record_upstream`]) for its access log line.
+pub type UpstreamSeen = Arc<Mutex<Option<(Arc<str>, Duration)>>>;
+
+tokio::task_local! {
+    /// Set while a logged request is routed, and carried into the fill it starts (which
+    /// runs in a task of its own): where that request's upstream exchange is noted.
+    static UPSTREAM: Option<UpstreamSeen>;
+}
+
+/// Runs `request` with `seen` as where its upstream exchange is noted.
+pub async fn noting_upstream<F: std::future::Future>(seen: UpstreamSeen, request: F) -> F::Output {
+    UPSTREAM.scope(Some(seen), request).await
+}
+
+/// `fill` run where the current request notes its upstream exchange (the request that
+/// starts a fill is the one whose line names the upstream; requests that join it do not).
+pub fn carrying_upstream<F: std::future::Future>(
+    fill: F,
+) -> tokio::task::futures::TaskLocalFuture<Option<UpstreamSeen>, F> {
+    let seen = UPSTREAM.try_with(Clone::clone).ok().flatten();
+    UPSTREAM.scope(seen, fill)
+}
+
+/// Notes that `server` answered the current request's upstream exchange in `took`; a no-op
+/// outside a logged request.
+pub fn record_upstream(server: &str, took: Duration) {
+    let _ = UPSTREAM.try_with(|seen| {
+        if let Some(seen) = seen {
+            *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some((server.into(), took));
+        }
+    });
+}
+
 /// `response` as the client gets it, logged with `record` once its body ends or is dropped:
 /// its status, `Cache-Status`, head size and time to the head now, body bytes and total
 /// time then.
@@ -772,9 +824,11 @@ pub(crate) fn logged(
     log: AccessLog,
     mut record: AccessRecord,
     started: std::time::Instant,
+    seen: &UpstreamSeen,
     response: http::Response<EdgeBody>,
 ) -> http::Response<EdgeBody> {
     record.ttfb = started.elapsed();
+    record.upstream = seen.lock().unwrap_or_else(PoisonError::into_inner).take();
     record.status = response.status().as_u16();
     record.cache_status = response
         .headers()
@@ -851,6 +905,7 @@ mod tests {
             cache_status: "edge-1; hit; ttl=60".into(),
             tls: Some("static.example".into()),
             tls_version: Some("TLSv1.3"),
+            upstream: None,
             version: Version::HTTP_2,
             user_agent: Some("curl/8 \"quoted\"\n".into()),
             referer: None,

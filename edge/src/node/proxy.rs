@@ -46,7 +46,10 @@ use crate::front::body::{DiskStream, EdgeBody};
 use crate::front::client_body::ClientBody;
 use crate::front::listener::OpenConnections;
 use crate::front::{Handler, ServedHit, TlsName};
-use crate::node::access_log::{AccessLog, AccessRecord, Line, logged};
+use crate::node::access_log::{
+    AccessLog, AccessRecord, Line, UpstreamSeen, carrying_upstream, logged, noting_upstream,
+    record_upstream,
+};
 use crate::node::config::{ConfigError, EdgeConfig};
 use crate::node::disk::FromDisk;
 use crate::node::fill::{Fill, FillRequest};
@@ -341,9 +344,10 @@ impl Edge {
             return response;
         }
         let record = self.access_record(id, &req, client);
-        let (response, outcome) = self.route(req, client).await;
+        let seen = UpstreamSeen::default();
+        let (response, outcome) = noting_upstream(seen.clone(), self.route(req, client)).await;
         self.metrics.request(outcome);
-        logged(log.clone(), record, started, response)
+        logged(log.clone(), record, started, &seen, response)
     }
 
     /// What the access log says of a request, before its answer is known.
@@ -377,6 +381,7 @@ impl Edge {
             cache_status: String::new(),
             tls: tls.map(|name| name.0.clone()),
             tls_version: tls.map(|name| name.1.as_str()),
+            upstream: None,
             version: req.version(),
             user_agent: header(header::USER_AGENT),
             referer: header(header::REFERER),
@@ -706,7 +711,7 @@ impl Edge {
                 let mut fill =
                     self.fill_request(fetch, &lookup, req.headers(), stale.take(), range, fill_for);
                 fill.interim = req.extensions().get::<Interim>().cloned();
-                fill.run(publisher)
+                carrying_upstream(fill.run(publisher))
             };
             let (fill, role) = match fill_for {
                 FillFor::Anyone => self.fills.run(lookup.key(), fetcher).await,
@@ -1362,7 +1367,9 @@ impl Edge {
             .admit()
             .await
             .map_err(UpstreamError::Overloaded)?;
-        site.pool
+        let started = Instant::now();
+        let sent = site
+            .pool
             .send(
                 &self.upstream,
                 &self.metrics,
@@ -1371,8 +1378,9 @@ impl Edge {
                 body,
                 interim,
             )
-            .await
-            .map(|sent| sent.response)
+            .await?;
+        record_upstream(&site.pool.servers()[sent.server].url, started.elapsed());
+        Ok(sent.response)
     }
 
     fn upstream_failure(&self, error: &UpstreamError, status: &CacheStatus) -> Response<EdgeBody> {
@@ -1463,6 +1471,7 @@ impl Handler for Edge {
             cache_status: hit.cache_status,
             tls: hit.tls.map(|name| &*name.0),
             tls_version: hit.tls.map(|name| name.1.as_str()),
+            upstream: None,
             version: http::Version::HTTP_11,
             user_agent: hit.user_agent,
             referer: hit.referer,
