@@ -295,3 +295,36 @@ async fn a_site_sampled_at_zero_writes_no_line_and_the_others_still_do() {
     assert_eq!(log[0]["site"], "other");
     assert_eq!(log[0]["status"], 502);
 }
+
+#[tokio::test]
+async fn refusals_at_the_door_are_logged_without_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let tables = format!(
+        "{}\n[limits]\nmax_connections_per_ip = 1\n",
+        access_log_table(&path)
+    );
+    let h = Harness::start_tables("", "", &tables).await;
+    let malformed = support::raw(h.edge.public_addr(), b"GET /a b c\x01 HTTP/1.1\r\n\r\n").await;
+    assert_eq!(support::raw_status(&malformed), 400, "{malformed}");
+    // One connection held open: the next from the same address is over the limit.
+    let held = tokio::net::TcpStream::connect(h.edge.public_addr())
+        .await
+        .unwrap();
+    let over = support::raw(h.edge.public_addr(), b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(support::raw_status(&over), 429, "{over}");
+    drop(held);
+
+    let log = lines(&path, 2).await;
+    assert_eq!(log[0]["status"], 400);
+    assert_eq!(log[1]["status"], 429);
+    for line in &log {
+        assert_eq!(line["client"], "127.0.0.1");
+        assert!(
+            line.get("method").is_none() && line.get("url").is_none(),
+            "{line}"
+        );
+        assert!(line["bytes"].as_u64().unwrap() > 0, "{line}");
+        assert_eq!(line["complete"], true);
+    }
+}

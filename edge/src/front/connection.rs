@@ -47,7 +47,7 @@ use tokio::sync::watch;
 use crate::cache::status::{CacheStatus, Outcome};
 use crate::cache::store::StoredResponse;
 use crate::front::body::EdgeBody;
-use crate::front::{Handler, ServedHit, TlsName};
+use crate::front::{DoorRefusal, Handler, ServedHit, TlsName};
 use crate::upstream::interim::{self, InterimHead, InterimReceiver};
 
 /// Header slots parsed by the fast path; a request with more goes to hyper.
@@ -57,7 +57,7 @@ const MAX_HEADERS: usize = 128;
 /// after a head this loop could not read, nothing later on the connection can be trusted.
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
     stream: &mut S,
-    handler: &H,
+    (handler, client, tls): (&H, SocketAddr, Option<&TlsName>),
     (status, why): (StatusCode, std::borrow::Cow<'static, str>),
 ) -> Ending<S> {
     handler.count(Outcome::Refused);
@@ -73,7 +73,19 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
-    let _ = stream.write_all(response.as_bytes()).await;
+    let written = stream.write_all(response.as_bytes()).await;
+    if handler.logs_access() {
+        handler.refused_at_door(&DoorRefusal {
+            client,
+            status,
+            bytes: if written.is_ok() {
+                response.len() as u64
+            } else {
+                0
+            },
+            tls,
+        });
+    }
     let _ = stream.shutdown().await;
     Ending::Closed
 }
@@ -183,11 +195,20 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
                     Parsed::Complete(head) => break head,
                     Parsed::Partial if buf.len() < limits.max_head => {}
                     Parsed::Partial => {
-                        return refuse(&mut stream, handler.as_ref(), limits.head_too_large())
-                            .await;
+                        return refuse(
+                            &mut stream,
+                            (handler.as_ref(), peer, tls),
+                            limits.head_too_large(),
+                        )
+                        .await;
                     }
                     Parsed::Refused(status, why) => {
-                        return refuse(&mut stream, handler.as_ref(), (status, why.into())).await;
+                        return refuse(
+                            &mut stream,
+                            (handler.as_ref(), peer, tls),
+                            (status, why.into()),
+                        )
+                        .await;
                     }
                     Parsed::Other => return Ending::Handoff(Rewind::new(buf.freeze(), stream)),
                 }
@@ -223,7 +244,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
         };
         // A head over the limit can arrive complete in one read.
         if head.len > limits.max_head {
-            return refuse(&mut stream, handler.as_ref(), limits.head_too_large()).await;
+            return refuse(
+                &mut stream,
+                (handler.as_ref(), peer, tls),
+                limits.head_too_large(),
+            )
+            .await;
         }
         if !head.eligible {
             return Ending::Handoff(Rewind::new(buf.freeze(), stream));

@@ -51,7 +51,19 @@ pub async fn serve<H: Handler>(
             let _guard = guard;
             let Some(_slot) = slot else {
                 handler.count(Outcome::Refused);
-                let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+                let written = stream.write_all(TOO_MANY_CONNECTIONS).await;
+                if handler.logs_access() {
+                    handler.refused_at_door(&crate::front::DoorRefusal {
+                        client: peer,
+                        status: http::StatusCode::TOO_MANY_REQUESTS,
+                        bytes: if written.is_ok() {
+                            TOO_MANY_CONNECTIONS.len() as u64
+                        } else {
+                            0
+                        },
+                        tls: None,
+                    });
+                }
                 let _ = stream.shutdown().await;
                 return;
             };

@@ -110,6 +110,23 @@ pub trait Handler: Send + Sync + 'static {
     fn served_hit(&self, hit: &ServedHit<'_>) {
         let _ = hit;
     }
+
+    /// The front door refused a client before any request reached the node (a malformed
+    /// or oversized head, a client over its connection limit): for the access log. Called
+    /// only when [`Handler::logs_access`] says so; must not block.
+    fn refused_at_door(&self, refusal: &DoorRefusal<'_>) {
+        let _ = refusal;
+    }
+}
+
+/// A refusal the front door answered itself, for the access log.
+#[derive(Debug)]
+pub struct DoorRefusal<'a> {
+    pub client: SocketAddr,
+    pub status: http::StatusCode,
+    /// Bytes of the refusal written.
+    pub bytes: u64,
+    pub tls: Option<&'a TlsName>,
 }
 
 /// A hit the fast path wrote, for the access log: the request's parts as the client sent

@@ -529,6 +529,10 @@ fn json_line(out: &mut Vec<u8>, r: &Line<'_>, fields: &[Field], node: &str) {
             Field::Tls => r.tls.is_none(),
             Field::TlsVersion => r.tls_version.is_none(),
             Field::Upstream | Field::UpstreamTime => r.upstream.is_none(),
+            // A refusal at the door: no request was read.
+            Field::Method => r.method.is_empty(),
+            Field::Url => r.host.is_empty() && r.target.is_empty(),
+            Field::CacheStatus => r.cache_status.is_empty(),
             Field::UserAgent => r.user_agent.is_none(),
             Field::Referer => r.referer.is_none(),
             _ => false,
@@ -595,16 +599,22 @@ fn combined_line(out: &mut Vec<u8>, r: &Line<'_>) {
     ip(out, r.client.ip());
     out.extend_from_slice(b" - - [");
     common_log_time(out, r.time);
-    out.extend_from_slice(b"] \"");
-    quoted_inner(out, r.method.as_bytes());
-    out.push(b' ');
-    quoted_inner(out, r.scheme.as_bytes());
-    out.extend_from_slice(b"://");
-    quoted_inner(out, r.host);
-    quoted_inner(out, r.target);
-    out.push(b' ');
-    out.extend_from_slice(version(r.version).as_bytes());
-    out.extend_from_slice(b"\" ");
+    out.extend_from_slice(b"] ");
+    if r.method.is_empty() {
+        // A refusal at the door: no request line was read.
+        out.extend_from_slice(b"\"-\" ");
+    } else {
+        out.push(b'"');
+        quoted_inner(out, r.method.as_bytes());
+        out.push(b' ');
+        quoted_inner(out, r.scheme.as_bytes());
+        out.extend_from_slice(b"://");
+        quoted_inner(out, r.host);
+        quoted_inner(out, r.target);
+        out.push(b' ');
+        out.extend_from_slice(version(r.version).as_bytes());
+        out.extend_from_slice(b"\" ");
+    }
     num(out, r.status);
     out.push(b' ');
     num(out, r.body_bytes);

@@ -45,7 +45,7 @@ use crate::cache::vary::VaryIndex;
 use crate::front::body::{DiskStream, EdgeBody};
 use crate::front::client_body::ClientBody;
 use crate::front::listener::OpenConnections;
-use crate::front::{Handler, ServedHit, TlsName};
+use crate::front::{DoorRefusal, Handler, ServedHit, TlsName};
 use crate::node::access_log::{
     AccessLog, AccessRecord, Line, UpstreamSeen, carrying_upstream, logged, noting_upstream,
     record_upstream,
@@ -1477,6 +1477,39 @@ impl Handler for Edge {
             referer: hit.referer,
             request_id: id,
             complete: hit.complete,
+        });
+    }
+
+    fn refused_at_door(&self, refusal: &DoorRefusal<'_>) {
+        let Some(log) = &self.access_log else {
+            return;
+        };
+        log.log(&Line {
+            time: std::time::SystemTime::now(),
+            client: refusal.client,
+            site: None,
+            method: "",
+            scheme: if refusal.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+            host: b"",
+            target: b"",
+            status: refusal.status.as_u16(),
+            bytes: refusal.bytes,
+            body_bytes: 0,
+            ttfb: Duration::ZERO,
+            total: Duration::ZERO,
+            cache_status: b"",
+            tls: refusal.tls.map(|name| &*name.0),
+            tls_version: refusal.tls.map(|name| name.1.as_str()),
+            upstream: None,
+            version: http::Version::HTTP_11,
+            user_agent: None,
+            referer: None,
+            request_id: log.next_id(),
+            complete: refusal.bytes > 0,
         });
     }
 
