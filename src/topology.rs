@@ -904,6 +904,14 @@ hosts = ["x.example"]"#,
             shield.access_log.is_none(),
             "[defaults.shield] did not ask for one"
         );
+        // `cdn config NODE` prints it, and `cdn edge --config` reads it back.
+        let text = topology
+            .node_config_toml("us-east-2", &at)
+            .expect("edge file");
+        let read = EdgeConfig::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let log = read.access_log.expect("the access log survives the file");
+        assert_eq!(log.path, "/var/log/cdn/us-east-2.log");
+        assert_eq!(log.buffer, bytesize::ByteSize::mib(16));
     }
 
     #[test]

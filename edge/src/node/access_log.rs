@@ -1096,12 +1096,20 @@ mod tests {
 
     #[test]
     fn a_log_that_cannot_open_says_where_and_what_to_do() {
-        let config = AccessLogConfig {
+        let missing = AccessLogConfig {
             path: "/nonexistent-dir/access.log".into(),
             ..config(LineFormat::Json, 1 << 20)
         };
-        let error = AccessLog::start(&config, "edge-1").unwrap_err().to_string();
+        let error = AccessLog::start(&missing, "edge-1")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("/nonexistent-dir/access.log"), "{error}");
         assert!(error.contains("stdout"), "{error}");
+        let tiny = AccessLogConfig {
+            path: "stdout".into(),
+            ..config(LineFormat::Json, 1000)
+        };
+        let error = AccessLog::start(&tiny, "edge-1").unwrap_err().to_string();
+        assert!(error.contains("at least 64 KiB"), "{error}");
     }
 }
