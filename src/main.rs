@@ -113,6 +113,10 @@ enum Command {
         /// runs, instead of a temporary one: a later run serves what they hold.
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Write every edge's and the shield's access log (JSON lines) to DIR/<node>.log,
+        /// unless the topology sets `[defaults.edge.access_log]` / `[defaults.shield.access_log]`.
+        #[arg(long, value_name = "DIR")]
+        access_log: Option<PathBuf>,
     },
     /// Rehearse a regional failure on a running topology: drain the region's edges, time
     /// GeoDNS's failover, check no answer holds a drained edge, then restore the region.
@@ -207,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
             topology,
             endpoints,
             cache_dir,
+            access_log,
         } => {
             let args = match (&endpoints, &topology.config, topology.port_base) {
                 (Some(path), _, _) => format!(" --endpoints {}", path.display()),
@@ -221,7 +226,13 @@ async fn main() -> anyhow::Result<()> {
                     args
                 }
             };
-            let topology = topology.load()?;
+            let mut topology = topology.load()?;
+            if let Some(dir) = &access_log {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("cannot create the access log directory {}", dir.display())
+                })?;
+                topology = topology.with_access_logs(dir);
+            }
             let disks = match cache_dir {
                 Some(dir) => Disks::Keep(dir),
                 None => Disks::Temporary,

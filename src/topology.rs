@@ -251,6 +251,22 @@ impl Topology {
         Self::from_toml(DEFAULT_TOPOLOGY).expect("the embedded default topology is valid")
     }
 
+    /// Gives every edge and shield an access log `dir/<node>.log` (JSON lines), unless the
+    /// topology already sets one for that kind of node.
+    pub fn with_access_logs(mut self, dir: &std::path::Path) -> Self {
+        for defaults in [&mut self.defaults.edge, &mut self.defaults.shield] {
+            defaults
+                .access_log
+                .get_or_insert_with(|| edge::AccessLogConfig {
+                    path: dir.join("{node}.log").to_string_lossy().into_owned(),
+                    format: Default::default(),
+                    fields: edge::node::access_log::Field::all(),
+                    buffer: bytesize::ByteSize::mib(16),
+                });
+        }
+        self
+    }
+
     /// Moves every non-zero port by `base - port_base`.
     pub fn with_port_base(mut self, base: u16) -> Result<Self, TopologyError> {
         let shift = i32::from(base) - i32::from(self.topology.port_base);
@@ -912,6 +928,34 @@ hosts = ["x.example"]"#,
         let log = read.access_log.expect("the access log survives the file");
         assert_eq!(log.path, "/var/log/cdn/us-east-2.log");
         assert_eq!(log.buffer, bytesize::ByteSize::mib(16));
+    }
+
+    #[test]
+    fn access_logs_in_a_directory_name_each_node_and_keep_what_the_file_set() {
+        let topology = Topology::default_local().with_access_logs(Path::new("/var/log/cdn"));
+        let at = topology.planned();
+        let edge = topology.edge_config("eu-west-1", &at).expect("edge config");
+        assert_eq!(
+            edge.access_log.expect("a log").path,
+            "/var/log/cdn/eu-west-1.log"
+        );
+        let shield = topology.shield_config(0, &at).expect("shield config");
+        assert_eq!(
+            shield.access_log.expect("a log").path,
+            "/var/log/cdn/shield-1.log"
+        );
+
+        let text = format!("{DEFAULT_TOPOLOGY}\n[defaults.edge.access_log]\npath = \"stdout\"\n");
+        let topology = Topology::from_toml(&text)
+            .expect("valid topology")
+            .with_access_logs(Path::new("/var/log/cdn"));
+        let at = topology.planned();
+        let edge = topology.edge_config("eu-west-1", &at).expect("edge config");
+        assert_eq!(
+            edge.access_log.expect("a log").path,
+            "stdout",
+            "the file's own"
+        );
     }
 
     #[test]

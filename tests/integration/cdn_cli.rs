@@ -49,6 +49,8 @@ fn up_drill_warm_and_ctrl_c_as_separate_processes() {
             .arg(&endpoints_file)
             .arg("--cache-dir")
             .arg(dir.path().join("cache"))
+            .arg("--access-log")
+            .arg(dir.path().join("logs"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -131,6 +133,34 @@ fn up_drill_warm_and_ctrl_c_as_separate_processes() {
     assert!(
         said.contains("4 filled, 0 already cached, 0 failed"),
         "{said}"
+    );
+
+    // --access-log: every node logs to its own file; the warmed edges logged the warm's
+    // requests (the first of each URL fetched through the shield, which logged it too).
+    let log_lines = |node: &str| {
+        std::fs::read_to_string(dir.path().join("logs").join(format!("{node}.log")))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("a JSON line"))
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (log_lines("ap-southeast-1").len() < 2 || log_lines("shield-1").is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let edge_log = log_lines("ap-southeast-1");
+    assert_eq!(edge_log.len(), 2, "{edge_log:#?}");
+    assert!(
+        edge_log
+            .iter()
+            .all(|l| l["node"] == "ap-southeast-1" && l["status"] == 200),
+        "{edge_log:#?}"
+    );
+    assert!(
+        !log_lines("shield-1").is_empty(),
+        "the shield logs its fills"
     );
 
     let bad = Command::new(CDN)
