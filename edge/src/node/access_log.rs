@@ -48,6 +48,17 @@ pub struct AccessLogConfig {
     /// waited for.
     #[serde(default = "default_buffer")]
     pub buffer: ByteSize,
+    /// Rotate the file once it holds this much: it is renamed `<path>.<UTC time>` and a
+    /// new one started. Unset: only on SIGUSR1 (after an external logrotate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_size: Option<ByteSize>,
+    /// Rotate the file this long after it was opened, as `rotate_size` does.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rotate_every: Option<Duration>,
 }
 
 fn default_buffer() -> ByteSize {
@@ -308,6 +319,9 @@ enum Sink {
     File {
         path: PathBuf,
         file: File,
+        /// Bytes in the file, and when it was opened: for rotation.
+        size: u64,
+        opened: std::time::Instant,
     },
     Stdout(io::Stdout),
     /// Tests: any writer.
@@ -321,7 +335,12 @@ impl Sink {
         }
         let path = PathBuf::from(path);
         let file = append(&path)?;
-        Ok(Sink::File { path, file })
+        Ok(Sink::File {
+            size: file.metadata()?.len(),
+            path,
+            file,
+            opened: std::time::Instant::now(),
+        })
     }
 
     fn writer(&mut self) -> &mut dyn Write {
@@ -335,11 +354,61 @@ impl Sink {
     /// Reopens a file by its path (after logrotate renamed it): later lines go to a new
     /// file there.
     fn reopen(&mut self) -> io::Result<()> {
-        if let Sink::File { path, file } = self {
+        if let Sink::File {
+            path,
+            file,
+            size,
+            opened,
+        } = self
+        {
             *file = append(path)?;
+            *size = file.metadata()?.len();
+            *opened = std::time::Instant::now();
         }
         Ok(())
     }
+
+    fn wrote(&mut self, bytes: usize) {
+        if let Sink::File { size, .. } = self {
+            *size += bytes as u64;
+        }
+    }
+
+    /// Renames the file `<path>.<UTC time>` and starts a new one, when `rotation` says it
+    /// is due.
+    fn rotate_if_due(&mut self, rotation: &Rotation) -> io::Result<()> {
+        let Sink::File {
+            path, size, opened, ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let by_size = rotation.size.is_some_and(|limit| *size >= limit);
+        let by_age = rotation
+            .every
+            .is_some_and(|every| opened.elapsed() >= every);
+        if !(by_size || by_age) {
+            return Ok(());
+        }
+        let mut stamp = Vec::new();
+        rfc3339(&mut stamp, SystemTime::now());
+        let stamp: String = String::from_utf8_lossy(&stamp)
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+            .collect();
+        let mut rotated = path.clone().into_os_string();
+        rotated.push(".");
+        rotated.push(stamp);
+        std::fs::rename(&*path, rotated)?;
+        self.reopen()
+    }
+}
+
+/// When a file is rotated by the writer itself.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rotation {
+    size: Option<u64>,
+    every: Option<Duration>,
 }
 
 fn append(path: &std::path::Path) -> io::Result<File> {
@@ -381,11 +450,15 @@ impl AccessLog {
 
     fn with_sink(config: &AccessLogConfig, node: &str, sink: Sink) -> Result<Self, AccessLogError> {
         let (handoff, thread) = std::sync::mpsc::sync_channel::<Arc<Shared>>(1);
+        let rotation = Rotation {
+            size: config.rotate_size.map(|size| size.as_u64()),
+            every: config.rotate_every,
+        };
         let spawned = std::thread::Builder::new()
             .name(format!("access-log-{node}"))
             .spawn(move || {
                 if let Ok(shared) = thread.recv() {
-                    write_forever(&shared, sink);
+                    write_forever(&shared, sink, rotation);
                 }
             })
             .map_err(|source| AccessLogError::Open {
@@ -480,7 +553,7 @@ thread_local! {
 
 /// The writer thread: every [`FLUSH_EVERY`] (or when woken), takes what is pending and
 /// writes it; once the log is closing, writes the rest and returns.
-fn write_forever(shared: &Shared, mut sink: Sink) {
+fn write_forever(shared: &Shared, mut sink: Sink, rotation: Rotation) {
     let mut spare = Vec::new();
     loop {
         std::thread::park_timeout(FLUSH_EVERY);
@@ -509,7 +582,11 @@ fn write_forever(shared: &Shared, mut sink: Sink) {
                 Ok(()) => shared.counts.written.inc_by(lines),
                 Err(_) => shared.counts.write_errors.inc(),
             };
+            sink.wrote(spare.len());
             spare.clear();
+        }
+        if let Err(error) = sink.rotate_if_due(&rotation) {
+            tracing::error!(%error, "the access log could not be rotated; writing on to the same file");
         }
         if closing {
             return;
@@ -930,6 +1007,8 @@ mod tests {
             format,
             fields: Field::all(),
             buffer: ByteSize::b(buffer),
+            rotate_size: None,
+            rotate_every: None,
         }
     }
 
@@ -1092,6 +1171,47 @@ mod tests {
         let old = std::fs::read_to_string(&rotated).unwrap();
         assert_eq!(old.lines().count(), 1);
         assert!(old.contains("/a/1.css"));
+    }
+
+    #[test]
+    fn a_file_past_its_rotation_size_is_renamed_and_a_new_one_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let config = AccessLogConfig {
+            path: path.to_string_lossy().into_owned(),
+            rotate_size: Some(ByteSize::b(1)),
+            ..config(LineFormat::Json, 1 << 20)
+        };
+        let log = AccessLog::start(&config, "edge-1").unwrap();
+        log.log(&record(1).line());
+        // Written, then rotated at once (past one byte): the line is in a rotated file.
+        let rotated = || {
+            let mut names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|entry| entry.unwrap().path())
+                .filter(|p| p != &path)
+                .collect();
+            names.sort();
+            names
+        };
+        until(|| rotated().len() == 1);
+        let old = std::fs::read_to_string(&rotated()[0]).unwrap();
+        assert!(old.contains("/a/1.css"), "{old}");
+        let name = rotated()[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            name.starts_with("access.log.20") && name.ends_with('Z'),
+            "{name}"
+        );
+        // A new file is started, and the next line goes there (and is rotated in turn).
+        until(|| path.exists());
+        log.log(&record(2).line());
+        until(|| rotated().len() == 2);
+        let newer = std::fs::read_to_string(&rotated()[1]).unwrap();
+        assert!(newer.contains("/a/2.css"), "{newer}");
     }
 
     #[test]
