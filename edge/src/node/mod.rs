@@ -5,8 +5,9 @@
 //! door's `Handler`), the miss path ([`fill`]), answers from sliced objects
 //! ([`slices`]), reads of the disk tier on a memory miss ([`disk`]), responses to POSTs kept for later GETs ([`post`]), purges ([`invalidation`], [`purge_stream`]), what the node remembers across restarts ([`state`]), the proof on headers between
 //! tiers ([`node_auth`]), the site table ([`site`]), the config file ([`config`], which
-//! composes each layer's own section), the metrics ([`metrics`]), the admin listener and
-//! the server that binds and runs everything ([`server`]).
+//! composes each layer's own section), the metrics ([`metrics`]), the access log
+//! ([`access_log`]), the admin listener and the server that binds and runs everything
+//! ([`server`]).
 //!
 //! This is the top layer: it may import every layer below, and nothing imports it.
 
