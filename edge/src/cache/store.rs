@@ -230,7 +230,7 @@ pub struct StoredResponse {
 }
 
 /// Bodies up to this size are kept inline, in the head's allocation, when that allocation
-/// is smaller than the two apart (see [`inlines`]): copying a body this small out for a
+/// is smaller than the two apart (see `inlines`): copying a body this small out for a
 /// response that needs a `Bytes` costs less than the lookup.
 pub const INLINE_BODY_MAX: usize = 4096;
 
