@@ -262,6 +262,7 @@ impl Topology {
                     format: Default::default(),
                     fields: edge::node::access_log::Field::all(),
                     buffer: bytesize::ByteSize::mib(16),
+                    nats: None,
                     rotate_size: None,
                     rotate_every: None,
                 });

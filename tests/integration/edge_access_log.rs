@@ -328,3 +328,53 @@ async fn refusals_at_the_door_are_logged_without_a_request() {
         assert_eq!(line["complete"], true);
     }
 }
+
+/// The next line published on `sub` (bounded wait).
+async fn next(sub: &mut async_nats::Subscriber) -> Value {
+    use futures_util::StreamExt;
+    let message = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a line within 10 s")
+        .expect("the subscription is open");
+    serde_json::from_slice(&message.payload).expect("a JSON line")
+}
+
+#[tokio::test]
+async fn lines_are_streamed_over_nats_to_a_subject_per_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = support::nats::NatsServer::start("logs", dir.path(), None).await;
+    let subscriber = async_nats::connect(nats.url()).await.expect("NATS client");
+    let mut lines_of_assets = subscriber.subscribe("cdn.logs.assets").await.unwrap();
+    let mut lines_of_none = subscriber.subscribe("cdn.logs._").await.unwrap();
+    subscriber.flush().await.unwrap();
+
+    let path = dir.path().join("access.log");
+    let tables = format!(
+        "{}[access_log.nats]\nservers = [{:?}]\n",
+        access_log_table(&path),
+        nats.url()
+    );
+    let h = Harness::start_tables("", "", &tables).await;
+    h.get("/stream/1k.bin").await;
+    h.get("/stream/1k.bin").await;
+    h.send(Method::GET, "/x", "unknown.test", &[]).await;
+
+    let miss = next(&mut lines_of_assets).await;
+    let hit = next(&mut lines_of_assets).await;
+    assert_eq!(miss["url"], format!("http://{HOST}/stream/1k.bin"));
+    assert!(
+        miss["cache_status"]
+            .as_str()
+            .unwrap()
+            .contains("fwd=uri-miss"),
+        "{miss}"
+    );
+    assert!(
+        hit["cache_status"].as_str().unwrap().contains("hit"),
+        "{hit}"
+    );
+    let refused = next(&mut lines_of_none).await;
+    assert_eq!(refused["status"], 421);
+    // The file has the same lines.
+    assert_eq!(lines(&path, 3).await.len(), 3);
+}

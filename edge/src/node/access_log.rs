@@ -52,6 +52,10 @@ pub struct AccessLogConfig {
     /// new one started. Unset: only on SIGUSR1 (after an external logrotate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotate_size: Option<ByteSize>,
+    /// `[access_log.nats]`: every line also published to a NATS subject per site, for
+    /// real-time log streaming to publishers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsLogConfig>,
     /// Rotate the file this long after it was opened, as `rotate_size` does.
     #[serde(
         default,
@@ -59,6 +63,22 @@ pub struct AccessLogConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub rotate_every: Option<Duration>,
+}
+
+/// Where lines are streamed over NATS.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsLogConfig {
+    /// NATS servers (`nats://host:4222`); the client reconnects to any of them.
+    pub servers: Vec<String>,
+    /// The subject of a site's lines; `{site}` becomes the site's name (`_` for requests
+    /// of no site).
+    #[serde(default = "default_subject")]
+    pub subject: String,
+}
+
+fn default_subject() -> String {
+    "cdn.logs.{site}".into()
 }
 
 fn default_buffer() -> ByteSize {
@@ -272,6 +292,8 @@ pub struct LogCounts {
 struct Pending {
     bytes: Vec<u8>,
     lines: u64,
+    /// With `[access_log.nats]`: each line's site and where it ends in `bytes`.
+    ends: Vec<(Option<Arc<str>>, usize)>,
 }
 
 /// What the requests and the writer share.
@@ -285,6 +307,8 @@ struct Shared {
     reopen: AtomicBool,
     closing: AtomicBool,
     writer: std::thread::Thread,
+    /// Lines are also streamed over NATS.
+    streams: bool,
 }
 
 /// A node's access log: cheap to clone, shared by every connection. The writer writes
@@ -424,6 +448,8 @@ pub enum AccessLogError {
     Open { path: String, source: io::Error },
     #[error("buffer must be at least 64 KiB (got {0})")]
     SmallBuffer(ByteSize),
+    #[error("[access_log.nats]: {0}")]
+    Nats(String),
 }
 
 impl AccessLog {
@@ -454,11 +480,17 @@ impl AccessLog {
             size: config.rotate_size.map(|size| size.as_u64()),
             every: config.rotate_every,
         };
+        if let Some(nats) = &config.nats {
+            node_api::nats::validate_servers(&nats.servers).map_err(AccessLogError::Nats)?;
+        }
+        let nats = config.nats.clone();
+        let client_name = format!("access-log-{node}");
         let spawned = std::thread::Builder::new()
             .name(format!("access-log-{node}"))
             .spawn(move || {
                 if let Ok(shared) = thread.recv() {
-                    write_forever(&shared, sink, rotation);
+                    let stream = nats.map(|nats| Stream::connect(nats, &client_name));
+                    write_forever(&shared, sink, rotation, stream);
                 }
             })
             .map_err(|source| AccessLogError::Open {
@@ -475,6 +507,7 @@ impl AccessLog {
             reopen: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             writer: spawned.thread().clone(),
+            streams: config.nats.is_some(),
         });
         let _ = handoff.send(shared.clone());
         Ok(Self {
@@ -527,6 +560,10 @@ impl AccessLog {
             }
             pending.bytes.extend_from_slice(scratch);
             pending.lines += 1;
+            if shared.streams {
+                let end = pending.bytes.len();
+                pending.ends.push((line.site.map(Arc::from), end));
+            }
             let half = pending.bytes.len() > shared.limit / 2;
             drop(pending);
             if half {
@@ -553,8 +590,68 @@ thread_local! {
 
 /// The writer thread: every [`FLUSH_EVERY`] (or when woken), takes what is pending and
 /// writes it; once the log is closing, writes the rest and returns.
-fn write_forever(shared: &Shared, mut sink: Sink, rotation: Rotation) {
+/// The NATS side of the writer: a client on a runtime of the writer thread's own.
+struct Stream {
+    runtime: tokio::runtime::Runtime,
+    client: Option<async_nats::Client>,
+    subject: String,
+}
+
+impl Stream {
+    fn connect(config: NatsLogConfig, name: &str) -> Stream {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the access log's NATS client");
+        let client = runtime
+            .block_on(node_api::nats::connect(&config.servers, name))
+            .inspect_err(|error| tracing::error!(%error, "access log lines will not be streamed"))
+            .ok();
+        Stream {
+            runtime,
+            client,
+            subject: config.subject,
+        }
+    }
+
+    /// Publishes each line of `bytes` (ending where `ends` says) to its site's subject.
+    fn publish(&self, bytes: &[u8], ends: &[(Option<Arc<str>>, usize)]) -> bool {
+        let Some(client) = &self.client else {
+            return false;
+        };
+        // Bounded: NATS away (its client's buffer full) must not stop the file's lines.
+        self.runtime.block_on(async {
+            tokio::time::timeout(FLUSH_EVERY * 10, self.send(client, bytes, ends))
+                .await
+                .unwrap_or(false)
+        })
+    }
+
+    async fn send(
+        &self,
+        client: &async_nats::Client,
+        bytes: &[u8],
+        ends: &[(Option<Arc<str>>, usize)],
+    ) -> bool {
+        let mut start = 0;
+        for (site, end) in ends {
+            // Without the newline: a message is a line.
+            let line = bytes::Bytes::copy_from_slice(&bytes[start..end - 1]);
+            start = *end;
+            let subject = self
+                .subject
+                .replace("{site}", site.as_deref().unwrap_or("_"));
+            if client.publish(subject, line).await.is_err() {
+                return false;
+            }
+        }
+        client.flush().await.is_ok()
+    }
+}
+
+fn write_forever(shared: &Shared, mut sink: Sink, rotation: Rotation, stream: Option<Stream>) {
     let mut spare = Vec::new();
+    let mut ends = Vec::new();
     loop {
         std::thread::park_timeout(FLUSH_EVERY);
         if shared.reopen.swap(false, Ordering::AcqRel)
@@ -569,6 +666,7 @@ fn write_forever(shared: &Shared, mut sink: Sink, rotation: Rotation) {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             std::mem::swap(&mut pending.bytes, &mut spare);
+            std::mem::swap(&mut pending.ends, &mut ends);
             std::mem::take(&mut pending.lines)
         };
         if !spare.is_empty() {
@@ -583,7 +681,13 @@ fn write_forever(shared: &Shared, mut sink: Sink, rotation: Rotation) {
                 Err(_) => shared.counts.write_errors.inc(),
             };
             sink.wrote(spare.len());
+            if let Some(stream) = &stream
+                && !stream.publish(&spare, &ends)
+            {
+                shared.counts.write_errors.inc();
+            }
             spare.clear();
+            ends.clear();
         }
         if let Err(error) = sink.rotate_if_due(&rotation) {
             tracing::error!(%error, "the access log could not be rotated; writing on to the same file");
@@ -1007,6 +1111,7 @@ mod tests {
             format,
             fields: Field::all(),
             buffer: ByteSize::b(buffer),
+            nats: None,
             rotate_size: None,
             rotate_every: None,
         }
