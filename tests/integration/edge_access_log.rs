@@ -270,6 +270,16 @@ async fn after_logrotate_renames_the_file_sigusr1_reopens_it() {
     let old = lines(&rotated, 2).await;
     assert_eq!(old[0]["url"], format!("http://{HOST}/before.bin"));
     assert_eq!(old[1]["url"], format!("http://{HOST}/between.bin"));
+
+    // SIGHUP reopens too (and does not stop the edge, its default action).
+    let rotated_again = dir.path().join("access.log.2");
+    std::fs::rename(&path, &rotated_again).unwrap();
+    edge.signal("HUP");
+    let reopened = support::eventually(Duration::from_secs(10), || path.exists()).await;
+    assert!(reopened, "SIGHUP reopens the log under its configured path");
+    assert_eq!(get("/after-hup.bin").await.status, StatusCode::OK);
+    let newest = lines(&path, 1).await;
+    assert_eq!(newest[0]["url"], format!("http://{HOST}/after-hup.bin"));
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 //! holds its configured bound the line is dropped and counted
 //! (`edge_access_log_dropped_total`), never waited for. A writer thread per log takes the
 //! buffer whole every [`FLUSH_EVERY`] (or when it is half full) and writes it to a file,
-//! reopened on [`AccessLog::reopen`] (SIGUSR1, for logrotate), or to stdout. Lines are
+//! reopened on [`AccessLog::reopen`] (SIGUSR1 or SIGHUP, for logrotate), or to stdout. Lines are
 //! JSON by default, or the combined format of nginx and Apache.
 //!
 //! Measured: a first version that sent each record through a channel to be formatted by

@@ -179,18 +179,20 @@ impl EdgeServer {
         if let Some(log) = edge.access_log.clone() {
             let mut stop = shutdown.subscribe();
             tasks.push(tokio::spawn(async move {
-                // logrotate moves the file, then sends SIGUSR1: later lines go to a new
-                // file under the configured path.
+                // logrotate moves the file, then sends SIGUSR1 (or SIGHUP): later lines go
+                // to a new file under the configured path.
                 use tokio::signal::unix::{SignalKind, signal};
-                let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-                    tracing::warn!(
-                        "SIGUSR1 cannot be caught: the access log will not be reopened on it"
-                    );
+                let (Ok(mut usr1), Ok(mut hup)) = (
+                    signal(SignalKind::user_defined1()),
+                    signal(SignalKind::hangup()),
+                ) else {
+                    tracing::warn!("SIGUSR1/SIGHUP cannot be caught: the access log will not be reopened on them");
                     return;
                 };
                 loop {
                     tokio::select! {
                         Some(()) = usr1.recv() => log.reopen(),
+                        Some(()) = hup.recv() => log.reopen(),
                         _ = stop.wait_for(|stop| *stop) => return,
                     }
                 }
