@@ -255,17 +255,9 @@ impl Topology {
     /// topology already sets one for that kind of node.
     pub fn with_access_logs(mut self, dir: &std::path::Path) -> Self {
         for defaults in [&mut self.defaults.edge, &mut self.defaults.shield] {
-            defaults
-                .access_log
-                .get_or_insert_with(|| edge::AccessLogConfig {
-                    path: dir.join("{node}.log").to_string_lossy().into_owned(),
-                    format: Default::default(),
-                    fields: edge::node::access_log::Field::all(),
-                    buffer: bytesize::ByteSize::mib(16),
-                    nats: None,
-                    rotate_size: None,
-                    rotate_every: None,
-                });
+            defaults.access_log.get_or_insert_with(|| {
+                edge::AccessLogConfig::at(dir.join("{node}.log").to_string_lossy())
+            });
         }
         self
     }

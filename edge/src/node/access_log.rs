@@ -85,6 +85,21 @@ fn default_buffer() -> ByteSize {
     ByteSize::mib(16)
 }
 
+impl AccessLogConfig {
+    /// A log to `path` (a file or `"stdout"`) with every other setting at its default.
+    pub fn at(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            format: LineFormat::default(),
+            fields: Field::all(),
+            buffer: default_buffer(),
+            nats: None,
+            rotate_size: None,
+            rotate_every: None,
+        }
+    }
+}
+
 /// How a line is written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -1107,13 +1122,9 @@ mod tests {
 
     fn config(format: LineFormat, buffer: u64) -> AccessLogConfig {
         AccessLogConfig {
-            path: "unused".into(),
             format,
-            fields: Field::all(),
             buffer: ByteSize::b(buffer),
-            nats: None,
-            rotate_size: None,
-            rotate_every: None,
+            ..AccessLogConfig::at("unused")
         }
     }
 

@@ -328,30 +328,35 @@ impl Edge {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let Some(log) = &self.access_log else {
+        // The site is found once here for both its sampling share and its name; the
+        // route finds it again, as it does for every request.
+        let logging = self.access_log.as_ref().and_then(|log| {
+            let started = Instant::now();
+            let site = self.site_for(&req).ok().map(|site| site.site);
+            let id = log.next_id();
+            AccessLog::sampled(site.map_or(1.0, |site| site.access_log_sample), id)
+                .then(|| (log, started, self.access_record(id, site, &req, client)))
+        });
+        let Some((log, started, record)) = logging else {
             let (response, outcome) = self.route(req, client).await;
             self.metrics.request(outcome);
             return response;
         };
-        let started = Instant::now();
-        let share = self
-            .site_for(&req)
-            .map_or(1.0, |site| site.site.access_log_sample);
-        let id = log.next_id();
-        if !AccessLog::sampled(share, id) {
-            let (response, outcome) = self.route(req, client).await;
-            self.metrics.request(outcome);
-            return response;
-        }
-        let record = self.access_record(id, &req, client);
         let seen = UpstreamSeen::default();
         let (response, outcome) = noting_upstream(seen.clone(), self.route(req, client)).await;
         self.metrics.request(outcome);
         logged(log.clone(), record, started, &seen, response)
     }
 
-    /// What the access log says of a request, before its answer is known.
-    fn access_record<B>(&self, id: u64, req: &Request<B>, client: SocketAddr) -> AccessRecord {
+    /// What the access log says of a request to `site` (none: a host no site serves),
+    /// before its answer is known.
+    fn access_record<B>(
+        &self,
+        id: u64,
+        site: Option<&Arc<Site>>,
+        req: &Request<B>,
+        client: SocketAddr,
+    ) -> AccessRecord {
         let header = |name: header::HeaderName| {
             req.headers()
                 .get(name)
@@ -361,10 +366,7 @@ impl Edge {
         AccessRecord {
             time: std::time::SystemTime::now(),
             client,
-            site: self
-                .site_for(req)
-                .ok()
-                .map(|site| site.site.name.as_str().into()),
+            site: site.map(|site| site.name.as_str().into()),
             method: req.method().clone(),
             scheme: if tls.is_some() { "https" } else { "http" },
             host: request_host(req).unwrap_or("").to_owned(),

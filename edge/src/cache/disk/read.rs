@@ -89,12 +89,20 @@ fn read_vectored_at(
         return match preadv2(file, bufs, offset, flags) {
             Ok(n) => Ok(n),
             Err(Errno::INTR) => continue,
-            // EOPNOTSUPP: a file system or kernel without RWF_NOWAIT; wait elsewhere.
-            Err(Errno::AGAIN | Errno::OPNOTSUPP) if wait == Wait::No => {
-                Err(io::ErrorKind::WouldBlock.into())
-            }
-            Err(errno) => Err(errno.into()),
+            Err(errno) => Err(read_error(errno.into(), wait)),
         };
+    }
+}
+
+/// A failed read as its caller sees it: without waiting, "not in the page cache" (EAGAIN)
+/// and "this file system or kernel cannot say" (EOPNOTSUPP) both mean wait elsewhere.
+#[cfg(target_os = "linux")]
+fn read_error(error: io::Error, wait: Wait) -> io::Error {
+    const AGAIN: i32 = rustix::io::Errno::AGAIN.raw_os_error();
+    const OPNOTSUPP: i32 = rustix::io::Errno::OPNOTSUPP.raw_os_error();
+    match error.raw_os_error() {
+        Some(AGAIN | OPNOTSUPP) if wait == Wait::No => io::ErrorKind::WouldBlock.into(),
+        _ => error,
     }
 }
 
@@ -257,13 +265,8 @@ fn scattered_read(
             return Ok(n);
         }
         let error = io::Error::last_os_error();
-        match error.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            // EOPNOTSUPP: a file system or kernel without RWF_NOWAIT; wait elsewhere.
-            Some(libc::EAGAIN | libc::EOPNOTSUPP) if wait == Wait::No => {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            _ => return Err(error),
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(read_error(error, wait));
         }
     }
 }
