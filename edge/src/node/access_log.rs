@@ -364,6 +364,7 @@ enum Sink {
     },
     Stdout(io::Stdout),
     /// Tests: any writer.
+    #[cfg(test)]
     Writer(Box<dyn Write + Send>),
 }
 
@@ -386,6 +387,7 @@ impl Sink {
         match self {
             Sink::File { file, .. } => file,
             Sink::Stdout(out) => out,
+            #[cfg(test)]
             Sink::Writer(w) => w,
         }
     }
@@ -480,8 +482,9 @@ impl AccessLog {
         Self::with_sink(config, node, sink)
     }
 
-    /// As [`AccessLog::start`], writing to `writer` with any buffer (tests).
-    pub fn to_writer(
+    /// As [`AccessLog::start`], writing to `writer` with any buffer.
+    #[cfg(test)]
+    fn to_writer(
         config: &AccessLogConfig,
         node: &str,
         writer: Box<dyn Write + Send>,
@@ -1064,35 +1067,35 @@ pub(crate) fn logged(
     http::Response::from_parts(parts, body)
 }
 
-/// A writer whose bytes a test reads back.
-#[derive(Debug, Clone, Default)]
-pub struct SharedBuffer(pub Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedBuffer {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().expect("buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl SharedBuffer {
-    /// The lines written so far.
-    pub fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().expect("buffer"))
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::mpsc;
+
+    /// A writer whose bytes a test reads back.
+    #[derive(Debug, Clone, Default)]
+    struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for SharedBuffer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl SharedBuffer {
+        /// The lines written so far.
+        fn lines(&self) -> Vec<String> {
+            String::from_utf8_lossy(&self.0.lock().expect("buffer"))
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        }
+    }
 
     fn record(i: u64) -> AccessRecord {
         AccessRecord {
