@@ -322,6 +322,28 @@ mod tests {
     }
 
     #[test]
+    fn an_access_log_share_outside_0_to_1_is_refused_with_the_site_named() {
+        for share in [-0.1, 1.5, f64::NAN] {
+            let config = SiteConfig {
+                name: "assets".into(),
+                hosts: vec!["a.example".into()],
+                upstream: Some("http://127.0.0.1:1".into()),
+                access_log_sample: share,
+                ..SiteConfig::default()
+            };
+            let Err(error) = SiteTable::new(&[config]) else {
+                panic!("a share of {share} is refused");
+            };
+            let error = error.to_string();
+            assert!(
+                error.contains("assets")
+                    && error.contains("access_log_sample must be between 0 and 1"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
     fn generation_bumps_are_per_site() {
         let t = table();
         let site = t.resolve("assets.example.com").unwrap().site;
