@@ -171,13 +171,15 @@ enum Command {
         #[command(flatten)]
         topology: TopologyArgs,
     },
-    /// Run one edge cache node.
+    /// Run one edge cache node (reloads its config on SIGHUP, file change or
+    /// `POST /v1/config/reload`).
     Edge {
         /// TOML config file (see README.md for the format).
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run one origin shield node (the mid tier: its sites fetch from origin pools).
+    /// Run one origin shield node (the mid tier: its sites fetch from origin pools;
+    /// reloads as an edge does).
     Shield {
         /// TOML config file, in the edge's format (see README.md).
         #[arg(long)]
@@ -296,9 +298,10 @@ async fn main() -> anyhow::Result<()> {
             let topology = topology.load()?;
             print!("{}", topology.node_config_toml(&node, &topology.planned())?);
         }
-        Command::Edge { config } => {
-            let config = EdgeConfig::from_file(&config)?;
-            let server = EdgeServer::start(config).await?;
+        Command::Edge { config: path } => {
+            let config = EdgeConfig::from_file(&path)?;
+            let mut server = EdgeServer::start(config).await?;
+            server.follow_file(path);
             println!(
                 "edge {} serving on http://{}, admin on http://{}{}",
                 server.edge().name(),
@@ -311,9 +314,10 @@ async fn main() -> anyhow::Result<()> {
             shutdown_signal().await;
             server.shutdown().await;
         }
-        Command::Shield { config } => {
-            let config = EdgeConfig::from_file(&config)?;
-            let server = ShieldServer::start(config).await?;
+        Command::Shield { config: path } => {
+            let config = EdgeConfig::from_file(&path)?;
+            let mut server = ShieldServer::start(config).await?;
+            server.follow_file(path);
             println!(
                 "shield {} serving on http://{}, admin on http://{}",
                 server.engine().name(),

@@ -17,6 +17,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use edge::node::reload::{ReloadError, Reloaded};
 use edge::node::role::Role;
 use edge::{Edge, EdgeConfig, EdgeServer, StartError};
 
@@ -50,6 +51,18 @@ impl ShieldServer {
 
     pub fn engine(&self) -> &Arc<Edge> {
         self.server.edge()
+    }
+
+    /// Reloads from `path` on SIGHUP, on `POST /v1/config/reload` and when it changes
+    /// (see [`EdgeServer::follow_file`]).
+    pub fn follow_file(&mut self, path: std::path::PathBuf) {
+        self.server.follow_file(path);
+    }
+
+    /// Puts `config` in service, or refuses it saying why (see [`EdgeServer::reload`]).
+    pub fn reload(&self, mut config: EdgeConfig) -> Result<Reloaded, ReloadError> {
+        config.node.role = Role::Shield;
+        self.server.reload(config)
     }
 
     /// Stops accepting, lets in-flight requests finish, and returns.

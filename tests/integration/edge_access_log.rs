@@ -4,16 +4,15 @@
 
 use crate::support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cdn::demo_origin::DemoOrigin;
 use edge::{EdgeConfig, EdgeServer};
 use http::{Method, StatusCode, Version};
 use serde_json::Value;
+use support::process::NodeProcess;
 use support::tls::{self, TestCa};
 use support::{HOST, Harness, NODE, loopback};
 
@@ -175,69 +174,28 @@ async fn an_http2_request_is_logged_with_its_version_and_server_name() {
     assert_eq!(line["node"], "edge-h2-log");
 }
 
-/// A `cdn edge` process with an access log at `log`, in front of `origin`; its public
-/// address, read from the line it prints once it listens.
-struct EdgeProcess {
-    child: std::process::Child,
-    public: SocketAddr,
-}
-
-impl Drop for EdgeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl EdgeProcess {
-    fn start(dir: &Path, origin: SocketAddr, log: &Path) -> Self {
-        let config: PathBuf = dir.join("edge.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-                [node]
-                name = "edge-rotate"
-                listen = "127.0.0.1:0"
-                admin_listen = "127.0.0.1:0"
-                {table}
-                [[site]]
-                name = "assets"
-                hosts = ["{HOST}"]
-                upstream = "http://{origin}"
-                "#,
-                table = access_log_table(log),
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cdn"))
-            .args(["edge", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cdn edge starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("the edge says where it listens");
-        let public = line
-            .split("serving on http://")
-            .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("{line}"));
-        Self { child, public }
-    }
-
-    fn signal(&self, name: &str) {
-        let sent = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-    }
+/// A `cdn edge` process with an access log at `log`, in front of `origin`.
+fn edge_process(dir: &Path, origin: SocketAddr, log: &Path) -> NodeProcess {
+    let config: PathBuf = dir.join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            [node]
+            name = "edge-rotate"
+            listen = "127.0.0.1:0"
+            admin_listen = "127.0.0.1:0"
+            {table}
+            [[site]]
+            name = "assets"
+            hosts = ["{HOST}"]
+            upstream = "http://{origin}"
+            "#,
+            table = access_log_table(log),
+        ),
+    )
+    .unwrap();
+    NodeProcess::edge(&config, &[])
 }
 
 #[tokio::test]
@@ -245,7 +203,7 @@ async fn after_logrotate_renames_the_file_sigusr1_reopens_it() {
     let origin = DemoOrigin::start(loopback()).await.expect("origin starts");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("access.log");
-    let edge = EdgeProcess::start(dir.path(), origin.addr(), &path);
+    let edge = edge_process(dir.path(), origin.addr(), &path);
     let client = support::client();
     let get =
         |target: &'static str| support::send(&client, edge.public, Method::GET, target, HOST, &[]);

@@ -165,7 +165,8 @@ impl Restarting {
     fn generation(&self) -> u64 {
         self.edge()
             .edge()
-            .sites()
+            .live()
+            .sites
             .by_name("assets")
             .expect("site")
             .generation()
@@ -364,7 +365,8 @@ async fn a_restarted_edge_whose_missed_purges_left_the_log_counts_everything_it_
     assert!(state.floor() > stored_at, "floor {}", state.floor());
     let generation = edge
         .edge()
-        .sites()
+        .live()
+        .sites
         .by_name("assets")
         .expect("site")
         .generation();

@@ -25,6 +25,7 @@ mod edge_interim;
 mod edge_partial;
 mod edge_range;
 mod edge_readiness;
+mod edge_reload;
 mod edge_restart;
 mod edge_safety;
 mod edge_semantics;

@@ -561,7 +561,8 @@ async fn a_node_restarted_over_its_state_dir_reads_the_stream_from_its_persisted
     );
     let generation = back
         .edge()
-        .sites()
+        .live()
+        .sites
         .by_name("assets")
         .expect("site")
         .generation();

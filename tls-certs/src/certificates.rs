@@ -133,20 +133,25 @@ const ANY_NAME: &str = "";
 impl Certificates {
     /// Loads the given certificates.
     pub fn from_sources(mut sources: Vec<Source>) -> Result<Self, TlsError> {
-        let mut by_host = HashMap::new();
-        for source in &mut sources {
-            let stamps = [stamp(&source.cert), stamp(&source.key)];
-            let key = Arc::new(load_pair(&source.site, &source.cert, &source.key)?);
-            for host in source.names() {
-                by_host.insert(host.to_owned(), key.clone());
-            }
-            source.stamp = stamps[0].zip(stamps[1]).map(|(c, k)| [c, k]);
-        }
+        let by_host = load_all(&mut sources)?;
         Ok(Self {
             by_host: ArcSwap::from_pointee(by_host),
             sources: std::sync::Mutex::new(sources),
             reloads: watch::channel(0).0,
         })
+    }
+
+    /// Serves `sources` from now on instead of the current set (a config reload that
+    /// adds, drops or moves sites): every one loads, or nothing changes and the error
+    /// names the site whose files do not load.
+    pub fn replace(&self, mut sources: Vec<Source>) -> Result<(), TlsError> {
+        let mut current = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let by_host = load_all(&mut sources)?;
+        self.by_host.store(Arc::new(by_host));
+        *current = sources;
+        drop(current);
+        self.reloads.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     /// A rustls server config over these certificates: TLS 1.3 and 1.2 only (ring),
@@ -229,6 +234,20 @@ impl Certificates {
         hosts.sort();
         hosts
     }
+}
+
+/// Loads every source's pair, by host name, noting the files' stamps.
+fn load_all(sources: &mut [Source]) -> Result<HashMap<String, Arc<CertifiedKey>>, TlsError> {
+    let mut by_host = HashMap::new();
+    for source in sources {
+        let stamps = [stamp(&source.cert), stamp(&source.key)];
+        let key = Arc::new(load_pair(&source.site, &source.cert, &source.key)?);
+        for host in source.names() {
+            by_host.insert(host.to_owned(), key.clone());
+        }
+        source.stamp = stamps[0].zip(stamps[1]).map(|(c, k)| [c, k]);
+    }
+    Ok(by_host)
 }
 
 impl Source {

@@ -18,24 +18,32 @@ use crate::front::listener::{Http1, OpenConnections, accept_or_back_off, drain};
 use crate::front::{Handler, TlsName, TlsVersion};
 
 /// Accepts TLS connections until shutdown, then waits (bounded) for them to finish.
-/// Each is counted in `open` for as long as it lasts.
+/// Each is counted in `open` for as long as it lasts. A change of `limits` (a config
+/// reload) applies to the connections accepted after it.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handler: Arc<H>,
     open: Arc<OpenConnections>,
-    limits: LimitsConfig,
+    mut limits: watch::Receiver<LimitsConfig>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let http1 = Http1::new(&limits);
-    let http2 = crate::front::h2::builder(&limits);
-    let per_ip = ConnectionsPerIp::new(limits.max_connections_per_ip);
+    let (mut http1, mut http2) = {
+        let now = limits.borrow_and_update();
+        (Http1::new(&now), crate::front::h2::builder(&now))
+    };
+    let per_ip = ConnectionsPerIp::new(limits.borrow().max_connections_per_ip);
     let mut stop = shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept_or_back_off(&listener) => accepted,
             _ = stop.changed() => break,
         };
+        if limits.has_changed().unwrap_or(false) {
+            let now = limits.borrow_and_update();
+            (http1, http2) = (Http1::new(&now), crate::front::h2::builder(&now));
+            per_ip.set_max(now.max_connections_per_ip);
+        }
         // Over its allowance a client is closed before the handshake: nothing can be said
         // to it in HTTP before TLS, and a handshake is the expensive part.
         let Some(slot) = per_ip.admit(peer.ip()) else {
@@ -51,8 +59,11 @@ pub async fn serve<H: Handler>(
             http2.clone(),
         );
         let shutdown = shutdown.clone();
-        let timeout = limits.tls_handshake_timeout;
-        let stream = WriteTimeout::new(stream, limits.write_timeout);
+        let (timeout, write_timeout) = {
+            let now = limits.borrow();
+            (now.tls_handshake_timeout, now.write_timeout)
+        };
+        let stream = WriteTimeout::new(stream, write_timeout);
         tokio::spawn(async move {
             let _held = (guard, slot);
             let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {

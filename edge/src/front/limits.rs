@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +28,9 @@ content-length: 75\r\nconnection: close\r\n\r\n\
 /// connection, so the map holds no more entries than there are connections.
 #[derive(Debug)]
 pub struct ConnectionsPerIp {
-    max: usize,
+    /// 0: no limit. Changed by a config reload: connections open over a lowered limit
+    /// stay, and those admitted while there was no limit are not counted against one.
+    max: AtomicUsize,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -40,19 +43,25 @@ pub struct IpSlot {
 impl ConnectionsPerIp {
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
-            max,
+            max: AtomicUsize::new(max),
             open: Mutex::default(),
         })
     }
 
+    /// Admits up to `max` per address from now on.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
     /// Admits one more connection from `ip`, or `None` when it already has `max` open.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
-        if self.max == 0 {
+        let max = self.max.load(Ordering::Relaxed);
+        if max == 0 {
             return Some(IpSlot { owner: None });
         }
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(ip).or_insert(0);
-        if *count >= self.max {
+        if *count >= max {
             return None;
         }
         *count += 1;

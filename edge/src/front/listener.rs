@@ -24,29 +24,35 @@ use crate::front::{Handler, TlsName};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts plain HTTP connections until shutdown, then waits (bounded) for them to finish.
-/// Each is counted in `open` for as long as it lasts.
+/// Each is counted in `open` for as long as it lasts. A change of `limits` (a config
+/// reload) applies to the connections accepted after it.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     open: Arc<OpenConnections>,
-    limits: LimitsConfig,
+    mut limits: watch::Receiver<LimitsConfig>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let http1 = Http1::new(&limits);
-    let per_ip = ConnectionsPerIp::new(limits.max_connections_per_ip);
+    let mut http1 = Http1::new(&limits.borrow_and_update());
+    let per_ip = ConnectionsPerIp::new(limits.borrow().max_connections_per_ip);
     let mut stop = shutdown.clone();
     loop {
         let (mut stream, peer) = tokio::select! {
             accepted = accept_or_back_off(&listener) => accepted,
             _ = stop.changed() => break,
         };
+        if limits.has_changed().unwrap_or(false) {
+            let now = limits.borrow_and_update();
+            http1 = Http1::new(&now);
+            per_ip.set_max(now.max_connections_per_ip);
+        }
         let _ = stream.set_nodelay(true);
         let guard = open.enter();
         let slot = per_ip.admit(peer.ip());
         let handler = handler.clone();
         let http1 = http1.clone();
         let shutdown = shutdown.clone();
-        let write_timeout = limits.write_timeout;
+        let write_timeout = limits.borrow().write_timeout;
         tokio::spawn(async move {
             let _guard = guard;
             let Some(_slot) = slot else {

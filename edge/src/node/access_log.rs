@@ -294,8 +294,9 @@ impl AccessRecord {
     }
 }
 
-/// Counts of a log's lines: the node's metrics register these same counters.
-#[derive(Debug, Default)]
+/// Counts of a log's lines: the node's metrics register these same counters, which the
+/// logs a reload starts count on.
+#[derive(Debug, Default, Clone)]
 pub struct LogCounts {
     pub written: Counter,
     pub dropped: Counter,
@@ -470,8 +471,12 @@ pub enum AccessLogError {
 }
 
 impl AccessLog {
-    /// Starts the log's writer thread for node `node`.
-    pub fn start(config: &AccessLogConfig, node: &str) -> Result<Self, AccessLogError> {
+    /// Starts the log's writer thread for node `node`, counting its lines in `counts`.
+    pub fn start(
+        config: &AccessLogConfig,
+        node: &str,
+        counts: LogCounts,
+    ) -> Result<Self, AccessLogError> {
         if config.buffer.as_u64() < 64 * 1024 {
             return Err(AccessLogError::SmallBuffer(config.buffer));
         }
@@ -479,7 +484,7 @@ impl AccessLog {
             path: config.path.clone(),
             source,
         })?;
-        Self::with_sink(config, node, sink)
+        Self::with_sink(config, node, sink, counts)
     }
 
     /// As [`AccessLog::start`], writing to `writer` with any buffer.
@@ -489,10 +494,15 @@ impl AccessLog {
         node: &str,
         writer: Box<dyn Write + Send>,
     ) -> Result<Self, AccessLogError> {
-        Self::with_sink(config, node, Sink::Writer(writer))
+        Self::with_sink(config, node, Sink::Writer(writer), LogCounts::default())
     }
 
-    fn with_sink(config: &AccessLogConfig, node: &str, sink: Sink) -> Result<Self, AccessLogError> {
+    fn with_sink(
+        config: &AccessLogConfig,
+        node: &str,
+        sink: Sink,
+        counts: LogCounts,
+    ) -> Result<Self, AccessLogError> {
         let (handoff, thread) = std::sync::mpsc::sync_channel::<Arc<Shared>>(1);
         let rotation = Rotation {
             size: config.rotate_size.map(|size| size.as_u64()),
@@ -521,7 +531,7 @@ impl AccessLog {
             format: config.format,
             fields: config.fields.clone(),
             node: node.into(),
-            counts: LogCounts::default(),
+            counts,
             reopen: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             writer: spawned.thread().clone(),
@@ -667,6 +677,35 @@ impl Stream {
     }
 }
 
+/// `bytes` (whole lines) in pieces of about `size` that end at line ends: each piece is
+/// one `write` to a file opened for appending, so a second writer of the same file (the
+/// log a reload started, while the old one finishes) never lands inside a line.
+fn line_chunks(bytes: &[u8], size: usize) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = if rest.len() <= size {
+            rest.len()
+        } else {
+            rest[..size]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .or_else(|| {
+                    rest[size..]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map(|at| size + at)
+                })
+                .map_or(rest.len(), |at| at + 1)
+        };
+        let (chunk, after) = rest.split_at(end);
+        rest = after;
+        Some(chunk)
+    })
+}
+
 fn write_forever(shared: &Shared, mut sink: Sink, rotation: Rotation, stream: Option<Stream>) {
     let mut spare = Vec::new();
     let mut ends = Vec::new();
@@ -690,8 +729,7 @@ fn write_forever(shared: &Shared, mut sink: Sink, rotation: Rotation, stream: Op
         if !spare.is_empty() {
             // In pieces: one write of 100 ms of lines holds the core for milliseconds,
             // which the requests waiting behind it see as their p99.
-            let written = spare
-                .chunks(WRITE_CHUNK)
+            let written = line_chunks(&spare, WRITE_CHUNK)
                 .try_for_each(|chunk| sink.writer().write_all(chunk))
                 .and_then(|()| sink.writer().flush());
             match written {
@@ -1224,6 +1262,25 @@ mod tests {
     }
 
     #[test]
+    fn pieces_end_at_line_ends_and_keep_every_byte() {
+        let lines: Vec<u8> = (0..200)
+            .flat_map(|n| format!("{}\n", "x".repeat(n % 37)).into_bytes())
+            .collect();
+        for size in [1, 7, 64, 1000, lines.len() + 1] {
+            let pieces: Vec<&[u8]> = line_chunks(&lines, size).collect();
+            assert_eq!(pieces.concat(), lines, "size {size}");
+            for piece in &pieces {
+                assert_eq!(piece.last(), Some(&b'\n'), "size {size}");
+                let inner = &piece[..piece.len() - 1];
+                assert!(
+                    piece.len() <= size || !inner.contains(&b'\n'),
+                    "a piece longer than {size} is one line"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_full_buffer_drops_and_counts_and_never_blocks() {
         let (release, open) = mpsc::channel();
         let (entered, writing) = mpsc::channel();
@@ -1276,7 +1333,7 @@ mod tests {
             path: path.to_string_lossy().into_owned(),
             ..config(LineFormat::Json, 1 << 20)
         };
-        let log = AccessLog::start(&config, "edge-1").unwrap();
+        let log = AccessLog::start(&config, "edge-1", LogCounts::default()).unwrap();
         log.log(&record(1).line());
         until(|| std::fs::read_to_string(&path).is_ok_and(|s| s.lines().count() == 1));
         let rotated = dir.path().join("access.log.1");
@@ -1301,7 +1358,7 @@ mod tests {
             rotate_size: Some(ByteSize::b(1)),
             ..config(LineFormat::Json, 1 << 20)
         };
-        let log = AccessLog::start(&config, "edge-1").unwrap();
+        let log = AccessLog::start(&config, "edge-1", LogCounts::default()).unwrap();
         log.log(&record(1).line());
         // Written, then rotated at once (past one byte): the line is in a rotated file.
         let rotated = || {
@@ -1339,7 +1396,7 @@ mod tests {
             path: "/nonexistent-dir/access.log".into(),
             ..config(LineFormat::Json, 1 << 20)
         };
-        let error = AccessLog::start(&missing, "edge-1")
+        let error = AccessLog::start(&missing, "edge-1", LogCounts::default())
             .unwrap_err()
             .to_string();
         assert!(error.contains("/nonexistent-dir/access.log"), "{error}");
@@ -1348,7 +1405,9 @@ mod tests {
             path: "stdout".into(),
             ..config(LineFormat::Json, 1000)
         };
-        let error = AccessLog::start(&tiny, "edge-1").unwrap_err().to_string();
+        let error = AccessLog::start(&tiny, "edge-1", LogCounts::default())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("at least 64 KiB"), "{error}");
     }
 }

@@ -19,11 +19,15 @@ use node_api::{HealthReport, NodeState};
 
 use crate::node::invalidation::ApplyError;
 use crate::node::proxy::Edge;
+use crate::node::reload::{ReloadError, Reloader};
 use node_api::headers::NODE_TOKEN;
 use node_api::purge::{MAX_BATCH_BYTES, MAX_RESET_BYTES, PurgeAck, PurgeBatch, tokens_match};
 
 /// The admin routes of a node.
-pub fn router(edge: Arc<Edge>) -> Router {
+pub fn router(edge: Arc<Edge>, reloader: Arc<Reloader>) -> Router {
+    let reload = Router::new()
+        .route("/v1/config/reload", post(reload))
+        .with_state(reloader);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -34,6 +38,29 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/v1/resume", post(resume))
         .route("/v1/hot", get(hot))
         .with_state(edge)
+        .merge(reload)
+}
+
+/// Re-reads the node's config file and puts it in service: `200` with what changed, or
+/// the reason it was refused (the running config stays): `422` for a file that does not
+/// read or validate, `409` for changes only a restart can make (named) or a node started
+/// without a file. Needs the node token.
+async fn reload(State(reloader): State<Arc<Reloader>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refusal(reloader.edge(), &headers) {
+        return refused;
+    }
+    let reloading = reloader.clone();
+    match tokio::task::spawn_blocking(move || reloading.reload_file()).await {
+        Ok(Ok(reloaded)) => (StatusCode::OK, axum::Json(reloaded)).into_response(),
+        Ok(Err(refused @ (ReloadError::Fixed(_) | ReloadError::NoFile))) => {
+            error(StatusCode::CONFLICT, &refused.to_string())
+        }
+        Ok(Err(refused)) => error(StatusCode::UNPROCESSABLE_ENTITY, &refused.to_string()),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the reload failed; retry it",
+        ),
+    }
 }
 
 /// A batch of purges from the purge API, applied in order before the answer: `200` with
@@ -245,7 +272,8 @@ fn error(status: StatusCode, message: &str) -> Response {
 async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
     let now = std::time::Instant::now();
     let upstreams_down: Vec<String> = edge
-        .sites()
+        .live()
+        .sites
         .sites()
         .iter()
         .filter(|site| site.pool.all_down(now))

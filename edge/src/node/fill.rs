@@ -662,7 +662,7 @@ impl FillRequest {
             &self.site,
             key,
             tags,
-            &edge.sites,
+            &edge.live().sites,
             edge.store.as_ref(),
         )
     }

@@ -33,6 +33,11 @@ struct KindLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
 }
@@ -82,6 +87,8 @@ pub struct Metrics {
     retries: Family<RetryLabel, Counter>,
     purges: Family<KindLabel, Counter>,
     purge_watermark: Gauge,
+    /// Config reloads by result (`applied`, `refused`).
+    reloads: Family<ResultLabel, Counter>,
     /// Registered only on a node that keeps a persisted state ([`Metrics::track_state`]).
     state: Option<StateGauges>,
     /// Registered only on a node with a disk tier ([`Metrics::track_disk`]).
@@ -248,9 +255,16 @@ impl Metrics {
             "Highest purge sequence number applied together with every earlier one",
             purge_watermark.clone(),
         );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads: applied, or refused with the running config kept",
+            reloads.clone(),
+        );
         Self {
             purges,
             purge_watermark,
+            reloads,
             state: None,
             disk: None,
             server_requests,
@@ -313,6 +327,12 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+
+    /// A config reload, applied or refused.
+    pub fn config_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "refused" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
     pub fn purge_watermark(&self, seq: u64) {

@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -47,8 +49,8 @@ use crate::front::client_body::ClientBody;
 use crate::front::listener::OpenConnections;
 use crate::front::{DoorRefusal, Handler, ServedHit, TlsName};
 use crate::node::access_log::{
-    AccessLog, AccessRecord, Line, UpstreamSeen, carrying_upstream, logged, noting_upstream,
-    record_upstream,
+    AccessLog, AccessRecord, Line, LogCounts, UpstreamSeen, carrying_upstream, logged,
+    noting_upstream, record_upstream,
 };
 use crate::node::config::{ConfigError, EdgeConfig};
 use crate::node::disk::FromDisk;
@@ -57,8 +59,9 @@ use crate::node::invalidation::{ApplyError, Invalidation};
 use crate::node::metrics::Metrics;
 use crate::node::node_auth::{NodeClaims, NodeKey, take_claims};
 use crate::node::post::Post;
+use crate::node::reload::{self, Live, RequestLimits};
 use crate::node::role::Role;
-use crate::node::site::{Misdirected, Site, SiteMatch, SiteTable};
+use crate::node::site::{Misdirected, Site, SiteMatch};
 use crate::node::slices::{SliceFill, SliceSource};
 use crate::node::state::{NodeState, StateError};
 use crate::upstream::client::{UpstreamBody, UpstreamClient, UpstreamError};
@@ -130,7 +133,11 @@ pub struct Edge {
     pub(crate) name: String,
     /// `1.1 <name>`, this node's `Via` member.
     pub(crate) via: HeaderValue,
-    pub(crate) sites: SiteTable,
+    /// The settings a reload replaces: sites, request limits, access log
+    /// ([`crate::node::reload`]).
+    live: ArcSwap<Live>,
+    /// The access log's counters, kept across the logs reloads start.
+    log_counts: LogCounts,
     pub(crate) store: Arc<dyn Storage>,
     pub(crate) fills: Coalescer<CacheKey, Fill>,
     /// One fetch per slice of a sliced object (see [`crate::node::slices`]).
@@ -144,14 +151,6 @@ pub struct Edge {
     pub(crate) slice_size: u64,
     /// Largest object cached in slices: a quarter of the cache.
     pub(crate) max_sliced_size: u64,
-    max_header_bytes: usize,
-    /// `[limits] max_uri_bytes`: longer targets get `414`.
-    max_uri_bytes: usize,
-    /// `[limits] max_body_bytes`: a larger declared body gets `413`, a longer streamed one
-    /// is cut off (the upstream request fails).
-    max_body_bytes: u64,
-    /// `[limits] body_read_timeout`: longest pause inside a request body (`408`).
-    body_read_timeout: std::time::Duration,
     ready: AtomicBool,
     /// Open client connections of the public listener.
     pub(crate) open: Arc<OpenConnections>,
@@ -164,15 +163,13 @@ pub struct Edge {
     node_key: Option<NodeKey>,
     /// Slots for upstream work: misses beyond them are shed.
     pub(crate) admission: Admission,
-    /// `[access_log]`, when on.
-    pub(crate) access_log: Option<AccessLog>,
 }
 
 impl std::fmt::Debug for Edge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Edge")
             .field("name", &self.name)
-            .field("sites", &self.sites.sites().len())
+            .field("sites", &self.live.load().sites.sites().len())
             .finish_non_exhaustive()
     }
 }
@@ -183,7 +180,9 @@ impl Edge {
         config.validate()?;
         let via = HeaderValue::from_str(&format!("1.1 {}", config.node.name))
             .map_err(|_| ConfigError::NodeName(config.node.name.clone()))?;
-        let sites = SiteTable::new(&config.sites)?;
+        let log_counts = LogCounts::default();
+        let live = reload::initial(config, &log_counts)?;
+        let sites = &live.sites;
         let state = match config.cache.state_dir() {
             Some(dir) => Some(Arc::new(NodeState::open(dir)?)),
             None => None,
@@ -209,18 +208,12 @@ impl Edge {
             }
         }
         metrics.purge_watermark(store.purge_watermark());
-        let access_log = config
-            .access_log
-            .as_ref()
-            .map(|log| AccessLog::start(log, &config.node.name))
-            .transpose()?;
-        if let Some(log) = &access_log {
-            metrics.track_access_log(log.counts());
-        }
+        metrics.track_access_log(&log_counts);
         Ok(Self {
             name: config.node.name.clone(),
             via,
-            sites,
+            live: ArcSwap::new(live),
+            log_counts,
             store,
             fills: Coalescer::new(),
             slice_fills: Coalescer::new(),
@@ -234,11 +227,6 @@ impl Edge {
                 .min(config.cache.max_object_size)
                 .as_u64(),
             max_sliced_size: config.cache.capacity.as_u64() / 4,
-            max_header_bytes: usize::try_from(config.limits.max_header_bytes.as_u64())
-                .unwrap_or(usize::MAX),
-            max_uri_bytes: config.limits.max_uri_bytes,
-            max_body_bytes: config.limits.max_body_bytes.as_u64(),
-            body_read_timeout: config.limits.body_read_timeout,
             ready: AtomicBool::new(false),
             open: Arc::default(),
             invalidation: Invalidation::new(state),
@@ -246,7 +234,6 @@ impl Edge {
             role: config.node.role,
             node_key: config.purge.node_token.as_deref().map(NodeKey::new),
             admission: Admission::new(&config.overload),
-            access_log,
         })
     }
 
@@ -259,8 +246,20 @@ impl Edge {
         self.role
     }
 
-    pub fn sites(&self) -> &SiteTable {
-        &self.sites
+    /// The settings requests read now (the site table among them): a reload replaces
+    /// them whole, and whoever holds these keeps a consistent set.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Puts `next` in service: requests that start from now on read it.
+    pub(crate) fn swap_live(&self, next: Live) {
+        self.live.store(Arc::new(next));
+    }
+
+    /// The access log's counters (kept across reloads).
+    pub(crate) fn log_counts(&self) -> &LogCounts {
+        &self.log_counts
     }
 
     pub fn store(&self) -> &Arc<dyn Storage> {
@@ -300,7 +299,8 @@ impl Edge {
         target: &str,
         tls: Option<&TlsName>,
     ) -> Option<(Arc<StoredResponse>, Instant)> {
-        let site = self.sites.resolve_on(host, tls).ok()?;
+        let live = self.live.load();
+        let site = live.sites.resolve_on(host, tls).ok()?;
         let target = normalize_target(target, &site.site.query).ok()?;
         let primary = CacheKey::new(site.site.generation(), "http", site.host, &target);
         let now = Instant::now();
@@ -330,22 +330,29 @@ impl Edge {
     {
         // The site is found once here for both its sampling share and its name; the
         // route finds it again, as it does for every request.
-        let logging = self.access_log.as_ref().and_then(|log| {
+        let live = self.live();
+        let logging = live.access_log.as_ref().and_then(|log| {
             let started = Instant::now();
-            let site = self.site_for(&req).ok().map(|site| site.site);
+            let site = self.site_for(&live, &req).ok().map(|site| site.site);
             let id = log.next_id();
-            AccessLog::sampled(site.map_or(1.0, |site| site.access_log_sample), id)
-                .then(|| (log, started, self.access_record(id, site, &req, client)))
+            AccessLog::sampled(site.map_or(1.0, |site| site.access_log_sample), id).then(|| {
+                (
+                    log.clone(),
+                    started,
+                    self.access_record(id, site, &req, client),
+                )
+            })
         });
         let Some((log, started, record)) = logging else {
-            let (response, outcome) = self.route(req, client).await;
+            let (response, outcome) = self.route(&live, req, client).await;
             self.metrics.request(outcome);
             return response;
         };
         let seen = UpstreamSeen::default();
-        let (response, outcome) = noting_upstream(seen.clone(), self.route(req, client)).await;
+        let (response, outcome) =
+            noting_upstream(seen.clone(), self.route(&live, req, client)).await;
         self.metrics.request(outcome);
-        logged(log.clone(), record, started, &seen, response)
+        logged(log, record, started, &seen, response)
     }
 
     /// What the access log says of a request to `site` (none: a host no site serves),
@@ -394,7 +401,12 @@ impl Edge {
 
     /// A request through its phases: trust (internal headers), limits, site, method,
     /// lookup and decision, then the answer the decision calls for.
-    async fn route<B>(self: &Arc<Self>, mut req: Request<B>, client: SocketAddr) -> Answered
+    async fn route<B>(
+        self: &Arc<Self>,
+        live: &Live,
+        mut req: Request<B>,
+        client: SocketAddr,
+    ) -> Answered
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -406,10 +418,10 @@ impl Edge {
             .as_ref()
             .filter(|_| self.role.believes_node_claims());
         let claims = take_claims(believer, &mut req);
-        if let Err(Refusal(status, why)) = self.within_limits(&req) {
+        if let Err(Refusal(status, why)) = within_limits(&live.limits, &req) {
             return refuse(status, &why);
         }
-        let site = match self.site_for(&req) {
+        let site = match self.site_for(live, &req) {
             Ok(site) => site,
             Err(Refusal(status, why)) => return refuse(status, &why),
         };
@@ -551,52 +563,14 @@ impl Edge {
         }
     }
 
-    /// The limits on a request's head, target and declared body (`431`, `414`, `413`),
-    /// checked again here for requests hyper parsed.
-    fn within_limits<B>(&self, req: &Request<B>) -> Result<(), Refusal> {
-        if head_size(req) > self.max_header_bytes {
-            return Err(Refusal(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                format!(
-                    "the request line and headers exceed this node's limit of {} bytes",
-                    self.max_header_bytes
-                ),
-            ));
-        }
-        if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > self.max_uri_bytes {
-            return Err(Refusal(
-                StatusCode::URI_TOO_LONG,
-                format!(
-                    "the request target is longer than this node's limit of {} bytes",
-                    self.max_uri_bytes
-                ),
-            ));
-        }
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > self.max_body_bytes) {
-            return Err(Refusal(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request body is larger than this node's limit of {} bytes",
-                    self.max_body_bytes
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     /// The site a request is for, or its refusal: a host no site has or another site's
     /// over TLS (`421`), a loop back to this node (`508`), a method this CDN never
     /// forwards (`405`).
-    fn site_for<B>(&self, req: &Request<B>) -> Result<SiteMatch<'_>, Refusal> {
+    fn site_for<'a, B>(&self, live: &'a Live, req: &Request<B>) -> Result<SiteMatch<'a>, Refusal> {
         let host = request_host(req)
             .map_err(|message| Refusal(StatusCode::BAD_REQUEST, message.into()))?;
         let tls = req.extensions().get::<TlsName>();
-        let site = match self.sites.resolve_on(host, tls) {
+        let site = match live.sites.resolve_on(host, tls) {
             Ok(site) => site,
             Err(Misdirected::UnknownHost) => {
                 return Err(Refusal(
@@ -909,7 +883,7 @@ impl Edge {
     pub fn apply_purges(&self, batch: &node_api::purge::PurgeBatch) -> Result<u64, ApplyError> {
         let result = self
             .invalidation
-            .apply_batch(batch, &self.sites, self.store.as_ref());
+            .apply_batch(batch, &self.live().sites, self.store.as_ref());
         if result.is_ok() {
             for purge in &batch.purges {
                 self.metrics.purge_applied(purge.purge.selector.kind());
@@ -925,7 +899,7 @@ impl Edge {
     pub fn reset_purges(&self, seq: u64) -> Result<(), StateError> {
         let result = self
             .invalidation
-            .reset(&self.sites, self.store.as_ref(), seq);
+            .reset(&self.live().sites, self.store.as_ref(), seq);
         self.metrics.purge_watermark(seq);
         result
     }
@@ -948,7 +922,7 @@ impl Edge {
     pub fn start_at(&self, seq: u64) -> Result<(), StateError> {
         let result = self
             .invalidation
-            .start_at(&self.sites, self.store.as_ref(), seq);
+            .start_at(&self.live().sites, self.store.as_ref(), seq);
         self.metrics.purge_watermark(seq);
         result
     }
@@ -1274,8 +1248,9 @@ impl Edge {
         let bodiless = !request.headers.contains_key(header::CONTENT_LENGTH)
             && !request.headers.contains_key(header::TRANSFER_ENCODING)
             && (request.version < http::Version::HTTP_2 || body.is_end_stream());
+        let limits = self.live.load().limits;
         let body = (!bodiless).then(|| {
-            ClientBody::new(body, self.max_body_bytes, self.body_read_timeout).boxed_unsync()
+            ClientBody::new(body, limits.max_body_bytes, limits.body_read_timeout).boxed_unsync()
         });
         let mut status = CacheStatus::forwarded(fwd);
         status.detail = detail;
@@ -1417,6 +1392,44 @@ impl Edge {
     }
 }
 
+/// The limits on a request's head, target and declared body (`431`, `414`, `413`),
+/// checked again here for requests hyper parsed.
+fn within_limits<B>(limits: &RequestLimits, req: &Request<B>) -> Result<(), Refusal> {
+    if head_size(req) > limits.max_header_bytes {
+        return Err(Refusal(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request line and headers exceed this node's limit of {} bytes",
+                limits.max_header_bytes
+            ),
+        ));
+    }
+    if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > limits.max_uri_bytes {
+        return Err(Refusal(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "the request target is longer than this node's limit of {} bytes",
+                limits.max_uri_bytes
+            ),
+        ));
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limits.max_body_bytes) {
+        return Err(Refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is larger than this node's limit of {} bytes",
+                limits.max_body_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The front door's view of a node: the fast path and the full path above, monomorphized
 /// into every listener.
 impl Handler for Edge {
@@ -1442,17 +1455,18 @@ impl Handler for Edge {
     }
 
     fn logs_access(&self) -> bool {
-        self.access_log.is_some()
+        self.live.load().access_log.is_some()
     }
 
     fn served_hit(&self, hit: &ServedHit<'_>) {
-        let Some(log) = &self.access_log else {
+        let live = self.live.load();
+        let Some(log) = &live.access_log else {
             return;
         };
         let elapsed = hit.started.elapsed();
         let site = std::str::from_utf8(hit.host)
             .ok()
-            .and_then(|host| self.sites.resolve_on(host, hit.tls).ok());
+            .and_then(|host| live.sites.resolve_on(host, hit.tls).ok());
         let id = log.next_id();
         if !AccessLog::sampled(site.map_or(1.0, |site| site.site.access_log_sample), id) {
             return;
@@ -1483,7 +1497,8 @@ impl Handler for Edge {
     }
 
     fn refused_at_door(&self, refusal: &DoorRefusal<'_>) {
-        let Some(log) = &self.access_log else {
+        let live = self.live.load();
+        let Some(log) = &live.access_log else {
             return;
         };
         log.log(&Line {

@@ -3,6 +3,7 @@
 //! purge-stream tasks, and graceful shutdown.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +18,10 @@ use crate::node::admin;
 use crate::node::config::{ConfigError, EdgeConfig, NatsPurgeConfig};
 use crate::node::proxy::Edge;
 use crate::node::purge_stream::{FollowError, Follower};
+use crate::node::reload::{ReloadError, Reloaded, Reloader, site_certificates};
 use crate::upstream::client::empty_body;
 use node_api::purge::{LogTruncated, PurgeBatch, PurgeLogPage};
-use tls_certs::{Certificates, Source, TlsError};
+use tls_certs::{Certificates, TlsError};
 
 /// The node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,8 @@ pub struct EdgeServer {
     certificates: Option<Arc<Certificates>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Puts new configs in service ([`crate::node::reload`]).
+    reloader: Arc<Reloader>,
     /// The disk tier, closed (written out and synced) on shutdown.
     disk: Option<Arc<DiskStore>>,
 }
@@ -114,7 +118,8 @@ impl EdgeServer {
         let admin_addr = local_addr(&admin, config.node.admin_listen)?;
         let https = match config.node.https_listen {
             Some(addr) => {
-                let certificates = Arc::new(site_certificates(&config)?);
+                let certificates =
+                    Arc::new(Certificates::from_sources(site_certificates(&config))?);
                 let tls = Arc::new(certificates.server_config()?);
                 let listener = bind(addr, "HTTPS listener").await?;
                 let https_addr = local_addr(&listener, addr)?;
@@ -126,21 +131,19 @@ impl EdgeServer {
             catch_up(&edge, api, config.purge.node_token.as_deref().unwrap_or("")).await;
         }
         let (shutdown, _) = watch::channel(false);
+        let (limits, listener_limits) = watch::channel(config.limits.clone());
         let follower = match &config.purge.nats {
             Some(nats) => Some(follow_stream(&edge, nats, shutdown.subscribe()).await?),
             None => None,
         };
 
-        let mut tasks = vec![
-            tokio::spawn(crate::front::listener::serve(
-                public,
-                edge.clone(),
-                edge.open.clone(),
-                config.limits.clone(),
-                shutdown.subscribe(),
-            )),
-            tokio::spawn(serve_admin(admin, edge.clone(), shutdown.subscribe())),
-        ];
+        let mut tasks = vec![tokio::spawn(crate::front::listener::serve(
+            public,
+            edge.clone(),
+            edge.open.clone(),
+            listener_limits.clone(),
+            shutdown.subscribe(),
+        ))];
         let (https_addr, certificates) = match https {
             Some((listener, addr, certificates, tls)) => {
                 tasks.push(tokio::spawn(crate::front::https::serve(
@@ -148,7 +151,7 @@ impl EdgeServer {
                     tokio_rustls::TlsAcceptor::from(tls),
                     edge.clone(),
                     edge.open.clone(),
-                    config.limits.clone(),
+                    listener_limits,
                     shutdown.subscribe(),
                 )));
                 tasks.push(tokio::spawn(
@@ -160,44 +163,24 @@ impl EdgeServer {
             }
             None => (None, None),
         };
-        for (site, site_config) in edge.sites().sites().iter().zip(&config.sites) {
-            let host = site_config
-                .upstream_host
-                .as_deref()
-                .or(site_config.hosts.first().map(String::as_str))
-                .and_then(|h| http::HeaderValue::from_str(h).ok())
-                .unwrap_or(http::HeaderValue::from_static("localhost"));
-            let (site, edge, mut stop) = (site.clone(), edge.clone(), shutdown.subscribe());
-            tasks.push(tokio::spawn(async move {
-                tokio::select! {
-                    () = site.pool.probe_forever(&edge.upstream, &edge.metrics, host) => {}
-                    _ = stop.wait_for(|stop| *stop) => {}
-                }
-            }));
-        }
+        let reloader = Reloader::new(
+            edge.clone(),
+            config,
+            limits,
+            certificates.clone(),
+            shutdown.subscribe(),
+        );
+        tasks.push(tokio::spawn(serve_admin(
+            admin,
+            edge.clone(),
+            reloader.clone(),
+            shutdown.subscribe(),
+        )));
         #[cfg(unix)]
-        if let Some(log) = edge.access_log.clone() {
-            let mut stop = shutdown.subscribe();
-            tasks.push(tokio::spawn(async move {
-                // logrotate moves the file, then sends SIGUSR1 (or SIGHUP): later lines go
-                // to a new file under the configured path.
-                use tokio::signal::unix::{SignalKind, signal};
-                let (Ok(mut usr1), Ok(mut hup)) = (
-                    signal(SignalKind::user_defined1()),
-                    signal(SignalKind::hangup()),
-                ) else {
-                    tracing::warn!("SIGUSR1/SIGHUP cannot be caught: the access log will not be reopened on them");
-                    return;
-                };
-                loop {
-                    tokio::select! {
-                        Some(()) = usr1.recv() => log.reopen(),
-                        Some(()) = hup.recv() => log.reopen(),
-                        _ = stop.wait_for(|stop| *stop) => return,
-                    }
-                }
-            }));
-        }
+        tasks.push(tokio::spawn(on_signals(
+            reloader.clone(),
+            shutdown.subscribe(),
+        )));
         tasks.extend(follower);
         edge.set_ready(true);
         tracing::info!(node = %edge.name(), role = edge.role().as_str(), %public_addr, %admin_addr, ?https_addr, "listening");
@@ -209,8 +192,25 @@ impl EdgeServer {
             certificates,
             shutdown,
             tasks,
+            reloader,
             disk: None,
         })
+    }
+
+    /// Makes `path` (the file the config came from) what a reload re-reads: on SIGHUP,
+    /// on `POST /v1/config/reload`, and when the file changes (checked each second).
+    pub fn follow_file(&mut self, path: PathBuf) {
+        self.reloader.set_file(path.clone());
+        self.tasks.push(tokio::spawn(reload_on_change(
+            self.reloader.clone(),
+            path,
+            self.shutdown.subscribe(),
+        )));
+    }
+
+    /// Puts `config` in service, or refuses it saying why (see [`crate::node::reload`]).
+    pub fn reload(&self, config: EdgeConfig) -> Result<Reloaded, ReloadError> {
+        self.reloader.reload(config)
     }
 
     pub fn public_addr(&self) -> SocketAddr {
@@ -243,6 +243,7 @@ impl EdgeServer {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.reloader.stopped().await;
         if let Some(disk) = self.disk {
             if let Some(hybrid) = self.edge.store().hybrid() {
                 let written = hybrid.write_out(WRITE_OUT_WITHIN).await;
@@ -253,20 +254,6 @@ impl EdgeServer {
             }
         }
     }
-}
-
-/// Every site's certificate; one that does not load stops the node from starting, with
-/// the reason.
-fn site_certificates(config: &EdgeConfig) -> Result<Certificates, TlsError> {
-    let sources = config
-        .sites
-        .iter()
-        .filter_map(|site| {
-            let tls = site.tls.as_ref()?;
-            Some(Source::new(&site.name, &site.hosts, &tls.cert, &tls.key))
-        })
-        .collect();
-    Certificates::from_sources(sources)
 }
 
 fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
@@ -437,8 +424,67 @@ async fn read_log(
     }
 }
 
-async fn serve_admin(listener: TcpListener, edge: Arc<Edge>, mut shutdown: watch::Receiver<bool>) {
-    let app = admin::router(edge);
+/// SIGUSR1 reopens the access log (logrotate moved it); SIGHUP reopens it too and, for a
+/// node started from a file, reloads the config. Caught whatever the config says, so a
+/// SIGHUP never stops a node.
+#[cfg(unix)]
+async fn on_signals(reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut usr1), Ok(mut hup)) = (
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::warn!("SIGUSR1/SIGHUP cannot be caught: no reopening or reloading on them");
+        return;
+    };
+    let reopen = |reloader: &Reloader| {
+        if let Some(log) = &reloader.edge().live().access_log {
+            log.reopen();
+        }
+    };
+    loop {
+        let reload = tokio::select! {
+            Some(()) = usr1.recv() => false,
+            Some(()) = hup.recv() => true,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        reopen(&reloader);
+        if reload && reloader.file().is_some() {
+            let reloading = reloader.clone();
+            // Reading the file and opening logs are blocking work.
+            let _ = tokio::task::spawn_blocking(move || reloading.reload_file()).await;
+        }
+    }
+}
+
+/// Reloads when the file's modification time or length changes (checked each second).
+async fn reload_on_change(reloader: Arc<Reloader>, path: PathBuf, mut stop: watch::Receiver<bool>) {
+    let stamp = |path: &PathBuf| {
+        let meta = std::fs::metadata(path).ok()?;
+        Some((meta.modified().ok(), meta.len()))
+    };
+    let mut seen = stamp(&path);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let now = stamp(&path);
+        if now != seen {
+            seen = now;
+            let reloading = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || reloading.reload_file()).await;
+        }
+    }
+}
+
+async fn serve_admin(
+    listener: TcpListener,
+    edge: Arc<Edge>,
+    reloader: Arc<Reloader>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = admin::router(edge, reloader);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;

@@ -15,14 +15,21 @@ use crate::cache::key::QueryPolicy;
 use crate::cache::partial::RangeMiss;
 use crate::front::TlsName;
 use crate::node::config::{ConfigError, SiteConfig, normalize_host};
+use crate::node::reload::same;
 use crate::upstream::pool::{PoolConfig, UpstreamPool};
 
 /// One configured site.
 #[derive(Debug)]
 pub struct Site {
     pub name: String,
-    /// Where the site's content comes from: one server, or a balanced pool.
-    pub pool: UpstreamPool,
+    /// Where the site's content comes from: one server, or a balanced pool. Shared with
+    /// the site of a reloaded table when the pool's config did not change, so its
+    /// servers' health, connections and balance carry over.
+    pub pool: Arc<UpstreamPool>,
+    /// What the pool was built from: a reload compares it to decide whether to keep it.
+    pool_config: PoolConfig,
+    /// The `Host` the pool's probes carry: `upstream_host`, else the site's first host.
+    pub probe_host: HeaderValue,
     /// `Host` sent upstream instead of the client's host, when configured.
     pub upstream_host: Option<HeaderValue>,
     pub query: QueryPolicy,
@@ -39,21 +46,36 @@ pub struct Site {
     pub range_miss: RangeMiss,
     /// The share of requests the access log writes (`access_log_sample`).
     pub access_log_sample: f64,
-    generation: AtomicU64,
+    /// Shared by every table that has this site (a reload's), so a purge that bumps it
+    /// in one is in effect in all: one applied while a reload swaps tables is not lost.
+    generation: Arc<AtomicU64>,
 }
 
 impl Site {
-    fn from_config(config: &SiteConfig) -> Result<Self, ConfigError> {
+    /// The site `config` describes; with `previous` (the same site in the table a reload
+    /// replaces), its generation counter, and its pool when the pool's config is the same.
+    fn from_config(config: &SiteConfig, previous: Option<&Site>) -> Result<Self, ConfigError> {
         let fail = |message: String| ConfigError::Site {
             site: config.name.clone(),
             message,
         };
-        let pool = match (&config.pool, &config.upstream) {
-            (Some(pool), _) => UpstreamPool::new(&config.name, pool),
-            (None, Some(url)) => UpstreamPool::new(&config.name, &PoolConfig::single(url)),
-            (None, None) => Err("no upstream configured".into()),
-        }
-        .map_err(fail)?;
+        let pool_config = match (&config.pool, &config.upstream) {
+            (Some(pool), _) => pool.clone(),
+            (None, Some(url)) => PoolConfig::single(url),
+            (None, None) => return Err(fail("no upstream configured".into())),
+        };
+        let kept = previous.filter(|site| same(&site.pool_config, &pool_config));
+        let pool = match kept {
+            Some(site) => site.pool.clone(),
+            None => Arc::new(UpstreamPool::new(&config.name, &pool_config).map_err(fail)?),
+        };
+        let generation = match previous {
+            Some(site) => {
+                site.raise_generation(config.generation);
+                site.generation.clone()
+            }
+            None => Arc::new(AtomicU64::new(config.generation)),
+        };
         if !(0.0..=1.0).contains(&config.access_log_sample) {
             return Err(fail(format!(
                 "access_log_sample must be between 0 and 1 (got {})",
@@ -69,9 +91,18 @@ impl Site {
                 site: config.name.clone(),
                 message: "upstream_host is not a valid Host value".into(),
             })?;
+        let probe_host = upstream_host
+            .clone()
+            .or_else(|| {
+                let host = config.hosts.first()?;
+                HeaderValue::from_str(host).ok()
+            })
+            .unwrap_or(HeaderValue::from_static("localhost"));
         Ok(Self {
             name: config.name.clone(),
             pool,
+            pool_config,
+            probe_host,
             upstream_host,
             query: QueryPolicy {
                 mode: config.query,
@@ -103,7 +134,7 @@ impl Site {
                 names
             },
             range_miss: config.range_miss,
-            generation: AtomicU64::new(config.generation),
+            generation,
         })
     }
 
@@ -160,9 +191,17 @@ pub struct SiteTable {
 
 impl SiteTable {
     pub fn new(configs: &[SiteConfig]) -> Result<Self, ConfigError> {
+        Self::replacing(configs, &SiteTable::default())
+    }
+
+    /// The table `configs` describe, to replace `previous` while the node runs: a site
+    /// kept by name keeps its generation (purges applied to either table count in both)
+    /// and, when its pool is configured the same, its pool.
+    pub fn replacing(configs: &[SiteConfig], previous: &SiteTable) -> Result<Self, ConfigError> {
         let mut table = SiteTable::default();
         for config in configs {
-            let site = Arc::new(Site::from_config(config)?);
+            let before = previous.by_name(&config.name).map(|site| &**site);
+            let site = Arc::new(Site::from_config(config, before)?);
             for host in &config.hosts {
                 let host = normalize_host(host);
                 let host_value = HeaderValue::from_str(&host).map_err(|_| ConfigError::Site {
@@ -354,5 +393,51 @@ mod tests {
             2
         );
         assert_eq!(t.resolve("[::1]").unwrap().site.generation(), 1);
+    }
+
+    #[test]
+    fn a_replacing_table_keeps_generations_and_pools_configured_the_same() {
+        let before = table();
+        let assets = before.by_name("assets").unwrap().clone();
+        assets.bump_generation();
+        let config = EdgeConfig::from_toml(
+            r#"
+            [[site]]
+            name = "assets"
+            hosts = ["assets.example.com"]
+            upstream = "http://127.0.0.1:8081"
+            [[site]]
+            name = "v6"
+            hosts = ["[::1]"]
+            upstream = "http://127.0.0.1:9999"
+            [[site]]
+            name = "new"
+            hosts = ["new.example.com"]
+            upstream = "http://127.0.0.1:8083"
+            "#,
+        )
+        .unwrap();
+        let after = SiteTable::replacing(&config.sites, &before).unwrap();
+        let kept = after.by_name("assets").unwrap();
+        assert_eq!(kept.generation(), 2, "the purge before the reload holds");
+        assert!(
+            Arc::ptr_eq(&kept.pool, &assets.pool),
+            "same pool config, same pool"
+        );
+        let moved = after.by_name("v6").unwrap();
+        assert!(!Arc::ptr_eq(
+            &moved.pool,
+            &before.by_name("v6").unwrap().pool
+        ));
+        assert_eq!(after.by_name("new").unwrap().generation(), 1);
+        assert!(
+            after.resolve("static.example.com").is_none(),
+            "a dropped host"
+        );
+
+        // A purge applied through the old table (a request still holding it) counts in
+        // the new one.
+        assets.bump_generation();
+        assert_eq!(kept.generation(), 3);
     }
 }

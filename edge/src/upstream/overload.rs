@@ -12,8 +12,8 @@
 //! A slot is held until the upstream's response head arrives: what the limit bounds is
 //! the work the node has asked of its upstreams and not yet been answered for.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -48,15 +48,43 @@ impl Default for OverloadConfig {
 #[derive(Debug)]
 pub struct Admission {
     slots: Arc<Semaphore>,
+    /// The settings in force; [`Admission::resize`] replaces them while requests run.
+    settings: Mutex<Settings>,
+    /// Slots a narrowed limit still has to take out of service: held ones, forgotten as
+    /// they are given back.
+    owed: Arc<AtomicUsize>,
+    shed: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
     capacity: usize,
     queue_timeout: Duration,
     retry_after: Duration,
-    shed: AtomicU64,
 }
 
 /// A slot; dropping it frees the slot.
 #[derive(Debug)]
-pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    owed: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    /// Gives the slot back, or takes it out of service while a narrowed limit is owed
+    /// slots (see [`Admission::resize`]).
+    fn drop(&mut self) {
+        let repaid = self
+            .owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                owed.checked_sub(1)
+            })
+            .is_ok();
+        if let (true, Some(permit)) = (repaid, self.permit.take()) {
+            permit.forget();
+        }
+    }
+}
 
 /// Why a request was not admitted: every slot stayed taken for the whole queue timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -73,27 +101,73 @@ impl Admission {
     pub fn new(config: &OverloadConfig) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(config.max_upstream)),
-            capacity: config.max_upstream,
-            queue_timeout: config.queue_timeout,
-            retry_after: config.retry_after,
+            settings: Mutex::new(Settings {
+                capacity: config.max_upstream,
+                queue_timeout: config.queue_timeout,
+                retry_after: config.retry_after,
+            }),
+            owed: Arc::default(),
             shed: AtomicU64::new(0),
         }
+    }
+
+    fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
+        Slot {
+            permit: Some(permit),
+            owed: self.owed.clone(),
+        }
+    }
+
+    fn settings(&self) -> Settings {
+        *self.settings.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes `config`'s limit and timeouts (a config reload). A larger capacity is free at
+    /// once; a smaller one takes free slots out of service at once and held ones as they
+    /// are given back, so requests in flight are never cut off and no new one is admitted
+    /// over the new limit.
+    pub fn resize(&self, config: &OverloadConfig) {
+        let mut settings = self.settings.lock().unwrap_or_else(PoisonError::into_inner);
+        let (was, now) = (settings.capacity, config.max_upstream);
+        *settings = Settings {
+            capacity: now,
+            queue_timeout: config.queue_timeout,
+            retry_after: config.retry_after,
+        };
+        if now > was {
+            // Slots still owed are forgiven before any is added.
+            let more = now - was;
+            let forgiven = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                    Some(owed.saturating_sub(more))
+                })
+                .map_or(0, |owed| owed.min(more));
+            self.slots.add_permits(more - forgiven);
+        } else if now < was {
+            let fewer = was - now;
+            let free = self.slots.forget_permits(fewer);
+            self.owed.fetch_add(fewer - free, Ordering::AcqRel);
+        }
+        drop(settings);
     }
 
     /// A slot, at once when one is free, else within the queue timeout.
     pub async fn admit(&self) -> Result<Slot, Shed> {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            return Ok(Slot(permit));
+            return Ok(self.slot(permit));
         }
-        match tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(Slot(permit)),
+        let settings = self.settings();
+        match tokio::time::timeout(settings.queue_timeout, self.slots.clone().acquire_owned()).await
+        {
+            Ok(Ok(permit)) => Ok(self.slot(permit)),
             // The semaphore is never closed; treat it like a timeout all the same.
             Ok(Err(_)) | Err(_) => {
                 self.shed.fetch_add(1, Ordering::Relaxed);
                 Err(Shed {
-                    capacity: self.capacity,
-                    waited: self.queue_timeout,
-                    retry_after: self.retry_after,
+                    capacity: settings.capacity,
+                    waited: settings.queue_timeout,
+                    retry_after: settings.retry_after,
                 })
             }
         }
@@ -101,11 +175,12 @@ impl Admission {
 
     /// Upstream requests in flight now.
     pub fn in_flight(&self) -> usize {
-        self.capacity - self.slots.available_permits()
+        (self.capacity() + self.owed.load(Ordering::Acquire))
+            .saturating_sub(self.slots.available_permits())
     }
 
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.settings().capacity
     }
 
     /// Requests shed since the node started.
@@ -156,5 +231,45 @@ mod tests {
         drop(held);
         waiter.await.expect("joins").expect("admitted once freed");
         assert_eq!(admission.shed(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_resize_widens_at_once_and_narrows_as_slots_come_back() {
+        let admission = admission(2, 20);
+        let a = admission.admit().await.expect("first slot");
+        let b = admission.admit().await.expect("second slot");
+        admission.resize(&OverloadConfig {
+            max_upstream: 3,
+            queue_timeout: Duration::from_millis(20),
+            retry_after: Duration::from_secs(5),
+        });
+        let c = admission
+            .admit()
+            .await
+            .expect("the third slot a wider limit gives");
+        let shed = admission.admit().await.expect_err("no fourth");
+        assert_eq!(
+            (shed.capacity, shed.retry_after),
+            (3, Duration::from_secs(5))
+        );
+
+        admission.resize(&OverloadConfig {
+            max_upstream: 1,
+            queue_timeout: Duration::from_millis(20),
+            retry_after: Duration::from_secs(5),
+        });
+        drop((a, b));
+        assert!(
+            admission.admit().await.is_err(),
+            "the slots given back are taken out of service while one is still held"
+        );
+        drop(c);
+        let only = admission
+            .admit()
+            .await
+            .expect("one slot under the narrower limit");
+        assert_eq!(admission.in_flight(), 1);
+        assert!(admission.admit().await.is_err(), "and only one");
+        drop(only);
     }
 }

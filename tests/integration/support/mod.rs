@@ -5,6 +5,7 @@ pub mod dns;
 pub mod local_cdn;
 pub mod memory;
 pub mod nats;
+pub mod process;
 pub mod purge_log;
 pub mod raw_origin;
 pub mod scripted;

@@ -1,0 +1,64 @@
+//! `cdn edge` (or `cdn shield`) as a child process, for what only a process can show:
+//! signals (SIGHUP, SIGUSR1), file watching, and upgrades that pass sockets between
+//! processes. Killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A running `cdn edge --config FILE [ARGS]`.
+pub struct NodeProcess {
+    pub child: Child,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeProcess {
+    /// Starts `cdn edge --config <config> <args>` and waits for the line it prints once it
+    /// listens (where it reads its addresses from).
+    pub fn edge(config: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cdn"))
+            .args(["edge", "--config"])
+            .arg(config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cdn edge starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("the edge says where it listens");
+        let addr = |after: &str| -> SocketAddr {
+            line.split(after)
+                .nth(1)
+                .and_then(|rest| rest.split([',', ' ', '\n']).next())
+                .and_then(|addr| addr.parse().ok())
+                .unwrap_or_else(|| panic!("no address after {after:?} in {line:?}"))
+        };
+        let (public, admin) = (addr("serving on http://"), addr("admin on http://"));
+        Self {
+            child,
+            public,
+            admin,
+        }
+    }
+
+    /// Sends signal `name` (`HUP`, `USR1`, `TERM`) to the process.
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{name} {}", self.child.id());
+    }
+}
