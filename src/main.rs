@@ -103,6 +103,8 @@ enum Command {
     /// Run a whole multi-region CDN on this machine: demo origin, shield, edges in three
     /// regions, GeoDNS and the purge API (the embedded default topology, or --config).
     /// Every edge and shield has a disk tier under a temporary directory (removed on exit).
+    /// SIGHUP, or a change of the --config file, reloads the topology: sites, origins,
+    /// limits and settings change on every node, GeoDNS and the purge API, caches kept.
     Up {
         #[command(flatten)]
         topology: TopologyArgs,
@@ -228,24 +230,56 @@ async fn main() -> anyhow::Result<()> {
                     args
                 }
             };
-            let mut topology = topology.load()?;
             if let Some(dir) = &access_log {
                 std::fs::create_dir_all(dir).with_context(|| {
                     format!("cannot create the access log directory {}", dir.display())
                 })?;
-                topology = topology.with_access_logs(dir);
             }
+            // The topology as given, with what the command line adds; a reload reads it
+            // the same way.
+            let load = || -> anyhow::Result<cdn::topology::Topology> {
+                let loaded = topology.load()?;
+                Ok(match &access_log {
+                    Some(dir) => loaded.with_access_logs(dir),
+                    None => loaded,
+                })
+            };
             let disks = match cache_dir {
                 Some(dir) => Disks::Keep(dir),
                 None => Disks::Temporary,
             };
-            let up = Up::start_with_disks(&topology, disks).await?;
-            if let Some(path) = &endpoints {
-                std::fs::write(path, up.endpoints().to_json())
-                    .with_context(|| format!("cannot write endpoints to {}", path.display()))?;
-            }
+            let mut up = Up::start_with_disks(&load()?, disks).await?;
+            let write_endpoints = |up: &Up| -> anyhow::Result<()> {
+                if let Some(path) = &endpoints {
+                    std::fs::write(path, up.endpoints().to_json())
+                        .with_context(|| format!("cannot write endpoints to {}", path.display()))?;
+                }
+                Ok(())
+            };
+            write_endpoints(&up)?;
             println!("{}", up.banner(&args));
-            shutdown_signal().await;
+            let stopped = shutdown_signal();
+            tokio::pin!(stopped);
+            let mut reloads = Reloads::new(topology.config.clone());
+            loop {
+                tokio::select! {
+                    () = &mut stopped => break,
+                    () = reloads.next() => {}
+                }
+                let result = load().and_then(|next| up.reload(&next));
+                match result {
+                    Ok(reloaded) => {
+                        tracing::info!(%reloaded, "topology reloaded");
+                        write_endpoints(&up)?;
+                    }
+                    Err(error) => {
+                        tracing::error!(
+                            error = format!("{error:#}"),
+                            "topology reload refused; what was in service stays"
+                        );
+                    }
+                }
+            }
             up.shutdown().await;
         }
         Command::Drill {
@@ -355,6 +389,64 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// When `cdn up` reloads its topology: on SIGHUP, and when the topology file (if there is
+/// one) changes, checked each second.
+struct Reloads {
+    /// The topology file and its last stamp.
+    file: Option<(PathBuf, Option<Stamp>)>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Reloads {
+    fn new(file: Option<PathBuf>) -> Self {
+        Self {
+            file: file.map(|path| {
+                let stamp = stamp(&path);
+                (path, stamp)
+            }),
+            #[cfg(unix)]
+            hup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        }
+    }
+
+    /// Resolves at the next reason to reload.
+    async fn next(&mut self) {
+        loop {
+            #[cfg(unix)]
+            let hup = async {
+                match self.hup.as_mut() {
+                    Some(hup) => {
+                        hup.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hup = std::future::pending::<()>();
+            tokio::select! {
+                () = hup => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if let Some((path, seen)) = &mut self.file {
+                let now = stamp(path);
+                if now != *seen {
+                    *seen = now;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A file's modification time and length: a change of either is a new file.
+type Stamp = (Option<std::time::SystemTime>, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok(), meta.len()))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -24,7 +24,7 @@ use purge_api::PurgeApiServer;
 
 use crate::demo_origin::DemoOrigin;
 use crate::endpoints::{DnsEndpoint, Endpoints};
-use crate::topology::Topology;
+use crate::topology::{Placement, Topology};
 
 /// A running CDN.
 #[derive(Debug)]
@@ -36,12 +36,46 @@ pub struct Up {
     pub geodns: GeoDnsServer,
     pub purge_api: PurgeApiServer,
     endpoints: Endpoints,
+    /// The topology in service, and where its listeners are bound: what a reload compares
+    /// a new topology with and builds the new node configs from.
+    topology: Topology,
+    at: Placement,
+    /// The purge log's file (the purge API config names it).
+    log: PathBuf,
     /// Holds the purge log when the topology names none; removed on drop.
     _scratch: Option<tempfile::TempDir>,
     /// Where the nodes' disk tiers are, when they have one.
     disks: Option<PathBuf>,
     /// Holds the disk tiers when they are temporary; removed on drop.
     _disks: Option<tempfile::TempDir>,
+}
+
+/// What a topology reload changed, node by node.
+#[derive(Debug, Default)]
+pub struct UpReloaded {
+    pub nodes: Vec<(String, edge::node::reload::Reloaded)>,
+}
+
+impl std::fmt::Display for UpReloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut added: Vec<&str> = Vec::new();
+        let mut changed: Vec<&str> = Vec::new();
+        let mut removed: Vec<&str> = Vec::new();
+        for (_, node) in &self.nodes {
+            added.extend(node.added.iter().map(String::as_str));
+            changed.extend(node.changed.iter().map(String::as_str));
+            removed.extend(node.removed.iter().map(String::as_str));
+        }
+        for list in [&mut added, &mut changed, &mut removed] {
+            list.sort_unstable();
+            list.dedup();
+        }
+        write!(
+            f,
+            "{} nodes reloaded; sites added {added:?}, changed {changed:?}, removed {removed:?}",
+            self.nodes.len()
+        )
+    }
 }
 
 /// Where `cdn up` puts its nodes' disk tiers.
@@ -158,10 +192,87 @@ impl Up {
             geodns,
             purge_api,
             endpoints,
+            topology: topology.clone(),
+            at,
+            log,
             _scratch: scratch,
             disks: disk_root,
             _disks: disk_scratch,
         })
+    }
+
+    /// Puts `next` in service in every component, without a restart: its sites, origins,
+    /// limits and node settings on every edge and shield (each as a config reload, see
+    /// `edge::node::reload`), its GeoDNS answers, and its sites and publishers in the
+    /// purge API. A topology that adds, removes or moves a node or a listener is refused
+    /// before anything changes, naming what differs: that takes a restart.
+    ///
+    /// Every config is built and checked before the first is applied; a node that still
+    /// refuses its config (a change only a restart can make, such as `[cache]`) is named
+    /// in the error, and the nodes before it keep what they took.
+    pub fn reload(&mut self, next: &Topology) -> anyhow::Result<UpReloaded> {
+        let planned = self.topology.planned();
+        if next.planned() != planned
+            || next.geodns.listen != self.topology.geodns.listen
+            || next.geodns.admin != self.topology.geodns.admin
+            || next.purge_api.listen != self.topology.purge_api.listen
+        {
+            anyhow::bail!(
+                "the new topology adds, removes or moves nodes or listeners, which takes a                  restart of cdn up; a reload changes sites, origins, limits and settings"
+            );
+        }
+        let root = self.disks.as_deref();
+        // Each node's config as at its start (its own listeners as planned, the others
+        // where they are bound), so that only what the topology changed differs.
+        let mut shields = Vec::new();
+        for (n, shield) in self.shields.iter().enumerate() {
+            let mut at = self.at.clone();
+            at.shields[n] = planned.shields[n];
+            let name = &next.shields[n].name;
+            shields.push((shield, with_disk(next.shield_config(n, &at)?, root, name)));
+        }
+        let mut edges = Vec::new();
+        for edge in &self.edges {
+            let name = edge.edge().name().to_owned();
+            let mut at = self.at.clone();
+            at.edges.insert(name.clone(), planned.edges[&name]);
+            edges.push((edge, with_disk(next.edge_config(&name, &at)?, root, &name)));
+        }
+        let dns = next.geodns_config(next.geodns.listen, next.geodns.admin, &self.at)?;
+        let api = next.purge_api_config(next.purge_api.listen, &self.log, &self.at)?;
+
+        let mut reloaded = UpReloaded::default();
+        for (shield, config) in shields {
+            let name = shield.engine().name().to_owned();
+            let changed = shield
+                .reload(config)
+                .with_context(|| format!("shield {name}"))?;
+            reloaded.nodes.push((name, changed));
+        }
+        for (edge, config) in edges {
+            let name = edge.edge().name().to_owned();
+            let changed = edge
+                .reload(config)
+                .with_context(|| format!("edge {name}"))?;
+            reloaded.nodes.push((name, changed));
+        }
+        self.geodns
+            .replace_config(dns)
+            .context("GeoDNS refused the new topology's zone")?;
+        self.purge_api
+            .reload_directory(api.sites, api.publishers)
+            .context("the purge API refused the new topology's sites")?;
+        self.endpoints = Endpoints::new(
+            next,
+            &self.at,
+            DnsEndpoint {
+                dns: self.geodns.dns_addr(),
+                admin: self.geodns.admin_addr(),
+            },
+            self.purge_api.addr(),
+        );
+        self.topology = next.clone();
+        Ok(reloaded)
     }
 
     /// Where everything listens.

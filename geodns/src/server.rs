@@ -173,6 +173,13 @@ impl GeoDnsServer {
         }
     }
 
+    /// Answers from `config` from now on (what a `cdn up` topology reload gives a server
+    /// started without a file). Checked as a file reload is; refused, the running config
+    /// stays. Edges kept keep their health.
+    pub fn replace_config(&self, config: GeoDnsConfig) -> Result<(), ConfigError> {
+        apply(&self.handler, Ok(config))
+    }
+
     /// Stops answering and ends every task.
     pub async fn shutdown(mut self) {
         self.stopping
@@ -309,7 +316,14 @@ async fn reload_forever(handler: Handler, path: PathBuf, mut stop: watch::Receiv
 }
 
 fn reload(handler: &Handler, path: &std::path::Path) -> Result<(), ConfigError> {
-    let result = GeoDnsConfig::from_file(path).and_then(|config| {
+    apply(handler, GeoDnsConfig::from_file(path))?;
+    tracing::info!(path = %path.display(), "config reloaded");
+    Ok(())
+}
+
+/// Puts a new config in service, or counts its refusal.
+fn apply(handler: &Handler, config: Result<GeoDnsConfig, ConfigError>) -> Result<(), ConfigError> {
+    let result = config.and_then(|config| {
         let current = handler.state.load();
         if config.node.listen != current.config.node.listen
             || config.node.admin_listen != current.config.node.admin_listen
@@ -322,7 +336,6 @@ fn reload(handler: &Handler, path: &std::path::Path) -> Result<(), ConfigError> 
         Ok(state) => {
             handler.state.store(Arc::new(state));
             handler.metrics.reload(true);
-            tracing::info!(path = %path.display(), "config reloaded");
             Ok(())
         }
         Err(error) => {

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Path, Query, State};
@@ -96,7 +97,10 @@ struct Node {
 
 /// Everything the handlers share.
 struct Api {
+    /// The config the API started with; its sites and publishers are the first
+    /// [`Directory`], which a reload replaces.
     config: PurgeApiConfig,
+    directory: ArcSwap<Directory>,
     log: Arc<dyn PurgeLog>,
     admission: Admission,
     queue: QueueGate,
@@ -111,8 +115,17 @@ struct Api {
     metrics: Metrics,
 }
 
+/// Who may purge what: the sites and the publishers, replaced whole by
+/// [`PurgeApiServer::reload_directory`] while the API runs.
+#[derive(Debug)]
+struct Directory {
+    sites: Vec<crate::config::SiteConfig>,
+    publishers: Vec<crate::config::PublisherConfig>,
+}
+
 /// A running purge API.
 pub struct PurgeApiServer {
+    api: Arc<Api>,
     addr: SocketAddr,
     https_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
@@ -216,6 +229,10 @@ impl PurgeApiServer {
             in_flight: InFlight::default(),
             metrics: Metrics::default(),
             log,
+            directory: ArcSwap::from_pointee(Directory {
+                sites: config.sites.clone(),
+                publishers: config.publishers.clone(),
+            }),
             config,
         });
         let (shutdown, _) = watch::channel(false);
@@ -301,11 +318,32 @@ impl PurgeApiServer {
         });
         tracing::info!(%addr, nodes = api.nodes.len(), head = api.log.head(), "purge API serving");
         Ok(Self {
+            api,
             addr,
             https_addr,
             shutdown,
             tasks,
         })
+    }
+
+    /// Replaces who may purge what (a `cdn up` topology reload: a site added, a publisher
+    /// given it). Checked as at start; refused, the running directory stays. The nodes,
+    /// the log and the limits are what the API started with.
+    pub fn reload_directory(
+        &self,
+        sites: Vec<crate::config::SiteConfig>,
+        publishers: Vec<crate::config::PublisherConfig>,
+    ) -> Result<(), ConfigError> {
+        let mut next = self.api.config.clone();
+        next.sites = sites;
+        next.publishers = publishers;
+        next.validate()?;
+        self.api.directory.store(Arc::new(Directory {
+            sites: next.sites,
+            publishers: next.publishers,
+        }));
+        tracing::info!("purge API sites and publishers reloaded");
+        Ok(())
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -486,10 +524,10 @@ fn shed(shed: &Shed) -> Response {
 }
 
 /// The publisher a bearer token belongs to, or why the request is refused.
-fn publisher<'a>(
-    api: &'a Api,
+fn publisher(
+    api: &Api,
     headers: &HeaderMap,
-) -> Result<&'a crate::config::PublisherConfig, &'static str> {
+) -> Result<crate::config::PublisherConfig, &'static str> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or("no Authorization header: send Authorization: Bearer <your publisher token>")?;
@@ -499,10 +537,12 @@ fn publisher<'a>(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or("Authorization must be Bearer <your publisher token>")?;
-    api.config
+    api.directory
+        .load()
         .publishers
         .iter()
         .find(|p| tokens_match(p.token.as_bytes(), token.as_bytes()))
+        .cloned()
         .ok_or("unknown token: send Authorization: Bearer <token> with a publisher's token")
 }
 
@@ -529,7 +569,15 @@ async fn purge(State(api): State<Arc<Api>>, request: axum::extract::Request) -> 
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad purge request: {e}")),
     };
-    submit(&api, publisher, request, key, &head.method, head.uri.path()).await
+    submit(
+        &api,
+        &publisher,
+        request,
+        key,
+        &head.method,
+        head.uri.path(),
+    )
+    .await
 }
 
 /// `PURGE /<absolute URL>` (or `PURGE <absolute URL>`): one URL, hard.
@@ -562,8 +610,9 @@ async fn purge_method(
         .parse::<Uri>()
         .ok()
         .and_then(|u| u.host().map(str::to_ascii_lowercase));
+    let directory = api.directory.load();
     let Some(site) = host.and_then(|host| {
-        api.config
+        directory
             .sites
             .iter()
             .find(|s| s.hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)))
@@ -578,7 +627,7 @@ async fn purge_method(
         urls: Some(vec![url]),
         ..Default::default()
     };
-    submit(&api, publisher, request, key, &method, uri.path()).await
+    submit(&api, &publisher, request, key, &method, uri.path()).await
 }
 
 /// Validates, admits, logs and answers one purge, which `method path` asked for.
@@ -590,7 +639,8 @@ async fn submit(
     method: &Method,
     path: &str,
 ) -> Response {
-    let Some(site) = api.config.sites.iter().find(|s| s.name == request.site) else {
+    let directory = api.directory.load_full();
+    let Some(site) = directory.sites.iter().find(|s| s.name == request.site) else {
         return error(
             StatusCode::NOT_FOUND,
             &format!("no site {:?} is configured", request.site),

@@ -345,3 +345,92 @@ async fn every_node_gets_a_disk_tier_in_a_temporary_directory_removed_on_exit() 
     up.shutdown().await;
     assert!(!root.exists(), "{} removed on exit", root.display());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topology_reload_adds_a_site_to_every_edge_geodns_and_the_purge_api() {
+    let mut cdn = LocalCdn::start(&[]).await;
+    let warm = "/obj/kept-warm.bin";
+    let edge = cdn.edge("eu-west-1");
+    cdn.get(edge, warm).await;
+    assert!(cdn.get(edge, warm).await.cache_status().contains("hit"));
+
+    // The same topology again changes nothing anywhere.
+    let same = support::local_cdn::topology(&[]);
+    let reloaded = cdn.up.reload(&same).expect("the same topology reloads");
+    assert_eq!(reloaded.nodes.len(), 7, "six edges and the shield");
+    for (node, changed) in &reloaded.nodes {
+        assert!(
+            changed.added.is_empty() && changed.changed.is_empty() && changed.sections.is_empty(),
+            "{node}: {changed:?}"
+        );
+    }
+
+    let more_host = "more.publisher.example";
+    let next = support::local_cdn::topology(&[
+        (
+            "[[publisher]]",
+            &format!(
+                "[[site]]\nname = \"more\"\ncname = \"more\"\nhosts = [\"{more_host}\"]\norigins = [\"demo\"]\n\n[[publisher]]"
+            ),
+        ),
+        ("sites = [\"demo\"]", "sites = [\"demo\", \"more\"]"),
+    ]);
+    let client = support::client();
+    assert_eq!(
+        support::send(&client, edge, Method::GET, "/obj/m.bin", more_host, &[])
+            .await
+            .status,
+        StatusCode::MISDIRECTED_REQUEST,
+        "no such site before the reload"
+    );
+    let reloaded = cdn.up.reload(&next).expect("a new site reloads");
+    assert!(
+        reloaded.to_string().contains("added [\"more\"]"),
+        "{reloaded}"
+    );
+
+    // Every edge serves it, through the shield, from the origin.
+    for (_, node) in cdn.endpoints().edges() {
+        let reply = support::send(
+            &client,
+            node.public,
+            Method::GET,
+            "/obj/m.bin",
+            more_host,
+            &[],
+        )
+        .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{}: {}",
+            node.name,
+            reply.text()
+        );
+    }
+    // GeoDNS answers its name with a region.
+    let zone = cdn.endpoints().zone.clone();
+    let query = support::dns::query(
+        &format!("more.{zone}"),
+        hickory_proto::rr::RecordType::A,
+        None,
+        Some(cdn.client_of("eu-west")),
+    );
+    let reply = support::dns::udp(cdn.endpoints().geodns.dns, &query).await;
+    let cname = support::dns::cname(&reply).expect("a CNAME for the new site");
+    assert!(cname.starts_with("eu-west."), "{cname}");
+    assert!(cdn.endpoints().sites.iter().any(|s| s.name == "more"));
+    // The purge API takes purges of it.
+    let body = format!(r#"{{"site":"more","urls":["http://{more_host}/obj/m.bin"]}}"#);
+    let accepted = cdn.purge_api(Method::POST, "/v1/purge", &body).await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.text());
+    // And the cache stayed warm.
+    assert!(cdn.get(edge, warm).await.cache_status().contains("hit"));
+
+    // Moving a node is a restart, refused before anything changes.
+    let moved =
+        support::local_cdn::topology(&[("\"127.0.1.1:0\", admin", "\"127.0.1.9:0\", admin")]);
+    let refused = cdn.up.reload(&moved).expect_err("a moved edge is refused");
+    assert!(refused.to_string().contains("restart"), "{refused}");
+    cdn.shutdown().await;
+}
