@@ -169,6 +169,12 @@ impl Up {
         &self.endpoints
     }
 
+    /// Records where the operator console serves this topology (`cdn up --console`), for
+    /// the banner and the endpoints file.
+    pub fn set_console(&mut self, url: String) {
+        self.endpoints.console = Some(url);
+    }
+
     /// The edge called `name`.
     pub fn edge(&self, name: &str) -> Option<&EdgeServer> {
         self.edges.iter().find(|e| e.edge().name() == name)
@@ -256,6 +262,12 @@ pub fn banner(e: &Endpoints, args: &str) -> String {
         e.geodns.dns, e.geodns.admin
     );
     let _ = writeln!(out, "  purge API          {}", e.purge_api);
+    if let Some(console) = &e.console {
+        let _ = writeln!(
+            out,
+            "  console            {console}   (health, load, GeoDNS answers, purges, drills)"
+        );
+    }
     let Some(site) = e.sites.first() else {
         return out;
     };
