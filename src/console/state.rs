@@ -295,10 +295,6 @@ impl Collector {
         }
     }
 
-    pub fn endpoints(&self) -> &Endpoints {
-        &self.endpoints
-    }
-
     /// The snapshot of one round.
     pub fn snapshot(&mut self, sample: Sample) -> Snapshot {
         let endpoints = self.endpoints.clone();
