@@ -69,6 +69,7 @@ pub enum ConsoleError {
 #[derive(Debug)]
 pub struct ConsoleServer {
     addr: SocketAddr,
+    endpoints: watch::Sender<Endpoints>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -88,8 +89,9 @@ impl ConsoleServer {
         let addr = listener.local_addr().map_err(bind)?;
         let (shutdown, stop) = watch::channel(false);
         let (latest, snapshots) = watch::channel(None);
+        let (endpoints, watched) = watch::channel(endpoints);
         let mut tasks = JoinSet::new();
-        tasks.spawn(collect_forever(endpoints, options, latest, stop.clone()));
+        tasks.spawn(collect_forever(watched, options, latest, stop.clone()));
         let app = Router::new()
             .route("/", get(|| async { Html(PAGE) }))
             .route("/api/state", get(state))
@@ -108,6 +110,7 @@ impl ConsoleServer {
         tracing::info!(%addr, "console serving");
         Ok(Self {
             addr,
+            endpoints,
             shutdown,
             tasks,
         })
@@ -115,6 +118,12 @@ impl ConsoleServer {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Shows the topology `endpoints` describes from the next round on (after a reload
+    /// of `cdn up` changed it).
+    pub fn set_endpoints(&self, endpoints: Endpoints) {
+        self.endpoints.send_replace(endpoints);
     }
 
     /// The page's URL.
@@ -133,19 +142,25 @@ type Latest = watch::Receiver<Option<Bytes>>;
 
 /// Asks the topology every `interval` until stopped, publishing each round's snapshot.
 async fn collect_forever(
-    endpoints: Endpoints,
+    mut endpoints: watch::Receiver<Endpoints>,
     options: ConsoleOptions,
     latest: watch::Sender<Option<Bytes>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let probe = probe::Probe::new(&endpoints, options.timeout);
-    let mut collector = state::Collector::new(endpoints);
+    let current = endpoints.borrow_and_update().clone();
+    let mut probe = probe::Probe::new(&current, options.timeout);
+    let mut collector = state::Collector::new(current);
     let mut ticks = tokio::time::interval(options.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+        if endpoints.has_changed().unwrap_or(false) {
+            let current = endpoints.borrow_and_update().clone();
+            probe = probe::Probe::new(&current, options.timeout);
+            collector.set_endpoints(current);
         }
         let sample = tokio::select! {
             sample = probe.sample() => sample,
@@ -245,6 +260,21 @@ mod tests {
         assert_eq!(state["regions"][0]["edges"][0]["health"], "down");
         assert_eq!(state["regions"][0]["health"], "down");
         assert_eq!(state["purge_api"]["up"], false);
+
+        // A reloaded topology is shown from the next round on.
+        let mut fewer = Endpoints::planned(&Topology::default_local()).expect("fixed ports");
+        fewer.regions.truncate(1);
+        console.set_endpoints(fewer);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, body) = get("/api/state").await;
+            let state: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            if state["regions"].as_array().map(Vec::len) == Some(1) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "still {state}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         console.shutdown().await;
     }
 }

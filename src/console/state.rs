@@ -295,6 +295,12 @@ impl Collector {
         }
     }
 
+    /// Asks about `endpoints` from now on (a reloaded topology): what was seen of the
+    /// nodes and regions that remain, by name, is kept.
+    pub fn set_endpoints(&mut self, endpoints: Endpoints) {
+        self.endpoints = endpoints;
+    }
+
     /// The snapshot of one round.
     pub fn snapshot(&mut self, sample: Sample) -> Snapshot {
         let endpoints = self.endpoints.clone();
