@@ -234,12 +234,16 @@ async fn resume(admin: &NodeAdmin, region: &RegionEndpoints) -> Result<(), Admin
     first_error.map_or(Ok(()), Err)
 }
 
-/// Asks GeoDNS for the site's name as a client of one network.
-#[derive(Debug)]
-struct Resolver {
-    server: SocketAddr,
-    name: String,
-    subnet: ipnet::IpNet,
+/// Asks GeoDNS for the site's name as a client of one network (the drill, and the
+/// operator console's answers per region).
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    /// GeoDNS's UDP listener.
+    pub server: SocketAddr,
+    /// The name asked for (a site's `<cname>.<zone>`).
+    pub name: String,
+    /// The client network sent as EDNS Client Subnet.
+    pub subnet: ipnet::IpNet,
 }
 
 impl Resolver {
@@ -278,8 +282,8 @@ impl Resolver {
         }
     }
 
-    /// One A query over UDP with the client's subnet.
-    async fn ask(&self) -> Result<Answer, DrillError> {
+    /// One A query over UDP with the client's subnet, answered within 2 s.
+    pub async fn ask(&self) -> Result<Answer, DrillError> {
         let fail = |message: String| DrillError::Dns {
             server: self.server,
             message,

@@ -25,6 +25,9 @@ pub struct Endpoints {
     pub publisher: Option<PublisherEndpoint>,
     /// The nodes' admin secret (`cdn-node-token`): drills and warming need it.
     pub node_token: String,
+    /// The operator console's URL (`http://host:port/`), when `cdn up` serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,6 +141,7 @@ impl Endpoints {
                 token: p.token.clone(),
             }),
             node_token: topology.topology.node_token.clone(),
+            console: None,
         }
     }
 

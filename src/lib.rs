@@ -6,9 +6,11 @@
 //!   they listen, as `cdn up --endpoints` writes it.
 //! - [`drill`]: `cdn drill`, a regional failover drill against a running topology.
 //! - [`warm`]: `cdn warm`, filling one region's caches with another's hottest objects.
+//! - [`console`]: the operator console, a web page showing a running topology live.
 //! - [`node_admin`]: the client of the nodes' admin API those commands use.
 //! - [`demo_origin`]: an origin serving generated assets, for `cdn up`, tests and benches.
 
+pub mod console;
 pub mod demo_origin;
 pub mod drill;
 pub mod endpoints;

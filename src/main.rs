@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use cdn::console::{ConsoleOptions, ConsoleServer};
 use cdn::demo_origin::DemoOrigin;
 use cdn::drill::DrillOptions;
 use cdn::endpoints::Endpoints;
@@ -32,6 +33,13 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Where the demo origin listens when run alone.
 const DEFAULT_ORIGIN: &str = "127.0.0.1:8081";
+
+/// Where `cdn console` listens by default: the port `cdn up`'s own console takes at the
+/// default port base, plus one, so both can run.
+const DEFAULT_CONSOLE: &str = "127.0.0.1:8100";
+
+/// `cdn up`'s console port, from the topology's port base (8099 at 8000).
+const CONSOLE_PORT_OFFSET: u16 = 99;
 
 #[derive(Debug, Parser)]
 #[command(name = "cdn", version, about = "A multi-region edge cache and CDN")]
@@ -119,6 +127,21 @@ enum Command {
         /// unless the topology sets `[defaults.edge.access_log]` / `[defaults.shield.access_log]`.
         #[arg(long, value_name = "DIR")]
         access_log: Option<PathBuf>,
+        /// Where the operator console listens (port 0: any free port); by default
+        /// 127.0.0.1 on the port base + 99 (8099), moved by --port-base like every port,
+        /// or any free port when the topology asks for port 0 somewhere.
+        #[arg(long, value_name = "ADDR")]
+        console: Option<SocketAddr>,
+    },
+    /// Serve the operator console for a running topology: a web page showing regions,
+    /// health, load, hit ratios, GeoDNS answers, purges and drills live.
+    Console {
+        /// The endpoints file `cdn up --endpoints` wrote.
+        #[arg(long)]
+        endpoints: PathBuf,
+        /// Where the console listens (port 0: any free port).
+        #[arg(long, default_value = DEFAULT_CONSOLE)]
+        listen: SocketAddr,
     },
     /// Rehearse a regional failure on a running topology: drain the region's edges, time
     /// GeoDNS's failover, check no answer holds a drained edge, then restore the region.
@@ -216,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
             endpoints,
             cache_dir,
             access_log,
+            console,
         } => {
             let args = match (&endpoints, &topology.config, topology.port_base) {
                 (Some(path), _, _) => format!(" --endpoints {}", path.display()),
@@ -248,7 +272,28 @@ async fn main() -> anyhow::Result<()> {
                 Some(dir) => Disks::Keep(dir),
                 None => Disks::Temporary,
             };
-            let mut up = Up::start_with_disks(&load()?, disks).await?;
+            let first = load()?;
+            let console_addr = match console {
+                Some(addr) => addr,
+                // A topology that lets the kernel pick ports gets a console on one too.
+                None if first.has_dynamic_ports() => SocketAddr::from(([127, 0, 0, 1], 0)),
+                None => SocketAddr::from((
+                    [127, 0, 0, 1],
+                    first
+                        .topology
+                        .port_base
+                        .checked_add(CONSOLE_PORT_OFFSET)
+                        .context("the port base leaves no room for the console's port: pass --console ADDR")?,
+                )),
+            };
+            let mut up = Up::start_with_disks(&first, disks).await?;
+            let console = ConsoleServer::start(
+                up.endpoints().clone(),
+                console_addr,
+                ConsoleOptions::default(),
+            )
+            .await?;
+            up.set_console(console.url());
             let write_endpoints = |up: &Up| -> anyhow::Result<()> {
                 if let Some(path) = &endpoints {
                     std::fs::write(path, up.endpoints().to_json())
@@ -270,6 +315,7 @@ async fn main() -> anyhow::Result<()> {
                 match result {
                     Ok(reloaded) => {
                         tracing::info!(%reloaded, "topology reloaded");
+                        console.set_endpoints(up.endpoints().clone());
                         write_endpoints(&up)?;
                     }
                     Err(error) => {
@@ -280,7 +326,16 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             }
+            console.shutdown().await;
             up.shutdown().await;
+        }
+        Command::Console { endpoints, listen } => {
+            let endpoints = Endpoints::from_file(&endpoints)?;
+            let console =
+                ConsoleServer::start(endpoints, listen, ConsoleOptions::default()).await?;
+            println!("console on {}", console.url());
+            shutdown_signal().await;
+            console.shutdown().await;
         }
         Command::Drill {
             region,

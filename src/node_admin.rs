@@ -1,6 +1,7 @@
 //! A client of the nodes' admin API, for the commands that act on a running topology:
 //! `cdn drill` drains and resumes edges, `cdn warm` lists their hottest objects and
-//! fetches through their public listeners. Every exchange is bounded by a timeout.
+//! fetches through their public listeners, the operator console reads their health and
+//! purge watermarks. Every exchange is bounded by a timeout.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,9 +13,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use node_api::HealthReport;
 use node_api::headers::NODE_TOKEN;
+use node_api::purge::PurgeAck;
 
-/// How long one exchange may take.
+/// How long one exchange may take, unless [`NodeAdmin::with_timeout`] says otherwise.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a node did not do what was asked.
@@ -59,6 +62,7 @@ pub struct Fetched {
 pub struct NodeAdmin {
     client: Client<HttpConnector, Empty<Bytes>>,
     token: String,
+    timeout: Duration,
 }
 
 impl NodeAdmin {
@@ -66,7 +70,40 @@ impl NodeAdmin {
         Self {
             client: Client::builder(TokioExecutor::new()).build_http(),
             token: token.to_owned(),
+            timeout: TIMEOUT,
         }
+    }
+
+    /// The same client, each exchange bounded by `timeout` instead.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The node's health report (`GET /healthz`), answered `200` while it takes traffic
+    /// and `503` while it drains: both carry the report.
+    pub async fn health(&self, node: &str, admin: SocketAddr) -> Result<HealthReport, AdminError> {
+        let path = "/healthz";
+        let (status, _, body) = self
+            .exchange(node, admin, Method::GET, path, None, false)
+            .await?;
+        if status != StatusCode::OK && status != StatusCode::SERVICE_UNAVAILABLE {
+            return Err(refused(node, admin, path, status, &body));
+        }
+        parse(node, admin, path, &body)
+    }
+
+    /// The highest purge sequence number the node has applied with all before it
+    /// (`GET /v1/purge/applied`).
+    pub async fn applied(&self, node: &str, admin: SocketAddr) -> Result<u64, AdminError> {
+        let path = "/v1/purge/applied";
+        let (status, _, body) = self
+            .exchange(node, admin, Method::GET, path, None, true)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(refused(node, admin, path, status, &body));
+        }
+        parse::<PurgeAck>(node, admin, path, &body).map(|ack| ack.applied)
     }
 
     /// Takes a node out of rotation (`/healthz` fails; it keeps serving).
@@ -93,14 +130,7 @@ impl NodeAdmin {
         if status != StatusCode::OK {
             return Err(refused(node, admin, &path, status, &body));
         }
-        serde_json::from_slice::<HotList>(&body)
-            .map(|list| list.objects)
-            .map_err(|e| AdminError::Unexpected {
-                node: node.to_owned(),
-                addr: admin,
-                path,
-                message: e.to_string(),
-            })
+        parse::<HotList>(node, admin, &path, &body).map(|list| list.objects)
     }
 
     /// GETs `target` on `host` from a node's public listener, reading the whole body.
@@ -181,10 +211,25 @@ impl NodeAdmin {
                 .to_bytes();
             Ok((parts.status, parts.headers, body))
         };
-        tokio::time::timeout(TIMEOUT, exchange)
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| unreachable(format!("no answer within {TIMEOUT:?}")))?
+            .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
     }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    node: &str,
+    addr: SocketAddr,
+    path: &str,
+    body: &[u8],
+) -> Result<T, AdminError> {
+    serde_json::from_slice(body).map_err(|e| AdminError::Unexpected {
+        node: node.to_owned(),
+        addr,
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 fn refused(

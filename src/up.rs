@@ -262,6 +262,7 @@ impl Up {
         self.purge_api
             .reload_directory(api.sites, api.publishers)
             .context("the purge API refused the new topology's sites")?;
+        let console = self.endpoints.console.take();
         self.endpoints = Endpoints::new(
             next,
             &self.at,
@@ -271,6 +272,7 @@ impl Up {
             },
             self.purge_api.addr(),
         );
+        self.endpoints.console = console;
         self.topology = next.clone();
         Ok(reloaded)
     }
@@ -278,6 +280,12 @@ impl Up {
     /// Where everything listens.
     pub fn endpoints(&self) -> &Endpoints {
         &self.endpoints
+    }
+
+    /// Records where the operator console serves this topology (`cdn up --console`), for
+    /// the banner and the endpoints file.
+    pub fn set_console(&mut self, url: String) {
+        self.endpoints.console = Some(url);
     }
 
     /// The edge called `name`.
@@ -367,6 +375,12 @@ pub fn banner(e: &Endpoints, args: &str) -> String {
         e.geodns.dns, e.geodns.admin
     );
     let _ = writeln!(out, "  purge API          {}", e.purge_api);
+    if let Some(console) = &e.console {
+        let _ = writeln!(
+            out,
+            "  console            {console}   (health, load, GeoDNS answers, purges, drills)"
+        );
+    }
     let Some(site) = e.sites.first() else {
         return out;
     };

@@ -61,6 +61,35 @@ pub struct HealthReport {
     /// Upstream requests shed since start.
     #[serde(default)]
     pub shed: u64,
+    /// Client requests since start by what the cache did: readers (the operator console)
+    /// turn two reports into requests per second and a hit ratio.
+    #[serde(default)]
+    pub requests: RequestCounts,
+}
+
+/// Client requests a node answered since it started, by cache outcome (the labels of its
+/// `edge_requests_total` metric).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    pub hit: u64,
+    pub miss: u64,
+    pub stale: u64,
+    pub pass: u64,
+    pub refused: u64,
+    pub error: u64,
+}
+
+impl RequestCounts {
+    /// Every request counted.
+    pub fn total(&self) -> u64 {
+        self.hit + self.miss + self.stale + self.pass + self.refused + self.error
+    }
+
+    /// Requests the cache looked up (a hit, a miss or a stale copy): the hit ratio's
+    /// denominator, as in the `edge_cache_hit_ratio` metric.
+    pub fn lookups(&self) -> u64 {
+        self.hit + self.miss + self.stale
+    }
 }
 
 #[cfg(test)]
@@ -79,11 +108,24 @@ mod tests {
             upstream_in_flight: 1,
             upstream_capacity: 256,
             shed: 0,
+            requests: RequestCounts {
+                hit: 3,
+                miss: 1,
+                ..RequestCounts::default()
+            },
         };
         let text = serde_json::to_string(&report).expect("serializes");
         assert!(text.contains(r#""state":"degraded""#), "{text}");
         let back: HealthReport = serde_json::from_str(&text).expect("parses");
         assert_eq!(back, report);
         assert!(NodeState::Degraded.takes_traffic() && !NodeState::Draining.takes_traffic());
+        assert_eq!((back.requests.total(), back.requests.lookups()), (4, 4));
+    }
+
+    #[test]
+    fn a_report_without_request_counts_still_parses() {
+        let text = r#"{"node":"e","live":true,"ready":true,"state":"ready","connections":0}"#;
+        let report: HealthReport = serde_json::from_str(text).expect("parses");
+        assert_eq!(report.requests, RequestCounts::default());
     }
 }

@@ -242,6 +242,36 @@ pub struct PurgeLogPage {
     pub purges: Vec<SequencedPurge>,
 }
 
+/// The purge API's answer to `GET /v1/purges?limit=N`: the caller's most recent purges,
+/// newest first, each with how many nodes have applied it (as the API last heard from
+/// them). The operator console shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentPurges {
+    /// The newest sequence number in the log (any publisher's).
+    pub head: u64,
+    pub purges: Vec<PurgeSummary>,
+}
+
+/// One purge of [`RecentPurges`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeSummary {
+    /// The id `POST /v1/purge` answered (`GET /v1/purges/{id}` for its status).
+    pub id: String,
+    pub seq: u64,
+    pub site: String,
+    /// The selector's kind ([`Selector::kind`]) and how many targets it names.
+    pub selector: String,
+    pub targets: usize,
+    pub mode: Mode,
+    /// When the API accepted it, in Unix milliseconds.
+    pub accepted_at_ms: u64,
+    /// Nodes the API pushes to (or watches), and how many of them have applied it.
+    pub expected: usize,
+    pub applied: usize,
+    /// The nodes that have not applied it yet.
+    pub lagging: Vec<String>,
+}
+
 /// The answer (`410 Gone`) when purges after `N` are no longer retained: the reader
 /// cannot know what it missed and must forget its content, then continue from `head`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

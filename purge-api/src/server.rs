@@ -25,7 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use node_api::headers::NODE_TOKEN;
 use node_api::purge::{
     BatchBuilder, LogTruncated, MAX_BATCH_BYTES, MAX_PURGE_BYTES, PurgeAck, PurgeLogPage,
-    SequencedPurge, encoded_len, tokens_match,
+    PurgeSummary, RecentPurges, SequencedPurge, encoded_len, tokens_match,
 };
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -421,6 +421,7 @@ fn router(api: Arc<Api>) -> Router {
     let body_limit = axum::extract::DefaultBodyLimit::max(api.config.limits.max_body_bytes);
     Router::new()
         .route(PURGE_PATH, post(purge))
+        .route("/v1/purges", get(recent))
         .route("/v1/purges/{id}", get(status))
         .route("/v1/purge-log", get(read_log))
         .route(
@@ -870,6 +871,90 @@ async fn status(
         },
     });
     (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct RecentQuery {
+    #[serde(default = "default_recent")]
+    limit: usize,
+}
+
+fn default_recent() -> usize {
+    20
+}
+
+/// Most purges `GET /v1/purges` lists.
+const MAX_RECENT: usize = 100;
+
+/// How far back in the log `GET /v1/purges` looks for the caller's purges: a bound on the
+/// work of one call whatever other publishers purge.
+const RECENT_SCAN: usize = 1000;
+
+/// `GET /v1/purges?limit=N`: the caller's most recent purges (at most `N`, 20 by default,
+/// among the last [`RECENT_SCAN`] of the log), newest first, with each one's progress
+/// over the nodes. The same token as `GET /v1/purges/{id}`: a publisher sees only its own.
+async fn recent(
+    State(api): State<Arc<Api>>,
+    query: Result<Query<RecentQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let publisher = match publisher(&api, &headers) {
+        Ok(p) => p,
+        Err(why) => return unauthorized(why),
+    };
+    let limit = match query {
+        Ok(Query(query)) if (1..=MAX_RECENT).contains(&query.limit) => query.limit,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("limit must be a whole number from 1 to {MAX_RECENT}"),
+            );
+        }
+    };
+    let head = api.log.head();
+    let after = head.saturating_sub(RECENT_SCAN as u64);
+    let entries = match api.log.read_after(after, RECENT_SCAN).await {
+        Ok(entries) => entries,
+        // The oldest purges scanned are no longer retained: read from the oldest kept.
+        Err(LogError::Truncated { oldest }) => {
+            match api
+                .log
+                .read_after(oldest.saturating_sub(1), RECENT_SCAN)
+                .await
+            {
+                Ok(entries) => entries,
+                Err(e) => return unavailable(&api, &e),
+            }
+        }
+        Err(e) => return unavailable(&api, &e),
+    };
+    let purges = entries
+        .into_iter()
+        .rev()
+        .filter(|e| e.publisher == publisher.name)
+        .take(limit)
+        .map(|e| {
+            let lagging: Vec<String> = api
+                .nodes
+                .iter()
+                .filter(|n| acked(n) < e.seq)
+                .map(|n| n.name.clone())
+                .collect();
+            PurgeSummary {
+                id: e.seq.to_string(),
+                seq: e.seq,
+                site: e.purge.site.clone(),
+                selector: e.purge.selector.kind().to_owned(),
+                targets: e.purge.selector.len(),
+                mode: e.purge.mode,
+                accepted_at_ms: e.accepted_at_ms,
+                expected: api.nodes.len(),
+                applied: api.nodes.len() - lagging.len(),
+                lagging,
+            }
+        })
+        .collect();
+    (StatusCode::OK, axum::Json(RecentPurges { head, purges })).into_response()
 }
 
 fn acked(node: &Node) -> u64 {

@@ -1,5 +1,6 @@
-//! The `cdn` binary as an operator runs it: `cdn up` in one process, `cdn drill` and
-//! `cdn warm` in others, found through the endpoints file; Ctrl-C stops it cleanly.
+//! The `cdn` binary as an operator runs it: `cdn up` in one process, `cdn drill`,
+//! `cdn warm` and `cdn console` in others, found through the endpoints file; Ctrl-C stops
+//! it cleanly.
 
 use crate::support;
 
@@ -20,6 +21,28 @@ impl Drop for UpProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `GET url` (`http://host:port/path`) as JSON, over a plain socket: this test has no
+/// runtime.
+fn http_get(url: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut stream = std::net::TcpStream::connect(host).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 /// Waits (bounded) for a child to exit, returning whether it succeeded.
@@ -86,6 +109,38 @@ fn up_drill_warm_and_ctrl_c_as_separate_processes() {
     for (_, edge) in endpoints.edges() {
         assert!(banner.contains(&edge.public.to_string()), "{banner}");
     }
+    // The console, on a port of its own like every listener of a port-0 topology.
+    let console = endpoints.console.clone().expect("the console's URL");
+    assert!(
+        banner.contains(&format!("console            {console}")),
+        "{banner}"
+    );
+    let state = http_get(&format!("{console}api/state"));
+    assert_eq!(
+        state["regions"].as_array().map(Vec::len),
+        Some(3),
+        "{state}"
+    );
+    // A console of its own for the same topology, from the endpoints file.
+    let mut standalone = UpProcess(
+        Command::new(CDN)
+            .args(["console", "--listen", "127.0.0.1:0", "--endpoints"])
+            .arg(&endpoints_file)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cdn console starts"),
+    );
+    let line = BufReader::new(standalone.0.stdout.take().expect("stdout"))
+        .lines()
+        .next()
+        .expect("a line")
+        .expect("a line");
+    let url = line.strip_prefix("console on ").expect("the console's URL");
+    let state = http_get(&format!("{url}api/state"));
+    assert_eq!(state["shields"][0]["name"], "shield-1", "{state}");
+    drop(standalone);
 
     let drill = Command::new(CDN)
         .args([

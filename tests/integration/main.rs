@@ -14,6 +14,7 @@ mod support;
 
 mod cdn_cli;
 mod cdn_up;
+mod console;
 mod edge_access_log;
 mod edge_cache;
 mod edge_coalescing;

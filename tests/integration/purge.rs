@@ -3,7 +3,7 @@
 //! every node; a node that was down catches up before it serves; overload is shed with
 //! Retry-After while accepted purges all complete; the log survives a restart; bodies are
 //! refused before they are read (no token, or over the limit) and an `Idempotency-Key`
-//! returns its purge only to the same request.
+//! returns its purge only to the same request; a publisher lists its recent purges.
 
 use crate::support;
 
@@ -369,6 +369,57 @@ async fn tokens_are_scoped_and_bad_requests_are_refused_with_reasons() {
     )
     .await;
     assert_eq!(direct.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn recent_purges_list_only_the_callers_newest_first_with_node_progress() {
+    let p = Purging::start(2, "").await;
+    let first = p
+        .purge(&format!(r#"{{"site":"assets","urls":["{}"]}}"#, url("/a")))
+        .await;
+    let theirs = p
+        .call(
+            Method::POST,
+            "/v1/purge",
+            Some(OTHER_TOKEN),
+            r#"{"site":"other","hosts":["other.test"]}"#,
+        )
+        .await;
+    assert_eq!(theirs.status, StatusCode::ACCEPTED, "{}", theirs.text());
+    let second = p
+        .purge(r#"{"site":"assets","tags":["t1","t2"],"mode":"soft"}"#)
+        .await;
+
+    let reply = p
+        .call(Method::GET, "/v1/purges?limit=5", Some(TOKEN), "")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let recent: node_api::purge::RecentPurges =
+        serde_json::from_slice(&reply.body).expect("the recent purges");
+    assert_eq!(recent.head, 3);
+    let seqs: Vec<u64> = recent.purges.iter().map(|s| s.seq).collect();
+    assert_eq!(seqs, [second, first], "only acme's, newest first");
+    let newest = &recent.purges[0];
+    assert_eq!(
+        (newest.selector.as_str(), newest.targets, newest.mode),
+        ("tags", 2, node_api::purge::Mode::Soft)
+    );
+    assert_eq!((newest.applied, newest.expected), (2, 2), "{newest:?}");
+    assert!(newest.lagging.is_empty() && newest.accepted_at_ms > 0);
+
+    let one = p
+        .call(Method::GET, "/v1/purges?limit=1", Some(TOKEN), "")
+        .await;
+    let one: node_api::purge::RecentPurges = serde_json::from_slice(&one.body).expect("JSON");
+    assert_eq!(one.purges.len(), 1);
+    for (path, token, status) in [
+        ("/v1/purges", None, StatusCode::UNAUTHORIZED),
+        ("/v1/purges?limit=0", Some(TOKEN), StatusCode::BAD_REQUEST),
+        ("/v1/purges?limit=101", Some(TOKEN), StatusCode::BAD_REQUEST),
+    ] {
+        let reply = p.call(Method::GET, path, token, "").await;
+        assert_eq!(reply.status, status, "{path}: {}", reply.text());
+    }
 }
 
 #[tokio::test]

@@ -15,8 +15,9 @@ use axum::routing::{get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use node_api::hot::{HotList, HotObject};
-use node_api::{HealthReport, NodeState};
+use node_api::{HealthReport, NodeState, RequestCounts};
 
+use crate::cache::status::Outcome;
 use crate::node::invalidation::ApplyError;
 use crate::node::proxy::Edge;
 use crate::node::reload::{ReloadError, Reloader};
@@ -268,7 +269,8 @@ fn error(status: StatusCode, message: &str) -> Response {
 /// some site's every upstream is down by probes: hits are still served), `503` while it
 /// drains, so any health checker stops sending it clients. GeoDNS reads the state (a
 /// degraded region is used only when no region is ready) and sums `connections` per
-/// region to spill clients of a full one.
+/// region to spill clients of a full one; the operator console turns the request counts
+/// of two reports into requests per second and a hit ratio.
 async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
     let now = std::time::Instant::now();
     let upstreams_down: Vec<String> = edge
@@ -296,6 +298,7 @@ async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
         upstream_in_flight: edge.admission.in_flight() as u64,
         upstream_capacity: edge.admission.capacity() as u64,
         shed: edge.admission.shed(),
+        requests: request_counts(&edge),
     };
     let status = if state.takes_traffic() {
         StatusCode::OK
@@ -303,6 +306,19 @@ async fn healthz(State(edge): State<Arc<Edge>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(report)).into_response()
+}
+
+/// The node's request counters by cache outcome, as `edge_requests_total` counts them.
+fn request_counts(edge: &Edge) -> RequestCounts {
+    let count = |outcome| edge.metrics().requests(outcome);
+    RequestCounts {
+        hit: count(Outcome::Hit),
+        miss: count(Outcome::Miss),
+        stale: count(Outcome::Stale),
+        pass: count(Outcome::Pass),
+        refused: count(Outcome::Refused),
+        error: count(Outcome::Error),
+    }
 }
 
 async fn metrics(State(edge): State<Arc<Edge>>) -> Response {

@@ -1,6 +1,7 @@
 //! Shared setup for the cross-component tests: a demo origin and an edge on port 0 of
 //! 127.0.0.1, an HTTP client, and a raw-socket helper for malformed input.
 
+pub mod browser;
 pub mod dns;
 pub mod local_cdn;
 pub mod memory;
