@@ -13,6 +13,8 @@ use cdn::topology::Topology;
 use cdn::up::{Disks, Up};
 use cdn::warm::{Source, WarmOptions};
 use clap::{Parser, Subcommand};
+use edge::node::role::Role;
+use edge::node::upgrade;
 use edge::{EdgeConfig, EdgeServer};
 use geodns::{GeoDnsConfig, GeoDnsServer};
 use origin_shield::ShieldServer;
@@ -202,6 +204,11 @@ enum Command {
         /// TOML config file (see README.md for the format).
         #[arg(long)]
         config: PathBuf,
+        /// Take the listening sockets of the edge running with this config (over its
+        /// `node.upgrade_socket`) and have it drain and exit: a new binary with no
+        /// connection refused.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Run one origin shield node (the mid tier: its sites fetch from origin pools;
     /// reloads as an edge does).
@@ -209,6 +216,9 @@ enum Command {
         /// TOML config file, in the edge's format (see README.md).
         #[arg(long)]
         config: PathBuf,
+        /// Take over the running shield's listening sockets, as `cdn edge --upgrade` does.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Run the authoritative GeoDNS server (reloads its config on SIGHUP or file change).
     Geodns {
@@ -387,35 +397,14 @@ async fn main() -> anyhow::Result<()> {
             let topology = topology.load()?;
             print!("{}", topology.node_config_toml(&node, &topology.planned())?);
         }
-        Command::Edge { config: path } => {
-            let config = EdgeConfig::from_file(&path)?;
-            let mut server = EdgeServer::start(config).await?;
-            server.follow_file(path);
-            println!(
-                "edge {} serving on http://{}, admin on http://{}{}",
-                server.edge().name(),
-                server.public_addr(),
-                server.admin_addr(),
-                server
-                    .https_addr()
-                    .map_or(String::new(), |a| format!(", HTTPS on {a}"))
-            );
-            shutdown_signal().await;
-            server.shutdown().await;
-        }
-        Command::Shield { config: path } => {
-            let config = EdgeConfig::from_file(&path)?;
-            let mut server = ShieldServer::start(config).await?;
-            server.follow_file(path);
-            println!(
-                "shield {} serving on http://{}, admin on http://{}",
-                server.engine().name(),
-                server.public_addr(),
-                server.admin_addr()
-            );
-            shutdown_signal().await;
-            server.shutdown().await;
-        }
+        Command::Edge {
+            config: path,
+            upgrade,
+        } => run_node(Role::Edge, path, upgrade).await?,
+        Command::Shield {
+            config: path,
+            upgrade,
+        } => run_node(Role::Shield, path, upgrade).await?,
         Command::Geodns { config: path } => {
             let config = GeoDnsConfig::from_file(&path)?;
             let server = GeoDnsServer::start(config, Some(path)).await?;
@@ -443,6 +432,70 @@ async fn main() -> anyhow::Result<()> {
             origin.shutdown().await;
         }
     }
+    Ok(())
+}
+
+/// How long a new process waits for the node it took over to exit, when it must (a disk
+/// tier is one process's at a time): the old node's drain and write-out, with room.
+const RELEASE_WITHIN: Duration = Duration::from_secs(60);
+
+/// `cdn edge` / `cdn shield`: one node from its config file, reloading it when it changes,
+/// offering its listeners to an upgrade, and (with `upgrade`) started on the listeners of
+/// the node running now (see `edge::node::upgrade`).
+async fn run_node(role: Role, path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
+    let config = EdgeConfig::from_file(&path)?;
+    let socket = config.node.upgrade_socket();
+    let keeps_disk = config.cache.disk.is_some();
+    let (inherited, mut handover) = if upgrade {
+        let asking = socket.clone();
+        let (inherited, mut handover) =
+            tokio::task::spawn_blocking(move || upgrade::take_over(&asking)).await??;
+        if keeps_disk {
+            // The disk tier is the old node's until it exits: it goes first, and what
+            // connects meanwhile waits in the listen queue.
+            handover = tokio::task::spawn_blocking(move || {
+                handover.release()?;
+                handover.wait_gone(RELEASE_WITHIN)?;
+                Ok::<_, upgrade::UpgradeError>(handover)
+            })
+            .await??;
+        }
+        (Some(inherited), Some(handover))
+    } else {
+        (None, None)
+    };
+    let mut server = match role {
+        Role::Shield => ShieldServer::start_on(config, inherited)
+            .await?
+            .into_server(),
+        Role::Edge => EdgeServer::start_on(config, inherited).await?,
+    };
+    server.follow_file(path);
+    if let Some(handover) = handover.as_mut()
+        && !keeps_disk
+    {
+        // Serving already: the old node may stop accepting now.
+        handover.release()?;
+    }
+    let upgrades = server.offer_upgrades(&socket)?;
+    println!(
+        "{} {} serving on http://{}, admin on http://{}{}",
+        role.as_str(),
+        server.edge().name(),
+        server.public_addr(),
+        server.admin_addr(),
+        server
+            .https_addr()
+            .map_or(String::new(), |a| format!(", HTTPS on {a}"))
+    );
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = upgrades.released() => {
+            tracing::info!("upgraded: a new process serves on these listeners; draining");
+        }
+    }
+    drop(upgrades);
+    server.shutdown().await;
     Ok(())
 }
 

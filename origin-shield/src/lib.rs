@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use edge::node::reload::{ReloadError, Reloaded};
 use edge::node::role::Role;
+use edge::node::upgrade::Inherited;
 use edge::{Edge, EdgeConfig, EdgeServer, StartError};
 
 /// A running shield node.
@@ -32,9 +33,18 @@ impl ShieldServer {
     /// The node runs as [`Role::Shield`], whatever `config.node.role` said: it believes
     /// the edges' proven claims, signs nothing toward the origin, and passes the tags
     /// purges name objects by on to the edges.
-    pub async fn start(mut config: EdgeConfig) -> Result<Self, StartError> {
+    pub async fn start(config: EdgeConfig) -> Result<Self, StartError> {
+        Self::start_on(config, None).await
+    }
+
+    /// As [`ShieldServer::start`], on a running shield's listeners (an upgrade: see
+    /// `edge::node::upgrade`).
+    pub async fn start_on(
+        mut config: EdgeConfig,
+        inherited: Option<Inherited>,
+    ) -> Result<Self, StartError> {
         config.node.role = Role::Shield;
-        let server = EdgeServer::start(config).await?;
+        let server = EdgeServer::start_on(config, inherited).await?;
         tracing::info!(node = %server.edge().name(), "serving as origin shield");
         Ok(Self { server })
     }
@@ -63,6 +73,11 @@ impl ShieldServer {
     pub fn reload(&self, mut config: EdgeConfig) -> Result<Reloaded, ReloadError> {
         config.node.role = Role::Shield;
         self.server.reload(config)
+    }
+
+    /// The engine's server (what runs any node: reloads, upgrades, shutdown).
+    pub fn into_server(self) -> EdgeServer {
+        self.server
     }
 
     /// Stops accepting, lets in-flight requests finish, and returns.

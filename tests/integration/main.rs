@@ -34,6 +34,7 @@ mod edge_slices;
 mod edge_stale;
 mod edge_streaming;
 mod edge_tls;
+mod edge_upgrade;
 mod edge_upstream;
 mod edge_vary;
 mod geodns;

@@ -90,6 +90,10 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
     Ending::Closed
 }
 
+/// How long an idle keep-alive connection may still send a request once the node stops
+/// (a shutdown or an upgrade's drain): a busy client's next request is already on its way.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Settings of the connection loop, from `[limits]`.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -214,7 +218,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
                 }
             }
             if *shutdown.borrow() && buf.is_empty() {
-                return Ending::Closed;
+                // A client may have sent its next request as the node began to stop: it
+                // is answered (with `Connection: close`) rather than lost with the
+                // connection, which a client sees as an error. One that sends nothing
+                // within the grace is closed.
+                match tokio::time::timeout(CLOSE_GRACE, stream.read_buf(&mut buf)).await {
+                    Ok(Ok(read)) if read > 0 => continue,
+                    _ => return Ending::Closed,
+                }
             }
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
@@ -236,7 +247,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
                     timer.as_mut().reset(deadline.into());
                 },
                 changed = shutdown.changed(), if buf.is_empty() => {
-                    if changed.is_err() || *shutdown.borrow() {
+                    if changed.is_err() {
                         return Ending::Closed;
                     }
                 },

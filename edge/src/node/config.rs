@@ -112,10 +112,24 @@ pub struct NodeConfig {
     /// How often certificate and key files are checked for changes (hot reload).
     #[serde(with = "humantime_serde")]
     pub tls_reload_interval: Duration,
+    /// The Unix socket a `cdn edge`/`cdn shield` process offers its listeners on, for a
+    /// new process started with `--upgrade` (see [`crate::node::upgrade`]); by default
+    /// `cdn-<name>.upgrade.sock` in the system's temporary directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_socket: Option<std::path::PathBuf>,
     /// Whether the node is an edge or a shield: not read from the file, but set by what
     /// runs the node (`origin_shield::ShieldServer` makes it a shield).
     #[serde(skip)]
     pub role: Role,
+}
+
+impl NodeConfig {
+    /// Where this node offers upgrades: `upgrade_socket`, or the default by name.
+    pub fn upgrade_socket(&self) -> std::path::PathBuf {
+        self.upgrade_socket
+            .clone()
+            .unwrap_or_else(|| crate::node::upgrade::default_socket(&self.name))
+    }
 }
 
 impl Default for NodeConfig {
@@ -126,6 +140,7 @@ impl Default for NodeConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
             https_listen: None,
             tls_reload_interval: Duration::from_secs(1),
+            upgrade_socket: None,
             role: Role::Edge,
         }
     }

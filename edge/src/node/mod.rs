@@ -6,8 +6,9 @@
 //! ([`slices`]), reads of the disk tier on a memory miss ([`disk`]), responses to POSTs kept for later GETs ([`post`]), purges ([`invalidation`], [`purge_stream`]), what the node remembers across restarts ([`state`]), the proof on headers between
 //! tiers ([`node_auth`]), the site table ([`site`]), the config file ([`config`], which
 //! composes each layer's own section), the metrics ([`metrics`]), the access log
-//! ([`access_log`]), what a reload may change and how ([`reload`]), the admin listener and
-//! the server that binds and runs everything ([`server`]).
+//! ([`access_log`]), what a reload may change and how ([`reload`]), the handover of the
+//! listeners to a new process ([`upgrade`]), the admin listener and the server that binds
+//! and runs everything ([`server`]).
 //!
 //! This is the top layer: it may import every layer below, and nothing imports it.
 
@@ -28,3 +29,4 @@ pub mod server;
 pub mod site;
 pub mod slices;
 pub mod state;
+pub mod upgrade;

@@ -108,6 +108,7 @@ pub fn fixed_changes(running: &EdgeConfig, next: &EdgeConfig) -> Vec<&'static st
         "node.tls_reload_interval",
         a.tls_reload_interval != b.tls_reload_interval,
     );
+    check("node.upgrade_socket", a.upgrade_socket != b.upgrade_socket);
     check("[cache]", !same(&running.cache, &next.cache));
     check("[purge]", !same(&running.purge, &next.purge));
     check("[upstream]", !same(&running.upstream, &next.upstream));

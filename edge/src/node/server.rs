@@ -3,6 +3,7 @@
 //! purge-stream tasks, and graceful shutdown.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::node::config::{ConfigError, EdgeConfig, NatsPurgeConfig};
 use crate::node::proxy::Edge;
 use crate::node::purge_stream::{FollowError, Follower};
 use crate::node::reload::{ReloadError, Reloaded, Reloader, site_certificates};
+use crate::node::upgrade::{Inherited, UpgradeError, UpgradeSocket};
 use crate::upstream::client::empty_body;
 use node_api::purge::{LogTruncated, PurgeBatch, PurgeLogPage};
 use tls_certs::{Certificates, TlsError};
@@ -52,6 +54,8 @@ pub struct EdgeServer {
     tasks: Vec<JoinHandle<()>>,
     /// Puts new configs in service ([`crate::node::reload`]).
     reloader: Arc<Reloader>,
+    /// The listeners, as an upgrade hands them to a new process.
+    handover: Vec<(&'static str, OwnedFd)>,
     /// The disk tier, closed (written out and synced) on shutdown.
     disk: Option<Arc<DiskStore>>,
 }
@@ -64,14 +68,24 @@ impl EdgeServer {
     /// sized from `cache.capacity`, over a disk tier when `[cache.disk]` is set (its index
     /// recovered before anything else happens).
     pub async fn start(config: EdgeConfig) -> Result<Self, StartError> {
+        Self::start_on(config, None).await
+    }
+
+    /// As [`EdgeServer::start`], serving on `inherited` listeners (a running node's, taken
+    /// over by an upgrade: see [`crate::node::upgrade`]) instead of binding its own.
+    pub async fn start_on(
+        config: EdgeConfig,
+        inherited: Option<Inherited>,
+    ) -> Result<Self, StartError> {
         let capacity = config.cache.capacity.as_u64();
         let Some(disk_config) = &config.cache.disk else {
-            return Self::start_with_store(config, Arc::new(MemoryStore::new(capacity))).await;
+            let store = Arc::new(MemoryStore::new(capacity));
+            return Self::start_inner(config, store, inherited).await;
         };
         config.validate()?;
         let disk = Arc::new(DiskStore::open(disk_config).await?);
         let store = Arc::new(HybridStore::new(capacity, disk.clone()));
-        let mut server = Self::start_with_store(config, store).await;
+        let mut server = Self::start_inner(config, store, inherited).await;
         match &mut server {
             Ok(server) => server.disk = Some(disk),
             Err(_) => {
@@ -85,6 +99,14 @@ impl EdgeServer {
     pub async fn start_with_store(
         config: EdgeConfig,
         store: Arc<dyn Storage>,
+    ) -> Result<Self, StartError> {
+        Self::start_inner(config, store, None).await
+    }
+
+    async fn start_inner(
+        config: EdgeConfig,
+        store: Arc<dyn Storage>,
+        mut inherited: Option<Inherited>,
     ) -> Result<Self, StartError> {
         let edge = Arc::new(Edge::new(&config, store)?);
         if let Some(hybrid) = edge.store().hybrid() {
@@ -107,13 +129,30 @@ impl EdgeServer {
                     .map_err(|e| StartError::Config(ConfigError::Disk(e)))?;
             }
         }
-        let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, what, source })
+        let bind = |addr: SocketAddr, what: &'static str, given: Option<std::net::TcpListener>| async move {
+            let bound = match given {
+                Some(listener) => listener
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpListener::from_std(listener)),
+                None => TcpListener::bind(addr).await,
+            };
+            bound.map_err(|source| StartError::Bind { addr, what, source })
         };
-        let public = bind(config.node.listen, "public listener").await?;
-        let admin = bind(config.node.admin_listen, "admin listener").await?;
+        let inherited = inherited.as_mut();
+        let (given_public, given_admin, given_https) = match inherited {
+            Some(given) => (
+                given.public.try_clone().ok(),
+                given.admin.try_clone().ok(),
+                given.https.as_ref().and_then(|l| l.try_clone().ok()),
+            ),
+            None => (None, None, None),
+        };
+        let public = bind(config.node.listen, "public listener", given_public).await?;
+        let admin = bind(config.node.admin_listen, "admin listener", given_admin).await?;
+        let mut handover = vec![
+            ("public", duplicate(&public, config.node.listen)?),
+            ("admin", duplicate(&admin, config.node.admin_listen)?),
+        ];
         let public_addr = local_addr(&public, config.node.listen)?;
         let admin_addr = local_addr(&admin, config.node.admin_listen)?;
         let https = match config.node.https_listen {
@@ -121,8 +160,9 @@ impl EdgeServer {
                 let certificates =
                     Arc::new(Certificates::from_sources(site_certificates(&config))?);
                 let tls = Arc::new(certificates.server_config()?);
-                let listener = bind(addr, "HTTPS listener").await?;
+                let listener = bind(addr, "HTTPS listener", given_https).await?;
                 let https_addr = local_addr(&listener, addr)?;
+                handover.push(("https", duplicate(&listener, addr)?));
                 Some((listener, https_addr, certificates, tls))
             }
             None => None,
@@ -193,8 +233,25 @@ impl EdgeServer {
             shutdown,
             tasks,
             reloader,
+            handover,
             disk: None,
         })
+    }
+
+    /// Offers this node's listeners to a new process started with `--upgrade`, on the Unix
+    /// socket at `path` (see [`crate::node::upgrade`]); the returned socket says when one
+    /// took them over, and this node should then [`shutdown`](EdgeServer::shutdown).
+    pub fn offer_upgrades(&self, path: &std::path::Path) -> Result<UpgradeSocket, UpgradeError> {
+        let listeners = self
+            .handover
+            .iter()
+            .map(|(name, fd)| Ok((*name, fd.try_clone()?)))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|source| UpgradeError::Bind {
+                path: path.to_owned(),
+                source,
+            })?;
+        UpgradeSocket::bind(path, listeners)
     }
 
     /// Makes `path` (the file the config came from) what a reload re-reads: on SIGHUP,
@@ -254,6 +311,18 @@ impl EdgeServer {
             }
         }
     }
+}
+
+/// A second descriptor of `listener`'s socket, to hand over in an upgrade.
+fn duplicate(listener: &TcpListener, addr: SocketAddr) -> Result<OwnedFd, StartError> {
+    listener
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| StartError::Bind {
+            addr,
+            what: "a copy of a listener for upgrades",
+            source,
+        })
 }
 
 fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {

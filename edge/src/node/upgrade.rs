@@ -56,7 +56,9 @@ pub enum UpgradeError {
     },
     #[error("the handover on {path} failed: {reason}; the running node keeps serving")]
     Handover { path: PathBuf, reason: String },
-    #[error("cannot offer upgrades on {path}: {source}; check the directory exists and is writable")]
+    #[error(
+        "cannot offer upgrades on {path}: {source}; check the directory exists and is writable"
+    )]
     Bind {
         path: PathBuf,
         source: std::io::Error,
@@ -69,17 +71,16 @@ const MAX_LISTENERS: usize = 3;
 /// How long the new process waits for each step of the running one.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The new process's side: the running node's listeners, and the connection on which the
-/// new process tells it to go.
+/// The new process's side of a handover: the connection on which it tells the running
+/// node to go.
 #[derive(Debug)]
 pub struct Handover {
-    pub listeners: Inherited,
     stream: UnixStream,
     path: PathBuf,
 }
 
 /// Asks the node running on `path` for its listeners (blocking).
-pub fn take_over(path: &Path) -> Result<Handover, UpgradeError> {
+pub fn take_over(path: &Path) -> Result<(Inherited, Handover), UpgradeError> {
     let failed = |reason: String| UpgradeError::Handover {
         path: path.to_owned(),
         reason,
@@ -133,15 +134,18 @@ pub fn take_over(path: &Path) -> Result<Handover, UpgradeError> {
     let (Some(public), Some(admin)) = (public, admin) else {
         return Err(failed("the public or admin listener is missing".into()));
     };
-    Ok(Handover {
-        listeners: Inherited {
-            public,
-            admin,
-            https,
+    let inherited = Inherited {
+        public,
+        admin,
+        https,
+    };
+    Ok((
+        inherited,
+        Handover {
+            stream,
+            path: path.to_owned(),
         },
-        stream,
-        path: path.to_owned(),
-    })
+    ))
 }
 
 impl Handover {
@@ -187,7 +191,10 @@ pub struct UpgradeSocket {
 impl UpgradeSocket {
     /// Listens on `path` (replacing a file left there: the socket of a node that is gone,
     /// or of the one this process took over), offering `listeners` (name, socket).
-    pub fn bind(path: &Path, listeners: Vec<(&'static str, OwnedFd)>) -> Result<Self, UpgradeError> {
+    pub fn bind(
+        path: &Path,
+        listeners: Vec<(&'static str, OwnedFd)>,
+    ) -> Result<Self, UpgradeError> {
         let bind_error = |source| UpgradeError::Bind {
             path: path.to_owned(),
             source,
@@ -211,11 +218,9 @@ impl UpgradeSocket {
                 };
                 let Ok((stream, _)) = accepted else { continue };
                 let (listeners, on_release) = (listeners.clone(), on_release.clone());
-                tokio::task::spawn_blocking(move || {
-                    match hand_over(stream, &listeners) {
-                        Ok(()) => on_release.notify_one(),
-                        Err(error) => tracing::warn!(%error, "an upgrade handover failed; serving on"),
-                    }
+                tokio::task::spawn_blocking(move || match hand_over(stream, &listeners) {
+                    Ok(()) => on_release.notify_one(),
+                    Err(error) => tracing::warn!(%error, "an upgrade handover failed; serving on"),
                 });
             }
         });
@@ -282,7 +287,9 @@ fn hand_over(
     line.clear();
     reader.read_line(&mut line).map_err(|e| e.to_string())?;
     if line != "release\n" {
-        return Err(format!("the new process did not release this one ({line:?})"));
+        return Err(format!(
+            "the new process did not release this one ({line:?})"
+        ));
     }
     tracing::info!("a new process took the listeners: stopping accepting and draining");
     // Held until this process exits: the new one waits for the end of this stream.
