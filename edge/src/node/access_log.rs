@@ -4,7 +4,7 @@
 //! log's shared buffer (one uncontended lock, no allocation, no wake-up); when the buffer
 //! holds its configured bound the line is dropped and counted
 //! (`edge_access_log_dropped_total`), never waited for. A writer thread per log takes the
-//! buffer whole every [`FLUSH_EVERY`] (or when it is half full) and writes it to a file,
+//! buffer whole every [`FLUSH_EVERY`] (or when a request finds [`WAKE_AT`] bytes pending) and writes it to a file,
 //! reopened on [`AccessLog::reopen`] (SIGUSR1 or SIGHUP, for logrotate), or to stdout. Lines are
 //! JSON by default, or the combined format of nginx and Apache.
 //!
@@ -32,6 +32,11 @@ use crate::front::body::{EdgeBody, Tallied};
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// The most one write system call carries.
 const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Pending bytes past which a request wakes the writer before its [`FLUSH_EVERY`]: lines
+/// are then copied into the file while they are still in the core's cache, rather than
+/// after 100 ms of them have pushed each other out of it.
+const WAKE_AT: usize = 256 * 1024;
 
 /// `[access_log]`: where and how a node logs its requests. Off when absent.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -592,9 +597,11 @@ impl AccessLog {
                 let end = pending.bytes.len();
                 pending.ends.push((line.site.map(Arc::from), end));
             }
-            let half = pending.bytes.len() > shared.limit / 2;
+            // Woken once as the pending bytes cross the mark, not by every line after it.
+            let before = pending.bytes.len() - scratch.len();
+            let wake = before <= WAKE_AT && pending.bytes.len() > WAKE_AT;
             drop(pending);
-            if half {
+            if wake {
                 shared.writer.unpark();
             }
         });
@@ -796,10 +803,11 @@ fn json_line(out: &mut Vec<u8>, r: &Line<'_>, fields: &[Field], node: &str) {
                 out.push(b'"');
             }
             Field::Site => json_str(out, r.site.unwrap_or_default().as_bytes()),
-            Field::Method => json_str(out, r.method.as_bytes()),
+            // A method is a token (RFC 9110 5.6.2), as the request parser checked.
+            Field::Method => plain_str(out, r.method.as_bytes()),
             Field::Url => {
                 out.push(b'"');
-                json_escaped(out, r.scheme.as_bytes());
+                out.extend_from_slice(r.scheme.as_bytes());
                 out.extend_from_slice(b"://");
                 json_escaped(out, r.host);
                 json_escaped(out, r.target);
@@ -811,12 +819,13 @@ fn json_line(out: &mut Vec<u8>, r: &Line<'_>, fields: &[Field], node: &str) {
             Field::Ttfb => seconds(out, r.ttfb),
             Field::Total => seconds(out, r.total),
             Field::CacheStatus => json_str(out, r.cache_status),
-            Field::Node => json_str(out, node.as_bytes()),
+            // A node name is a token, as the config checked.
+            Field::Node => plain_str(out, node.as_bytes()),
             Field::Tls => json_str(out, r.tls.unwrap_or_default().as_bytes()),
             Field::TlsVersion => json_str(out, r.tls_version.unwrap_or_default().as_bytes()),
             Field::Upstream => json_str(out, r.upstream.map_or("", |u| u.0).as_bytes()),
             Field::UpstreamTime => seconds(out, r.upstream.map_or(Duration::ZERO, |u| u.1)),
-            Field::HttpVersion => json_str(out, version(r.version).as_bytes()),
+            Field::HttpVersion => plain_str(out, version(r.version).as_bytes()),
             Field::UserAgent => json_str(out, r.user_agent.unwrap_or_default()),
             Field::Referer => json_str(out, r.referer.unwrap_or_default()),
             Field::RequestId => {
@@ -906,11 +915,13 @@ fn num(out: &mut Vec<u8>, n: impl itoa::Integer) {
 /// Seconds with microseconds: `0.000420`.
 fn seconds(out: &mut Vec<u8>, d: Duration) {
     num(out, d.as_secs());
-    out.push(b'.');
-    let micros = d.subsec_micros();
-    let digits = itoa::Buffer::new().format(micros).len();
-    out.extend(std::iter::repeat_n(b'0', 6 - digits));
-    num(out, micros);
+    let mut micros = d.subsec_micros();
+    let mut digits = [b'.', 0, 0, 0, 0, 0, 0];
+    for digit in digits[1..].iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    out.extend_from_slice(&digits);
 }
 
 fn hex16(out: &mut Vec<u8>, n: u64) {
@@ -936,17 +947,36 @@ fn ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
+/// A string known to need no escaping (a token, a constant).
+fn plain_str(out: &mut Vec<u8>, value: &[u8]) {
+    debug_assert!(value.iter().all(|&b| PLAIN[b as usize]));
+    out.push(b'"');
+    out.extend_from_slice(value);
+    out.push(b'"');
+}
+
 fn json_str(out: &mut Vec<u8>, value: &[u8]) {
     out.push(b'"');
     json_escaped(out, value);
     out.push(b'"');
 }
 
+/// Bytes that stand for themselves inside a JSON string: printable ASCII but `"` and `\`
+/// (one lookup per byte on the path every logged request takes).
+const PLAIN: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut b = 0x20;
+    while b < 0x80 {
+        plain[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    plain
+};
+
 /// The inside of a JSON string (RFC 8259): quotes, backslashes and control characters
 /// escaped; bytes that are not UTF-8 (a hostile header) replaced, so every line parses.
 fn json_escaped(out: &mut Vec<u8>, value: &[u8]) {
-    let clean = |b: &u8| *b >= 0x20 && *b != b'"' && *b != b'\\' && *b < 0x80;
-    if value.iter().all(clean) {
+    if value.iter().all(|&b| PLAIN[b as usize]) {
         out.extend_from_slice(value);
         return;
     }
@@ -1023,7 +1053,13 @@ fn rfc3339(out: &mut Vec<u8>, time: SystemTime) {
     let millis = time
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_millis());
-    let _ = write!(out, ".{millis:03}Z");
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (millis / 100) as u8,
+        b'0' + (millis / 10 % 10) as u8,
+        b'0' + (millis % 10) as u8,
+        b'Z',
+    ]);
 }
 
 fn common_log_time(out: &mut Vec<u8>, time: SystemTime) {
