@@ -13,7 +13,6 @@ use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,10 +22,9 @@ use edge::{EdgeConfig, EdgeServer};
 use http::{Method, StatusCode};
 use purge_api::PurgeApiServer;
 use purge_api::log::Retention;
+use support::process::NodeProcess;
 use support::purge_log::{NODE_TOKEN, RecordingLog, TOKEN, api_config};
-use support::{HOST, Reply, api_call, client, json, loopback, send, try_send};
-
-const CDN: &str = env!("CARGO_BIN_EXE_cdn");
+use support::{HOST, Reply, api_call, client, json, loopback, send};
 
 /// Objects hit before the eviction: what must come back from disk.
 const HOT: usize = 8;
@@ -429,40 +427,11 @@ async fn a_large_object_is_streamed_from_disk_with_the_right_bytes() {
     stop(node.edge.expect("running")).await;
 }
 
-/// A `cdn edge` process, killed if the test fails before stopping it.
-struct EdgeProcess(Child);
-
-impl Drop for EdgeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Two addresses free a moment ago, for a process that must keep them across restarts.
 fn free_addresses() -> (SocketAddr, SocketAddr) {
     let a = std::net::TcpListener::bind(loopback()).expect("bind");
     let b = std::net::TcpListener::bind(loopback()).expect("bind");
     (a.local_addr().expect("addr"), b.local_addr().expect("addr"))
-}
-
-async fn spawn_edge(config: &Path, admin: SocketAddr) -> EdgeProcess {
-    let child = Command::new(CDN)
-        .args(["edge", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cdn edge starts");
-    let process = EdgeProcess(child);
-    for _ in 0..3000 {
-        let ready = try_send(&client(), admin, Method::GET, "/healthz", "admin", &[]).await;
-        if ready.is_ok_and(|r| r.status == StatusCode::OK) {
-            return process;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("cdn edge never became ready");
 }
 
 /// A `cdn edge` process with `capacity` of memory over a disk tier, filled by `fill`
@@ -487,32 +456,27 @@ async fn restart_process(
     let config = dir.path().join("edge.toml");
     std::fs::write(&config, text).expect("config file");
 
-    let mut first = spawn_edge(&config, listen.1).await;
+    let mut first = NodeProcess::edge(&config, &[]);
     fill(listen.0, listen.1).await;
-    let pid = first.0.id().to_string();
-    let killed = Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let status = first.0.wait().expect("the edge exits");
-    if signal == "-KILL" {
+    first.signal(signal);
+    let status = first.child.wait().expect("the edge exits");
+    if signal == "KILL" {
         assert!(!status.success(), "killed: {status}");
     }
 
-    let _second = spawn_edge(&config, listen.1).await;
+    let _second = NodeProcess::edge(&config, &[]);
     assert!(metric(listen.1, "edge_disk_recovered_objects").await >= HOT as f64);
     all_hot_from_disk(listen.0, &origin).await;
 }
 
 #[tokio::test]
 async fn after_sigterm_a_cdn_edge_process_serves_hits_from_disk() {
-    restart_process("256 KiB", fill_hit_and_evict, "-TERM").await;
+    restart_process("256 KiB", fill_hit_and_evict, "TERM").await;
 }
 
 #[tokio::test]
 async fn after_sigkill_a_cdn_edge_process_serves_hits_from_disk() {
-    restart_process("256 KiB", fill_hit_and_evict, "-KILL").await;
+    restart_process("256 KiB", fill_hit_and_evict, "KILL").await;
 }
 
 #[tokio::test]
@@ -663,5 +627,5 @@ async fn after_sigkill_the_hot_set_memory_held_is_served_from_disk() {
         fill_and_hit_hot(public).await;
         on_disk(admin, HOT).await;
     };
-    restart_process("4 MiB", fill, "-KILL").await;
+    restart_process("4 MiB", fill, "KILL").await;
 }

@@ -6,7 +6,7 @@
 use crate::support;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cdn::demo_origin::DemoOrigin;
@@ -114,6 +114,15 @@ async fn edge_from(file: &Path) -> EdgeServer {
     edge
 }
 
+/// An origin, and a config file in a directory of its own for the test site on it.
+async fn origin_and_file() -> (DemoOrigin, tempfile::TempDir, PathBuf) {
+    let origin = DemoOrigin::start(loopback()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("edge.toml");
+    std::fs::write(&file, config_text(origin.addr(), "", "")).unwrap();
+    (origin, dir, file)
+}
+
 #[tokio::test]
 async fn a_reload_adds_a_site_moves_an_origin_and_tightens_a_limit_with_the_cache_warm() {
     let (first, second) = (
@@ -191,10 +200,7 @@ async fn a_reload_adds_a_site_moves_an_origin_and_tightens_a_limit_with_the_cach
 
 #[tokio::test]
 async fn a_bad_file_is_refused_with_its_reason_and_the_running_config_stays() {
-    let origin = DemoOrigin::start(loopback()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("edge.toml");
-    std::fs::write(&file, config_text(origin.addr(), "", "")).unwrap();
+    let (origin, _dir, file) = origin_and_file().await;
     let edge = edge_from(&file).await;
     let (public, admin) = (edge.public_addr(), edge.admin_addr());
     assert_eq!(get(public, HOST, "/a.bin").await.status, StatusCode::OK);
@@ -241,16 +247,7 @@ async fn a_bad_file_is_refused_with_its_reason_and_the_running_config_stays() {
     // Still the first config: the site answers, from the cache.
     let hit = get(public, HOST, "/a.bin").await;
     assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
-    let metrics = support::send(
-        &support::client(),
-        admin,
-        Method::GET,
-        "/metrics",
-        "admin",
-        &[],
-    )
-    .await
-    .text();
+    let metrics = support::admin_text(admin, "/metrics").await;
     assert!(
         metrics.contains("edge_config_reloads_total{result=\"refused\"} 3"),
         "{metrics}"
@@ -260,10 +257,7 @@ async fn a_bad_file_is_refused_with_its_reason_and_the_running_config_stays() {
 
 #[tokio::test]
 async fn a_cdn_edge_process_reloads_when_its_file_changes_and_on_sighup() {
-    let origin = DemoOrigin::start(loopback()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("edge.toml");
-    std::fs::write(&file, config_text(origin.addr(), "", "")).unwrap();
+    let (origin, _dir, file) = origin_and_file().await;
     let edge = NodeProcess::edge(&file, &[]);
     assert_eq!(
         get(edge.public, HOST, "/a.bin").await.status,
@@ -322,16 +316,7 @@ async fn a_cdn_edge_process_reloads_when_its_file_changes_and_on_sighup() {
     }
     let hit = get(edge.public, HOST, "/a.bin").await;
     assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
-    let metrics = support::send(
-        &support::client(),
-        edge.admin,
-        Method::GET,
-        "/metrics",
-        "admin",
-        &[],
-    )
-    .await
-    .text();
+    let metrics = support::admin_text(edge.admin, "/metrics").await;
     assert!(
         metrics.contains("edge_config_reloads_total{result=\"applied\"} 2"),
         "{metrics}"

@@ -176,16 +176,7 @@ async fn upgrade_under_load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_under_load_refuses_nothing_and_the_old_process_exits() {
     let (origin, new, _dir) = upgrade_under_load("", &["/a.bin", "/b.bin", "/1k.bin"]).await;
-    let metrics = support::send(
-        &support::client(),
-        new.admin,
-        Method::GET,
-        "/metrics",
-        "admin",
-        &[],
-    )
-    .await
-    .text();
+    let metrics = support::admin_text(new.admin, "/metrics").await;
     assert!(
         !metrics.contains("edge_requests_total{cache_status=\"hit\"} 0\n"),
         "the new process served hits:\n{metrics}"

@@ -184,6 +184,9 @@ impl Handover {
 #[derive(Debug)]
 pub struct UpgradeSocket {
     path: PathBuf,
+    /// The socket file's identity (device, inode): removed on drop only while the path
+    /// is still this socket's, not the one a new process bound there since.
+    file: Option<(u64, u64)>,
     released: Arc<Notify>,
     stop: Arc<Notify>,
 }
@@ -227,6 +230,7 @@ impl UpgradeSocket {
         tracing::info!(path = %path.display(), "offering upgrades");
         Ok(Self {
             path: path.to_owned(),
+            file: identity(path),
             released,
             stop,
         })
@@ -245,7 +249,16 @@ impl UpgradeSocket {
 impl Drop for UpgradeSocket {
     fn drop(&mut self) {
         self.stop.notify_one();
+        if self.file.is_some() && identity(&self.path) == self.file {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
+}
+
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 /// Answers one new process (blocking): its listeners, then waits for `release`. The

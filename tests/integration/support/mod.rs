@@ -210,6 +210,13 @@ impl Harness {
     }
 }
 
+/// The text of `path` on an admin listener (`/metrics`, `/healthz`).
+pub async fn admin_text(admin: SocketAddr, path: &str) -> String {
+    send(&client(), admin, Method::GET, path, "admin", &[])
+        .await
+        .text()
+}
+
 pub fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
