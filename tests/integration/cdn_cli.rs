@@ -45,6 +45,26 @@ fn http_get(url: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
+/// The status `GET target` with `Host: host` gets from `at` (0 when it gets none).
+fn status_of(at: std::net::SocketAddr, host: &str, target: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(at) else {
+        return 0;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response)
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Waits (bounded) for a child to exit, returning whether it succeeded.
 fn wait_exit(child: &mut Child, limit: Duration) -> Option<bool> {
     let deadline = Instant::now() + limit;
@@ -228,6 +248,40 @@ fn up_drill_warm_and_ctrl_c_as_separate_processes() {
         String::from_utf8_lossy(&bad.stderr).contains("no region \"nowhere\""),
         "{}",
         String::from_utf8_lossy(&bad.stderr)
+    );
+
+    // A site added to the topology file, then SIGHUP: every edge serves it, and the
+    // endpoints file names it.
+    let more = topology_text(&[
+        (
+            "[[publisher]]",
+            "[[site]]\nname = \"more\"\ncname = \"more\"\nhosts = [\"more.publisher.example\"]\norigins = [\"demo\"]\n\n[[publisher]]",
+        ),
+        ("sites = [\"demo\"]", "sites = [\"demo\", \"more\"]"),
+    ]);
+    std::fs::write(&config, more).expect("write topology");
+    let hup = Command::new("kill")
+        .args(["-HUP", &up.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(hup.success());
+    let edge = endpoints.edges().next().expect("an edge").1.public;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status_of(edge, "more.publisher.example", "/obj/m.bin") != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the reloaded topology's site is not served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reloaded = Endpoints::from_file(&endpoints_file).expect("endpoints rewritten");
+    assert!(
+        reloaded.sites.iter().any(|s| s.name == "more"),
+        "{reloaded:?}"
+    );
+    assert_eq!(
+        reloaded.console, endpoints.console,
+        "the console's URL stays"
     );
 
     let interrupted = Command::new("kill")
