@@ -14,6 +14,7 @@ use edge::{EdgeConfig, EdgeServer};
 use http::{Method, StatusCode};
 use serde_json::Value;
 use support::process::NodeProcess;
+use support::tls::{self, TestCa};
 use support::{HOST, Reply, loopback};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -321,4 +322,65 @@ async fn a_cdn_edge_process_reloads_when_its_file_changes_and_on_sighup() {
         metrics.contains("edge_config_reloads_total{result=\"applied\"} 2"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn a_site_added_with_a_certificate_is_served_over_https_after_the_reload() {
+    let origin = DemoOrigin::start(loopback()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue(&[HOST]).write(dir.path(), "assets");
+    let (more_cert, more_key) = ca.issue(&[OTHER_HOST]).write(dir.path(), "more");
+    let site = |name: &str, host: &str, cert: &Path, key: &Path| {
+        format!(
+            "[[site]]\nname = \"{name}\"\nhosts = [\"{host}\"]\nupstream = \"http://{}\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\n",
+            origin.addr()
+        )
+    };
+    let head = format!(
+        "[node]\nname = \"edge-reload-tls\"\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nhttps_listen = \"127.0.0.1:0\"\n[purge]\nnode_token = \"{TOKEN}\"\n"
+    );
+    let file = dir.path().join("edge.toml");
+    std::fs::write(
+        &file,
+        format!("{head}{}", site("assets", HOST, &cert, &key)),
+    )
+    .unwrap();
+    let edge = edge_from(&file).await;
+    let https = edge.https_addr().expect("HTTPS");
+    let client = ca.client(&[b"h2"]);
+    assert!(
+        tls::connect(&client, https, OTHER_HOST).await.is_err(),
+        "no certificate for the site yet"
+    );
+
+    let both = format!(
+        "{head}{}{}",
+        site("assets", HOST, &cert, &key),
+        site("more", OTHER_HOST, &more_cert, &more_key)
+    );
+    std::fs::write(&file, both).unwrap();
+    let (status, answer) = reload(edge.admin_addr(), TOKEN).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let conn = tls::connect(&client, https, OTHER_HOST)
+        .await
+        .expect("the new site's certificate is served");
+    let (status, _, body) = tls::get(conn, OTHER_HOST, "/2k.bin").await;
+    assert_eq!((status, body.len()), (StatusCode::OK, 2048));
+    // The first site's still is.
+    let conn = tls::connect(&client, https, HOST)
+        .await
+        .expect("the first site");
+    assert_eq!(tls::get(conn, HOST, "/2k.bin").await.0, StatusCode::OK);
+
+    // A certificate that does not load is refused, naming the site; the running set stays.
+    std::fs::write(&more_cert, "not a certificate").unwrap();
+    let (status, answer) = reload(edge.admin_addr(), TOKEN).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("more"),
+        "{answer}"
+    );
+    assert!(tls::connect(&client, https, OTHER_HOST).await.is_ok());
+    edge.shutdown().await;
 }

@@ -308,6 +308,7 @@ impl Reloader {
         let reloaded = Reloaded::between(&running, &next);
         self.edge.admission.resize(&next.overload);
         self.limits.send_replace(next.limits.clone());
+        live.sites.raise_generations(&next.sites);
         self.edge.swap_live(live);
         *running = next;
         drop(running);

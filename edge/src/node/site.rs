@@ -69,11 +69,10 @@ impl Site {
             Some(site) => site.pool.clone(),
             None => Arc::new(UpstreamPool::new(&config.name, &pool_config).map_err(fail)?),
         };
+        // A kept site's counter is shared as it is: a generation the new config raises is
+        // applied once the reload commits ([`SiteTable::raise_generations`]).
         let generation = match previous {
-            Some(site) => {
-                site.raise_generation(config.generation);
-                site.generation.clone()
-            }
+            Some(site) => site.generation.clone(),
             None => Arc::new(AtomicU64::new(config.generation)),
         };
         if !(0.0..=1.0).contains(&config.access_log_sample) {
@@ -261,6 +260,16 @@ impl SiteTable {
     /// Every site, in config order.
     pub fn sites(&self) -> &[Arc<Site>] {
         &self.sites
+    }
+
+    /// Raises each site's generation to at least what `configs` give it (a reload's
+    /// config, once it is put in service).
+    pub fn raise_generations(&self, configs: &[SiteConfig]) {
+        for config in configs {
+            if let Some(site) = self.by_name(&config.name) {
+                site.raise_generation(config.generation);
+            }
+        }
     }
 
     /// The site configured under `name`.
