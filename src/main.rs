@@ -190,10 +190,11 @@ enum Command {
         #[arg(long)]
         endpoints: Option<PathBuf>,
     },
-    /// Print the config file the topology gives one node (an edge or a shield), to run
-    /// that node as a process of its own with `cdn edge --config` / `cdn shield --config`.
+    /// Print the config file the topology gives one node (an edge or a shield, `geodns` or
+    /// `purge-api`), to run it as a process of its own with `cdn edge --config`,
+    /// `cdn shield --config`, `cdn geodns --config` or `cdn purge-api --config`.
     Config {
-        /// The node's name, as in the topology.
+        /// The node's name, as in the topology, or `geodns` or `purge-api`.
         node: String,
         #[command(flatten)]
         topology: TopologyArgs,
@@ -395,7 +396,16 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Config { node, topology } => {
             let topology = topology.load()?;
-            print!("{}", topology.node_config_toml(&node, &topology.planned())?);
+            let at = topology.planned();
+            let text = match node.as_str() {
+                "geodns" => topology.geodns_config_toml(&at)?,
+                "purge-api" => {
+                    let log = topology.purge_api.log.clone();
+                    topology.purge_api_config_toml(&log.unwrap_or("purge.redb".into()), &at)?
+                }
+                _ => topology.node_config_toml(&node, &at)?,
+            };
+            print!("{text}");
         }
         Command::Edge {
             config: path,

@@ -411,6 +411,27 @@ impl Topology {
         Ok(text)
     }
 
+    /// The GeoDNS server's config file, as `cdn geodns --config` reads it (`cdn config
+    /// geodns`, and what `cdn up --processes` runs it with).
+    pub fn geodns_config_toml(&self, at: &Placement) -> Result<String, TopologyError> {
+        let config = self.geodns_config(self.geodns.listen, self.geodns.admin, at)?;
+        let text = toml::to_string(&config).map_err(|e| refused("GeoDNS", e))?;
+        GeoDnsConfig::from_toml(&text).map_err(|e| refused("GeoDNS", e))?;
+        Ok(text)
+    }
+
+    /// The purge API's config file, its log at `log`, as `cdn purge-api --config` reads it.
+    pub fn purge_api_config_toml(
+        &self,
+        log: &Path,
+        at: &Placement,
+    ) -> Result<String, TopologyError> {
+        let config = self.purge_api_config(self.purge_api.listen, log, at)?;
+        let text = toml::to_string(&config).map_err(|e| refused("purge API", e))?;
+        PurgeApiConfig::from_toml(&text).map_err(|e| refused("purge API", e))?;
+        Ok(text)
+    }
+
     /// The GeoDNS config: the zone with one customer name per site, the regions with their
     /// edges (answered by their public addresses, probed on their admin `/healthz`), and
     /// each region's client networks as overrides.
@@ -889,6 +910,14 @@ hosts = ["x.example"]"#,
             .node_config_toml("shield-1", &at)
             .expect("shield file");
         assert!(shield.contains("127.0.0.1:8081"), "{shield}");
+        let dns = topology.geodns_config_toml(&at).expect("GeoDNS file");
+        let dns = GeoDnsConfig::from_toml(&dns).expect("GeoDNS reads it");
+        assert_eq!(dns.regions.len(), 3);
+        let api = topology
+            .purge_api_config_toml(Path::new("/tmp/purge.redb"), &at)
+            .expect("purge API file");
+        let api = PurgeApiConfig::from_toml(&api).expect("the purge API reads it");
+        assert_eq!(api.nodes.len(), 7);
         let err = topology
             .node_config_toml("mars-1", &at)
             .unwrap_err()

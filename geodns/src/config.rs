@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// The whole configuration of one GeoDNS server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeoDnsConfig {
     #[serde(default)]
@@ -30,7 +30,7 @@ pub struct GeoDnsConfig {
 }
 
 /// Listeners.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// UDP and TCP listener for queries.
@@ -54,7 +54,7 @@ impl Default for NodeConfig {
 }
 
 /// The zone this server is authoritative for.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZoneConfig {
     /// The zone apex, e.g. `cdn.example.net`.
@@ -79,7 +79,7 @@ pub struct ZoneConfig {
 }
 
 /// One name server of the zone.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NameServerConfig {
     pub name: String,
@@ -88,7 +88,7 @@ pub struct NameServerConfig {
 }
 
 /// How clients are located.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeoConfig {
     /// A MaxMind-format City database (GeoLite2-City, DB-IP City Lite); optional.
@@ -105,7 +105,7 @@ pub struct GeoConfig {
 }
 
 /// A network pinned to a region.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OverrideConfig {
     pub cidr: ipnet::IpNet,
@@ -113,7 +113,7 @@ pub struct OverrideConfig {
 }
 
 /// Active probes of every edge.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     #[serde(with = "humantime_serde")]
@@ -138,7 +138,7 @@ impl Default for HealthConfig {
 }
 
 /// A region: where it is, and its edges.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegionConfig {
     /// A DNS label: the region answers as `<name>.edge.<zone>`.
@@ -158,7 +158,7 @@ pub struct RegionConfig {
 }
 
 /// One edge node of a region.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
     /// The address clients connect to (an A or AAAA record).
@@ -171,7 +171,7 @@ pub struct EdgeConfig {
 }
 
 /// A customer name in the zone.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerConfig {
     /// Label(s) under the zone, e.g. `publisher` for `publisher.cdn.example.net`.

@@ -197,7 +197,7 @@ pub enum ConfigError {
 }
 
 /// A publisher's purge rate limits (`[publishers.<name>.rate]`, or the default for all).
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateConfig {
     /// Purge requests refilled per second.
@@ -433,7 +433,7 @@ impl Admission {
 }
 
 /// The commit queue's configuration (`[purge_api.queue]`).
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Most purges accepted but not yet durable in the log, all publishers together.

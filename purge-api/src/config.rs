@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::admission::{QueueConfig, RateConfig};
 
 /// The whole configuration of the purge API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PurgeApiConfig {
     /// Publishers' API (and the nodes' `/v1/purge-log`), plus `/healthz` and `/metrics`.
@@ -44,7 +44,7 @@ pub struct PurgeApiConfig {
 }
 
 /// Where and how long purges are kept.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `embedded` (a local file, this API pushes purges to the nodes) or `nats` (a NATS
@@ -66,7 +66,7 @@ pub struct LogConfig {
 }
 
 /// Which purge log the API uses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogEngine {
     /// One local `redb` file: one API instance, which pushes purges to every node.
@@ -78,7 +78,7 @@ pub enum LogEngine {
 }
 
 /// The NATS JetStream purge stream (`[log.nats]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsLogConfig {
     /// NATS servers of this region (`nats://host:4222`).
@@ -114,7 +114,7 @@ fn default_ack_timeout() -> Duration {
 }
 
 /// A node purges are pushed to (embedded log) or whose watermark is reported (NATS).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub name: String,
@@ -124,14 +124,14 @@ pub struct NodeConfig {
     pub admin: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     pub name: String,
     pub hosts: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublisherConfig {
     pub name: String,
@@ -145,7 +145,7 @@ pub struct PublisherConfig {
 }
 
 /// Limits on one request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest request body, which is also what bounds one purge: at most
