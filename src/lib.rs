@@ -2,8 +2,9 @@
 //! crate of its own.
 //!
 //! - [`topology`]: the one TOML file describing a whole CDN, and each component's part of it.
-//! - [`up`]: `cdn up`, every component of a topology in one process; [`endpoints`]: where
-//!   they listen, as `cdn up --endpoints` writes it.
+//! - [`up`]: `cdn up`, every component of a topology in one process; [`supervise`]:
+//!   `cdn up --processes`, each component a supervised process of its own; [`endpoints`]:
+//!   where they listen, as `cdn up --endpoints` writes it.
 //! - [`drill`]: `cdn drill`, a regional failover drill against a running topology.
 //! - [`warm`]: `cdn warm`, filling one region's caches with another's hottest objects.
 //! - [`console`]: the operator console, a web page showing a running topology live.
@@ -15,6 +16,7 @@ pub mod demo_origin;
 pub mod drill;
 pub mod endpoints;
 pub mod node_admin;
+pub mod supervise;
 pub mod topology;
 pub mod up;
 pub mod warm;

@@ -9,6 +9,7 @@ use cdn::console::{ConsoleOptions, ConsoleServer};
 use cdn::demo_origin::DemoOrigin;
 use cdn::drill::DrillOptions;
 use cdn::endpoints::Endpoints;
+use cdn::supervise::Supervisor;
 use cdn::topology::Topology;
 use cdn::up::{Disks, Up};
 use cdn::warm::{Source, WarmOptions};
@@ -134,6 +135,11 @@ enum Command {
         /// or any free port when the topology asks for port 0 somewhere.
         #[arg(long, value_name = "ADDR")]
         console: Option<SocketAddr>,
+        /// Run every edge, shield, GeoDNS, the purge API and the origin as an OS process of
+        /// its own (this binary), supervised: restarted when one exits unasked, all stopped
+        /// on Ctrl-C, each one's log lines prefixed with its name.
+        #[arg(long)]
+        processes: bool,
     },
     /// Serve the operator console for a running topology: a web page showing regions,
     /// health, load, hit ratios, GeoDNS answers, purges and drills live.
@@ -251,6 +257,7 @@ async fn main() -> anyhow::Result<()> {
             cache_dir,
             access_log,
             console,
+            processes,
         } => {
             let args = match (&endpoints, &topology.config, topology.port_base) {
                 (Some(path), _, _) => format!(" --endpoints {}", path.display()),
@@ -297,7 +304,11 @@ async fn main() -> anyhow::Result<()> {
                         .context("the port base leaves no room for the console's port: pass --console ADDR")?,
                 )),
             };
-            let mut up = Up::start_with_disks(&first, disks).await?;
+            let mut up = if processes {
+                Running::Processes(Box::new(Supervisor::start(&first, disks).await?))
+            } else {
+                Running::InProcess(Box::new(Up::start_with_disks(&first, disks).await?))
+            };
             let console = ConsoleServer::start(
                 up.endpoints().clone(),
                 console_addr,
@@ -305,7 +316,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             up.set_console(console.url());
-            let write_endpoints = |up: &Up| -> anyhow::Result<()> {
+            let write_endpoints = |up: &Running| -> anyhow::Result<()> {
                 if let Some(path) = &endpoints {
                     std::fs::write(path, up.endpoints().to_json())
                         .with_context(|| format!("cannot write endpoints to {}", path.display()))?;
@@ -426,11 +437,30 @@ async fn main() -> anyhow::Result<()> {
             shutdown_signal().await;
             server.shutdown().await;
         }
-        Command::PurgeApi { config } => {
-            let config = PurgeApiConfig::from_file(&config)?;
+        Command::PurgeApi { config: path } => {
+            let config = PurgeApiConfig::from_file(&path)?;
             let server = PurgeApiServer::start(config).await?;
             println!("purge API on http://{}", server.addr());
-            shutdown_signal().await;
+            let stopped = shutdown_signal();
+            tokio::pin!(stopped);
+            let mut reloads = Reloads::new(Some(path.clone()));
+            loop {
+                tokio::select! {
+                    () = &mut stopped => break,
+                    () = reloads.next() => {}
+                }
+                // Who may purge what changes live; the rest is what the API started with.
+                let result = PurgeApiConfig::from_file(&path)
+                    .and_then(|next| server.reload_directory(next.sites, next.publishers));
+                match result {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "sites and publishers reloaded")
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "reload refused; the running config stays")
+                    }
+                }
+            }
             server.shutdown().await;
         }
         Command::Origin { listen } => {
@@ -443,6 +473,53 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `cdn up`'s topology, in one process or as supervised processes.
+enum Running {
+    InProcess(Box<Up>),
+    Processes(Box<Supervisor>),
+}
+
+impl Running {
+    fn endpoints(&self) -> &Endpoints {
+        match self {
+            Running::InProcess(up) => up.endpoints(),
+            Running::Processes(supervisor) => supervisor.endpoints(),
+        }
+    }
+
+    fn set_console(&mut self, url: String) {
+        match self {
+            Running::InProcess(up) => up.set_console(url),
+            Running::Processes(supervisor) => supervisor.set_console(url),
+        }
+    }
+
+    fn banner(&self, args: &str) -> String {
+        match self {
+            Running::InProcess(up) => up.banner(args),
+            Running::Processes(supervisor) => supervisor.banner(args),
+        }
+    }
+
+    /// Puts `next` in service; says what changed.
+    fn reload(&mut self, next: &cdn::topology::Topology) -> anyhow::Result<String> {
+        match self {
+            Running::InProcess(up) => Ok(up.reload(next)?.to_string()),
+            Running::Processes(supervisor) => {
+                supervisor.reload(next)?;
+                Ok("every process's config file rewritten; each reloads its own".into())
+            }
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Running::InProcess(up) => up.shutdown().await,
+            Running::Processes(supervisor) => supervisor.shutdown().await,
+        }
+    }
 }
 
 /// How long a new process waits for the node it took over to exit, when it must (a disk

@@ -93,7 +93,11 @@ pub enum Disks {
 const UP_DISK_SIZE: bytesize::ByteSize = bytesize::ByteSize::gib(1);
 
 /// `config` with a disk tier in `root/name`, unless its topology gave it one.
-fn with_disk(mut config: edge::EdgeConfig, root: Option<&Path>, name: &str) -> edge::EdgeConfig {
+pub(crate) fn with_disk(
+    mut config: edge::EdgeConfig,
+    root: Option<&Path>,
+    name: &str,
+) -> edge::EdgeConfig {
     if let Some(root) = root
         && config.cache.disk.is_none()
     {

@@ -13,6 +13,13 @@ use support::local_cdn::topology_text;
 
 const CDN: &str = env!("CARGO_BIN_EXE_cdn");
 
+/// Topology tweaks that add a site, `more`, and let the demo publisher purge it.
+const MORE_SITE: (&str, &str) = (
+    "[[publisher]]",
+    "[[site]]\nname = \"more\"\ncname = \"more\"\nhosts = [\"more.publisher.example\"]\norigins = [\"demo\"]\n\n[[publisher]]",
+);
+const MORE_PUBLISHED: (&str, &str) = ("sites = [\"demo\"]", "sites = [\"demo\", \"more\"]");
+
 /// A `cdn up` child process, killed if the test fails before stopping it.
 struct UpProcess(Child);
 
@@ -43,26 +50,6 @@ fn http_get(url: &str) -> serde_json::Value {
     let (head, body) = response.split_once("\r\n\r\n").expect("a head");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
-}
-
-/// The status `GET target` with `Host: host` gets from `at` (0 when it gets none).
-fn status_of(at: std::net::SocketAddr, host: &str, target: &str) -> u16 {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(at) else {
-        return 0;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = write!(
-        stream,
-        "GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    );
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    String::from_utf8_lossy(&response)
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Waits (bounded) for a child to exit, returning whether it succeeded.
@@ -252,13 +239,7 @@ fn up_drill_warm_and_ctrl_c_as_separate_processes() {
 
     // A site added to the topology file, then SIGHUP: every edge serves it, and the
     // endpoints file names it.
-    let more = topology_text(&[
-        (
-            "[[publisher]]",
-            "[[site]]\nname = \"more\"\ncname = \"more\"\nhosts = [\"more.publisher.example\"]\norigins = [\"demo\"]\n\n[[publisher]]",
-        ),
-        ("sites = [\"demo\"]", "sites = [\"demo\", \"more\"]"),
-    ]);
+    let more = topology_text(&[MORE_SITE, MORE_PUBLISHED]);
     std::fs::write(&config, more).expect("write topology");
     let hup = Command::new("kill")
         .args(["-HUP", &up.0.id().to_string()])
@@ -267,18 +248,31 @@ fn up_drill_warm_and_ctrl_c_as_separate_processes() {
     assert!(hup.success());
     let edge = endpoints.edges().next().expect("an edge").1.public;
     let deadline = Instant::now() + Duration::from_secs(15);
-    while status_of(edge, "more.publisher.example", "/obj/m.bin") != 200 {
+    let get_more =
+        "GET /obj/m.bin HTTP/1.1\r\nHost: more.publisher.example\r\nConnection: close\r\n\r\n";
+    while request(edge, get_more).0 != 200 {
         assert!(
             Instant::now() < deadline,
             "the reloaded topology's site is not served"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let reloaded = Endpoints::from_file(&endpoints_file).expect("endpoints rewritten");
-    assert!(
-        reloaded.sites.iter().any(|s| s.name == "more"),
-        "{reloaded:?}"
-    );
+    // The endpoints file is rewritten once every component took the new topology.
+    let rewritten = || {
+        Endpoints::from_file(&endpoints_file)
+            .ok()
+            .filter(|e| e.sites.iter().any(|s| s.name == "more"))
+    };
+    let reloaded = loop {
+        if let Some(reloaded) = rewritten() {
+            break reloaded;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the endpoints file names the new site"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(
         reloaded.console, endpoints.console,
         "the console's URL stays"
@@ -358,4 +352,189 @@ fn the_process_log_is_plain_text_off_a_terminal_and_json_on_request() {
     assert_eq!(object["level"], "INFO", "{json}");
     assert_eq!(object["fields"]["message"], "listening", "{json}");
     assert_eq!(object["fields"]["node"], "edge-log", "{json}");
+}
+
+/// The processes of `cdn up --processes` whose config file is under `dir` and names
+/// `component`.
+fn pids_of(run_dir: &str, component: &str) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("{run_dir}/{component}.toml")])
+        .output()
+        .expect("pgrep runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// One request (`raw`, whole) over a plain socket: the answer's status (0 when there is
+/// none) and text.
+fn request(at: std::net::SocketAddr, raw: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(at) else {
+        return (0, String::new());
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    stream.write_all(raw.as_bytes()).expect("sent");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[test]
+fn up_processes_restarts_a_killed_edge_with_purges_caught_up_and_reloads_each_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("topology.toml");
+    let endpoints_file = dir.path().join("endpoints.json");
+    std::fs::write(&config, topology_text(&[])).expect("write topology");
+    let mut up = UpProcess(
+        Command::new(CDN)
+            .args(["up", "--processes", "--config"])
+            .arg(&config)
+            .arg("--endpoints")
+            .arg(&endpoints_file)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cdn up starts"),
+    );
+    let stdout = up.0.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut banner = String::new();
+    for line in lines.by_ref().take(100) {
+        let line = line.expect("banner line");
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.starts_with("Ctrl-C stops everything") {
+            break;
+        }
+    }
+    // Keep reading what the processes print, so none ever blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let run_dir = banner
+        .split("config files in ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_else(|| panic!("{banner}"))
+        .trim()
+        .to_owned();
+    let endpoints = Endpoints::from_file(&endpoints_file).expect("endpoints written");
+    let edge = endpoints
+        .edges()
+        .find(|(_, e)| e.name == "eu-west-1")
+        .expect("eu-west-1")
+        .1
+        .clone();
+    for component in ["eu-west-1", "us-east-2", "shield-1", "geodns", "purge-api"] {
+        assert_eq!(
+            pids_of(&run_dir, component).len(),
+            1,
+            "{component} runs alone"
+        );
+    }
+
+    let target = "/obj/restart.bin";
+    let get = format!("GET {target} HTTP/1.1\r\nHost: demo.cdn.test\r\nConnection: close\r\n\r\n");
+    assert_eq!(request(edge.public, &get).0, 200);
+    let (_, hit) = request(edge.public, &get);
+    assert!(hit.to_ascii_lowercase().contains("; hit"), "{hit}");
+
+    // The edge is killed; while it is down (the restart backoff is a second), its object
+    // is purged.
+    let killed = pids_of(&run_dir, "eu-west-1");
+    let kill = Command::new("kill")
+        .args(["-KILL", &killed[0].to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success());
+    let api: std::net::SocketAddr = endpoints
+        .purge_api
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the API's address");
+    let body = format!(r#"{{"site":"demo","urls":["http://demo.cdn.test{target}"]}}"#);
+    let token = &endpoints.publisher.as_ref().expect("a publisher").token;
+    let (status, accepted) = request(
+        api,
+        &format!(
+            "POST /v1/purge HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(status, 202, "{accepted}");
+
+    // Restarted without anyone asking, healthy, and the purge applied on it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = pids_of(&run_dir, "eu-west-1");
+        let healthy = request(
+            edge.admin,
+            "GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .0 == 200;
+        if now.len() == 1 && now != killed && healthy {
+            break;
+        }
+        assert!(Instant::now() < deadline, "eu-west-1 did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, after) = request(edge.public, &get);
+    assert_eq!(status, 200);
+    assert!(
+        !after.to_ascii_lowercase().contains("; hit"),
+        "purged while the edge was down: {after}"
+    );
+
+    // A topology reload: every process's file is rewritten and each reloads its own.
+    std::fs::write(&config, topology_text(&[MORE_SITE, MORE_PUBLISHED])).expect("write");
+    let hup = Command::new("kill")
+        .args(["-HUP", &up.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(hup.success());
+    let get_more =
+        "GET /obj/m.bin HTTP/1.1\r\nHost: more.publisher.example\r\nConnection: close\r\n\r\n";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while request(edge.public, get_more).0 != 200 {
+        assert!(Instant::now() < deadline, "the new site is not served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let body = r#"{"site":"more","urls":["http://more.publisher.example/obj/m.bin"]}"#;
+    let purge_more = format!(
+        "POST /v1/purge HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    while request(api, &purge_more).0 != 202 {
+        assert!(
+            Instant::now() < deadline,
+            "the purge API does not take the new site"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let interrupted = Command::new("kill")
+        .args(["-INT", &up.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(interrupted.success());
+    assert_eq!(
+        wait_exit(&mut up.0, Duration::from_secs(30)),
+        Some(true),
+        "cdn up --processes exits cleanly on Ctrl-C"
+    );
+    for component in ["eu-west-1", "shield-1", "geodns", "purge-api", "origin"] {
+        assert!(
+            pids_of(&run_dir, component).is_empty(),
+            "{component} stopped"
+        );
+    }
 }
