@@ -25,6 +25,10 @@ pub struct Endpoints {
     pub publisher: Option<PublisherEndpoint>,
     /// The nodes' admin secret (`cdn-node-token`): drills and warming need it.
     pub node_token: String,
+    /// `cdn up --processes`'s control listener (`http://host:port`: `/v1/processes`), which
+    /// a drill kills and restarts nodes through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<String>,
     /// The operator console's URL (`http://host:port/`), when `cdn up` serves one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<String>,
@@ -142,6 +146,7 @@ impl Endpoints {
             }),
             node_token: topology.topology.node_token.clone(),
             console: None,
+            supervisor: None,
         }
     }
 

@@ -5,12 +5,14 @@
 //! - [`up`]: `cdn up`, every component of a topology in one process; [`supervise`]:
 //!   `cdn up --processes`, each component a supervised process of its own; [`endpoints`]:
 //!   where they listen, as `cdn up --endpoints` writes it.
-//! - [`drill`]: `cdn drill`, a regional failover drill against a running topology.
+//! - [`drill`]: `cdn drill`, a regional failover drill against a running topology, with
+//!   [`clients`], the synthetic browsers whose requests it measures.
 //! - [`warm`]: `cdn warm`, filling one region's caches with another's hottest objects.
 //! - [`console`]: the operator console, a web page showing a running topology live.
 //! - [`node_admin`]: the client of the nodes' admin API those commands use.
 //! - [`demo_origin`]: an origin serving generated assets, for `cdn up`, tests and benches.
 
+pub mod clients;
 pub mod console;
 pub mod demo_origin;
 pub mod drill;

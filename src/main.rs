@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cdn::console::{ConsoleOptions, ConsoleServer};
 use cdn::demo_origin::DemoOrigin;
-use cdn::drill::DrillOptions;
+use cdn::drill::{self, DrillOptions};
 use cdn::endpoints::Endpoints;
 use cdn::supervise::Supervisor;
 use cdn::topology::Topology;
@@ -168,6 +168,21 @@ enum Command {
         /// Give up when failover or recovery takes longer than this.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// How the region fails: drain (health checks fail, the edges keep serving) or
+        /// kill (SIGKILL to every edge process; needs `cdn up --processes`).
+        #[arg(long, value_enum, default_value = "drain")]
+        mode: drill::Mode,
+        /// Run the region's clients through the drill at this many requests per second
+        /// (resolving through GeoDNS, caching answers for their TTL, Zipf over 2,000 URLs),
+        /// and report what they saw per phase.
+        #[arg(long, value_name = "RATE")]
+        load: Option<f64>,
+        /// Warm the region from the one its clients failed over to before they come back.
+        #[arg(long)]
+        warm_before_restore: bool,
+        /// Write the report as JSON here.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
     },
     /// Fill a region's caches with another region's hottest objects (or a URL list) before
     /// moving traffic to it; bounded concurrency, paced to a rate.
@@ -365,14 +380,24 @@ async fn main() -> anyhow::Result<()> {
             endpoints,
             poll,
             timeout,
+            mode,
+            load,
+            warm_before_restore,
+            report,
         } => {
             let endpoints = topology.endpoints(endpoints.as_deref())?;
             let options = DrillOptions {
                 poll,
                 timeout,
+                mode,
+                load: load.map(|rate| cdn::clients::Load {
+                    rate,
+                    ..Default::default()
+                }),
+                warm_before_restore: warm_before_restore.then(WarmOptions::default),
                 ..DrillOptions::default()
             };
-            terminal::drill(&endpoints, &region, &options).await?;
+            terminal::drill(&endpoints, &region, &options, report.as_deref()).await?;
         }
         Command::Warm {
             from,

@@ -116,6 +116,23 @@ impl NodeAdmin {
         self.post(node, admin, "/v1/resume").await
     }
 
+    /// Kills process `name` of `cdn up --processes` (the supervisor's control listener at
+    /// `control`), which keeps it down until [`NodeAdmin::start_process`].
+    pub async fn kill_process(&self, control: SocketAddr, name: &str) -> Result<(), AdminError> {
+        self.post("supervisor", control, &format!("/v1/processes/{name}/kill"))
+            .await
+    }
+
+    /// Lets the supervisor start process `name` again.
+    pub async fn start_process(&self, control: SocketAddr, name: &str) -> Result<(), AdminError> {
+        self.post(
+            "supervisor",
+            control,
+            &format!("/v1/processes/{name}/start"),
+        )
+        .await
+    }
+
     /// The node's `limit` most requested objects.
     pub async fn hot(
         &self,

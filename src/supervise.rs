@@ -60,6 +60,8 @@ pub struct Supervisor {
     _run: Option<tempfile::TempDir>,
     run_dir: PathBuf,
     stop: watch::Sender<bool>,
+    /// The control listener's task (`/v1/processes`).
+    control: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -130,6 +132,7 @@ impl Supervisor {
             _run: Some(run),
             run_dir: run_dir.clone(),
             stop,
+            control: None,
         };
         if let Some(origin) = at.origin {
             supervisor
@@ -169,7 +172,44 @@ impl Supervisor {
                 .await?;
         }
         supervisor.launch("geodns", run("geodns", "geodns")).await?;
+        supervisor
+            .serve_control(&topology.topology.node_token)
+            .await?;
         Ok(supervisor)
+    }
+
+    /// The control listener on 127.0.0.1 (any free port; its URL in the endpoints as
+    /// `supervisor`), with the node token: what a drill uses to kill a node on purpose
+    /// (held down, not restarted) and start it again.
+    ///
+    /// - `GET /v1/processes`: every component, its pid, starts and whether it is held.
+    /// - `POST /v1/processes/{name}/kill`: hold it, then SIGKILL.
+    /// - `POST /v1/processes/{name}/start`: release it (started at once if down).
+    async fn serve_control(&mut self, token: &str) -> anyhow::Result<()> {
+        use axum::routing::{get, post};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("cannot bind the supervisor's control listener")?;
+        let addr = listener.local_addr()?;
+        let control = Arc::new(Control {
+            components: self.components.clone(),
+            token: token.to_owned(),
+        });
+        let app = axum::Router::new()
+            .route("/v1/processes", get(list))
+            .route("/v1/processes/{name}/kill", post(kill))
+            .route("/v1/processes/{name}/start", post(start))
+            .with_state(control);
+        let mut stop = self.stop.subscribe();
+        self.control = Some(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                })
+                .await;
+        }));
+        self.endpoints.supervisor = Some(format!("http://{addr}"));
+        Ok(())
     }
 
     /// Writes every component's config file for `topology` (ports fixed), returning
@@ -237,7 +277,10 @@ impl Supervisor {
             region.edges = was.edges.clone();
         }
         self.write_configs(&fixed)?;
-        let console = self.endpoints.console.take();
+        let (console, control) = (
+            self.endpoints.console.take(),
+            self.endpoints.supervisor.take(),
+        );
         self.endpoints = Endpoints::new(
             &fixed,
             &fixed.planned(),
@@ -248,6 +291,7 @@ impl Supervisor {
             fixed.purge_api.listen,
         );
         self.endpoints.console = console;
+        self.endpoints.supervisor = control;
         self.given = next.clone();
         self.fixed = fixed;
         Ok(())
@@ -318,19 +362,12 @@ impl Supervisor {
 
     /// Keeps component `name` down once it exits (a drill about to kill it).
     pub fn hold(&self, name: &str) -> bool {
-        self.component(name)
-            .map(|c| c.held.store(true, Ordering::Release))
-            .is_some()
+        self.component(name).map(|c| c.hold()).is_some()
     }
 
     /// Lets component `name` be started again (at once if it is down).
     pub fn release(&self, name: &str) -> bool {
-        self.component(name)
-            .map(|c| {
-                c.held.store(false, Ordering::Release);
-                c.released.notify_one();
-            })
-            .is_some()
+        self.component(name).map(|c| c.release()).is_some()
     }
 
     fn component(&self, name: &str) -> Option<&Arc<Component>> {
@@ -341,6 +378,9 @@ impl Supervisor {
     /// the origin), each given [`STOP_TIMEOUT`] to finish before it is killed.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        if let Some(control) = self.control {
+            let _ = control.await;
+        }
         for component in self.components.iter().rev() {
             let task = component
                 .task
@@ -355,6 +395,15 @@ impl Supervisor {
 }
 
 impl Component {
+    fn hold(&self) {
+        self.held.store(true, Ordering::Release);
+    }
+
+    fn release(&self) {
+        self.held.store(false, Ordering::Release);
+        self.released.notify_one();
+    }
+
     /// Starts the process and waits (bounded) for its first line on stdout, which says it
     /// serves; forwards the rest of its output with its name in front.
     async fn spawn(&self) -> anyhow::Result<Child> {
@@ -389,6 +438,108 @@ impl Component {
             }
         }
     }
+}
+
+/// What the control listener works on.
+struct Control {
+    components: Vec<Arc<Component>>,
+    token: String,
+}
+
+impl Control {
+    /// The component `name`, or the answer saying why not (a wrong token, no such name).
+    fn component(
+        &self,
+        headers: &http::HeaderMap,
+        name: &str,
+    ) -> Result<&Arc<Component>, (http::StatusCode, String)> {
+        self.authorized(headers)?;
+        self.components
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.components.iter().map(|c| c.name.as_str()).collect();
+                (
+                    http::StatusCode::NOT_FOUND,
+                    format!(
+                        "no process {name:?}; the processes are {}",
+                        known.join(", ")
+                    ),
+                )
+            })
+    }
+
+    fn authorized(&self, headers: &http::HeaderMap) -> Result<(), (http::StatusCode, String)> {
+        let given = headers
+            .get(node_api::headers::NODE_TOKEN)
+            .map(http::HeaderValue::as_bytes);
+        if given.is_some_and(|t| node_api::purge::tokens_match(t, self.token.as_bytes())) {
+            Ok(())
+        } else {
+            Err((
+                http::StatusCode::UNAUTHORIZED,
+                "send the topology's node token in cdn-node-token".into(),
+            ))
+        }
+    }
+}
+
+/// A process as the control listener lists it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProcessState {
+    pub name: String,
+    /// 0 while it is down.
+    pub pid: u32,
+    pub starts: u32,
+    pub held: bool,
+}
+
+type ControlState = axum::extract::State<Arc<Control>>;
+type ControlAnswer = Result<axum::Json<serde_json::Value>, (http::StatusCode, String)>;
+
+async fn list(
+    axum::extract::State(control): ControlState,
+    headers: http::HeaderMap,
+) -> Result<axum::Json<Vec<ProcessState>>, (http::StatusCode, String)> {
+    control.authorized(&headers)?;
+    Ok(axum::Json(
+        control
+            .components
+            .iter()
+            .map(|c| ProcessState {
+                name: c.name.clone(),
+                pid: c.pid.load(Ordering::Acquire),
+                starts: c.starts.load(Ordering::Acquire),
+                held: c.held.load(Ordering::Acquire),
+            })
+            .collect(),
+    ))
+}
+
+async fn kill(
+    axum::extract::State(control): ControlState,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: http::HeaderMap,
+) -> ControlAnswer {
+    let component = control.component(&headers, &name)?;
+    component.hold();
+    let pid = component.pid.load(Ordering::Acquire);
+    if pid != 0 {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    tracing::warn!(component = %name, pid, "killed on request; held down until started");
+    Ok(axum::Json(serde_json::json!({ "killed": pid })))
+}
+
+async fn start(
+    axum::extract::State(control): ControlState,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: http::HeaderMap,
+) -> ControlAnswer {
+    control.component(&headers, &name)?.release();
+    Ok(axum::Json(serde_json::json!({ "started": name })))
 }
 
 /// Forwards a process's output, each line with the process's name in front.

@@ -12,6 +12,7 @@ pub async fn drill(
     endpoints: &Endpoints,
     region: &str,
     options: &DrillOptions,
+    report_file: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let spinner = ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(100));
@@ -32,9 +33,27 @@ pub async fn drill(
             answer.region,
             list(&answer.addresses)
         )),
+        Progress::Loading { clients, rate } => say(format!(
+            "{} {clients} clients of {region} fetching at {rate} requests/s",
+            stamp()
+        )),
         Progress::Drained { edges } => {
             say(format!("{} drained {}", stamp(), edges.join(", ")));
         }
+        Progress::Killed { edges } => {
+            say(format!("{} killed {}", stamp(), edges.join(", ")));
+        }
+        Progress::Restarted { edges } => {
+            say(format!("{} {} run again", stamp(), edges.join(", ")));
+        }
+        Progress::Warmed(warmed) => say(format!(
+            "{} warmed {} URLs into the region ({} filled, {} already cached, {} failed)",
+            stamp(),
+            warmed.urls,
+            warmed.filled,
+            warmed.already_cached,
+            warmed.failed
+        )),
         Progress::Waiting { elapsed, answer } => spinner.set_message(format!(
             "waiting {:.1}s: still answered {} ({})",
             elapsed.as_secs_f64(),
@@ -52,7 +71,10 @@ pub async fn drill(
             "{} {answers} answers checked after failover: {dead} held a drained edge",
             stamp()
         )),
-        Progress::Resumed => say(format!("{} resumed the region's edges", stamp())),
+        Progress::Resumed => say(format!(
+            "{} the region's edges are back in rotation",
+            stamp()
+        )),
         Progress::Recovered(leg) => say(format!(
             "{} clients are back on {} after {} ms",
             stamp(),
@@ -72,6 +94,37 @@ pub async fn drill(
         report.settled_answers,
         report.recovery.took.as_millis()
     );
+    if let Some(window) = report.failure_window {
+        println!(
+            "clients saw failures for {} ms (answer TTL {} s)",
+            window.as_millis(),
+            report.ttl
+        );
+    }
+    for phase in &report.phases {
+        let c = &phase.clients;
+        println!(
+            "  {:<12} {:>6} requests {:>5} failed  p50 {:>7.1} ms  p99 {:>7.1} ms  hits {:>5.1}%  served by {}{}",
+            phase.name,
+            c.requests,
+            c.failed(),
+            c.p50_ms,
+            c.p99_ms,
+            c.hit_ratio * 100.0,
+            c.served_by
+                .iter()
+                .map(|(region, n)| format!("{region} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            phase
+                .origin_requests
+                .map_or(String::new(), |n| format!("  origin {n}"))
+        );
+    }
+    if let Some(path) = report_file {
+        std::fs::write(path, serde_json::to_string_pretty(&report.to_json())?)
+            .map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", path.display()))?;
+    }
     if report.dead_answers > 0 {
         anyhow::bail!("GeoDNS answered with a drained edge after failing over");
     }

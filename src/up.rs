@@ -385,6 +385,12 @@ pub fn banner(e: &Endpoints, args: &str) -> String {
             "  console            {console}   (health, load, GeoDNS answers, purges, drills)"
         );
     }
+    if let Some(control) = &e.supervisor {
+        let _ = writeln!(
+            out,
+            "  supervisor         {control}/v1/processes   (kill and start processes: drills)"
+        );
+    }
     let Some(site) = e.sites.first() else {
         return out;
     };

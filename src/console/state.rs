@@ -726,6 +726,7 @@ mod tests {
                 .iter()
                 .map(|e| e.public.ip())
                 .collect(),
+            ttl: 20,
         }
     }
 

@@ -100,6 +100,7 @@ async fn a_drill_moves_a_regions_clients_to_the_nearest_region_and_back() {
         poll: Duration::from_millis(20),
         timeout: Duration::from_secs(15),
         settle: Duration::from_millis(600),
+        ..DrillOptions::default()
     };
     let mut events = 0;
     let report = drill::run(cdn.endpoints(), "eu-west", &options, |_| events += 1)
