@@ -89,6 +89,8 @@ pub struct GeoDnsSection {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub default_region: String,
+    /// GeoDNS's `zone.ttl`: the TTL of every answer whose site or region sets none
+    /// (GeoDNS's default, 20 s, when unset too).
     #[serde(default)]
     pub ttl: Option<u32>,
     /// A MaxMind-format City database, to locate clients outside the regions' networks.
@@ -164,6 +166,10 @@ pub struct Region {
     /// Share of the region's clients sent elsewhere while it is over capacity.
     #[serde(default)]
     pub spill: Option<f64>,
+    /// TTL of GeoDNS's answers with this region's edge addresses; `[geodns] ttl` when
+    /// unset. Shorter: its clients leave it sooner when it fails, at more queries.
+    #[serde(default)]
+    pub ttl: Option<u32>,
     pub edges: Vec<Node>,
 }
 
@@ -184,6 +190,10 @@ pub struct Site {
     /// The label GeoDNS answers for this site under the zone (default: the site's name).
     #[serde(default)]
     pub cname: Option<String>,
+    /// TTL of GeoDNS's CNAME for `<cname>.<zone>`; `[geodns] ttl` when unset. The
+    /// region's addresses after it keep the region's TTL.
+    #[serde(default)]
+    pub ttl: Option<u32>,
     /// Host names besides `<cname>.<zone>`.
     #[serde(default)]
     pub hosts: Vec<String>,
@@ -479,6 +489,7 @@ impl Topology {
                 if let Some(spill) = region.spill {
                     config.spill = spill;
                 }
+                config.ttl = region.ttl;
                 config
             })
             .collect();
@@ -486,7 +497,8 @@ impl Topology {
             .sites
             .iter()
             .map(|site| dns::CustomerConfig {
-                name: site.cname.as_deref().unwrap_or(&site.name).to_owned(),
+                ttl: site.ttl,
+                ..dns::CustomerConfig::new(site.cname.as_deref().unwrap_or(&site.name))
             })
             .collect();
         let config = GeoDnsConfig {
@@ -913,6 +925,8 @@ hosts = ["x.example"]"#,
         let dns = topology.geodns_config_toml(&at).expect("GeoDNS file");
         let dns = GeoDnsConfig::from_toml(&dns).expect("GeoDNS reads it");
         assert_eq!(dns.regions.len(), 3);
+        assert_eq!(dns.zone.ttl, 20, "[geodns] ttl");
+        assert!(dns.regions.iter().all(|r| r.ttl.is_none()));
         let api = topology
             .purge_api_config_toml(Path::new("/tmp/purge.redb"), &at)
             .expect("purge API file");
@@ -924,6 +938,42 @@ hosts = ["x.example"]"#,
             .to_string();
         assert!(
             err.contains("no node \"mars-1\"") && err.contains("shield-1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn site_and_region_ttls_reach_the_geodns_config_file_and_the_rest_keep_the_zones() {
+        let text = DEFAULT_TOPOLOGY
+            .replace("ttl = 20\n", "ttl = 30\n")
+            .replace("name = \"us-east\"\n", "name = \"us-east\"\nttl = 5\n")
+            .replace("cname = \"demo\"\n", "cname = \"demo\"\nttl = 300\n");
+        let topology = Topology::from_toml(&text).expect("valid topology");
+        let file = topology
+            .geodns_config_toml(&topology.planned())
+            .expect("GeoDNS file");
+        // What `cdn up --processes` runs GeoDNS with: read back by GeoDNS's own parser.
+        let dns = GeoDnsConfig::from_toml(&file).unwrap_or_else(|e| panic!("{e}\n{file}"));
+        assert_eq!(dns.zone.ttl, 30);
+        let ttl = |name: &str| {
+            let region = dns.regions.iter().find(|r| r.name == name).expect(name);
+            (region.ttl, dns.region_ttl(region))
+        };
+        assert_eq!(ttl("us-east"), (Some(5), 5));
+        assert_eq!(ttl("eu-west"), (None, 30), "the zone's");
+        assert_eq!(dns.customers[0].ttl, Some(300));
+        assert_eq!(dns.customer_ttl(&dns.customers[0]), 300);
+
+        // GeoDNS's own rule holds for the topology's part, naming the region.
+        let zero =
+            DEFAULT_TOPOLOGY.replace("name = \"us-east\"\n", "name = \"us-east\"\nttl = 0\n");
+        let topology = Topology::from_toml(&zero).expect("the topology itself parses");
+        let err = topology
+            .geodns_config_toml(&topology.planned())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("region \"us-east\": ttl = 0 is out of range"),
             "{err}"
         );
     }

@@ -59,7 +59,10 @@ impl Default for NodeConfig {
 pub struct ZoneConfig {
     /// The zone apex, e.g. `cdn.example.net`.
     pub name: String,
-    /// TTL of steered answers (CNAMEs and edge addresses): short, so failover is fast.
+    /// TTL of steered answers (customer CNAMEs and region edge addresses) unless a
+    /// customer or region sets its own: short, so failover is fast. The trade-off: a
+    /// client keeps a dead region's answer up to this long after health checks notice,
+    /// while each resolver asks about each name about once per TTL (README.md, "TTL").
     #[serde(default = "default_ttl")]
     pub ttl: u32,
     /// Most edge addresses in one answer.
@@ -155,6 +158,11 @@ pub struct RegionConfig {
     /// Share of the region's clients sent elsewhere while it is over capacity.
     #[serde(default = "default_spill")]
     pub spill: f64,
+    /// TTL of the A/AAAA records owned by `<name>.edge.<zone>` (in a customer's answer
+    /// after its CNAME, or asked directly); `zone.ttl` when unset. See
+    /// [`GeoDnsConfig::region_ttl`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u32>,
 }
 
 /// One edge node of a region.
@@ -176,6 +184,13 @@ pub struct EdgeConfig {
 pub struct CustomerConfig {
     /// Label(s) under the zone, e.g. `publisher` for `publisher.cdn.example.net`.
     pub name: String,
+    /// TTL of this name's CNAME; `zone.ttl` when unset. The edge addresses after the
+    /// CNAME keep their region's TTL: a resolver caches the two records separately, so a
+    /// long CNAME TTL with a short region TTL still fails over at the region's pace, as
+    /// long as the region's name itself moves its answer. See
+    /// [`GeoDnsConfig::customer_ttl`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u32>,
 }
 
 impl ZoneConfig {
@@ -216,6 +231,17 @@ impl RegionConfig {
             edges,
             capacity: None,
             spill: default_spill(),
+            ttl: None,
+        }
+    }
+}
+
+impl CustomerConfig {
+    /// The customer name `name` under the zone, answered with the zone's TTL.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ttl: None,
         }
     }
 }
@@ -267,6 +293,11 @@ pub enum ConfigError {
     Invalid { field: String, message: String },
 }
 
+/// The TTLs a steered answer may carry, in seconds. 0 would ask resolvers not to cache at
+/// all (every client lookup a query here, and many resolvers raise it anyway); above a
+/// day a dead region's clients would be stranded for longer than anyone would wait.
+pub const TTL_RANGE: std::ops::RangeInclusive<u32> = 1..=86_400;
+
 /// The most regions one zone steers between (the steering code ranks them in a 128-bit set).
 pub const MAX_REGIONS: usize = 128;
 
@@ -310,6 +341,7 @@ impl GeoDnsConfig {
         if self.zone.nameservers.is_empty() {
             return Err(invalid("zone.nameservers", "list at least one name server"));
         }
+        check_ttl("zone.ttl", self.zone.ttl, "20, the default")?;
         if self.zone.max_answers == 0 {
             return Err(invalid("zone.max_answers", "must be at least 1"));
         }
@@ -350,6 +382,9 @@ impl GeoDnsConfig {
             if !(0.0..=1.0).contains(&region.spill) {
                 return Err(invalid(field, "spill must be a share in [0, 1]"));
             }
+            if let Some(ttl) = region.ttl {
+                check_ttl(&field, ttl, &self.zone_ttl_hint())?;
+            }
             for edge in &region.edges {
                 let uri: http::Uri = edge.probe.parse().map_err(|e| {
                     invalid(
@@ -383,20 +418,71 @@ impl GeoDnsConfig {
                 ));
             }
         }
+        let mut customers = std::collections::HashSet::new();
         for customer in &self.customers {
+            let field = format!("customer {:?}", customer.name);
             let ok = !customer.name.is_empty()
                 && customer.name.split('.').all(is_label)
                 && !customer.name.eq_ignore_ascii_case("edge")
                 && !customer.name.to_ascii_lowercase().ends_with(".edge");
             if !ok {
                 return Err(invalid(
-                    format!("customer {:?}", customer.name),
+                    field,
                     "must be DNS labels under the zone, outside the edge. subdomain",
                 ));
+            }
+            // One name, one answer: with per-customer TTLs a second entry could only
+            // contradict the first.
+            if !customers.insert(customer.name.to_ascii_lowercase()) {
+                return Err(invalid(field, "listed twice; keep one [[customer]] entry"));
+            }
+            if let Some(ttl) = customer.ttl {
+                check_ttl(&field, ttl, &self.zone_ttl_hint())?;
             }
         }
         Ok(())
     }
+
+    /// The TTL of `customer`'s CNAME: its own, else the zone's. The one place this is
+    /// decided; the zone and the UDP fast path both read it from there.
+    pub fn customer_ttl(&self, customer: &CustomerConfig) -> u32 {
+        customer.ttl.unwrap_or(self.zone.ttl)
+    }
+
+    /// The TTL of the addresses owned by `region`'s name (`<region>.edge.<zone>`): its
+    /// own, else the zone's. The owner decides, not the edges: while a dead region's name
+    /// answers with a neighbour's edges it keeps its own TTL, so its clients come back
+    /// at its pace once it recovers.
+    pub fn region_ttl(&self, region: &RegionConfig) -> u32 {
+        region.ttl.unwrap_or(self.zone.ttl)
+    }
+
+    fn zone_ttl_hint(&self) -> String {
+        format!("zone.ttl ({})", self.zone.ttl)
+    }
+}
+
+/// Refuses a TTL outside [`TTL_RANGE`], saying what to set instead (`fallback`: what
+/// leaving it out gives).
+fn check_ttl(field: &str, ttl: u32, fallback: &str) -> Result<(), ConfigError> {
+    if TTL_RANGE.contains(&ttl) {
+        return Ok(());
+    }
+    let why = if ttl == 0 {
+        "0 would ask resolvers not to cache the answer at all (every client lookup a query \
+         here, and many resolvers raise it anyway)"
+    } else {
+        "above a day, a failed region's clients would keep its answer that long"
+    };
+    Err(invalid(
+        field,
+        format!(
+            "ttl = {ttl} is out of range: {why}; set ttl between {} and {} seconds, or \
+             leave it out to use {fallback}",
+            TTL_RANGE.start(),
+            TTL_RANGE.end()
+        ),
+    ))
 }
 
 fn is_label(s: &str) -> bool {
@@ -437,6 +523,39 @@ mod tests {
         assert!(c.geo.ecs);
         assert_eq!(c.health.fall, 2);
         assert_eq!(c.regions[0].edges[0].weight, 1);
+        assert_eq!(c.regions[0].ttl, None);
+        assert_eq!(c.customers[0].ttl, None);
+    }
+
+    #[test]
+    fn a_site_or_region_ttl_overrides_the_zones_and_the_rest_keep_it() {
+        let text = MINIMAL
+            .replace("nameservers =", "ttl = 30\nnameservers =")
+            .replace("lon = 8.68", "lon = 8.68\nttl = 5")
+            .replace(
+                "name = \"publisher\"",
+                "name = \"publisher\"\nttl = 300\n[[customer]]\nname = \"shop\"",
+            );
+        let c = GeoDnsConfig::from_toml(&text).expect("valid");
+        assert_eq!(c.region_ttl(&c.regions[0]), 5);
+        assert_eq!(c.customer_ttl(&c.customers[0]), 300);
+        assert_eq!(c.customer_ttl(&c.customers[1]), 30, "the zone's");
+        let plain = GeoDnsConfig::from_toml(MINIMAL).expect("valid");
+        assert_eq!(
+            plain.region_ttl(&plain.regions[0]),
+            20,
+            "the zone's default"
+        );
+        assert_eq!(plain.customer_ttl(&plain.customers[0]), 20);
+        // What is set is written back, what is not stays out of the file.
+        let written = toml::to_string(&c).expect("serializes");
+        let read = GeoDnsConfig::from_toml(&written).expect("reads back");
+        assert_eq!(read.regions[0].ttl, Some(5));
+        assert_eq!(read.customers[0].ttl, Some(300));
+        assert_eq!(read.customers[1].ttl, None);
+        let plain_text = toml::to_string(&plain).expect("serializes");
+        let ttl_lines = plain_text.lines().filter(|l| l.starts_with("ttl = "));
+        assert_eq!(ttl_lines.count(), 1, "only the zone's: {plain_text}");
     }
 
     #[test]
@@ -478,6 +597,31 @@ mod tests {
             (
                 MINIMAL.replace("192.0.2.10\", probe", "not-an-ip\", probe"),
                 "address",
+            ),
+            (
+                MINIMAL.replace("lon = 8.68", "lon = 8.68\nttl = 0"),
+                "region \"eu\": ttl = 0 is out of range: 0 would ask resolvers not to cache",
+            ),
+            (
+                MINIMAL.replace("lon = 8.68", "lon = 8.68\nttl = 0"),
+                "set ttl between 1 and 86400 seconds, or leave it out to use zone.ttl (20)",
+            ),
+            (
+                MINIMAL.replace("name = \"publisher\"", "name = \"publisher\"\nttl = 0"),
+                "customer \"publisher\": ttl = 0 is out of range",
+            ),
+            (
+                MINIMAL.replace("name = \"publisher\"", "name = \"publisher\"\nttl = 86401"),
+                "customer \"publisher\": ttl = 86401 is out of range: above a day",
+            ),
+            (
+                MINIMAL.replace("nameservers =", "ttl = 0\nnameservers ="),
+                "zone.ttl: ttl = 0 is out of range",
+            ),
+            (MINIMAL.replace("lon = 8.68", "lon = 8.68\nttl = -5"), "ttl"),
+            (
+                format!("{MINIMAL}\n[[customer]]\nname = \"Publisher\"\nttl = 5\n"),
+                "customer \"Publisher\": listed twice",
             ),
         ] {
             let err = GeoDnsConfig::from_toml(&bad).expect_err(why).to_string();

@@ -25,10 +25,11 @@ const CNAME: u16 = 5;
 const OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 
-/// What a name in the zone is, for this path.
+/// What a name in the zone is, for this path: a customer or a region, by its index in
+/// the config (which also finds its TTL in the [`Zone`](crate::zone::Zone)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FastName {
-    Customer,
+    Customer(usize),
     Region(usize),
 }
 
@@ -133,7 +134,7 @@ pub fn answer(
     };
     let mut scope = 0u8;
     let region = match kind {
-        FastName::Customer => {
+        FastName::Customer(_) => {
             let located = state.locator.locate(client);
             scope = match (&located, &subnet) {
                 (
@@ -154,8 +155,14 @@ pub fn answer(
         return None; // NODATA with the SOA: the general path's business
     }
 
-    let [t0, t1, t2, t3] = state.zone_ttl.to_be_bytes();
-    let records = u16::try_from(usize::from(kind == FastName::Customer) + addresses.len()).ok()?;
+    // TTLs as the zone gives them: the CNAME its customer's, the addresses their owner
+    // name's region's (the asked region's, or the CNAME target's).
+    let (cname_ttl, owner_region) = match kind {
+        FastName::Customer(c) => (Some(state.zone.customer_ttl(c)), region),
+        FastName::Region(r) => (None, r),
+    };
+    let [t0, t1, t2, t3] = state.zone.region_ttl(owner_region).to_be_bytes();
+    let records = u16::try_from(usize::from(cname_ttl.is_some()) + addresses.len()).ok()?;
     let [r0, r1] = records.to_be_bytes();
     out.clear();
     #[rustfmt::skip]
@@ -167,11 +174,12 @@ pub fn answer(
     out.extend_from_slice(&packet[12..question_end]);
     // Owner of the address records: the question name, or the CNAME's target.
     let mut owner: u16 = 0xc00c;
-    if kind == FastName::Customer {
+    if let Some(ttl) = cname_ttl {
         let target = &state.region_wire_names[region];
         let [l0, l1] = u16::try_from(target.len()).ok()?.to_be_bytes();
+        let [c0, c1, c2, c3] = ttl.to_be_bytes();
         #[rustfmt::skip]
-        out.extend_from_slice(&[0xc0, 0x0c, 0, CNAME as u8, 0, CLASS_IN as u8, t0, t1, t2, t3, l0, l1]);
+        out.extend_from_slice(&[0xc0, 0x0c, 0, CNAME as u8, 0, CLASS_IN as u8, c0, c1, c2, c3, l0, l1]);
         owner = 0xc000 | u16::try_from(out.len()).ok().filter(|o| *o < 0x3fff)?;
         out.extend_from_slice(target);
     }
@@ -243,8 +251,7 @@ mod tests {
     use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
     use hickory_proto::rr::{Name, RData, RecordType};
 
-    fn state() -> State {
-        let text = r#"
+    const CONFIG: &str = r#"
             [zone]
             name = "cdn.test"
             nameservers = [{ name = "ns1.cdn.test", addresses = ["192.0.2.53"] }]
@@ -264,6 +271,12 @@ mod tests {
             [[customer]]
             name = "publisher"
         "#;
+
+    fn state() -> State {
+        state_of(CONFIG)
+    }
+
+    fn state_of(text: &str) -> State {
         let config = crate::config::GeoDnsConfig::from_toml(text).expect("valid");
         State::new(config, &Default::default()).expect("state")
     }
@@ -336,6 +349,31 @@ mod tests {
             .as_ref()
             .and_then(|e| e.option(hickory_proto::rr::rdata::opt::EdnsCode::Subnet));
         assert!(matches!(ecs, Some(EdnsOption::Subnet(s)) if s.scope_prefix() == 16));
+    }
+
+    #[test]
+    fn each_record_carries_the_ttl_of_its_owner_name() {
+        let text = CONFIG
+            .replace("lon = -77.0", "lon = -77.0\nttl = 5")
+            .replace(
+                "name = \"publisher\"",
+                "name = \"publisher\"\nttl = 300\n[[customer]]\nname = \"shop\"",
+            );
+        let s = state_of(&text);
+        let src: IpAddr = "127.0.0.1".parse().unwrap();
+        let ttls = |name: &str, ecs: &str| {
+            let q = packet(name, RecordType::A, Some((ecs.parse().unwrap(), 24)));
+            let mut out = Vec::new();
+            answer(&s, &q, src, &mut out, &mut Vec::new()).expect("fast path");
+            let reply = Message::from_vec(&out).expect("a valid message");
+            reply.answers.iter().map(|r| r.ttl).collect::<Vec<_>>()
+        };
+        // 10.1/16 goes to us (ttl 5), anything else to eu (the zone's 20).
+        assert_eq!(ttls("publisher.cdn.test.", "10.1.2.0"), [300, 5]);
+        assert_eq!(ttls("publisher.cdn.test.", "10.2.2.0"), [300, 20]);
+        assert_eq!(ttls("shop.cdn.test.", "10.1.2.0"), [20, 5]);
+        assert_eq!(ttls("us.edge.cdn.test.", "10.2.2.0"), [5]);
+        assert_eq!(ttls("eu.edge.cdn.test.", "10.1.2.0"), [20]);
     }
 
     #[test]

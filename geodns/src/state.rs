@@ -25,7 +25,6 @@ pub struct State {
     pub fast_names: FxHashMap<Vec<u8>, FastName>,
     /// `<region>.edge.<zone>` in wire form, by region index.
     pub region_wire_names: Vec<Vec<u8>>,
-    pub zone_ttl: u32,
     pub zone_max_answers: usize,
     pub config: GeoDnsConfig,
 }
@@ -69,10 +68,11 @@ impl State {
         let mut fast_names: FxHashMap<Vec<u8>, FastName> = config
             .customers
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 (
                     wire_name(&format!("{}.{zone_name}", c.name)),
-                    FastName::Customer,
+                    FastName::Customer(i),
                 )
             })
             .collect();
@@ -82,7 +82,6 @@ impl State {
         Ok(Self {
             fast_names,
             region_wire_names,
-            zone_ttl: config.zone.ttl,
             zone_max_answers: config.zone.max_answers,
             zone,
             regions,

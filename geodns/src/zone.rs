@@ -6,6 +6,12 @@
 //! one name per region (its healthy edges' A/AAAA), and the empty non-terminals above
 //! them. Every other name in the zone is NXDOMAIN with the SOA (RFC 2308); names outside
 //! it are REFUSED, since this server is authoritative only.
+//!
+//! TTLs: every record carries the TTL of its owner name, so a resolver caches each one
+//! for its own time. A customer's CNAME carries the customer's TTL
+//! ([`GeoDnsConfig::customer_ttl`]); the edge addresses after it, and those answered for
+//! a region's name, carry that region's ([`GeoDnsConfig::region_ttl`]). The SOA, the NS
+//! records, glue and negative answers keep their own fixed TTLs.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -39,13 +45,17 @@ pub struct Zone {
     ns: Vec<Record>,
     glue: HashMap<LowerName, Vec<IpAddr>>,
     glue_names: Vec<(Name, Vec<IpAddr>)>,
-    customers: HashSet<LowerName>,
+    /// Customer name -> its index in the config.
+    customers: HashMap<LowerName, usize>,
+    /// TTL of each customer's CNAME, by index.
+    customer_ttls: Vec<u32>,
+    /// TTL of the addresses owned by each region's name, by region index.
+    region_ttls: Vec<u32>,
     /// `<region>.edge.<zone>` -> region index.
     region_names: HashMap<LowerName, usize>,
     region_fqdns: Vec<Name>,
     /// Names that exist only because names below them do (RFC 8020: not NXDOMAIN).
     empty_non_terminals: HashSet<LowerName>,
-    ttl: u32,
     max_answers: usize,
 }
 
@@ -107,14 +117,14 @@ impl Zone {
             region_names.insert(LowerName::new(&name), i);
             region_fqdns.push(name);
         }
-        let mut customers = HashSet::new();
-        for customer in &config.customers {
-            customers.insert(LowerName::new(&under(&customer.name)?));
+        let mut customers = HashMap::new();
+        for (i, customer) in config.customers.iter().enumerate() {
+            customers.insert(LowerName::new(&under(&customer.name)?), i);
         }
         let apex_lower = LowerName::new(&apex);
         let mut empty_non_terminals = HashSet::new();
         let names = customers
-            .iter()
+            .keys()
             .cloned()
             .chain(region_names.keys().cloned())
             .chain(glue.keys().cloned())
@@ -133,12 +143,31 @@ impl Zone {
             glue,
             glue_names,
             customers,
+            customer_ttls: config
+                .customers
+                .iter()
+                .map(|c| config.customer_ttl(c))
+                .collect(),
+            region_ttls: config
+                .regions
+                .iter()
+                .map(|r| config.region_ttl(r))
+                .collect(),
             region_names,
             region_fqdns,
             empty_non_terminals,
-            ttl: z.ttl,
             max_answers: z.max_answers,
         })
+    }
+
+    /// The TTL of customer number `customer`'s CNAME (config order).
+    pub fn customer_ttl(&self, customer: usize) -> u32 {
+        self.customer_ttls[customer]
+    }
+
+    /// The TTL of the addresses owned by region number `region`'s name.
+    pub fn region_ttl(&self, region: usize) -> u32 {
+        self.region_ttls[region]
     }
 
     /// The answer to `qtype` `qclass` for `name`. `steer` is asked (only for customer
@@ -183,8 +212,10 @@ impl Zone {
             let Some(serving) = regions.serving(region) else {
                 return self.nodata();
             };
+            // The asked name's TTL, whichever region's edges it answers with.
             let owner = self.region_fqdns[region].clone();
-            let records = self.addresses(regions, serving, &owner, qtype);
+            let ttl = self.region_ttl(region);
+            let records = self.addresses(regions, serving, &owner, ttl, qtype);
             if records.is_empty() {
                 return self.nodata();
             }
@@ -192,7 +223,7 @@ impl Zone {
             answer.region = Some(serving);
             return answer;
         }
-        if self.customers.contains(name) {
+        if let Some(&customer) = self.customers.get(name) {
             let Some(region) = steer() else {
                 // Every region is down: say so with SERVFAIL rather than send clients nowhere.
                 return Answer {
@@ -204,11 +235,12 @@ impl Zone {
             let owner: Name = name.into();
             let mut records = vec![Record::from_rdata(
                 owner,
-                self.ttl,
+                self.customer_ttl(customer),
                 RData::CNAME(CNAME(target.clone())),
             )];
             if matches!(qtype, RecordType::A | RecordType::AAAA) {
-                records.extend(self.addresses(regions, region, &target, qtype));
+                let ttl = self.region_ttl(region);
+                records.extend(self.addresses(regions, region, &target, ttl, qtype));
             }
             let mut answer = self.records(records);
             answer.region = Some(region);
@@ -236,13 +268,14 @@ impl Zone {
         }
     }
 
-    /// Region `region`'s healthy edges as records of `owner` for `qtype` (A, AAAA, or both
-    /// for ANY).
+    /// Region `region`'s healthy edges as records of `owner` with `ttl` for `qtype` (A,
+    /// AAAA, or both for ANY).
     fn addresses(
         &self,
         regions: &Regions,
         region: usize,
         owner: &Name,
+        ttl: u32,
         qtype: RecordType,
     ) -> Vec<Record> {
         let r = &regions.regions[region];
@@ -255,7 +288,7 @@ impl Zone {
         families
             .iter()
             .flat_map(|v6| r.addresses(*v6, self.max_answers))
-            .filter_map(|ip| address_record(owner, self.ttl, ip, RecordType::ANY))
+            .filter_map(|ip| address_record(owner, ttl, ip, RecordType::ANY))
             .collect()
     }
 

@@ -44,6 +44,11 @@ impl Dns {
     /// As [`Dns::start`], with the eu region's probe URL replaced and `eu_extra` added to
     /// its table.
     async fn start_with(eu_probe: Option<String>, eu_extra: &str) -> Self {
+        Self::start_configured(eu_probe, eu_extra, "").await
+    }
+
+    /// As [`Dns::start_with`], with `tail` (more tables) at the end of the config.
+    async fn start_configured(eu_probe: Option<String>, eu_extra: &str, tail: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mmdb = dir.path().join("test-city.mmdb");
         let net = |s: &str| s.parse::<ipnet::IpNet>().expect("net");
@@ -136,6 +141,8 @@ impl Dns {
 
             [[customer]]
             name = "publisher"
+
+            {tail}
             "#,
             mmdb = mmdb.display(),
             eu = eu_probe.unwrap_or_else(|| probe(0)),
@@ -637,6 +644,86 @@ async fn the_udp_fast_path_answers_exactly_as_the_general_path_does() {
     assert_eq!(queries(&text, "fast", "udp"), fast_expected, "{text}");
     assert_eq!(queries(&text, "fast", "tcp"), 0, "{text}");
     assert_eq!(queries(&text, "general", "tcp"), 36, "{text}");
+}
+
+#[tokio::test]
+async fn each_answer_carries_its_sites_or_regions_ttl_over_udp_and_tcp() {
+    // The zone's TTL is 20; region eu sets 5 and the site "shop" 300, while region us and
+    // the site "publisher" set none.
+    let mut dns =
+        Dns::start_configured(None, "ttl = 5", "[[customer]]\nname = \"shop\"\nttl = 300").await;
+    let shop = "shop.cdn.test.";
+    let (cname_, a, aaaa) = (RecordType::CNAME, RecordType::A, RecordType::AAAA);
+    // Each record its owner's TTL: the CNAME the site's, the addresses their region's.
+    let cases = [
+        (shop, a, PARIS, vec![(cname_, 300), (a, 5)]),
+        (shop, a, NEW_YORK, vec![(cname_, 300), (a, 20)]),
+        (shop, aaaa, PARIS, vec![(cname_, 300), (aaaa, 5)]),
+        (CUSTOMER, a, PARIS, vec![(cname_, 20), (a, 5)]),
+        (CUSTOMER, a, NEW_YORK, vec![(cname_, 20), (a, 20)]),
+        ("eu.edge.cdn.test.", a, NEW_YORK, vec![(a, 5)]),
+        ("eu.edge.cdn.test.", aaaa, NEW_YORK, vec![(aaaa, 5)]),
+        ("us.edge.cdn.test.", a, PARIS, vec![(a, 20)]),
+    ];
+    for (name, qtype, client, expected) in &cases {
+        let q = query(name, *qtype, Some(1232), Some((ip(client), 24)));
+        let what = format!("{name} {qtype} from {client}");
+        let before = queries(&metrics(&dns).await, "general", "udp");
+        let over_udp = udp(dns.addr(), &q).await;
+        assert_eq!(
+            queries(&metrics(&dns).await, "general", "udp"),
+            before,
+            "the UDP fast path answers {what}"
+        );
+        let over_tcp = tcp(dns.addr(), &q).await;
+        for (transport, reply) in [("UDP", over_udp), ("TCP", over_tcp)] {
+            assert_eq!(&ttls(&reply), expected, "{what} over {transport}");
+        }
+    }
+
+    // The zone's own records keep their TTLs: SOA and negative answers 60, NS 3600.
+    let soa = udp(dns.addr(), &query("cdn.test.", RecordType::SOA, None, None)).await;
+    assert_eq!(ttls(&soa), [(RecordType::SOA, 60)]);
+    let ns = tcp(dns.addr(), &query("cdn.test.", RecordType::NS, None, None)).await;
+    assert_eq!(ttls(&ns), [(RecordType::NS, 3600)]);
+    for nothing in ["nothing.cdn.test.", "shop.edge.cdn.test."] {
+        let nx = udp(dns.addr(), &query(nothing, a, None, None)).await;
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+        assert!(nx.authorities.iter().all(|r| r.ttl == 60), "{nx:?}");
+    }
+
+    // A dead region's name answers with its neighbour's edges under its own TTL, and its
+    // clients' CNAME now points at the neighbour, whose addresses carry the neighbour's.
+    kill_eu(&mut dns).await;
+    paris_moves_to(&dns, "us", Duration::from_secs(5))
+        .await
+        .expect("Paris clients never left the dead region");
+    for q in [
+        query("eu.edge.cdn.test.", a, None, None),
+        query(shop, a, Some(1232), Some((ip(PARIS), 24))),
+    ] {
+        let over_udp = udp(dns.addr(), &q).await;
+        let over_tcp = tcp(dns.addr(), &q).await;
+        assert_eq!(addresses(&over_udp), vec![ip(US)]);
+        assert_eq!(ttls(&over_udp), ttls(&over_tcp), "{q:?}");
+    }
+    let own = udp(dns.addr(), &query("eu.edge.cdn.test.", a, None, None)).await;
+    assert_eq!(ttls(&own), [(a, 5)], "the asked name's TTL");
+    let moved = udp(
+        dns.addr(),
+        &query(shop, a, Some(1232), Some((ip(PARIS), 24))),
+    )
+    .await;
+    assert_eq!(ttls(&moved), [(cname_, 300), (a, 20)]);
+}
+
+/// Each answer record's type and TTL, in order.
+fn ttls(reply: &Message) -> Vec<(RecordType, u32)> {
+    reply
+        .answers
+        .iter()
+        .map(|r| (r.record_type(), r.ttl))
+        .collect()
 }
 
 /// The admin `/metrics` text.
