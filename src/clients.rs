@@ -208,12 +208,14 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// The requests that started in `[from, to)`.
+    /// The requests that ended in `[from, to)`: what clients saw then (a request in flight
+    /// when the region fails fails with it).
     pub fn of(records: &[Record], from: Duration, to: Duration) -> Self {
         let mut summary = Summary::default();
         let mut took: Vec<Duration> = Vec::new();
         let (mut answered, mut hits) = (0u64, 0u64);
-        for record in records.iter().filter(|r| r.at >= from && r.at < to) {
+        let ended = |r: &&Record| (from..to).contains(&(r.at + r.took));
+        for record in records.iter().filter(ended) {
             summary.requests += 1;
             took.push(record.took);
             match &record.outcome {
@@ -422,13 +424,15 @@ mod tests {
             record(900, 5, Outcome::Status(200), Some("us"), true),
         ];
         let early = Summary::of(&records, Duration::ZERO, Duration::from_millis(250));
-        assert_eq!(early.requests, 3);
-        assert_eq!(early.errors.get("connect"), Some(&1));
+        assert_eq!(early.requests, 2);
         assert_eq!(early.hit_ratio, 0.5);
-        assert_eq!(early.p99_ms, 1000.0);
-        let late = Summary::of(&records, Duration::from_millis(250), Duration::from_secs(1));
-        assert_eq!((late.requests, late.failed()), (2, 1));
+        assert_eq!(early.p99_ms, 7.0);
+        // The connection that started at 200 ms failed at 1,200 ms: seen then.
+        let late = Summary::of(&records, Duration::from_millis(250), Duration::from_secs(2));
+        assert_eq!((late.requests, late.failed()), (3, 2));
+        assert_eq!(late.errors.get("connect"), Some(&1));
         assert_eq!(late.served_by.get("us"), Some(&2));
+        assert_eq!(late.p99_ms, 1000.0);
         // From the start of the first failure (200 ms) to the end of the last to end
         // (the connection that took until 1,200 ms).
         assert_eq!(failure_window(&records), Duration::from_millis(1000));

@@ -538,3 +538,86 @@ fn up_processes_restarts_a_killed_edge_with_purges_caught_up_and_reloads_each_pr
         );
     }
 }
+
+/// `cdn up --processes` on a topology with fast health checks and a 2 s answer TTL; its
+/// endpoints, and the process (killed when dropped).
+fn up_processes_fast(dir: &std::path::Path) -> (UpProcess, Endpoints) {
+    let config = dir.join("topology.toml");
+    let endpoints_file = dir.join("endpoints.json");
+    let topology = topology_text(&[("ttl = 20", "ttl = 2")]);
+    std::fs::write(&config, topology).expect("write topology");
+    let mut up = UpProcess(
+        Command::new(CDN)
+            .args(["up", "--processes", "--config"])
+            .arg(&config)
+            .arg("--endpoints")
+            .arg(&endpoints_file)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cdn up starts"),
+    );
+    let mut lines = BufReader::new(up.0.stdout.take().expect("stdout")).lines();
+    let ready = lines
+        .by_ref()
+        .take(100)
+        .map_while(Result::ok)
+        .any(|line| line.starts_with("Ctrl-C stops everything"));
+    assert!(ready, "cdn up --processes printed its banner");
+    std::thread::spawn(move || for _ in lines {});
+    let endpoints = Endpoints::from_file(&endpoints_file).expect("endpoints written");
+    (up, endpoints)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_region_s_clients_fail_over_to_the_nearest_region_within_detection_and_ttl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_up, endpoints) = up_processes_fast(dir.path());
+    let options = cdn::drill::DrillOptions {
+        poll: Duration::from_millis(20),
+        timeout: Duration::from_secs(20),
+        settle: Duration::from_millis(500),
+        mode: cdn::drill::Mode::Kill,
+        load: Some(cdn::clients::Load {
+            rate: 100.0,
+            clients: 10,
+            urls: 100,
+            ..Default::default()
+        }),
+        phase: Duration::from_secs(2),
+        after: Duration::from_secs(2),
+        warm_before_restore: None,
+    };
+    let report = cdn::drill::run(&endpoints, "eu-west", &options, |_| {})
+        .await
+        .expect("the drill runs");
+    assert_eq!(
+        report.failover.region, "us-east",
+        "the nearest other region"
+    );
+    assert_eq!(report.ttl, 2);
+    let phase = |name: &str| {
+        report
+            .phases
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no phase {name}"))
+            .clients
+            .clone()
+    };
+    assert_eq!(phase("before").failed(), 0, "{:?}", phase("before"));
+    assert!(phase("failure").failed() > 0, "the kill was seen");
+    let failed_over = phase("failed over");
+    assert!(
+        failed_over.served_by.keys().all(|r| r == "us-east"),
+        "{failed_over:?}"
+    );
+    // The topology's health checks: fall 2 x interval 200 ms, timeout 200 ms.
+    let detection = Duration::from_millis(2 * 200 + 200);
+    let bound = detection + Duration::from_secs(u64::from(report.ttl)) + Duration::from_secs(1);
+    let window = report.failure_window.expect("measured");
+    assert!(window < bound, "failures for {window:?}, over {bound:?}");
+    assert_eq!(phase("after").failed(), 0, "{:?}", phase("after"));
+    assert!(phase("after").served_by.contains_key("eu-west"));
+}

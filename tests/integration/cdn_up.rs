@@ -435,3 +435,51 @@ async fn a_topology_reload_adds_a_site_to_every_edge_geodns_and_the_purge_api() 
     assert!(refused.to_string().contains("restart"), "{refused}");
     cdn.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_region_loses_no_request_and_comes_back_warm() {
+    let cdn = LocalCdn::start(&[("ttl = 20", "ttl = 2")]).await;
+    let options = DrillOptions {
+        poll: Duration::from_millis(20),
+        timeout: Duration::from_secs(15),
+        settle: Duration::from_millis(500),
+        mode: drill::Mode::Drain,
+        load: Some(cdn::clients::Load {
+            rate: 100.0,
+            clients: 10,
+            urls: 50,
+            ..Default::default()
+        }),
+        phase: Duration::from_secs(3),
+        after: Duration::from_secs(5),
+        warm_before_restore: Some(WarmOptions {
+            top: 50,
+            ..WarmOptions::default()
+        }),
+    };
+    let report = drill::run(cdn.endpoints(), "eu-west", &options, |_| {})
+        .await
+        .expect("the drill runs");
+    for phase in &report.phases {
+        assert_eq!(
+            phase.clients.failed(),
+            0,
+            "{}: {:?}",
+            phase.name,
+            phase.clients
+        );
+    }
+    assert_eq!(report.failure_window, Some(Duration::ZERO));
+    let warmed = report.warmed.as_ref().expect("warmed before the way back");
+    assert!(warmed.urls > 0 && warmed.failed == 0, "{warmed:?}");
+    let after = report.phases.last().expect("phases");
+    assert_eq!(after.name, "after");
+    assert!(after.clients.served_by.contains_key("eu-west"), "{after:?}");
+    assert!(after.clients.hit_ratio >= 0.8, "{after:?}");
+    let origin = after.origin_requests.expect("the demo origin counts");
+    assert!(
+        origin <= warmed.urls as u64,
+        "{origin} origin requests after {warmed:?}"
+    );
+    cdn.shutdown().await;
+}
