@@ -3,7 +3,8 @@
 //!
 //! Each client belongs to a network of the region (a /24 of its client networks, sent to
 //! GeoDNS as EDNS Client Subnet, as its resolver would), caches GeoDNS's answer for the
-//! answer's TTL, and on each request picks an address of the answer (each client starting
+//! answer's TTL (the first one for a random part of it, as a shared resolver's cache is
+//! of any age), and on each request picks an address of the answer (each client starting
 //! at a different one) and tries the others on a connection failure, as browsers do. The
 //! population fetches a Zipf-distributed mix over a set of URLs at a fixed total rate,
 //! each client on keep-alive connections of its own. Every request is recorded: when it
@@ -310,10 +311,16 @@ impl Browser {
         };
         let answer = match &self.cached {
             Some((answer, until)) if *until > Instant::now() => answer.clone(),
-            _ => match self.resolver.ask().await {
+            cached => match self.resolver.ask().await {
                 Ok(answer) => {
-                    let until = Instant::now() + Duration::from_secs(u64::from(answer.ttl));
-                    self.cached = Some((answer.clone(), until));
+                    let mut ttl = Duration::from_secs(u64::from(answer.ttl));
+                    if cached.is_none() {
+                        // A client's resolver is shared: the first answer it gives is one it
+                        // cached at some earlier time, so it has some part of its TTL left.
+                        // Without this every client's cache would expire at the same moment.
+                        ttl = ttl.mul_f64(fastrand::f64());
+                    }
+                    self.cached = Some((answer.clone(), Instant::now() + ttl));
                     answer
                 }
                 Err(_) => return record(Outcome::Failed("dns"), None, false),
