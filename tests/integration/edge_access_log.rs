@@ -346,3 +346,57 @@ async fn lines_are_streamed_over_nats_to_a_subject_per_site() {
     // The file has the same lines.
     assert_eq!(lines(&path, 3).await.len(), 3);
 }
+
+#[tokio::test]
+async fn a_client_over_its_limit_on_the_https_listener_is_logged_too() {
+    use tokio::io::AsyncReadExt;
+    let origin = DemoOrigin::start(loopback()).await.expect("origin starts");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue(&[HOST]).write(dir.path(), "assets");
+    let path = dir.path().join("access.log");
+    let text = format!(
+        r#"
+        [node]
+        name = "edge-tls-door"
+        listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
+        https_listen = "127.0.0.1:0"
+
+        [limits]
+        max_connections_per_ip = 1
+
+        {table}
+
+        [[site]]
+        name = "assets"
+        hosts = ["{HOST}"]
+        upstream = "http://{upstream}"
+        tls = {{ cert = {cert:?}, key = {key:?} }}
+        "#,
+        table = access_log_table(&path),
+        upstream = origin.addr(),
+    );
+    let edge = EdgeServer::start(EdgeConfig::from_toml(&text).unwrap())
+        .await
+        .expect("edge starts");
+    let https = edge.https_addr().unwrap();
+    let _held = tokio::net::TcpStream::connect(https).await.unwrap();
+    let mut over = tokio::net::TcpStream::connect(https).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), over.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed before the handshake"
+    );
+
+    let log = lines(&path, 1).await;
+    let line = &log[0];
+    assert_eq!(line["status"], 429);
+    assert_eq!(line["bytes"], 0);
+    assert_eq!(line["complete"], false);
+    assert!(
+        line.get("tls").is_none() && line.get("url").is_none(),
+        "{line}"
+    );
+}

@@ -84,6 +84,7 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
                 0
             },
             tls,
+            https: tls.is_some(),
         });
     }
     let _ = stream.shutdown().await;

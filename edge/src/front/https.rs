@@ -48,6 +48,15 @@ pub async fn serve<H: Handler>(
         // to it in HTTP before TLS, and a handshake is the expensive part.
         let Some(slot) = per_ip.admit(peer.ip()) else {
             handler.count(Outcome::Refused);
+            if handler.logs_access() {
+                handler.refused_at_door(&crate::front::DoorRefusal {
+                    client: peer,
+                    status: http::StatusCode::TOO_MANY_REQUESTS,
+                    bytes: 0,
+                    tls: None,
+                    https: true,
+                });
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);

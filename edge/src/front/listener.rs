@@ -68,6 +68,7 @@ pub async fn serve<H: Handler>(
                             0
                         },
                         tls: None,
+                        https: false,
                     });
                 }
                 let _ = stream.shutdown().await;

@@ -127,6 +127,8 @@ pub struct DoorRefusal<'a> {
     /// Bytes of the refusal written.
     pub bytes: u64,
     pub tls: Option<&'a TlsName>,
+    /// It came to the HTTPS listener (with no `tls` when refused before the handshake).
+    pub https: bool,
 }
 
 /// A hit the fast path wrote, for the access log: the request's parts as the client sent

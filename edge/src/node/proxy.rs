@@ -1506,11 +1506,7 @@ impl Handler for Edge {
             client: refusal.client,
             site: None,
             method: "",
-            scheme: if refusal.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            },
+            scheme: if refusal.https { "https" } else { "http" },
             host: b"",
             target: b"",
             status: refusal.status.as_u16(),
