@@ -12,13 +12,13 @@
 //!
 //! Each process's stdout and stderr are forwarded line by line with its name in front. A
 //! process that exits when it was not asked to is restarted after a backoff (1 s, doubling
-//! to 30 s, back to 1 s after a minute up), unless it is [held](Supervisor::hold): what a
-//! drill that kills a node on purpose does until it [releases](Supervisor::release) it.
-//! [`Supervisor::shutdown`] stops them all (SIGTERM, then SIGKILL after a bound), the
-//! clients' side first.
+//! to 30 s, back to 1 s after a minute up), unless it is held: what a drill that kills a
+//! node on purpose asks for (the control listener, `/v1/processes/{name}/kill`) until it
+//! starts it again (`.../start`).
+//! [`Supervisor::shutdown`] stops them all (SIGTERM, then SIGKILL after a bound).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -344,38 +344,8 @@ impl Supervisor {
         &self.endpoints
     }
 
-    /// The directory of the processes' config files.
-    pub fn run_dir(&self) -> &Path {
-        &self.run_dir
-    }
-
-    /// The process id of component `name` now, if it runs.
-    pub fn pid(&self, name: &str) -> Option<u32> {
-        let pid = self.component(name)?.pid.load(Ordering::Acquire);
-        (pid != 0).then_some(pid)
-    }
-
-    /// How many times component `name` was started (1 until it is restarted).
-    pub fn starts(&self, name: &str) -> Option<u32> {
-        Some(self.component(name)?.starts.load(Ordering::Acquire))
-    }
-
-    /// Keeps component `name` down once it exits (a drill about to kill it).
-    pub fn hold(&self, name: &str) -> bool {
-        self.component(name).map(|c| c.hold()).is_some()
-    }
-
-    /// Lets component `name` be started again (at once if it is down).
-    pub fn release(&self, name: &str) -> bool {
-        self.component(name).map(|c| c.release()).is_some()
-    }
-
-    fn component(&self, name: &str) -> Option<&Arc<Component>> {
-        self.components.iter().find(|c| c.name == name)
-    }
-
-    /// Stops every process, clients' side first (GeoDNS, edges, shields, the purge API,
-    /// the origin), each given [`STOP_TIMEOUT`] to finish before it is killed.
+    /// Stops every process: each gets SIGTERM at once and [`STOP_TIMEOUT`] to finish (the
+    /// nodes drain and write their memory tier out) before it is killed.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         if let Some(control) = self.control {
