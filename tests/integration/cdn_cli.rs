@@ -621,3 +621,38 @@ async fn a_killed_region_s_clients_fail_over_to_the_nearest_region_within_detect
     assert_eq!(phase("after").failed(), 0, "{:?}", phase("after"));
     assert!(phase("after").served_by.contains_key("eu-west"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_region_of_processes_loses_no_client_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_up, endpoints) = up_processes_fast(dir.path());
+    let options = cdn::drill::DrillOptions {
+        poll: Duration::from_millis(20),
+        timeout: Duration::from_secs(20),
+        settle: Duration::from_millis(500),
+        load: Some(cdn::clients::Load {
+            rate: 100.0,
+            clients: 10,
+            urls: 100,
+            ..Default::default()
+        }),
+        phase: Duration::from_secs(2),
+        after: Duration::from_secs(2),
+        ..cdn::drill::DrillOptions::default()
+    };
+    let report = cdn::drill::run(&endpoints, "eu-west", &options, |_| {})
+        .await
+        .expect("the drill runs");
+    assert_eq!(report.failover.region, "us-east");
+    for phase in &report.phases {
+        assert_eq!(
+            phase.clients.failed(),
+            0,
+            "{}: {:?}",
+            phase.name,
+            phase.clients
+        );
+        assert!(phase.clients.requests > 0, "{}", phase.name);
+    }
+    assert_eq!(report.failure_window, Some(Duration::ZERO));
+}
