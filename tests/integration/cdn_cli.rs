@@ -64,33 +64,39 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<bool> {
     None
 }
 
-#[test]
-fn up_drill_warm_and_ctrl_c_as_separate_processes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("topology.toml");
-    let endpoints_file = dir.path().join("endpoints.json");
-    std::fs::write(&config, topology_text(&[])).expect("write topology");
+/// A running `cdn up` process, started on the test topology (after `tweak`) written to
+/// `dir/topology.toml`, with `--endpoints dir/endpoints.json` and `args`, once its banner's
+/// last line says everything listens. What it prints after is read and dropped, so no
+/// process it runs ever blocks on a full pipe.
+struct StartedUp {
+    up: UpProcess,
+    banner: String,
+    endpoints: Endpoints,
+    config: std::path::PathBuf,
+    endpoints_file: std::path::PathBuf,
+}
 
+fn start_up(dir: &std::path::Path, tweak: &[(&str, &str)], args: &[&str]) -> StartedUp {
+    let config = dir.join("topology.toml");
+    let endpoints_file = dir.join("endpoints.json");
+    std::fs::write(&config, topology_text(tweak)).expect("write topology");
     let mut up = UpProcess(
         Command::new(CDN)
-            .args(["up", "--config"])
+            .arg("up")
+            .args(args)
+            .arg("--config")
             .arg(&config)
             .arg("--endpoints")
             .arg(&endpoints_file)
-            .arg("--cache-dir")
-            .arg(dir.path().join("cache"))
-            .arg("--access-log")
-            .arg(dir.path().join("logs"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("cdn up starts"),
     );
-    // Readiness: the banner's last line, printed once everything listens.
-    let stdout = up.0.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(up.0.stdout.take().expect("stdout")).lines();
     let mut banner = String::new();
-    for line in BufReader::new(stdout).lines().take(100) {
+    for line in lines.by_ref().take(100) {
         let line = line.expect("banner line");
         banner.push_str(&line);
         banner.push('\n');
@@ -99,6 +105,33 @@ fn up_drill_warm_and_ctrl_c_as_separate_processes() {
         }
     }
     assert!(banner.contains("Ctrl-C stops everything"), "{banner}");
+    std::thread::spawn(move || for _ in lines {});
+    let endpoints = Endpoints::from_file(&endpoints_file).expect("endpoints written");
+    StartedUp {
+        up,
+        banner,
+        endpoints,
+        config,
+        endpoints_file,
+    }
+}
+
+#[test]
+fn up_drill_warm_and_ctrl_c_as_separate_processes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache").to_string_lossy().into_owned();
+    let logs = dir.path().join("logs").to_string_lossy().into_owned();
+    let StartedUp {
+        mut up,
+        banner,
+        endpoints,
+        config,
+        endpoints_file,
+    } = start_up(
+        dir.path(),
+        &[],
+        &["--cache-dir", &cache, "--access-log", &logs],
+    );
     assert!(
         banner.contains("cdn drill --region eu-west --endpoints"),
         "{banner}"
@@ -110,7 +143,6 @@ fn up_drill_warm_and_ctrl_c_as_separate_processes() {
         )) && banner.contains("kept across runs"),
         "{banner}"
     );
-    let endpoints = Endpoints::from_file(&endpoints_file).expect("endpoints written");
     assert_eq!(endpoints.regions.len(), 3);
     assert_eq!(endpoints.sites[0].cname, "demo.cdn.test");
     for (_, edge) in endpoints.edges() {
@@ -392,34 +424,13 @@ fn request(at: std::net::SocketAddr, raw: &str) -> (u16, String) {
 #[test]
 fn up_processes_restarts_a_killed_edge_with_purges_caught_up_and_reloads_each_process() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("topology.toml");
-    let endpoints_file = dir.path().join("endpoints.json");
-    std::fs::write(&config, topology_text(&[])).expect("write topology");
-    let mut up = UpProcess(
-        Command::new(CDN)
-            .args(["up", "--processes", "--config"])
-            .arg(&config)
-            .arg("--endpoints")
-            .arg(&endpoints_file)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cdn up starts"),
-    );
-    let stdout = up.0.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut banner = String::new();
-    for line in lines.by_ref().take(100) {
-        let line = line.expect("banner line");
-        banner.push_str(&line);
-        banner.push('\n');
-        if line.starts_with("Ctrl-C stops everything") {
-            break;
-        }
-    }
-    // Keep reading what the processes print, so none ever blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let StartedUp {
+        mut up,
+        banner,
+        endpoints,
+        config,
+        ..
+    } = start_up(dir.path(), &[], &["--processes"]);
     let run_dir = banner
         .split("config files in ")
         .nth(1)
@@ -427,7 +438,6 @@ fn up_processes_restarts_a_killed_edge_with_purges_caught_up_and_reloads_each_pr
         .unwrap_or_else(|| panic!("{banner}"))
         .trim()
         .to_owned();
-    let endpoints = Endpoints::from_file(&endpoints_file).expect("endpoints written");
     let edge = endpoints
         .edges()
         .find(|(_, e)| e.name == "eu-west-1")
@@ -542,32 +552,8 @@ fn up_processes_restarts_a_killed_edge_with_purges_caught_up_and_reloads_each_pr
 /// `cdn up --processes` on a topology with fast health checks and a 2 s answer TTL; its
 /// endpoints, and the process (killed when dropped).
 fn up_processes_fast(dir: &std::path::Path) -> (UpProcess, Endpoints) {
-    let config = dir.join("topology.toml");
-    let endpoints_file = dir.join("endpoints.json");
-    let topology = topology_text(&[("ttl = 20", "ttl = 2")]);
-    std::fs::write(&config, topology).expect("write topology");
-    let mut up = UpProcess(
-        Command::new(CDN)
-            .args(["up", "--processes", "--config"])
-            .arg(&config)
-            .arg("--endpoints")
-            .arg(&endpoints_file)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cdn up starts"),
-    );
-    let mut lines = BufReader::new(up.0.stdout.take().expect("stdout")).lines();
-    let ready = lines
-        .by_ref()
-        .take(100)
-        .map_while(Result::ok)
-        .any(|line| line.starts_with("Ctrl-C stops everything"));
-    assert!(ready, "cdn up --processes printed its banner");
-    std::thread::spawn(move || for _ in lines {});
-    let endpoints = Endpoints::from_file(&endpoints_file).expect("endpoints written");
-    (up, endpoints)
+    let started = start_up(dir, &[("ttl = 20", "ttl = 2")], &["--processes"]);
+    (started.up, started.endpoints)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
