@@ -265,6 +265,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_process_log(cli.log_format);
+    cdn::supervise::follow_supervisor();
     match cli.command {
         Command::Up {
             topology,

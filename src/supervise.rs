@@ -34,6 +34,37 @@ use crate::endpoints::{DnsEndpoint, Endpoints};
 use crate::topology::Topology;
 use crate::up::{Disks, with_disk};
 
+/// Set in every supervised process's environment: the supervisor's pid. The process asks
+/// the kernel for SIGTERM when the supervisor dies ([`follow_supervisor`]), so no process
+/// outlives a `cdn up` that was killed without the chance to stop them.
+pub const SUPERVISOR_PID: &str = "CDN_SUPERVISOR_PID";
+
+/// In a supervised process (its environment names [`SUPERVISOR_PID`]): asks for SIGTERM
+/// when the supervisor dies, and exits at once if it is already gone. Linux sends the
+/// signal when the supervisor's thread that started this process ends; those are the
+/// runtime's workers, which live as long as the supervisor.
+pub fn follow_supervisor() {
+    let Some(supervisor) = std::env::var(SUPERVISOR_PID)
+        .ok()
+        .and_then(|pid| pid.parse::<i32>().ok())
+    else {
+        return;
+    };
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{Signal, getppid, set_parent_process_death_signal};
+        if let Err(error) = set_parent_process_death_signal(Some(Signal::TERM)) {
+            tracing::warn!(%error, "cannot ask to be stopped with the supervisor");
+        }
+        if getppid().map(|p| p.as_raw_nonzero().get()) != Some(supervisor) {
+            tracing::warn!(supervisor, "the supervisor is gone: exiting");
+            std::process::exit(1);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = supervisor;
+}
+
 /// How long a process may take to say it serves.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopping process may take before it is killed.
@@ -379,6 +410,7 @@ impl Component {
     async fn spawn(&self) -> anyhow::Result<Child> {
         let mut child = Command::new(&self.args[0])
             .args(&self.args[1..])
+            .env(SUPERVISOR_PID, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -431,13 +431,7 @@ fn up_processes_restarts_a_killed_edge_with_purges_caught_up_and_reloads_each_pr
         config,
         ..
     } = start_up(dir.path(), &[], &["--processes"]);
-    let run_dir = banner
-        .split("config files in ")
-        .nth(1)
-        .and_then(|rest| rest.lines().next())
-        .unwrap_or_else(|| panic!("{banner}"))
-        .trim()
-        .to_owned();
+    let run_dir = run_dir(&banner);
     let edge = endpoints
         .edges()
         .find(|(_, e)| e.name == "eu-west-1")
@@ -549,17 +543,28 @@ fn up_processes_restarts_a_killed_edge_with_purges_caught_up_and_reloads_each_pr
     }
 }
 
-/// `cdn up --processes` on a topology with fast health checks and a 2 s answer TTL; its
-/// endpoints, and the process (killed when dropped).
-fn up_processes_fast(dir: &std::path::Path) -> (UpProcess, Endpoints) {
-    let started = start_up(dir, &[("ttl = 20", "ttl = 2")], &["--processes"]);
-    (started.up, started.endpoints)
+/// `cdn up --processes` on a topology with fast health checks and a 2 s answer TTL.
+fn up_processes_fast(dir: &std::path::Path) -> StartedUp {
+    start_up(dir, &[("ttl = 20", "ttl = 2")], &["--processes"])
+}
+
+/// The run directory `cdn up --processes` named in its banner.
+fn run_dir(banner: &str) -> String {
+    banner
+        .split("config files in ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_else(|| panic!("{banner}"))
+        .trim()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_region_s_clients_fail_over_to_the_nearest_region_within_detection_and_ttl() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_up, endpoints) = up_processes_fast(dir.path());
+    let StartedUp {
+        up: _up, endpoints, ..
+    } = up_processes_fast(dir.path());
     let options = cdn::drill::DrillOptions {
         poll: Duration::from_millis(20),
         timeout: Duration::from_secs(20),
@@ -611,7 +616,12 @@ async fn a_killed_region_s_clients_fail_over_to_the_nearest_region_within_detect
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_region_of_processes_loses_no_client_request() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_up, endpoints) = up_processes_fast(dir.path());
+    let StartedUp {
+        mut up,
+        endpoints,
+        banner,
+        ..
+    } = up_processes_fast(dir.path());
     let options = cdn::drill::DrillOptions {
         poll: Duration::from_millis(20),
         timeout: Duration::from_secs(20),
@@ -641,4 +651,20 @@ async fn a_drained_region_of_processes_loses_no_client_request() {
         assert!(phase.clients.requests > 0, "{}", phase.name);
     }
     assert_eq!(report.failure_window, Some(Duration::ZERO));
+
+    // A supervisor killed outright takes its processes with it.
+    let run_dir = run_dir(&banner);
+    assert_eq!(pids_of(&run_dir, "eu-west-1").len(), 1);
+    up.0.kill().expect("SIGKILL");
+    let _ = up.0.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for component in ["eu-west-1", "us-east-2", "shield-1", "geodns", "purge-api"] {
+        while !pids_of(&run_dir, component).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{component} outlived its supervisor"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
