@@ -4,7 +4,8 @@
 //! The failure is a drain (`drain`: the region's edges fail their health checks and keep
 //! serving) or a real one (`kill`: every edge process of the region is killed with
 //! SIGKILL through `cdn up --processes`'s supervisor, which keeps them down until the
-//! drill restores them). With `--load`, a population of the region's clients
+//! drill restores them; `partition`: the region's network namespace is cut off, under
+//! `cdn up --processes --netns`, so its edges neither answer nor refuse). With `--load`, a population of the region's clients
 //! ([`crate::clients`]) fetches through GeoDNS for the whole drill, and the report gives
 //! what they saw per phase: before, failure (until GeoDNS answers another region),
 //! failed over, restore (until it answers the region again) and the 5 s after: requests,
@@ -78,6 +79,9 @@ pub enum Mode {
     Drain,
     /// Every edge process of the region is killed (SIGKILL), through `cdn up --processes`.
     Kill,
+    /// The region is cut off the network (its namespace's link down), through `cdn up
+    /// --processes --netns`: its edges run on but nothing reaches them.
+    Partition,
 }
 
 /// What GeoDNS answered a client.
@@ -179,6 +183,12 @@ pub enum Progress {
     Killed {
         edges: Vec<String>,
     },
+    Partitioned {
+        region: String,
+    },
+    Healed {
+        region: String,
+    },
     /// The killed edges run and answer again (still out of rotation when warming).
     Restarted {
         edges: Vec<String>,
@@ -223,8 +233,9 @@ pub enum DrillError {
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error(
-        "kill mode needs the topology run by `cdn up --processes`, whose supervisor kills and \
-         restarts the edges (the endpoints file names no supervisor)"
+        "kill and partition modes need the topology run by `cdn up --processes` (with \
+         --netns for partition), whose supervisor kills, restarts, cuts off and heals (the \
+         endpoints file names no supervisor)"
     )]
     NoSupervisor,
     #[error("warming the region before the clients come back: {0}")]
@@ -272,12 +283,12 @@ pub async fn run(
     let admin = NodeAdmin::new(&endpoints.node_token);
     let control = match (options.mode, &endpoints.supervisor) {
         (Mode::Drain, _) => None,
-        (Mode::Kill, Some(url)) => Some(
+        (_, Some(url)) => Some(
             url.trim_start_matches("http://")
                 .parse::<SocketAddr>()
                 .map_err(|_| DrillError::NoSupervisor)?,
         ),
-        (Mode::Kill, None) => return Err(DrillError::NoSupervisor),
+        (_, None) => return Err(DrillError::NoSupervisor),
     };
     let population = options.load.as_ref().map(|load| {
         progress(Progress::Loading {
@@ -304,6 +315,9 @@ pub async fn run(
             progress(match options.mode {
                 Mode::Drain => Progress::Drained { edges },
                 Mode::Kill => Progress::Killed { edges },
+                Mode::Partition => Progress::Partitioned {
+                    region: target.name.clone(),
+                },
             });
             let restore = Restore {
                 admin: &admin,
@@ -429,6 +443,7 @@ async fn fail(
             }
             Ok(())
         }
+        (Mode::Partition, Some(control)) => Ok(admin.partition(control, &region.name).await?),
         _ => Ok(drain(admin, region).await?),
     }
 }
@@ -441,11 +456,15 @@ async fn restore_anyway(
     region: &RegionEndpoints,
     mode: Mode,
 ) -> Result<(), DrillError> {
-    if let (Mode::Kill, Some(control)) = (mode, control) {
-        for edge in &region.edges {
-            admin.start_process(control, &edge.name).await?;
+    match (mode, control) {
+        (Mode::Kill, Some(control)) => {
+            for edge in &region.edges {
+                admin.start_process(control, &edge.name).await?;
+            }
+            wait_answering(admin, region, Duration::from_secs(30)).await?;
         }
-        wait_answering(admin, region, Duration::from_secs(30)).await?;
+        (Mode::Partition, Some(control)) => admin.heal(control, &region.name).await?,
+        _ => {}
     }
     Ok(resume(admin, region).await?)
 }
@@ -521,19 +540,32 @@ async fn away_and_back(
 
     marks.push(clock.mark().await);
     let admin = restore.admin;
-    if let (Mode::Kill, Some(control)) = (options.mode, restore.control) {
-        // Started again; drained at once when warming, so GeoDNS sends no client back to
-        // a cold region before it is warm.
-        for edge in &target.edges {
-            admin.start_process(control, &edge.name).await?;
+    // Started again (or reconnected), then drained at once when warming, so GeoDNS sends
+    // no client back to the region before it is warm.
+    match (options.mode, restore.control) {
+        (Mode::Kill, Some(control)) => {
+            for edge in &target.edges {
+                admin.start_process(control, &edge.name).await?;
+            }
+            wait_answering(admin, target, options.timeout).await?;
+            if options.warm_before_restore.is_some() {
+                drain(admin, target).await?;
+            }
+            progress(Progress::Restarted {
+                edges: target.edges.iter().map(|e| e.name.clone()).collect(),
+            });
         }
-        wait_answering(admin, target, options.timeout).await?;
-        if options.warm_before_restore.is_some() {
-            drain(admin, target).await?;
+        (Mode::Partition, Some(control)) => {
+            admin.heal(control, &target.name).await?;
+            wait_answering(admin, target, options.timeout).await?;
+            if options.warm_before_restore.is_some() {
+                drain(admin, target).await?;
+            }
+            progress(Progress::Healed {
+                region: target.name.clone(),
+            });
         }
-        progress(Progress::Restarted {
-            edges: target.edges.iter().map(|e| e.name.clone()).collect(),
-        });
+        _ => {}
     }
     let warmed = match (&options.warm_before_restore, &restore.from) {
         (Some(warming), Some(from)) => {

@@ -3,7 +3,8 @@
 //!
 //! - [`topology`]: the one TOML file describing a whole CDN, and each component's part of it.
 //! - [`up`]: `cdn up`, every component of a topology in one process; [`supervise`]:
-//!   `cdn up --processes`, each component a supervised process of its own; [`endpoints`]:
+//!   `cdn up --processes`, each component a supervised process of its own (with
+//!   [`netns`], each region in a network namespace that can be cut off); [`endpoints`]:
 //!   where they listen, as `cdn up --endpoints` writes it.
 //! - [`drill`]: `cdn drill`, a regional failover drill against a running topology, with
 //!   [`clients`], the synthetic browsers whose requests it measures.
@@ -17,6 +18,7 @@ pub mod console;
 pub mod demo_origin;
 pub mod drill;
 pub mod endpoints;
+pub mod netns;
 pub mod node_admin;
 pub mod supervise;
 pub mod topology;

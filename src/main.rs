@@ -140,6 +140,11 @@ enum Command {
         /// on Ctrl-C, each one's log lines prefixed with its name.
         #[arg(long)]
         processes: bool,
+        /// With --processes: each region's edges in a network namespace of the region's own
+        /// (veth to this namespace; needs root and iproute2), so `cdn drill --mode
+        /// partition` can cut a region off the network and heal it.
+        #[arg(long, requires = "processes")]
+        netns: bool,
     },
     /// Serve the operator console for a running topology: a web page showing regions,
     /// health, load, hit ratios, GeoDNS answers, purges and drills live.
@@ -168,8 +173,9 @@ enum Command {
         /// Give up when failover or recovery takes longer than this.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
-        /// How the region fails: drain (health checks fail, the edges keep serving) or
-        /// kill (SIGKILL to every edge process; needs `cdn up --processes`).
+        /// How the region fails: drain (health checks fail, the edges keep serving), kill
+        /// (SIGKILL to every edge process; needs `cdn up --processes`) or partition (the
+        /// region cut off the network; needs `cdn up --processes --netns`).
         #[arg(long, value_enum, default_value = "drain")]
         mode: drill::Mode,
         /// Run the region's clients through the drill at this many requests per second
@@ -274,6 +280,7 @@ async fn main() -> anyhow::Result<()> {
             access_log,
             console,
             processes,
+            netns,
         } => {
             let args = match (&endpoints, &topology.config, topology.port_base) {
                 (Some(path), _, _) => format!(" --endpoints {}", path.display()),
@@ -321,7 +328,9 @@ async fn main() -> anyhow::Result<()> {
                 )),
             };
             let mut up = if processes {
-                Running::Processes(Box::new(Supervisor::start(&first, disks).await?))
+                Running::Processes(Box::new(
+                    Supervisor::start_with(&first, disks, netns).await?,
+                ))
             } else {
                 Running::InProcess(Box::new(Up::start_with_disks(&first, disks).await?))
             };

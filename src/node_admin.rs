@@ -133,6 +133,22 @@ impl NodeAdmin {
         .await
     }
 
+    /// Cuts region `region` off the network (`cdn up --processes --netns`).
+    pub async fn partition(&self, control: SocketAddr, region: &str) -> Result<(), AdminError> {
+        self.post(
+            "supervisor",
+            control,
+            &format!("/v1/regions/{region}/partition"),
+        )
+        .await
+    }
+
+    /// Reconnects a region [`NodeAdmin::partition`] cut off.
+    pub async fn heal(&self, control: SocketAddr, region: &str) -> Result<(), AdminError> {
+        self.post("supervisor", control, &format!("/v1/regions/{region}/heal"))
+            .await
+    }
+
     /// The node's `limit` most requested objects.
     pub async fn hot(
         &self,

@@ -31,6 +31,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::endpoints::{DnsEndpoint, Endpoints};
+use crate::netns::RegionNetwork;
 use crate::topology::Topology;
 use crate::up::{Disks, with_disk};
 
@@ -93,6 +94,8 @@ pub struct Supervisor {
     stop: watch::Sender<bool>,
     /// The control listener's task (`/v1/processes`).
     control: Option<JoinHandle<()>>,
+    /// The regions' network namespaces (`--netns`), removed once the processes stopped.
+    network: Option<Arc<RegionNetwork>>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -123,6 +126,17 @@ impl Supervisor {
     /// Starts every component of `topology` as its own process, with disk tiers as `disks`
     /// says (see [`crate::up::Up::start_with_disks`]).
     pub async fn start(topology: &Topology, disks: Disks) -> anyhow::Result<Self> {
+        Self::start_with(topology, disks, false).await
+    }
+
+    /// As [`Supervisor::start`]; with `netns`, each region's edges run in a network
+    /// namespace of the region's own ([`crate::netns`]), which a drill can cut off
+    /// (`/v1/regions/{name}/partition`, `/heal`).
+    pub async fn start_with(
+        topology: &Topology,
+        disks: Disks,
+        netns: bool,
+    ) -> anyhow::Result<Self> {
         let run = tempfile::Builder::new()
             .prefix("cdn-up-processes-")
             .tempdir()
@@ -134,7 +148,21 @@ impl Supervisor {
             Disks::Temporary => Some(run_dir.join("cache")),
         };
         let given = topology.clone();
-        let topology = with_free_ports(topology).context("cannot find free ports")?;
+        let network = if netns {
+            let regions: Vec<(String, usize)> = topology
+                .regions
+                .iter()
+                .map(|r| (r.name.clone(), r.edges.len()))
+                .collect();
+            Some(Arc::new(RegionNetwork::create(&regions)?))
+        } else {
+            None
+        };
+        let topology = match &network {
+            Some(network) => in_namespaces(topology, network)?,
+            None => topology.clone(),
+        };
+        let topology = with_free_ports(&topology).context("cannot find free ports")?;
         let at = topology.planned();
         let api = topology.purge_api.listen;
         let log = topology
@@ -164,6 +192,7 @@ impl Supervisor {
             run_dir: run_dir.clone(),
             stop,
             control: None,
+            network,
         };
         if let Some(origin) = at.origin {
             supervisor
@@ -197,10 +226,17 @@ impl Supervisor {
                 .launch(&shield.name, run("shield", &shield.name))
                 .await?;
         }
-        for (_, edge) in topology.edges() {
-            supervisor
-                .launch(&edge.name, run("edge", &edge.name))
-                .await?;
+        for (r, region) in topology.regions.iter().enumerate() {
+            for edge in &region.edges {
+                let mut args = run("edge", &edge.name);
+                if let Some(network) = &supervisor.network {
+                    let ns = network.namespace(r);
+                    let mut inside = vec!["ip".into(), "netns".into(), "exec".into(), ns];
+                    inside.append(&mut args);
+                    args = inside;
+                }
+                supervisor.launch(&edge.name, args).await?;
+            }
         }
         supervisor.launch("geodns", run("geodns", "geodns")).await?;
         supervisor
@@ -225,11 +261,14 @@ impl Supervisor {
         let control = Arc::new(Control {
             components: self.components.clone(),
             token: token.to_owned(),
+            network: self.network.clone(),
         });
         let app = axum::Router::new()
             .route("/v1/processes", get(list))
             .route("/v1/processes/{name}/kill", post(kill))
             .route("/v1/processes/{name}/start", post(start))
+            .route("/v1/regions/{name}/partition", post(partition))
+            .route("/v1/regions/{name}/heal", post(heal))
             .with_state(control);
         let mut stop = self.stop.subscribe();
         self.control = Some(tokio::spawn(async move {
@@ -446,6 +485,7 @@ impl Component {
 struct Control {
     components: Vec<Arc<Component>>,
     token: String,
+    network: Option<Arc<RegionNetwork>>,
 }
 
 impl Control {
@@ -542,6 +582,75 @@ async fn start(
 ) -> ControlAnswer {
     control.component(&headers, &name)?.release();
     Ok(axum::Json(serde_json::json!({ "started": name })))
+}
+
+/// Cuts a region off the network (`--netns` only).
+async fn partition(
+    axum::extract::State(control): ControlState,
+    axum::extract::Path(region): axum::extract::Path<String>,
+    headers: http::HeaderMap,
+) -> ControlAnswer {
+    control.authorized(&headers)?;
+    let network = control.network.as_ref().ok_or((
+        http::StatusCode::CONFLICT,
+        "regions are in network namespaces only with cdn up --processes --netns".to_owned(),
+    ))?;
+    network
+        .cut(&region)
+        .map_err(|e| (http::StatusCode::BAD_REQUEST, e.to_string()))?;
+    tracing::warn!(%region, "cut off the network on request");
+    Ok(axum::Json(serde_json::json!({ "partitioned": region })))
+}
+
+/// Reconnects a region cut off by [`partition`].
+async fn heal(
+    axum::extract::State(control): ControlState,
+    axum::extract::Path(region): axum::extract::Path<String>,
+    headers: http::HeaderMap,
+) -> ControlAnswer {
+    control.authorized(&headers)?;
+    let network = control.network.as_ref().ok_or((
+        http::StatusCode::CONFLICT,
+        "regions are in network namespaces only with cdn up --processes --netns".to_owned(),
+    ))?;
+    network
+        .heal(&region)
+        .map_err(|e| (http::StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(axum::Json(serde_json::json!({ "healed": region })))
+}
+
+/// `topology` with its edges on the addresses of their regions' namespaces and the core
+/// (origin, shields, purge API) on the address the namespaces reach; every port a free
+/// one (an edge's namespace has nothing else listening).
+fn in_namespaces(topology: &Topology, network: &RegionNetwork) -> std::io::Result<Topology> {
+    let mut topology = topology.clone();
+    let free = || -> std::io::Result<u16> {
+        Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+            .local_addr()?
+            .port())
+    };
+    let core = std::net::IpAddr::V4(network.core());
+    let on_core = |addr: &mut SocketAddr| -> std::io::Result<()> {
+        let listener = std::net::TcpListener::bind((core, 0))?;
+        *addr = listener.local_addr()?;
+        Ok(())
+    };
+    if let Some(origin) = &mut topology.origin.demo {
+        on_core(origin)?;
+    }
+    on_core(&mut topology.purge_api.listen)?;
+    for shield in &mut topology.shields {
+        on_core(&mut shield.listen)?;
+        on_core(&mut shield.admin)?;
+    }
+    for (r, region) in topology.regions.iter_mut().enumerate() {
+        for (n, edge) in region.edges.iter_mut().enumerate() {
+            let ip = std::net::IpAddr::V4(network.edge_address(r, n));
+            edge.listen = SocketAddr::new(ip, free()?);
+            edge.admin = SocketAddr::new(ip, free()?);
+        }
+    }
+    Ok(topology)
 }
 
 /// Forwards a process's output, each line with the process's name in front.

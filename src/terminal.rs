@@ -43,6 +43,12 @@ pub async fn drill(
         Progress::Killed { edges } => {
             say(format!("{} killed {}", stamp(), edges.join(", ")));
         }
+        Progress::Partitioned { region } => {
+            say(format!("{} cut {region} off the network", stamp()));
+        }
+        Progress::Healed { region } => {
+            say(format!("{} reconnected {region}", stamp()));
+        }
         Progress::Restarted { edges } => {
             say(format!("{} {} run again", stamp(), edges.join(", ")));
         }

@@ -24,9 +24,16 @@ const MORE_PUBLISHED: (&str, &str) = ("sites = [\"demo\"]", "sites = [\"demo\", 
 struct UpProcess(Child);
 
 impl Drop for UpProcess {
+    /// Ctrl-C first, so `cdn up` removes what it made (processes, namespaces), then a kill
+    /// if it has not exited within 10 s.
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        if wait_exit(&mut self.0, Duration::from_secs(10)).is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
@@ -667,4 +674,92 @@ async fn a_drained_region_of_processes_loses_no_client_request() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_cut_off_the_network_fails_over_and_heals() {
+    if let Err(why) = cdn::netns::available() {
+        eprintln!("SKIPPED a_region_cut_off_the_network_fails_over_and_heals: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let StartedUp {
+        mut up, endpoints, ..
+    } = start_up(
+        dir.path(),
+        &[("ttl = 20", "ttl = 2")],
+        &["--processes", "--netns"],
+    );
+    let edge = endpoints.region("eu-west").expect("eu-west").edges[0].public;
+    assert!(
+        edge.ip().to_string().starts_with("10."),
+        "{edge}: in a namespace"
+    );
+    let options = cdn::drill::DrillOptions {
+        poll: Duration::from_millis(20),
+        timeout: Duration::from_secs(20),
+        settle: Duration::from_millis(500),
+        mode: cdn::drill::Mode::Partition,
+        load: Some(cdn::clients::Load {
+            rate: 100.0,
+            clients: 10,
+            urls: 100,
+            ..Default::default()
+        }),
+        phase: Duration::from_secs(2),
+        after: Duration::from_secs(2),
+        warm_before_restore: None,
+    };
+    let report = cdn::drill::run(&endpoints, "eu-west", &options, |_| {})
+        .await
+        .expect("the drill runs");
+    assert_eq!(report.failover.region, "us-east");
+    let phase = |name: &str| {
+        report
+            .phases
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no phase {name}"))
+            .clients
+            .clone()
+    };
+    assert_eq!(phase("before").failed(), 0);
+    let failed = report
+        .phases
+        .iter()
+        .map(|p| p.clients.failed())
+        .sum::<u64>();
+    assert!(failed > 0, "the cut was seen by clients");
+    // A partition is seen as timeouts: a request started just before the clients left
+    // the region may take its whole timeout on each of the answer's two addresses (2 x
+    // 2 s) on top of detection (600 ms) and the TTL (2 s), and 1 s of slack.
+    let bound = Duration::from_millis(600)
+        + Duration::from_secs(2)
+        + Duration::from_secs(4)
+        + Duration::from_secs(1);
+    let window = report.failure_window.expect("measured");
+    assert!(window < bound, "failures for {window:?}, over {bound:?}");
+    assert_eq!(phase("after").failed(), 0, "{:?}", phase("after"));
+    assert!(phase("after").served_by.contains_key("eu-west"));
+
+    // Ctrl-C removes the namespaces with the processes.
+    let namespaces = || {
+        let out = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let prefix = format!(
+        "cdn{}r",
+        edge.ip().to_string().split('.').nth(1).unwrap_or("")
+    );
+    assert!(namespaces().contains(&prefix), "{}", namespaces());
+    let interrupted = Command::new("kill")
+        .args(["-INT", &up.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(interrupted.success());
+    assert_eq!(wait_exit(&mut up.0, Duration::from_secs(30)), Some(true));
+    assert!(!namespaces().contains(&prefix), "{}", namespaces());
 }
