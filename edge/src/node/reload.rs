@@ -281,8 +281,12 @@ impl Reloader {
     }
 
     /// Counts and logs a reload's result.
+    /// Counts a refusal (an applied reload is counted as it commits, in [`Reloader::apply`])
+    /// and logs the result.
     fn reloaded(&self, result: Result<Reloaded, ReloadError>) -> Result<Reloaded, ReloadError> {
-        self.edge.metrics().config_reload(result.is_ok());
+        if result.is_err() {
+            self.edge.metrics().config_reload(false);
+        }
         match &result {
             Ok(reloaded) => tracing::info!(node = %self.edge.name(), ?reloaded, "config reloaded"),
             Err(error) => {
@@ -306,6 +310,9 @@ impl Reloader {
             certificates.replace(site_certificates(&next))?;
         }
         let reloaded = Reloaded::between(&running, &next);
+        // Counted before anything of it is in service: whoever sees the new config (a
+        // request, a scrape) sees the count too.
+        self.edge.metrics().config_reload(true);
         self.edge.admission.resize(&next.overload);
         self.limits.send_replace(next.limits.clone());
         live.sites.raise_generations(&next.sites);
