@@ -456,17 +456,31 @@ async fn restore_anyway(
     region: &RegionEndpoints,
     mode: Mode,
 ) -> Result<(), DrillError> {
+    bring_back(admin, control, region, mode, Duration::from_secs(30)).await?;
+    Ok(resume(admin, region).await?)
+}
+
+/// Undoes a kill or a partition (starts the processes again, or reconnects the region)
+/// and waits, up to `timeout`, until every edge answers; `false` for a drain, which has
+/// nothing to undo before its edges are resumed.
+async fn bring_back(
+    admin: &NodeAdmin,
+    control: Option<SocketAddr>,
+    region: &RegionEndpoints,
+    mode: Mode,
+    timeout: Duration,
+) -> Result<bool, DrillError> {
     match (mode, control) {
         (Mode::Kill, Some(control)) => {
             for edge in &region.edges {
                 admin.start_process(control, &edge.name).await?;
             }
-            wait_answering(admin, region, Duration::from_secs(30)).await?;
         }
         (Mode::Partition, Some(control)) => admin.heal(control, &region.name).await?,
-        _ => {}
+        _ => return Ok(false),
     }
-    Ok(resume(admin, region).await?)
+    wait_answering(admin, region, timeout).await?;
+    Ok(true)
 }
 
 /// How the region comes back.
@@ -542,30 +556,26 @@ async fn away_and_back(
     let admin = restore.admin;
     // Started again (or reconnected), then drained at once when warming, so GeoDNS sends
     // no client back to the region before it is warm.
-    match (options.mode, restore.control) {
-        (Mode::Kill, Some(control)) => {
-            for edge in &target.edges {
-                admin.start_process(control, &edge.name).await?;
-            }
-            wait_answering(admin, target, options.timeout).await?;
-            if options.warm_before_restore.is_some() {
-                drain(admin, target).await?;
-            }
-            progress(Progress::Restarted {
-                edges: target.edges.iter().map(|e| e.name.clone()).collect(),
-            });
+    if bring_back(
+        admin,
+        restore.control,
+        target,
+        options.mode,
+        options.timeout,
+    )
+    .await?
+    {
+        if options.warm_before_restore.is_some() {
+            drain(admin, target).await?;
         }
-        (Mode::Partition, Some(control)) => {
-            admin.heal(control, &target.name).await?;
-            wait_answering(admin, target, options.timeout).await?;
-            if options.warm_before_restore.is_some() {
-                drain(admin, target).await?;
-            }
-            progress(Progress::Healed {
+        progress(match options.mode {
+            Mode::Partition => Progress::Healed {
                 region: target.name.clone(),
-            });
-        }
-        _ => {}
+            },
+            _ => Progress::Restarted {
+                edges: target.edges.iter().map(|e| e.name.clone()).collect(),
+            },
+        });
     }
     let warmed = match (&options.warm_before_restore, &restore.from) {
         (Some(warming), Some(from)) => {

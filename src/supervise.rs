@@ -511,6 +511,19 @@ impl Control {
             })
     }
 
+    /// The regions' namespaces, or the answer saying why not (a wrong token, no
+    /// `--netns`).
+    fn network(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<&RegionNetwork, (http::StatusCode, String)> {
+        self.authorized(headers)?;
+        self.network.as_deref().ok_or((
+            http::StatusCode::CONFLICT,
+            "regions are in network namespaces only with cdn up --processes --netns".to_owned(),
+        ))
+    }
+
     fn authorized(&self, headers: &http::HeaderMap) -> Result<(), (http::StatusCode, String)> {
         let given = headers
             .get(node_api::headers::NODE_TOKEN)
@@ -590,12 +603,8 @@ async fn partition(
     axum::extract::Path(region): axum::extract::Path<String>,
     headers: http::HeaderMap,
 ) -> ControlAnswer {
-    control.authorized(&headers)?;
-    let network = control.network.as_ref().ok_or((
-        http::StatusCode::CONFLICT,
-        "regions are in network namespaces only with cdn up --processes --netns".to_owned(),
-    ))?;
-    network
+    control
+        .network(&headers)?
         .cut(&region)
         .map_err(|e| (http::StatusCode::BAD_REQUEST, e.to_string()))?;
     tracing::warn!(%region, "cut off the network on request");
@@ -608,12 +617,8 @@ async fn heal(
     axum::extract::Path(region): axum::extract::Path<String>,
     headers: http::HeaderMap,
 ) -> ControlAnswer {
-    control.authorized(&headers)?;
-    let network = control.network.as_ref().ok_or((
-        http::StatusCode::CONFLICT,
-        "regions are in network namespaces only with cdn up --processes --netns".to_owned(),
-    ))?;
-    network
+    control
+        .network(&headers)?
         .heal(&region)
         .map_err(|e| (http::StatusCode::BAD_REQUEST, e.to_string()))?;
     Ok(axum::Json(serde_json::json!({ "healed": region })))

@@ -566,17 +566,17 @@ fn run_dir(banner: &str) -> String {
         .to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_region_s_clients_fail_over_to_the_nearest_region_within_detection_and_ttl() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let StartedUp {
-        up: _up, endpoints, ..
-    } = up_processes_fast(dir.path());
+/// A drill of eu-west in `mode` with 10 clients at 100 requests/s over 100 URLs, 2 s of
+/// load before the failure and after the switch-back.
+async fn drill_under_load(
+    endpoints: &Endpoints,
+    mode: cdn::drill::Mode,
+) -> cdn::drill::DrillReport {
     let options = cdn::drill::DrillOptions {
         poll: Duration::from_millis(20),
         timeout: Duration::from_secs(20),
         settle: Duration::from_millis(500),
-        mode: cdn::drill::Mode::Kill,
+        mode,
         load: Some(cdn::clients::Load {
             rate: 100.0,
             clients: 10,
@@ -587,23 +587,35 @@ async fn a_killed_region_s_clients_fail_over_to_the_nearest_region_within_detect
         after: Duration::from_secs(2),
         warm_before_restore: None,
     };
-    let report = cdn::drill::run(&endpoints, "eu-west", &options, |_| {})
+    cdn::drill::run(endpoints, "eu-west", &options, |_| {})
         .await
-        .expect("the drill runs");
+        .expect("the drill runs")
+}
+
+/// What the clients saw in phase `name` of a drill.
+fn phase_of(report: &cdn::drill::DrillReport, name: &str) -> cdn::clients::Summary {
+    report
+        .phases
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("no phase {name}"))
+        .clients
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_region_s_clients_fail_over_to_the_nearest_region_within_detection_and_ttl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let StartedUp {
+        up: _up, endpoints, ..
+    } = up_processes_fast(dir.path());
+    let report = drill_under_load(&endpoints, cdn::drill::Mode::Kill).await;
     assert_eq!(
         report.failover.region, "us-east",
         "the nearest other region"
     );
     assert_eq!(report.ttl, 2);
-    let phase = |name: &str| {
-        report
-            .phases
-            .iter()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("no phase {name}"))
-            .clients
-            .clone()
-    };
+    let phase = |name: &str| phase_of(&report, name);
     assert_eq!(phase("before").failed(), 0, "{:?}", phase("before"));
     assert!(phase("failure").failed() > 0, "the kill was seen");
     let failed_over = phase("failed over");
@@ -630,23 +642,7 @@ async fn a_drained_region_of_processes_loses_no_client_request() {
         banner,
         ..
     } = up_processes_fast(dir.path());
-    let options = cdn::drill::DrillOptions {
-        poll: Duration::from_millis(20),
-        timeout: Duration::from_secs(20),
-        settle: Duration::from_millis(500),
-        load: Some(cdn::clients::Load {
-            rate: 100.0,
-            clients: 10,
-            urls: 100,
-            ..Default::default()
-        }),
-        phase: Duration::from_secs(2),
-        after: Duration::from_secs(2),
-        ..cdn::drill::DrillOptions::default()
-    };
-    let report = cdn::drill::run(&endpoints, "eu-west", &options, |_| {})
-        .await
-        .expect("the drill runs");
+    let report = drill_under_load(&endpoints, cdn::drill::Mode::Drain).await;
     assert_eq!(report.failover.region, "us-east");
     for phase in &report.phases {
         assert_eq!(
@@ -696,34 +692,9 @@ async fn a_region_cut_off_the_network_fails_over_and_heals() {
         edge.ip().to_string().starts_with("10."),
         "{edge}: in a namespace"
     );
-    let options = cdn::drill::DrillOptions {
-        poll: Duration::from_millis(20),
-        timeout: Duration::from_secs(20),
-        settle: Duration::from_millis(500),
-        mode: cdn::drill::Mode::Partition,
-        load: Some(cdn::clients::Load {
-            rate: 100.0,
-            clients: 10,
-            urls: 100,
-            ..Default::default()
-        }),
-        phase: Duration::from_secs(2),
-        after: Duration::from_secs(2),
-        warm_before_restore: None,
-    };
-    let report = cdn::drill::run(&endpoints, "eu-west", &options, |_| {})
-        .await
-        .expect("the drill runs");
+    let report = drill_under_load(&endpoints, cdn::drill::Mode::Partition).await;
     assert_eq!(report.failover.region, "us-east");
-    let phase = |name: &str| {
-        report
-            .phases
-            .iter()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("no phase {name}"))
-            .clients
-            .clone()
-    };
+    let phase = |name: &str| phase_of(&report, name);
     assert_eq!(phase("before").failed(), 0);
     let failed = report
         .phases

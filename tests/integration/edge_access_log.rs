@@ -123,35 +123,50 @@ async fn a_line_per_request_for_a_miss_a_hit_a_pass_and_a_refusal() {
     assert_eq!(h.metric("edge_access_log_dropped_total").await, 0.0);
 }
 
-#[tokio::test]
-async fn an_http2_request_is_logged_with_its_version_and_server_name() {
-    let origin = DemoOrigin::start(loopback()).await.expect("origin starts");
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let (cert, key) = ca.issue(&[HOST]).write(dir.path(), "assets");
-    let path = dir.path().join("access.log");
+/// An edge named `name` serving the test site over HTTPS too (a certificate from `ca`),
+/// in front of `origin`, with its access log at `dir/access.log` and `tables` (TOML)
+/// added; and the log's path.
+async fn logged_tls_edge(
+    dir: &Path,
+    ca: &TestCa,
+    origin: SocketAddr,
+    name: &str,
+    tables: &str,
+) -> (EdgeServer, PathBuf) {
+    let (cert, key) = ca.issue(&[HOST]).write(dir, "assets");
+    let path = dir.join("access.log");
     let text = format!(
         r#"
         [node]
-        name = "edge-h2-log"
+        name = "{name}"
         listen = "127.0.0.1:0"
         admin_listen = "127.0.0.1:0"
         https_listen = "127.0.0.1:0"
+
+        {tables}
 
         {table}
 
         [[site]]
         name = "assets"
         hosts = ["{HOST}"]
-        upstream = "http://{upstream}"
+        upstream = "http://{origin}"
         tls = {{ cert = {cert:?}, key = {key:?} }}
         "#,
         table = access_log_table(&path),
-        upstream = origin.addr(),
     );
     let edge = EdgeServer::start(EdgeConfig::from_toml(&text).unwrap())
         .await
         .expect("edge starts");
+    (edge, path)
+}
+
+#[tokio::test]
+async fn an_http2_request_is_logged_with_its_version_and_server_name() {
+    let origin = DemoOrigin::start(loopback()).await.expect("origin starts");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (edge, path) = logged_tls_edge(dir.path(), &ca, origin.addr(), "edge-h2-log", "").await;
     let client = ca.client(&[b"h2"]);
     let conn = tls::connect(&client, edge.https_addr().unwrap(), HOST)
         .await
@@ -353,33 +368,9 @@ async fn a_client_over_its_limit_on_the_https_listener_is_logged_too() {
     let origin = DemoOrigin::start(loopback()).await.expect("origin starts");
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
-    let (cert, key) = ca.issue(&[HOST]).write(dir.path(), "assets");
-    let path = dir.path().join("access.log");
-    let text = format!(
-        r#"
-        [node]
-        name = "edge-tls-door"
-        listen = "127.0.0.1:0"
-        admin_listen = "127.0.0.1:0"
-        https_listen = "127.0.0.1:0"
-
-        [limits]
-        max_connections_per_ip = 1
-
-        {table}
-
-        [[site]]
-        name = "assets"
-        hosts = ["{HOST}"]
-        upstream = "http://{upstream}"
-        tls = {{ cert = {cert:?}, key = {key:?} }}
-        "#,
-        table = access_log_table(&path),
-        upstream = origin.addr(),
-    );
-    let edge = EdgeServer::start(EdgeConfig::from_toml(&text).unwrap())
-        .await
-        .expect("edge starts");
+    let limits = "[limits]\nmax_connections_per_ip = 1\n";
+    let (edge, path) =
+        logged_tls_edge(dir.path(), &ca, origin.addr(), "edge-tls-door", limits).await;
     let https = edge.https_addr().unwrap();
     let _held = tokio::net::TcpStream::connect(https).await.unwrap();
     let mut over = tokio::net::TcpStream::connect(https).await.unwrap();
