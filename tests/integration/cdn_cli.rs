@@ -461,6 +461,36 @@ fn up_processes_restarts_a_killed_edge_with_purges_caught_up_and_reloads_each_pr
 
     // The edge is killed; while it is down (the restart backoff is a second), its object
     // is purged.
+    // The supervisor's control listener: the node token, a known process, namespaces.
+    let control: std::net::SocketAddr = endpoints
+        .supervisor
+        .as_deref()
+        .expect("a supervisor in the endpoints")
+        .trim_start_matches("http://")
+        .parse()
+        .expect("its address");
+    let post = |path: &str, token: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: control\r\ncdn-node-token: {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let token = endpoints.node_token.clone();
+    assert_eq!(
+        request(control, &post("/v1/processes/eu-west-1/kill", "wrong")).0,
+        401
+    );
+    let (status, unknown) = request(control, &post("/v1/processes/mars-1/kill", &token));
+    assert!(status == 404 && unknown.contains("eu-west-1"), "{unknown}");
+    assert_eq!(
+        request(control, &post("/v1/regions/eu-west/partition", &token)).0,
+        409
+    );
+    assert_eq!(
+        pids_of(&run_dir, "eu-west-1").len(),
+        1,
+        "nothing was killed"
+    );
+
     let killed = pids_of(&run_dir, "eu-west-1");
     let kill = Command::new("kill")
         .args(["-KILL", &killed[0].to_string()])

@@ -216,3 +216,42 @@ async fn an_upgrade_with_no_running_node_says_so_and_binds_nothing() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_upgrade_socket_is_its_owner_s_and_garbage_on_it_changes_nothing() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let origin = DemoOrigin::start(loopback()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(dir.path(), origin.addr(), "");
+    let node = NodeProcess::edge(&file, &[]);
+    let socket = dir.path().join("upgrade.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "only its owner may take the listeners");
+
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(b"give me your sockets\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty(),
+        "nothing is handed over without the protocol"
+    );
+    let reply = support::send(
+        &support::client(),
+        node.public,
+        Method::GET,
+        "/a.bin",
+        HOST,
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "the node serves on");
+
+    // And a real upgrade still works after it.
+    let new = NodeProcess::edge(&file, &["--upgrade"]);
+    assert_eq!(new.public, node.public);
+}

@@ -208,6 +208,13 @@ impl UpgradeSocket {
             Err(e) => return Err(bind_error(e)),
         }
         let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_error)?;
+        // Whoever connects gets the node's listening sockets: its owner only, whatever the
+        // umask.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(bind_error)?;
+        }
         let (released, stop) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let (on_release, on_stop) = (released.clone(), stop.clone());
         listener.set_nonblocking(true).map_err(bind_error)?;
