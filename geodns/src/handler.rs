@@ -50,7 +50,7 @@ impl RequestHandler for Handler {
     ) -> ResponseInfo {
         let state = self.state.load();
         let tcp = request.protocol() == Protocol::Tcp;
-        let mut metadata = Metadata::response_from_request(&request.metadata);
+        let metadata = Metadata::response_from_request(&request.metadata);
         let mut edns = request.edns.as_ref().map(|theirs| {
             let mut ours = Edns::new();
             ours.set_max_payload(theirs.max_payload().clamp(512, MAX_UDP_PAYLOAD));
@@ -125,8 +125,7 @@ impl RequestHandler for Handler {
                     .choose(located.as_ref(), network_hash(client.ip))
             },
         );
-        metadata.response_code = answer.rcode;
-        metadata.authoritative = answer.rcode != ResponseCode::Refused;
+        let metadata = answer.metadata(&request.metadata);
         if let (Some(edns), Some(subnet)) = (edns.as_mut(), &client.subnet) {
             // Echo the option; the scope says which clients the answer is good for
             // (RFC 7871 7.2.1): 0 when it does not depend on where the client is.

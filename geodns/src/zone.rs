@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Metadata, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 
@@ -35,6 +35,18 @@ pub struct Answer {
     pub additionals: Vec<Record>,
     /// Set when the answer depends on where the client is: the region it was sent to.
     pub region: Option<usize>,
+}
+
+impl Answer {
+    /// The header of the response that carries this answer to a query with `request`'s
+    /// header: the flags hickory echoes (ID, opcode, RD, CD), this answer's code, and AA
+    /// unless the question was refused (not this server's zone).
+    pub fn metadata(&self, request: &Metadata) -> Metadata {
+        let mut metadata = Metadata::response_from_request(request);
+        metadata.response_code = self.rcode;
+        metadata.authoritative = self.rcode != ResponseCode::Refused;
+        metadata
+    }
 }
 
 /// The zone, built from a validated config.
@@ -168,6 +180,25 @@ impl Zone {
     /// The TTL of the addresses owned by region number `region`'s name.
     pub fn region_ttl(&self, region: usize) -> u32 {
         self.region_ttls[region]
+    }
+
+    /// The names whose every answer is fixed by the config: the apex, glue and the empty
+    /// non-terminals, unless a region or customer has the same name (which
+    /// [`Zone::answer`] looks up first). Neither the client's location nor the edges'
+    /// health changes what these answer, so it can be encoded once per config
+    /// ([`crate::static_answers`]).
+    pub fn static_names(&self) -> Vec<LowerName> {
+        let mut names: Vec<LowerName> = std::iter::once(self.apex.clone())
+            .chain(self.glue.keys().cloned())
+            .chain(self.empty_non_terminals.iter().cloned())
+            .filter(|name| {
+                !self.region_names.contains_key(name) && !self.customers.contains_key(name)
+            })
+            .collect();
+        // A glue name can also be an empty non-terminal's (names below it exist).
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// The answer to `qtype` `qclass` for `name`. `steer` is asked (only for customer
@@ -328,4 +359,55 @@ fn address_record(owner: &Name, ttl: u32, ip: IpAddr, qtype: RecordType) -> Opti
         _ => return None,
     };
     Some(Record::from_rdata(owner.clone(), ttl, rdata))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_names_are_the_apex_glue_and_empty_non_terminals_not_steered_names() {
+        let config = GeoDnsConfig::from_toml(
+            r#"
+            [zone]
+            name = "cdn.test"
+            nameservers = [
+                { name = "ns1.cdn.test", addresses = ["192.0.2.53"] },
+                { name = "ns.elsewhere.example", addresses = ["192.0.2.54"] },
+                { name = "shop.cdn.test", addresses = ["192.0.2.55"] },
+                { name = "ns2.b.cdn.test", addresses = ["192.0.2.56"] },
+            ]
+            [geo]
+            default_region = "eu"
+            [[region]]
+            name = "eu"
+            lat = 50.0
+            lon = 8.0
+            edge = [{ address = "192.0.2.10", probe = "http://127.0.0.1:1/healthz" }]
+            [[customer]]
+            name = "shop"
+            [[customer]]
+            name = "a.b"
+            "#,
+        )
+        .expect("valid");
+        let zone = Zone::new(&config).expect("zone");
+        let mut names: Vec<String> = zone
+            .static_names()
+            .iter()
+            .map(|name| name.to_string())
+            .collect();
+        names.sort();
+        // Not `shop` (a customer first), nor the name server outside the zone.
+        assert_eq!(
+            names,
+            [
+                "b.cdn.test.",
+                "cdn.test.",
+                "edge.cdn.test.",
+                "ns1.cdn.test.",
+                "ns2.b.cdn.test."
+            ]
+        );
+    }
 }
