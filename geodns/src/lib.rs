@@ -8,7 +8,8 @@
 //! the next. The config reloads on SIGHUP or file change without dropping queries.
 //!
 //! [`GeoDnsServer`] runs it from a [`GeoDnsConfig`]. The transports are this crate's own
-//! loops (`udp`: batched `recvmmsg`/`sendmmsg` with an in-place fast path; `tcp`: framed
+//! loops (`udp`: batched `recvmmsg`/`sendmmsg` with an in-place fast path for steered
+//! answers and the zone's static ones, encoded once per config; `tcp`: framed
 //! messages in order), so every message is screened before anything answers it (a
 //! response, QR=1, is dropped, never reflected); `hickory-server` decodes requests and
 //! encodes the answers of the general path.
@@ -23,6 +24,7 @@ pub mod health;
 pub mod metrics;
 pub mod server;
 pub mod state;
+pub mod static_answers;
 pub mod steering;
 pub mod tcp;
 #[cfg(any(test, feature = "test-support"))]

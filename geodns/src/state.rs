@@ -10,6 +10,7 @@ use crate::config::{ConfigError, GeoDnsConfig, HealthConfig};
 use crate::fast_path::{FastName, wire_name};
 use crate::geo::{CidrOverrides, Locator, MmdbLocator};
 use crate::health::EdgeHealth;
+use crate::static_answers::StaticAnswers;
 use crate::steering::Regions;
 use crate::zone::Zone;
 
@@ -21,8 +22,12 @@ pub struct State {
     pub locator: Locator,
     pub ecs: bool,
     pub health: HealthConfig,
-    /// Customer and region names in lower-case wire form, for [`crate::fast_path`].
+    /// Customer, region and static names in lower-case wire form, for
+    /// [`crate::fast_path`].
     pub fast_names: FxHashMap<Vec<u8>, FastName>,
+    /// The zone's answers that are the same for every client, encoded for
+    /// [`crate::fast_path`] from this config's zone.
+    pub static_answers: StaticAnswers,
     /// `<region>.edge.<zone>` in wire form, by region index.
     pub region_wire_names: Vec<Vec<u8>>,
     pub zone_max_answers: usize,
@@ -65,22 +70,27 @@ impl State {
             .iter()
             .map(|r| wire_name(&format!("{}.edge.{zone_name}", r.name)))
             .collect();
-        let mut fast_names: FxHashMap<Vec<u8>, FastName> = config
-            .customers
+        let static_answers = StaticAnswers::new(&zone, &regions);
+        // Later entries win, as in `Zone::answer`: a region's name over a customer's, and
+        // either over a static name (which `Zone::static_names` leaves out anyway).
+        let mut fast_names: FxHashMap<Vec<u8>, FastName> = static_answers
+            .names
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                (
-                    wire_name(&format!("{}.{zone_name}", c.name)),
-                    FastName::Customer(i),
-                )
-            })
+            .map(|(i, name)| (name.wire.clone(), FastName::Static(i)))
             .collect();
+        for (i, c) in config.customers.iter().enumerate() {
+            fast_names.insert(
+                wire_name(&format!("{}.{zone_name}", c.name)),
+                FastName::Customer(i),
+            );
+        }
         for (i, name) in region_wire_names.iter().enumerate() {
             fast_names.insert(name.clone(), FastName::Region(i));
         }
         Ok(Self {
             fast_names,
+            static_answers,
             region_wire_names,
             zone_max_answers: config.zone.max_answers,
             zone,

@@ -1,5 +1,5 @@
 //! Serving DNS over UDP: one receive loop per core on a shared socket, queries taken and
-//! answered in batches, the common query
+//! answered in batches, the common queries (steered answers and the zone's static ones)
 //! answered by [`crate::fast_path`] into a reused buffer, everything else (responses
 //! included, which it drops) by the same general path as TCP ([`crate::general`]), with
 //! its response captured and sent from this loop.
@@ -16,15 +16,46 @@ use hickory_proto::rr::RecordType;
 use hickory_server::net::xfer::Protocol;
 use nix::libc;
 
-use crate::fast_path;
 use crate::handler::Handler;
+use crate::{fast_path, static_answers};
 
 /// Fast-path queries counted locally before they are added to the metrics.
 const FLUSH_EVERY: u64 = 4096;
 
-fn flush(handler: &Handler, counts: &mut [[u64; 2]]) {
+/// Fast-path answers counted in the loop: steered ones by region index and [A, AAAA],
+/// static ones by their type's slot in [`static_answers::TYPES`].
+#[derive(Default)]
+struct Counts {
+    steered: Vec<[u64; 2]>,
+    by_static_type: [u64; static_answers::TYPES.len()],
+    pending: u64,
+}
+
+impl Counts {
+    fn add(&mut self, answered: fast_path::Answered) {
+        match answered {
+            fast_path::Answered::Steered { qtype, region } => {
+                if self.steered.len() <= region {
+                    self.steered.resize(region + 1, [0; 2]);
+                }
+                self.steered[region][usize::from(qtype != 1)] += 1;
+            }
+            fast_path::Answered::Static { slot } => self.by_static_type[slot] += 1,
+        }
+        self.pending += 1;
+    }
+}
+
+fn flush(handler: &Handler, counts: &mut Counts) {
+    counts.pending = 0;
+    for (qtype, n) in static_answers::TYPES.iter().zip(&mut counts.by_static_type) {
+        if *n > 0 {
+            handler.metrics.fast_answers(*qtype, "-", *n);
+            *n = 0;
+        }
+    }
     let state = handler.state.load();
-    for (region, by_type) in counts.iter_mut().enumerate() {
+    for (region, by_type) in counts.steered.iter_mut().enumerate() {
         let name = state
             .regions
             .regions
@@ -75,9 +106,7 @@ pub fn serve(
     let fd = socket.as_raw_fd();
     let mut batch = Batch::new();
     let mut addresses = Vec::new();
-    // Fast-path answers by region index, [A, AAAA].
-    let mut counts: Vec<[u64; 2]> = Vec::new();
-    let mut pending = 0u64;
+    let mut counts = Counts::default();
     let mut flushed = Instant::now();
     while !stop.load(Ordering::Acquire) {
         let received = match batch.receive(fd) {
@@ -93,9 +122,8 @@ pub fn serve(
             }
         };
         if received == 0 {
-            if pending > 0 {
+            if counts.pending > 0 {
                 flush(&handler, &mut counts);
-                pending = 0;
             }
             continue;
         }
@@ -110,11 +138,7 @@ pub fn serve(
             let (packet, out) = batch.query_and_answer(i);
             let answered = match fast_path::answer(&state, packet, src.ip(), out, &mut addresses) {
                 Some(answered) => {
-                    if counts.len() <= answered.region {
-                        counts.resize(answered.region + 1, [0; 2]);
-                    }
-                    counts[answered.region][usize::from(answered.qtype != 1)] += 1;
-                    pending += 1;
+                    counts.add(answered);
                     true
                 }
                 None => runtime.block_on(general(&handler, packet, src, out)),
@@ -124,9 +148,10 @@ pub fn serve(
             }
         }
         batch.send(fd);
-        if pending >= FLUSH_EVERY || (pending > 0 && flushed.elapsed() > Duration::from_secs(1)) {
+        if counts.pending >= FLUSH_EVERY
+            || (counts.pending > 0 && flushed.elapsed() > Duration::from_secs(1))
+        {
             flush(&handler, &mut counts);
-            pending = 0;
             flushed = Instant::now();
         }
     }

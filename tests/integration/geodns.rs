@@ -16,7 +16,9 @@ use geodns::{GeoDnsConfig, GeoDnsServer};
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::{RData, RecordType};
-use support::dns::{addresses, cname, ecs, query, tcp, tcp_after, udp, udp_after, udp_raw};
+use support::dns::{
+    addresses, cname, ecs, query, tcp, tcp_after, tcp_raw, udp, udp_after, udp_raw,
+};
 use support::loopback;
 
 const CUSTOMER: &str = "publisher.cdn.test.";
@@ -644,6 +646,113 @@ async fn the_udp_fast_path_answers_exactly_as_the_general_path_does() {
     assert_eq!(queries(&text, "fast", "udp"), fast_expected, "{text}");
     assert_eq!(queries(&text, "fast", "tcp"), 0, "{text}");
     assert_eq!(queries(&text, "general", "tcp"), 36, "{text}");
+}
+
+/// Asks each of `questions` over UDP and over TCP in every flavour a resolver sends (with
+/// and without EDNS and Client Subnet, RD and CD set or not, the name in any case) and
+/// checks that the UDP fast path answered it, with the bytes the general path sends over
+/// TCP for the same query. Returns the TCP answers, one per question, without EDNS.
+async fn static_answers_are_the_general_paths(
+    dns: &Dns,
+    questions: &[(&str, RecordType)],
+) -> Vec<Message> {
+    let flavours = [
+        (None, None),
+        (Some(1232), None),
+        (Some(4096), Some((ip(PARIS), 24))),
+        (Some(1232), Some((ip(SYDNEY), 48))),
+        (Some(512), Some((ip("100.64.1.77"), 0))),
+    ];
+    let mut plain = Vec::new();
+    let mut i = 0usize;
+    for (name, qtype) in questions {
+        for (payload, ecs) in flavours {
+            i += 1;
+            let asked = if i.is_multiple_of(2) {
+                name.to_ascii_uppercase()
+            } else {
+                name.to_string()
+            };
+            let mut q = query(&asked, *qtype, payload, ecs);
+            q.metadata.recursion_desired = !i.is_multiple_of(2);
+            q.metadata.checking_disabled = i.is_multiple_of(3);
+            let bytes = q.to_vec().expect("encode");
+            let what = format!(
+                "{asked} {qtype} {payload:?} {ecs:?} rd {}",
+                !i.is_multiple_of(2)
+            );
+            let before = queries(&metrics(dns).await, "general", "udp");
+            let fast = udp_raw(dns.addr(), &bytes).await.expect("a UDP answer");
+            assert_eq!(
+                queries(&metrics(dns).await, "general", "udp"),
+                before,
+                "the UDP fast path answers {what}"
+            );
+            let general = tcp_raw(dns.addr(), &bytes).await;
+            assert_eq!(fast, general, "{what}");
+            if payload.is_none() {
+                plain.push(Message::from_vec(&general).expect("the answer parses"));
+            }
+        }
+    }
+    plain
+}
+
+#[tokio::test]
+async fn the_udp_fast_path_answers_the_zones_own_records_byte_for_byte_as_the_general_path_does() {
+    let dns = Dns::start().await;
+    let (a, aaaa) = (RecordType::A, RecordType::AAAA);
+    let questions = [
+        ("cdn.test.", RecordType::SOA),
+        ("cdn.test.", RecordType::NS),
+        ("cdn.test.", RecordType::ANY),
+        ("cdn.test.", RecordType::MX),
+        ("cdn.test.", a),
+        ("ns1.cdn.test.", a),
+        ("ns1.cdn.test.", aaaa),
+        ("ns1.cdn.test.", RecordType::TXT),
+        ("edge.cdn.test.", a),
+    ];
+    let before = static_answers_are_the_general_paths(&dns, &questions).await;
+    assert_eq!(addresses(&before[5]), vec![ip("192.0.2.53")], "glue");
+    assert!(before[6].answers.is_empty(), "no IPv6 glue: NODATA");
+
+    // A changed zone is answered at once: a second name server, new glue, a new serial.
+    let path = dns._dir.path().join("geodns.toml");
+    let text = std::fs::read_to_string(&path).expect("config").replace(
+        r#"nameservers = [{ name = "ns1.cdn.test", addresses = ["192.0.2.53"] }]"#,
+        r#"serial = 7
+            nameservers = [
+                { name = "ns1.cdn.test", addresses = ["192.0.2.54", "2001:db8::53"] },
+                { name = "ns2.cdn.test", addresses = ["198.51.100.53"] },
+                { name = "ns.elsewhere.example" },
+            ]"#,
+    );
+    let config = GeoDnsConfig::from_toml(&text).expect("valid config");
+    dns.server
+        .replace_config(config)
+        .expect("the new zone applies");
+    let questions = [
+        questions.as_slice(),
+        &[("ns2.cdn.test.", a), ("ns2.cdn.test.", aaaa)],
+    ]
+    .concat();
+    let after = static_answers_are_the_general_paths(&dns, &questions).await;
+    assert!(
+        matches!(&after[0].answers[0].data, RData::SOA(soa) if soa.serial == 7),
+        "{:?}",
+        after[0]
+    );
+    assert_eq!(after[1].answers.len(), 3, "three name servers");
+    let mut glue = after[1].clone();
+    glue.answers = after[1].additionals.clone();
+    assert_eq!(
+        addresses(&glue),
+        vec![ip("192.0.2.54"), ip("2001:db8::53"), ip("198.51.100.53")]
+    );
+    assert_eq!(addresses(&after[5]), vec![ip("192.0.2.54")]);
+    assert_eq!(addresses(&after[6]), vec![ip("2001:db8::53")]);
+    assert_eq!(addresses(&after[9]), vec![ip("198.51.100.53")]);
 }
 
 #[tokio::test]

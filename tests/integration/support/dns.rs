@@ -149,24 +149,28 @@ pub async fn udp(server: SocketAddr, message: &Message) -> Message {
 
 /// One query over TCP (two-byte length framing, RFC 1035 4.2.2).
 pub async fn tcp(server: SocketAddr, message: &Message) -> Message {
-    let bytes = message.to_vec().expect("encode");
+    let reply = tcp_raw(server, &message.to_vec().expect("encode")).await;
+    Message::from_vec(&reply).expect("the reply parses")
+}
+
+/// Sends `bytes` as one message over TCP and returns the reply's bytes, which must come.
+pub async fn tcp_raw(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let exchange = async {
         let mut stream = TcpStream::connect(server).await.expect("connect");
         stream
             .write_all(&(bytes.len() as u16).to_be_bytes())
             .await
             .expect("write");
-        stream.write_all(&bytes).await.expect("write");
+        stream.write_all(bytes).await.expect("write");
         let mut len = [0u8; 2];
         stream.read_exact(&mut len).await.expect("length");
         let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
         stream.read_exact(&mut reply).await.expect("reply");
         reply
     };
-    let reply = tokio::time::timeout(WAIT, exchange)
+    tokio::time::timeout(WAIT, exchange)
         .await
-        .expect("TCP reply in time");
-    Message::from_vec(&reply).expect("the reply parses")
+        .expect("TCP reply in time")
 }
 
 /// The target of the answer's CNAME, lower-case, without the trailing dot.
