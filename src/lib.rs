@@ -11,6 +11,7 @@
 //! - [`warm`]: `cdn warm`, filling one region's caches with another's hottest objects.
 //! - [`console`]: the operator console, a web page showing a running topology live.
 //! - [`node_admin`]: the client of the nodes' admin API those commands use.
+//! - [`runtime`]: the tokio runtime, shaped by the cores the process has.
 //! - [`demo_origin`]: an origin serving generated assets, for `cdn up`, tests and benches.
 
 pub mod clients;
@@ -20,6 +21,7 @@ pub mod drill;
 pub mod endpoints;
 pub mod netns;
 pub mod node_admin;
+pub mod runtime;
 pub mod supervise;
 pub mod topology;
 pub mod up;

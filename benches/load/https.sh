@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# benches/load/https.sh -- HTTPS hit throughput and TLS handshakes/s: the edge beside nginx
-# (proxy_cache, ssl) in front of the same demo origin, in one run, same certificate (ECDSA
-# P-256), TLS 1.2/1.3 on both. Servers pinned to CPU 0, wrk to CPU 1; loopback only.
+# benches/load/https.sh -- HTTPS hit throughput, TLS handshakes and HTTP/2: the edge beside
+# nginx (proxy_cache, ssl, http2) in front of the same demo origin, in one run, same
+# certificate (ECDSA P-256), TLS 1.2/1.3 on both. Servers pinned to CPU 0, the load
+# generators to CPU 1; loopback only.
 #
-# Usage: benches/load/https.sh            (env: DURATION=10 CONNS=64 SIZES="1k 16k" SKIP_BUILD=1
-#                                           H2=0 H2_REQUESTS=200000)
-# Cases: "hit SIZE": keep-alive HTTPS GETs of a cached object (one handshake per connection);
-#        "handshake": Connection: close on every request, so each is a new full handshake;
-#        "h2 hit 1k": HTTP/2, 16 connections x 10 streams (h2load), only when h2load is
-#        installed and H2 is not 0.
-# Needs (Debian): nginx-light wrk curl openssl; optional: nghttp2-client (h2load). Every
-# process started is stopped by PID.
+# Usage: benches/load/https.sh   (env: DURATION=10 CONNS=64 SIZES="1k 16k" SKIP_BUILD=1
+#                                  H2=0 H2_REQUESTS=300000 PROBES=300)
+# Cases (each for the edge, then nginx, back to back):
+#   "hit SIZE": keep-alive HTTPS GETs of a cached object (wrk, one handshake per connection);
+#   "handshake": `Connection: close` on every request, so each is a new full TLS 1.3
+#      handshake (wrk); beside the load, tls_probe.py opens PROBES new connections one
+#      after another and times what a new client waits for: connect + handshake, and the
+#      whole exchange. (wrk's own latency starts at the request's write, after the
+#      handshake, and with wrk's core saturated is mostly its own event loop's length.)
+#   "h2 m=1", "h2 m=10": HTTP/2 hits of 1 KiB, 16 connections x 1 or 10 streams (h2load),
+#      with h2load's request-time mean, standard deviation and maximum; only when h2load is
+#      installed and H2 is not 0.
+# Every case reports the server's CPU (user + system of its process, from /proc) and
+# req/s per server core: where the load generator saturates its core, that is the figure
+# that compares the servers.
+# Needs (Debian): nginx-light wrk curl openssl python3; optional: nghttp2-client (h2load).
+# Every process started is stopped by PID.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -55,6 +65,7 @@ tls = { cert = "$RUN/cert.pem", key = "$RUN/key.pem" }
 TOML
 RUST_LOG=warn taskset -c 0 "$BIN" edge --config "$RUN/edge.toml" > "$RUN/edge.log" 2>&1 &
 PIDS+=($!)
+EDGE_PID=$!
 cat > "$RUN/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
@@ -99,36 +110,64 @@ done
   echo "cpu: $(awk -F: '/model name/{print $2; exit}' /proc/cpuinfo) x $(nproc)"
   echo "nginx: $(nginx -v 2>&1 | grep -o '[0-9][0-9.]*'), wrk: $(wrk -v 2>&1 | head -1 | grep -o '[0-9][0-9.]*' | head -1), openssl: $(openssl version | awk '{print $2}')"
 }
-printf 'case\tserver\treq/s\tp50\tp99\n'
-run() { # label port path server extra-wrk-args...
-  local label=$1 port=$2 path=$3 server=$4; shift 4
-  local out
+NGINX_WORKER=$(pgrep -P "$(cat "$RUN/nginx.pid")" | head -1)
+pid_of() { if [[ $1 == edge ]]; then echo "$EDGE_PID"; else echo "$NGINX_WORKER"; fi; }
+port_of() { if [[ $1 == edge ]]; then echo "$EDGE_HTTPS_PORT"; else echo "$NGINX_PORT"; fi; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Server CPU % of one core between two tick readings over SECONDS.
+cpu_pct() { awk -v a="$1" -v b="$2" -v s="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.0f", (b - a) / hz / s * 100}'; }
+per_core() { awk -v r="$1" -v p="$2" 'BEGIN{ if (p > 0) printf "%.0f", r / (p / 100); else print "-" }'; }
+
+printf 'case\tserver\treq/s\tp50\tp99\tserver_cpu%%\treq/s_per_server_core\textra\n'
+run() { # label server path extra-wrk-args...
+  local label=$1 server=$2 path=$3; shift 3
+  local out pid t0 t1 start end rps extra=""
+  pid=$(pid_of "$server")
+  t0=$(cpu_ticks "$pid"); start=$(date +%s.%N)
   out=$(timeout $((DURATION + 30)) taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" \
-    "https://localhost:$port$path" 2>&1)
-  printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$server" \
-    "$(awk '/Requests\/sec/{print $2}' <<<"$out")" \
-    "$(awk '$1=="50%"{print $2}' <<<"$out")" "$(awk '$1=="99%"{print $2}' <<<"$out")"
+    "https://localhost:$(port_of "$server")$path" 2>&1)
+  t1=$(cpu_ticks "$pid"); end=$(date +%s.%N)
+  if [[ -n ${PROBE_PID:-} ]]; then wait "$PROBE_PID" || true; extra=$(cat "$PROBE_OUT"); fi
+  rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
+  local pct; pct=$(cpu_pct "$t0" "$t1" "$(awk -v a="$start" -v b="$end" 'BEGIN{print b - a}')")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$server" "$rps" \
+    "$(awk '$1=="50%"{print $2}' <<<"$out")" "$(awk '$1=="99%"{print $2}' <<<"$out")" \
+    "$pct" "$(per_core "$rps" "$pct")" "$extra"
 }
 for size in $SIZES; do
   for server in edge nginx; do
-    port=$EDGE_HTTPS_PORT; [[ $server == nginx ]] && port=$NGINX_PORT
     # Warm: the object is cached on both before the run.
-    curl -skf -o /dev/null "https://localhost:$port/obj/$size.bin"
-    curl -skf -o /dev/null "https://localhost:$port/obj/$size.bin"
-    run "hit $size" "$port" "/obj/$size.bin" "$server"
+    curl -skf -o /dev/null "https://localhost:$(port_of "$server")/obj/$size.bin"
+    curl -skf -o /dev/null "https://localhost:$(port_of "$server")/obj/$size.bin"
+    run "hit $size" "$server" "/obj/$size.bin"
   done
 done
 for server in edge nginx; do
-  port=$EDGE_HTTPS_PORT; [[ $server == nginx ]] && port=$NGINX_PORT
-  run "handshake" "$port" "/obj/1k.bin" "$server" -H "Connection: close"
+  # The probe starts 2 s into the load and runs beside it.
+  PROBE_OUT=$RUN/probe-$server.txt
+  : > "$PROBE_OUT"
+  ( sleep 2; taskset -c 1 timeout $((DURATION + 20)) python3 "$ROOT/benches/load/tls_probe.py" \
+      localhost "$(port_of "$server")" /obj/1k.bin "${PROBES:-300}" |
+      awk '{printf "new client: handshake p50 %s p99 %s ms, whole request p50 %s p99 %s ms", $1, $2, $3, $4}' \
+      > "$PROBE_OUT" ) &
+  PROBE_PID=$!
+  run "handshake" "$server" "/obj/1k.bin" -H "Connection: close"
+  PROBE_PID=
 done
 if [[ ${H2:-1} != 0 ]] && command -v h2load >/dev/null; then
-  for server in edge nginx; do
-    port=$EDGE_HTTPS_PORT; [[ $server == nginx ]] && port=$NGINX_PORT
-    out=$(timeout 120 taskset -c 1 h2load -n "${H2_REQUESTS:-200000}" -c 16 -m 10 \
-      "https://localhost:$port/obj/1k.bin" 2>&1)
-    grep -q "succeeded, 0 failed" <<<"$out" || die "h2load against $server failed: $out"
-    printf '%s\t%s\t%s\t-\t-\n' "h2 hit 1k" "$server" \
-      "$(awk '/^finished in/{print $4}' <<<"$out")"
+  for streams in 1 10; do
+    for server in edge nginx; do
+      pid=$(pid_of "$server")
+      t0=$(cpu_ticks "$pid"); start=$(date +%s.%N)
+      out=$(timeout 120 taskset -c 1 h2load -n "${H2_REQUESTS:-300000}" -c 16 -m "$streams" \
+        "https://localhost:$(port_of "$server")/obj/1k.bin" 2>&1)
+      t1=$(cpu_ticks "$pid"); end=$(date +%s.%N)
+      grep -q "succeeded, 0 failed" <<<"$out" || die "h2load against $server failed: $out"
+      rps=$(awk '/^finished in/{print $4}' <<<"$out")
+      pct=$(cpu_pct "$t0" "$t1" "$(awk -v a="$start" -v b="$end" 'BEGIN{print b - a}')")
+      printf '%s\t%s\t%s\t-\t-\t%s\t%s\t%s\n' "h2 1k m=$streams" "$server" "$rps" "$pct" \
+        "$(per_core "$rps" "$pct")" \
+        "$(awk '/^time for request:/{printf "request time mean %s sd %s max %s", $5, $6, $4}' <<<"$out")"
+    done
   done
 fi

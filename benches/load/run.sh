@@ -2,8 +2,9 @@
 # benches/load/run.sh -- the edge beside Varnish, nginx and Apache Traffic Server, in front
 # of the same origin, in one run, with the scripts of ../shared/bench.
 #
-# Usage: benches/load/run.sh [hit] [range] [miss] [tiered] [coalesce]   (default: all)
+# Usage: benches/load/run.sh [hit] [conns] [range] [miss] [tiered] [coalesce]   (default: all)
 #   hit       bench-hit.sh for edge and each peer: 1k (64 and 256 conns), 16k, 256k, 4m hits
+#   conns     1k hits at 1,000 connections (MANY_CONNS), edge and each peer
 #   range     wrk with Range: a 1 MiB and a 16 KiB slice of the cached 4 MiB object
 #   miss      miss-bench.sh random over 10,000 cold objects, cache restarted empty first
 #   tiered    the same miss run through edge -> shield -> origin (both restarted empty,
@@ -117,7 +118,7 @@ case ${1:-} in
   peer-pid) awk -v k="$2" '$1==k{p=$3} END{print p}' "$PIDFILE"; exit 0 ;;
 esac
 
-CASES=${*:-hit range miss tiered coalesce}
+CASES=${*:-hit conns range miss tiered coalesce}
 OUT=${OUT:-$ROOT/bench-results/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT/raw" "$RUN"
 for t in wrk curl taskset varnishd nginx traffic_server; do command -v "$t" >/dev/null || die "$t missing"; done
@@ -161,6 +162,19 @@ if [[ $CASES == *hit* ]]; then
         "$SHARED/bench-hit.sh" "http://127.0.0.1:$(port_of "$s")" "$s" | tee -a "$OUT/hit.tsv"
       header=0
     done
+  done
+fi
+
+if [[ $CASES == *conns* ]]; then
+  # 1 KiB hits at 1,000 connections from one address (the shipped per-address limit
+  # admits them): where tails show how evenly a saturated server serves its connections.
+  : > "$OUT/conns.tsv"
+  header=1
+  for s in $EDGES $PEERS; do
+    HEADER=$header SIZES=1k CONNS=${MANY_CONNS:-1000} CONNS_1K_EXTRA= SERVER_PIDS="$(pid_of "$s")" \
+      RAW_DIR="$OUT/raw" "$SHARED/bench-hit.sh" "http://127.0.0.1:$(port_of "$s")" "$s" |
+      tee -a "$OUT/conns.tsv"
+    header=0
   done
 fi
 

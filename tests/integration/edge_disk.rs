@@ -436,11 +436,12 @@ fn free_addresses() -> (SocketAddr, SocketAddr) {
 
 /// A `cdn edge` process with `capacity` of memory over a disk tier, filled by `fill`
 /// (with its public and admin addresses), stopped with `kill SIGNAL` and started again:
-/// every hot object is then served from disk.
+/// every hot object is then served from disk. `args` go to both processes.
 async fn restart_process(
     capacity: &str,
     fill: impl AsyncFnOnce(SocketAddr, SocketAddr),
     signal: &str,
+    args: &[&str],
 ) {
     let origin = DemoOrigin::start(loopback()).await.expect("origin");
     let dir = tempfile::tempdir().expect("temp dir");
@@ -456,7 +457,7 @@ async fn restart_process(
     let config = dir.path().join("edge.toml");
     std::fs::write(&config, text).expect("config file");
 
-    let mut first = NodeProcess::edge(&config, &[]);
+    let mut first = NodeProcess::edge(&config, args);
     fill(listen.0, listen.1).await;
     first.signal(signal);
     let status = first.child.wait().expect("the edge exits");
@@ -464,19 +465,27 @@ async fn restart_process(
         assert!(!status.success(), "killed: {status}");
     }
 
-    let _second = NodeProcess::edge(&config, &[]);
+    let _second = NodeProcess::edge(&config, args);
     assert!(metric(listen.1, "edge_disk_recovered_objects").await >= HOT as f64);
     all_hot_from_disk(listen.0, &origin).await;
 }
 
 #[tokio::test]
 async fn after_sigterm_a_cdn_edge_process_serves_hits_from_disk() {
-    restart_process("256 KiB", fill_hit_and_evict, "TERM").await;
+    restart_process("256 KiB", fill_hit_and_evict, "TERM", &[]).await;
+}
+
+/// One thread is tokio's current-thread scheduler (a node pinned to one core): misses,
+/// hits, the disk tier's reads and writes, the write-out on SIGTERM and the recovery all
+/// run beside the connections on that one thread without stalling.
+#[tokio::test]
+async fn a_one_thread_cdn_edge_process_fills_writes_out_and_recovers_its_disk() {
+    restart_process("256 KiB", fill_hit_and_evict, "TERM", &["--threads", "1"]).await;
 }
 
 #[tokio::test]
 async fn after_sigkill_a_cdn_edge_process_serves_hits_from_disk() {
-    restart_process("256 KiB", fill_hit_and_evict, "KILL").await;
+    restart_process("256 KiB", fill_hit_and_evict, "KILL", &[]).await;
 }
 
 #[tokio::test]
@@ -627,5 +636,5 @@ async fn after_sigkill_the_hot_set_memory_held_is_served_from_disk() {
         fill_and_hit_hot(public).await;
         on_disk(admin, HOT).await;
     };
-    restart_process("4 MiB", fill, "KILL").await;
+    restart_process("4 MiB", fill, "KILL", &[]).await;
 }

@@ -276,3 +276,102 @@ async fn a_host_the_connection_s_certificate_does_not_cover_gets_421_on_http1_an
     .await;
     assert_eq!(reply.status, StatusCode::OK);
 }
+
+/// Fresh hits on HTTP/2 are answered on the connection's own task (the fast path) with
+/// the same fields the full path gives, and requests sent together are answered
+/// together, each with its own stream's body; what the fast path must not answer (a
+/// range, a conditional, request `Cache-Control`) still gets the full path's answer on
+/// the same connection.
+#[tokio::test]
+async fn http2_hits_sent_together_are_each_answered_whole_and_what_needs_the_full_path_gets_it() {
+    let h = TlsHarness::start().await;
+    let client = h.ca.client(&[b"h2"]);
+    let conn = tls::connect(&client, h.https(), HOST).await.unwrap();
+    let (sender, connection) = h2::client::handshake(conn).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let ask = |sender: &h2::client::SendRequest<bytes::Bytes>,
+               method: http::Method,
+               target: String,
+               fields: &[(&str, &str)]| {
+        let sender = sender.clone();
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("https://{HOST}{target}"));
+        for (name, value) in fields {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(()).unwrap();
+        async move {
+            let mut sender = sender.ready().await.expect("ready");
+            let (response, _) = sender.send_request(request, true).expect("stream opens");
+            let response = response.await.expect("response");
+            let (parts, mut body) = response.into_parts();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.expect("body");
+                let _ = body.flow_control().release_capacity(chunk.len());
+                bytes.extend_from_slice(&chunk);
+            }
+            (parts, bytes)
+        }
+    };
+    let targets: Vec<String> = (0..12).map(|i| format!("/batch/{i}/3k.bin")).collect();
+    // Misses first (the full path), then all twelve again at once: fast-path hits.
+    for target in &targets {
+        let (parts, body) = ask(&sender, http::Method::GET, target.clone(), &[]).await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body.len(), 3 * 1024);
+    }
+    let together = futures_util::future::join_all(
+        targets
+            .iter()
+            .map(|target| ask(&sender, http::Method::GET, target.clone(), &[])),
+    )
+    .await;
+    for ((parts, body), target) in together.iter().zip(&targets) {
+        let status = parts.headers["cache-status"].to_str().unwrap();
+        assert!(status.contains("hit"), "{target}: {status}");
+        assert!(parts.headers.contains_key("age"), "{target}");
+        assert!(parts.headers.contains_key("date"), "{target}");
+        assert_eq!(parts.headers["content-length"], "3072", "{target}");
+        assert!(!parts.headers.contains_key("connection"), "{target}");
+        assert_eq!(body.len(), 3 * 1024, "{target}");
+    }
+    // Each stream got its own object: the demo origin's bodies differ by path.
+    let first = &together[0].1;
+    assert!(together[1..].iter().any(|(_, body)| body != first));
+    for ((_, body), target) in together.iter().zip(&targets) {
+        let alone = ask(&sender, http::Method::GET, target.clone(), &[]).await.1;
+        assert_eq!(&alone, body, "{target}");
+    }
+
+    let (parts, body) = ask(&sender, http::Method::HEAD, targets[0].clone(), &[]).await;
+    assert!(
+        parts.headers["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("hit")
+    );
+    assert_eq!(parts.headers["content-length"], "3072");
+    assert!(body.is_empty(), "HEAD has no body");
+
+    let (parts, body) = ask(
+        &sender,
+        http::Method::GET,
+        targets[0].clone(),
+        &[("range", "bytes=0-99")],
+    )
+    .await;
+    assert_eq!(parts.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body.len(), 100);
+    let etag = together[0].0.headers["etag"].to_str().unwrap().to_owned();
+    let (parts, body) = ask(
+        &sender,
+        http::Method::GET,
+        targets[0].clone(),
+        &[("if-none-match", etag.as_str())],
+    )
+    .await;
+    assert_eq!(parts.status, StatusCode::NOT_MODIFIED);
+    assert!(body.is_empty());
+}

@@ -307,6 +307,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
                         user_agent: range(head.user_agent),
                         referer: range(head.referer),
                         complete: written.is_ok(),
+                        version: http::Version::HTTP_11,
                     });
                 }
                 written
@@ -418,6 +419,21 @@ fn fresh_hit<H: Handler>(
     handler.fresh_hit(host, path, tls)
 }
 
+/// Request fields that send a GET or HEAD to the full path however fresh the entry:
+/// they select a variant, a part, a conditional answer or a node-to-node exchange, or
+/// change what may be served (`Authorization`, request `Cache-Control`). Internal
+/// `cdn-*` fields are the other kind ([`node_api::headers::is_reserved`]). Lower case,
+/// as HTTP/2 sends names.
+pub(crate) const FULL_PATH_FIELDS: [&str; 7] = [
+    "via",
+    "authorization",
+    "cache-control",
+    "if-none-match",
+    "if-modified-since",
+    "range",
+    "if-range",
+];
+
 /// Parses a request head and decides whether this loop can answer it.
 fn parse(buf: &[u8], limits: &ConnLimits) -> Parsed {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -475,17 +491,9 @@ fn parse(buf: &[u8], limits: &ConnLimits) -> Parsed {
                     parsed.eligible = false; // upgrade or hop-by-hop names: hyper's business
                 }
             }
-        } else if [
-            &b"via"[..],
-            b"authorization",
-            b"cache-control",
-            b"if-none-match",
-            b"if-modified-since",
-            b"range",
-            b"if-range",
-        ]
-        .iter()
-        .any(|n| name.eq_ignore_ascii_case(n))
+        } else if FULL_PATH_FIELDS
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
         {
             parsed.full_path = true;
         } else if node_api::headers::is_reserved(name) {

@@ -17,6 +17,11 @@
 //! - settings are hyper's defaults where the node sets nothing: 1 MiB stream and
 //!   connection windows, 16 KiB frames, 400 KiB send buffer per stream.
 //!
+//! Beyond what hyper did: a fresh hit is answered on the connection's own task, without
+//! a task or the full path (the HTTP/1.1 loop's fast path, for HTTP/2), and what the
+//! connection writes goes out in batches ([`crate::front::write_batch`]): the responses
+//! to requests read together leave in one write instead of one each.
+//!
 //! Limits (from `[limits]`):
 //! - `max_concurrent_streams`: streams open at once on a connection.
 //! - `max_header_list_size` (= `limits.max_header_bytes`): a header block, CONTINUATION
@@ -48,9 +53,12 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
+use crate::cache::status::{CACHE_STATUS, CacheStatus, Outcome};
 use crate::front::body::EdgeBody;
+use crate::front::connection::FULL_PATH_FIELDS;
 use crate::front::limits::LimitsConfig;
-use crate::front::{Handler, TlsName};
+use crate::front::write_batch::WriteBatch;
+use crate::front::{Handler, ServedHit, TlsName};
 use crate::upstream::interim::{self, InterimHead, InterimReceiver};
 
 /// hyper's defaults, kept when the server moved onto `h2` directly.
@@ -104,7 +112,9 @@ pub async fn serve<I, H>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
-    let handshake = settings.builder.handshake::<_, Bytes>(io);
+    let (io, batch) = WriteBatch::new(io);
+    let mut handshake = std::pin::pin!(settings.builder.handshake::<_, Bytes>(io));
+    let handshake = poll_fn(|cx| batch.poll(cx, |cx| handshake.as_mut().poll(cx)));
     let mut conn = tokio::select! {
         done = tokio::time::timeout(settings.keep_alive, handshake) => match done {
             Ok(Ok(conn)) => conn,
@@ -133,8 +143,13 @@ pub async fn serve<I, H>(
     // closed (by the client, or after GOAWAY when the streams in flight are done).
     loop {
         tokio::select! {
-            accepted = conn.accept() => match accepted {
+            accepted = poll_fn(|cx| batch.poll(cx, |cx| conn.poll_accept(cx))) => match accepted {
                 Some(Ok((request, respond))) => {
+                    let Some(respond) =
+                        answer_fresh_hit(handler.as_ref(), peer, &tls, &request, respond)
+                    else {
+                        continue;
+                    };
                     let stream = Stream {
                         handler: handler.clone(),
                         peer,
@@ -160,6 +175,121 @@ pub async fn serve<I, H>(
             }
         }
     }
+}
+
+/// The hit fast path on HTTP/2 (see [`Handler::fresh_hit`]): a GET or HEAD without a
+/// body whose fields the HTTP/1.1 loop would also answer itself, and whose fresh entry
+/// is small enough to go out within the stream's first window, is answered here on the
+/// connection's task: the stored fields, `Age`, `Cache-Status` and the shared body
+/// bytes, with no task, no request body and no full-path response built for it. Larger
+/// bodies take the full path, whose pipe waits for window instead of buffering.
+/// Gives `respond` back when the full path must answer.
+fn answer_fresh_hit<H: Handler>(
+    handler: &H,
+    peer: SocketAddr,
+    tls: &TlsName,
+    request: &Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) -> Option<SendResponse<Bytes>> {
+    let Some(head) = fast_path_method(request) else {
+        return Some(respond);
+    };
+    let (Some(host), Some(target)) = (
+        request.uri().authority(),
+        request.uri().path_and_query().map(|pq| pq.as_str()),
+    ) else {
+        return Some(respond);
+    };
+    let Some((entry, now)) = handler.fresh_hit(host.as_str(), target, Some(tls)) else {
+        return Some(respond);
+    };
+    let body = entry.body_bytes();
+    if body.len() > STREAM_WINDOW as usize {
+        return Some(respond);
+    }
+    let started = handler.logs_access().then(std::time::Instant::now);
+    handler.count(Outcome::Hit);
+    let mut out = Vec::with_capacity(64);
+    CacheStatus::hit(entry.freshness.ttl(now)).write_to(
+        &mut out,
+        handler.name(),
+        entry.upstream_cache_status(),
+    );
+    let mut response = Response::new(());
+    *response.status_mut() = entry.status;
+    let headers = response.headers_mut();
+    *headers = entry.client_headers();
+    headers.insert(header::AGE, HeaderValue::from(entry.freshness.age(now)));
+    let cache_status = Bytes::from(out);
+    let value = HeaderValue::from_maybe_shared(cache_status.clone())
+        .unwrap_or_else(|_| HeaderValue::from_static("edge"));
+    headers.insert(CACHE_STATUS.clone(), value);
+    strip_connection_fields(headers);
+    if !headers.contains_key(header::DATE)
+        && let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
+    {
+        headers.insert(header::DATE, date);
+    }
+    let head_bytes = 19
+        + headers
+            .iter()
+            .map(|(name, value)| (name.as_str().len() + value.len() + 4) as u64)
+            .sum::<u64>();
+    let body_bytes = if head { 0 } else { body.len() as u64 };
+    let end = head || body.is_empty();
+    let complete = match respond.send_response(response, end) {
+        Ok(mut send) if !end => send.send_data(body, true).is_ok(),
+        Ok(_) => true,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "HTTP/2 response not sent");
+            false
+        }
+    };
+    if let Some(started) = started {
+        let field = |name: header::HeaderName| request.headers().get(name).map(|v| v.as_bytes());
+        handler.served_hit(&ServedHit {
+            client: peer,
+            host: host.as_str().as_bytes(),
+            target: target.as_bytes(),
+            head,
+            status: entry.status,
+            bytes: head_bytes + body_bytes,
+            body_bytes,
+            started,
+            cache_status: &cache_status,
+            tls: Some(tls),
+            user_agent: field(header::USER_AGENT),
+            referer: field(header::REFERER),
+            complete,
+            version: http::Version::HTTP_2,
+        });
+    }
+    None
+}
+
+/// `Some(is HEAD)` for a GET or HEAD the fast path may answer: no body, no `Host` beside
+/// `:authority` (the full path checks that they agree), none of the fields that need the
+/// full path ([`FULL_PATH_FIELDS`], internal `cdn-*` fields).
+fn fast_path_method(request: &Request<RecvStream>) -> Option<bool> {
+    let head = match *request.method() {
+        http::Method::GET => false,
+        http::Method::HEAD => true,
+        _ => return None,
+    };
+    if !request.body().is_end_stream() {
+        return None;
+    }
+    for name in request.headers().keys() {
+        let name = name.as_str();
+        if name == "host"
+            || name == "content-length"
+            || FULL_PATH_FIELDS.contains(&name)
+            || node_api::headers::is_reserved(name.as_bytes())
+        {
+            return None;
+        }
+    }
+    Some(head)
 }
 
 /// Returns when the peer stops answering PINGs: one every `interval`, each answered

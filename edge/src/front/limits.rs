@@ -274,6 +274,14 @@ pub struct LimitsConfig {
     pub write_timeout: Duration,
     /// Open connections allowed from one client IP address, on each public listener;
     /// more are answered `429` and closed. 0: no limit.
+    ///
+    /// The default, 4,096, is for one address that is many users: behind carrier-grade
+    /// NAT (RFC 6888) one public IPv4 address carries the ports of up to a few hundred
+    /// subscribers, each browser opening up to six HTTP/1.1 connections per host, and a
+    /// corporate proxy or a mobile gateway more. 512 refused a third of a
+    /// 1,000-connection load from one address. 4,096 still keeps one address to a small
+    /// share of a node's descriptors (tens to hundreds of thousands), which is what the
+    /// limit is for; a flood from many addresses is the admission limits' business.
     pub max_connections_per_ip: usize,
     /// Time a client has to complete a TLS handshake.
     #[serde(with = "humantime_serde")]
@@ -299,7 +307,7 @@ impl Default for LimitsConfig {
             max_body_bytes: ByteSize::mib(16),
             body_read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
-            max_connections_per_ip: 512,
+            max_connections_per_ip: 4096,
             tls_handshake_timeout: Duration::from_secs(10),
             h2_max_concurrent_streams: 128,
             h2_max_pending_accept_reset_streams: 32,

@@ -2,7 +2,8 @@
 //! byte.
 //!
 //! The public listeners ([`listener`], [`https`] with TLS and ALPN), the HTTP/1.1 loop
-//! with the hit fast path ([`connection`]), HTTP/2 ([`h2`]), the limits enforced around
+//! with the hit fast path ([`connection`]), HTTP/2 ([`h2`], its writes batched by
+//! [`write_batch`]), the limits enforced around
 //! the socket ([`limits`]), the body of every response ([`body`]) and of every client
 //! request that streams upstream ([`client_body`]), and the server name a TLS connection
 //! was set up for ([`TlsName`]).
@@ -34,6 +35,7 @@ pub mod h2;
 pub mod https;
 pub mod limits;
 pub mod listener;
+pub mod write_batch;
 
 use body::EdgeBody;
 
@@ -54,6 +56,10 @@ pub trait Handler: Send + Sync + 'static {
     /// with [`Handler::name`]) and its body in one `writev`, and counts an
     /// [`Outcome::Hit`]. `None`: take the full path ([`Handler::handle`]), which also makes
     /// every refusal. The default answers `None` for every request.
+    ///
+    /// An HTTP/2 connection asks the same for each stream that qualifies alike (its
+    /// `:authority` as `host`, `:path` as `target`) and answers a hit on the connection's
+    /// own task, the stored head as fields, without spawning a task for the stream.
     ///
     /// Called once per request on the hottest path: it must not block, and should not
     /// allocate more than the lookup itself needs.
@@ -150,8 +156,10 @@ pub struct ServedHit<'a> {
     pub tls: Option<&'a TlsName>,
     pub user_agent: Option<&'a [u8]>,
     pub referer: Option<&'a [u8]>,
-    /// Whether every byte was written.
+    /// Whether every byte was written (HTTP/2: handed to the connection whole).
     pub complete: bool,
+    /// HTTP/1.1, or HTTP/2 for a hit the HTTP/2 connection answered itself.
+    pub version: http::Version,
 }
 
 /// The server name (SNI) a client's TLS connection was set up for, and the TLS version it

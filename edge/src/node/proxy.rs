@@ -1488,7 +1488,7 @@ impl Handler for Edge {
             tls: hit.tls.map(|name| &*name.0),
             tls_version: hit.tls.map(|name| name.1.as_str()),
             upstream: None,
-            version: http::Version::HTTP_11,
+            version: hit.version,
             user_agent: hit.user_agent,
             referer: hit.referer,
             request_id: id,
