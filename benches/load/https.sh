@@ -167,7 +167,7 @@ if [[ ${H2:-1} != 0 ]] && command -v h2load >/dev/null; then
       pct=$(cpu_pct "$t0" "$t1" "$(awk -v a="$start" -v b="$end" 'BEGIN{print b - a}')")
       printf '%s\t%s\t%s\t-\t-\t%s\t%s\t%s\n' "h2 1k m=$streams" "$server" "$rps" "$pct" \
         "$(per_core "$rps" "$pct")" \
-        "$(awk '/^time for request:/{printf "request time mean %s sd %s max %s", $5, $6, $4}' <<<"$out")"
+        "$(awk '/^time for request:/{printf "request time mean %s sd %s max %s", $6, $7, $5}' <<<"$out")"
     done
   done
 fi

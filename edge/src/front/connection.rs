@@ -191,6 +191,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
     let mut waiting_since = Instant::now();
     let timer = tokio::time::sleep(limits.header_timeout);
     tokio::pin!(timer);
+    // One wait for the node to stop, for the connection's life: a `changed()` made per
+    // read registered with and left the channel's waiter list on every request.
+    let mut watching = shutdown.clone();
+    let stopping = async move { watching.changed().await.is_ok() };
+    tokio::pin!(stopping);
+    let mut stop_seen = false;
 
     loop {
         // Read until a complete head is buffered.
@@ -247,10 +253,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
                     }
                     timer.as_mut().reset(deadline.into());
                 },
-                changed = shutdown.changed(), if buf.is_empty() => {
-                    if changed.is_err() {
+                changed = &mut stopping, if buf.is_empty() && !stop_seen => {
+                    if !changed {
                         return Ending::Closed;
                     }
+                    stop_seen = true;
                 },
             }
         };

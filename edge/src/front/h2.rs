@@ -20,7 +20,8 @@
 //! Beyond what hyper did: a fresh hit is answered on the connection's own task, without
 //! a task or the full path (the HTTP/1.1 loop's fast path, for HTTP/2), and what the
 //! connection writes goes out in batches ([`crate::front::write_batch`]): the responses
-//! to requests read together leave in one write instead of one each.
+//! written in one turn of the connection (to requests read together) leave in one write
+//! instead of one each.
 //!
 //! Limits (from `[limits]`):
 //! - `max_concurrent_streams`: streams open at once on a connection.
@@ -136,6 +137,11 @@ pub async fn serve<I, H>(
     tokio::pin!(keep_alive);
     let mut alive = true;
     let mut draining = *shutdown.borrow();
+    // One wait for the node to stop, for the connection's life (not one per stream).
+    let stopping = async move {
+        let _ = shutdown.changed().await;
+    };
+    tokio::pin!(stopping);
     if draining {
         conn.graceful_shutdown();
     }
@@ -164,7 +170,7 @@ pub async fn serve<I, H>(
                 }
                 None => return,
             },
-            _ = shutdown.changed(), if !draining => {
+            () = &mut stopping, if !draining => {
                 draining = true;
                 conn.graceful_shutdown();
             }
