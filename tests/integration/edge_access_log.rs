@@ -187,6 +187,28 @@ async fn an_http2_request_is_logged_with_its_version_and_server_name() {
     assert_eq!(line["body_bytes"], 2048);
     assert_eq!(line["complete"], true);
     assert_eq!(line["node"], "edge-h2-log");
+
+    // The hit, answered by the HTTP/2 connection's own fast path, is logged alike.
+    let conn = tls::connect(&client, edge.https_addr().unwrap(), HOST)
+        .await
+        .unwrap();
+    let (status, version, body) = tls::get(conn, HOST, "/h2/2k.bin").await;
+    assert_eq!(
+        (status, version, body.len()),
+        (StatusCode::OK, Version::HTTP_2, 2048)
+    );
+    let log = lines(&path, 2).await;
+    let hit = &log[1];
+    assert!(
+        hit["cache_status"].as_str().unwrap().contains("hit"),
+        "{hit}"
+    );
+    assert_eq!(hit["http_version"], "HTTP/2.0");
+    assert_eq!(hit["tls"], HOST);
+    assert_eq!(hit["url"], format!("https://{HOST}/h2/2k.bin"));
+    assert_eq!(hit["status"], 200);
+    assert_eq!(hit["body_bytes"], 2048);
+    assert_eq!(hit["complete"], true);
 }
 
 /// A `cdn edge` process with an access log at `log`, in front of `origin`.
