@@ -209,42 +209,25 @@ fn answer_fresh_hit<H: Handler>(
     let Some((entry, now)) = handler.fresh_hit(host.as_str(), target, Some(tls)) else {
         return Some(respond);
     };
-    let body = entry.body_bytes();
-    if body.len() > STREAM_WINDOW as usize {
+    if entry.body().len() > STREAM_WINDOW as usize {
         return Some(respond);
     }
     let started = handler.logs_access().then(std::time::Instant::now);
     handler.count(Outcome::Hit);
-    let mut out = Vec::with_capacity(64);
-    CacheStatus::hit(entry.freshness.ttl(now)).write_to(
-        &mut out,
-        handler.name(),
-        entry.upstream_cache_status(),
-    );
+    let cache_status = CacheStatus::hit(entry.freshness.ttl(now))
+        .render(handler.name(), entry.upstream_cache_status());
     let mut response = Response::new(());
     *response.status_mut() = entry.status;
     let headers = response.headers_mut();
     *headers = entry.client_headers();
     headers.insert(header::AGE, HeaderValue::from(entry.freshness.age(now)));
-    let cache_status = Bytes::from(out);
-    let value = HeaderValue::from_maybe_shared(cache_status.clone())
-        .unwrap_or_else(|_| HeaderValue::from_static("edge"));
-    headers.insert(CACHE_STATUS.clone(), value);
-    strip_connection_fields(headers);
-    if !headers.contains_key(header::DATE)
-        && let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
-    {
-        headers.insert(header::DATE, date);
-    }
-    let head_bytes = 19
-        + headers
-            .iter()
-            .map(|(name, value)| (name.as_str().len() + value.len() + 4) as u64)
-            .sum::<u64>();
-    let body_bytes = if head { 0 } else { body.len() as u64 };
-    let end = head || body.is_empty();
+    headers.insert(CACHE_STATUS.clone(), cache_status.clone());
+    http2_head(headers);
+    let head_bytes = crate::front::head_bytes(headers);
+    let body_bytes = if head { 0 } else { entry.body().len() as u64 };
+    let end = body_bytes == 0;
     let complete = match respond.send_response(response, end) {
-        Ok(mut send) if !end => send.send_data(body, true).is_ok(),
+        Ok(mut send) if !end => send.send_data(entry.body_bytes(), true).is_ok(),
         Ok(_) => true,
         Err(error) => {
             tracing::debug!(%peer, %error, "HTTP/2 response not sent");
@@ -262,7 +245,7 @@ fn answer_fresh_hit<H: Handler>(
             bytes: head_bytes + body_bytes,
             body_bytes,
             started,
-            cache_status: &cache_status,
+            cache_status: cache_status.as_bytes(),
             tls: Some(tls),
             user_agent: field(header::USER_AGENT),
             referer: field(header::REFERER),
@@ -352,12 +335,7 @@ impl<H: Handler> Stream<H> {
         }
         drop(interims);
         let (mut parts, body) = response.into_parts();
-        strip_connection_fields(&mut parts.headers);
-        if !parts.headers.contains_key(header::DATE)
-            && let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
-        {
-            parts.headers.insert(header::DATE, date);
-        }
+        http2_head(&mut parts.headers);
         let end = body.is_end_stream();
         if !end
             && !parts.headers.contains_key(header::CONTENT_LENGTH)
@@ -412,6 +390,17 @@ fn send_interim<H: Handler>(
             tracing::debug!(%error, "HTTP/2 interim response not sent");
             false
         }
+    }
+}
+
+/// A final response's fields as HTTP/2 sends them: without the fields it forbids, with
+/// `Date` when the response has none.
+fn http2_head(headers: &mut HeaderMap) {
+    strip_connection_fields(headers);
+    if !headers.contains_key(header::DATE)
+        && let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
+    {
+        headers.insert(header::DATE, date);
     }
 }
 

@@ -125,6 +125,17 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// Bytes of a response head with `headers` as HTTP/1.1 serializes it (status line,
+/// fields, blank line; framing fields a connection adds not counted): the size the access
+/// log gives a head, whichever protocol carried it.
+pub fn head_bytes(headers: &http::HeaderMap) -> u64 {
+    17 + headers
+        .iter()
+        .map(|(name, value)| (name.as_str().len() + value.len() + 4) as u64)
+        .sum::<u64>()
+        + 2
+}
+
 /// A refusal the front door answered itself, for the access log.
 #[derive(Debug)]
 pub struct DoorRefusal<'a> {

@@ -1118,15 +1118,7 @@ pub(crate) fn logged(
         .get(&crate::cache::status::CACHE_STATUS)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_default();
-    // The head as serialized: status line, fields, blank line (the framing fields the
-    // connection adds are not counted).
-    record.bytes = 17
-        + response
-            .headers()
-            .iter()
-            .map(|(name, value)| (name.as_str().len() + value.len() + 4) as u64)
-            .sum::<u64>()
-        + 2;
+    record.bytes = crate::front::head_bytes(response.headers());
     let (parts, body) = response.into_parts();
     let body = Tallied::wrap(
         body,
