@@ -328,6 +328,7 @@ pub fn wire_name(name: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::general::tests::handler_of;
     use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
     use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
     use hickory_proto::rr::{Name, RData, RecordType};
@@ -522,13 +523,6 @@ mod tests {
             [[customer]]
             name = "a.b"
         "#;
-
-    fn handler_of(text: &str) -> crate::handler::Handler {
-        crate::handler::Handler {
-            state: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(state_of(text))),
-            metrics: Default::default(),
-        }
-    }
 
     /// `name` `qtype` with the given header flags, EDNS payload and Client Subnet option.
     fn flavoured(

@@ -148,7 +148,8 @@ pub(crate) mod tests {
 
     /// A handler for one region and the customer name `publisher.cdn.test`.
     pub(crate) fn handler() -> Handler {
-        let text = r#"
+        handler_of(
+            r#"
             [zone]
             name = "cdn.test"
             nameservers = [{ name = "ns1.cdn.test", addresses = ["192.0.2.53"] }]
@@ -161,7 +162,12 @@ pub(crate) mod tests {
             edge = [{ address = "192.0.2.10", probe = "http://127.0.0.1:1/healthz" }]
             [[customer]]
             name = "publisher"
-        "#;
+        "#,
+        )
+    }
+
+    /// A handler over the GeoDNS config `text`.
+    pub(crate) fn handler_of(text: &str) -> Handler {
         let config = crate::config::GeoDnsConfig::from_toml(text).expect("valid");
         let state = State::new(config, &Default::default()).expect("state");
         Handler {
