@@ -280,11 +280,7 @@ fn up_drill_warm_and_ctrl_c_as_separate_processes() {
     // endpoints file names it.
     let more = topology_text(&[MORE_SITE, MORE_PUBLISHED]);
     std::fs::write(&config, more).expect("write topology");
-    let hup = Command::new("kill")
-        .args(["-HUP", &up.0.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(hup.success());
+    support::process::signal(up.0.id(), "HUP");
     let edge = endpoints.edges().next().expect("an edge").1.public;
     let deadline = Instant::now() + Duration::from_secs(15);
     let get_more =
@@ -317,11 +313,7 @@ fn up_drill_warm_and_ctrl_c_as_separate_processes() {
         "the console's URL stays"
     );
 
-    let interrupted = Command::new("kill")
-        .args(["-INT", &up.0.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(interrupted.success());
+    support::process::signal(up.0.id(), "INT");
     assert_eq!(
         wait_exit(&mut up.0, Duration::from_secs(20)),
         Some(true),
@@ -492,11 +484,7 @@ fn up_processes_restarts_a_killed_edge_with_purges_caught_up_and_reloads_each_pr
     );
 
     let killed = pids_of(&run_dir, "eu-west-1");
-    let kill = Command::new("kill")
-        .args(["-KILL", &killed[0].to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(kill.success());
+    support::process::signal(killed[0], "KILL");
     let api: std::net::SocketAddr = endpoints
         .purge_api
         .trim_start_matches("http://")
@@ -537,11 +525,7 @@ fn up_processes_restarts_a_killed_edge_with_purges_caught_up_and_reloads_each_pr
 
     // A topology reload: every process's file is rewritten and each reloads its own.
     std::fs::write(&config, topology_text(&[MORE_SITE, MORE_PUBLISHED])).expect("write");
-    let hup = Command::new("kill")
-        .args(["-HUP", &up.0.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(hup.success());
+    support::process::signal(up.0.id(), "HUP");
     let get_more =
         "GET /obj/m.bin HTTP/1.1\r\nHost: more.publisher.example\r\nConnection: close\r\n\r\n";
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -562,11 +546,7 @@ fn up_processes_restarts_a_killed_edge_with_purges_caught_up_and_reloads_each_pr
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let interrupted = Command::new("kill")
-        .args(["-INT", &up.0.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(interrupted.success());
+    support::process::signal(up.0.id(), "INT");
     assert_eq!(
         wait_exit(&mut up.0, Duration::from_secs(30)),
         Some(true),
@@ -757,11 +737,7 @@ async fn a_region_cut_off_the_network_fails_over_and_heals() {
         edge.ip().to_string().split('.').nth(1).unwrap_or("")
     );
     assert!(namespaces().contains(&prefix), "{}", namespaces());
-    let interrupted = Command::new("kill")
-        .args(["-INT", &up.0.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(interrupted.success());
+    support::process::signal(up.0.id(), "INT");
     assert_eq!(wait_exit(&mut up.0, Duration::from_secs(30)), Some(true));
     assert!(!namespaces().contains(&prefix), "{}", namespaces());
 }

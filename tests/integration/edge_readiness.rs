@@ -254,12 +254,7 @@ impl ShieldProcess {
     }
 
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{signal}");
+        crate::support::process::signal(self.child.id(), signal);
     }
 }
 

@@ -55,10 +55,15 @@ impl NodeProcess {
 
     /// Sends signal `name` (`HUP`, `USR1`, `TERM`) to the process.
     pub fn signal(&self, name: &str) {
-        let sent = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success(), "kill -{name} {}", self.child.id());
+        signal(self.child.id(), name);
     }
+}
+
+/// Sends signal `name` (`HUP`, `INT`, `KILL`, ...) to process `pid`, which must exist.
+pub fn signal(pid: u32, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -{name} {pid}");
 }
