@@ -290,8 +290,8 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
     // The keep-alive idle timeout is far away, so only the write timeout can close it.
     let limits = "[limits]\nwrite_timeout = \"300ms\"\nheader_read_timeout = \"60s\"";
     let h = Harness::start_tables("", "", limits).await;
-    // Cached first, so the stalled answer is a hit written from memory; far more than the
-    // socket buffers hold, so the edge's writes block.
+    // Cached first, so the stalled answer is a hit sent from its memory file (`sendfile`);
+    // far more than the socket buffers hold, so the edge's sends block.
     assert_eq!(h.get("/stall/32m.bin").await.body.len(), 32 << 20);
     let mut stream = TcpStream::connect(h.edge.public_addr()).await.unwrap();
     let request = format!("GET /stall/32m.bin HTTP/1.1\r\nHost: {HOST}\r\n\r\n");

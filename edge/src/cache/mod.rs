@@ -12,7 +12,8 @@
 //! kept and completed ([`partial`]), the disk tier's storage engine ([`disk`]) and the
 //! store that puts it under memory ([`hybrid`]: admission, disk records of entries).
 //!
-//! What an allocation really costs ([`allocation`]) weighs entries.
+//! What an allocation really costs ([`allocation`]) weighs entries; large bodies are kept
+//! in sealed memory files a plain-TCP hit sends without copying ([`sealed_body`]).
 //!
 //! This layer is the bottom one: it imports nothing from `upstream`, `front` or `node`.
 //! It knows nothing of nodes, sockets, config files or upstream servers; what it needs of
@@ -33,6 +34,7 @@ pub mod key;
 pub mod lookup;
 pub mod partial;
 pub mod range;
+pub mod sealed_body;
 pub mod slice;
 pub mod status;
 pub mod store;

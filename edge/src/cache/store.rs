@@ -20,6 +20,7 @@ use crate::cache::freshness::{Freshness, is_targeted};
 use crate::cache::hybrid::HybridStore;
 use crate::cache::key::CacheKey;
 use crate::cache::partial::PartialObject;
+use crate::cache::sealed_body::SealedBody;
 use crate::cache::slice::SliceInfo;
 use crate::cache::status::NoCacheReason;
 use crate::cache::vary::{Selection, VaryIndex};
@@ -256,11 +257,35 @@ struct Rare {
     /// for the disk tier, where purges are checked lazily (an edge removes the tags from
     /// the head itself).
     tags: Box<[String]>,
+    /// The memory file `shared_body` maps, when the body is large enough to be sent from
+    /// one ([`SealedBody`]).
+    sealed: Option<SealedBody>,
 }
 
 impl Rare {
     fn is_empty(&self) -> bool {
-        self.selected_by.is_none() && self.cache_only.is_empty() && self.tags.is_empty()
+        self.selected_by.is_none()
+            && self.cache_only.is_empty()
+            && self.tags.is_empty()
+            && self.sealed.is_none()
+    }
+}
+
+/// A body to store: bytes, and the sealed memory file they are a mapping of, if they are
+/// (an entry rebuilt from another one's body shares its file rather than copying the body
+/// into a new one).
+#[derive(Debug, Clone, Default)]
+pub struct StoredBody {
+    bytes: Bytes,
+    sealed: Option<SealedBody>,
+}
+
+impl From<Bytes> for StoredBody {
+    fn from(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            sealed: None,
+        }
     }
 }
 
@@ -271,7 +296,7 @@ impl StoredResponse {
         status: StatusCode,
         headers: HeaderMap,
         upstream_cache_status: Option<HeaderValue>,
-        body: Bytes,
+        body: impl Into<StoredBody>,
         freshness: Freshness,
     ) -> Self {
         let cache_only = headers
@@ -299,7 +324,7 @@ impl StoredResponse {
         head: &[u8],
         cache_only: Vec<(HeaderName, HeaderValue)>,
         upstream_cache_status: Option<HeaderValue>,
-        body: Bytes,
+        body: impl Into<StoredBody>,
         freshness: Freshness,
         selected_by: Option<Selection>,
         tags: Vec<String>,
@@ -307,7 +332,7 @@ impl StoredResponse {
         let members = upstream_cache_status
             .as_ref()
             .map_or(&[][..], |v| v.as_bytes());
-        Self::assemble(status, freshness, head, members, body).with_rare(|rare| {
+        Self::assemble(status, freshness, head, members, body.into()).with_rare(|rare| {
             rare.cache_only = cache_only;
             rare.selected_by = selected_by;
             rare.tags = tags.into();
@@ -316,14 +341,19 @@ impl StoredResponse {
 
     /// One exact-size allocation holding `head`, then `members` and then `body` if it is
     /// small enough to be inline: a `Vec` with spare capacity would keep its spare bytes
-    /// for the entry's life.
+    /// for the entry's life. A body too large for that is shared; one large enough for
+    /// a memory file is kept in one ([`SealedBody`]).
     fn assemble(
         status: StatusCode,
         freshness: Freshness,
         head: &[u8],
         members: &[u8],
-        body: Bytes,
+        body: StoredBody,
     ) -> Self {
+        let StoredBody {
+            bytes: body,
+            sealed,
+        } = body;
         let inline = inlines(head.len() + members.len(), body.len());
         let mut bytes =
             Vec::with_capacity(head.len() + members.len() + if inline { body.len() } else { 0 });
@@ -331,13 +361,16 @@ impl StoredResponse {
         bytes.extend_from_slice(members);
         let length = |n: usize| u32::try_from(n).expect("a stored head is under 4 GiB");
         let (head_len, members_end) = (length(head.len()), length(bytes.len()));
-        let shared_body = if inline {
+        let (shared_body, sealed) = if inline {
             bytes.extend_from_slice(&body);
-            Bytes::new()
+            (Bytes::new(), None)
         } else {
-            body
+            match sealed.or_else(|| SealedBody::seal(&body)) {
+                Some(sealed) => (sealed.bytes(), Some(sealed)),
+                None => (body, None),
+            }
         };
-        Self {
+        let entry = Self {
             status,
             freshness,
             bytes: bytes.into_boxed_slice(),
@@ -346,6 +379,10 @@ impl StoredResponse {
             hits: AtomicU32::new(0),
             shared_body,
             rare: None,
+        };
+        match sealed {
+            Some(sealed) => entry.with_rare(|rare| rare.sealed = Some(sealed)),
+            None => entry,
         }
     }
 
@@ -394,6 +431,21 @@ impl StoredResponse {
         }
     }
 
+    /// The memory file the body is kept in, when it is large enough for one: a plain-TCP
+    /// connection sends it with `sendfile`.
+    pub fn sealed_body(&self) -> Option<&SealedBody> {
+        self.rare.as_ref()?.sealed.as_ref()
+    }
+
+    /// The body as stored, to build another entry with (a revalidated response keeps its
+    /// body): a sealed body's file is shared, not copied.
+    pub fn stored_body(&self) -> StoredBody {
+        StoredBody {
+            bytes: self.body_bytes(),
+            sealed: self.sealed_body().cloned(),
+        }
+    }
+
     /// The body as `Bytes`, for a response body: shared when large, copied when inline.
     pub fn body_bytes(&self) -> Bytes {
         if self.shared_body.is_empty() {
@@ -415,16 +467,19 @@ impl StoredResponse {
 
     /// This response with another body (a disk record's, read whole or not at all).
     pub fn with_body(&self, body: Bytes) -> Self {
+        let entry = Self::assemble(
+            self.status,
+            self.freshness,
+            self.head(),
+            self.members(),
+            body.into(),
+        );
+        let sealed = entry.sealed_body().cloned();
         Self {
             rare: self.rare.clone(),
-            ..Self::assemble(
-                self.status,
-                self.freshness,
-                self.head(),
-                self.members(),
-                body,
-            )
+            ..entry
         }
+        .with_rare(|rare| rare.sealed = sealed)
     }
 
     fn copy_head(&self) -> Self {

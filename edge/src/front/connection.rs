@@ -47,6 +47,7 @@ use tokio::sync::watch;
 use crate::cache::status::{CacheStatus, Outcome};
 use crate::cache::store::StoredResponse;
 use crate::front::body::EdgeBody;
+use crate::front::send_file::{SendFile, send_file_all};
 use crate::front::{DoorRefusal, Handler, ServedHit, TlsName};
 use crate::upstream::interim::{self, InterimHead, InterimReceiver};
 
@@ -176,7 +177,7 @@ enum Parsed {
 ///
 /// `tls` is the server name a TLS connection was set up for; every request is checked
 /// against it by the handler.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
+pub async fn serve<S: AsyncRead + AsyncWrite + SendFile + Unpin, H: Handler>(
     mut stream: S,
     peer: SocketAddr,
     handler: &Arc<H>,
@@ -296,8 +297,23 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
                 } else {
                     b"\r\n\r\n"
                 });
-                let body: &[u8] = if head.head { &[] } else { entry.body() };
-                let written = write_all_vectored(&mut stream, &[entry.head(), &out, body]).await;
+                // A body kept in a memory file goes out with `sendfile` where the stream
+                // can take it; the head is written first.
+                let sealed = entry
+                    .sealed_body()
+                    .filter(|_| !head.head && stream.sends_files());
+                let body: &[u8] = if head.head || sealed.is_some() {
+                    &[]
+                } else {
+                    entry.body()
+                };
+                let mut written =
+                    write_all_vectored(&mut stream, &[entry.head(), &out, body]).await;
+                if let (Ok(()), Some(sealed)) = (&written, sealed) {
+                    let end = sealed.len() as u64;
+                    written = send_file_all(&mut stream, sealed.file(), 0, end, WRITE_SLICE).await;
+                }
+                let body_len = if head.head { 0 } else { entry.body().len() };
                 if let Some(started) = started {
                     let range = |r: Option<(usize, usize)>| r.map(|(a, b)| &buf[a..b]);
                     handler.served_hit(&ServedHit {
@@ -306,8 +322,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
                         target: &buf[head.path_range.0..head.path_range.1],
                         head: head.head,
                         status: entry.status,
-                        bytes: (entry.head().len() + out.len() + body.len()) as u64,
-                        body_bytes: body.len() as u64,
+                        bytes: (entry.head().len() + out.len() + body_len) as u64,
+                        body_bytes: body_len as u64,
                         started,
                         cache_status: &out[status_at..status_end],
                         tls,

@@ -161,8 +161,9 @@ impl<S> WriteTimeout<S> {
         &self.inner
     }
 
-    /// Called when the inner stream made progress (`Ready`) or would block (`Pending`).
-    fn check<T>(
+    /// Called when the inner stream made progress (`Ready`) or would block (`Pending`):
+    /// every write-like call on the stream goes through here, `sendfile` included.
+    pub(crate) fn check_progress<T>(
         &mut self,
         cx: &mut std::task::Context<'_>,
         polled: std::task::Poll<std::io::Result<T>>,
@@ -211,7 +212,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<S>
     ) -> std::task::Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.check(cx, polled)
+        this.check_progress(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -221,7 +222,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<S>
     ) -> std::task::Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let polled = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.check(cx, polled)
+        this.check_progress(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -234,7 +235,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<S>
     ) -> std::task::Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let polled = std::pin::Pin::new(&mut this.inner).poll_flush(cx);
-        this.check(cx, polled)
+        this.check_progress(cx, polled)
     }
 
     fn poll_shutdown(
@@ -243,7 +244,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<S>
     ) -> std::task::Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let polled = std::pin::Pin::new(&mut this.inner).poll_shutdown(cx);
-        this.check(cx, polled)
+        this.check_progress(cx, polled)
     }
 }
 

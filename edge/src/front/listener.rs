@@ -18,6 +18,7 @@ use tokio::sync::{Notify, watch};
 use crate::cache::status::Outcome;
 use crate::front::connection::{self, ConnLimits, Ending};
 use crate::front::limits::{ConnectionsPerIp, LimitsConfig, TOO_MANY_CONNECTIONS, WriteTimeout};
+use crate::front::send_file::SendFile;
 use crate::front::{Handler, TlsName};
 
 /// How long in-flight requests may take to finish after shutdown is requested.
@@ -146,7 +147,7 @@ impl Http1 {
         handler: Arc<H>,
         mut shutdown: watch::Receiver<bool>,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + SendFile + Unpin + Send + 'static,
         H: Handler,
     {
         let ending = connection::serve(

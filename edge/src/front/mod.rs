@@ -2,7 +2,8 @@
 //! byte.
 //!
 //! The public listeners ([`listener`], [`https`] with TLS and ALPN), the HTTP/1.1 loop
-//! with the hit fast path ([`connection`]), HTTP/2 ([`h2`], its writes batched by
+//! with the hit fast path ([`connection`], large bodies sent from their memory files by
+//! [`send_file`]), HTTP/2 ([`h2`], its writes batched by
 //! [`write_batch`]), the limits enforced around
 //! the socket ([`limits`]), the body of every response ([`body`]) and of every client
 //! request that streams upstream ([`client_body`]), and the server name a TLS connection
@@ -35,6 +36,7 @@ pub mod h2;
 pub mod https;
 pub mod limits;
 pub mod listener;
+pub mod send_file;
 pub mod write_batch;
 
 use body::EdgeBody;

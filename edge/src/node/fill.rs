@@ -724,7 +724,7 @@ impl FillRequest {
                     stale.status,
                     headers,
                     upstream_cache_status,
-                    stale.body_bytes(),
+                    stale.stored_body(),
                     freshness,
                 )
                 .selected_as(stale.selected_by().cloned());

@@ -79,6 +79,7 @@ pub struct Metrics {
     stored: Counter,
     cache_bytes: Gauge,
     cache_entries: Gauge,
+    sealed_bodies: Gauge,
     hit_ratio: Gauge<f64, AtomicU64>,
     server_requests: Family<ServerResultLabel, Counter>,
     server_seconds: Family<ServerLabel, Histogram>,
@@ -199,6 +200,13 @@ impl Metrics {
             "Responses held by the cache",
             cache_entries.clone(),
         );
+        let sealed_bodies = Gauge::default();
+        registry.register(
+            "cache_sealed_bodies",
+            "Large bodies kept in sealed memory files, sent with sendfile (each holds one \
+             file descriptor and one memory map; the process's, over all its caches)",
+            sealed_bodies.clone(),
+        );
         let cache_capacity: Gauge = Gauge::default();
         cache_capacity.set(i64::try_from(capacity).unwrap_or(i64::MAX));
         registry.register(
@@ -281,6 +289,7 @@ impl Metrics {
             stored,
             cache_bytes,
             cache_entries,
+            sealed_bodies,
             hit_ratio,
         }
     }
@@ -577,6 +586,10 @@ impl Metrics {
             .set(i64::try_from(usage.bytes).unwrap_or(i64::MAX));
         self.cache_entries
             .set(i64::try_from(usage.entries).unwrap_or(i64::MAX));
+        set(
+            &self.sealed_bodies,
+            crate::cache::sealed_body::live() as u64,
+        );
         let hits = self.requests(Outcome::Hit) as f64;
         let lookups = hits + (self.requests(Outcome::Miss) + self.requests(Outcome::Stale)) as f64;
         self.hit_ratio
