@@ -26,8 +26,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
-/// Bodies smaller than this stay in ordinary memory: below it, the copy `sendfile`
-/// saves costs less than the file's setup at fill time and the descriptor it holds.
+/// Bodies smaller than this stay in ordinary memory. Each sealed body costs a descriptor,
+/// a map and a few system calls at fill time; at 256 KiB, `sendfile` already takes the
+/// server's CPU per hit from about 1/10,000 s to 1/21,000 s (BENCHMARKS.md), while at
+/// 16 KiB the copy is a small part of a hit. Between the two the line is a judgement,
+/// not a measurement.
 pub const SEALED_MIN: usize = 128 * 1024;
 
 /// Most bodies sealed at once when the descriptor limit allows more: a quarter of the
