@@ -97,7 +97,7 @@ fn start_up(dir: &std::path::Path, tweak: &[(&str, &str)], args: &[&str]) -> Sta
             .arg(&endpoints_file)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("up.stderr")).expect("stderr file"))
             .spawn()
             .expect("cdn up starts"),
     );
@@ -111,7 +111,12 @@ fn start_up(dir: &std::path::Path, tweak: &[(&str, &str)], args: &[&str]) -> Sta
             break;
         }
     }
-    assert!(banner.contains("Ctrl-C stops everything"), "{banner}");
+    if !banner.contains("Ctrl-C stops everything") {
+        // Say why it did not start: its exit status and what it logged.
+        let status = wait_exit(&mut up.0, Duration::from_secs(5));
+        let log = std::fs::read_to_string(dir.join("up.stderr")).unwrap_or_default();
+        panic!("cdn up did not start (exit: {status:?})\nbanner:\n{banner}\nlog:\n{log}");
+    }
     std::thread::spawn(move || for _ in lines {});
     let endpoints = Endpoints::from_file(&endpoints_file).expect("endpoints written");
     StartedUp {
