@@ -44,6 +44,7 @@ impl TlsHarness {
 
             [limits]
             h2_max_concurrent_streams = 16
+            h3_retry_above = 8
 
             [[site]]
             name = "assets"
@@ -77,6 +78,10 @@ impl TlsHarness {
 
     fn https(&self) -> std::net::SocketAddr {
         self.edge.https_addr().expect("HTTPS listener")
+    }
+
+    fn http3(&self) -> std::net::SocketAddr {
+        self.edge.http3_addr().expect("HTTP/3 is on beside HTTPS")
     }
 
     fn dir(&self) -> &Path {
@@ -374,4 +379,186 @@ async fn http2_hits_sent_together_are_each_answered_whole_and_what_needs_the_ful
     .await;
     assert_eq!(parts.status, StatusCode::NOT_MODIFIED);
     assert!(body.is_empty());
+}
+
+#[tokio::test]
+async fn http3_answers_as_the_other_protocols_do_and_https_advertises_it() {
+    let h = TlsHarness::start().await;
+    assert_eq!(
+        h.http3().port(),
+        h.https().port(),
+        "the HTTPS port's number"
+    );
+    let advertised = format!("h3=\":{}\"; ma=86400", h.https().port());
+    let target = "/h3/16k.bin";
+    let client = h.ca.h3_client();
+    let connection = tls::h3::connect(&client, h.http3(), HOST).await.unwrap();
+    assert!(tls::h3::presented(&connection) == h.assets.der);
+    let mut session = tls::h3::session(&connection).await;
+    let miss = session.get(HOST, target, &[]).await;
+    assert_eq!(miss.status, StatusCode::OK);
+    assert!(
+        miss.header("cache-status").contains("fwd=uri-miss"),
+        "{miss:?}"
+    );
+    assert_eq!(miss.body.len(), 16 * 1024);
+    let hit = session.get(HOST, target, &[]).await;
+    assert!(hit.header("cache-status").contains("hit"), "{hit:?}");
+    assert!(hit.body == miss.body);
+    assert_eq!(hit.header("content-length"), "16384");
+    let range = session
+        .get(HOST, target, &[("range", "bytes=100-199")])
+        .await;
+    assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(range.header("content-range"), "bytes 100-199/16384");
+    assert!(range.body == miss.body.slice(100..200));
+    // Over TCP, HTTPS says where HTTP/3 is: HTTP/1.1 and h2, hits and misses.
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let client = h.ca.client(&[alpn]);
+        for path in ["/h3-advertised/1k.bin", "/h3-advertised/1k.bin", target] {
+            let conn = tls::connect(&client, h.https(), HOST).await.unwrap();
+            let (status, _, headers, _) = tls::fetch(conn, HOST, path).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(
+                headers.get("alt-svc").map(|v| v.to_str().unwrap()),
+                Some(advertised.as_str()),
+                "{} {path}",
+                String::from_utf8_lossy(alpn)
+            );
+        }
+    }
+    // Plain HTTP does not advertise it.
+    let plain = support::send(
+        &support::client(),
+        h.edge.public_addr(),
+        http::Method::GET,
+        target,
+        HOST,
+        &[],
+    )
+    .await;
+    assert_eq!(plain.status, StatusCode::OK);
+    assert!(plain.headers.get("alt-svc").is_none());
+}
+
+#[tokio::test]
+async fn http3_refuses_unknown_names_and_answers_421_for_a_host_the_certificate_does_not_cover() {
+    let h = TlsHarness::start().await;
+    let client = h.ca.h3_client();
+    for sni in ["plain.test", "evil.example"] {
+        let error = tls::h3::connect(&client, h.http3(), sni)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{sni}: handshake succeeded"));
+        assert!(error.contains("handshake failed"), "{sni}: {error}");
+    }
+    let connection = tls::h3::connect(&client, h.http3(), HOST).await.unwrap();
+    let mut session = tls::h3::session(&connection).await;
+    for host in [OTHER, "plain.test", "evil.example"] {
+        let reply = session.get(host, "/h3-sni/1k.bin", &[]).await;
+        assert_eq!(reply.status, StatusCode::MISDIRECTED_REQUEST, "{host}");
+        assert!(
+            reply.body.starts_with(b"421 "),
+            "{host}: the answer says why"
+        );
+    }
+    assert_eq!(
+        session.get(HOST, "/h3-sni/1k.bin", &[]).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn http3_serves_a_certificate_replaced_on_disk_to_the_next_connection() {
+    let h = TlsHarness::start().await;
+    let client = h.ca.h3_client();
+    let old = tls::h3::connect(&client, h.http3(), HOST).await.unwrap();
+    assert!(tls::h3::presented(&old) == h.assets.der);
+    let certificates = h.edge.certificates().expect("TLS is on").clone();
+    let mut reloads = certificates.reloads();
+    let renewed = h.ca.issue(&[HOST]);
+    renewed.write(h.dir(), "assets");
+    tokio::time::timeout(std::time::Duration::from_secs(10), reloads.changed())
+        .await
+        .expect("reloaded within 10 s")
+        .unwrap();
+    // A new client: one that resumes its session is shown no certificate at all.
+    let new = tls::h3::connect(&h.ca.h3_client(), h.http3(), HOST)
+        .await
+        .unwrap();
+    assert!(
+        tls::h3::presented(&new) == renewed.der,
+        "the old certificate is still served"
+    );
+    let mut session = tls::h3::session(&new).await;
+    assert_eq!(
+        session.get(HOST, "/h3-new/1k.bin", &[]).await.status,
+        StatusCode::OK
+    );
+    // The connection made before the swap still serves.
+    let mut session = tls::h3::session(&old).await;
+    assert_eq!(
+        session.get(HOST, "/h3-old/1k.bin", &[]).await.status,
+        StatusCode::OK
+    );
+}
+
+/// A flood of Initial packets (each a real client's first flight, from its own address,
+/// never followed up) is answered with Retry once `h3_retry_above` (8 here) handshakes
+/// are in progress: the node answers from a key, holding nothing per packet. A real
+/// client meanwhile comes back with its token and is served.
+#[tokio::test]
+async fn a_flood_of_initials_is_answered_with_retry_and_a_real_client_is_still_served() {
+    const FLOOD: usize = 40;
+    let h = TlsHarness::start().await;
+    // Real Initials: a QUIC client's first datagrams, caught on a socket of ours.
+    let catcher = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client = h.ca.h3_client();
+    let mut attempts = Vec::new();
+    let mut initials = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..FLOOD {
+        attempts.push(client.connect(catcher.local_addr().unwrap(), HOST).unwrap());
+        let (n, _) = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            catcher.recv_from(&mut buf),
+        )
+        .await
+        .expect("the client sends its Initial")
+        .unwrap();
+        initials.push(buf[..n].to_vec());
+    }
+    // Each from its own address (port), as spoofed sources would be.
+    let mut senders = Vec::new();
+    for initial in &initials {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.send_to(initial, h.http3()).await.unwrap();
+        senders.push(socket);
+    }
+    let (mut retries, mut others, mut silent) = (0, 0, 0);
+    for socket in &senders {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), socket.recv(&mut buf)).await {
+            // Long header (0x80), type Retry (0x30) in QUIC v1.
+            Ok(Ok(n)) if n > 0 && buf[0] & 0xB0 == 0xB0 => retries += 1,
+            Ok(_) => others += 1,
+            Err(_) => silent += 1,
+        }
+    }
+    assert!(
+        others <= 8,
+        "{others} Initials got a handshake: more than h3_retry_above"
+    );
+    assert!(
+        retries >= FLOOD - 8,
+        "{retries} of {FLOOD} answered with Retry ({others} handshakes, {silent} silent)"
+    );
+    // A real client, while the flood's handshakes are still pending.
+    let real = h.ca.h3_client();
+    let connection = tls::h3::connect(&real, h.http3(), HOST).await.unwrap();
+    let mut session = tls::h3::session(&connection).await;
+    assert_eq!(
+        session.get(HOST, "/h3-flood/1k.bin", &[]).await.status,
+        StatusCode::OK
+    );
+    drop(attempts);
 }

@@ -168,6 +168,21 @@ impl Certificates {
         Ok(config)
     }
 
+    /// A TLS config for QUIC (HTTP/3) choosing certificates as [`Self::server_config`]
+    /// does, from the same sites (so a reload reaches both): TLS 1.3 only, as QUIC
+    /// requires, ALPN `h3`, and no early data (0-RTT is replayable).
+    pub fn quic_server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h3".to_vec()];
+        config.max_early_data_size = 0;
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        Ok(config)
+    }
+
     /// Re-reads the sites whose files changed; returns how many were replaced. A site
     /// whose new files do not load keeps its old certificate (logged, retried next time).
     pub fn reload_changed(&self) -> usize {

@@ -292,6 +292,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + SendFile + Unpin, H: Handler>(
                 let status_at = out.len();
                 status.write_to(&mut out, handler.name(), entry.upstream_cache_status());
                 let status_end = out.len();
+                if let (Some(_), Some(alt_svc)) = (tls, handler.alt_svc()) {
+                    out.extend_from_slice(b"\r\nalt-svc: ");
+                    out.extend_from_slice(alt_svc.as_bytes());
+                }
                 out.extend_from_slice(if close {
                     b"\r\nconnection: close\r\n\r\n"
                 } else {
@@ -354,7 +358,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + SendFile + Unpin, H: Handler>(
                 )
                 .await
                 {
-                    Ok(response) => {
+                    Ok(mut response) => {
+                        if let (Some(_), Some(alt_svc)) = (tls, handler.alt_svc()) {
+                            response
+                                .headers_mut()
+                                .insert(http::header::ALT_SVC, alt_svc.clone());
+                        }
                         write_response(&mut stream, &mut out, response, head.head, close).await
                     }
                     Err(error) => Err(error),

@@ -222,6 +222,9 @@ fn answer_fresh_hit<H: Handler>(
     *headers = entry.client_headers();
     headers.insert(header::AGE, HeaderValue::from(entry.freshness.age(now)));
     headers.insert(CACHE_STATUS.clone(), cache_status.clone());
+    if let Some(alt_svc) = handler.alt_svc() {
+        headers.insert(header::ALT_SVC, alt_svc.clone());
+    }
     http2_head(headers);
     let head_bytes = crate::front::head_bytes(headers);
     let body_bytes = if head { 0 } else { entry.body().len() as u64 };
@@ -335,6 +338,9 @@ impl<H: Handler> Stream<H> {
         }
         drop(interims);
         let (mut parts, body) = response.into_parts();
+        if let Some(alt_svc) = self.handler.alt_svc() {
+            parts.headers.insert(header::ALT_SVC, alt_svc.clone());
+        }
         http2_head(&mut parts.headers);
         let end = body.is_end_stream();
         if !end
@@ -395,7 +401,7 @@ fn send_interim<H: Handler>(
 
 /// A final response's fields as HTTP/2 sends them: without the fields it forbids, with
 /// `Date` when the response has none.
-fn http2_head(headers: &mut HeaderMap) {
+pub(crate) fn http2_head(headers: &mut HeaderMap) {
     strip_connection_fields(headers);
     if !headers.contains_key(header::DATE)
         && let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
@@ -405,7 +411,7 @@ fn http2_head(headers: &mut HeaderMap) {
 }
 
 /// Removes the fields HTTP/2 forbids in a response (RFC 9113 8.2.2).
-fn strip_connection_fields(headers: &mut HeaderMap) {
+pub(crate) fn strip_connection_fields(headers: &mut HeaderMap) {
     if let Some(connection) = headers.remove(header::CONNECTION)
         && let Ok(names) = connection.to_str()
     {

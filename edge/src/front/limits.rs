@@ -296,6 +296,12 @@ pub struct LimitsConfig {
     /// the connection (CVE-2024-27316-style floods, with `max_header_bytes` bounding
     /// CONTINUATION frames).
     pub h2_max_local_error_reset_streams: usize,
+    /// HTTP/3: request streams a client may have open at once on one connection.
+    pub h3_max_concurrent_streams: u32,
+    /// HTTP/3: handshakes in progress at once above which a client whose address is not
+    /// yet proven is sent a Retry (stateless) and must come back with its token, so a
+    /// flood of Initial packets from spoofed addresses holds no state. 0: every client.
+    pub h3_retry_above: usize,
 }
 
 impl Default for LimitsConfig {
@@ -313,6 +319,8 @@ impl Default for LimitsConfig {
             h2_max_concurrent_streams: 128,
             h2_max_pending_accept_reset_streams: 32,
             h2_max_local_error_reset_streams: 256,
+            h3_max_concurrent_streams: 128,
+            h3_retry_above: 64,
         }
     }
 }

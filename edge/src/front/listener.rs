@@ -168,7 +168,16 @@ impl Http1 {
                 req.extensions_mut().insert(tls.clone());
             }
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
+            let https = tls.is_some();
+            async move {
+                let mut response = handler.handle(req, peer).await;
+                if let (true, Some(alt_svc)) = (https, handler.alt_svc()) {
+                    response
+                        .headers_mut()
+                        .insert(http::header::ALT_SVC, alt_svc.clone());
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);

@@ -4,7 +4,7 @@
 //! The public listeners ([`listener`], [`https`] with TLS and ALPN), the HTTP/1.1 loop
 //! with the hit fast path ([`connection`], large bodies sent from their memory files by
 //! [`send_file`]), HTTP/2 ([`h2`], its writes batched by
-//! [`write_batch`]), the limits enforced around
+//! [`write_batch`]), HTTP/3 over QUIC ([`h3`]), the limits enforced around
 //! the socket ([`limits`]), the body of every response ([`body`]) and of every client
 //! request that streams upstream ([`client_body`]), and the server name a TLS connection
 //! was set up for ([`TlsName`]).
@@ -33,6 +33,7 @@ pub mod body;
 pub mod client_body;
 pub mod connection;
 pub mod h2;
+pub mod h3;
 pub mod https;
 pub mod limits;
 pub mod listener;
@@ -98,6 +99,13 @@ pub trait Handler: Send + Sync + 'static {
     /// cleared of hop-by-hop fields. The default writes it as it is.
     fn interim(&self, head: &mut InterimHead) {
         let _ = head;
+    }
+
+    /// The `Alt-Svc` value HTTPS responses carry (HTTP/1.1 and HTTP/2 over TLS, fast and
+    /// full path alike) to tell clients where the node speaks HTTP/3; `None` (the default)
+    /// when it does not.
+    fn alt_svc(&self) -> Option<&http::HeaderValue> {
+        None
     }
 
     /// The node's name, as its member of `Cache-Status` on fast-path hits.

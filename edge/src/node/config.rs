@@ -109,6 +109,10 @@ pub struct NodeConfig {
     /// Public HTTPS listener (HTTP/2 and HTTP/1.1 by ALPN); off when unset. Sites with a
     /// `[site.tls]` certificate are served on it, chosen by SNI.
     pub https_listen: Option<SocketAddr>,
+    /// HTTP/3 beside HTTPS: QUIC on UDP at the HTTPS listener's address and port, the
+    /// same certificates, advertised with `Alt-Svc` on HTTPS responses. On by default
+    /// when `https_listen` is set.
+    pub http3: bool,
     /// How often certificate and key files are checked for changes (hot reload).
     #[serde(with = "humantime_serde")]
     pub tls_reload_interval: Duration,
@@ -139,6 +143,7 @@ impl Default for NodeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
             https_listen: None,
+            http3: true,
             tls_reload_interval: Duration::from_secs(1),
             upgrade_socket: None,
             role: Role::Edge,

@@ -152,6 +152,9 @@ pub struct Edge {
     /// Largest object cached in slices: a quarter of the cache.
     pub(crate) max_sliced_size: u64,
     ready: AtomicBool,
+    /// `h3=":PORT"; ma=86400` once the HTTP/3 listener is bound: what HTTPS responses
+    /// advertise it with.
+    alt_svc: std::sync::OnceLock<HeaderValue>,
     /// Open client connections of the public listener.
     pub(crate) open: Arc<OpenConnections>,
     pub(crate) invalidation: Invalidation,
@@ -228,6 +231,7 @@ impl Edge {
                 .as_u64(),
             max_sliced_size: config.cache.capacity.as_u64() / 4,
             ready: AtomicBool::new(false),
+            alt_svc: std::sync::OnceLock::new(),
             open: Arc::default(),
             invalidation: Invalidation::new(state),
             node_token: config.purge.node_token.clone(),
@@ -278,6 +282,14 @@ impl Edge {
     /// Client connections open now: the node's load as `/healthz` reports it.
     pub fn connections(&self) -> usize {
         self.open.count()
+    }
+
+    /// Advertises HTTP/3 on `port` (UDP) in every HTTPS response from now on.
+    pub(crate) fn advertise_http3(&self, port: u16) {
+        let value = format!("h3=\":{port}\"; ma=86400");
+        let _ = self
+            .alt_svc
+            .set(HeaderValue::from_str(&value).expect("ASCII"));
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -1456,6 +1468,10 @@ impl Handler for Edge {
 
     fn logs_access(&self) -> bool {
         self.live.load().access_log.is_some()
+    }
+
+    fn alt_svc(&self) -> Option<&HeaderValue> {
+        self.alt_svc.get()
     }
 
     fn served_hit(&self, hit: &ServedHit<'_>) {

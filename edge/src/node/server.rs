@@ -139,13 +139,14 @@ impl EdgeServer {
             bound.map_err(|source| StartError::Bind { addr, what, source })
         };
         let inherited = inherited.as_mut();
-        let (given_public, given_admin, given_https) = match inherited {
+        let (given_public, given_admin, given_https, given_http3) = match inherited {
             Some(given) => (
                 given.public.try_clone().ok(),
                 given.admin.try_clone().ok(),
                 given.https.as_ref().and_then(|l| l.try_clone().ok()),
+                given.http3.as_ref().and_then(|s| s.try_clone().ok()),
             ),
-            None => (None, None, None),
+            None => (None, None, None, None),
         };
         let public = bind(config.node.listen, "public listener", given_public).await?;
         let admin = bind(config.node.admin_listen, "admin listener", given_admin).await?;
@@ -163,7 +164,15 @@ impl EdgeServer {
                 let listener = bind(addr, "HTTPS listener", given_https).await?;
                 let https_addr = local_addr(&listener, addr)?;
                 handover.push(("https", duplicate(&listener, addr)?));
-                Some((listener, https_addr, certificates, tls))
+                let http3 = if config.node.http3 {
+                    let (endpoint, socket) =
+                        bind_http3(https_addr, &certificates, &config.limits, given_http3)?;
+                    handover.push(("http3", socket));
+                    Some(endpoint)
+                } else {
+                    None
+                };
+                Some((listener, https_addr, certificates, tls, http3))
             }
             None => None,
         };
@@ -185,7 +194,18 @@ impl EdgeServer {
             shutdown.subscribe(),
         ))];
         let (https_addr, certificates) = match https {
-            Some((listener, addr, certificates, tls)) => {
+            Some((listener, addr, certificates, tls, http3)) => {
+                if let Some(endpoint) = http3 {
+                    edge.advertise_http3(addr.port());
+                    tasks.push(tokio::spawn(crate::front::h3::serve(
+                        endpoint,
+                        certificates.clone(),
+                        edge.clone(),
+                        edge.open.clone(),
+                        listener_limits.clone(),
+                        shutdown.subscribe(),
+                    )));
+                }
                 tasks.push(tokio::spawn(crate::front::https::serve(
                     listener,
                     tokio_rustls::TlsAcceptor::from(tls),
@@ -283,6 +303,12 @@ impl EdgeServer {
         self.https_addr
     }
 
+    /// Where the node speaks HTTP/3 (UDP): the HTTPS listener's address, when
+    /// `node.http3` is on.
+    pub fn http3_addr(&self) -> Option<SocketAddr> {
+        crate::front::Handler::alt_svc(self.edge.as_ref()).and(self.https_addr)
+    }
+
     /// The sites' certificates served on the HTTPS listener (to watch reloads).
     pub fn certificates(&self) -> Option<&Arc<Certificates>> {
         self.certificates.as_ref()
@@ -314,6 +340,36 @@ impl EdgeServer {
 }
 
 /// A second descriptor of `listener`'s socket, to hand over in an upgrade.
+/// The HTTP/3 endpoint on UDP at `addr` (the HTTPS listener's, port included), on the
+/// socket an upgrade handed over if there is one; and a copy of the socket for the next
+/// upgrade.
+fn bind_http3(
+    addr: SocketAddr,
+    certificates: &Arc<Certificates>,
+    limits: &crate::front::limits::LimitsConfig,
+    given: Option<std::net::UdpSocket>,
+) -> Result<(quinn::Endpoint, OwnedFd), StartError> {
+    let what = "HTTP/3 socket (UDP, the HTTPS port; node.http3 = false turns it off)";
+    let failed = |source| StartError::Bind { addr, what, source };
+    let socket = match given {
+        Some(socket) => socket,
+        None => std::net::UdpSocket::bind(addr).map_err(failed)?,
+    };
+    socket.set_nonblocking(true).map_err(failed)?;
+    let copy = socket.as_fd().try_clone_to_owned().map_err(failed)?;
+    let tls = certificates.quic_server_config()?;
+    let server = crate::front::h3::server_config(tls, limits)
+        .map_err(|e| failed(std::io::Error::other(e)))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(failed)?;
+    Ok((endpoint, copy))
+}
+
 fn duplicate(listener: &TcpListener, addr: SocketAddr) -> Result<OwnedFd, StartError> {
     listener
         .as_fd()

@@ -41,6 +41,9 @@ pub struct Inherited {
     pub public: std::net::TcpListener,
     pub admin: std::net::TcpListener,
     pub https: Option<std::net::TcpListener>,
+    /// The HTTP/3 socket (UDP). QUIC connections are not carried over: the old node's
+    /// end with it, and their clients reconnect.
+    pub http3: Option<std::net::UdpSocket>,
 }
 
 /// What went wrong with an upgrade; the running node keeps serving in every case.
@@ -121,13 +124,13 @@ pub fn take_over(path: &Path) -> Result<(Inherited, Handover), UpgradeError> {
             fds.len()
         )));
     }
-    let (mut public, mut admin, mut https) = (None, None, None);
+    let (mut public, mut admin, mut https, mut http3) = (None, None, None, None);
     for (name, fd) in names.into_iter().zip(fds) {
-        let listener = std::net::TcpListener::from(fd);
         match name {
-            "public" => public = Some(listener),
-            "admin" => admin = Some(listener),
-            "https" => https = Some(listener),
+            "public" => public = Some(std::net::TcpListener::from(fd)),
+            "admin" => admin = Some(std::net::TcpListener::from(fd)),
+            "https" => https = Some(std::net::TcpListener::from(fd)),
+            "http3" => http3 = Some(std::net::UdpSocket::from(fd)),
             other => return Err(failed(format!("unknown listener {other:?}"))),
         }
     }
@@ -138,6 +141,7 @@ pub fn take_over(path: &Path) -> Result<(Inherited, Handover), UpgradeError> {
         public,
         admin,
         https,
+        http3,
     };
     Ok((
         inherited,

@@ -121,6 +121,16 @@ pub async fn get(
     host: &str,
     path: &str,
 ) -> (StatusCode, Version, Bytes) {
+    let (status, version, _, body) = fetch(tls, host, path).await;
+    (status, version, body)
+}
+
+/// As [`get`], with the response's fields.
+pub async fn fetch(
+    tls: TlsStream<TcpStream>,
+    host: &str,
+    path: &str,
+) -> (StatusCode, Version, http::HeaderMap, Bytes) {
     let h2 = alpn(&tls).as_deref() == Some(b"h2".as_slice());
     let io = TokioIo::new(tls);
     let response = if h2 {
@@ -145,12 +155,13 @@ pub async fn get(
     };
     let status = response.status();
     let version = response.version();
+    let headers = response.headers().clone();
     let body = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
         .await
         .expect("body within 10 s")
         .expect("whole body")
         .to_bytes();
-    (status, version, body)
+    (status, version, headers, body)
 }
 
 /// Sends one HTTP/1.1 request over an established TLS connection.
@@ -174,4 +185,124 @@ pub async fn send_h1(
         .expect("body")
         .to_bytes();
     (status, body)
+}
+
+/// HTTP/3 for tests: a real QUIC client (`quinn`) trusting only a [`TestCa`], and
+/// requests over it with the `h3` client.
+pub mod h3 {
+    use super::*;
+    use bytes::Buf;
+    use http::HeaderMap;
+
+    impl TestCa {
+        /// A QUIC client endpoint on 127.0.0.1 trusting only this CA, offering ALPN `h3`.
+        pub fn h3_client(&self) -> quinn::Endpoint {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.cert.der().clone()).expect("CA is a root");
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("TLS 1.3")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            tls.alpn_protocols = vec![b"h3".to_vec()];
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
+            let mut endpoint =
+                quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("client endpoint");
+            endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+            endpoint
+        }
+    }
+
+    /// Connects and handshakes with `sni`; the error says why it failed.
+    pub async fn connect(
+        client: &quinn::Endpoint,
+        addr: SocketAddr,
+        sni: &str,
+    ) -> Result<quinn::Connection, String> {
+        let connecting = client.connect(addr, sni).map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .map_err(|_| "handshake timed out".to_owned())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// The certificate the server presented on a QUIC connection.
+    pub fn presented(connection: &quinn::Connection) -> CertificateDer<'static> {
+        let identity = connection.peer_identity().expect("a certificate");
+        let chain = identity
+            .downcast::<Vec<CertificateDer<'static>>>()
+            .expect("rustls certificates");
+        chain[0].clone()
+    }
+
+    /// One answer over HTTP/3.
+    #[derive(Debug)]
+    pub struct H3Reply {
+        pub status: StatusCode,
+        pub headers: HeaderMap,
+        pub body: Bytes,
+    }
+
+    impl H3Reply {
+        pub fn header(&self, name: &str) -> &str {
+            self.headers
+                .get(name)
+                .map_or("", |v| v.to_str().unwrap_or(""))
+        }
+    }
+
+    /// An HTTP/3 session on one QUIC connection (its control streams opened once).
+    pub struct H3Session {
+        sender: ::h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+        driving: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for H3Session {
+        fn drop(&mut self) {
+            self.driving.abort();
+        }
+    }
+
+    /// Sets up HTTP/3 on `connection`.
+    pub async fn session(connection: &quinn::Connection) -> H3Session {
+        let (mut driver, sender) = ::h3::client::new(h3_quinn::Connection::new(connection.clone()))
+            .await
+            .expect("h3 client");
+        let driving = tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        H3Session { sender, driving }
+    }
+
+    impl H3Session {
+        /// Sends GET `path` for `host` (as `:authority`) with `headers` on a new request
+        /// stream, and reads the whole answer (bounded to 10 s).
+        pub async fn get(&mut self, host: &str, path: &str, headers: &[(&str, &str)]) -> H3Reply {
+            let mut request = Request::get(format!("https://{host}{path}"));
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            tokio::time::timeout(Duration::from_secs(10), async {
+                let mut stream = self
+                    .sender
+                    .send_request(request.body(()).unwrap())
+                    .await
+                    .expect("request sent");
+                stream.finish().await.expect("request finished");
+                let response = stream.recv_response().await.expect("response");
+                let mut body = Vec::new();
+                while let Some(mut chunk) = stream.recv_data().await.expect("body") {
+                    body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+                }
+                H3Reply {
+                    status: response.status(),
+                    headers: response.headers().clone(),
+                    body: body.into(),
+                }
+            })
+            .await
+            .expect("answered within 10 s")
+        }
+    }
 }
