@@ -16,6 +16,9 @@
 #   "h2 m=1", "h2 m=10": HTTP/2 hits of 1 KiB, 16 connections x 1 or 10 streams (h2load),
 #      with h2load's request-time mean, standard deviation and maximum; only when h2load is
 #      installed and H2 is not 0.
+#   "h3 SIZE", "h2 SIZE m=10": the edge alone (nginx 1.22 has no HTTP/3), 1 KiB and 16 KiB
+#      hits over HTTP/3 (benches/h3_load.rs, built here) and over HTTP/2 (h2load), both 16
+#      connections x 10 streams, back to back: h3 per server core against h2's; H3=0 skips.
 # Every case reports the server's CPU (user + system of its process, from /proc) and
 # req/s per server core: where the load generator saturates its core, that is the figure
 # that compares the servers.
@@ -38,6 +41,15 @@ BIN=$ROOT/target/release/cdn
 die() { echo "https.sh: $*" >&2; exit 1; }
 for t in wrk curl taskset nginx openssl; do command -v "$t" >/dev/null || die "$t missing"; done
 [[ ${SKIP_BUILD:-0} == 1 ]] || (cd "$ROOT" && nice -n 10 cargo build --release --quiet)
+if [[ ${H3:-1} != 0 ]]; then
+  H3_LOAD=$(cd "$ROOT" && nice -n 10 cargo bench --bench h3_load --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "h3_load" and m.get("executable"):
+        print(m["executable"])')
+  [[ -x $H3_LOAD ]] || die "benches/h3_load.rs did not build"
+fi
 mkdir -p "$RUN"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -169,5 +181,25 @@ if [[ ${H2:-1} != 0 ]] && command -v h2load >/dev/null; then
         "$(per_core "$rps" "$pct")" \
         "$(awk '/^time for request:/{printf "request time mean %s sd %s max %s", $6, $7, $5}' <<<"$out")"
     done
+  done
+fi
+if [[ ${H3:-1} != 0 ]] && command -v h2load >/dev/null; then
+  for size in 1k 16k; do
+    curl -skf -o /dev/null "https://localhost:$EDGE_HTTPS_PORT/obj/$size.bin"
+    t0=$(cpu_ticks "$EDGE_PID"); start=$(date +%s.%N)
+    out=$(timeout $((DURATION + 30)) taskset -c 1 "$H3_LOAD" \
+      "https://localhost:$EDGE_HTTPS_PORT/obj/$size.bin" 16 10 "$DURATION" 2>&1)
+    t1=$(cpu_ticks "$EDGE_PID"); end=$(date +%s.%N)
+    grep -q "errors 0" <<<"$out" || die "h3_load failed: $out"
+    rps=$(awk '/^requests/{print $4}' <<<"$out")
+    pct=$(cpu_pct "$t0" "$t1" "$(awk -v a="$start" -v b="$end" 'BEGIN{print b - a}')")
+    printf '%s\t%s\t%s\t-\t-\t%s\t%s\t%s\n' "h3 $size m=10" edge "$rps" "$pct" "$(per_core "$rps" "$pct")" ""
+    t0=$(cpu_ticks "$EDGE_PID"); start=$(date +%s.%N)
+    out=$(timeout 120 taskset -c 1 h2load -D "$DURATION" -c 16 -m 10 \
+      "https://localhost:$EDGE_HTTPS_PORT/obj/$size.bin" 2>&1)
+    t1=$(cpu_ticks "$EDGE_PID"); end=$(date +%s.%N)
+    rps=$(awk '/^finished in/{print $4}' <<<"$out")
+    pct=$(cpu_pct "$t0" "$t1" "$(awk -v a="$start" -v b="$end" 'BEGIN{print b - a}')")
+    printf '%s\t%s\t%s\t-\t-\t%s\t%s\t%s\n' "h2 $size m=10" edge "$rps" "$pct" "$(per_core "$rps" "$pct")" ""
   done
 fi
