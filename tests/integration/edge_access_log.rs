@@ -211,6 +211,37 @@ async fn an_http2_request_is_logged_with_its_version_and_server_name() {
     assert_eq!(hit["complete"], true);
 }
 
+#[tokio::test]
+async fn an_http3_request_is_logged_with_its_version_on_the_full_and_the_fast_path() {
+    let origin = DemoOrigin::start(loopback()).await.expect("origin starts");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (edge, path) = logged_tls_edge(dir.path(), &ca, origin.addr(), "edge-h3-log", "").await;
+    let client = ca.h3_client();
+    let connection = tls::h3::connect(&client, edge.http3_addr().unwrap(), HOST)
+        .await
+        .unwrap();
+    let mut session = tls::h3::session(&connection).await;
+    // The miss (full path), then the hit (the request's own fast path).
+    for (n, wanted) in [(1, "fwd=uri-miss"), (2, "hit")] {
+        let reply = session.get(HOST, "/h3/2k.bin", &[]).await;
+        assert_eq!((reply.status, reply.body.len()), (StatusCode::OK, 2048));
+        let log = lines(&path, n).await;
+        let line = &log[n - 1];
+        assert!(
+            line["cache_status"].as_str().unwrap().contains(wanted),
+            "{line}"
+        );
+        assert_eq!(line["http_version"], "HTTP/3.0");
+        assert_eq!(line["tls"], HOST);
+        assert_eq!(line["tls_version"], "TLSv1.3");
+        assert_eq!(line["url"], format!("https://{HOST}/h3/2k.bin"));
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["body_bytes"], 2048);
+        assert_eq!(line["complete"], true);
+    }
+}
+
 /// A `cdn edge` process with an access log at `log`, in front of `origin`.
 fn edge_process(dir: &Path, origin: SocketAddr, log: &Path) -> NodeProcess {
     let config: PathBuf = dir.join("edge.toml");

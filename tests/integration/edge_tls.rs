@@ -454,6 +454,12 @@ async fn http3_refuses_unknown_names_and_answers_421_for_a_host_the_certificate_
     }
     let connection = tls::h3::connect(&client, h.http3(), HOST).await.unwrap();
     let mut session = tls::h3::session(&connection).await;
+    // Cached for the connection's own name first, so a fast-path hit would be the easy
+    // mistake.
+    assert_eq!(
+        session.get(HOST, "/h3-sni/1k.bin", &[]).await.status,
+        StatusCode::OK
+    );
     for host in [OTHER, "plain.test", "evil.example"] {
         let reply = session.get(host, "/h3-sni/1k.bin", &[]).await;
         assert_eq!(reply.status, StatusCode::MISDIRECTED_REQUEST, "{host}");

@@ -55,6 +55,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::cache::status::{CACHE_STATUS, CacheStatus, Outcome};
+use crate::cache::store::StoredResponse;
 use crate::front::body::EdgeBody;
 use crate::front::connection::FULL_PATH_FIELDS;
 use crate::front::limits::LimitsConfig;
@@ -214,19 +215,13 @@ fn answer_fresh_hit<H: Handler>(
     }
     let started = handler.logs_access().then(std::time::Instant::now);
     handler.count(Outcome::Hit);
-    let cache_status = CacheStatus::hit(entry.freshness.ttl(now))
-        .render(handler.name(), entry.upstream_cache_status());
-    let mut response = Response::new(());
-    *response.status_mut() = entry.status;
-    let headers = response.headers_mut();
-    *headers = entry.client_headers();
-    headers.insert(header::AGE, HeaderValue::from(entry.freshness.age(now)));
-    headers.insert(CACHE_STATUS.clone(), cache_status.clone());
+    let (mut response, cache_status) = fresh_hit_head(handler, &entry, now);
     if let Some(alt_svc) = handler.alt_svc() {
-        headers.insert(header::ALT_SVC, alt_svc.clone());
+        response
+            .headers_mut()
+            .insert(header::ALT_SVC, alt_svc.clone());
     }
-    http2_head(headers);
-    let head_bytes = crate::front::head_bytes(headers);
+    let head_bytes = crate::front::head_bytes(response.headers());
     let body_bytes = if head { 0 } else { entry.body().len() as u64 };
     let end = body_bytes == 0;
     let complete = match respond.send_response(response, end) {
@@ -259,19 +254,45 @@ fn answer_fresh_hit<H: Handler>(
     None
 }
 
+/// The head of a fast-path hit on HTTP/2 or HTTP/3: the stored fields, `Age` and
+/// `Cache-Status` at `now`, as [`http2_head`] sends them; and the `Cache-Status` sent.
+pub(crate) fn fresh_hit_head<H: Handler>(
+    handler: &H,
+    entry: &StoredResponse,
+    now: std::time::Instant,
+) -> (Response<()>, HeaderValue) {
+    let cache_status = CacheStatus::hit(entry.freshness.ttl(now))
+        .render(handler.name(), entry.upstream_cache_status());
+    let mut response = Response::new(());
+    *response.status_mut() = entry.status;
+    let headers = response.headers_mut();
+    *headers = entry.client_headers();
+    headers.insert(header::AGE, HeaderValue::from(entry.freshness.age(now)));
+    headers.insert(CACHE_STATUS.clone(), cache_status.clone());
+    http2_head(headers);
+    (response, cache_status)
+}
+
 /// `Some(is HEAD)` for a GET or HEAD the fast path may answer: no body, no `Host` beside
 /// `:authority` (the full path checks that they agree), none of the fields that need the
 /// full path ([`FULL_PATH_FIELDS`], internal `cdn-*` fields).
 fn fast_path_method(request: &Request<RecvStream>) -> Option<bool> {
-    let head = match *request.method() {
+    if !request.body().is_end_stream() {
+        return None;
+    }
+    fast_path_fields(request.method(), request.headers())
+}
+
+/// `Some(is HEAD)` for a GET or HEAD whose fields let a fast path answer it (HTTP/2 and
+/// HTTP/3): no `Host` beside `:authority`, no `Content-Length`, none of
+/// [`FULL_PATH_FIELDS`] or the internal `cdn-*` fields.
+pub(crate) fn fast_path_fields(method: &http::Method, headers: &HeaderMap) -> Option<bool> {
+    let head = match *method {
         http::Method::GET => false,
         http::Method::HEAD => true,
         _ => return None,
     };
-    if !request.body().is_end_stream() {
-        return None;
-    }
-    for name in request.headers().keys() {
+    for name in headers.keys() {
         let name = name.as_str();
         if name == "host"
             || name == "content-length"

@@ -4,7 +4,10 @@
 //! lookup, the same answers (hits from the stored body's shared bytes, `Cache-Status`,
 //! ranges, refusals), the same check of `:authority` against the server name the
 //! connection was set up for (`421` otherwise). 1xx heads the upstream exchange forwards
-//! are sent before the final response, as on HTTP/2.
+//! are sent before the final response, as on HTTP/2. A fresh hit that needs nothing of
+//! the full path is answered from [`Handler::fresh_hit`] on the request's task, as the
+//! HTTP/2 fast path does (same fields, same checks: the lookup matches the host against
+//! the connection's server name).
 //!
 //! Certificates are the HTTPS listener's, chosen by SNI from the same sites
 //! ([`tls_certs::Certificates::quic_server_config`]), so a certificate replaced on disk
@@ -47,11 +50,12 @@ use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use crate::cache::status::Outcome;
+use crate::cache::store::StoredResponse;
 use crate::front::body::EdgeBody;
-use crate::front::h2::http2_head;
+use crate::front::h2::{fast_path_fields, fresh_hit_head, http2_head};
 use crate::front::limits::{ConnectionsPerIp, LimitsConfig};
 use crate::front::listener::{OpenConnections, drain};
-use crate::front::{DoorRefusal, Handler, TlsName, TlsVersion};
+use crate::front::{DoorRefusal, Handler, ServedHit, TlsName, TlsVersion};
 use crate::upstream::interim::{self, InterimHead, InterimReceiver};
 
 type SendStream = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
@@ -293,6 +297,20 @@ async fn answer<H: Handler>(
     stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
 ) {
     let (mut send, recv) = stream.split();
+    if let Some(head) = fast_path_fields(request.method(), request.headers())
+        && let (Some(host), Some(target)) =
+            (request.uri().authority(), request.uri().path_and_query())
+        && let Some((entry, now)) = handler.fresh_hit(host.as_str(), target.as_str(), Some(&tls))
+    {
+        let hit = FreshHit {
+            peer,
+            tls: &tls,
+            request: &request,
+            head,
+        };
+        hit.answer(handler.as_ref(), &entry, now, &mut send).await;
+        return;
+    }
     let (interim, mut interims) = interim::channel(max_head);
     let (mut parts, ()) = request.into_parts();
     parts.extensions.insert(tls);
@@ -332,6 +350,64 @@ async fn answer<H: Handler>(
     }
     if let Err(error) = pipe(body, &mut send).await {
         tracing::debug!(%peer, %error, "HTTP/3 response body not sent whole");
+    }
+}
+
+/// A fresh hit answered without the full path (as on HTTP/2): the stored head as fields,
+/// `Age` and `Cache-Status`, and the stored body's shared bytes.
+struct FreshHit<'a> {
+    peer: SocketAddr,
+    tls: &'a TlsName,
+    request: &'a Request<()>,
+    /// A `HEAD` (else a `GET`).
+    head: bool,
+}
+
+impl FreshHit<'_> {
+    async fn answer<H: Handler>(
+        &self,
+        handler: &H,
+        entry: &StoredResponse,
+        now: std::time::Instant,
+        send: &mut SendStream,
+    ) {
+        let started = handler.logs_access().then(std::time::Instant::now);
+        handler.count(Outcome::Hit);
+        let (response, cache_status) = fresh_hit_head(handler, entry, now);
+        let head_bytes = crate::front::head_bytes(response.headers());
+        let body_bytes = if self.head {
+            0
+        } else {
+            entry.body().len() as u64
+        };
+        let mut complete = send.send_response(response).await.is_ok();
+        if complete && body_bytes > 0 {
+            complete = send.send_data(entry.body_bytes()).await.is_ok();
+        }
+        complete = complete && send.finish().await.is_ok();
+        if let Some(started) = started {
+            let field =
+                |name: header::HeaderName| self.request.headers().get(name).map(|v| v.as_bytes());
+            let uri = self.request.uri();
+            handler.served_hit(&ServedHit {
+                client: self.peer,
+                host: uri.authority().map_or(&b""[..], |a| a.as_str().as_bytes()),
+                target: uri
+                    .path_and_query()
+                    .map_or(&b""[..], |p| p.as_str().as_bytes()),
+                head: self.head,
+                status: entry.status,
+                bytes: head_bytes + body_bytes,
+                body_bytes,
+                started,
+                cache_status: cache_status.as_bytes(),
+                tls: Some(self.tls),
+                user_agent: field(header::USER_AGENT),
+                referer: field(header::REFERER),
+                complete,
+                version: http::Version::HTTP_3,
+            });
+        }
     }
 }
 
