@@ -744,12 +744,16 @@ async fn terminate(name: &str, child: &mut Child) {
 
 /// `topology` with every port 0 replaced by a port free a moment ago (TCP, and UDP too for
 /// GeoDNS, which serves both on one port), so each process is told where to listen.
+///
+/// The ports are drawn below the kernel's ephemeral range: a port taken from that range
+/// (by binding port 0) could be handed to any other socket of the machine between the
+/// moment it is picked here and the moment the process binds it, or while a process is
+/// down and being restarted. Below the range only another explicit choice can take it.
 pub fn with_free_ports(topology: &Topology) -> std::io::Result<Topology> {
     let mut topology = topology.clone();
     let fixed = |addr: &mut SocketAddr| -> std::io::Result<()> {
         if addr.port() == 0 {
-            let listener = std::net::TcpListener::bind(*addr)?;
-            addr.set_port(listener.local_addr()?.port());
+            *addr = below_ephemeral(*addr, |at| std::net::TcpListener::bind(at).map(drop))?;
         }
         Ok(())
     };
@@ -773,16 +777,36 @@ pub fn with_free_ports(topology: &Topology) -> std::io::Result<Topology> {
 }
 
 fn free_udp_and_tcp(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    below_ephemeral(addr, |at| {
+        let _udp = std::net::UdpSocket::bind(at)?;
+        std::net::TcpListener::bind(at).map(drop)
+    })
+}
+
+/// `addr` with a port below the kernel's ephemeral range on which `free` succeeds: tried
+/// from a place that differs between processes, at most a few thousand ports.
+fn below_ephemeral(
+    addr: SocketAddr,
+    free: impl Fn(SocketAddr) -> std::io::Result<()>,
+) -> std::io::Result<SocketAddr> {
+    const LOW: u16 = 10_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+        .clamp(LOW + 1_000, 32_768);
+    let span = high - LOW;
+    let start = fastrand::u16(0..span);
     let mut last = None;
-    for _ in 0..16 {
-        let udp = std::net::UdpSocket::bind(addr)?;
-        let at = udp.local_addr()?;
-        match std::net::TcpListener::bind(at) {
-            Ok(_) => return Ok(at),
+    for step in 0..span.min(4_096) {
+        let mut at = addr;
+        at.set_port(LOW + (start + step) % span);
+        match free(at) {
+            Ok(()) => return Ok(at),
             Err(error) => last = Some(error),
         }
     }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no free UDP and TCP port pair")))
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port below the ephemeral range")))
 }
 
 #[cfg(test)]

@@ -428,10 +428,15 @@ async fn a_large_object_is_streamed_from_disk_with_the_right_bytes() {
 }
 
 /// Two addresses free a moment ago, for a process that must keep them across restarts.
+/// Two addresses a restarted process can bind again: ports below the ephemeral range, so
+/// no other test's port-0 socket takes one while the process is down.
 fn free_addresses() -> (SocketAddr, SocketAddr) {
-    let a = std::net::TcpListener::bind(loopback()).expect("bind");
-    let b = std::net::TcpListener::bind(loopback()).expect("bind");
-    (a.local_addr().expect("addr"), b.local_addr().expect("addr"))
+    let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    // Each call moves on to the next port, so the two differ.
+    (
+        at(support::nats::free_port()),
+        at(support::nats::free_port()),
+    )
 }
 
 /// A `cdn edge` process with `capacity` of memory over a disk tier, filled by `fill`
