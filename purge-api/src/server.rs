@@ -1195,6 +1195,7 @@ async fn push_once(api: &Api, node: &Node, pusher: &mut Pusher) -> Result<bool, 
     }
     let body = batch.finish();
     let bytes = body.len();
+    api.metrics.pushed();
     let (status, answer) = call(
         api,
         node,
