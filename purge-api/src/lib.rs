@@ -18,6 +18,7 @@ pub mod log;
 #[cfg(any(test, feature = "test-support"))]
 pub mod log_battery;
 pub mod metrics;
+pub mod min_watermark;
 pub mod nats_log;
 pub mod request;
 pub mod server;

@@ -53,11 +53,7 @@ impl MinWatermark {
     /// # Panics
     /// When `node` is not below [`MinWatermark::nodes`]: node numbers are fixed at start.
     pub fn set(&mut self, node: usize, watermark: u64) -> u64 {
-        assert!(
-            node < self.nodes,
-            "node {node} out of {} nodes",
-            self.nodes
-        );
+        assert!(node < self.nodes, "node {node} out of {} nodes", self.nodes);
         let mut i = self.leaves + node;
         self.tree[i] = watermark;
         while i > 1 {

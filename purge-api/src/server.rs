@@ -6,8 +6,11 @@
 //! every waiting purge in one fsync'd batch). From then on it cannot be lost: each node's
 //! fan-out task pushes the log to the node from the node's own watermark until the node
 //! acknowledges it, whatever happens to either side in between.
+//!
+//! The API's work per acknowledgement is O(log nodes): it updates [`MinWatermark`], and
+//! "applied everywhere?" is one read of its minimum, never a scan of the nodes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -37,6 +40,7 @@ use crate::config::{ConfigError, LogEngine, PurgeApiConfig};
 use crate::idempotency::{Claim, InFlight, KeyConflict, replay};
 use crate::log::{FileLog, LogError, NewEntry, PurgeLog, Retention};
 use crate::metrics::Metrics;
+use crate::min_watermark::MinWatermark;
 use crate::nats_log::NatsLog;
 use crate::request::{Fingerprint, IdempotencyKey, PURGE_PATH, PurgeRequest};
 
@@ -85,9 +89,12 @@ struct Pending {
 /// One node's progress.
 #[derive(Debug)]
 struct Node {
+    /// The node's place in [`Api::nodes`] and in [`Api::low`].
+    index: usize,
     name: String,
     admin: String,
-    /// Highest sequence number the node acknowledged as applied (with all before it).
+    /// Highest sequence number the node acknowledged as applied (with all before it); the
+    /// same as the node's leaf in [`Api::low`], readable without its lock.
     acked: std::sync::atomic::AtomicU64,
     /// Why the node is stuck: it refuses the next purge itself (a `4xx` other than `409`,
     /// even to a batch of that purge alone), so retrying alone will not move it. Shown by
@@ -106,10 +113,14 @@ struct Api {
     queue: QueueGate,
     commits: mpsc::Sender<Pending>,
     nodes: Vec<Arc<Node>>,
-    /// Bumped whenever a node acknowledges more: wakes `?wait=` polls.
+    /// Every node's watermark and their minimum, updated with each acknowledgement.
+    low: Mutex<MinWatermark>,
+    /// The highest purge applied on every node (`low`'s minimum), sent when it changes:
+    /// wakes `?wait=` polls only when the answer to theirs may have changed.
     progress: watch::Sender<u64>,
-    /// Accept time of purges not yet applied everywhere, for the propagation histogram.
-    accepted: Mutex<HashMap<u64, Instant>>,
+    /// Accept time of purges not yet applied everywhere, in sequence order, for the
+    /// propagation histogram.
+    accepted: Mutex<BTreeMap<u64, Instant>>,
     /// Idempotency keys of purges admitted here and not yet in the log.
     in_flight: InFlight,
     metrics: Metrics,
@@ -205,8 +216,10 @@ impl PurgeApiServer {
         let nodes = config
             .nodes
             .iter()
-            .map(|n| {
+            .enumerate()
+            .map(|(index, n)| {
                 Arc::new(Node {
+                    index,
                     name: n.name.clone(),
                     admin: n
                         .admin
@@ -219,12 +232,14 @@ impl PurgeApiServer {
                 })
             })
             .collect();
+        let low = MinWatermark::new(config.nodes.len());
         let api = Arc::new(Api {
             admission: Admission::new(config.rate.clone(), per_publisher)?,
             queue: QueueGate::new(config.queue.clone())?,
             commits,
             nodes,
-            progress: watch::channel(0).0,
+            progress: watch::channel(low.everywhere()).0,
+            low: Mutex::new(low),
             accepted: Mutex::default(),
             in_flight: InFlight::default(),
             metrics: Metrics::default(),
@@ -832,14 +847,8 @@ async fn status(
     if let Some(wait) = query.wait {
         let wait = wait.min(api.config.limits.max_wait);
         let mut progress = api.progress.subscribe();
-        let _ = tokio::time::timeout(wait, async {
-            while api.nodes.iter().any(|n| acked(n) < seq) {
-                if progress.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
+        let _ =
+            tokio::time::timeout(wait, progress.wait_for(|&everywhere| everywhere >= seq)).await;
     }
     let lagging: Vec<&Node> = api
         .nodes
@@ -1009,12 +1018,7 @@ async fn read_log(
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
-    let lag = api
-        .nodes
-        .iter()
-        .map(|n| api.log.head().saturating_sub(acked(n)))
-        .max()
-        .unwrap_or(0);
+    let lag = api.log.head().saturating_sub(*api.progress.borrow());
     (
         [(
             header::CONTENT_TYPE,
@@ -1055,8 +1059,16 @@ async fn commit_forever(
                 let now = Instant::now();
                 {
                     let mut accepted = api.accepted.lock().unwrap_or_else(PoisonError::into_inner);
+                    // Read under the lock: `set_acked` raises it before taking the lock, so
+                    // a purge some node reported before it was timed here is not kept
+                    // waiting for the next rise.
+                    let everywhere = *api.progress.borrow();
                     for seq in &seqs {
-                        accepted.insert(*seq, now);
+                        if *seq <= everywhere {
+                            api.metrics.propagated(Duration::ZERO);
+                        } else {
+                            accepted.insert(*seq, now);
+                        }
                     }
                 }
                 for (pending, seq) in batch.into_iter().zip(seqs) {
@@ -1379,23 +1391,34 @@ async fn call(
     Ok((status, body))
 }
 
-/// Records a node's watermark, wakes status polls, and times purges now applied everywhere.
+/// Records a node's watermark; when that moves the highest purge applied everywhere,
+/// wakes status polls and times the purges now applied everywhere. O(log nodes): no scan
+/// of the nodes (see [`MinWatermark`]).
 fn set_acked(api: &Api, node: &Node, applied: u64) {
-    node.acked
-        .store(applied, std::sync::atomic::Ordering::Release);
-    api.progress.send_modify(|n| *n += 1);
-    let everywhere = api.nodes.iter().map(|n| acked(n)).min().unwrap_or(applied);
-    let mut accepted = api.accepted.lock().unwrap_or_else(PoisonError::into_inner);
-    if accepted.is_empty() {
+    let everywhere = {
+        let mut low = api.low.lock().unwrap_or_else(PoisonError::into_inner);
+        // Under the lock, so the atomic and the tree agree on the latest value.
+        node.acked
+            .store(applied, std::sync::atomic::Ordering::Release);
+        low.set(node.index, applied)
+    };
+    let rose = api.progress.send_if_modified(|current| {
+        let rose = everywhere > *current;
+        *current = everywhere;
+        rose
+    });
+    if !rose {
         return;
     }
+    let mut accepted = api.accepted.lock().unwrap_or_else(PoisonError::into_inner);
+    let rest = match everywhere.checked_add(1) {
+        Some(next) => accepted.split_off(&next),
+        None => BTreeMap::new(),
+    };
+    let done = std::mem::replace(&mut *accepted, rest);
+    drop(accepted);
     let now = Instant::now();
-    accepted.retain(|seq, at| {
-        if *seq <= everywhere {
-            api.metrics.propagated(now.duration_since(*at));
-            false
-        } else {
-            true
-        }
-    });
+    for at in done.into_values() {
+        api.metrics.propagated(now.duration_since(at));
+    }
 }
