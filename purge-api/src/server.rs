@@ -1,14 +1,16 @@
 //! The running purge API: the publishers' endpoints, the group committer in front of the
-//! log, the fan-out (one push task per node with the embedded log; a watch of the nodes'
-//! watermarks with NATS), and per-purge progress.
+//! log, the fan-out (one push task per node with the embedded log, released in rounds by
+//! [`crate::push_window`]; a watch of the nodes' watermarks with NATS), and per-purge
+//! progress.
 //!
 //! A purge is answered `202` only once the log has it durably (the committer appends
 //! every waiting purge in one fsync'd batch). From then on it cannot be lost: each node's
 //! fan-out task pushes the log to the node from the node's own watermark until the node
 //! acknowledges it, whatever happens to either side in between.
 //!
-//! The API's work per acknowledgement is O(log nodes): it updates [`MinWatermark`], and
-//! "applied everywhere?" is one read of its minimum, never a scan of the nodes.
+//! The API's work per purge is O(nodes) at most: a node's acknowledgement updates
+//! [`MinWatermark`] in O(log nodes), and "applied everywhere?" is one read of its minimum;
+//! a round of pushes is one request per node whatever the purges it carries.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -42,6 +44,7 @@ use crate::log::{FileLog, LogError, NewEntry, PurgeLog, Retention};
 use crate::metrics::Metrics;
 use crate::min_watermark::MinWatermark;
 use crate::nats_log::NatsLog;
+use crate::push_window::{BATCH, MIN_GAP, Rounds, WINDOW};
 use crate::request::{Fingerprint, IdempotencyKey, PURGE_PATH, PurgeRequest};
 
 /// Why the API could not start.
@@ -256,14 +259,22 @@ impl PurgeApiServer {
         tasks.spawn(commit_forever(api.clone(), pending, shutdown.subscribe()));
         match fan_out {
             FanOut::Push => {
+                let (released, _) = watch::channel(api.log.head());
                 for node in &api.nodes {
                     api.metrics.set_stuck(&node.name, false);
                     tasks.spawn(push_forever(
                         api.clone(),
                         node.clone(),
+                        released.subscribe(),
                         shutdown.subscribe(),
                     ));
                 }
+                tasks.spawn(crate::push_window::release_forever(
+                    api.log.subscribe(),
+                    released,
+                    Rounds::new(WINDOW, BATCH, MIN_GAP),
+                    shutdown.subscribe(),
+                ));
             }
             FanOut::Watermarks { js, stream } => {
                 let by_key: HashMap<String, Arc<Node>> = api
@@ -1085,26 +1096,32 @@ async fn commit_forever(
     }
 }
 
-/// Pushes the log to one node, from the node's watermark, until it has everything; then
-/// waits for the log to grow. Failures back off and retry: a purge in the log reaches
-/// every node in the end. A node that answers `413` gets smaller batches, down to one
-/// purge; one that refuses even that is marked stuck (see [`Node::stuck`]) and retried
-/// with backoff, never skipped: a purge is never lost.
-async fn push_forever(api: Arc<Api>, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+/// Pushes the log to one node, from the node's watermark, until it has everything
+/// `released` (see [`crate::push_window`]); then waits for the next round. Failures back
+/// off and retry: a purge in the log reaches every node in the end. A node that answers
+/// `413` gets smaller batches, down to one purge; one that refuses even that is marked
+/// stuck (see [`Node::stuck`]) and retried with backoff, never skipped: a purge is never
+/// lost.
+async fn push_forever(
+    api: Arc<Api>,
+    node: Arc<Node>,
+    mut released: watch::Receiver<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut pusher = Pusher {
         client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
         outbox: VecDeque::new(),
         batch_limit: MAX_BATCH_BYTES,
     };
-    let mut heads = api.log.subscribe();
     let mut backoff = Duration::from_millis(20);
     let mut known = false;
     loop {
         if *stop.borrow() {
             return;
         }
+        let upto = *released.borrow_and_update();
         let result = if known {
-            push_once(&api, &node, &mut pusher).await
+            push_once(&api, &node, &mut pusher, upto).await
         } else {
             // Whatever is past the node's watermark is pushed now, not at the next append:
             // after a failed push the append that woke this task is long consumed.
@@ -1113,7 +1130,7 @@ async fn push_forever(api: Arc<Api>, node: Arc<Node>, mut stop: watch::Receiver<
                 .map(|applied| {
                     known = true;
                     set_acked(&api, &node, applied);
-                    let more = applied < api.log.head();
+                    let more = applied < upto;
                     if !more {
                         // Nothing left to refuse.
                         unstick(&api, &node);
@@ -1128,7 +1145,7 @@ async fn push_forever(api: Arc<Api>, node: Arc<Node>, mut stop: watch::Receiver<
                     continue;
                 }
                 tokio::select! {
-                    _ = heads.changed() => {}
+                    _ = released.changed() => {}
                     // A node that restarted (watermark lower than acked) is found again.
                     () = tokio::time::sleep(Duration::from_secs(5)) => known = false,
                     _ = stop.wait_for(|s| *s) => return,
@@ -1160,10 +1177,11 @@ struct Pusher {
     batch_limit: usize,
 }
 
-/// Sends the next batch; `Ok(true)` when more is waiting.
-async fn push_once(api: &Api, node: &Node, pusher: &mut Pusher) -> Result<bool, String> {
+/// Sends the next batch (with whatever the log has past the node's watermark, up to
+/// [`PUSH_BATCH`]); `Ok(true)` when more of what is released, up to `upto`, is waiting.
+async fn push_once(api: &Api, node: &Node, pusher: &mut Pusher, upto: u64) -> Result<bool, String> {
     let after = acked(node);
-    if after >= api.log.head() {
+    if after >= upto {
         return Ok(false);
     }
     while pusher.outbox.front().is_some_and(|(seq, _)| *seq <= after) {
@@ -1222,7 +1240,7 @@ async fn push_once(api: &Api, node: &Node, pusher: &mut Pusher) -> Result<bool, 
             let applied = ack(status, &answer)?;
             unstick(api, node);
             set_acked(api, node, applied);
-            Ok(applied < api.log.head())
+            Ok(applied < upto)
         }
         StatusCode::PAYLOAD_TOO_LARGE if purges > 1 => {
             api.metrics.push_too_large(&node.name);
