@@ -6,8 +6,9 @@
 //! never seen applied on every node within 30 s of the last `202` is a failure: counted,
 //! reported, and the bench prints FAILED and exits 1.
 //!
-//! First how long the nodes take to start (with NATS each one connects, reads the stream
-//! and reports its watermark before it serves). Then three phases:
+//! First how long the nodes take to start, `STARTING` at a time (64 by default; 1 starts
+//! them one after another), as a fleet starts: with NATS each one connects, reads the
+//! stream and reports its watermark before it serves. Then three phases:
 //! - back to back: `PURGES` purges (1,000 by default), a new one as soon as the previous
 //!   is accepted;
 //! - paced: `PACED` purges (300 by default) at 100 a second, as purges trickle in from
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use edge::Storage;
 use edge::{EdgeConfig, EdgeServer, MemoryStore};
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -75,6 +77,7 @@ async fn main() {
         nodes: env_count("NODES", 50),
         purges: env_count("PURGES", 1000),
         paced: env_count("PACED", 300),
+        starting: env_count("STARTING", 64),
     };
     let wanted: Vec<String> = std::env::args()
         .skip(1)
@@ -110,6 +113,8 @@ struct Sizes {
     purges: usize,
     /// Purges sent at [`PACE`] a second.
     paced: usize,
+    /// Nodes starting at once.
+    starting: usize,
 }
 
 /// A local JetStream server for the NATS run, killed when dropped.
@@ -313,29 +318,37 @@ async fn run(nats: bool, sizes: &Sizes) -> Vec<String> {
             .collect();
         api = Some(start_api(api_text(&names)).await);
     }
+    // Nodes start as a fleet does, many at once (`STARTING` at a time), each ready when
+    // its start returns (with NATS: connected, caught up and its watermark reported).
+    let at_once = sizes.starting.max(1);
     let starting = Instant::now();
-    let mut edges = Vec::new();
-    let mut stores = Vec::new();
-    for i in 0..nodes {
-        let store = Arc::new(MemoryStore::new(16 << 20));
-        let text = format!(
-            "[node]\nname = \"edge-{i}\"\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [purge]\nnode_token = \"{NODE_TOKEN}\"\n{node_purge}\
-             [[site]]\nname = \"assets\"\nhosts = [\"assets.test\"]\nupstream = \"http://127.0.0.1:9\"\n"
-        );
-        let config = EdgeConfig::from_toml(&text).expect("edge config");
-        edges.push(
-            EdgeServer::start_with_store(config, store.clone())
-                .await
-                .expect("edge"),
-        );
-        stores.push(store);
-    }
+    let started: Vec<(EdgeServer, Arc<MemoryStore>)> =
+        futures_util::stream::iter((0..nodes).map(|i| {
+            let node_purge = node_purge.clone();
+            async move {
+                let store = Arc::new(MemoryStore::new(16 << 20));
+                let text = format!(
+                    "[node]\nname = \"edge-{i}\"\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+                     [purge]\nnode_token = \"{NODE_TOKEN}\"\n{node_purge}\
+                     [[site]]\nname = \"assets\"\nhosts = [\"assets.test\"]\nupstream = \"http://127.0.0.1:9\"\n"
+                );
+                let config = EdgeConfig::from_toml(&text).expect("edge config");
+                let edge = EdgeServer::start_with_store(config, store.clone())
+                    .await
+                    .expect("edge");
+                (edge, store)
+            }
+        }))
+        .buffered(at_once)
+        .collect()
+        .await;
     let startup = starting.elapsed();
     println!(
-        "node startup: {nodes} nodes serving in {startup:.2?} ({:.1} nodes/s)",
+        "node startup: {nodes} nodes serving in {startup:.2?} ({:.1} nodes/s, {at_once} starting \
+         at a time)",
         nodes as f64 / startup.as_secs_f64()
     );
+    let (edges, stores): (Vec<_>, Vec<_>) = started.into_iter().unzip();
     let api = match api {
         Some(api) => api,
         None => {
