@@ -272,6 +272,24 @@ async fn fan_out_work(client: &HttpClient, addr: std::net::SocketAddr, nats: Opt
     }
 }
 
+/// Waits (at most 10 s) until the purge API has created the purge stream and its
+/// watermark bucket: it does so once its client is connected (at its first head refresh,
+/// within 500 ms), and a node started before that finds no stream, forgets its content
+/// and retries, which is not what a node's start costs.
+async fn stream_created(url: &str) {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("NATS"));
+    let bucket = node_api::nats::watermark_bucket(node_api::nats::DEFAULT_STREAM);
+    for _ in 0..200 {
+        if js.get_stream(node_api::nats::DEFAULT_STREAM).await.is_ok()
+            && js.get_stream(format!("KV_{bucket}")).await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the purge API did not create the purge stream within 10 s");
+}
+
 /// One engine's run; what failed, if anything.
 async fn run(nats: bool, sizes: &Sizes) -> Vec<String> {
     let nodes = sizes.nodes;
@@ -317,6 +335,7 @@ async fn run(nats: bool, sizes: &Sizes) -> Vec<String> {
             .map(|i| format!("[[node]]\nname = \"edge-{i}\"\n"))
             .collect();
         api = Some(start_api(api_text(&names)).await);
+        stream_created(&url).await;
     }
     // Nodes start as a fleet does, many at once (`STARTING` at a time), each ready when
     // its start returns (with NATS: connected, caught up and its watermark reported).
