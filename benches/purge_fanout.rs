@@ -1,38 +1,48 @@
-//! Purge propagation: 1,000 purges fanned out to 50 in-process edges through the purge
-//! API on loopback, one after another; p50/p99/max from the moment the publisher sends
-//! the purge to the moment the watcher sees every node's watermark at or past it. The API
-//! does not give its accept time in the `202` (the log keeps it in whole milliseconds), so
-//! latency runs from the send and includes the accept itself (reported on its own too).
-//! A purge never seen applied on every node within 30 s of the last `202` is a failure:
-//! counted, reported, and the bench prints FAILED and exits 1.
+//! Purge propagation: purges fanned out to `NODES` in-process edges (50 by default) through
+//! the purge API on loopback; p50/p99/max from the moment the publisher sends a purge to
+//! the moment the watcher sees every node's watermark at or past it. The API does not
+//! give its accept time in the `202` (the log keeps it in whole milliseconds), so latency
+//! runs from the send and includes the accept itself (reported on its own too). A purge
+//! never seen applied on every node within 30 s of the last `202` is a failure: counted,
+//! reported, and the bench prints FAILED and exits 1.
 //!
-//! Then throughput: 64 concurrent clients for 3 s, twice. Once with the bench publisher's
-//! rate limits lifted (1e6/s), so only the commit queue can shed: how many purges per
-//! second the API accepts. Once as a publisher with the default limits (`[rate]`: 50
-//! requests/s, burst 100; the embedded topology of `cdn up` uses them too): how many are
-//! accepted and shed (`429` by the rate limit or a full queue, `503` by a queue timeout);
-//! more accepted than the burst plus the rate over the run is a failure.
+//! First how long the nodes take to start, `STARTING` at a time (64 by default; 1 starts
+//! them one after another), as a fleet starts: with NATS each one connects, reads the
+//! stream and reports its watermark before it serves. Then three phases:
+//! - back to back: `PURGES` purges (1,000 by default), a new one as soon as the previous
+//!   is accepted;
+//! - paced: `PACED` purges (300 by default) at 100 a second, as purges trickle in from
+//!   publishers, with what they cost the fan-out: with the embedded log the push requests
+//!   the API made (its `purge_pushes_total`), with NATS the watermark reports the nodes
+//!   put in the KV bucket (the bucket stream's sequence), each per purge per node;
+//! - throughput: 64 concurrent clients for 3 s, twice. Once with the bench publisher's
+//!   rate limits lifted (1e6/s), so only the commit queue can shed: how many purges per
+//!   second the API accepts. Once as a publisher with the default limits (`[rate]`: 50
+//!   requests/s, burst 100; the embedded topology of `cdn up` uses them too): how many
+//!   are accepted and shed (`429` by the rate limit or a full queue, `503` by a queue
+//!   timeout); more accepted than the burst plus the rate over the run is a failure.
 //!
 //! Once with the embedded log (the API pushes to every node), once with the NATS
 //! JetStream log (one local `nats-server`, started here; every node reads the stream with
 //! its own consumer).
 //!
-//! `cargo bench --bench purge_fanout [-- embedded|nats]` (release; both by default; the
-//! NATS run needs `nats-server` installed). Results go to BENCHMARKS.md.
+//! `NODES=1000 cargo bench --bench purge_fanout [-- embedded|nats]` (release; both logs by
+//! default; the NATS run needs `nats-server` installed). `RUST_LOG=...` prints the
+//! components' logs. Results go to BENCHMARKS.md.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edge::Storage;
 use edge::{EdgeConfig, EdgeServer, MemoryStore};
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use purge_api::{PurgeApiConfig, PurgeApiServer};
 
-const NODES: usize = 50;
-const PURGES: usize = 1000;
 /// The bench publisher, with its rate limits lifted.
 const TOKEN: &str = "bench-publisher-token-000";
 /// A publisher with the default rate limits.
@@ -41,9 +51,34 @@ const LIMITED_TOKEN: &str = "limited-publisher-token-000";
 /// it counts as a failure.
 const SETTLE: Duration = Duration::from_secs(30);
 const NODE_TOKEN: &str = "bench-node-token-0000000";
+/// The pace of the paced phase: purges per second.
+const PACE: u32 = 100;
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// A count from the environment, or `default`.
+fn env_count(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a whole number")),
+        Err(_) => default,
+    }
+}
 
 #[tokio::main]
 async fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
+    let sizes = Sizes {
+        nodes: env_count("NODES", 50),
+        purges: env_count("PURGES", 1000),
+        paced: env_count("PACED", 300),
+        starting: env_count("STARTING", 64),
+    };
     let wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a == "embedded" || a == "nats")
@@ -51,9 +86,12 @@ async fn main() {
     let mut failures = Vec::new();
     for engine in ["embedded", "nats"] {
         if wanted.is_empty() || wanted.iter().any(|w| w == engine) {
-            println!("== {engine} log");
+            println!(
+                "== {engine} log, {} nodes, {} purges back to back, {} at {PACE}/s",
+                sizes.nodes, sizes.purges, sizes.paced
+            );
             failures.extend(
-                run(engine == "nats")
+                run(engine == "nats", &sizes)
                     .await
                     .into_iter()
                     .map(|f| format!("{engine}: {f}")),
@@ -66,6 +104,17 @@ async fn main() {
         }
         std::process::exit(1);
     }
+}
+
+/// How big a run is.
+struct Sizes {
+    nodes: usize,
+    /// Purges sent back to back.
+    purges: usize,
+    /// Purges sent at [`PACE`] a second.
+    paced: usize,
+    /// Nodes starting at once.
+    starting: usize,
 }
 
 /// A local JetStream server for the NATS run, killed when dropped.
@@ -105,8 +154,145 @@ async fn start_nats(dir: &std::path::Path) -> (Nats, String) {
     panic!("nats-server did not listen within 10 s");
 }
 
+/// Sees when every node has applied each purge: reads every node's watermark every
+/// 200 µs and notes, for each sequence number, when the lowest watermark first reached it.
+struct Watcher {
+    applied_at: Arc<std::sync::Mutex<Vec<Option<Instant>>>>,
+    /// The lowest watermark seen.
+    everywhere: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watcher {
+    /// Watches `stores` for sequence numbers up to `most`.
+    fn start(stores: Vec<Arc<MemoryStore>>, most: usize) -> Self {
+        let applied_at = Arc::new(std::sync::Mutex::new(vec![None; most + 1]));
+        let everywhere = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (applied_at, everywhere, stop) =
+                (applied_at.clone(), everywhere.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seen = 0usize;
+                while !stop.load(Ordering::Acquire) {
+                    let low = stores
+                        .iter()
+                        .map(|s| s.purge_watermark())
+                        .min()
+                        .unwrap_or(0) as usize;
+                    if low > seen {
+                        let now = Instant::now();
+                        let mut at = applied_at.lock().unwrap();
+                        for slot in at.iter_mut().take(low + 1).skip(seen + 1) {
+                            *slot = Some(now);
+                        }
+                        seen = low;
+                        everywhere.store(low as u64, Ordering::Release);
+                    }
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            })
+        };
+        Watcher {
+            applied_at,
+            everywhere,
+            stop,
+            task,
+        }
+    }
+
+    /// Waits until every node applied `seq`, at most [`SETTLE`].
+    async fn settle(&self, seq: u64) {
+        let deadline = Instant::now() + SETTLE;
+        while self.everywhere.load(Ordering::Acquire) < seq && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// From each purge's send to its being applied on every node, sorted; and how many
+    /// were never seen applied everywhere.
+    fn latencies(&self, sent: &[(u64, Instant)]) -> (Vec<Duration>, usize) {
+        let at = self.applied_at.lock().unwrap();
+        let mut latencies = Vec::with_capacity(sent.len());
+        let mut never = 0;
+        for &(seq, sent) in sent {
+            match at.get(seq as usize).copied().flatten() {
+                Some(applied) => latencies.push(applied.saturating_duration_since(sent)),
+                None => never += 1,
+            }
+        }
+        latencies.sort();
+        (latencies, never)
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.task.await;
+    }
+}
+
+/// What the fan-out has done so far, for the cost of a phase: with the embedded log the
+/// pushes the API made, with NATS the watermark reports in the KV bucket.
+async fn fan_out_work(client: &HttpClient, addr: std::net::SocketAddr, nats: Option<&str>) -> u64 {
+    match nats {
+        None => {
+            let request = http::Request::builder()
+                .uri(format!("http://{addr}/metrics"))
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let response = client.request(request).await.expect("metrics");
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            let text = String::from_utf8_lossy(&body);
+            text.lines()
+                .find_map(|line| line.strip_prefix("purge_pushes_total "))
+                .and_then(|n| n.trim().parse().ok())
+                .expect("purge_pushes_total in the API's metrics")
+        }
+        Some(url) => {
+            let client = async_nats::connect(url).await.expect("NATS");
+            let js = async_nats::jetstream::new(client);
+            let bucket = node_api::nats::watermark_bucket(node_api::nats::DEFAULT_STREAM);
+            let mut stream = js
+                .get_stream(format!("KV_{bucket}"))
+                .await
+                .expect("the watermark bucket's stream");
+            stream
+                .info()
+                .await
+                .expect("bucket info")
+                .state
+                .last_sequence
+        }
+    }
+}
+
+/// Waits (at most 10 s) until the purge API has created the purge stream and its
+/// watermark bucket: it does so once its client is connected (at its first head refresh,
+/// within 500 ms), and a node started before that finds no stream, forgets its content
+/// and retries, which is not what a node's start costs.
+async fn stream_created(url: &str) {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("NATS"));
+    let bucket = node_api::nats::watermark_bucket(node_api::nats::DEFAULT_STREAM);
+    for _ in 0..200 {
+        if js.get_stream(node_api::nats::DEFAULT_STREAM).await.is_ok()
+            && js.get_stream(format!("KV_{bucket}")).await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the purge API did not create the purge stream within 10 s");
+}
+
 /// One engine's run; what failed, if anything.
-async fn run(nats: bool) -> Vec<String> {
+async fn run(nats: bool, sizes: &Sizes) -> Vec<String> {
+    let nodes = sizes.nodes;
     let dir = tempfile::tempdir().expect("temp dir");
     let (_server, url) = if nats {
         let (server, url) = start_nats(dir.path()).await;
@@ -145,28 +331,43 @@ async fn run(nats: bool) -> Vec<String> {
     // With NATS the API goes first: it creates the stream the nodes then read.
     let mut api = None;
     if nats {
-        let names: String = (0..NODES)
+        let names: String = (0..nodes)
             .map(|i| format!("[[node]]\nname = \"edge-{i}\"\n"))
             .collect();
         api = Some(start_api(api_text(&names)).await);
+        stream_created(&url).await;
     }
-    let mut edges = Vec::new();
-    let mut stores = Vec::new();
-    for i in 0..NODES {
-        let store = Arc::new(MemoryStore::new(16 << 20));
-        let text = format!(
-            "[node]\nname = \"edge-{i}\"\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [purge]\nnode_token = \"{NODE_TOKEN}\"\n{node_purge}\
-             [[site]]\nname = \"assets\"\nhosts = [\"assets.test\"]\nupstream = \"http://127.0.0.1:9\"\n"
-        );
-        let config = EdgeConfig::from_toml(&text).expect("edge config");
-        edges.push(
-            EdgeServer::start_with_store(config, store.clone())
-                .await
-                .expect("edge"),
-        );
-        stores.push(store);
-    }
+    // Nodes start as a fleet does, many at once (`STARTING` at a time), each ready when
+    // its start returns (with NATS: connected, caught up and its watermark reported).
+    let at_once = sizes.starting.max(1);
+    let starting = Instant::now();
+    let started: Vec<(EdgeServer, Arc<MemoryStore>)> =
+        futures_util::stream::iter((0..nodes).map(|i| {
+            let node_purge = node_purge.clone();
+            async move {
+                let store = Arc::new(MemoryStore::new(16 << 20));
+                let text = format!(
+                    "[node]\nname = \"edge-{i}\"\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+                     [purge]\nnode_token = \"{NODE_TOKEN}\"\n{node_purge}\
+                     [[site]]\nname = \"assets\"\nhosts = [\"assets.test\"]\nupstream = \"http://127.0.0.1:9\"\n"
+                );
+                let config = EdgeConfig::from_toml(&text).expect("edge config");
+                let edge = EdgeServer::start_with_store(config, store.clone())
+                    .await
+                    .expect("edge");
+                (edge, store)
+            }
+        }))
+        .buffered(at_once)
+        .collect()
+        .await;
+    let startup = starting.elapsed();
+    println!(
+        "node startup: {nodes} nodes serving in {startup:.2?} ({:.1} nodes/s, {at_once} starting \
+         at a time)",
+        nodes as f64 / startup.as_secs_f64()
+    );
+    let (edges, stores): (Vec<_>, Vec<_>) = started.into_iter().unzip();
     let api = match api {
         Some(api) => api,
         None => {
@@ -184,87 +385,39 @@ async fn run(nats: bool) -> Vec<String> {
         }
     };
     let addr = api.addr();
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let nats_url = nats.then_some(url.as_str());
 
     let mut failures = Vec::new();
+    let watcher = Watcher::start(stores, sizes.purges + sizes.paced);
 
-    // Propagation: one purge at a time, a new one as soon as the previous is accepted, with
-    // a watcher reading every node's watermark.
-    let applied_at: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
-        Arc::new(std::sync::Mutex::new(vec![None; PURGES + 1]));
-    // The last sequence number accepted, once every purge is submitted.
-    let last = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
-    let watcher = {
-        let (stores, applied_at, last) = (stores.clone(), applied_at.clone(), last.clone());
-        tokio::spawn(async move {
-            let mut seen = 0;
-            let mut deadline = None;
-            loop {
-                let everywhere = stores
-                    .iter()
-                    .map(|s| s.purge_watermark())
-                    .min()
-                    .unwrap_or(0) as usize;
-                if everywhere > seen {
-                    let now = Instant::now();
-                    let mut at = applied_at.lock().unwrap();
-                    for slot in at.iter_mut().take(everywhere + 1).skip(seen + 1) {
-                        *slot = Some(now);
-                    }
-                    seen = everywhere;
-                }
-                let target = last.load(std::sync::atomic::Ordering::Acquire);
-                if target != usize::MAX {
-                    if seen >= target {
-                        return;
-                    }
-                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + SETTLE);
-                    if Instant::now() >= deadline {
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-        })
-    };
-    let mut sent_at = vec![None; PURGES + 1];
-    let mut accept = Vec::with_capacity(PURGES);
+    // Back to back: one purge at a time, a new one as soon as the previous is accepted.
+    let mut sent = Vec::with_capacity(sizes.purges);
+    let mut accept = Vec::with_capacity(sizes.purges);
     let mut refused = 0;
-    let mut last_seq = 0;
     let started = Instant::now();
-    for i in 0..PURGES {
+    for i in 0..sizes.purges {
         let body = format!(r#"{{"site":"assets","urls":["https://assets.test/obj/{i}.js"]}}"#);
-        let sent = Instant::now();
+        let at = Instant::now();
         let (status, reply) = post(&client, addr, TOKEN, &body).await;
         if status != 202 {
             println!("purge {i} not accepted: {status} {reply}");
             refused += 1;
             continue;
         }
-        accept.push(sent.elapsed());
-        let seq: usize = serde_json::from_str::<serde_json::Value>(&reply).unwrap()["seq"]
-            .as_u64()
-            .unwrap() as usize;
-        sent_at[seq] = Some(sent);
-        last_seq = last_seq.max(seq);
+        accept.push(at.elapsed());
+        sent.push((seq_of(&reply), at));
     }
     let submitted = started.elapsed();
-    last.store(last_seq, std::sync::atomic::Ordering::Release);
-    watcher.await.expect("watcher");
-    let at = applied_at.lock().unwrap().clone();
-    let mut latencies: Vec<Duration> = (1..=PURGES)
-        .filter_map(|s| Some(at[s]?.duration_since(sent_at[s]?)))
-        .collect();
-    let accepted = sent_at.iter().flatten().count();
-    let never = (1..=PURGES)
-        .filter(|&s| sent_at[s].is_some() && at[s].is_none())
-        .count();
-    latencies.sort();
+    let last = sent.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
+    watcher.settle(last).await;
+    let (latencies, never) = watcher.latencies(&sent);
     accept.sort();
     println!(
-        "propagation to {NODES} nodes, send -> applied on all: {} of {accepted} accepted purges \
-         applied (submitted in {submitted:.2?}): p50 {}  p99 {}  max {}",
+        "propagation to {nodes} nodes, back to back, send -> applied on all: {} of {} accepted \
+         purges applied (submitted in {submitted:.2?}): p50 {}  p99 {}  max {}",
         latencies.len(),
+        sent.len(),
         pct(&latencies, 0.50),
         pct(&latencies, 0.99),
         pct(&latencies, 1.0),
@@ -282,9 +435,64 @@ async fn run(nats: bool) -> Vec<String> {
     }
     if refused > 0 {
         failures.push(format!(
-            "{refused} of {PURGES} sequential purges refused with rate limits lifted"
+            "{refused} of {} back-to-back purges refused with rate limits lifted",
+            sizes.purges
         ));
     }
+
+    // Paced: purges trickling in at PACE a second, each sent on schedule in its own task.
+    let work_before = fan_out_work(&client, addr, nats_url).await;
+    let started = tokio::time::Instant::now();
+    let mut senders = Vec::with_capacity(sizes.paced);
+    for i in 0..sizes.paced {
+        tokio::time::sleep_until(started + Duration::from_secs(i as u64) / PACE).await;
+        let client = client.clone();
+        senders.push(tokio::spawn(async move {
+            let body =
+                format!(r#"{{"site":"assets","urls":["https://assets.test/paced/{i}.js"]}}"#);
+            let at = Instant::now();
+            let (status, reply) = post(&client, addr, TOKEN, &body).await;
+            (status == 202).then(|| (seq_of(&reply), at))
+        }));
+    }
+    let mut sent = Vec::with_capacity(sizes.paced);
+    for sender in senders {
+        if let Some(sent_one) = sender.await.expect("paced sender") {
+            sent.push(sent_one);
+        }
+    }
+    let last = sent.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
+    watcher.settle(last).await;
+    let work = fan_out_work(&client, addr, nats_url).await - work_before;
+    let (latencies, never) = watcher.latencies(&sent);
+    let what = if nats {
+        "watermark reports (KV puts)"
+    } else {
+        "push requests"
+    };
+    println!(
+        "paced at {PACE}/s, send -> applied on all: {} of {} accepted purges applied: p50 {}  \
+         p99 {}  max {}; {work} {what}: {:.4} per purge per node",
+        latencies.len(),
+        sent.len(),
+        pct(&latencies, 0.50),
+        pct(&latencies, 0.99),
+        pct(&latencies, 1.0),
+        work as f64 / (sent.len().max(1) * nodes) as f64,
+    );
+    if never > 0 {
+        failures.push(format!(
+            "{never} paced purges never seen applied on every node within {SETTLE:?}"
+        ));
+    }
+    if sent.len() < sizes.paced {
+        failures.push(format!(
+            "{} of {} paced purges refused",
+            sizes.paced - sent.len(),
+            sizes.paced
+        ));
+    }
+    watcher.stop().await;
 
     // Throughput with the rate limits lifted: only the commit queue can shed.
     let lifted = burst(&client, addr, TOKEN).await;
@@ -323,6 +531,13 @@ async fn run(nats: bool) -> Vec<String> {
     failures
 }
 
+/// The sequence number in a `202`'s body.
+fn seq_of(reply: &str) -> u64 {
+    serde_json::from_str::<serde_json::Value>(reply).expect("a 202's body is JSON")["seq"]
+        .as_u64()
+        .expect("a 202 names the purge's seq")
+}
+
 /// The `p` quantile of sorted `values` (`1.0` is the largest), or "-" when empty.
 fn pct(values: &[Duration], p: f64) -> String {
     if values.is_empty() {
@@ -342,11 +557,7 @@ struct Burst {
 }
 
 /// 64 clients sending purges as `token` for 3 s, each as soon as its last was answered.
-async fn burst(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    addr: std::net::SocketAddr,
-    token: &'static str,
-) -> Burst {
+async fn burst(client: &HttpClient, addr: std::net::SocketAddr, token: &'static str) -> Burst {
     let started = Instant::now();
     let stop = started + Duration::from_secs(3);
     let mut workers = Vec::new();
@@ -386,7 +597,7 @@ async fn burst(
 }
 
 async fn post(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: &HttpClient,
     addr: std::net::SocketAddr,
     token: &str,
     body: &str,

@@ -31,6 +31,7 @@ pub struct Metrics {
     lag: Gauge,
     too_large: Family<NodeLabel, Counter>,
     stuck: Family<NodeLabel, Gauge>,
+    pushes: Counter,
 }
 
 impl Default for Metrics {
@@ -75,6 +76,13 @@ impl Default for Metrics {
              it gets no further purges until an operator fixes it",
             stuck.clone(),
         );
+        let pushes = Counter::default();
+        registry.register(
+            "pushes",
+            "Batches of purges pushed to nodes (requests to their admin APIs), over all nodes: \
+             divided by purges times nodes, how well pushes are coalesced",
+            pushes.clone(),
+        );
         Self {
             registry,
             accepted,
@@ -84,6 +92,7 @@ impl Default for Metrics {
             lag,
             too_large,
             stuck,
+            pushes,
         }
     }
 }
@@ -99,6 +108,11 @@ impl Metrics {
 
     pub fn propagated(&self, took: Duration) {
         self.propagation.observe(took.as_secs_f64());
+    }
+
+    /// A batch was pushed to a node (whatever it answered).
+    pub fn pushed(&self) {
+        self.pushes.inc();
     }
 
     /// `node` answered `413` to a batch.

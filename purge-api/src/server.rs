@@ -1,13 +1,18 @@
 //! The running purge API: the publishers' endpoints, the group committer in front of the
-//! log, the fan-out (one push task per node with the embedded log; a watch of the nodes'
-//! watermarks with NATS), and per-purge progress.
+//! log, the fan-out (one push task per node with the embedded log, released in rounds by
+//! [`crate::push_window`]; a watch of the nodes' watermarks with NATS), and per-purge
+//! progress.
 //!
 //! A purge is answered `202` only once the log has it durably (the committer appends
 //! every waiting purge in one fsync'd batch). From then on it cannot be lost: each node's
 //! fan-out task pushes the log to the node from the node's own watermark until the node
 //! acknowledges it, whatever happens to either side in between.
+//!
+//! The API's work per purge is O(nodes) at most: a node's acknowledgement updates
+//! [`MinWatermark`] in O(log nodes), and "applied everywhere?" is one read of its minimum;
+//! a round of pushes is one request per node whatever the purges it carries.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -37,7 +42,9 @@ use crate::config::{ConfigError, LogEngine, PurgeApiConfig};
 use crate::idempotency::{Claim, InFlight, KeyConflict, replay};
 use crate::log::{FileLog, LogError, NewEntry, PurgeLog, Retention};
 use crate::metrics::Metrics;
+use crate::min_watermark::MinWatermark;
 use crate::nats_log::NatsLog;
+use crate::push_window::{BATCH, MIN_GAP, Rounds, WINDOW};
 use crate::request::{Fingerprint, IdempotencyKey, PURGE_PATH, PurgeRequest};
 
 /// Why the API could not start.
@@ -85,9 +92,12 @@ struct Pending {
 /// One node's progress.
 #[derive(Debug)]
 struct Node {
+    /// The node's place in [`Api::nodes`] and in [`Api::low`].
+    index: usize,
     name: String,
     admin: String,
-    /// Highest sequence number the node acknowledged as applied (with all before it).
+    /// Highest sequence number the node acknowledged as applied (with all before it); the
+    /// same as the node's leaf in [`Api::low`], readable without its lock.
     acked: std::sync::atomic::AtomicU64,
     /// Why the node is stuck: it refuses the next purge itself (a `4xx` other than `409`,
     /// even to a batch of that purge alone), so retrying alone will not move it. Shown by
@@ -106,10 +116,14 @@ struct Api {
     queue: QueueGate,
     commits: mpsc::Sender<Pending>,
     nodes: Vec<Arc<Node>>,
-    /// Bumped whenever a node acknowledges more: wakes `?wait=` polls.
+    /// Every node's watermark and their minimum, updated with each acknowledgement.
+    low: Mutex<MinWatermark>,
+    /// The highest purge applied on every node (`low`'s minimum), sent when it changes:
+    /// wakes `?wait=` polls only when the answer to theirs may have changed.
     progress: watch::Sender<u64>,
-    /// Accept time of purges not yet applied everywhere, for the propagation histogram.
-    accepted: Mutex<HashMap<u64, Instant>>,
+    /// Accept time of purges not yet applied everywhere, in sequence order, for the
+    /// propagation histogram.
+    accepted: Mutex<BTreeMap<u64, Instant>>,
     /// Idempotency keys of purges admitted here and not yet in the log.
     in_flight: InFlight,
     metrics: Metrics,
@@ -205,8 +219,10 @@ impl PurgeApiServer {
         let nodes = config
             .nodes
             .iter()
-            .map(|n| {
+            .enumerate()
+            .map(|(index, n)| {
                 Arc::new(Node {
+                    index,
                     name: n.name.clone(),
                     admin: n
                         .admin
@@ -219,12 +235,14 @@ impl PurgeApiServer {
                 })
             })
             .collect();
+        let low = MinWatermark::new(config.nodes.len());
         let api = Arc::new(Api {
             admission: Admission::new(config.rate.clone(), per_publisher)?,
             queue: QueueGate::new(config.queue.clone())?,
             commits,
             nodes,
-            progress: watch::channel(0).0,
+            progress: watch::channel(low.everywhere()).0,
+            low: Mutex::new(low),
             accepted: Mutex::default(),
             in_flight: InFlight::default(),
             metrics: Metrics::default(),
@@ -241,14 +259,22 @@ impl PurgeApiServer {
         tasks.spawn(commit_forever(api.clone(), pending, shutdown.subscribe()));
         match fan_out {
             FanOut::Push => {
+                let (released, _) = watch::channel(api.log.head());
                 for node in &api.nodes {
                     api.metrics.set_stuck(&node.name, false);
                     tasks.spawn(push_forever(
                         api.clone(),
                         node.clone(),
+                        released.subscribe(),
                         shutdown.subscribe(),
                     ));
                 }
+                tasks.spawn(crate::push_window::release_forever(
+                    api.log.subscribe(),
+                    released,
+                    Rounds::new(WINDOW, BATCH, MIN_GAP),
+                    shutdown.subscribe(),
+                ));
             }
             FanOut::Watermarks { js, stream } => {
                 let by_key: HashMap<String, Arc<Node>> = api
@@ -832,14 +858,8 @@ async fn status(
     if let Some(wait) = query.wait {
         let wait = wait.min(api.config.limits.max_wait);
         let mut progress = api.progress.subscribe();
-        let _ = tokio::time::timeout(wait, async {
-            while api.nodes.iter().any(|n| acked(n) < seq) {
-                if progress.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
+        let _ =
+            tokio::time::timeout(wait, progress.wait_for(|&everywhere| everywhere >= seq)).await;
     }
     let lagging: Vec<&Node> = api
         .nodes
@@ -1009,12 +1029,7 @@ async fn read_log(
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
-    let lag = api
-        .nodes
-        .iter()
-        .map(|n| api.log.head().saturating_sub(acked(n)))
-        .max()
-        .unwrap_or(0);
+    let lag = api.log.head().saturating_sub(*api.progress.borrow());
     (
         [(
             header::CONTENT_TYPE,
@@ -1055,8 +1070,16 @@ async fn commit_forever(
                 let now = Instant::now();
                 {
                     let mut accepted = api.accepted.lock().unwrap_or_else(PoisonError::into_inner);
+                    // Read under the lock: `set_acked` raises it before taking the lock, so
+                    // a purge some node reported before it was timed here is not kept
+                    // waiting for the next rise.
+                    let everywhere = *api.progress.borrow();
                     for seq in &seqs {
-                        accepted.insert(*seq, now);
+                        if *seq <= everywhere {
+                            api.metrics.propagated(Duration::ZERO);
+                        } else {
+                            accepted.insert(*seq, now);
+                        }
                     }
                 }
                 for (pending, seq) in batch.into_iter().zip(seqs) {
@@ -1073,26 +1096,32 @@ async fn commit_forever(
     }
 }
 
-/// Pushes the log to one node, from the node's watermark, until it has everything; then
-/// waits for the log to grow. Failures back off and retry: a purge in the log reaches
-/// every node in the end. A node that answers `413` gets smaller batches, down to one
-/// purge; one that refuses even that is marked stuck (see [`Node::stuck`]) and retried
-/// with backoff, never skipped: a purge is never lost.
-async fn push_forever(api: Arc<Api>, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+/// Pushes the log to one node, from the node's watermark, until it has everything
+/// `released` (see [`crate::push_window`]); then waits for the next round. Failures back
+/// off and retry: a purge in the log reaches every node in the end. A node that answers
+/// `413` gets smaller batches, down to one purge; one that refuses even that is marked
+/// stuck (see [`Node::stuck`]) and retried with backoff, never skipped: a purge is never
+/// lost.
+async fn push_forever(
+    api: Arc<Api>,
+    node: Arc<Node>,
+    mut released: watch::Receiver<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut pusher = Pusher {
         client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
         outbox: VecDeque::new(),
         batch_limit: MAX_BATCH_BYTES,
     };
-    let mut heads = api.log.subscribe();
     let mut backoff = Duration::from_millis(20);
     let mut known = false;
     loop {
         if *stop.borrow() {
             return;
         }
+        let upto = *released.borrow_and_update();
         let result = if known {
-            push_once(&api, &node, &mut pusher).await
+            push_once(&api, &node, &mut pusher, upto).await
         } else {
             // Whatever is past the node's watermark is pushed now, not at the next append:
             // after a failed push the append that woke this task is long consumed.
@@ -1101,7 +1130,7 @@ async fn push_forever(api: Arc<Api>, node: Arc<Node>, mut stop: watch::Receiver<
                 .map(|applied| {
                     known = true;
                     set_acked(&api, &node, applied);
-                    let more = applied < api.log.head();
+                    let more = applied < upto;
                     if !more {
                         // Nothing left to refuse.
                         unstick(&api, &node);
@@ -1116,7 +1145,7 @@ async fn push_forever(api: Arc<Api>, node: Arc<Node>, mut stop: watch::Receiver<
                     continue;
                 }
                 tokio::select! {
-                    _ = heads.changed() => {}
+                    _ = released.changed() => {}
                     // A node that restarted (watermark lower than acked) is found again.
                     () = tokio::time::sleep(Duration::from_secs(5)) => known = false,
                     _ = stop.wait_for(|s| *s) => return,
@@ -1148,10 +1177,11 @@ struct Pusher {
     batch_limit: usize,
 }
 
-/// Sends the next batch; `Ok(true)` when more is waiting.
-async fn push_once(api: &Api, node: &Node, pusher: &mut Pusher) -> Result<bool, String> {
+/// Sends the next batch (with whatever the log has past the node's watermark, up to
+/// [`PUSH_BATCH`]); `Ok(true)` when more of what is released, up to `upto`, is waiting.
+async fn push_once(api: &Api, node: &Node, pusher: &mut Pusher, upto: u64) -> Result<bool, String> {
     let after = acked(node);
-    if after >= api.log.head() {
+    if after >= upto {
         return Ok(false);
     }
     while pusher.outbox.front().is_some_and(|(seq, _)| *seq <= after) {
@@ -1195,6 +1225,7 @@ async fn push_once(api: &Api, node: &Node, pusher: &mut Pusher) -> Result<bool, 
     }
     let body = batch.finish();
     let bytes = body.len();
+    api.metrics.pushed();
     let (status, answer) = call(
         api,
         node,
@@ -1209,7 +1240,7 @@ async fn push_once(api: &Api, node: &Node, pusher: &mut Pusher) -> Result<bool, 
             let applied = ack(status, &answer)?;
             unstick(api, node);
             set_acked(api, node, applied);
-            Ok(applied < api.log.head())
+            Ok(applied < upto)
         }
         StatusCode::PAYLOAD_TOO_LARGE if purges > 1 => {
             api.metrics.push_too_large(&node.name);
@@ -1378,23 +1409,34 @@ async fn call(
     Ok((status, body))
 }
 
-/// Records a node's watermark, wakes status polls, and times purges now applied everywhere.
+/// Records a node's watermark; when that moves the highest purge applied everywhere,
+/// wakes status polls and times the purges now applied everywhere. O(log nodes): no scan
+/// of the nodes (see [`MinWatermark`]).
 fn set_acked(api: &Api, node: &Node, applied: u64) {
-    node.acked
-        .store(applied, std::sync::atomic::Ordering::Release);
-    api.progress.send_modify(|n| *n += 1);
-    let everywhere = api.nodes.iter().map(|n| acked(n)).min().unwrap_or(applied);
-    let mut accepted = api.accepted.lock().unwrap_or_else(PoisonError::into_inner);
-    if accepted.is_empty() {
+    let everywhere = {
+        let mut low = api.low.lock().unwrap_or_else(PoisonError::into_inner);
+        // Under the lock, so the atomic and the tree agree on the latest value.
+        node.acked
+            .store(applied, std::sync::atomic::Ordering::Release);
+        low.set(node.index, applied)
+    };
+    let rose = api.progress.send_if_modified(|current| {
+        let rose = everywhere > *current;
+        *current = everywhere;
+        rose
+    });
+    if !rose {
         return;
     }
+    let mut accepted = api.accepted.lock().unwrap_or_else(PoisonError::into_inner);
+    let rest = match everywhere.checked_add(1) {
+        Some(next) => accepted.split_off(&next),
+        None => BTreeMap::new(),
+    };
+    let done = std::mem::replace(&mut *accepted, rest);
+    drop(accepted);
     let now = Instant::now();
-    accepted.retain(|seq, at| {
-        if *seq <= everywhere {
-            api.metrics.propagated(now.duration_since(*at));
-            false
-        } else {
-            true
-        }
-    });
+    for at in done.into_values() {
+        api.metrics.propagated(now.duration_since(at));
+    }
 }

@@ -26,7 +26,10 @@
 //!   be read), and reports only the committed watermark.
 //! - The watermark is reported in the stream's KV bucket ([`watermark_bucket`], key
 //!   [`watermark_key`] of the node name), so every purge API instance can say which nodes
-//!   applied a purge. Reports are best effort: a lost one is repeated by the next.
+//!   applied a purge. Reports are best effort: a lost one is repeated by the next. They are
+//!   at most one per [`REPORT_EVERY`] per node, the first after a quiet spell at once and
+//!   the rest when due: every node putting every purge it applied was a KV write per purge
+//!   per node, which at 1,000 nodes swamped the NATS server (issue 24).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,8 +56,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most purges applied in one batch (one blocking-thread hop, one watermark report).
 const BATCH: usize = 500;
 
-/// Longest a node waits between two watermark reports while purges keep arriving.
-const REPORT_EVERY: Duration = Duration::from_millis(100);
+/// Shortest time between two watermark reports of a node, and the longest a watermark
+/// waits to be reported: a node puts at most one report per this in the KV bucket however
+/// fast purges arrive.
+pub const REPORT_EVERY: Duration = Duration::from_millis(100);
 
 /// Why following the stream stopped; the follower then starts over from its watermark.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +95,11 @@ pub struct Follower {
     js: jetstream::Context,
     stream: String,
     watermarks: Option<kv::Store>,
-    /// The last watermark reported, and when.
-    reported: Option<(u64, Instant)>,
+    /// The last watermark reported.
+    reported: Option<u64>,
+    /// When a report was last tried (whether or not it worked): the next is due
+    /// [`REPORT_EVERY`] after it.
+    tried: Option<Instant>,
 }
 
 impl Follower {
@@ -105,6 +113,7 @@ impl Follower {
             stream: stream.to_owned(),
             watermarks: None,
             reported: None,
+            tried: None,
         }
     }
 
@@ -242,12 +251,25 @@ impl Follower {
                     format!("not started within {CONSUMER_START:?}"),
                 )
             })??;
+        // When the consumer last delivered (or the stream was last checked): a stall is
+        // checked for STALL_CHECK after it.
+        let mut heard = Instant::now();
         loop {
-            let first = match tokio::time::timeout(STALL_CHECK, messages.next()).await {
+            let stall_check = heard + STALL_CHECK;
+            // A watermark not reported yet wakes the loop when its report is due.
+            let wake = self
+                .report_due()
+                .map_or(stall_check, |due| due.min(stall_check));
+            let first = match tokio::time::timeout_at(wake.into(), messages.next()).await {
                 Ok(Some(Ok(message))) => message,
                 Ok(Some(Err(e))) => return Err(self.unavailable("reading the stream", e)),
                 Ok(None) => return Err(self.unavailable("reading the stream", "consumer ended")),
+                Err(_) if Instant::now() < stall_check => {
+                    self.report(false).await;
+                    continue;
+                }
                 Err(_) => {
+                    heard = Instant::now();
                     let (_, last) = self.bounds().await?;
                     if last > watermark {
                         return Err(FollowError::Stalled { watermark, last });
@@ -256,6 +278,7 @@ impl Follower {
                     continue;
                 }
             };
+            heard = Instant::now();
             let mut batch = vec![first];
             while batch.len() < BATCH {
                 match messages.next().now_or_never() {
@@ -267,10 +290,6 @@ impl Follower {
                     _ => break,
                 }
             }
-            let pending = batch
-                .last()
-                .and_then(|m| m.info().ok().map(|i| i.pending))
-                .unwrap_or(0);
             let mut purges = Vec::with_capacity(batch.len());
             for message in &batch {
                 let seq = message
@@ -294,10 +313,11 @@ impl Follower {
                 }
             }
             watermark = self.apply(purges, watermark).await?;
-            self.report(pending == 0).await;
             if until.is_some_and(|until| watermark >= until) {
+                self.report(true).await;
                 return Ok(watermark);
             }
+            self.report(false).await;
         }
     }
 
@@ -321,17 +341,33 @@ impl Follower {
             .map_err(|e| FollowError::Apply(e.to_string()))
     }
 
+    /// When the watermark, ahead of the last report, is due to be reported: at once if no
+    /// report was tried for [`REPORT_EVERY`], else `REPORT_EVERY` after the last try.
+    /// `None` when the last report has it.
+    fn report_due(&self) -> Option<Instant> {
+        if self.reported == Some(self.edge.acknowledged_watermark()) {
+            return None;
+        }
+        Some(
+            self.tried
+                .map_or_else(Instant::now, |tried| tried + REPORT_EVERY),
+        )
+    }
+
     /// Puts the node's watermark in the KV bucket if it changed, when `now` or when the
-    /// last report is older than [`REPORT_EVERY`]. Failures are logged and retried by the
-    /// next report.
+    /// last try is [`REPORT_EVERY`] old. Failures are logged and retried by the next report.
     async fn report(&mut self, now: bool) {
         // What is committed, when the node keeps a state: never more than is durable.
         let watermark = self.edge.acknowledged_watermark();
-        if let Some((reported, at)) = self.reported
-            && (reported == watermark || (!now && at.elapsed() < REPORT_EVERY))
+        if self.reported == Some(watermark)
+            || (!now
+                && self
+                    .tried
+                    .is_some_and(|tried| tried.elapsed() < REPORT_EVERY))
         {
             return;
         }
+        self.tried = Some(Instant::now());
         if self.watermarks.is_none() {
             match self.js.get_key_value(watermark_bucket(&self.stream)).await {
                 Ok(store) => self.watermarks = Some(store),
@@ -346,7 +382,7 @@ impl Follower {
         };
         let key = watermark_key(self.edge.name());
         match store.put(key, watermark.to_string().into()).await {
-            Ok(_) => self.reported = Some((watermark, Instant::now())),
+            Ok(_) => self.reported = Some(watermark),
             Err(e) => tracing::debug!(error = %e, "watermark report failed; the next one retries"),
         }
     }
