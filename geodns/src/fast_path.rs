@@ -146,7 +146,7 @@ pub fn answer(
             };
             state
                 .regions
-                .choose(located.as_ref(), crate::handler::network_hash(client))?
+                .choose(located.as_ref(), crate::steering::network_hash(client))?
         }
         FastName::Region(r) => state.regions.serving(r)?,
         FastName::Static(_) => return None,
