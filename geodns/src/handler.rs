@@ -19,7 +19,6 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 
-use crate::geo::{GeoLocator, Located};
 use crate::metrics::Metrics;
 use crate::state::State;
 
@@ -109,20 +108,9 @@ impl RequestHandler for Handler {
             query.query_class(),
             &state.regions,
             || {
-                let located = state.locator.locate(client.ip);
-                scope = match (&located, &client.subnet) {
-                    (
-                        Some(
-                            Located::Point { prefix_len, .. } | Located::Region { prefix_len, .. },
-                        ),
-                        _,
-                    ) => *prefix_len,
-                    (None, Some(subnet)) => subnet.source_prefix(),
-                    (None, None) => 0,
-                };
-                state
-                    .regions
-                    .choose(located.as_ref(), crate::steering::network_hash(client.ip))
+                let steered = state.steer(client.ip);
+                scope = steered.scope;
+                steered.region
             },
         );
         let metadata = answer.metadata(&request.metadata);
