@@ -76,8 +76,18 @@ impl State {
             message: e.to_string(),
         })?;
         let regions = Regions::new(&config.regions, &config.geo.default_region, health);
+        let started = std::time::Instant::now();
         let cells = Cells::new(&Locator::new(overrides, database), &regions);
+        let located = started.elapsed();
         let answers = AnswerMap::new(&cells, &regions, regions.health());
+        tracing::info!(
+            places = cells.len(),
+            runs = ?(cells.v4.len(), cells.v6.len()),
+            answer_runs = ?answers.runs(),
+            located_ms = located.as_millis(),
+            answered_ms = (started.elapsed() - located).as_millis(),
+            "every client network located and answered"
+        );
         let zone_name = &config.zone.name;
         let region_wire_names: Vec<Vec<u8>> = config
             .regions
@@ -144,13 +154,10 @@ impl State {
         if *self.answers.load().health() == health {
             return false;
         }
+        let started = std::time::Instant::now();
         let map = AnswerMap::new(&self.cells, &self.regions, health);
+        tracing::debug!(runs = ?map.runs(), ms = started.elapsed().as_millis(), "answers follow the regions' health");
         self.answers.store(Arc::new(map));
         true
-    }
-
-    /// The answer map in service.
-    pub fn answers(&self) -> arc_swap::Guard<Arc<AnswerMap>> {
-        self.answers.load()
     }
 }
