@@ -214,7 +214,6 @@ impl AnswerMap {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use ipnet::IpNet;
@@ -223,6 +222,7 @@ mod tests {
     use crate::geo::{CidrOverrides, Coordinates, GeoLocator, Locator, MmdbLocator};
     use crate::health::Probed;
     use crate::steering::network_hash;
+    use crate::steering::tests::regions_of;
     use crate::testing::mmdb_bytes;
 
     const PARIS: Coordinates = Coordinates::new(48.86, 2.35);
@@ -242,12 +242,9 @@ mod tests {
 
     /// eu (capacity 100, spills half), us, ap, sa; clients nowhere known go to eu.
     fn regions() -> Regions {
-        let text = r#"
-            [zone]
-            name = "cdn.test"
-            nameservers = [{ name = "ns1.cdn.test", addresses = ["192.0.2.53"] }]
-            [geo]
-            default_region = "eu"
+        regions_of(
+            "eu",
+            r#"
             [[region]]
             name = "eu"
             lat = 50.11
@@ -270,9 +267,8 @@ mod tests {
             lat = -23.55
             lon = -46.63
             edge = [{ address = "192.0.2.4", probe = "http://127.0.0.1:4/healthz" }]
-        "#;
-        let config = crate::config::GeoDnsConfig::from_toml(text).expect("valid");
-        Regions::new(&config.regions, "eu", &HashMap::new())
+            "#,
+        )
     }
 
     fn net(s: &str) -> IpNet {

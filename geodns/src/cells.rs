@@ -309,24 +309,16 @@ impl<'a> Ranker<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::net::IpAddr;
 
     use super::*;
     use crate::geo::{CidrOverrides, GeoLocator};
+    use crate::steering::tests::regions_of;
 
     /// `n` regions spread over the globe, the last few at the very same places as the
     /// first ones (ties broken by name), as a validated config gives them.
     fn regions(n: usize) -> Regions {
-        let mut text = String::from(
-            r#"
-            [zone]
-            name = "cdn.test"
-            nameservers = [{ name = "ns1.cdn.test", addresses = ["192.0.2.53"] }]
-            [geo]
-            default_region = "r000"
-            "#,
-        );
+        let mut text = String::new();
         for i in 0..n {
             let j = if i >= n - 4 { i - (n - 4) } else { i };
             let lat = -60.0 + 130.0 * ((j * 37) % n) as f64 / n as f64;
@@ -336,8 +328,7 @@ mod tests {
                  edge = [{{ address = \"192.0.2.1\", probe = \"http://127.0.0.1:1/\" }}]\n"
             ));
         }
-        let config = crate::config::GeoDnsConfig::from_toml(&text).expect("valid");
-        Regions::new(&config.regions, "r000", &HashMap::new())
+        regions_of("r000", &text)
     }
 
     #[test]

@@ -431,16 +431,25 @@ pub fn edge_key(region: &str, address: IpAddr, probe: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// The regions of `tables` (`[[region]]` TOML tables) in a zone with one name server,
+    /// clients nowhere known going to `default`: a validated config's.
+    pub(crate) fn regions_of(default: &str, tables: &str) -> Regions {
+        let text = format!(
+            "[zone]\nname = \"cdn.test\"\n\
+             nameservers = [{{ name = \"ns1.cdn.test\", addresses = [\"192.0.2.53\"] }}]\n\
+             [geo]\ndefault_region = \"{default}\"\n{tables}"
+        );
+        let config = crate::config::GeoDnsConfig::from_toml(&text).expect("valid");
+        Regions::new(&config.regions, default, &HashMap::new())
+    }
+
     fn regions() -> Regions {
-        let text = r#"
-            [zone]
-            name = "cdn.test"
-            nameservers = [{ name = "ns1.cdn.test", addresses = ["192.0.2.53"] }]
-            [geo]
-            default_region = "eu"
+        regions_of(
+            "eu",
+            r#"
             [[region]]
             name = "eu"
             lat = 50.11
@@ -454,9 +463,8 @@ mod tests {
             lat = 39.04
             lon = -77.49
             edge = [{ address = "198.51.100.1", probe = "http://127.0.0.1:3/healthz" }]
-        "#;
-        let config = crate::config::GeoDnsConfig::from_toml(text).expect("valid");
-        Regions::new(&config.regions, "eu", &HashMap::new())
+            "#,
+        )
     }
 
     /// A client located in Paris: eu is its nearest region.
@@ -523,12 +531,9 @@ mod tests {
         assert_eq!(before.choose(Some(&paris), 0), Some(0), "eu is nearer");
         // The reloaded config moves "eu" across the Pacific: the same point must be ranked
         // afresh, not answered from the first config's ranking.
-        let text = r#"
-            [zone]
-            name = "cdn.test"
-            nameservers = [{ name = "ns1.cdn.test", addresses = ["192.0.2.53"] }]
-            [geo]
-            default_region = "eu"
+        let after = regions_of(
+            "eu",
+            r#"
             [[region]]
             name = "eu"
             lat = 35.68
@@ -539,9 +544,8 @@ mod tests {
             lat = 39.04
             lon = -77.49
             edge = [{ address = "198.51.100.1", probe = "http://127.0.0.1:3/healthz" }]
-        "#;
-        let config = crate::config::GeoDnsConfig::from_toml(text).expect("valid");
-        let after = Regions::new(&config.regions, "eu", &HashMap::new());
+            "#,
+        );
         for _ in 0..2 {
             assert_eq!(after.choose(Some(&paris), 0), Some(1), "us is nearer now");
             assert_eq!(before.choose(Some(&paris), 0), Some(0));
