@@ -285,7 +285,9 @@ async fn every_address_inside_an_ecs_scope_gets_the_same_answer() {
         };
         let (region, scope) = answer(client, source).await;
         assert!(region.is_some(), "{client}");
-        wider_than_24 += usize::from(client.is_ipv4() && scope < 24);
+        // Not counting the override's clients (its /16 was always their scope): the
+        // database's networks and the unknown space between them had /24 scopes.
+        wider_than_24 += usize::from(i % 5 <= 2 && client.is_ipv4() && scope < 24);
         for inside in across(client, scope, seed) {
             let full = if inside.is_ipv4() { 32 } else { 128 };
             assert_eq!(
