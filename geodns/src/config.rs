@@ -298,8 +298,9 @@ pub enum ConfigError {
 /// day a dead region's clients would be stranded for longer than anyone would wait.
 pub const TTL_RANGE: std::ops::RangeInclusive<u32> = 1..=86_400;
 
-/// The most regions one zone steers between (the steering code ranks them in a 128-bit set).
-pub const MAX_REGIONS: usize = 128;
+/// The most regions one zone steers between (the steering code keeps a region's index in a
+/// byte).
+pub const MAX_REGIONS: usize = 256;
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {

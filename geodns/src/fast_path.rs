@@ -19,7 +19,6 @@
 use std::net::IpAddr;
 
 use crate::ecs;
-use crate::geo::{GeoLocator, Located};
 use crate::state::State;
 use crate::static_answers;
 
@@ -135,18 +134,9 @@ pub fn answer(
     let mut scope = 0u8;
     let region = match kind {
         FastName::Customer(_) => {
-            let located = state.locator.locate(client);
-            scope = match (&located, &subnet) {
-                (
-                    Some(Located::Point { prefix_len, .. } | Located::Region { prefix_len, .. }),
-                    _,
-                ) => *prefix_len,
-                (None, Some(s)) => s.source(),
-                (None, None) => 0,
-            };
-            state
-                .regions
-                .choose(located.as_ref(), crate::handler::network_hash(client))?
+            let steered = state.steer(client);
+            scope = steered.scope;
+            steered.region?
         }
         FastName::Region(r) => state.regions.serving(r)?,
         FastName::Static(_) => return None,

@@ -1,24 +1,24 @@
 //! Where a DNS client is, and which regions are nearest to it.
 //!
-//! The server turns each query's client address (the EDNS Client Subnet address if the
-//! query carries one, else the resolver's own address) into a [`Located`] with a
-//! [`GeoLocator`], then orders the regions by great-circle distance with
-//! [`rank_regions`] and answers with the first healthy one.
+//! A client address (the EDNS Client Subnet address if the query carries one, else the
+//! resolver's own address) is placed with a [`GeoLocator`] as a [`Located`]: a point on
+//! the map or a pinned region; regions are ordered by great-circle distance from it with
+//! [`rank_regions`], and the client goes to the first healthy one.
 //!
 //! - [`MmdbLocator`] places an address on the map with a MaxMind-format City database
 //!   (GeoLite2-City, GeoIP2-City, DB-IP City Lite, ...).
 //! - [`CidrOverrides`] pins networks to a region by name (longest prefix wins), for the
 //!   networks an operator knows better than the database: offices, partner resolvers,
 //!   test clients.
-//! - [`Locator`] is what the server uses: overrides first, then the database.
+//! - [`Locator`] is what the server uses: overrides first, then the database; IPv6
+//!   addresses that carry an IPv4 address are placed as that address.
 //!
-//! Every answer carries `prefix_len`, the length of the network the answer holds for.
-//! The server copies it into the ECS scope prefix (RFC 7871) so that resolvers cache the
-//! answer for that whole network and no wider: an answer is never reported valid for a
-//! network that holds an address with a different answer (see [`Locator`]).
-//!
-//! All of this runs once per DNS query, from many threads at once: lookups take `&self`,
-//! lock nothing, and allocate nothing (region names are shared [`Arc<str>`]s).
+//! Every placement carries `prefix_len`, the length of the network around the address
+//! that is placed the same way, so the space can be walked network by network
+//! ([`Locator::networks_v4`], [`Locator::networks_v6`]). The server does not locate per
+//! query: it walks the whole space once per config into [`crate::cells`] and answers
+//! from [`crate::answer_map`], whose ECS scopes join the networks that get the same
+//! answer. Per-address lookups remain the definition the map is checked against.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -98,17 +98,17 @@ impl TryFrom<RawCoordinates> for Coordinates {
     }
 }
 
-/// Where a client is, and for how large a network around it that answer holds.
+/// Where a client is, and for how large a network around it that holds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Located {
     /// A point on Earth, from the database: the server ranks regions by distance from it.
     Point {
         /// Where the client is.
         at: Coordinates,
-        /// Length of the network around the client address that shares this answer: the
-        /// ECS scope prefix (RFC 7871). In the address family of the client address, so
-        /// 0..=32 for IPv4, also when an IPv6 database stores IPv4 under `::/96` and when
-        /// the address came IPv4-mapped (`::ffff:a.b.c.d`).
+        /// Length of the network around the client address placed at the same point. In
+        /// the address family of the client address, so 0..=32 for IPv4, also when an
+        /// IPv6 database stores IPv4 under `::/96` and when the address came IPv4-mapped
+        /// (`::ffff:a.b.c.d`).
         prefix_len: u8,
     },
     /// A region pinned by a CIDR override, by its configured name: the server answers
@@ -116,7 +116,7 @@ pub enum Located {
     Region {
         /// The region name as configured. Shared, so answering does not allocate.
         name: Arc<str>,
-        /// Length of the network around the client address that shares this answer: the
+        /// Length of the network around the client address pinned the same way: the
         /// override's CIDR length, longer if a more specific override sits inside it
         /// (IPv4 terms for IPv4 and IPv4-mapped addresses).
         prefix_len: u8,
@@ -124,7 +124,7 @@ pub enum Located {
 }
 
 impl Located {
-    /// The ECS scope prefix of this answer: see the `prefix_len` fields.
+    /// The length of the network placed alike: see the `prefix_len` fields.
     pub fn prefix_len(&self) -> u8 {
         match *self {
             Located::Point { prefix_len, .. } | Located::Region { prefix_len, .. } => prefix_len,
@@ -138,10 +138,8 @@ pub trait GeoLocator: Send + Sync + fmt::Debug {
     /// Locates `ip`, the client subnet address from the query's ECS option (host bits
     /// zeroed by the resolver) or else the resolver's own address.
     ///
-    /// Runs once per DNS query on the server's hot path, concurrently from every worker:
-    /// implementations must not block and should not allocate. IPv4-mapped IPv6 addresses
-    /// (`::ffff:a.b.c.d`, as a dual-stack socket reports IPv4 peers) mean the IPv4
-    /// address they carry.
+    /// May run from many threads at once. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, as
+    /// a dual-stack socket reports IPv4 peers) mean the IPv4 address they carry.
     ///
     /// Returns `None` when the client's location is unknown (not in the database, or its
     /// record has no coordinates); the server then falls back to its default answer.
@@ -235,32 +233,12 @@ impl CityRecord {
 #[derive(Debug)]
 pub struct MmdbLocator {
     reader: maxminddb::Reader<Vec<u8>>,
-    /// Tells this database's entries in [`DECODED`] from another's (after a reload).
-    generation: u64,
 }
 
-/// Lookups already made, by (database generation, canonical address): where the client
-/// is and the prefix length of the network the answer holds for.
-type LookupCache = FxHashMap<(u64, IpAddr), Option<(Coordinates, u8)>>;
-
-/// How many decoded records each thread keeps (see [`DECODED`]).
-const DECODED_PER_THREAD: usize = 1 << 16;
-
-thread_local! {
-    /// Coordinates already decoded, by (database generation, record offset). Many networks
-    /// share one record (a city), and decoding a City record (skipping its names in every
-    /// language) cost more than the tree walk and the rest of a DNS answer together
-    /// (BENCHMARKS.md). Per thread, so the lookup takes no lock; cleared when full.
-    static DECODED: std::cell::RefCell<FxHashMap<(u64, usize), Option<Coordinates>>> =
-        std::cell::RefCell::new(FxHashMap::default());
-
-    /// Whole lookups, by (database generation, address): resolvers send the same client
-    /// subnets again and again (one query per subnet and TTL), and the tree walk of an
-    /// IPv4 address in an IPv6 database was what still set ECS answers apart from
-    /// answers by source address (BENCHMARKS.md). Per thread; cleared when full.
-    static LOOKED_UP: std::cell::RefCell<LookupCache> =
-        std::cell::RefCell::new(FxHashMap::default());
-}
+/// Coordinates already decoded, by record offset, for one walk of a database: many
+/// networks share one record (a city), and decoding a City record (skipping its names in
+/// every language) costs more than the tree walk.
+pub(crate) type Records = FxHashMap<usize, Option<Coordinates>>;
 
 impl MmdbLocator {
     /// Reads the whole database at `path` into memory and checks it (see
@@ -283,9 +261,7 @@ impl MmdbLocator {
     fn load(bytes: Vec<u8>, db: impl Fn() -> String) -> Result<Self, GeoError> {
         let reader = maxminddb::Reader::from_source(bytes)
             .map_err(|cause| GeoError::NotMmdb { db: db(), cause })?;
-        static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let locator = Self { reader, generation };
+        let locator = Self { reader };
         match locator.has_location_data() {
             Ok(true) => Ok(locator),
             Ok(false) => Err(GeoError::NoLocationData {
@@ -325,44 +301,25 @@ impl MmdbLocator {
 impl GeoLocator for MmdbLocator {
     /// A record that cannot be decoded counts as unknown.
     fn locate(&self, ip: IpAddr) -> Option<Located> {
-        let ip = ip.to_canonical();
-        let key = (self.generation, ip);
-        let found = LOOKED_UP.with_borrow_mut(|looked_up| {
-            if let Some(found) = looked_up.get(&key) {
-                return *found;
-            }
-            if looked_up.len() >= DECODED_PER_THREAD {
-                looked_up.clear();
-            }
-            let found = self.walk(ip);
-            looked_up.insert(key, found);
-            found
-        });
-        found.map(|(at, prefix_len)| Located::Point { at, prefix_len })
+        match self.find(ip.to_canonical(), &mut Records::default()) {
+            (Some(at), prefix_len) => Some(Located::Point { at, prefix_len }),
+            (None, _) => None,
+        }
     }
 }
 
 impl MmdbLocator {
-    /// The tree walk and decoding behind [`GeoLocator::locate`], for a canonical address.
-    fn walk(&self, ip: IpAddr) -> Option<(Coordinates, u8)> {
-        let hit = self.reader.lookup(ip).ok()?;
-        let key = (self.generation, hit.offset()?);
-        let at = DECODED.with_borrow_mut(|decoded| {
-            if let Some(at) = decoded.get(&key) {
-                return *at;
-            }
-            if decoded.len() >= DECODED_PER_THREAD {
-                decoded.clear();
-            }
-            let at = hit
-                .decode::<CityRecord>()
-                .ok()
-                .flatten()
-                .and_then(|r| r.coordinates());
-            decoded.insert(key, at);
-            at
-        })?;
-        let network = hit.network().ok()?;
+    /// Where the database puts canonical address `ip` (`None`: nowhere, or a record
+    /// without coordinates) and the prefix length of its network, which is also the
+    /// extent of an unknown network. A lookup the database refuses (an IPv6 address in an
+    /// IPv4-only database) is unknown with prefix length 0: the whole family.
+    fn find(&self, ip: IpAddr, records: &mut Records) -> (Option<Coordinates>, u8) {
+        let Ok(hit) = self.reader.lookup(ip) else {
+            return (None, 0);
+        };
+        let Ok(network) = hit.network() else {
+            return (None, 0);
+        };
         // An IPv6 database keeps IPv4 under `::/96`. The reader already reports IPv4
         // lookups in IPv4 terms, except when the match sits above the IPv4 subtree (a
         // database without one): then the network is `::/n` with n <= 96, which covers
@@ -372,7 +329,15 @@ impl MmdbLocator {
         } else {
             network.prefix()
         };
-        Some((at, prefix_len))
+        let at = hit.offset().and_then(|offset| {
+            *records.entry(offset).or_insert_with(|| {
+                hit.decode::<CityRecord>()
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.coordinates())
+            })
+        });
+        (at, prefix_len)
     }
 }
 
@@ -487,17 +452,33 @@ fn insert_override<A: Ord>(
 }
 
 /// An address as an unsigned integer, most significant bit first.
-trait AddrBits: Copy + Ord + fmt::Debug {
+pub(crate) trait AddrBits: Copy + Ord + fmt::Debug + Send + Sync + 'static {
+    /// The address 0.
+    const ZERO: Self;
+    /// Bits in an address: 32 or 128.
+    const WIDTH: u8;
     /// The mask that keeps the first `prefix_len` bits.
     fn mask(prefix_len: u8) -> Self;
     fn and(self, other: Self) -> Self;
-    /// How many leading bits `self` and `other` share.
+    /// How many leading bits `self` and `other` share (`WIDTH` when equal).
     fn common_prefix_len(self, other: Self) -> u8;
+    /// The shortest prefix length whose network starts at `self`.
+    fn alignment(self) -> u8;
+    /// The first address after network `self`/`prefix_len` (`self` its first address);
+    /// `None` past the end of the space.
+    fn after(self, prefix_len: u8) -> Option<Self>;
+    /// The address before `self`, `None` for 0.
+    fn pred(self) -> Option<Self>;
+    /// The first `bits` bits (at most 32), as an index.
+    fn top(self, bits: u8) -> usize;
 }
 
 macro_rules! addr_bits {
     ($t:ty) => {
         impl AddrBits for $t {
+            const ZERO: Self = 0;
+            // 32 or 128: the cast is exact.
+            const WIDTH: u8 = <$t>::BITS as u8;
             fn mask(prefix_len: u8) -> Self {
                 <$t>::MAX
                     .checked_shl(<$t>::BITS - u32::from(prefix_len))
@@ -509,6 +490,24 @@ macro_rules! addr_bits {
             fn common_prefix_len(self, other: Self) -> u8 {
                 // At most 128, so the cast is exact.
                 (self ^ other).leading_zeros() as u8
+            }
+            fn alignment(self) -> u8 {
+                // At most 128, so the cast is exact.
+                Self::WIDTH - self.trailing_zeros().min(<$t>::BITS) as u8
+            }
+            fn after(self, prefix_len: u8) -> Option<Self> {
+                match u32::from(Self::WIDTH - prefix_len) {
+                    0 => self.checked_add(1),
+                    bits if bits == <$t>::BITS => None,
+                    bits => self.checked_add(1 << bits),
+                }
+            }
+            fn pred(self) -> Option<Self> {
+                self.checked_sub(1)
+            }
+            fn top(self, bits: u8) -> usize {
+                // `bits` <= 32: the value fits a usize on the 64-bit targets this runs on.
+                (self >> (<$t>::BITS - u32::from(bits))) as usize
             }
         }
     };
@@ -589,10 +588,15 @@ impl<A: AddrBits> PrefixTable<A> {
 
 /// The client locator the server uses: [`CidrOverrides`] first, then the database.
 ///
-/// ECS scopes never overlap an answer that differs: when the database answers for
-/// `10.0.0.0/8` but `10.1.0.0/16` is pinned to a region, a client at `10.2.3.4` gets
-/// `prefix_len` 15 (`10.2.0.0/15`), not 8, so a resolver caching the answer does not hand
-/// it to the clients of `10.1.0.0/16`. Nested overrides narrow each other the same way.
+/// A placement's network never overlaps one placed otherwise: when the database answers
+/// for `10.0.0.0/8` but `10.1.0.0/16` is pinned to a region, a client at `10.2.3.4` gets
+/// `prefix_len` 15 (`10.2.0.0/15`), not 8. Nested overrides narrow each other the same
+/// way, and so do the IPv6 networks that carry IPv4 addresses ([`EMBEDDED_IPV4`]).
+///
+/// Those IPv6 addresses (IPv4-compatible, IPv4-mapped, Teredo, 6to4) are placed as the
+/// IPv4 address they carry, overrides included, unless an IPv6 override pins them:
+/// MaxMind's databases alias these networks to their IPv4 data, and holding to that
+/// whatever the database lets the answer map keep one copy of the IPv4 space.
 #[derive(Debug, Default)]
 pub struct Locator {
     overrides: CidrOverrides,
@@ -619,20 +623,135 @@ impl Locator {
 
 impl GeoLocator for Locator {
     fn locate(&self, ip: IpAddr) -> Option<Located> {
-        match self.overrides.lookup(ip) {
-            (Some(name), prefix_len) => Some(Located::Region {
-                name: Arc::clone(name),
-                prefix_len,
-            }),
-            (None, min_scope) => match self.mmdb.as_ref()?.locate(ip)? {
-                Located::Point { at, prefix_len } => Some(Located::Point {
-                    at,
-                    prefix_len: prefix_len.max(min_scope),
-                }),
-                region @ Located::Region { .. } => Some(region),
-            },
+        let records = &mut Records::default();
+        let (placement, prefix_len) = match ip.to_canonical() {
+            IpAddr::V4(v4) => self.place_v4(u32::from(v4), records),
+            IpAddr::V6(v6) => {
+                let v6 = u128::from(v6);
+                match self.place_v6(v6, records) {
+                    (Placement::Ipv4At { bit }, prefix_len) => {
+                        let (placement, v4_len) = self.place_v4(embedded(v6, bit), records);
+                        (placement, prefix_len.max(bit + v4_len))
+                    }
+                    placed => placed,
+                }
+            }
+        };
+        match placement {
+            Placement::Point(at) => Some(Located::Point { at, prefix_len }),
+            Placement::Pinned(name) => Some(Located::Region { name, prefix_len }),
+            Placement::Unknown | Placement::Ipv4At { .. } => None,
         }
     }
+}
+
+/// How [`Locator`] places one address, before any region is chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placement {
+    /// At a point on the map (the database).
+    Point(Coordinates),
+    /// Pinned to the region of this name (an override).
+    Pinned(Arc<str>),
+    /// Nowhere known: the default region serves it.
+    Unknown,
+    /// IPv6 only: placed as the IPv4 address carried from bit `bit` on (see
+    /// [`EMBEDDED_IPV4`]).
+    Ipv4At {
+        /// Where the 32 bits of the IPv4 address start.
+        bit: u8,
+    },
+}
+
+/// IPv6 networks that carry an IPv4 address, as (network, prefix length); the IPv4
+/// address follows the prefix: IPv4-compatible `::/96`, IPv4-mapped `::ffff:0:0/96`,
+/// Teredo `2001::/32` (the server's address) and 6to4 `2002::/16`, the networks
+/// MaxMind's databases alias to their IPv4 data.
+pub const EMBEDDED_IPV4: [(u128, u8); 4] = [
+    (0, 96),
+    (0xffff << 32, 96),
+    (0x2001 << 112, 32),
+    (0x2002 << 112, 16),
+];
+
+/// The IPv4 address IPv6 address `v6` carries from bit `bit` on.
+pub fn embedded(v6: u128, bit: u8) -> u32 {
+    // At most 32 bits remain after the shift: the cast keeps exactly the address.
+    (v6 >> (96 - u32::from(bit))) as u32
+}
+
+impl Locator {
+    /// How IPv4 address `v4` is placed, and the prefix length of the network around it
+    /// placed the same way.
+    fn place_v4(&self, v4: u32, records: &mut Records) -> (Placement, u8) {
+        match self.overrides.v4.lookup(v4) {
+            (Some(name), prefix_len) => (Placement::Pinned(Arc::clone(name)), prefix_len),
+            (None, min_scope) => {
+                let (at, prefix_len) = match &self.mmdb {
+                    Some(db) => db.find(IpAddr::V4(v4.into()), records),
+                    None => (None, 0),
+                };
+                let placement = at.map_or(Placement::Unknown, Placement::Point);
+                (placement, prefix_len.max(min_scope))
+            }
+        }
+    }
+
+    /// How IPv6 address `v6` is placed, and the prefix length of the network around it
+    /// placed the same way (an embedded IPv4 network: the whole network that carries
+    /// IPv4 addresses, less what IPv6 overrides take from it).
+    fn place_v6(&self, v6: u128, records: &mut Records) -> (Placement, u8) {
+        let (pinned, min_scope) = self.overrides.v6.lookup(v6);
+        if let Some(name) = pinned {
+            return (Placement::Pinned(Arc::clone(name)), min_scope);
+        }
+        let mut outside = 0;
+        for (network, prefix_len) in EMBEDDED_IPV4 {
+            if v6.common_prefix_len(network) >= prefix_len {
+                return (
+                    Placement::Ipv4At { bit: prefix_len },
+                    min_scope.max(prefix_len),
+                );
+            }
+            outside = outside.max(v6.common_prefix_len(network) + 1);
+        }
+        let (at, prefix_len) = match &self.mmdb {
+            Some(db) => db.find(IpAddr::V6(v6.into()), records),
+            None => (None, 0),
+        };
+        let placement = at.map_or(Placement::Unknown, Placement::Point);
+        (placement, prefix_len.max(min_scope).max(outside))
+    }
+
+    /// The IPv4 space as consecutive networks, each placed alike throughout: (network
+    /// address, prefix length, placement), from `0.0.0.0` up. One walk per config; a
+    /// database's record is decoded once per walk.
+    pub fn networks_v4(&self) -> impl Iterator<Item = (u32, u8, Placement)> + '_ {
+        let mut records = Records::default();
+        walk::<u32>(move |at| self.place_v4(at, &mut records))
+    }
+
+    /// [`Locator::networks_v4`] for IPv6; the networks that carry IPv4 addresses come as
+    /// [`Placement::Ipv4At`], whole where no IPv6 override cuts them.
+    pub fn networks_v6(&self) -> impl Iterator<Item = (u128, u8, Placement)> + '_ {
+        let mut records = Records::default();
+        walk::<u128>(move |at| self.place_v6(at, &mut records))
+    }
+}
+
+/// The address space of `A` from 0 up, network by network, each as `place` gives it. A
+/// network starts where the last one ended and is cut to the largest one aligned there,
+/// so each step is a CIDR network that `place` said holds one placement.
+fn walk<A: AddrBits>(
+    mut place: impl FnMut(A) -> (Placement, u8),
+) -> impl Iterator<Item = (A, u8, Placement)> {
+    let mut next = Some(A::ZERO);
+    std::iter::from_fn(move || {
+        let at = next?;
+        let (placement, prefix_len) = place(at);
+        let prefix_len = prefix_len.max(at.alignment());
+        next = at.after(prefix_len);
+        Some((at, prefix_len, placement))
+    })
 }
 
 /// Indices into `regions`, nearest to `at` first, by great-circle distance. Equal
@@ -666,7 +785,7 @@ pub fn rank_regions(at: Coordinates, regions: &[(&str, Coordinates)]) -> Vec<usi
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
     use crate::testing::mmdb_bytes;
@@ -1064,6 +1183,82 @@ mod tests {
         assert_eq!(locator.locate(ip("10.1.2.3")), region("us", 16));
         assert_eq!(locator.locate(ip("10.2.3.4")), point(FRANKFURT, 15));
         assert_eq!(locator.locate(ip("10.200.0.1")), point(FRANKFURT, 9));
+    }
+
+    #[test]
+    fn locator_places_ipv6_that_carries_ipv4_as_that_ipv4_address() {
+        let table = overrides(&[("2002:c000:280::/41", "us"), ("192.0.2.64/26", "ap")]);
+        let locator = Locator::new(table, Some(fixture()));
+        // 6to4 (from bit 16), Teredo (the server's address, from bit 32), IPv4-compatible
+        // (from bit 96): Frankfurt's 192.0.2.0/24, less the IPv4 override's /26.
+        assert_eq!(
+            locator.locate(ip("2002:c000:201::1")),
+            point(FRANKFURT, 16 + 26)
+        );
+        assert_eq!(
+            locator.locate(ip("2001:0:c000:2c1::")),
+            point(FRANKFURT, 32 + 25)
+        );
+        assert_eq!(locator.locate(ip("::192.0.2.1")), point(FRANKFURT, 96 + 26));
+        assert_eq!(locator.locate(ip("2002:c000:250::")), region("ap", 16 + 26));
+        // An IPv6 override wins over the IPv4 address carried.
+        assert_eq!(locator.locate(ip("2002:c000:280::")), region("us", 41));
+        assert_eq!(locator.locate(ip("2002:c633:6401::")), point(NEW_YORK, 40));
+        assert_eq!(locator.locate(ip("2002:cb00:7101::")), None);
+        // Beside those networks, the database's own IPv6 networks, narrowed so as not to
+        // reach into them.
+        assert_eq!(locator.locate(ip("2001:db8:1::5")), point(TOKYO, 48));
+        assert_eq!(
+            Locator::new(CidrOverrides::default(), None).locate(ip("2001:db8::1")),
+            None
+        );
+    }
+
+    #[test]
+    fn the_walk_covers_each_family_in_networks_placed_as_their_addresses_are() {
+        let table = overrides(&[("192.0.2.128/25", "us"), ("2001:db8:1:8000::/49", "eu")]);
+        let locator = Locator::new(table, Some(fixture()));
+        let v4: Vec<(u32, u8, Placement)> = locator.networks_v4().collect();
+        let mut next = Some(0u32);
+        for (start, prefix_len, placement) in &v4 {
+            assert_eq!(Some(*start), next, "consecutive");
+            assert_eq!(start & !u32::mask(*prefix_len), 0, "aligned");
+            next = start.after(*prefix_len);
+            let at = IpAddr::V4((*start).into());
+            let expected = match placement {
+                Placement::Point(at) => point(*at, *prefix_len),
+                Placement::Pinned(name) => region(name, *prefix_len),
+                _ => None,
+            };
+            let found = locator.locate(at);
+            assert_eq!(found.is_some(), expected.is_some(), "{at}");
+            if let (Some(found), Some(expected)) = (found, expected) {
+                assert_eq!(
+                    std::mem::discriminant(&found),
+                    std::mem::discriminant(&expected)
+                );
+                assert!(found.prefix_len() >= *prefix_len, "{at}");
+            }
+        }
+        assert_eq!(next, None, "to the end of the space");
+        assert!(v4.len() < 200, "{} networks", v4.len());
+        let v6: Vec<(u128, u8, Placement)> = locator.networks_v6().collect();
+        let mut next = Some(0u128);
+        for (start, prefix_len, _) in &v6 {
+            assert_eq!(Some(*start), next, "consecutive");
+            next = start.after(*prefix_len);
+        }
+        assert_eq!(next, None, "to the end of the space");
+        let tokyo = v6
+            .iter()
+            .filter(|(_, _, p)| *p == Placement::Point(TOKYO))
+            .map(|(start, len, _)| (Ipv6Addr::from(*start).to_string(), *len))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            tokyo,
+            [("2001:db8:1::".to_owned(), 49)],
+            "less the override"
+        );
     }
 
     #[test]

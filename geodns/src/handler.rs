@@ -19,7 +19,6 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 
-use crate::geo::{GeoLocator, Located};
 use crate::metrics::Metrics;
 use crate::state::State;
 
@@ -109,20 +108,9 @@ impl RequestHandler for Handler {
             query.query_class(),
             &state.regions,
             || {
-                let located = state.locator.locate(client.ip);
-                scope = match (&located, &client.subnet) {
-                    (
-                        Some(
-                            Located::Point { prefix_len, .. } | Located::Region { prefix_len, .. },
-                        ),
-                        _,
-                    ) => *prefix_len,
-                    (None, Some(subnet)) => subnet.source_prefix(),
-                    (None, None) => 0,
-                };
-                state
-                    .regions
-                    .choose(located.as_ref(), network_hash(client.ip))
+                let steered = state.steer(client.ip);
+                scope = steered.scope;
+                steered.region
             },
         );
         let metadata = answer.metadata(&request.metadata);
@@ -226,26 +214,4 @@ fn client_of(request: &Request, ecs: bool) -> Result<Client, crate::ecs::Invalid
         ip,
         subnet: Some(subnet),
     })
-}
-
-/// A hash of the client's network (/24 or /56), stable across queries, for spillover.
-pub(crate) fn network_hash(ip: IpAddr) -> u64 {
-    let octets_v6;
-    let octets_v4;
-    let network: &[u8] = match ip {
-        IpAddr::V4(v4) => {
-            octets_v4 = v4.octets();
-            &octets_v4[..3]
-        }
-        IpAddr::V6(v6) => {
-            octets_v6 = v6.octets();
-            &octets_v6[..7]
-        }
-    };
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in network {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash ^ (hash >> 29)
 }

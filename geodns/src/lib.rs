@@ -14,6 +14,8 @@
 //! response, QR=1, is dropped, never reflected); `hickory-server` decodes requests and
 //! encodes the answers of the general path.
 
+pub mod answer_map;
+pub mod cells;
 pub mod config;
 pub mod ecs;
 pub mod fast_path;

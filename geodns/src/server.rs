@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{ConfigError, GeoDnsConfig};
 use crate::handler::Handler;
-use crate::health::{probe, probe_client};
+use crate::health::{Probed, probe, probe_client};
 use crate::metrics::Metrics;
 use crate::state::State;
 
@@ -249,35 +249,53 @@ async fn probe_forever(handler: Handler, mut stop: watch::Receiver<bool>) {
                 probes.spawn(async move { (r, e, probe(&client, &url, timeout).await) });
             }
         }
-        while let Some(Ok((r, e, result))) = probes.join_next().await {
-            let region = &state.regions.regions[r];
-            let edge = &region.edges[e];
-            let was_degraded = edge.health.is_degraded();
-            let changed = edge
-                .health
-                .record(result, state.health.rise, state.health.fall);
-            if edge.health.is_degraded() != was_degraded {
-                if was_degraded {
-                    tracing::info!(region = %region.name, edge = %edge.address, "edge can fill misses again");
-                } else {
-                    tracing::warn!(region = %region.name, edge = %edge.address, "edge is degraded (cannot fill misses): regions with ready edges come first");
-                }
+        while let Some(first) = probes.join_next().await {
+            // The results in by now, recorded together, then one refresh of the answers.
+            let mut done = vec![first];
+            while let Some(more) = probes.try_join_next() {
+                done.push(more);
             }
-            if let Some(up) = changed {
-                if up {
-                    tracing::info!(region = %region.name, edge = %edge.address, "edge passes its probes again");
-                } else {
-                    tracing::warn!(region = %region.name, edge = %edge.address, "edge failed its probes: out of answers");
-                }
-                handler
-                    .metrics
-                    .edge_transition(&region.name, &edge.address.to_string(), up);
+            for (r, e, result) in done.into_iter().flatten() {
+                record(&handler, &state, r, e, result);
+            }
+            let current = handler.state.load_full();
+            if current.stale() {
+                // Building a map takes tens of milliseconds with a City database.
+                let _ = tokio::task::spawn_blocking(move || current.refresh()).await;
             }
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// Records probe `result` of edge `e` of region `r` of `state`, logging and counting the
+/// edge's changes.
+fn record(handler: &Handler, state: &State, r: usize, e: usize, result: Option<Probed>) {
+    let region = &state.regions.regions[r];
+    let edge = &region.edges[e];
+    let was_degraded = edge.health.is_degraded();
+    let changed = edge
+        .health
+        .record(result, state.health.rise, state.health.fall);
+    if edge.health.is_degraded() != was_degraded {
+        if was_degraded {
+            tracing::info!(region = %region.name, edge = %edge.address, "edge can fill misses again");
+        } else {
+            tracing::warn!(region = %region.name, edge = %edge.address, "edge is degraded (cannot fill misses): regions with ready edges come first");
+        }
+    }
+    if let Some(up) = changed {
+        if up {
+            tracing::info!(region = %region.name, edge = %edge.address, "edge passes its probes again");
+        } else {
+            tracing::warn!(region = %region.name, edge = %edge.address, "edge failed its probes: out of answers");
+        }
+        handler
+            .metrics
+            .edge_transition(&region.name, &edge.address.to_string(), up);
     }
 }
 
@@ -308,7 +326,12 @@ async fn reload_forever(handler: Handler, path: PathBuf, mut stop: watch::Receiv
         let now = modified(&path);
         if forced || now != seen {
             seen = now;
-            if let Err(error) = reload(&handler, &path) {
+            // Off the runtime: walking a City database into cells takes seconds.
+            let (handler, path) = (handler.clone(), path.clone());
+            let reloaded = tokio::task::spawn_blocking(move || {
+                reload(&handler, &path).map_err(|error| (error, path))
+            });
+            if let Ok(Err((error, path))) = reloaded.await {
                 tracing::error!(%error, path = %path.display(), "config reload refused; the running config stays");
             }
         }

@@ -1,17 +1,23 @@
 //! Everything a query is answered from, built whole from one config and swapped whole on
-//! reload, so a query never sees half of an old config and half of a new one.
+//! reload, so a query never sees half of an old config and half of a new one. Within a
+//! config, the answers of steered names follow the edges' health: [`State::refresh`]
+//! swaps in a new answer map, whole, when the regions' health changes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 
+use crate::answer_map::{AnswerMap, Steered};
+use crate::cells::Cells;
 use crate::config::{ConfigError, GeoDnsConfig, HealthConfig};
 use crate::fast_path::{FastName, wire_name};
 use crate::geo::{CidrOverrides, Locator, MmdbLocator};
 use crate::health::EdgeHealth;
 use crate::static_answers::StaticAnswers;
-use crate::steering::Regions;
+use crate::steering::{Regions, network_hash};
 use crate::zone::Zone;
 
 /// The answering state of one config.
@@ -19,7 +25,13 @@ use crate::zone::Zone;
 pub struct State {
     pub zone: Zone,
     pub regions: Regions,
-    pub locator: Locator,
+    /// Every client address's place and its nearest regions: the locator's whole answer,
+    /// walked once (the database itself is not kept).
+    cells: Cells,
+    /// The answers of the regions' health of [`AnswerMap::health`].
+    answers: ArcSwap<AnswerMap>,
+    /// Held while a new answer map is built, so two refreshes cannot swap in out of order.
+    refreshing: Mutex<()>,
     pub ecs: bool,
     pub health: HealthConfig,
     /// Customer, region and static names in lower-case wire form, for
@@ -64,6 +76,18 @@ impl State {
             message: e.to_string(),
         })?;
         let regions = Regions::new(&config.regions, &config.geo.default_region, health);
+        let started = std::time::Instant::now();
+        let cells = Cells::new(&Locator::new(overrides, database), &regions);
+        let located = started.elapsed();
+        let answers = AnswerMap::new(&cells, &regions, regions.health());
+        tracing::info!(
+            places = cells.len(),
+            runs = ?(cells.v4.len(), cells.v6.len()),
+            answer_runs = ?answers.runs(),
+            located_ms = located.as_millis(),
+            answered_ms = (started.elapsed() - located).as_millis(),
+            "every client network located and answered"
+        );
         let zone_name = &config.zone.name;
         let region_wire_names: Vec<Vec<u8>> = config
             .regions
@@ -95,10 +119,45 @@ impl State {
             zone_max_answers: config.zone.max_answers,
             zone,
             regions,
-            locator: Locator::new(overrides, database),
+            cells,
+            answers: ArcSwap::from_pointee(answers),
+            refreshing: Mutex::new(()),
             ecs: config.geo.ecs,
             health: config.health.clone(),
             config,
         })
+    }
+
+    /// Where client `client` (an ECS network's address or a resolver's) goes, and the ECS
+    /// scope of that answer: one lookup in the answer map in service. The one decision
+    /// the UDP fast path and the general path both answer from.
+    pub fn steer(&self, client: IpAddr) -> Steered {
+        let client = client.to_canonical();
+        self.answers.load().steer(client, network_hash(client))
+    }
+
+    /// Whether the regions' health moved since the answer map in service was built.
+    pub fn stale(&self) -> bool {
+        *self.answers.load().health() != self.regions.health()
+    }
+
+    /// Puts in service an answer map decided from the regions' health now, if that
+    /// changed since the one in service was built; whether it did. Blocks for as long as
+    /// building takes (tens of milliseconds with a City database): call it off the async
+    /// runtime. The server calls it after every batch of probe results.
+    pub fn refresh(&self) -> bool {
+        let _one_at_a_time = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let health = self.regions.health();
+        if *self.answers.load().health() == health {
+            return false;
+        }
+        let started = std::time::Instant::now();
+        let map = AnswerMap::new(&self.cells, &self.regions, health);
+        tracing::debug!(runs = ?map.runs(), ms = started.elapsed().as_millis(), "answers follow the regions' health");
+        self.answers.store(Arc::new(map));
+        true
     }
 }

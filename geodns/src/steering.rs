@@ -11,15 +11,20 @@
 //!   so a client does not flap between regions from one query to the next.
 //! - Answers hold only healthy edges of weight > 0, rotated by weight across queries; the
 //!   ready ones when the region has any.
+//!
+//! One decision ([`Regions::decide`]): given the regions ranked for a client's place and
+//! the regions' health frozen in a [`RegionHealth`], a [`Choice`]. The answer map
+//! ([`crate::answer_map`]) makes it for every place when health changes; [`Regions::choose`]
+//! makes it for one client now.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustc_hash::FxHashMap;
 
-use crate::config::{MAX_REGIONS, RegionConfig};
+use crate::config::RegionConfig;
 use crate::geo::{Coordinates, Located, rank_regions};
 use crate::health::EdgeHealth;
 
@@ -45,8 +50,9 @@ pub struct Region {
     /// Edge indexes, each repeated `weight` times: the weighted rotation.
     rotation: Vec<usize>,
     cursor: AtomicUsize,
-    /// Every region's index, nearest to this one first (this one included).
-    by_distance: Vec<usize>,
+    /// Every region's index, nearest to this one first (this one included). A byte each:
+    /// at most `MAX_REGIONS` (256) regions.
+    by_distance: Box<[u8]>,
 }
 
 impl Region {
@@ -113,25 +119,97 @@ pub struct Regions {
     pub regions: Vec<Region>,
     by_name: FxHashMap<String, usize>,
     default: usize,
-    /// Tells these regions' entries in [`RANKINGS`] from those of an earlier config.
-    generation: u64,
 }
 
-/// How many rankings each thread keeps (see [`RANKINGS`]).
-const RANKINGS_PER_THREAD: usize = 1 << 16;
+/// A set of regions by index, for up to `MAX_REGIONS` (256).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegionSet([u64; 4]);
 
-/// Regions nearest first (indexes into [`Regions::regions`]) by (regions generation,
-/// latitude bits, longitude bits).
-type RankingCache = FxHashMap<(u64, u64, u64), Box<[u8]>>;
+impl RegionSet {
+    pub fn insert(&mut self, region: usize) {
+        self.0[region / 64] |= 1 << (region % 64);
+    }
 
-thread_local! {
-    /// Regions nearest first, by (regions generation, latitude bits, longitude bits). A
-    /// database places its clients at a limited set of points (cities), and ranking one
-    /// point against every region (a great-circle distance each) cost as much as the rest
-    /// of a steered answer (BENCHMARKS.md). Per thread, so the lookup takes no lock;
-    /// cleared when full.
-    static RANKINGS: std::cell::RefCell<RankingCache> =
-        std::cell::RefCell::new(FxHashMap::default());
+    pub fn contains(&self, region: usize) -> bool {
+        self.0[region / 64] & (1 << (region % 64)) != 0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
+    }
+}
+
+/// The regions' health at one moment, as far as steering goes: which regions are ready,
+/// which healthy, which over capacity. Answers are decided from one of these, so that
+/// every client is answered from the same moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegionHealth {
+    pub ready: RegionSet,
+    pub healthy: RegionSet,
+    pub over_capacity: RegionSet,
+}
+
+/// Where the clients of one place go, under one [`RegionHealth`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Choice {
+    /// Every client to this region.
+    Region(u8),
+    /// Some of the nearest usable regions are over capacity: each client by the hash of
+    /// its network ([`network_hash`]). The usable regions in rank order, each with the
+    /// share of clients it sends on (0 for the last, which keeps everyone it gets); a
+    /// client sent on by every one of them goes to the first.
+    Spill(Box<[(u8, f64)]>),
+}
+
+impl Choice {
+    /// The region for a client whose network hashes to `client_hash`.
+    pub fn region(&self, client_hash: u64) -> usize {
+        match self {
+            Choice::Region(r) => usize::from(*r),
+            Choice::Spill(chain) => {
+                let share = (client_hash % 10_000) as f64 / 10_000.0;
+                let kept = chain.iter().find(|(_, spill)| share >= *spill);
+                usize::from(kept.unwrap_or(&chain[0]).0)
+            }
+        }
+    }
+
+    /// Whether clients of the place are answered differently by their network's hash.
+    pub fn by_client(&self) -> bool {
+        matches!(self, Choice::Spill(_))
+    }
+}
+
+/// [`Regions::decide`] was given the first regions of a ranking only, and the choice
+/// depends on regions after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeedsWholeRanking;
+
+/// The prefix lengths [`network_hash`] reads, IPv4 and IPv6: the network a spilled
+/// client is decided by, and so the narrowest ECS scope of a spilled answer.
+pub const HASHED_PREFIX: (u8, u8) = (24, 56);
+
+/// A hash of the client's network (/24 or /56, [`HASHED_PREFIX`]), stable across
+/// queries, for spillover.
+pub fn network_hash(ip: IpAddr) -> u64 {
+    let octets_v6;
+    let octets_v4;
+    let network: &[u8] = match ip {
+        IpAddr::V4(v4) => {
+            octets_v4 = v4.octets();
+            &octets_v4[..usize::from(HASHED_PREFIX.0 / 8)]
+        }
+        IpAddr::V6(v6) => {
+            octets_v6 = v6.octets();
+            &octets_v6[..usize::from(HASHED_PREFIX.1 / 8)]
+        }
+    };
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in network {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash ^ (hash >> 29)
 }
 
 impl Regions {
@@ -191,7 +269,11 @@ impl Regions {
                     spill: config.spill,
                     rotation,
                     cursor: AtomicUsize::new(0),
-                    by_distance: rank_regions(at, &points),
+                    // At most `MAX_REGIONS` (256) regions: each index fits a byte.
+                    by_distance: rank_regions(at, &points)
+                        .into_iter()
+                        .filter_map(|i| u8::try_from(i).ok())
+                        .collect(),
                 }
             })
             .collect();
@@ -204,13 +286,83 @@ impl Regions {
             .get(&default_region.to_ascii_lowercase())
             .copied()
             .unwrap_or(0);
-        static GENERATIONS: AtomicU64 = AtomicU64::new(0);
         Self {
             regions,
             by_name,
             default,
-            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// The region of clients nowhere known.
+    pub fn default_region(&self) -> usize {
+        self.default
+    }
+
+    /// Every region's index, nearest to region `region` first (itself included).
+    pub fn by_distance(&self, region: usize) -> &[u8] {
+        &self.regions[region].by_distance
+    }
+
+    /// The regions' health now.
+    pub fn health(&self) -> RegionHealth {
+        let mut health = RegionHealth::default();
+        for (i, region) in self.regions.iter().enumerate() {
+            if region.is_ready() {
+                health.ready.insert(i);
+            }
+            if region.is_healthy() {
+                health.healthy.insert(i);
+            }
+            if region.over_capacity() {
+                health.over_capacity.insert(i);
+            }
+        }
+        health
+    }
+
+    /// Where clients that rank the regions as `ranked` (nearest first) go under
+    /// `health`: the first ready region (the first healthy one when no region is ready),
+    /// except that a region over capacity sends its `spill` share of clients on to the
+    /// next. `None` when no region is healthy.
+    ///
+    /// `whole` says whether `ranked` is every region; when it is only the nearest few,
+    /// `Err` if the choice depends on the regions after them.
+    pub fn decide(
+        &self,
+        ranked: &[u8],
+        whole: bool,
+        health: &RegionHealth,
+    ) -> Result<Option<Choice>, NeedsWholeRanking> {
+        for usable in [&health.ready, &health.healthy] {
+            if usable.is_empty() {
+                continue;
+            }
+            let mut chain: Vec<(u8, f64)> = Vec::new();
+            for &r in ranked {
+                let i = usize::from(r);
+                if !usable.contains(i) {
+                    continue;
+                }
+                let spill = if health.over_capacity.contains(i) {
+                    self.regions[i].spill
+                } else {
+                    0.0
+                };
+                chain.push((r, spill));
+                if spill <= 0.0 {
+                    return Ok(Some(match chain.as_slice() {
+                        [(r, _)] => Choice::Region(*r),
+                        _ => Choice::Spill(chain.into()),
+                    }));
+                }
+            }
+            if !whole {
+                return Err(NeedsWholeRanking);
+            }
+            // Every usable region spills this client: it goes to the first.
+            return Ok(Some(Choice::Spill(chain.into())));
+        }
+        Ok(None)
     }
 
     /// The region named `name`, in any case.
@@ -230,68 +382,30 @@ impl Regions {
     }
 
     /// The region for a client located at `located` (`None`: unknown), whose network
-    /// hashes to `client_hash` (for spillover). `None` when no region is healthy.
+    /// hashes to `client_hash` (for spillover), decided now: the ranking from its place
+    /// and the health of this moment. `None` when no region is healthy. The server answers
+    /// from the answer map instead, which makes the same decision ahead of queries.
     pub fn choose(&self, located: Option<&Located>, client_hash: u64) -> Option<usize> {
-        match located {
-            Some(Located::Point { at, .. }) => self.choose_from_point(*at, client_hash),
+        let ranked: Vec<u8> = match located {
+            Some(Located::Point { at, .. }) => {
+                let points: Vec<(&str, Coordinates)> = self
+                    .regions
+                    .iter()
+                    .map(|r| (r.name.as_str(), r.at))
+                    .collect();
+                rank_regions(*at, &points)
+                    .into_iter()
+                    .filter_map(|i| u8::try_from(i).ok())
+                    .collect()
+            }
             Some(Located::Region { name, .. }) => {
                 let start = self.index(name).unwrap_or(self.default);
-                let ranked = self.regions[start].by_distance.iter().copied();
-                self.first_healthy(ranked, client_hash)
+                self.by_distance(start).to_vec()
             }
-            None => {
-                let ranked = self.regions[self.default].by_distance.iter().copied();
-                self.first_healthy(ranked, client_hash)
-            }
-        }
-    }
-
-    /// [`Regions::choose`] for a client at `at`, ranking the regions from `at` once per
-    /// thread (see [`RANKINGS`]).
-    fn choose_from_point(&self, at: Coordinates, client_hash: u64) -> Option<usize> {
-        let key = (self.generation, at.lat.to_bits(), at.lon.to_bits());
-        RANKINGS.with_borrow_mut(|rankings| {
-            if let Some(ranked) = rankings.get(&key) {
-                return self.first_healthy(ranked.iter().map(|&i| usize::from(i)), client_hash);
-            }
-            if rankings.len() >= RANKINGS_PER_THREAD {
-                rankings.clear();
-            }
-            // At most `MAX_REGIONS` (128) regions: each index fits a byte.
-            let ranked: Box<[u8]> = self
-                .by_distance_from(at)
-                .filter_map(|i| u8::try_from(i).ok())
-                .collect();
-            let chosen = self.first_healthy(ranked.iter().map(|&i| usize::from(i)), client_hash);
-            rankings.insert(key, ranked);
-            chosen
-        })
-    }
-
-    /// The regions in the order `rank_regions` gives from `at` (distance, then name),
-    /// produced one at a time without building the ranking: this runs for every query and
-    /// the first healthy region is usually the first.
-    fn by_distance_from(&self, at: Coordinates) -> impl Iterator<Item = usize> + '_ {
-        let mut taken: u128 = 0;
-        std::iter::from_fn(move || {
-            let mut best: Option<(f64, usize)> = None;
-            for (i, region) in self.regions.iter().enumerate().take(MAX_REGIONS) {
-                if taken & (1 << i) != 0 {
-                    continue;
-                }
-                let d = at.distance_km(region.at);
-                let closer = match best {
-                    None => true,
-                    Some((bd, bi)) => d < bd || (d == bd && region.name < self.regions[bi].name),
-                };
-                if closer {
-                    best = Some((d, i));
-                }
-            }
-            let (_, i) = best?;
-            taken |= 1 << i;
-            Some(i)
-        })
+            None => self.by_distance(self.default).to_vec(),
+        };
+        let choice = self.decide(&ranked, true, &self.health()).ok()??;
+        Some(choice.region(client_hash))
     }
 
     /// The region answering for region `r`'s own name: itself while ready, else its
@@ -299,7 +413,7 @@ impl Regions {
     pub fn serving(&self, r: usize) -> Option<usize> {
         let ranked = &self.regions[r].by_distance;
         let mut healthy = None;
-        for &i in ranked {
+        for i in ranked.iter().map(|&i| usize::from(i)) {
             if self.regions[i].is_ready() {
                 return Some(i);
             }
@@ -309,39 +423,6 @@ impl Regions {
         }
         healthy
     }
-
-    /// The first ready region of `ranked` (spilling as configured), else the first
-    /// healthy one.
-    fn first_healthy(
-        &self,
-        ranked: impl Iterator<Item = usize> + Clone,
-        client_hash: u64,
-    ) -> Option<usize> {
-        self.first_where(ranked.clone(), client_hash, Region::is_ready)
-            .or_else(|| self.first_where(ranked, client_hash, Region::is_healthy))
-    }
-
-    fn first_where(
-        &self,
-        ranked: impl Iterator<Item = usize>,
-        client_hash: u64,
-        usable: fn(&Region) -> bool,
-    ) -> Option<usize> {
-        let share = (client_hash % 10_000) as f64 / 10_000.0;
-        let mut fallback = None;
-        for i in ranked {
-            let region = &self.regions[i];
-            if !usable(region) {
-                continue;
-            }
-            if region.over_capacity() && share < region.spill {
-                fallback.get_or_insert(i);
-                continue;
-            }
-            return Some(i);
-        }
-        fallback
-    }
 }
 
 /// The key under which an edge's health survives a reload.
@@ -350,16 +431,25 @@ pub fn edge_key(region: &str, address: IpAddr, probe: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// The regions of `tables` (`[[region]]` TOML tables) in a zone with one name server,
+    /// clients nowhere known going to `default`: a validated config's.
+    pub(crate) fn regions_of(default: &str, tables: &str) -> Regions {
+        let text = format!(
+            "[zone]\nname = \"cdn.test\"\n\
+             nameservers = [{{ name = \"ns1.cdn.test\", addresses = [\"192.0.2.53\"] }}]\n\
+             [geo]\ndefault_region = \"{default}\"\n{tables}"
+        );
+        let config = crate::config::GeoDnsConfig::from_toml(&text).expect("valid");
+        Regions::new(&config.regions, default, &HashMap::new())
+    }
+
     fn regions() -> Regions {
-        let text = r#"
-            [zone]
-            name = "cdn.test"
-            nameservers = [{ name = "ns1.cdn.test", addresses = ["192.0.2.53"] }]
-            [geo]
-            default_region = "eu"
+        regions_of(
+            "eu",
+            r#"
             [[region]]
             name = "eu"
             lat = 50.11
@@ -373,9 +463,8 @@ mod tests {
             lat = 39.04
             lon = -77.49
             edge = [{ address = "198.51.100.1", probe = "http://127.0.0.1:3/healthz" }]
-        "#;
-        let config = crate::config::GeoDnsConfig::from_toml(text).expect("valid");
-        Regions::new(&config.regions, "eu", &HashMap::new())
+            "#,
+        )
     }
 
     /// A client located in Paris: eu is its nearest region.
@@ -442,12 +531,9 @@ mod tests {
         assert_eq!(before.choose(Some(&paris), 0), Some(0), "eu is nearer");
         // The reloaded config moves "eu" across the Pacific: the same point must be ranked
         // afresh, not answered from the first config's ranking.
-        let text = r#"
-            [zone]
-            name = "cdn.test"
-            nameservers = [{ name = "ns1.cdn.test", addresses = ["192.0.2.53"] }]
-            [geo]
-            default_region = "eu"
+        let after = regions_of(
+            "eu",
+            r#"
             [[region]]
             name = "eu"
             lat = 35.68
@@ -458,9 +544,8 @@ mod tests {
             lat = 39.04
             lon = -77.49
             edge = [{ address = "198.51.100.1", probe = "http://127.0.0.1:3/healthz" }]
-        "#;
-        let config = crate::config::GeoDnsConfig::from_toml(text).expect("valid");
-        let after = Regions::new(&config.regions, "eu", &HashMap::new());
+            "#,
+        );
         for _ in 0..2 {
             assert_eq!(after.choose(Some(&paris), 0), Some(1), "us is nearer now");
             assert_eq!(before.choose(Some(&paris), 0), Some(0));
@@ -489,24 +574,40 @@ mod tests {
     }
 
     #[test]
-    fn choosing_without_a_ranking_agrees_with_rank_regions() {
+    fn a_ranking_cut_short_decides_as_the_whole_one_or_says_it_cannot() {
         let r = regions();
-        let points: Vec<(&str, Coordinates)> =
-            r.regions.iter().map(|g| (g.name.as_str(), g.at)).collect();
-        for lat in (-80..=80).step_by(20) {
-            for lon in (-170..=170).step_by(20) {
-                let at = Coordinates {
-                    lat: f64::from(lat),
-                    lon: f64::from(lon),
-                };
-                let located = Located::Point { at, prefix_len: 24 };
-                assert_eq!(
-                    r.choose(Some(&located), 0),
-                    Some(rank_regions(at, &points)[0]),
-                    "{at:?}"
-                );
+        let whole: Vec<u8> = vec![0, 1];
+        let loaded = crate::health::Probed {
+            load: 150,
+            degraded: false,
+        };
+        let mut seen = Vec::new();
+        // eu fine; eu over capacity (spills half); eu down.
+        for step in 0..3 {
+            if step == 1 {
+                r.regions[0].edges[0].health.record(Some(loaded), 1, 1);
             }
+            if step == 2 {
+                for edge in &r.regions[0].edges {
+                    fail(edge);
+                }
+            }
+            let health = r.health();
+            let decided = r.decide(&whole, true, &health).expect("whole ranking");
+            match r.decide(&whole[..1], false, &health) {
+                Ok(short) => assert_eq!(short, decided, "step {step}"),
+                Err(NeedsWholeRanking) => assert!(step > 0, "eu alone decides while fine"),
+            }
+            seen.push(decided);
         }
+        assert_eq!(
+            seen,
+            [
+                Some(Choice::Region(0)),
+                Some(Choice::Spill(vec![(0, 0.5), (1, 0.0)].into())),
+                Some(Choice::Region(1)),
+            ]
+        );
     }
 
     #[test]

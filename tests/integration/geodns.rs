@@ -188,7 +188,9 @@ fn ip(s: &str) -> IpAddr {
 #[tokio::test]
 async fn clients_from_different_subnets_get_their_nearest_region() {
     let dns = Dns::start().await;
-    for (client, region, edge) in [(PARIS, "eu", EU), (NEW_YORK, "us", US)] {
+    // Paris's /24 joins the unknown /24 below it, which the default region (eu) serves
+    // too: one answer for 100.64.0.0/23. New York's is alone between the two.
+    for (client, region, edge, scope) in [(PARIS, "eu", EU, 23), (NEW_YORK, "us", US, 24)] {
         let reply = dns.from(client).await;
         assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
         assert!(reply.metadata.authoritative);
@@ -200,7 +202,7 @@ async fn clients_from_different_subnets_get_their_nearest_region() {
         assert!(reply.answers.iter().all(|r| r.ttl == 20));
         assert_eq!(
             ecs(&reply),
-            Some((ip(client), 24, 24)),
+            Some((ip(client), 24, scope)),
             "scope of the answer"
         );
     }
@@ -228,6 +230,76 @@ async fn clients_from_different_subnets_get_their_nearest_region() {
     )
     .await;
     assert_eq!(addresses(&aaaa), vec![ip("2001:db8:e::10")]);
+}
+
+/// The first and last address of `ip`'s network of prefix length `scope`, and two more
+/// inside it, drawn from `seed`.
+fn across(ip: IpAddr, scope: u8, seed: u64) -> Vec<IpAddr> {
+    let mix = |i: u64| seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) ^ i;
+    match ip {
+        IpAddr::V4(v4) => {
+            let host = u32::MAX.checked_shr(u32::from(scope)).unwrap_or(0);
+            let first = u32::from(v4) & !host;
+            [0, host, mix(1) as u32 & host, mix(2) as u32 & host]
+                .map(|offset| IpAddr::V4((first | offset).into()))
+                .to_vec()
+        }
+        IpAddr::V6(v6) => {
+            let host = u128::MAX.checked_shr(u32::from(scope)).unwrap_or(0);
+            let first = u128::from(v6) & !host;
+            let random = |i| (u128::from(mix(i)) << 64 | u128::from(mix(i + 7))) & host;
+            [0, host, random(1), random(2)]
+                .map(|offset| IpAddr::V6((first | offset).into()))
+                .to_vec()
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_address_inside_an_ecs_scope_gets_the_same_answer() {
+    let dns = Dns::start().await;
+    let answer = |ip: IpAddr, source: u8| {
+        let q = query(CUSTOMER, RecordType::A, Some(1232), Some((ip, source)));
+        let addr = dns.addr();
+        async move {
+            let reply = udp(addr, &q).await;
+            let (_, _, scope) = ecs(&reply).expect("an ECS option in the answer");
+            (cname(&reply), scope)
+        }
+    };
+    let mut probed = 0;
+    let mut wider_than_24 = 0;
+    for i in 0..200u64 {
+        // Around the test database's networks and the overrides, and anywhere.
+        let seed = i.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let client = match i % 5 {
+            0 | 1 => IpAddr::V4((0x6440_0000 | (seed as u32 & 0x03ff)).into()),
+            2 => IpAddr::V4(((seed >> 7) as u32 & 0xffff_ff00).into()),
+            3 => IpAddr::V6((0x2001_0db8_0005_u128 << 80 | u128::from(seed) << 40).into()),
+            _ => IpAddr::V4((0x0a63_0000 | (seed as u32 & 0x0003_ff00)).into()),
+        };
+        let source = if client.is_ipv4() { 24 } else { 48 };
+        let client = match client {
+            IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 48)).into()),
+        };
+        let (region, scope) = answer(client, source).await;
+        assert!(region.is_some(), "{client}");
+        // Not counting the override's clients (its /16 was always their scope): the
+        // database's networks and the unknown space between them had /24 scopes.
+        wider_than_24 += usize::from(i % 5 <= 2 && client.is_ipv4() && scope < 24);
+        for inside in across(client, scope, seed) {
+            let full = if inside.is_ipv4() { 32 } else { 128 };
+            assert_eq!(
+                answer(inside, full).await.0,
+                region,
+                "{inside} inside /{scope} of {client}"
+            );
+            probed += 1;
+        }
+    }
+    assert_eq!(probed, 800);
+    assert!(wider_than_24 > 20, "scopes join networks: {wider_than_24}");
 }
 
 #[tokio::test]
