@@ -157,28 +157,34 @@ impl Certificates {
     /// A rustls server config over these certificates: TLS 1.3 and 1.2 only (ring),
     /// ALPN h2 and http/1.1, no client certificates.
     pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
-        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-        // Stateless resumption keeps returning clients off the full handshake.
-        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-        Ok(config)
+        let alpn = ALPN.iter().map(|p| p.to_vec()).collect();
+        self.config(&[&rustls::version::TLS13, &rustls::version::TLS12], alpn)
     }
 
     /// A TLS config for QUIC (HTTP/3) choosing certificates as [`Self::server_config`]
     /// does, from the same sites (so a reload reaches both): TLS 1.3 only, as QUIC
-    /// requires, ALPN `h3`, and no early data (0-RTT is replayable).
+    /// requires, ALPN `h3`, and no early data (0-RTT is replayable; rustls's default,
+    /// said here because QUIC would otherwise offer it).
     pub fn quic_server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
+        let mut config = self.config(&[&rustls::version::TLS13], vec![b"h3".to_vec()])?;
+        config.max_early_data_size = 0;
+        Ok(config)
+    }
+
+    /// The config both listeners share: these certificates by SNI, no client
+    /// certificates, `versions` and `alpn` as given.
+    fn config(
+        self: &Arc<Self>,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: Vec<Vec<u8>>,
+    ) -> Result<rustls::ServerConfig, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_protocol_versions(versions)?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"h3".to_vec()];
-        config.max_early_data_size = 0;
+        config.alpn_protocols = alpn;
+        // Stateless resumption keeps returning clients off the full handshake.
         config.ticketer = rustls::crypto::ring::Ticketer::new()?;
         Ok(config)
     }
