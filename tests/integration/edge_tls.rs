@@ -87,6 +87,20 @@ impl TlsHarness {
     fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Writes a new certificate for the assets site over the old one's files and waits
+    /// (up to 10 s) until the edge has reloaded it; returns it.
+    async fn renew_assets(&self) -> Leaf {
+        let certificates = self.edge.certificates().expect("TLS is on").clone();
+        let mut reloads = certificates.reloads();
+        let renewed = self.ca.issue(&[HOST]);
+        renewed.write(self.dir(), "assets");
+        tokio::time::timeout(std::time::Duration::from_secs(10), reloads.changed())
+            .await
+            .expect("reloaded within 10 s")
+            .unwrap();
+        renewed
+    }
 }
 
 #[tokio::test]
@@ -139,14 +153,7 @@ async fn a_certificate_replaced_on_disk_is_served_to_new_connections_without_a_r
     let old = tls::connect(&client, h.https(), HOST).await.unwrap();
     assert!(tls::presented(&old) == h.assets.der);
 
-    let certificates = h.edge.certificates().expect("TLS is on").clone();
-    let mut reloads = certificates.reloads();
-    let renewed = h.ca.issue(&[HOST]);
-    renewed.write(h.dir(), "assets");
-    tokio::time::timeout(std::time::Duration::from_secs(10), reloads.changed())
-        .await
-        .expect("reloaded within 10 s")
-        .unwrap();
+    let renewed = h.renew_assets().await;
 
     let new = tls::connect(&client, h.https(), HOST).await.unwrap();
     assert!(
@@ -480,14 +487,7 @@ async fn http3_serves_a_certificate_replaced_on_disk_to_the_next_connection() {
     let client = h.ca.h3_client();
     let old = tls::h3::connect(&client, h.http3(), HOST).await.unwrap();
     assert!(tls::h3::presented(&old) == h.assets.der);
-    let certificates = h.edge.certificates().expect("TLS is on").clone();
-    let mut reloads = certificates.reloads();
-    let renewed = h.ca.issue(&[HOST]);
-    renewed.write(h.dir(), "assets");
-    tokio::time::timeout(std::time::Duration::from_secs(10), reloads.changed())
-        .await
-        .expect("reloaded within 10 s")
-        .unwrap();
+    let renewed = h.renew_assets().await;
     // A new client: one that resumes its session is shown no certificate at all.
     let new = tls::h3::connect(&h.ca.h3_client(), h.http3(), HOST)
         .await
