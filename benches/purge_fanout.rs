@@ -154,8 +154,10 @@ async fn start_nats(dir: &std::path::Path) -> (Nats, String) {
     panic!("nats-server did not listen within 10 s");
 }
 
-/// Sees when every node has applied each purge: reads every node's watermark every
-/// 200 µs and notes, for each sequence number, when the lowest watermark first reached it.
+/// Sees when every node has applied each purge: every 200 µs, reads the watermark of the
+/// node that was lowest last time and, only if it moved past what was seen, every node's;
+/// notes, for each sequence number, when the lowest watermark first reached it. (Reading
+/// all 1,000 watermarks 5,000 times a second took a tenth of a core from the nodes.)
 struct Watcher {
     applied_at: Arc<std::sync::Mutex<Vec<Option<Instant>>>>,
     /// The lowest watermark seen.
@@ -175,12 +177,23 @@ impl Watcher {
                 (applied_at.clone(), everywhere.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut seen = 0usize;
+                let mut lowest = 0;
                 while !stop.load(Ordering::Acquire) {
-                    let low = stores
+                    let moved = stores
+                        .get(lowest)
+                        .is_some_and(|s| s.purge_watermark() as usize > seen);
+                    if !moved {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                        continue;
+                    }
+                    let (at, low) = stores
                         .iter()
                         .map(|s| s.purge_watermark())
-                        .min()
-                        .unwrap_or(0) as usize;
+                        .enumerate()
+                        .min_by_key(|&(_, w)| w)
+                        .unwrap_or((0, 0));
+                    lowest = at;
+                    let low = low as usize;
                     if low > seen {
                         let now = Instant::now();
                         let mut at = applied_at.lock().unwrap();

@@ -59,6 +59,16 @@ pub fn keyed_subject(stream: &str, publisher: &str, key: &str) -> String {
     format!("{stream}.k.{}.{}", hex(publisher), hex(key))
 }
 
+/// The subjects the stream republishes every stored purge on (JetStream `RePublish`),
+/// each purge's subject under `{stream}_LIVE.` with its sequence number in the
+/// `Nats-Sequence` header: nodes that keep up read purges there, one plain NATS delivery
+/// each, and read the stream itself only to catch up. Not under [`stream_subjects`] (a
+/// republish may not feed its own stream); the wildcard is kept, as the server requires
+/// of a republish from a wildcard source.
+pub fn live_subjects(stream: &str) -> String {
+    format!("{stream}_LIVE.>")
+}
+
 /// The KV bucket where nodes report their watermarks.
 pub fn watermark_bucket(stream: &str) -> String {
     format!("{stream}_WATERMARKS")

@@ -14,6 +14,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod encoded_tail;
 pub mod idempotency;
 pub mod log;
 #[cfg(any(test, feature = "test-support"))]

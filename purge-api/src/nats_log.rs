@@ -16,6 +16,9 @@
 //! - The stream's sequence number is the purge's sequence number and id. Every message in
 //!   the stream is a purge, so sequence numbers are consecutive except where retention
 //!   dropped the oldest.
+//! - The stream republishes every purge it stores on [`live_subjects`]: nodes that keep up
+//!   read it there (a plain NATS delivery per node) rather than each through a consumer of
+//!   its own, which made every publish acknowledgement wait on a thousand consumers.
 //! - Every message carries a `Nats-Msg-Id`, so a publish retried within the stream's
 //!   duplicate window (2 minutes) is stored once. A purge with an `Idempotency-Key` is
 //!   published on its own subject ([`keyed_subject`]) with an id derived from the
@@ -32,7 +35,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
-use node_api::nats::{keyed_subject, purge_subject, stream_subjects, watermark_bucket};
+use node_api::nats::{
+    keyed_subject, live_subjects, purge_subject, stream_subjects, watermark_bucket,
+};
 use node_api::purge::StreamRecord;
 use tokio::sync::{OnceCell, watch};
 
@@ -148,13 +153,32 @@ impl NatsLog {
                     storage: stream::StorageType::File,
                     discard: stream::DiscardPolicy::Old,
                     placement: placement.clone(),
+                    republish: Some(stream::Republish {
+                        source: stream_subjects(&self.config.stream),
+                        destination: live_subjects(&self.config.stream),
+                        headers_only: false,
+                    }),
                     ..Default::default()
                 };
-                let stream = self
+                let mut stream = self
                     .js
-                    .get_or_create_stream(config)
+                    .get_or_create_stream(config.clone())
                     .await
                     .map_err(|e| Self::unavailable("creating the purge stream", e))?;
+                // A stream made before nodes read the live subject: republish from now on
+                // (its other settings are left as they are).
+                if stream.cached_info().config.republish.is_none() {
+                    let mut updated = stream.cached_info().config.clone();
+                    updated.republish = config.republish;
+                    self.js.update_stream(updated).await.map_err(|e| {
+                        Self::unavailable("adding republishing to the purge stream", e)
+                    })?;
+                    stream = self
+                        .js
+                        .get_stream(&self.config.stream)
+                        .await
+                        .map_err(|e| Self::unavailable("reading the purge stream", e))?;
+                }
                 // The bucket's stream is created as a KV bucket's would be, rather than
                 // with `create_key_value`, which first asks for account details that
                 // nats-server 2.9 (Debian's) answers in a form the client cannot read.

@@ -39,12 +39,13 @@ use tokio::task::JoinSet;
 
 use crate::admission::{Admission, QueueGate, Shed, cost};
 use crate::config::{ConfigError, LogEngine, PurgeApiConfig};
+use crate::encoded_tail::EncodedTail;
 use crate::idempotency::{Claim, InFlight, KeyConflict, replay};
 use crate::log::{FileLog, LogError, NewEntry, PurgeLog, Retention};
 use crate::metrics::Metrics;
 use crate::min_watermark::MinWatermark;
 use crate::nats_log::NatsLog;
-use crate::push_window::{BATCH, MIN_GAP, Rounds, WINDOW};
+use crate::push_window::{BATCH, MIN_GAP, PushesInFlight, Rounds, WINDOW};
 use crate::request::{Fingerprint, IdempotencyKey, PURGE_PATH, PurgeRequest};
 
 /// Why the API could not start.
@@ -79,6 +80,11 @@ enum FanOut {
 /// Most purges pushed to a node in one request. A batch is also bounded by bytes:
 /// [`MAX_BATCH_BYTES`], what a node reads, so it always fits.
 const PUSH_BATCH: usize = 500;
+
+/// Newest purges kept encoded for the pushes ([`EncodedTail`]): enough for several
+/// [`PUSH_BATCH`] pages, and bounded in bytes since one purge may take a megabyte.
+const TAIL_ENTRIES: usize = 4 * PUSH_BATCH;
+const TAIL_BYTES: usize = 16 << 20;
 
 /// A purge waiting for the committer.
 struct Pending {
@@ -116,6 +122,10 @@ struct Api {
     queue: QueueGate,
     commits: mpsc::Sender<Pending>,
     nodes: Vec<Arc<Node>>,
+    /// The log's newest purges, encoded once for every node's push.
+    tail: EncodedTail,
+    /// Pushes on their way: a new round waits while many are.
+    pushes: Arc<PushesInFlight>,
     /// Every node's watermark and their minimum, updated with each acknowledgement.
     low: Mutex<MinWatermark>,
     /// The highest purge applied on every node (`low`'s minimum), sent when it changes:
@@ -242,6 +252,8 @@ impl PurgeApiServer {
             commits,
             nodes,
             progress: watch::channel(low.everywhere()).0,
+            tail: EncodedTail::new(TAIL_ENTRIES, TAIL_BYTES),
+            pushes: Arc::new(PushesInFlight::new(config.nodes.len())),
             low: Mutex::new(low),
             accepted: Mutex::default(),
             in_flight: InFlight::default(),
@@ -273,6 +285,7 @@ impl PurgeApiServer {
                     api.log.subscribe(),
                     released,
                     Rounds::new(WINDOW, BATCH, MIN_GAP),
+                    api.pushes.clone(),
                     shutdown.subscribe(),
                 ));
             }
@@ -1168,9 +1181,9 @@ async fn push_forever(
 struct Pusher {
     client: Client<HttpConnector, Full<Bytes>>,
     /// Purges read from the log and not yet acknowledged by the node, in order, each
-    /// encoded as in a batch: a page of the log is read (and encoded) once, however many
-    /// batches it takes.
-    outbox: VecDeque<(u64, Vec<u8>)>,
+    /// encoded as in a batch (shared with the other nodes' pushes through
+    /// [`EncodedTail`]): a page of the log is read once, however many batches it takes.
+    outbox: VecDeque<(u64, Bytes)>,
     /// Largest batch body sent to this node: [`MAX_BATCH_BYTES`], what a node of this
     /// version reads; halved by each `413` to a batch of more than one purge (a node with
     /// a smaller limit, or a proxy in front of it).
@@ -1196,17 +1209,8 @@ async fn push_once(api: &Api, node: &Node, pusher: &mut Pusher, upto: u64) -> Re
         pusher.outbox.clear();
     }
     if pusher.outbox.is_empty() {
-        match api.log.read_after(after, PUSH_BATCH).await {
-            Ok(entries) => {
-                for entry in entries {
-                    let purge = SequencedPurge {
-                        seq: entry.seq,
-                        purge: entry.purge,
-                    };
-                    let encoded = serde_json::to_vec(&purge).map_err(|e| e.to_string())?;
-                    pusher.outbox.push_back((purge.seq, encoded));
-                }
-            }
+        match api.tail.after(api.log.as_ref(), after, PUSH_BATCH).await {
+            Ok(entries) => pusher.outbox.extend(entries),
             Err(LogError::Truncated { oldest }) => {
                 return reset_node(api, node, pusher, after, oldest).await;
             }
@@ -1226,6 +1230,7 @@ async fn push_once(api: &Api, node: &Node, pusher: &mut Pusher, upto: u64) -> Re
     let body = batch.finish();
     let bytes = body.len();
     api.metrics.pushed();
+    let on_its_way = api.pushes.start();
     let (status, answer) = call(
         api,
         node,
@@ -1235,6 +1240,7 @@ async fn push_once(api: &Api, node: &Node, pusher: &mut Pusher, upto: u64) -> Re
         Bytes::from(body),
     )
     .await?;
+    drop(on_its_way);
     match status {
         StatusCode::OK | StatusCode::CONFLICT => {
             let applied = ack(status, &answer)?;

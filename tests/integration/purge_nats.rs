@@ -589,3 +589,77 @@ async fn a_node_restarted_over_its_state_dir_reads_the_stream_from_its_persisted
     );
     back.shutdown().await;
 }
+
+/// The value of `series` in a node's `/metrics`, 0 when absent.
+async fn node_metric(edge: &EdgeServer, series: &str) -> f64 {
+    support::admin_text(edge.admin_addr(), "/metrics")
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().expect("numeric metric"))
+}
+
+/// A node that keeps up reads purges from the stream's republished live subjects, not
+/// through a consumer; a live message claiming a purge the stream does not have (stale, or
+/// stray) neither stops it nor makes it skip anything, and the next real purge still
+/// arrives live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_keep_up_read_purges_live_and_a_stray_live_message_stops_nothing() {
+    const LIVE: &str = "edge_purge_stream_reads_total{via=\"live\"}";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nats = NatsServer::start("solo", dir.path(), None).await;
+    let d = Deployment::start(vec![nats.url()], 1, 1, 1).await;
+    let edge = d.edges[0].as_ref().expect("edge 0");
+    let client = async_nats::connect(nats.url()).await.expect("NATS");
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js.get_stream(STREAM).await.expect("the purge stream");
+    let republish = stream
+        .info()
+        .await
+        .expect("stream info")
+        .config
+        .republish
+        .clone();
+    assert_eq!(
+        republish.map(|r| r.destination),
+        Some(node_api::nats::live_subjects(STREAM)),
+        "the stream republishes to the live subjects"
+    );
+
+    d.cache_everywhere("/live/one.bin").await;
+    let seq = d.purge_until_accepted(0, "/live/one.bin").await;
+    applied_everywhere(&d.stores, seq).await;
+    d.gone_everywhere("/live/one.bin").await;
+    let live = node_metric(edge, LIVE).await;
+    assert!(live >= 1.0, "purge {seq} was not read live ({live})");
+
+    // A stray live message two past the stream's last purge.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_SEQUENCE,
+        (seq + 2).to_string().as_str(),
+    );
+    let record = serde_json::json!({
+        "publisher": "stray",
+        "purge": {"site": "assets", "selector": {"kind": "urls", "values": ["https://x/y"]}, "mode": "hard"},
+        "accepted_at_ms": 0,
+    });
+    client
+        .publish_with_headers(
+            format!("{STREAM}_LIVE.p"),
+            headers,
+            serde_json::to_vec(&record).expect("json").into(),
+        )
+        .await
+        .expect("publish");
+    client.flush().await.expect("flush");
+
+    d.cache_everywhere("/live/two.bin").await;
+    let next = d.purge_until_accepted(0, "/live/two.bin").await;
+    assert_eq!(next, seq + 1);
+    applied_everywhere(&d.stores, next).await;
+    d.gone_everywhere("/live/two.bin").await;
+    assert_eq!(d.stores[0].purge_watermark(), next, "nothing skipped");
+    let after = node_metric(edge, LIVE).await;
+    assert!(after > live, "purge {next} was not read live ({after})");
+}

@@ -85,9 +85,7 @@ async fn purge(State(edge): State<Arc<Edge>>, request: axum::extract::Request) -
         Ok(batch) => batch,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("not a purge batch: {e}")),
     };
-    // Applying may scan the store (prefixes, hosts): off the async workers.
-    let applying = edge.clone();
-    let result = tokio::task::spawn_blocking(move || applying.apply_purges(&batch)).await;
+    let result = edge.apply_purges_async(batch).await;
     match result {
         Ok(Ok(applied)) => (StatusCode::OK, axum::Json(PurgeAck { applied })).into_response(),
         Ok(Err(ApplyError::Gap(gap))) => {

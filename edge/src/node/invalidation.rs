@@ -41,6 +41,9 @@ use node_api::purge::{Mode, Purge, PurgeBatch, Selector, SequencedPurge};
 /// Purges remembered for the fill check.
 pub const RECENT: usize = 4096;
 
+/// Most URLs in a batch applied without leaving the async worker ([`Invalidation::is_quick`]).
+pub const QUICK_TARGETS: usize = 64;
+
 /// Registrations of tagged responses between two checks for evicted keys in the index.
 const PRUNE_EVERY: usize = 1024;
 
@@ -176,6 +179,27 @@ impl Invalidation {
             }
             index.retain(|_, keys| !keys.is_empty());
         }
+    }
+
+    /// Whether applying `batch` is a few hash-map removals: no persisted state to commit,
+    /// no disk tier, and only URL purges (at most [`QUICK_TARGETS`] URLs in all) and hard
+    /// purges of everything (a generation bump). Such a batch is applied on the async
+    /// worker that received it: a blocking-thread hop costs more than the work, and many
+    /// small batches (one a round while purges trickle) would queue in the blocking pool
+    /// behind slower work. Anything else may scan the store or wait for the disk.
+    pub fn is_quick(&self, batch: &PurgeBatch, store: &dyn Storage) -> bool {
+        if self.state.is_some() || store.hybrid().is_some() {
+            return false;
+        }
+        let mut urls = 0;
+        batch.purges.iter().all(|p| match &p.purge.selector {
+            Selector::Urls(list) => {
+                urls += list.len();
+                urls <= QUICK_TARGETS
+            }
+            Selector::Everything => p.purge.mode == Mode::Hard,
+            _ => false,
+        })
     }
 
     /// Applies a batch in order: purges at or below the watermark are skipped (a resend),
@@ -462,5 +486,51 @@ mod tests {
             Invalidation::tags_of(&h),
             vec!["product-1", "home", "blue", "green"]
         );
+    }
+
+    fn batch(selectors: &[(Selector, Mode)]) -> PurgeBatch {
+        PurgeBatch {
+            purges: selectors
+                .iter()
+                .enumerate()
+                .map(|(i, (selector, mode))| SequencedPurge {
+                    seq: i as u64 + 1,
+                    purge: Purge {
+                        site: "assets".into(),
+                        selector: selector.clone(),
+                        mode: *mode,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// Only what cannot scan the store or wait for the disk stays on the async worker.
+    #[test]
+    fn only_url_purges_and_generation_bumps_are_quick() {
+        let store = crate::cache::store::MemoryStore::new(1 << 20);
+        let quick = |b: &PurgeBatch| Invalidation::default().is_quick(b, &store);
+        let urls = |n: usize| Selector::Urls((0..n).map(|i| format!("https://a/{i}")).collect());
+        assert!(quick(&batch(&[
+            (urls(3), Mode::Hard),
+            (urls(2), Mode::Soft)
+        ])));
+        assert!(quick(&batch(&[(Selector::Everything, Mode::Hard)])));
+        assert!(quick(&batch(&[(urls(QUICK_TARGETS), Mode::Hard)])));
+        assert!(!quick(&batch(&[
+            (urls(QUICK_TARGETS), Mode::Hard),
+            (urls(1), Mode::Hard)
+        ])));
+        assert!(!quick(&batch(&[(Selector::Everything, Mode::Soft)])));
+        for scanning in [
+            Selector::Prefixes(vec!["https://a/img/".into()]),
+            Selector::Hosts(vec!["a".into()]),
+            Selector::Tags(vec!["t".into()]),
+        ] {
+            assert!(!quick(&batch(&[
+                (urls(1), Mode::Hard),
+                (scanning, Mode::Hard)
+            ])));
+        }
     }
 }

@@ -38,6 +38,11 @@ struct ResultLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ViaLabel {
+    via: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
 }
@@ -90,6 +95,8 @@ pub struct Metrics {
     purge_watermark: Gauge,
     /// Config reloads by result (`applied`, `refused`).
     reloads: Family<ResultLabel, Counter>,
+    /// Purges read from the NATS purge stream, by how (`live`, `catch_up`).
+    stream_reads: Family<ViaLabel, Counter>,
     /// Registered only on a node that keeps a persisted state ([`Metrics::track_state`]).
     state: Option<StateGauges>,
     /// Registered only on a node with a disk tier ([`Metrics::track_disk`]).
@@ -263,6 +270,13 @@ impl Metrics {
             "Highest purge sequence number applied together with every earlier one",
             purge_watermark.clone(),
         );
+        let stream_reads = Family::<ViaLabel, Counter>::default();
+        registry.register(
+            "purge_stream_reads",
+            "Purges read from the NATS purge stream: live (republished as stored) or catch_up \
+             (through a consumer, after a gap, a silence or a restart)",
+            stream_reads.clone(),
+        );
         let reloads = Family::<ResultLabel, Counter>::default();
         registry.register(
             "config_reloads",
@@ -273,6 +287,7 @@ impl Metrics {
             purges,
             purge_watermark,
             reloads,
+            stream_reads,
             state: None,
             disk: None,
             server_requests,
@@ -336,6 +351,14 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+
+    /// `purges` read from the NATS purge stream, `live` or in a catch-up.
+    pub fn purge_stream_read(&self, live: bool, purges: usize) {
+        let via = if live { "live" } else { "catch_up" };
+        self.stream_reads
+            .get_or_create(&ViaLabel { via })
+            .inc_by(purges as u64);
     }
 
     /// A config reload, applied or refused.

@@ -905,6 +905,21 @@ impl Edge {
         result
     }
 
+    /// [`Edge::apply_purges`] from async code: on this worker when the batch
+    /// [is quick](crate::node::invalidation::Invalidation::is_quick), else on a blocking
+    /// thread (prefix and host purges scan the store, a state commit waits for the disk).
+    /// `Err` of the outer result when the blocking thread failed.
+    pub async fn apply_purges_async(
+        self: &Arc<Self>,
+        batch: node_api::purge::PurgeBatch,
+    ) -> Result<Result<u64, ApplyError>, tokio::task::JoinError> {
+        if self.invalidation.is_quick(&batch, self.store.as_ref()) {
+            return Ok(self.apply_purges(&batch));
+        }
+        let edge = self.clone();
+        tokio::task::spawn_blocking(move || edge.apply_purges(&batch)).await
+    }
+
     /// Forgets every site's content and sets the watermark to `seq` (see
     /// [`crate::node::invalidation::Invalidation::reset`]). In memory the reset is done
     /// whatever happens; an error says the state could not record it.

@@ -420,9 +420,7 @@ async fn catch_up(edge: &Arc<Edge>, api: &str, token: &str) {
                     let batch = PurgeBatch {
                         purges: page.purges,
                     };
-                    let applying = edge.clone();
-                    // Committing the state waits for the disk: off the async workers.
-                    tokio::task::spawn_blocking(move || applying.apply_purges(&batch))
+                    edge.apply_purges_async(batch)
                         .await
                         .map_err(|e| e.to_string())?
                         .map_err(|e| e.to_string())?;
