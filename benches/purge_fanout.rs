@@ -454,6 +454,29 @@ async fn run(nats: bool, sizes: &Sizes) -> Vec<String> {
     }
 
     // Paced: purges trickling in at PACE a second, each sent on schedule in its own task.
+    // With NATS the nodes' reports between their KV puts are plain messages: counted by
+    // a subscriber of their subjects.
+    let published = Arc::new(AtomicU64::new(0));
+    let _counting = match nats_url {
+        Some(url) => {
+            let client = async_nats::connect(url).await.expect("NATS");
+            let mut reports = client
+                .subscribe(node_api::nats::watermark_subjects(
+                    node_api::nats::DEFAULT_STREAM,
+                ))
+                .await
+                .expect("subscribe to the watermark reports");
+            client.flush().await.expect("flush");
+            let published = published.clone();
+            Some(tokio::spawn(async move {
+                let _client = client;
+                while reports.next().await.is_some() {
+                    published.fetch_add(1, Ordering::Relaxed);
+                }
+            }))
+        }
+        None => None,
+    };
     let work_before = fan_out_work(&client, addr, nats_url).await;
     let started = tokio::time::Instant::now();
     let mut senders = Vec::with_capacity(sizes.paced);
@@ -476,22 +499,36 @@ async fn run(nats: bool, sizes: &Sizes) -> Vec<String> {
     }
     let last = sent.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
     watcher.settle(last).await;
+    if nats {
+        // The last reports of the phase: published within 100 ms, put within 1 s.
+        tokio::time::sleep(edge::node::purge_stream::STORE_EVERY + Duration::from_millis(200))
+            .await;
+    }
     let work = fan_out_work(&client, addr, nats_url).await - work_before;
+    let published = published.load(Ordering::Relaxed);
     let (latencies, never) = watcher.latencies(&sent);
+    let per_purge_per_node = |n: u64| n as f64 / (sent.len().max(1) * nodes) as f64;
     let what = if nats {
-        "watermark reports (KV puts)"
+        format!(
+            "{work} watermark puts in the KV bucket: {:.4} per purge per node; {published} \
+             published reports: {:.4}",
+            per_purge_per_node(work),
+            per_purge_per_node(published)
+        )
     } else {
-        "push requests"
+        format!(
+            "{work} push requests: {:.4} per purge per node",
+            per_purge_per_node(work)
+        )
     };
     println!(
         "paced at {PACE}/s, send -> applied on all: {} of {} accepted purges applied: p50 {}  \
-         p99 {}  max {}; {work} {what}: {:.4} per purge per node",
+         p99 {}  max {}; {what}",
         latencies.len(),
         sent.len(),
         pct(&latencies, 0.50),
         pct(&latencies, 0.99),
         pct(&latencies, 1.0),
-        work as f64 / (sent.len().max(1) * nodes) as f64,
     );
     if never > 0 {
         failures.push(format!(

@@ -89,6 +89,64 @@ pub fn watermark_key(node: &str) -> String {
     key
 }
 
+/// The subject a node publishes its watermark reports on as plain NATS messages, between
+/// its puts in the watermark bucket: fresh reports cost the servers one delivery per API
+/// instance, not a stored write (at 1,000 nodes, ten puts a second each were most of the
+/// NATS server's work and slowed every purge's acknowledgement; issue 24).
+pub fn watermark_subject(stream: &str, node: &str) -> String {
+    format!("{stream}_WM.{}", watermark_key(node))
+}
+
+/// What API instances subscribe to for every node's [`watermark_subject`].
+pub fn watermark_subjects(stream: &str) -> String {
+    format!("{stream}_WM.*")
+}
+
+/// A node's watermark report, as put in the bucket and published on its subject:
+/// `"{watermark} {at_ms}"`, `at_ms` the node's Unix time in milliseconds when it read the
+/// watermark. The time orders the two ways a report travels (a bucket put seen after a
+/// newer plain message is older, not a fall); a bare `"{watermark}"` (an older node) has
+/// no time and is taken as it comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatermarkReport {
+    pub watermark: u64,
+    pub at_ms: Option<u64>,
+}
+
+impl WatermarkReport {
+    /// A report of `watermark` read now.
+    pub fn now(watermark: u64) -> Self {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        WatermarkReport {
+            watermark,
+            at_ms: Some(at_ms),
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        match self.at_ms {
+            Some(at_ms) => format!("{} {at_ms}", self.watermark),
+            None => self.watermark.to_string(),
+        }
+    }
+
+    /// `None` for anything but one or two decimal numbers.
+    pub fn parse(value: &[u8]) -> Option<Self> {
+        let mut parts = std::str::from_utf8(value).ok()?.split_ascii_whitespace();
+        let watermark = parts.next()?.parse().ok()?;
+        let at_ms = match parts.next() {
+            Some(at) => Some(at.parse().ok()?),
+            None => None,
+        };
+        parts
+            .next()
+            .is_none()
+            .then_some(WatermarkReport { watermark, at_ms })
+    }
+}
+
 /// How long the client waits before a connection attempt, `attempts` counting from 1 since
 /// the last connection (the client passes 1 for the first attempt at start and after a
 /// connection is lost): none for the first, so a starting node connects at once (a delay
@@ -138,6 +196,31 @@ mod tests {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b))
         );
+    }
+
+    #[test]
+    fn watermark_reports_carry_their_time_and_old_ones_parse_without() {
+        let report = WatermarkReport {
+            watermark: 42,
+            at_ms: Some(1_765_000_000_123),
+        };
+        assert_eq!(report.encode(), "42 1765000000123");
+        assert_eq!(
+            WatermarkReport::parse(report.encode().as_bytes()),
+            Some(report)
+        );
+        assert_eq!(
+            WatermarkReport::parse(b" 7\n"),
+            Some(WatermarkReport {
+                watermark: 7,
+                at_ms: None
+            })
+        );
+        for bad in [&b"x"[..], b"", b"1 2 3", b"1 x", b"-1"] {
+            assert_eq!(WatermarkReport::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(watermark_subject("P", "edge.eu"), "P_WM.edge=2Eeu");
+        assert_eq!(watermark_subjects("P"), "P_WM.*");
     }
 
     #[test]

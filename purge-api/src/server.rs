@@ -105,6 +105,9 @@ struct Node {
     /// Highest sequence number the node acknowledged as applied (with all before it); the
     /// same as the node's leaf in [`Api::low`], readable without its lock.
     acked: std::sync::atomic::AtomicU64,
+    /// The node's time of the latest watermark report taken (NATS log), in Unix ms; 0
+    /// before any.
+    reported_at: std::sync::atomic::AtomicU64,
     /// Why the node is stuck: it refuses the next purge itself (a `4xx` other than `409`,
     /// even to a batch of that purge alone), so retrying alone will not move it. Shown by
     /// `GET /v1/purges/{id}` and the `purge_node_stuck` metric; cleared when it acks.
@@ -241,6 +244,7 @@ impl PurgeApiServer {
                         .trim_end_matches('/')
                         .to_owned(),
                     acked: Default::default(),
+                    reported_at: Default::default(),
                     stuck: Mutex::default(),
                 })
             })
@@ -299,12 +303,22 @@ impl PurgeApiServer {
                 tasks.spawn(crate::watermarks::watch_forever(
                     *js,
                     stream,
-                    move |key, watermark| {
+                    move |key, report: node_api::nats::WatermarkReport| {
                         let Some(node) = by_key.get(key) else {
                             return false;
                         };
-                        let news = acked(node) != watermark;
-                        set_acked(&watcher, node, watermark);
+                        // Older than a report already taken (a put seen after a newer
+                        // message): not where the node is now.
+                        if let Some(at) = report.at_ms
+                            && node
+                                .reported_at
+                                .fetch_max(at, std::sync::atomic::Ordering::AcqRel)
+                                > at
+                        {
+                            return false;
+                        }
+                        let news = acked(node) != report.watermark;
+                        set_acked(&watcher, node, report.watermark);
                         news
                     },
                     move || {

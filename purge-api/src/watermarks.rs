@@ -5,17 +5,21 @@
 //! the stream's JetStream KV bucket under its name ([`node_api::nats::watermark_key`]).
 //! Every instance watches the bucket, so any of them answers `GET /v1/purges/{id}` for any
 //! purge, whichever instance accepted it. The bucket keeps one value per node and is
-//! replicated like the stream.
+//! replicated like the stream. Puts are stored writes, so a node makes at most one a
+//! second; between them it publishes its reports as plain messages
+//! ([`node_api::nats::watermark_subject`]) every instance also subscribes to.
 //!
-//! Invariant: a reported watermark is only ever one a node reached, so status may lag
+//! Invariants: a reported watermark is only ever one a node reached, so status may lag
 //! (until the next report, at most ~100 ms while purges flow) but never claims a purge
-//! applied that is not.
+//! applied that is not. Reports carry the node's time ([`WatermarkReport`]); the caller
+//! drops one older than a report it already took from the same node, so a put seen after
+//! a newer message does not move a node back.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
-use node_api::nats::watermark_bucket;
+use node_api::nats::{WatermarkReport, watermark_bucket, watermark_subjects};
 use tokio::sync::watch;
 
 /// With no report for this long while some nodes are behind the log's head, their
@@ -23,24 +27,25 @@ use tokio::sync::watch;
 /// went away can stall without an error); if that finds news, the watch starts anew.
 pub const STALL_CHECK: Duration = Duration::from_secs(2);
 
-/// Watches the watermark bucket of `stream` until `stop`, calling `seen(key, watermark)`
-/// (which says whether that was news) for every node's current value and then for every
-/// new report. Restarts the watch (backing off up to 1 s) when NATS goes away or the
+/// Watches the watermark bucket of `stream` and the nodes' report subjects until `stop`,
+/// calling `seen(key, report)` (which says whether that was news) for every node's current
+/// value and then for every new report. Restarts the watch (backing off up to 1 s) when NATS goes away or the
 /// bucket does not exist yet. After [`STALL_CHECK`] without a report, and whenever the
 /// watch cannot be made, the keys `lagging()` names (nodes behind the log's head) are read
 /// directly, so status never depends on the watch alone.
 pub async fn watch_forever(
     js: jetstream::Context,
     stream: String,
-    seen: impl Fn(&str, u64) -> bool + Send,
+    seen: impl Fn(&str, WatermarkReport) -> bool + Send,
     lagging: impl Fn() -> Vec<String> + Send,
     mut stop: watch::Receiver<bool>,
 ) {
     let bucket = watermark_bucket(&stream);
+    let subjects = watermark_subjects(&stream);
     let mut backoff = Duration::from_millis(50);
     loop {
         let result = tokio::select! {
-            result = watch_once(&js, &bucket, &seen, &lagging) => result,
+            result = watch_once(&js, &bucket, &subjects, &seen, &lagging) => result,
             _ = stop.wait_for(|s| *s) => return,
         };
         match result {
@@ -58,9 +63,17 @@ pub async fn watch_forever(
 async fn watch_once(
     js: &jetstream::Context,
     bucket: &str,
-    seen: &impl Fn(&str, u64) -> bool,
+    subjects: &str,
+    seen: &impl Fn(&str, WatermarkReport) -> bool,
     lagging: &impl Fn() -> Vec<String>,
 ) -> Result<(), String> {
+    // Subscribed before the watch delivers the current values, so no report between is lost.
+    let mut messages = js
+        .client()
+        .subscribe(subjects.to_owned())
+        .await
+        .map_err(|e| format!("cannot subscribe to {subjects}: {e}"))?;
+    let prefix = subjects.trim_end_matches('*');
     let store = js
         .get_key_value(bucket)
         .await
@@ -75,11 +88,35 @@ async fn watch_once(
             return Err(format!("cannot watch: {e}"));
         }
     };
+    let mut quiet_until = tokio::time::Instant::now() + STALL_CHECK;
     loop {
-        let entry = match tokio::time::timeout(STALL_CHECK, watch.next()).await {
-            Ok(Some(entry)) => entry.map_err(|e| format!("watch broke off: {e}"))?,
+        let next = tokio::select! {
+            entry = watch.next() => Ok(entry),
+            message = messages.next() => {
+                let Some(message) = message else {
+                    return Err("report subscription ended".into());
+                };
+                let Some(key) = message.subject.as_str().strip_prefix(prefix) else {
+                    continue;
+                };
+                match WatermarkReport::parse(&message.payload) {
+                    Some(report) => {
+                        seen(key, report);
+                    }
+                    None => tracing::warn!(%key, "a node published a watermark report that does not parse: ignored"),
+                }
+                continue;
+            }
+            () = tokio::time::sleep_until(quiet_until) => Err(()),
+        };
+        let entry = match next {
+            Ok(Some(entry)) => {
+                quiet_until = tokio::time::Instant::now() + STALL_CHECK;
+                entry.map_err(|e| format!("watch broke off: {e}"))?
+            }
             Ok(None) => return Err("watch ended".into()),
-            Err(_) => {
+            Err(()) => {
+                quiet_until = tokio::time::Instant::now() + STALL_CHECK;
                 // A quiet watch while nodes lag may be a dead one (a server failover): the
                 // keys are read directly, and news there, or a read that fails or hangs,
                 // makes the watch anew (which delivers every key's latest value).
@@ -92,9 +129,9 @@ async fn watch_once(
         if entry.operation != kv::Operation::Put {
             continue;
         }
-        match parse(&entry.value) {
-            Some(watermark) => {
-                seen(&entry.key, watermark);
+        match WatermarkReport::parse(&entry.value) {
+            Some(report) => {
+                seen(&entry.key, report);
             }
             None => {
                 tracing::warn!(key = %entry.key, "a node reported a watermark that is not a number: ignored")
@@ -107,7 +144,7 @@ async fn watch_once(
 /// each value to `seen`; whether any was news. An error when a read failed or hung.
 async fn read_lagging(
     store: &kv::Store,
-    seen: &impl Fn(&str, u64) -> bool,
+    seen: &impl Fn(&str, WatermarkReport) -> bool,
     lagging: &impl Fn() -> Vec<String>,
 ) -> Result<bool, String> {
     let keys = lagging();
@@ -119,8 +156,8 @@ async fn read_lagging(
     for (key, value) in keys.iter().zip(values) {
         match value {
             Ok(Some(value)) => {
-                if let Some(watermark) = parse(&value) {
-                    news |= seen(key, watermark);
+                if let Some(report) = WatermarkReport::parse(&value) {
+                    news |= seen(key, report);
                 }
             }
             Ok(None) => {}
@@ -128,21 +165,4 @@ async fn read_lagging(
         }
     }
     Ok(news)
-}
-
-fn parse(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value).ok()?.trim().parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn watermarks_are_decimal() {
-        assert_eq!(parse(b"42"), Some(42));
-        assert_eq!(parse(b" 7\n"), Some(7));
-        assert_eq!(parse(b"x"), None);
-        assert_eq!(parse(b""), None);
-    }
 }

@@ -663,3 +663,77 @@ async fn nodes_that_keep_up_read_purges_live_and_a_stray_live_message_stops_noth
     let after = node_metric(edge, LIVE).await;
     assert!(after > live, "purge {next} was not read live ({after})");
 }
+
+/// Nodes report their watermarks as plain messages between their puts in the bucket; a
+/// put older than a report the API already took (it reached the bucket's watch later)
+/// does not move the node back. Two stand-in nodes publish and put by hand, so the order
+/// the API sees is the test's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watermark_put_older_than_a_published_report_does_not_move_the_node_back() {
+    use node_api::nats::{WatermarkReport, watermark_bucket, watermark_key, watermark_subject};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nats = NatsServer::start("solo", dir.path(), None).await;
+    let servers = vec![nats.url()];
+    let d = Deployment {
+        origin: DemoOrigin::start(loopback()).await.expect("origin"),
+        edges: Vec::new(),
+        stores: Vec::new(),
+        apis: vec![
+            PurgeApiServer::start(api_config(&servers, 1, 2))
+                .await
+                .expect("purge API"),
+        ],
+        servers,
+    };
+    let mut seq = 0;
+    for i in 0..3 {
+        seq = d.purge_until_accepted(0, &format!("/wm/{i}.bin")).await;
+    }
+    let client = async_nats::connect(nats.url()).await.expect("NATS");
+    let bucket = async_nats::jetstream::new(client.clone())
+        .get_key_value(watermark_bucket(STREAM))
+        .await
+        .expect("the watermark bucket");
+    let report = |watermark, at_ms| {
+        bytes::Bytes::from(
+            WatermarkReport {
+                watermark,
+                at_ms: Some(at_ms),
+            }
+            .encode(),
+        )
+    };
+    let now = WatermarkReport::now(0).at_ms.expect("a time");
+    let lagging = |status: &serde_json::Value| status["nodes"]["lagging"].clone();
+
+    // edge-0's fresh report arrives as a message (sent again until the API, which may
+    // still be setting up its subscription, has it).
+    let mut status = serde_json::Value::Null;
+    for _ in 0..200 {
+        client
+            .publish(watermark_subject(STREAM, "edge-0"), report(seq, now))
+            .await
+            .expect("publish");
+        client.flush().await.expect("flush");
+        status = d.status_query(0, seq, "").await;
+        if lagging(&status) == serde_json::json!(["edge-1"]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(lagging(&status), serde_json::json!(["edge-1"]), "{status}");
+
+    // Then an older put of edge-0, then edge-1's put, through the same watch: once
+    // edge-1's is seen, edge-0's came before it.
+    bucket
+        .put(watermark_key("edge-0"), report(seq - 2, now - 1_000))
+        .await
+        .expect("put");
+    bucket
+        .put(watermark_key("edge-1"), report(seq, now))
+        .await
+        .expect("put");
+    let status = d.status(0, seq).await;
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["nodes"]["applied"], 2, "{status}");
+}

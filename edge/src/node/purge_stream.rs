@@ -35,12 +35,15 @@
 //! - With a persisted state (`[cache] state_dir`), a starting node resumes from its
 //!   persisted watermark even when its memory is empty (what it stored before may still
 //!   be read), and reports only the committed watermark.
-//! - The watermark is reported in the stream's KV bucket ([`watermark_bucket`], key
-//!   [`watermark_key`] of the node name), so every purge API instance can say which nodes
-//!   applied a purge. Reports are best effort: a lost one is repeated by the next. They are
-//!   at most one per [`REPORT_EVERY`] per node, the first after a quiet spell at once and
-//!   the rest when due: every node putting every purge it applied was a KV write per purge
-//!   per node, which at 1,000 nodes swamped the NATS server (issue 24).
+//! - The watermark is reported so every purge API instance can say which nodes applied a
+//!   purge: published as a plain message on the node's [`watermark_subject`] at most once
+//!   per [`REPORT_EVERY`] (the first after a quiet spell at once), and put in the stream's
+//!   KV bucket ([`watermark_bucket`], key [`watermark_key`] of the node name) at most once
+//!   per [`STORE_EVERY`], where instances that start later find it. Reports are best
+//!   effort: a lost one is repeated by the next. Every node putting every purge it applied
+//!   was a stored write per purge per node, which at 1,000 nodes swamped the NATS server;
+//!   at ten puts a second per node it still slowed every purge's acknowledgement (issue
+//!   24).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,7 +52,9 @@ use async_nats::jetstream::{self, consumer, kv};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
-use node_api::nats::{live_subjects, watermark_bucket, watermark_key};
+use node_api::nats::{
+    WatermarkReport, live_subjects, watermark_bucket, watermark_key, watermark_subject,
+};
 use node_api::purge::{PurgeBatch, SequencedPurge, StreamRecord};
 
 use crate::node::proxy::Edge;
@@ -68,9 +73,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 const BATCH: usize = 500;
 
 /// Shortest time between two watermark reports of a node, and the longest a watermark
-/// waits to be reported: a node puts at most one report per this in the KV bucket however
-/// fast purges arrive.
+/// waits to be reported: a node publishes at most one report per this on its
+/// [`watermark_subject`] however fast purges arrive.
 pub const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// Shortest time between two puts of a node's watermark in the bucket (and the longest a
+/// reported watermark waits to be put there), except at start and after a catch-up.
+pub const STORE_EVERY: Duration = Duration::from_secs(1);
 
 /// Why following the stream stopped; the follower then starts over from its watermark.
 #[derive(Debug, thiserror::Error)]
@@ -107,11 +116,15 @@ pub struct Follower {
     js: jetstream::Context,
     stream: String,
     watermarks: Option<kv::Store>,
-    /// The last watermark reported.
+    /// The last watermark published on the node's subject.
     reported: Option<u64>,
-    /// When a report was last tried (whether or not it worked): the next is due
-    /// [`REPORT_EVERY`] after it.
+    /// When a report was last published: the next is due [`REPORT_EVERY`] after it.
     tried: Option<Instant>,
+    /// The last watermark put in the bucket.
+    stored: Option<u64>,
+    /// When a put was last tried (whether or not it worked): the next is due
+    /// [`STORE_EVERY`] after it.
+    store_tried: Option<Instant>,
 }
 
 impl Follower {
@@ -127,6 +140,8 @@ impl Follower {
             watermarks: None,
             reported: None,
             tried: None,
+            stored: None,
+            store_tried: None,
         }
     }
 
@@ -447,33 +462,59 @@ impl Follower {
             .map_err(|e| FollowError::Apply(e.to_string()))
     }
 
-    /// When the watermark, ahead of the last report, is due to be reported: at once if no
-    /// report was tried for [`REPORT_EVERY`], else `REPORT_EVERY` after the last try.
-    /// `None` when the last report has it.
+    /// When the watermark is due to be reported: published [`REPORT_EVERY`] after the last
+    /// publication (at once after a quiet spell) while it is ahead of it, else put in the
+    /// bucket [`STORE_EVERY`] after the last put while it is ahead of that. `None` when
+    /// both have it.
     fn report_due(&self) -> Option<Instant> {
-        if self.reported == Some(self.edge.acknowledged_watermark()) {
-            return None;
+        let watermark = self.edge.acknowledged_watermark();
+        if self.reported != Some(watermark) {
+            return Some(
+                self.tried
+                    .map_or_else(Instant::now, |tried| tried + REPORT_EVERY),
+            );
         }
-        Some(
-            self.tried
-                .map_or_else(Instant::now, |tried| tried + REPORT_EVERY),
-        )
+        if self.stored != Some(watermark) {
+            return Some(
+                self.store_tried
+                    .map_or_else(Instant::now, |tried| tried + STORE_EVERY),
+            );
+        }
+        None
     }
 
-    /// Puts the node's watermark in the KV bucket if it changed, when `now` or when the
-    /// last try is [`REPORT_EVERY`] old. Failures are logged and retried by the next report.
+    /// Reports the node's watermark if it changed: published on its
+    /// [`watermark_subject`] when `now` or when the last publication is [`REPORT_EVERY`]
+    /// old, and put in the bucket when `now` or when the last put is [`STORE_EVERY`] old.
+    /// Failures are logged and retried by the next report.
     async fn report(&mut self, now: bool) {
         // What is committed, when the node keeps a state: never more than is durable.
         let watermark = self.edge.acknowledged_watermark();
-        if self.reported == Some(watermark)
-            || (!now
-                && self
+        let report = WatermarkReport::now(watermark).encode();
+        let publish = self.reported != Some(watermark)
+            && (now
+                || self
                     .tried
-                    .is_some_and(|tried| tried.elapsed() < REPORT_EVERY))
-        {
+                    .is_none_or(|tried| tried.elapsed() >= REPORT_EVERY));
+        if publish {
+            self.tried = Some(Instant::now());
+            let subject = watermark_subject(&self.stream, self.edge.name());
+            match self.client.publish(subject, report.clone().into()).await {
+                Ok(()) => self.reported = Some(watermark),
+                Err(e) => {
+                    tracing::debug!(error = %e, "watermark report failed; the next one retries")
+                }
+            }
+        }
+        let store = self.stored != Some(watermark)
+            && (now
+                || self
+                    .store_tried
+                    .is_none_or(|tried| tried.elapsed() >= STORE_EVERY));
+        if !store {
             return;
         }
-        self.tried = Some(Instant::now());
+        self.store_tried = Some(Instant::now());
         if self.watermarks.is_none() {
             match self.js.get_key_value(watermark_bucket(&self.stream)).await {
                 Ok(store) => self.watermarks = Some(store),
@@ -483,13 +524,13 @@ impl Follower {
                 }
             }
         }
-        let Some(store) = &self.watermarks else {
+        let Some(bucket) = &self.watermarks else {
             return;
         };
         let key = watermark_key(self.edge.name());
-        match store.put(key, watermark.to_string().into()).await {
-            Ok(_) => self.reported = Some(watermark),
-            Err(e) => tracing::debug!(error = %e, "watermark report failed; the next one retries"),
+        match bucket.put(key, report.into()).await {
+            Ok(_) => self.stored = Some(watermark),
+            Err(e) => tracing::debug!(error = %e, "watermark put failed; the next one retries"),
         }
     }
 }
