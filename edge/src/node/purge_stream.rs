@@ -283,20 +283,11 @@ impl Follower {
         // checked for STALL_CHECK after it.
         let mut heard = Instant::now();
         loop {
-            let stall_check = heard + STALL_CHECK;
-            // A watermark not reported yet wakes the loop when its report is due.
-            let wake = self
-                .report_due()
-                .map_or(stall_check, |due| due.min(stall_check));
-            let first = match tokio::time::timeout_at(wake.into(), messages.next()).await {
-                Ok(Some(Ok(message))) => message,
-                Ok(Some(Err(e))) => return Err(self.unavailable("reading the stream", e)),
-                Ok(None) => return Err(self.unavailable("reading the stream", "consumer ended")),
-                Err(_) if Instant::now() < stall_check => {
-                    self.report(false).await;
-                    continue;
-                }
-                Err(_) => {
+            let first = match self.next_reporting(&mut messages, heard).await {
+                Next::Item(Ok(message)) => message,
+                Next::Item(Err(e)) => return Err(self.unavailable("reading the stream", e)),
+                Next::Ended => return Err(self.unavailable("reading the stream", "consumer ended")),
+                Next::Quiet => {
                     heard = Instant::now();
                     let (_, last) = self.bounds().await?;
                     if last > watermark {
@@ -324,25 +315,16 @@ impl Follower {
                     .info()
                     .map_err(|e| self.unavailable("reading a message's sequence", e))?
                     .stream_sequence;
-                match serde_json::from_slice::<StreamRecord>(&message.payload) {
-                    Ok(record) => purges.push(SequencedPurge {
-                        seq,
-                        purge: record.purge,
-                    }),
-                    Err(e) => {
-                        // What it purged cannot be known: apply what came before it, then
-                        // forget everything and go on after it.
-                        tracing::error!(node = %self.edge.name(), seq, error = %e,
-                            "a purge in the stream does not decode: forgetting this node's content");
-                        self.edge.metrics().purge_stream_read(true, purges.len());
-                        self.apply(std::mem::take(&mut purges), watermark).await?;
-                        self.reset(seq);
-                        watermark = seq;
-                    }
-                }
+                self.take(
+                    seq,
+                    &message.payload,
+                    &mut purges,
+                    &mut watermark,
+                    Via::CatchUp,
+                )
+                .await?;
             }
-            self.edge.metrics().purge_stream_read(false, purges.len());
-            watermark = self.apply(purges, watermark).await?;
+            watermark = self.apply(purges, watermark, Via::CatchUp).await?;
             if until.is_some_and(|until| watermark >= until) {
                 self.report(true).await;
                 return Ok(watermark);
@@ -366,20 +348,12 @@ impl Follower {
         let mut watermark = self.run(Some(last)).await?;
         let mut heard = Instant::now();
         loop {
-            let stall_check = heard + STALL_CHECK;
-            let wake = self
-                .report_due()
-                .map_or(stall_check, |due| due.min(stall_check));
-            let first = match tokio::time::timeout_at(wake.into(), live.next()).await {
-                Ok(Some(message)) => message,
-                Ok(None) => {
+            let first = match self.next_reporting(&mut live, heard).await {
+                Next::Item(message) => message,
+                Next::Ended => {
                     return Err(self.unavailable("reading the live purges", "subscription ended"));
                 }
-                Err(_) if Instant::now() < stall_check => {
-                    self.report(false).await;
-                    continue;
-                }
-                Err(_) => {
+                Next::Quiet => {
                     heard = Instant::now();
                     let (_, last) = self.bounds().await?;
                     if last > watermark {
@@ -414,31 +388,24 @@ impl Follower {
                     // Skipped purges: apply what continues the watermark, then read the
                     // rest from the stream, up to and including this one (never past what
                     // the stream has, which a stale or stray message might claim).
-                    self.edge.metrics().purge_stream_read(true, purges.len());
-                    self.apply(std::mem::take(&mut purges), watermark).await?;
+                    self.apply(std::mem::take(&mut purges), watermark, Via::Live)
+                        .await?;
                     let (_, last) = self.bounds().await?;
                     watermark = self.run(Some(seq.min(last))).await?;
                     next = watermark + 1;
                     continue;
                 }
-                match serde_json::from_slice::<StreamRecord>(&message.payload) {
-                    Ok(record) => purges.push(SequencedPurge {
-                        seq,
-                        purge: record.purge,
-                    }),
-                    Err(e) => {
-                        tracing::error!(node = %self.edge.name(), seq, error = %e,
-                            "a purge in the stream does not decode: forgetting this node's content");
-                        self.edge.metrics().purge_stream_read(true, purges.len());
-                        self.apply(std::mem::take(&mut purges), watermark).await?;
-                        self.reset(seq);
-                        watermark = seq;
-                    }
-                }
+                self.take(
+                    seq,
+                    &message.payload,
+                    &mut purges,
+                    &mut watermark,
+                    Via::Live,
+                )
+                .await?;
                 next = seq + 1;
             }
-            self.edge.metrics().purge_stream_read(true, purges.len());
-            watermark = self.apply(purges, watermark).await?;
+            watermark = self.apply(purges, watermark, Via::Live).await?;
             self.report(false).await;
         }
     }
@@ -446,10 +413,18 @@ impl Follower {
     /// Applies purges in order on a blocking thread (prefix and host purges scan the
     /// store). A gap before the first one means the stream dropped entries between: the
     /// node forgets its content and continues from the purge before the gap's end.
-    async fn apply(&self, purges: Vec<SequencedPurge>, watermark: u64) -> Result<u64, FollowError> {
+    async fn apply(
+        &self,
+        purges: Vec<SequencedPurge>,
+        watermark: u64,
+        via: Via,
+    ) -> Result<u64, FollowError> {
         let Some(first) = purges.first().map(|p| p.seq) else {
             return Ok(watermark);
         };
+        self.edge
+            .metrics()
+            .purge_stream_read(via == Via::Live, purges.len());
         if first > watermark + 1 {
             tracing::warn!(node = %self.edge.name(), watermark, first,
                 "purges between were dropped from the stream: forgetting this node's content");
@@ -460,6 +435,54 @@ impl Follower {
             .await
             .map_err(|e| FollowError::Apply(e.to_string()))?
             .map_err(|e| FollowError::Apply(e.to_string()))
+    }
+
+    /// The next item of `source`, reporting the watermark meanwhile when a report falls
+    /// due; [`Next::Quiet`] once [`STALL_CHECK`] has passed since `heard` without one.
+    async fn next_reporting<S: futures_util::Stream + Unpin>(
+        &mut self,
+        source: &mut S,
+        heard: Instant,
+    ) -> Next<S::Item> {
+        let stall_check = heard + STALL_CHECK;
+        loop {
+            let wake = self
+                .report_due()
+                .map_or(stall_check, |due| due.min(stall_check));
+            match tokio::time::timeout_at(wake.into(), source.next()).await {
+                Ok(Some(item)) => return Next::Item(item),
+                Ok(None) => return Next::Ended,
+                Err(_) if Instant::now() < stall_check => self.report(false).await,
+                Err(_) => return Next::Quiet,
+            }
+        }
+    }
+
+    /// Adds purge `seq`, read as `payload`, to `purges` (which continue `watermark`). One
+    /// that does not decode cannot be known: what came before it is applied, then the
+    /// node forgets everything and goes on after it.
+    async fn take(
+        &self,
+        seq: u64,
+        payload: &[u8],
+        purges: &mut Vec<SequencedPurge>,
+        watermark: &mut u64,
+        via: Via,
+    ) -> Result<(), FollowError> {
+        match serde_json::from_slice::<StreamRecord>(payload) {
+            Ok(record) => purges.push(SequencedPurge {
+                seq,
+                purge: record.purge,
+            }),
+            Err(e) => {
+                tracing::error!(node = %self.edge.name(), seq, error = %e,
+                    "a purge in the stream does not decode: forgetting this node's content");
+                self.apply(std::mem::take(purges), *watermark, via).await?;
+                self.reset(seq);
+                *watermark = seq;
+            }
+        }
+        Ok(())
     }
 
     /// When the watermark is due to be reported: published [`REPORT_EVERY`] after the last
@@ -533,6 +556,21 @@ impl Follower {
             Err(e) => tracing::debug!(error = %e, "watermark put failed; the next one retries"),
         }
     }
+}
+
+/// What waiting on a source of purges gave ([`Follower::next_reporting`]).
+enum Next<T> {
+    Item(T),
+    Ended,
+    /// Nothing for [`STALL_CHECK`].
+    Quiet,
+}
+
+/// How purges came from the stream: republished as stored, or through a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Live,
+    CatchUp,
 }
 
 /// A live purge's sequence number in the stream, from the header its republishing adds.
