@@ -57,6 +57,7 @@ impl TlsHarness {
             hosts = ["{OTHER}"]
             upstream = "http://{upstream}"
             tls = {{ cert = {images_cert:?}, key = {images_key:?} }}
+            h3_early_data = true
 
             [[site]]
             name = "plain"
@@ -507,6 +508,73 @@ async fn http3_serves_a_certificate_replaced_on_disk_to_the_next_connection() {
         session.get(HOST, "/h3-old/1k.bin", &[]).await.status,
         StatusCode::OK
     );
+}
+
+/// 0-RTT on the one site that opts in (`images`, `h3_early_data = true`): a client that
+/// resumes its session sends a GET and a POST in its first flight, and the relay holds
+/// back its handshake's completion, so the edge reads both before it: the GET is answered
+/// from early data, the POST gets `425 Too Early`, and the same POST once the handshake
+/// completed is forwarded. The site that did not opt in never lets the client send early
+/// data at all.
+#[tokio::test]
+async fn http3_early_data_is_answered_only_for_a_site_that_opts_in_and_only_for_safe_methods() {
+    let h = TlsHarness::start().await;
+    let client = h.ca.h3_client_with_early_data();
+    for host in [OTHER, HOST] {
+        // A full handshake; its session tickets are kept by the client.
+        let first = tls::h3::connect(&client, h.http3(), host).await.unwrap();
+        let mut session = tls::h3::session(&first).await;
+        let reply = session.get(host, "/h3-0rtt/1k.bin", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{host}");
+        drop(session);
+        first.close(0u32.into(), b"done");
+    }
+    // The site that did not opt in: its tickets offer no early data.
+    match client.connect(h.http3(), HOST).unwrap().into_0rtt() {
+        Err(connecting) => drop(connecting.await.expect("resumed without early data")),
+        Ok((_, accepted)) => assert!(
+            !accepted.await,
+            "{HOST} accepted early data without opting in"
+        ),
+    }
+    let relay = tls::QuicRelay::hold_handshake(h.http3()).await;
+    let Ok((connection, accepted)) = client.connect(relay.addr(), OTHER).unwrap().into_0rtt()
+    else {
+        panic!("{OTHER} opted in, yet its ticket offers no early data");
+    };
+    let mut session = tls::h3::session(&connection).await;
+    // Both sent before anything came back: early data.
+    let get = session
+        .request(
+            http::Method::GET,
+            OTHER,
+            "/h3-0rtt/1k.bin",
+            &[],
+            Default::default(),
+        )
+        .await;
+    let form = bytes::Bytes::from_static(b"a=1");
+    let post = session
+        .request(
+            http::Method::POST,
+            OTHER,
+            "/h3-0rtt/form",
+            &[],
+            form.clone(),
+        )
+        .await;
+    let get = get.response().await;
+    assert_eq!(get.status, StatusCode::OK, "{get:?}");
+    assert_eq!(get.body.len(), 1024);
+    let post = post.response().await;
+    assert_eq!(post.status, StatusCode::TOO_EARLY, "{post:?}");
+    assert!(post.body.starts_with(b"425 "), "the answer says why");
+    relay.release();
+    assert!(accepted.await, "the early data was accepted");
+    let post = session
+        .send(http::Method::POST, OTHER, "/h3-0rtt/form", &[], form)
+        .await;
+    assert_ne!(post.status, StatusCode::TOO_EARLY, "{post:?}");
 }
 
 /// A flood of Initial packets (each a real client's first flight, from its own address,
