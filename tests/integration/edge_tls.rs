@@ -510,6 +510,48 @@ async fn http3_serves_a_certificate_replaced_on_disk_to_the_next_connection() {
     );
 }
 
+/// `edge_requests_total` says which HTTP version each request came over: a miss (the
+/// full path) and then a hit (the protocol's fast path) over HTTP/1.1, HTTP/2 and
+/// HTTP/3, each counted under its own `version`.
+#[tokio::test]
+async fn requests_are_counted_by_http_version_on_the_full_and_the_fast_path() {
+    let h = TlsHarness::start().await;
+    for _ in 0..2 {
+        let reply = support::send(
+            &support::client(),
+            h.edge.public_addr(),
+            http::Method::GET,
+            "/by-version/h1.bin",
+            HOST,
+            &[],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let conn = tls::connect(&h.ca.client(&[b"h2"]), h.https(), HOST)
+            .await
+            .unwrap();
+        let (status, version, _, _) = tls::fetch(conn, HOST, "/by-version/h2.bin").await;
+        assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2));
+    }
+    let connection = tls::h3::connect(&h.ca.h3_client(), h.http3(), HOST)
+        .await
+        .unwrap();
+    let mut session = tls::h3::session(&connection).await;
+    for _ in 0..2 {
+        let reply = session.get(HOST, "/by-version/h3.bin", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let metrics = support::admin_text(h.edge.admin_addr(), "/metrics").await;
+    for version in ["1.1", "2", "3"] {
+        for status in ["miss", "hit"] {
+            let series = format!(
+                "edge_requests_total{{cache_status=\"{status}\",version=\"{version}\"}} 1\n"
+            );
+            assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+        }
+    }
+}
+
 /// 0-RTT on the one site that opts in (`images`, `h3_early_data = true`): a client that
 /// resumes its session sends a GET and a POST in its first flight, and the relay holds
 /// back its handshake's completion, so the edge reads both before it: the GET is answered

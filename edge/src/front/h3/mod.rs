@@ -124,7 +124,7 @@ pub async fn serve<H: Handler>(
         }
         let peer = incoming.remote_address();
         let Some(slot) = per_ip.admit(peer.ip()) else {
-            handler.count(Outcome::Refused);
+            handler.count(Outcome::Refused, http::Version::HTTP_3);
             if handler.logs_access() {
                 handler.refused_at_door(&DoorRefusal {
                     client: peer,
@@ -477,7 +477,7 @@ async fn too_early<H: Handler>(
     tls: &TlsName,
     send: &mut SendStream,
 ) {
-    handler.count(Outcome::Refused);
+    handler.count(Outcome::Refused, http::Version::HTTP_3);
     let body = Bytes::from_static(
         b"425 Too Early: sent in early data (0-RTT), where only GET, HEAD and OPTIONS without a body are answered; send it again now the handshake is complete\n",
     );
@@ -524,7 +524,7 @@ impl FreshHit<'_> {
         send: &mut SendStream,
     ) {
         let started = handler.logs_access().then(std::time::Instant::now);
-        handler.count(Outcome::Hit);
+        handler.count(Outcome::Hit, http::Version::HTTP_3);
         let (response, cache_status) = fresh_hit_head(handler, entry, now);
         let head_bytes = crate::front::head_bytes(response.headers());
         let body_bytes = if self.head {
