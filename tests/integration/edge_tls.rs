@@ -552,6 +552,41 @@ async fn requests_are_counted_by_http_version_on_the_full_and_the_fast_path() {
     }
 }
 
+/// A header section larger than `max_header_bytes` (32 KiB, the
+/// `SETTINGS_MAX_FIELD_SECTION_SIZE` the edge advertises), from a client that does not
+/// heed the setting, gets `431` and is counted as refused; the same connection, and the
+/// edge, go on serving.
+#[tokio::test]
+async fn http3_an_oversized_header_section_gets_431_and_the_connection_keeps_serving() {
+    let h = TlsHarness::start().await;
+    let connection = tls::h3::connect(&h.ca.h3_client(), h.http3(), HOST)
+        .await
+        .unwrap();
+    let mut session = tls::h3::session_ignoring_settings(&connection).await;
+    let big = "x".repeat(40 * 1024);
+    let reply = session
+        .get(HOST, "/h3-big/1k.bin", &[("x-big", big.as_str())])
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "{reply:?}"
+    );
+    let reply = session.get(HOST, "/h3-big/1k.bin", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let other = tls::h3::connect(&h.ca.h3_client(), h.http3(), HOST)
+        .await
+        .unwrap();
+    let reply = tls::h3::session(&other)
+        .await
+        .get(HOST, "/h3-big/1k.bin", &[])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let metrics = support::admin_text(h.edge.admin_addr(), "/metrics").await;
+    let refused = "edge_requests_total{cache_status=\"refused\",version=\"3\"} 1\n";
+    assert!(metrics.contains(refused), "no {refused} in\n{metrics}");
+}
+
 /// 0-RTT on the one site that opts in (`images`, `h3_early_data = true`): a client that
 /// resumes its session sends a GET and a POST in its first flight, and the relay holds
 /// back its handshake's completion, so the edge reads both before it: the GET is answered

@@ -287,6 +287,21 @@ pub mod h3 {
         H3Session { sender, driving }
     }
 
+    /// Sets up HTTP/3 on `connection` as a client that never reads the server's control
+    /// stream, and so never learns its SETTINGS: it sends header sections of any size,
+    /// as a client that ignores `SETTINGS_MAX_FIELD_SECTION_SIZE` would.
+    pub async fn session_ignoring_settings(connection: &quinn::Connection) -> H3Session {
+        let (driver, sender) = ::h3::client::new(h3_quinn::Connection::new(connection.clone()))
+            .await
+            .expect("h3 client");
+        // Kept (not polled) as long as the session: dropping it would close the connection.
+        let driving = tokio::spawn(async move {
+            let _driver = driver;
+            std::future::pending::<()>().await;
+        });
+        H3Session { sender, driving }
+    }
+
     impl H3Session {
         /// Sends GET `path` for `host` (as `:authority`) with `headers` on a new request
         /// stream, and reads the whole answer (bounded to 10 s).

@@ -28,7 +28,8 @@
 //! - `h3_max_concurrent_streams`: request streams open at once on a connection; QUIC flow
 //!   control makes the client wait for more.
 //! - `max_header_bytes`: the largest header section (`SETTINGS_MAX_FIELD_SECTION_SIZE`);
-//!   a larger request head ends its stream.
+//!   a client that sends a larger one anyway gets `431` (written by `h3`, without a
+//!   body) on that stream, counted as a refusal; the connection goes on.
 //! - shutdown: the node stops taking new connections, sends GOAWAY on the open ones and
 //!   lets their requests in flight finish (bounded by the drain timeout).
 //!
@@ -385,7 +386,12 @@ async fn serve_connection<H: Handler>(
                     )
                     .await;
                 }
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "HTTP/3 request refused"),
+                Ok(Err(error)) => {
+                    if let h3::error::StreamError::HeaderTooBig { .. } = error {
+                        too_large(handler.as_ref(), peer, &tls);
+                    }
+                    tracing::debug!(%peer, %error, "HTTP/3 request refused");
+                }
                 Err(_) => tracing::debug!(%peer, "HTTP/3 request head timed out"),
             }
         });
@@ -465,6 +471,22 @@ async fn answer<H: Handler>(
     }
     if let Err(error) = pipe(body, &mut send).await {
         tracing::debug!(%peer, %error, "HTTP/3 response body not sent whole");
+    }
+}
+
+/// Counts (and logs) a request whose header section was larger than `max_header_bytes`,
+/// which `h3` has answered `431` (no body) before handing it over, as the HTTP/1.1 and
+/// HTTP/2 listeners count theirs.
+fn too_large<H: Handler>(handler: &H, peer: SocketAddr, tls: &TlsName) {
+    handler.count(Outcome::Refused, http::Version::HTTP_3);
+    if handler.logs_access() {
+        handler.refused_at_door(&DoorRefusal {
+            client: peer,
+            status: http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            bytes: crate::front::head_bytes(&HeaderMap::new()),
+            tls: Some(tls),
+            https: true,
+        });
     }
 }
 
