@@ -510,6 +510,55 @@ async fn http3_serves_a_certificate_replaced_on_disk_to_the_next_connection() {
     );
 }
 
+/// A body of several MiB arrives byte for byte over HTTP/3 on every path: streamed on a
+/// miss, from the stored body on a fast-path hit (handed to QUIC without a copy, in
+/// frames of the whole body), and a range of it through the full path.
+#[tokio::test]
+async fn http3_sends_a_multi_mib_body_whole_on_a_miss_a_hit_and_a_range() {
+    let h = TlsHarness::start().await;
+    let target = "/h3-large/4m.bin";
+    let expected = support::send(
+        &support::client(),
+        h._origin.addr(),
+        http::Method::GET,
+        target,
+        HOST,
+        &[],
+    )
+    .await
+    .body;
+    assert_eq!(expected.len(), 4 << 20);
+    let connection = tls::h3::connect(&h.ca.h3_client(), h.http3(), HOST)
+        .await
+        .unwrap();
+    let mut session = tls::h3::session(&connection).await;
+    let miss = session.get(HOST, target, &[]).await;
+    assert!(
+        miss.header("cache-status").contains("fwd=uri-miss"),
+        "{}",
+        miss.header("cache-status")
+    );
+    assert!(
+        miss.body == expected,
+        "the miss's body differs from the origin's"
+    );
+    let hit = session.get(HOST, target, &[]).await;
+    assert!(
+        hit.header("cache-status").contains("hit"),
+        "{}",
+        hit.header("cache-status")
+    );
+    assert!(
+        hit.body == expected,
+        "the hit's body differs from the origin's"
+    );
+    let range = session
+        .get(HOST, target, &[("range", "bytes=1000000-3999999")])
+        .await;
+    assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
+    assert!(range.body == expected.slice(1_000_000..4_000_000));
+}
+
 /// `edge_requests_total` says which HTTP version each request came over: a miss (the
 /// full path) and then a hit (the protocol's fast path) over HTTP/1.1, HTTP/2 and
 /// HTTP/3, each counted under its own `version`.

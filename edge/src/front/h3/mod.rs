@@ -33,6 +33,9 @@
 //! - shutdown: the node stops taking new connections, sends GOAWAY on the open ones and
 //!   lets their requests in flight finish (bounded by the drain timeout).
 //!
+//! Streams reach quinn through [`quic_streams`], which hands each DATA frame's payload
+//! (a stored body's shared bytes on a hit) to quinn without copying it.
+//!
 //! Left to QUIC's own flow control: how fast a response goes out. A client that stops
 //! reading holds its stream until the idle timeout.
 
@@ -62,11 +65,12 @@ use crate::front::{DoorRefusal, Handler, ServedHit, TlsName, TlsVersion};
 use crate::upstream::interim::{self, InterimHead, InterimReceiver};
 
 pub mod early_data;
+pub mod quic_streams;
 
 use early_data::{Arrival, Confirmation};
 
-type SendStream = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
-type RecvStream = RequestStream<h3_quinn::RecvStream, Bytes>;
+type SendStream = RequestStream<quic_streams::SendStream<Bytes>, Bytes>;
+type RecvStream = RequestStream<quic_streams::RecvStream, Bytes>;
 
 /// The QUIC transport settings of the listener, from `[limits]`.
 pub fn transport(limits: &LimitsConfig) -> quinn::TransportConfig {
@@ -321,7 +325,7 @@ async fn serve_connection<H: Handler>(
     let mut builder = h3::server::builder();
     builder.max_field_section_size(settings.max_head as u64);
     let mut h3 = match builder
-        .build::<_, Bytes>(h3_quinn::Connection::new(connection.clone()))
+        .build::<_, Bytes>(quic_streams::Connection::new(connection.clone()))
         .await
     {
         Ok(h3) => h3,
@@ -408,7 +412,7 @@ async fn answer<H: Handler>(
     tls: TlsName,
     max_head: usize,
     (mut request, arrival): (Request<()>, Arrival),
-    stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    stream: RequestStream<quic_streams::BidiStream<Bytes>, Bytes>,
 ) {
     let (mut send, recv) = stream.split();
     if arrival == Arrival::Early {
