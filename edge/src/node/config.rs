@@ -606,6 +606,16 @@ mod tests {
         }
     }
 
+    #[test]
+    fn early_data_without_a_certificate_is_refused_with_what_to_add() {
+        let text = format!("{MINIMAL}h3_early_data = true\n");
+        let err = EdgeConfig::from_toml(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("h3_early_data needs the site's certificate"),
+            "{err}"
+        );
+    }
+
     const POOL: &str = r#"
         [[site]]
         name = "assets"
