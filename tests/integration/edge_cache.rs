@@ -33,11 +33,12 @@ async fn miss_then_hit_with_cache_status_and_age() {
     assert_eq!(hit.header("content-length"), "16384");
     assert_eq!(h.origin.hits("/obj/16k.bin"), 1);
     assert_eq!(
-        h.metric(r#"edge_requests_total{cache_status="hit"}"#).await,
+        h.metric(r#"edge_requests_total{cache_status="hit",version="1.1"}"#)
+            .await,
         1.0
     );
     assert_eq!(
-        h.metric(r#"edge_requests_total{cache_status="miss"}"#)
+        h.metric(r#"edge_requests_total{cache_status="miss",version="1.1"}"#)
             .await,
         1.0
     );
@@ -271,7 +272,7 @@ async fn other_methods_pass_through_and_are_not_stored() {
     }
     assert_eq!(h.origin.hits("/form"), 2);
     assert_eq!(
-        h.metric(r#"edge_requests_total{cache_status="pass"}"#)
+        h.metric(r#"edge_requests_total{cache_status="pass",version="1.1"}"#)
             .await,
         2.0
     );

@@ -28,7 +28,7 @@ async fn unknown_host_is_refused_without_origin_contact() {
     assert_eq!(raw_status(&response), 421);
     assert_eq!(h.origin.total_hits(), 0, "the origin was contacted");
     assert_eq!(
-        h.metric(r#"edge_requests_total{cache_status="refused"}"#)
+        h.metric(r#"edge_requests_total{cache_status="refused",version="1.1"}"#)
             .await,
         4.0
     );
@@ -214,7 +214,7 @@ async fn admin_listener_reports_health_and_metrics_apart_from_the_public_one() {
     assert_eq!(metrics.status, StatusCode::OK);
     let text = metrics.text();
     for series in [
-        "edge_requests_total{cache_status=\"hit\"} 1",
+        "edge_requests_total{cache_status=\"hit\",version=\"1.1\"} 1",
         "edge_cache_hit_ratio 0.5",
         "edge_upstream_response_seconds_bucket{le=",
         "edge_cache_capacity_bytes",

@@ -57,6 +57,7 @@ impl TlsHarness {
             hosts = ["{OTHER}"]
             upstream = "http://{upstream}"
             tls = {{ cert = {images_cert:?}, key = {images_key:?} }}
+            h3_early_data = true
 
             [[site]]
             name = "plain"
@@ -507,6 +508,199 @@ async fn http3_serves_a_certificate_replaced_on_disk_to_the_next_connection() {
         session.get(HOST, "/h3-old/1k.bin", &[]).await.status,
         StatusCode::OK
     );
+}
+
+/// A body of several MiB arrives byte for byte over HTTP/3 on every path: streamed on a
+/// miss, from the stored body on a fast-path hit (handed to QUIC without a copy, in
+/// frames of the whole body), and a range of it through the full path.
+#[tokio::test]
+async fn http3_sends_a_multi_mib_body_whole_on_a_miss_a_hit_and_a_range() {
+    let h = TlsHarness::start().await;
+    let target = "/h3-large/4m.bin";
+    let expected = support::send(
+        &support::client(),
+        h._origin.addr(),
+        http::Method::GET,
+        target,
+        HOST,
+        &[],
+    )
+    .await
+    .body;
+    assert_eq!(expected.len(), 4 << 20);
+    let connection = tls::h3::connect(&h.ca.h3_client(), h.http3(), HOST)
+        .await
+        .unwrap();
+    let mut session = tls::h3::session(&connection).await;
+    let miss = session.get(HOST, target, &[]).await;
+    assert!(
+        miss.header("cache-status").contains("fwd=uri-miss"),
+        "{}",
+        miss.header("cache-status")
+    );
+    assert!(
+        miss.body == expected,
+        "the miss's body differs from the origin's"
+    );
+    let hit = session.get(HOST, target, &[]).await;
+    assert!(
+        hit.header("cache-status").contains("hit"),
+        "{}",
+        hit.header("cache-status")
+    );
+    assert!(
+        hit.body == expected,
+        "the hit's body differs from the origin's"
+    );
+    let range = session
+        .get(HOST, target, &[("range", "bytes=1000000-3999999")])
+        .await;
+    assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
+    assert!(range.body == expected.slice(1_000_000..4_000_000));
+}
+
+/// `edge_requests_total` says which HTTP version each request came over: a miss (the
+/// full path) and then a hit (the protocol's fast path) over HTTP/1.1, HTTP/2 and
+/// HTTP/3, each counted under its own `version`.
+#[tokio::test]
+async fn requests_are_counted_by_http_version_on_the_full_and_the_fast_path() {
+    let h = TlsHarness::start().await;
+    for _ in 0..2 {
+        let reply = support::send(
+            &support::client(),
+            h.edge.public_addr(),
+            http::Method::GET,
+            "/by-version/h1.bin",
+            HOST,
+            &[],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let conn = tls::connect(&h.ca.client(&[b"h2"]), h.https(), HOST)
+            .await
+            .unwrap();
+        let (status, version, _, _) = tls::fetch(conn, HOST, "/by-version/h2.bin").await;
+        assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2));
+    }
+    let connection = tls::h3::connect(&h.ca.h3_client(), h.http3(), HOST)
+        .await
+        .unwrap();
+    let mut session = tls::h3::session(&connection).await;
+    for _ in 0..2 {
+        let reply = session.get(HOST, "/by-version/h3.bin", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let metrics = support::admin_text(h.edge.admin_addr(), "/metrics").await;
+    for version in ["1.1", "2", "3"] {
+        for status in ["miss", "hit"] {
+            let series = format!(
+                "edge_requests_total{{cache_status=\"{status}\",version=\"{version}\"}} 1\n"
+            );
+            assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+        }
+    }
+}
+
+/// A header section larger than `max_header_bytes` (32 KiB, the
+/// `SETTINGS_MAX_FIELD_SECTION_SIZE` the edge advertises), from a client that does not
+/// heed the setting, gets `431` and is counted as refused; the same connection, and the
+/// edge, go on serving.
+#[tokio::test]
+async fn http3_an_oversized_header_section_gets_431_and_the_connection_keeps_serving() {
+    let h = TlsHarness::start().await;
+    let connection = tls::h3::connect(&h.ca.h3_client(), h.http3(), HOST)
+        .await
+        .unwrap();
+    let mut session = tls::h3::session_ignoring_settings(&connection).await;
+    let big = "x".repeat(40 * 1024);
+    let reply = session
+        .get(HOST, "/h3-big/1k.bin", &[("x-big", big.as_str())])
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "{reply:?}"
+    );
+    let reply = session.get(HOST, "/h3-big/1k.bin", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let other = tls::h3::connect(&h.ca.h3_client(), h.http3(), HOST)
+        .await
+        .unwrap();
+    let reply = tls::h3::session(&other)
+        .await
+        .get(HOST, "/h3-big/1k.bin", &[])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let metrics = support::admin_text(h.edge.admin_addr(), "/metrics").await;
+    let refused = "edge_requests_total{cache_status=\"refused\",version=\"3\"} 1\n";
+    assert!(metrics.contains(refused), "no {refused} in\n{metrics}");
+}
+
+/// 0-RTT on the one site that opts in (`images`, `h3_early_data = true`): a client that
+/// resumes its session sends a GET and a POST in its first flight, and the relay holds
+/// back its handshake's completion, so the edge reads both before it: the GET is answered
+/// from early data, the POST gets `425 Too Early`, and the same POST once the handshake
+/// completed is forwarded. The site that did not opt in never lets the client send early
+/// data at all.
+#[tokio::test]
+async fn http3_early_data_is_answered_only_for_a_site_that_opts_in_and_only_for_safe_methods() {
+    let h = TlsHarness::start().await;
+    let client = h.ca.h3_client_with_early_data();
+    for host in [OTHER, HOST] {
+        // A full handshake; its session tickets are kept by the client.
+        let first = tls::h3::connect(&client, h.http3(), host).await.unwrap();
+        let mut session = tls::h3::session(&first).await;
+        let reply = session.get(host, "/h3-0rtt/1k.bin", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{host}");
+        drop(session);
+        first.close(0u32.into(), b"done");
+    }
+    // The site that did not opt in: its tickets offer no early data.
+    match client.connect(h.http3(), HOST).unwrap().into_0rtt() {
+        Err(connecting) => drop(connecting.await.expect("resumed without early data")),
+        Ok((_, accepted)) => assert!(
+            !accepted.await,
+            "{HOST} accepted early data without opting in"
+        ),
+    }
+    let relay = tls::QuicRelay::hold_handshake(h.http3()).await;
+    let Ok((connection, accepted)) = client.connect(relay.addr(), OTHER).unwrap().into_0rtt()
+    else {
+        panic!("{OTHER} opted in, yet its ticket offers no early data");
+    };
+    let mut session = tls::h3::session(&connection).await;
+    // Both sent before anything came back: early data.
+    let get = session
+        .request(
+            http::Method::GET,
+            OTHER,
+            "/h3-0rtt/1k.bin",
+            &[],
+            Default::default(),
+        )
+        .await;
+    let form = bytes::Bytes::from_static(b"a=1");
+    let post = session
+        .request(
+            http::Method::POST,
+            OTHER,
+            "/h3-0rtt/form",
+            &[],
+            form.clone(),
+        )
+        .await;
+    let get = get.response().await;
+    assert_eq!(get.status, StatusCode::OK, "{get:?}");
+    assert_eq!(get.body.len(), 1024);
+    let post = post.response().await;
+    assert_eq!(post.status, StatusCode::TOO_EARLY, "{post:?}");
+    assert!(post.body.starts_with(b"425 "), "the answer says why");
+    relay.release();
+    assert!(accepted.await, "the early data was accepted");
+    let post = session
+        .send(http::Method::POST, OTHER, "/h3-0rtt/form", &[], form)
+        .await;
+    assert_ne!(post.status, StatusCode::TOO_EARLY, "{post:?}");
 }
 
 /// A flood of Initial packets (each a real client's first flight, from its own address,

@@ -178,7 +178,7 @@ async fn an_upgrade_under_load_refuses_nothing_and_the_old_process_exits() {
     let (origin, new, _dir) = upgrade_under_load("", &["/a.bin", "/b.bin", "/1k.bin"]).await;
     let metrics = support::admin_text(new.admin, "/metrics").await;
     assert!(
-        !metrics.contains("edge_requests_total{cache_status=\"hit\"} 0\n"),
+        !metrics.contains("edge_requests_total{cache_status=\"hit\",version=\"1.1\"} 0\n"),
         "the new process served hits:\n{metrics}"
     );
     drop(origin);

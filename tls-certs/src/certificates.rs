@@ -13,14 +13,22 @@
 //! open connections keep the certificate they were made with. A pair that does not load
 //! (a half-written file, a key that does not match) keeps the old certificate in
 //! service and is tried again at the next check.
+//!
+//! Early data (TLS 1.3 0-RTT, offered on QUIC only): a site opts in per source
+//! ([`Source::with_early_data`]); [`Certificates::early_data`] answers for a server name,
+//! and [`Certificates::quic_early_data_config`] is the config a handshake naming such a
+//! site is run with. Which of the two QUIC configs a connection gets is decided by whoever
+//! reads the client's server name first (the HTTP/3 listener); rustls itself has one
+//! `max_early_data_size` per config, not per name.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -85,6 +93,8 @@ pub struct Source {
     hosts: Vec<String>,
     cert: PathBuf,
     key: PathBuf,
+    /// Its hosts accept 0-RTT on QUIC.
+    early_data: bool,
     stamp: Option<[Stamp; 2]>,
 }
 
@@ -97,13 +107,30 @@ fn stamp(path: &Path) -> Option<Stamp> {
     Some(Stamp(meta.modified().ok(), meta.len()))
 }
 
+/// What is served for one host name: its certificate, and whether 0-RTT is accepted.
+#[derive(Debug, Clone)]
+struct Served {
+    key: Arc<CertifiedKey>,
+    early_data: bool,
+}
+
 /// The certificates of every site, by lower-case host name; what the TLS acceptor asks.
 pub struct Certificates {
-    by_host: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    by_host: ArcSwap<HashMap<String, Served>>,
     sources: std::sync::Mutex<Vec<Source>>,
     /// Counts successful reloads, so tests and operators can wait for one.
     reloads: watch::Sender<u64>,
+    /// The single-use session tickets of the QUIC early-data config: shared by every
+    /// config built from here, so a config rebuilt (a limits reload) still resumes the
+    /// sessions of the one before.
+    early_sessions: Arc<ServerSessionMemoryCache>,
+    /// Some host in `by_host` accepts early data (set after each swap of the map).
+    any_early_data: AtomicBool,
 }
+
+/// Resumable sessions the early-data config keeps (two tickets a handshake, each
+/// single-use; least recently used dropped first): ~100 bytes each.
+const EARLY_SESSIONS: usize = 16 * 1024;
 
 impl std::fmt::Debug for Certificates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,8 +149,15 @@ impl Source {
             hosts: hosts.iter().map(|h| normalize_host(h)).collect(),
             cert: cert.to_owned(),
             key: key.to_owned(),
+            early_data: false,
             stamp: None,
         }
+    }
+
+    /// Its hosts accept early data (0-RTT) on QUIC when `on`; off by default.
+    pub fn with_early_data(mut self, on: bool) -> Self {
+        self.early_data = on;
+        self
     }
 }
 
@@ -135,9 +169,11 @@ impl Certificates {
     pub fn from_sources(mut sources: Vec<Source>) -> Result<Self, TlsError> {
         let by_host = load_all(&mut sources)?;
         Ok(Self {
-            by_host: ArcSwap::from_pointee(by_host),
             sources: std::sync::Mutex::new(sources),
             reloads: watch::channel(0).0,
+            early_sessions: ServerSessionMemoryCache::new(EARLY_SESSIONS),
+            any_early_data: AtomicBool::new(any_early_data(&by_host)),
+            by_host: ArcSwap::from_pointee(by_host),
         })
     }
 
@@ -147,7 +183,7 @@ impl Certificates {
     pub fn replace(&self, mut sources: Vec<Source>) -> Result<(), TlsError> {
         let mut current = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         let by_host = load_all(&mut sources)?;
-        self.by_host.store(Arc::new(by_host));
+        self.store(by_host);
         *current = sources;
         drop(current);
         self.reloads.send_modify(|n| *n += 1);
@@ -158,21 +194,61 @@ impl Certificates {
     /// ALPN h2 and http/1.1, no client certificates.
     pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
         let alpn = ALPN.iter().map(|p| p.to_vec()).collect();
-        self.config(&[&rustls::version::TLS13, &rustls::version::TLS12], alpn)
+        let mut config = self.config(&[&rustls::version::TLS13, &rustls::version::TLS12], alpn)?;
+        // Stateless resumption keeps returning clients off the full handshake.
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        Ok(config)
     }
 
     /// A TLS config for QUIC (HTTP/3) choosing certificates as [`Self::server_config`]
     /// does, from the same sites (so a reload reaches both): TLS 1.3 only, as QUIC
-    /// requires, ALPN `h3`, and no early data (0-RTT is replayable; rustls's default,
-    /// said here because QUIC would otherwise offer it).
+    /// requires, ALPN `h3`, stateless tickets, and no early data (0-RTT is replayable;
+    /// rustls's default, said here because QUIC would otherwise offer it). What every
+    /// handshake gets unless its server name is a site's that opted in to early data.
     pub fn quic_server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
         let mut config = self.config(&[&rustls::version::TLS13], vec![b"h3".to_vec()])?;
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
         config.max_early_data_size = 0;
         Ok(config)
     }
 
-    /// The config both listeners share: these certificates by SNI, no client
-    /// certificates, `versions` and `alpn` as given.
+    /// The QUIC config of a handshake whose server name is a site's that opted in to
+    /// early data ([`Self::early_data`]): as [`Self::quic_server_config`], but its
+    /// tickets let the client send 0-RTT (`max_early_data_size` is `u32::MAX`, the one
+    /// value QUIC allows besides 0), and they are kept here, each usable once, rather
+    /// than sealed for the client: rustls accepts early data only with such tickets, so
+    /// the same first flight replayed to this node is refused its early data (RFC 8446
+    /// 8.1). A replay to another node, or before the original, still reaches the
+    /// listener: what it may do with early data is the listener's to limit.
+    pub fn quic_early_data_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
+        let mut config = self.config(&[&rustls::version::TLS13], vec![b"h3".to_vec()])?;
+        config.session_storage = self.early_sessions.clone();
+        config.max_early_data_size = u32::MAX;
+        Ok(config)
+    }
+
+    /// Whether the site `server_name` (a client's SNI) names accepts early data.
+    pub fn early_data(&self, server_name: &str) -> bool {
+        let map = self.by_host.load();
+        map.get(server_name)
+            .or_else(|| map.get(&normalize_host(server_name)))
+            .is_some_and(|served| served.early_data)
+    }
+
+    /// Whether any site accepts early data (else no handshake needs its name read first).
+    pub fn any_early_data(&self) -> bool {
+        self.any_early_data.load(Ordering::Acquire)
+    }
+
+    /// Serves `by_host` from now on.
+    fn store(&self, by_host: HashMap<String, Served>) {
+        let any = any_early_data(&by_host);
+        self.by_host.store(Arc::new(by_host));
+        self.any_early_data.store(any, Ordering::Release);
+    }
+
+    /// The config every listener's is built from: these certificates by SNI, no client
+    /// certificates, `versions` and `alpn` as given; no resumption yet.
     fn config(
         self: &Arc<Self>,
         versions: &[&'static rustls::SupportedProtocolVersion],
@@ -184,8 +260,6 @@ impl Certificates {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = alpn;
-        // Stateless resumption keeps returning clients off the full handshake.
-        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
         Ok(config)
     }
 
@@ -193,7 +267,7 @@ impl Certificates {
     /// whose new files do not load keeps its old certificate (logged, retried next time).
     pub fn reload_changed(&self) -> usize {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next: Option<HashMap<String, Arc<CertifiedKey>>> = None;
+        let mut next: Option<HashMap<String, Served>> = None;
         let mut changed = 0;
         for source in sources.iter_mut() {
             let Some(now) = stamp(&source.cert).zip(stamp(&source.key)) else {
@@ -205,10 +279,13 @@ impl Certificates {
             }
             match load_pair(&source.site, &source.cert, &source.key) {
                 Ok(key) => {
-                    let key = Arc::new(key);
+                    let served = Served {
+                        key: Arc::new(key),
+                        early_data: source.early_data,
+                    };
                     let map = next.get_or_insert_with(|| (**self.by_host.load()).clone());
                     for host in source.names() {
-                        map.insert(host.to_owned(), key.clone());
+                        map.insert(host.to_owned(), served.clone());
                     }
                     source.stamp = Some(now);
                     changed += 1;
@@ -222,7 +299,7 @@ impl Certificates {
         let Some(map) = next else { return 0 };
         // Swapped while the sources are still locked, so a concurrent call that finds the
         // files unchanged returns only after the new map is in service.
-        self.by_host.store(Arc::new(map));
+        self.store(map);
         drop(sources);
         self.reloads.send_modify(|n| *n += 1);
         changed
@@ -257,14 +334,21 @@ impl Certificates {
     }
 }
 
+fn any_early_data(by_host: &HashMap<String, Served>) -> bool {
+    by_host.values().any(|served| served.early_data)
+}
+
 /// Loads every source's pair, by host name, noting the files' stamps.
-fn load_all(sources: &mut [Source]) -> Result<HashMap<String, Arc<CertifiedKey>>, TlsError> {
+fn load_all(sources: &mut [Source]) -> Result<HashMap<String, Served>, TlsError> {
     let mut by_host = HashMap::new();
     for source in sources {
         let stamps = [stamp(&source.cert), stamp(&source.key)];
-        let key = Arc::new(load_pair(&source.site, &source.cert, &source.key)?);
+        let served = Served {
+            key: Arc::new(load_pair(&source.site, &source.cert, &source.key)?),
+            early_data: source.early_data,
+        };
         for host in source.names() {
-            by_host.insert(host.to_owned(), key.clone());
+            by_host.insert(host.to_owned(), served.clone());
         }
         source.stamp = stamps[0].zip(stamps[1]).map(|(c, k)| [c, k]);
     }
@@ -286,7 +370,9 @@ impl ResolvesServerCert for Certificates {
                 // rustls hands the name over lower-cased already; a trailing dot is not sent.
                 .or_else(|| map.get(&normalize_host(name)))
         });
-        found.or_else(|| map.get(ANY_NAME)).cloned()
+        found
+            .or_else(|| map.get(ANY_NAME))
+            .map(|served| served.key.clone())
     }
 }
 

@@ -61,7 +61,7 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin, H: Handler>(
     (handler, client, tls): (&H, SocketAddr, Option<&TlsName>),
     (status, why): (StatusCode, std::borrow::Cow<'static, str>),
 ) -> Ending<S> {
-    handler.count(Outcome::Refused);
+    handler.count(Outcome::Refused, http::Version::HTTP_11);
     let body = format!(
         "{} {}: {why}\n",
         status.as_u16(),
@@ -279,7 +279,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + SendFile + Unpin, H: Handler>(
         let started = handler.logs_access().then(Instant::now);
         let written = match fresh_hit(handler.as_ref(), &buf, &head, tls) {
             Some((entry, now)) => {
-                handler.count(Outcome::Hit);
+                handler.count(Outcome::Hit, http::Version::HTTP_11);
                 out.clear();
                 let status = CacheStatus::hit(entry.freshness.ttl(now));
                 out.extend_from_slice(b"age: ");

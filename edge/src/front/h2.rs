@@ -214,7 +214,7 @@ fn answer_fresh_hit<H: Handler>(
         return Some(respond);
     }
     let started = handler.logs_access().then(std::time::Instant::now);
-    handler.count(Outcome::Hit);
+    handler.count(Outcome::Hit, http::Version::HTTP_2);
     let (mut response, cache_status) = fresh_hit_head(handler, &entry, now);
     if let Some(alt_svc) = handler.alt_svc() {
         response

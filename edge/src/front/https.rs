@@ -47,7 +47,7 @@ pub async fn serve<H: Handler>(
         // Over its allowance a client is closed before the handshake: nothing can be said
         // to it in HTTP before TLS, and a handshake is the expensive part.
         let Some(slot) = per_ip.admit(peer.ip()) else {
-            handler.count(Outcome::Refused);
+            handler.count(Outcome::Refused, http::Version::HTTP_11);
             if handler.logs_access() {
                 handler.refused_at_door(&crate::front::DoorRefusal {
                     client: peer,

@@ -57,7 +57,7 @@ pub async fn serve<H: Handler>(
         tokio::spawn(async move {
             let _guard = guard;
             let Some(_slot) = slot else {
-                handler.count(Outcome::Refused);
+                handler.count(Outcome::Refused, http::Version::HTTP_11);
                 let written = stream.write_all(TOO_MANY_CONNECTIONS).await;
                 if handler.logs_access() {
                     handler.refused_at_door(&crate::front::DoorRefusal {

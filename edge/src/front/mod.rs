@@ -112,8 +112,11 @@ pub trait Handler: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// Counts a request the front door answered without [`Handler::handle`]: a fast-path
-    /// hit, or a refusal (a malformed head, a client over its connection limit).
-    fn count(&self, outcome: Outcome);
+    /// hit, or a refusal (a malformed head, a client over its connection limit), with
+    /// the HTTP `version` the client spoke. A TCP client refused before a protocol was
+    /// chosen (over its connection limit) counts as HTTP/1.1, one refused on the UDP
+    /// port as HTTP/3.
+    fn count(&self, outcome: Outcome, version: http::Version);
 
     /// Whether the node keeps an access log: the fast path then times each request and
     /// reports every hit it writes to [`Handler::served_hit`]. The default says no.

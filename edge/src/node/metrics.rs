@@ -7,7 +7,7 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{StatusCode, Version};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -25,6 +25,20 @@ use crate::upstream::pool::PoolObserver;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     cache_status: String,
+    version: &'static str,
+}
+
+/// The `version` label of `edge_requests_total`, by [`version_index`]: the HTTP version
+/// the client spoke (HTTP/0.9, which no listener reads, would count as 1.0).
+const VERSIONS: [&str; 4] = ["1.0", "1.1", "2", "3"];
+
+fn version_index(version: Version) -> usize {
+    match version {
+        Version::HTTP_09 | Version::HTTP_10 => 0,
+        Version::HTTP_2 => 2,
+        Version::HTTP_3 => 3,
+        _ => 1,
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,7 +90,9 @@ struct RetryLabel {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    by_outcome: [Counter; Outcome::ALL.len()],
+    /// `edge_requests_total`, by outcome and then by [`version_index`]: resolved once, so
+    /// a request pays one atomic add and no label lookup.
+    by_outcome: [[Counter; VERSIONS.len()]; Outcome::ALL.len()],
     upstream_errors: Family<KindLabel, Counter>,
     not_stored: Family<ReasonLabel, Counter>,
     upstream_seconds: Histogram,
@@ -159,15 +175,18 @@ impl Metrics {
         let requests = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "requests",
-            "Client requests by what the cache did (hit, miss, stale, pass, refused, error)",
+            "Client requests by what the cache did (hit, miss, stale, pass, refused, error) and the HTTP version the client spoke (1.0, 1.1, 2, 3)",
             requests.clone(),
         );
         let by_outcome = Outcome::ALL.map(|o| {
-            requests
-                .get_or_create(&OutcomeLabel {
-                    cache_status: o.as_str().to_owned(),
-                })
-                .clone()
+            VERSIONS.map(|version| {
+                requests
+                    .get_or_create(&OutcomeLabel {
+                        cache_status: o.as_str().to_owned(),
+                        version,
+                    })
+                    .clone()
+            })
         });
         let upstream_errors = Family::<KindLabel, Counter>::default();
         registry.register(
@@ -309,12 +328,17 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, outcome: Outcome) {
-        self.by_outcome[outcome as usize].inc();
+    /// Counts a client request answered with `outcome` over HTTP `version`.
+    pub fn request(&self, outcome: Outcome, version: Version) {
+        self.by_outcome[outcome as usize][version_index(version)].inc();
     }
 
+    /// Client requests answered with `outcome`, over every version.
     pub fn requests(&self, outcome: Outcome) -> u64 {
-        self.by_outcome[outcome as usize].get()
+        self.by_outcome[outcome as usize]
+            .iter()
+            .map(Counter::get)
+            .sum()
     }
 
     pub fn upstream_response(&self, elapsed: Duration) {
@@ -702,10 +726,10 @@ mod tests {
     #[test]
     fn renders_counters_gauges_and_histogram_buckets() {
         let m = Metrics::new(1000);
-        m.request(Outcome::Hit);
-        m.request(Outcome::Hit);
-        m.request(Outcome::Hit);
-        m.request(Outcome::Miss);
+        m.request(Outcome::Hit, Version::HTTP_11);
+        m.request(Outcome::Hit, Version::HTTP_11);
+        m.request(Outcome::Hit, Version::HTTP_11);
+        m.request(Outcome::Miss, Version::HTTP_2);
         m.upstream_response(Duration::from_millis(3));
         m.upstream_error("connect");
         m.not_stored(NoCacheReason::NoStore);
@@ -714,9 +738,10 @@ mod tests {
             entries: 2,
         });
         for want in [
-            r#"edge_requests_total{cache_status="hit"} 3"#,
-            r#"edge_requests_total{cache_status="miss"} 1"#,
-            r#"edge_requests_total{cache_status="error"} 0"#,
+            r#"edge_requests_total{cache_status="hit",version="1.1"} 3"#,
+            r#"edge_requests_total{cache_status="hit",version="3"} 0"#,
+            r#"edge_requests_total{cache_status="miss",version="2"} 1"#,
+            r#"edge_requests_total{cache_status="error",version="1.0"} 0"#,
             "edge_cache_bytes 512",
             "edge_cache_entries 2",
             "edge_cache_capacity_bytes 1000",
@@ -756,9 +781,9 @@ mod tests {
     fn a_node_with_a_disk_tier_renders_hits_by_tier_and_its_recovery() {
         let mut m = Metrics::new(1000);
         m.track_disk();
-        m.request(Outcome::Hit);
-        m.request(Outcome::Hit);
-        m.request(Outcome::Hit);
+        m.request(Outcome::Hit, Version::HTTP_11);
+        m.request(Outcome::Hit, Version::HTTP_11);
+        m.request(Outcome::Hit, Version::HTTP_11);
         m.disk_hit();
         m.disk_recovered(&RecoveryReport {
             objects: 12,

@@ -343,6 +343,7 @@ impl Edge {
         // The site is found once here for both its sampling share and its name; the
         // route finds it again, as it does for every request.
         let live = self.live();
+        let version = req.version();
         let logging = live.access_log.as_ref().and_then(|log| {
             let started = Instant::now();
             let site = self.site_for(&live, &req).ok().map(|site| site.site);
@@ -357,13 +358,13 @@ impl Edge {
         });
         let Some((log, started, record)) = logging else {
             let (response, outcome) = self.route(&live, req, client).await;
-            self.metrics.request(outcome);
+            self.metrics.request(outcome, version);
             return response;
         };
         let seen = UpstreamSeen::default();
         let (response, outcome) =
             noting_upstream(seen.clone(), self.route(&live, req, client)).await;
-        self.metrics.request(outcome);
+        self.metrics.request(outcome, version);
         logged(log, record, started, &seen, response)
     }
 
@@ -1568,8 +1569,8 @@ impl Handler for Edge {
         &self.name
     }
 
-    fn count(&self, outcome: Outcome) {
-        self.metrics.request(outcome);
+    fn count(&self, outcome: Outcome, version: http::Version) {
+        self.metrics.request(outcome, version);
     }
 }
 

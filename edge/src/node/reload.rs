@@ -358,7 +358,10 @@ pub(crate) fn site_certificates(config: &EdgeConfig) -> Vec<Source> {
         .iter()
         .filter_map(|site| {
             let tls = site.tls.as_ref()?;
-            Some(Source::new(&site.name, &site.hosts, &tls.cert, &tls.key))
+            Some(
+                Source::new(&site.name, &site.hosts, &tls.cert, &tls.key)
+                    .with_early_data(site.h3_early_data),
+            )
         })
         .collect()
 }

@@ -357,8 +357,7 @@ fn bind_http3(
     };
     socket.set_nonblocking(true).map_err(failed)?;
     let copy = socket.as_fd().try_clone_to_owned().map_err(failed)?;
-    let tls = certificates.quic_server_config()?;
-    let server = crate::front::h3::server_config(tls, limits)
+    let server = crate::front::h3::server_config(certificates, limits)
         .map_err(|e| failed(std::io::Error::other(e)))?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),

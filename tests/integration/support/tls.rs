@@ -197,6 +197,17 @@ pub mod h3 {
     impl TestCa {
         /// A QUIC client endpoint on 127.0.0.1 trusting only this CA, offering ALPN `h3`.
         pub fn h3_client(&self) -> quinn::Endpoint {
+            self.quic_client(false)
+        }
+
+        /// As [`Self::h3_client`], and its connections keep their session tickets and send
+        /// early data (0-RTT) when a ticket allows it: `client.connect(..)?.into_0rtt()`
+        /// succeeds on a connection that resumes such a ticket.
+        pub fn h3_client_with_early_data(&self) -> quinn::Endpoint {
+            self.quic_client(true)
+        }
+
+        fn quic_client(&self, early_data: bool) -> quinn::Endpoint {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(self.cert.der().clone()).expect("CA is a root");
             let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -206,6 +217,7 @@ pub mod h3 {
                 .with_root_certificates(roots)
                 .with_no_client_auth();
             tls.alpn_protocols = vec![b"h3".to_vec()];
+            tls.enable_early_data = early_data;
             let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
             let mut endpoint =
                 quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("client endpoint");
@@ -275,21 +287,88 @@ pub mod h3 {
         H3Session { sender, driving }
     }
 
+    /// Sets up HTTP/3 on `connection` as a client that never reads the server's control
+    /// stream, and so never learns its SETTINGS: it sends header sections of any size,
+    /// as a client that ignores `SETTINGS_MAX_FIELD_SECTION_SIZE` would.
+    pub async fn session_ignoring_settings(connection: &quinn::Connection) -> H3Session {
+        let (driver, sender) = ::h3::client::new(h3_quinn::Connection::new(connection.clone()))
+            .await
+            .expect("h3 client");
+        // Kept (not polled) as long as the session: dropping it would close the connection.
+        let driving = tokio::spawn(async move {
+            let _driver = driver;
+            std::future::pending::<()>().await;
+        });
+        H3Session { sender, driving }
+    }
+
     impl H3Session {
         /// Sends GET `path` for `host` (as `:authority`) with `headers` on a new request
         /// stream, and reads the whole answer (bounded to 10 s).
         pub async fn get(&mut self, host: &str, path: &str, headers: &[(&str, &str)]) -> H3Reply {
-            let mut request = Request::get(format!("https://{host}{path}"));
+            self.send(http::Method::GET, host, path, headers, Bytes::new())
+                .await
+        }
+
+        /// Sends `method` `path` for `host` with `headers` and `body` (none when empty) on
+        /// a new request stream, and reads the whole answer (bounded to 10 s).
+        pub async fn send(
+            &mut self,
+            method: http::Method,
+            host: &str,
+            path: &str,
+            headers: &[(&str, &str)],
+            body: Bytes,
+        ) -> H3Reply {
+            self.request(method, host, path, headers, body)
+                .await
+                .response()
+                .await
+        }
+
+        /// Sends the request as [`Self::send`] does, without waiting for anything from the
+        /// server (on a connection made with `into_0rtt`, before the handshake's end, it
+        /// goes out as early data); [`H3Request::response`] reads the answer.
+        pub async fn request(
+            &mut self,
+            method: http::Method,
+            host: &str,
+            path: &str,
+            headers: &[(&str, &str)],
+            body: Bytes,
+        ) -> H3Request {
+            let mut request = Request::builder()
+                .method(method)
+                .uri(format!("https://{host}{path}"));
             for (name, value) in headers {
                 request = request.header(*name, *value);
             }
+            if !body.is_empty() {
+                request = request.header("content-length", body.len());
+            }
+            let mut stream = self
+                .sender
+                .send_request(request.body(()).unwrap())
+                .await
+                .expect("request sent");
+            if !body.is_empty() {
+                stream.send_data(body).await.expect("request body sent");
+            }
+            stream.finish().await.expect("request finished");
+            H3Request { stream }
+        }
+    }
+
+    /// A request sent, its answer not yet read.
+    pub struct H3Request {
+        stream: ::h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    }
+
+    impl H3Request {
+        /// Reads the whole answer (bounded to 10 s).
+        pub async fn response(mut self) -> H3Reply {
             tokio::time::timeout(Duration::from_secs(10), async {
-                let mut stream = self
-                    .sender
-                    .send_request(request.body(()).unwrap())
-                    .await
-                    .expect("request sent");
-                stream.finish().await.expect("request finished");
+                let stream = &mut self.stream;
                 let response = stream.recv_response().await.expect("response");
                 let mut body = Vec::new();
                 while let Some(mut chunk) = stream.recv_data().await.expect("body") {
@@ -305,4 +384,121 @@ pub mod h3 {
             .expect("answered within 10 s")
         }
     }
+}
+
+/// A UDP relay between one QUIC client and a server that can hold back the client's
+/// handshake completion: with it a test decides when the server's handshake completes,
+/// so what the server does with early data before that is seen without a race. (What the
+/// client sends once it has the server's handshake goes in 1-RTT packets, held too: send
+/// early requests before awaiting anything from the server.)
+pub struct QuicRelay {
+    addr: SocketAddr,
+    release: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for QuicRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl QuicRelay {
+    /// Relays to `server`, holding every client datagram that carries a Handshake or a
+    /// 1-RTT packet (the client's Finished and all after it) until [`Self::release`]:
+    /// only the client's Initial and 0-RTT packets reach the server until then.
+    pub async fn hold_handshake(server: SocketAddr) -> Self {
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        back.connect(server).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let released = release.clone();
+        let task = tokio::spawn(async move {
+            let (mut client, mut held, mut holding) = (None, Vec::new(), true);
+            let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+            loop {
+                tokio::select! {
+                    received = front.recv_from(&mut up) => {
+                        let Ok((n, from)) = received else { return };
+                        client = Some(from);
+                        if holding && completes_handshake(&up[..n]) {
+                            held.push(up[..n].to_vec());
+                        } else {
+                            let _ = back.send(&up[..n]).await;
+                        }
+                    }
+                    received = back.recv(&mut down) => {
+                        let Ok(n) = received else { return };
+                        if let Some(client) = client {
+                            let _ = front.send_to(&down[..n], client).await;
+                        }
+                    }
+                    _ = released.notified(), if holding => {
+                        holding = false;
+                        for datagram in held.drain(..) {
+                            let _ = back.send(&datagram).await;
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            addr,
+            release,
+            task,
+        }
+    }
+
+    /// Where the client connects.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends what was held, and everything from now on.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+}
+
+/// Whether a client datagram (QUIC v1, packets coalesced) carries a Handshake packet or a
+/// 1-RTT (short header) one.
+fn completes_handshake(mut datagram: &[u8]) -> bool {
+    fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
+        let first = *bytes.first()?;
+        let len = 1usize << (first >> 6);
+        let mut value = u64::from(first & 0x3f);
+        for byte in bytes.get(1..len)? {
+            value = value << 8 | u64::from(*byte);
+        }
+        Some((value, len))
+    }
+    while let Some(&first) = datagram.first() {
+        if first & 0x80 == 0 {
+            return true; // short header: 1-RTT
+        }
+        let kind = (first >> 4) & 0x3;
+        if kind == 2 {
+            return true; // Handshake
+        }
+        // Long header: version, connection ids, (Initial) token, length, packet.
+        let parsed = (|| {
+            let mut at = 5;
+            let dcid = usize::from(*datagram.get(at)?);
+            at += 1 + dcid;
+            let scid = usize::from(*datagram.get(at)?);
+            at += 1 + scid;
+            if kind == 0 {
+                let (token, n) = varint(datagram.get(at..)?)?;
+                at += n + token as usize;
+            }
+            let (length, n) = varint(datagram.get(at..)?)?;
+            Some(at + n + length as usize)
+        })();
+        match parsed {
+            Some(end) if end <= datagram.len() => datagram = &datagram[end..],
+            _ => return false,
+        }
+    }
+    false
 }

@@ -12,7 +12,8 @@
 //! Certificates are the HTTPS listener's, chosen by SNI from the same sites
 //! ([`tls_certs::Certificates::quic_server_config`]), so a certificate replaced on disk
 //! reaches the next QUIC connection as it reaches the next TCP one. TLS 1.3 only (QUIC
-//! has no other); no 0-RTT: early data can be replayed by anyone who saw it.
+//! has no other). No 0-RTT unless a site opts in (`h3_early_data`), and then for safe
+//! methods only ([`early_data`]): early data can be replayed by anyone who saw it.
 //!
 //! Limits (from `[limits]`):
 //! - `max_connections_per_ip`: counted per listener, as on TCP; over it a client's
@@ -27,9 +28,13 @@
 //! - `h3_max_concurrent_streams`: request streams open at once on a connection; QUIC flow
 //!   control makes the client wait for more.
 //! - `max_header_bytes`: the largest header section (`SETTINGS_MAX_FIELD_SECTION_SIZE`);
-//!   a larger request head ends its stream.
+//!   a client that sends a larger one anyway gets `431` (written by `h3`, without a
+//!   body) on that stream, counted as a refusal; the connection goes on.
 //! - shutdown: the node stops taking new connections, sends GOAWAY on the open ones and
 //!   lets their requests in flight finish (bounded by the drain timeout).
+//!
+//! Streams reach quinn through [`quic_streams`], which hands each DATA frame's payload
+//! (a stored body's shared bytes on a hit) to quinn without copying it.
 //!
 //! Left to QUIC's own flow control: how fast a response goes out. A client that stops
 //! reading holds its stream until the idle timeout.
@@ -42,6 +47,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use futures_util::future::OptionFuture;
 use h3::server::RequestStream;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response};
@@ -58,8 +64,13 @@ use crate::front::listener::{OpenConnections, drain};
 use crate::front::{DoorRefusal, Handler, ServedHit, TlsName, TlsVersion};
 use crate::upstream::interim::{self, InterimHead, InterimReceiver};
 
-type SendStream = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
-type RecvStream = RequestStream<h3_quinn::RecvStream, Bytes>;
+pub mod early_data;
+pub mod quic_streams;
+
+use early_data::{Arrival, Confirmation};
+
+type SendStream = RequestStream<quic_streams::SendStream<Bytes>, Bytes>;
+type RecvStream = RequestStream<quic_streams::RecvStream, Bytes>;
 
 /// The QUIC transport settings of the listener, from `[limits]`.
 pub fn transport(limits: &LimitsConfig) -> quinn::TransportConfig {
@@ -72,14 +83,14 @@ pub fn transport(limits: &LimitsConfig) -> quinn::TransportConfig {
     transport
 }
 
-/// The server config of the HTTP/3 listener: `tls` (from
-/// [`tls_certs::Certificates::quic_server_config`]) and the transport `limits` allow.
+/// The server config of the HTTP/3 listener: TLS over `certificates` (the session of
+/// each connection chosen by its server name, [`early_data::ByServerName`]) and the
+/// transport `limits` allow.
 pub fn server_config(
-    tls: rustls::ServerConfig,
+    certificates: &Arc<tls_certs::Certificates>,
     limits: &LimitsConfig,
 ) -> Result<quinn::ServerConfig, String> {
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| format!("the TLS config cannot carry QUIC: {e}"))?;
+    let crypto = early_data::ByServerName::new(certificates.clone())?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport(limits)));
     Ok(config)
@@ -111,18 +122,14 @@ pub async fn serve<H: Handler>(
         if limits.has_changed().unwrap_or(false) {
             now = limits.borrow_and_update().clone();
             per_ip.set_max(now.max_connections_per_ip);
-            let config = certificates
-                .quic_server_config()
-                .map_err(|e| e.to_string())
-                .and_then(|tls| server_config(tls, &now));
-            match config {
+            match server_config(&certificates, &now) {
                 Ok(config) => endpoint.set_server_config(Some(config)),
                 Err(error) => tracing::warn!(%error, "HTTP/3 limits not applied"),
             }
         }
         let peer = incoming.remote_address();
         let Some(slot) = per_ip.admit(peer.ip()) else {
-            handler.count(Outcome::Refused);
+            handler.count(Outcome::Refused, http::Version::HTTP_3);
             if handler.logs_access() {
                 handler.refused_at_door(&DoorRefusal {
                     client: peer,
@@ -153,33 +160,98 @@ pub async fn serve<H: Handler>(
         let guard = open.enter();
         let handshake = Handshake::begin(&handshaking);
         let (handler, shutdown) = (handler.clone(), shutdown.clone());
+        let certificates = certificates.clone();
         let settings = Settings::of(&now);
         tokio::spawn(async move {
             let _held = (guard, slot);
-            let connection =
-                match tokio::time::timeout(settings.handshake_timeout, connecting).await {
-                    Ok(Ok(connection)) => connection,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%peer, %error, "QUIC handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "QUIC handshake timed out");
-                        return;
-                    }
-                };
-            drop(handshake);
+            let deadline = tokio::time::Instant::now() + settings.handshake_timeout;
+            let established =
+                tokio::time::timeout_at(deadline, establish(connecting, &certificates, peer));
+            let (connection, pending) = match established.await {
+                Ok(Some(Established::Confirmed(connection))) => (connection, None),
+                Ok(Some(Established::Early(connection, accepted))) => {
+                    let pending = Pending {
+                        accepted,
+                        deadline,
+                        handshake,
+                        confirmation: Confirmation::in_progress(),
+                    };
+                    (connection, Some(pending))
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    tracing::debug!(%peer, "QUIC handshake timed out");
+                    return;
+                }
+            };
             let Some(name) = server_name(&connection) else {
                 connection.close(0u32.into(), b"no server name");
                 return;
             };
-            serve_connection(connection, peer, name, handler, settings, shutdown).await;
+            serve_connection(connection, pending, peer, name, handler, settings, shutdown).await;
         });
     }
     endpoint.set_server_config(None);
     drain(&open).await;
     endpoint.close(0u32.into(), b"shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// A connection that may be served: after its handshake, or (its server name a site's
+/// that accepts early data) once its ClientHello is read, the handshake still going on.
+enum Established {
+    Confirmed(quinn::Connection),
+    Early(quinn::Connection, quinn::ZeroRttAccepted),
+}
+
+/// Waits until `connecting` may be served (see [`Established`]); `None` when its
+/// handshake failed.
+async fn establish(
+    mut connecting: quinn::Connecting,
+    certificates: &tls_certs::Certificates,
+    peer: SocketAddr,
+) -> Option<Established> {
+    if certificates.any_early_data() {
+        let early = match connecting.handshake_data().await {
+            Ok(data) => data
+                .downcast::<quinn::crypto::rustls::HandshakeData>()
+                .ok()
+                .and_then(|data| data.server_name)
+                .is_some_and(|name| certificates.early_data(&name)),
+            Err(error) => {
+                tracing::debug!(%peer, %error, "QUIC handshake failed");
+                return None;
+            }
+        };
+        if early {
+            // Always succeeds on a server: its requests are read from now on.
+            match connecting.into_0rtt() {
+                Ok((connection, accepted)) => {
+                    return Some(Established::Early(connection, accepted));
+                }
+                Err(still) => connecting = still,
+            }
+        }
+    }
+    match connecting.await {
+        Ok(connection) => Some(Established::Confirmed(connection)),
+        Err(error) => {
+            tracing::debug!(%peer, %error, "QUIC handshake failed");
+            None
+        }
+    }
+}
+
+/// The rest of the handshake of a connection served from early data on.
+struct Pending {
+    /// Resolves when the handshake completes or fails.
+    accepted: quinn::ZeroRttAccepted,
+    /// When it must have.
+    deadline: tokio::time::Instant,
+    /// Counted as in progress until then.
+    handshake: Handshake,
+    /// Tells the connection's requests.
+    confirmation: Confirmation,
 }
 
 /// One handshake in progress, counted until it ends either way.
@@ -230,16 +302,30 @@ fn server_name(connection: &quinn::Connection) -> Option<TlsName> {
 /// (then GOAWAY; the requests in flight finish).
 async fn serve_connection<H: Handler>(
     connection: quinn::Connection,
+    pending: Option<Pending>,
     peer: SocketAddr,
     tls: TlsName,
     handler: Arc<H>,
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (confirmation, mut confirming, mut handshake) = match pending {
+        Some(Pending {
+            accepted,
+            deadline,
+            handshake,
+            confirmation,
+        }) => (
+            confirmation,
+            Some(Box::pin(tokio::time::timeout_at(deadline, accepted))),
+            Some(handshake),
+        ),
+        None => (Confirmation::completed(), None, None),
+    };
     let mut builder = h3::server::builder();
     builder.max_field_section_size(settings.max_head as u64);
     let mut h3 = match builder
-        .build::<_, Bytes>(h3_quinn::Connection::new(connection))
+        .build::<_, Bytes>(quic_streams::Connection::new(connection.clone()))
         .await
     {
         Ok(h3) => h3,
@@ -255,7 +341,28 @@ async fn serve_connection<H: Handler>(
             let _ = h3.shutdown(0).await;
             break;
         }
+        // Biased, the handshake first: a request read once it completed must see it so
+        // (quinn reads no 1-RTT data before; both wake this task on the same pass).
         let resolver = tokio::select! {
+            biased;
+            Some(done) = OptionFuture::from(confirming.as_mut()), if confirming.is_some() => {
+                confirming = None;
+                // On a server quinn resolves it `false` either way: whether the handshake
+                // completed is whether the connection is still up.
+                if done.is_ok() && connection.close_reason().is_none() {
+                    confirmation.complete();
+                    // No longer counted as a handshake in progress.
+                    handshake = None;
+                    continue;
+                }
+                tracing::debug!(%peer, "QUIC handshake after early data failed or timed out");
+                connection.close(0u32.into(), b"handshake not completed");
+                break;
+            }
+            _ = shutdown.changed() => {
+                stopping = true;
+                continue;
+            }
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => resolver,
                 Ok(None) => break,
@@ -264,27 +371,38 @@ async fn serve_connection<H: Handler>(
                     break;
                 }
             },
-            _ = shutdown.changed() => {
-                stopping = true;
-                continue;
-            }
             Some(_) = requests.join_next(), if !requests.is_empty() => continue,
         };
-        let (handler, tls) = (handler.clone(), tls.clone());
+        let (handler, tls, confirmation) = (handler.clone(), tls.clone(), confirmation.clone());
         requests.spawn(async move {
             let resolved =
                 tokio::time::timeout(settings.head_timeout, resolver.resolve_request()).await;
             match resolved {
                 Ok(Ok((request, stream))) => {
-                    answer(handler, peer, tls, settings.max_head, request, stream).await;
+                    let arrival = confirmation.arrival();
+                    answer(
+                        handler,
+                        peer,
+                        tls,
+                        settings.max_head,
+                        (request, arrival),
+                        stream,
+                    )
+                    .await;
                 }
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "HTTP/3 request refused"),
+                Ok(Err(error)) => {
+                    if let h3::error::StreamError::HeaderTooBig { .. } = error {
+                        too_large(handler.as_ref(), peer, &tls);
+                    }
+                    tracing::debug!(%peer, %error, "HTTP/3 request refused");
+                }
                 Err(_) => tracing::debug!(%peer, "HTTP/3 request head timed out"),
             }
         });
     }
     // Requests in flight finish (the connection stays open while they are sent).
     while requests.join_next().await.is_some() {}
+    drop(handshake);
 }
 
 /// Answers one request: 1xx heads as they arrive, then the final response and its body.
@@ -293,10 +411,17 @@ async fn answer<H: Handler>(
     peer: SocketAddr,
     tls: TlsName,
     max_head: usize,
-    request: Request<()>,
-    stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    (mut request, arrival): (Request<()>, Arrival),
+    stream: RequestStream<quic_streams::BidiStream<Bytes>, Bytes>,
 ) {
     let (mut send, recv) = stream.split();
+    if arrival == Arrival::Early {
+        if !early_data::may_answer_early(request.method(), request.headers()) {
+            too_early(handler.as_ref(), peer, &tls, &mut send).await;
+            return;
+        }
+        early_data::mark(request.headers_mut());
+    }
     if let Some(head) = fast_path_fields(request.method(), request.headers())
         && let (Some(host), Some(target)) =
             (request.uri().authority(), request.uri().path_and_query())
@@ -353,6 +478,59 @@ async fn answer<H: Handler>(
     }
 }
 
+/// Counts (and logs) a request whose header section was larger than `max_header_bytes`,
+/// which `h3` has answered `431` (no body) before handing it over, as the HTTP/1.1 and
+/// HTTP/2 listeners count theirs.
+fn too_large<H: Handler>(handler: &H, peer: SocketAddr, tls: &TlsName) {
+    handler.count(Outcome::Refused, http::Version::HTTP_3);
+    if handler.logs_access() {
+        handler.refused_at_door(&DoorRefusal {
+            client: peer,
+            status: http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            bytes: crate::front::head_bytes(&HeaderMap::new()),
+            tls: Some(tls),
+            https: true,
+        });
+    }
+}
+
+/// Refuses a request received in early data that may not be answered before the
+/// handshake completes: `425 Too Early` (RFC 8470 5.2), which the client answers by
+/// sending it again once the handshake is done.
+async fn too_early<H: Handler>(
+    handler: &H,
+    peer: SocketAddr,
+    tls: &TlsName,
+    send: &mut SendStream,
+) {
+    handler.count(Outcome::Refused, http::Version::HTTP_3);
+    let body = Bytes::from_static(
+        b"425 Too Early: sent in early data (0-RTT), where only GET, HEAD and OPTIONS without a body are answered; send it again now the handshake is complete\n",
+    );
+    let mut response = Response::new(());
+    *response.status_mut() = http::StatusCode::TOO_EARLY;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let bytes = crate::front::head_bytes(response.headers()) + body.len() as u64;
+    let sent = send.send_response(response).await.is_ok()
+        && send.send_data(body).await.is_ok()
+        && send.finish().await.is_ok();
+    if handler.logs_access() {
+        handler.refused_at_door(&DoorRefusal {
+            client: peer,
+            status: http::StatusCode::TOO_EARLY,
+            bytes: if sent { bytes } else { 0 },
+            tls: Some(tls),
+            https: true,
+        });
+    }
+}
+
 /// A fresh hit answered without the full path (as on HTTP/2): the stored head as fields,
 /// `Age` and `Cache-Status`, and the stored body's shared bytes.
 struct FreshHit<'a> {
@@ -372,7 +550,7 @@ impl FreshHit<'_> {
         send: &mut SendStream,
     ) {
         let started = handler.logs_access().then(std::time::Instant::now);
-        handler.count(Outcome::Hit);
+        handler.count(Outcome::Hit, http::Version::HTTP_3);
         let (response, cache_status) = fresh_hit_head(handler, entry, now);
         let head_bytes = crate::front::head_bytes(response.headers());
         let body_bytes = if self.head {
