@@ -18,7 +18,8 @@
 #      installed and H2 is not 0.
 #   "h3 SIZE", "h2 SIZE m=10": the edge alone (nginx 1.22 has no HTTP/3), 1 KiB and 16 KiB
 #      hits over HTTP/3 (benches/h3_load.rs, built here) and over HTTP/2 (h2load), both 16
-#      connections x 10 streams, back to back: h3 per server core against h2's; H3=0 skips.
+#      connections x 10 streams, back to back: h3 per server core against h2's; H3=0 skips,
+#      H3_ROUNDS=N alternates the two N times.
 # Every case reports the server's CPU (user + system of its process, from /proc) and
 # req/s per server core: where the load generator saturates its core, that is the figure
 # that compares the servers.
@@ -184,6 +185,9 @@ if [[ ${H2:-1} != 0 ]] && command -v h2load >/dev/null; then
   done
 fi
 if [[ ${H3:-1} != 0 ]] && command -v h2load >/dev/null; then
+  # H3_ROUNDS=N alternates h3 and h2 N times per size (the h3 rows vary more from run to
+  # run than the others: report every round, or their median).
+  for round in $(seq 1 "${H3_ROUNDS:-1}"); do
   for size in 1k 16k; do
     curl -skf -o /dev/null "https://localhost:$EDGE_HTTPS_PORT/obj/$size.bin"
     t0=$(cpu_ticks "$EDGE_PID"); start=$(date +%s.%N)
@@ -201,5 +205,6 @@ if [[ ${H3:-1} != 0 ]] && command -v h2load >/dev/null; then
     rps=$(awk '/^finished in/{print $4}' <<<"$out")
     pct=$(cpu_pct "$t0" "$t1" "$(awk -v a="$start" -v b="$end" 'BEGIN{print b - a}')")
     printf '%s\t%s\t%s\t-\t-\t%s\t%s\t%s\n' "h2 $size m=10" edge "$rps" "$pct" "$(per_core "$rps" "$pct")" ""
+  done
   done
 fi
