@@ -44,6 +44,20 @@ struct Held {
     bytes: usize,
 }
 
+impl Held {
+    /// The entries after `after`, up to `limit`; the caller checked that `after + 1` is
+    /// held (the entries are consecutive, so it sits `after + 1 - first` in).
+    fn after(&self, after: u64, limit: usize) -> Vec<(u64, Bytes)> {
+        let first = self.entries.front().map_or(after + 1, |&(seq, _)| seq);
+        self.entries
+            .iter()
+            .skip((after + 1 - first) as usize)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+}
+
 /// What the tail can do for a reader.
 enum Lookup {
     /// The answer, from memory.
@@ -115,15 +129,8 @@ impl EncodedTail {
         if after >= last {
             return Lookup::Extend(after);
         }
-        let start = (after + 1 - first) as usize;
-        let available = held.entries.len() - start;
-        if available >= limit || last >= head {
-            Lookup::Found(
-                held.entries
-                    .range(start..start + available.min(limit))
-                    .cloned()
-                    .collect(),
-            )
+        if last - after >= limit as u64 || last >= head {
+            Lookup::Found(held.after(after, limit))
         } else {
             Lookup::Extend(last)
         }
@@ -133,19 +140,8 @@ impl EncodedTail {
     /// `after + 1`.
     fn take(&self, after: u64, limit: usize) -> Option<Vec<(u64, Bytes)>> {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let first = held.entries.front()?.0;
-        if after + 1 < first || after + 1 > first + held.entries.len() as u64 - 1 {
-            return None;
-        }
-        let start = (after + 1 - first) as usize;
-        Some(
-            held.entries
-                .iter()
-                .skip(start)
-                .take(limit)
-                .cloned()
-                .collect(),
-        )
+        let (first, last) = (held.entries.front()?.0, held.entries.back()?.0);
+        (first <= after + 1 && after < last).then(|| held.after(after, limit))
     }
 
     /// Keeps `read`, the entries after `from`: appended when they continue the tail,
