@@ -116,6 +116,9 @@ pub struct Follower {
     js: jetstream::Context,
     stream: String,
     watermarks: Option<kv::Store>,
+    /// The node's [`watermark_subject`] and its key in the bucket ([`watermark_key`]).
+    report_subject: async_nats::Subject,
+    report_key: String,
     /// The last watermark published on the node's subject.
     reported: Option<u64>,
     /// When a report was last published: the next is due [`REPORT_EVERY`] after it.
@@ -133,6 +136,8 @@ impl Follower {
             .timeout(REQUEST_TIMEOUT)
             .build(client.clone());
         Follower {
+            report_subject: watermark_subject(stream, edge.name()).into(),
+            report_key: watermark_key(edge.name()),
             edge,
             client,
             js,
@@ -513,15 +518,23 @@ impl Follower {
     async fn report(&mut self, now: bool) {
         // What is committed, when the node keeps a state: never more than is durable.
         let watermark = self.edge.acknowledged_watermark();
-        let report = WatermarkReport::now(watermark).encode();
         let publish = self.reported != Some(watermark)
             && (now
                 || self
                     .tried
                     .is_none_or(|tried| tried.elapsed() >= REPORT_EVERY));
+        let store = self.stored != Some(watermark)
+            && (now
+                || self
+                    .store_tried
+                    .is_none_or(|tried| tried.elapsed() >= STORE_EVERY));
+        if !publish && !store {
+            return;
+        }
+        let report = WatermarkReport::now(watermark).encode();
         if publish {
             self.tried = Some(Instant::now());
-            let subject = watermark_subject(&self.stream, self.edge.name());
+            let subject = self.report_subject.clone();
             match self.client.publish(subject, report.clone().into()).await {
                 Ok(()) => self.reported = Some(watermark),
                 Err(e) => {
@@ -529,11 +542,6 @@ impl Follower {
                 }
             }
         }
-        let store = self.stored != Some(watermark)
-            && (now
-                || self
-                    .store_tried
-                    .is_none_or(|tried| tried.elapsed() >= STORE_EVERY));
         if !store {
             return;
         }
@@ -550,8 +558,7 @@ impl Follower {
         let Some(bucket) = &self.watermarks else {
             return;
         };
-        let key = watermark_key(self.edge.name());
-        match bucket.put(key, report.into()).await {
+        match bucket.put(&self.report_key, report.into()).await {
             Ok(_) => self.stored = Some(watermark),
             Err(e) => tracing::debug!(error = %e, "watermark put failed; the next one retries"),
         }
