@@ -434,19 +434,12 @@ async fn run(nats: bool, sizes: &Sizes) -> Vec<String> {
     accept.sort();
     println!(
         "propagation to {nodes} nodes, back to back, send -> applied on all: {} of {} accepted \
-         purges applied (submitted in {submitted:.2?}): p50 {}  p99 {}  max {}",
+         purges applied (submitted in {submitted:.2?}): {}",
         latencies.len(),
         sent.len(),
-        pct(&latencies, 0.50),
-        pct(&latencies, 0.99),
-        pct(&latencies, 1.0),
+        spread(&latencies),
     );
-    println!(
-        "  of which send -> 202: p50 {}  p99 {}  max {}",
-        pct(&accept, 0.50),
-        pct(&accept, 0.99),
-        pct(&accept, 1.0),
-    );
+    println!("  of which send -> 202: {}", spread(&accept));
     if never > 0 {
         failures.push(format!(
             "{never} accepted purges never seen applied on every node within {SETTLE:?} of the last 202"
@@ -528,13 +521,10 @@ async fn run(nats: bool, sizes: &Sizes) -> Vec<String> {
         )
     };
     println!(
-        "paced at {PACE}/s, send -> applied on all: {} of {} accepted purges applied: p50 {}  \
-         p99 {}  max {}; {what}",
+        "paced at {PACE}/s, send -> applied on all: {} of {} accepted purges applied: {}; {what}",
         latencies.len(),
         sent.len(),
-        pct(&latencies, 0.50),
-        pct(&latencies, 0.99),
-        pct(&latencies, 1.0),
+        spread(&latencies),
     );
     if never > 0 {
         failures.push(format!(
@@ -595,6 +585,16 @@ fn seq_of(reply: &str) -> u64 {
 }
 
 /// The `p` quantile of sorted `values` (`1.0` is the largest), or "-" when empty.
+/// `p50 A  p99 B  max C` of sorted `values`.
+fn spread(values: &[Duration]) -> String {
+    format!(
+        "p50 {}  p99 {}  max {}",
+        pct(values, 0.50),
+        pct(values, 0.99),
+        pct(values, 1.0)
+    )
+}
+
 fn pct(values: &[Duration], p: f64) -> String {
     if values.is_empty() {
         return "-".into();
